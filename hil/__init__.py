@@ -1,0 +1,1 @@
+"""hil — the hardware-in-the-loop rig: device simulators, environment files, fault injection."""

@@ -1,0 +1,1 @@
+"""lender — the receiving side: CoAP ingest, verification, storage, alerts, evidence export."""

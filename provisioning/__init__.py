@@ -1,0 +1,1 @@
+"""provisioning — the field technician's tooling: identity, enrollment, flashing nodes, pre-flight checks."""
