@@ -1,0 +1,1 @@
+"""hil.sim — device simulators: modems, 1-Wire, NMEA."""
