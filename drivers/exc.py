@@ -64,3 +64,104 @@ class GpioConfigError(DriverError, ValueError):
 
 class HotplugError(DriverError, OSError):
     """The udev monitor could not be set up or read."""
+
+
+# --- AT channel (drivers.at, drivers.transport) -----------------------------
+
+
+class AtError(DriverError):
+    """Base of every error raised by the AT channel."""
+
+
+class AtUsageError(AtError, ValueError):
+    """The caller asked for something the channel cannot send (bad command text, bad data)."""
+
+
+class PortError(AtError, OSError):
+    """The serial port could not be opened, read or written."""
+
+
+class PortClosedError(PortError, ConnectionError):
+    """The port closed or disappeared (modem reboot, USB unplug, `close()`).
+
+    Commands in flight fail with this; the channel can be opened again.
+    """
+
+
+class AtTimeoutError(AtError, TimeoutError):
+    """No final result code arrived within the command's timeout.
+
+    `command` is the command text, `timeout_s` the limit, `lines` whatever
+    intermediate lines had arrived before the limit.
+    """
+
+    def __init__(self, message: str, *, command: str, timeout_s: float, lines: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.command = command
+        self.timeout_s = timeout_s
+        self.lines = lines
+
+
+class AtResultError(AtError, RuntimeError):
+    """The modem ended a command with a failure result code (`ERROR` and kin).
+
+    `command` is the command text, `result` the final result line as received,
+    `lines` the intermediate lines that came before it.
+    """
+
+    def __init__(self, message: str, *, command: str, result: str, lines: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.command = command
+        self.result = result
+        self.lines = lines
+
+
+class CmeError(AtResultError):
+    """`+CME ERROR: <err>`: a mobile-termination error, 3GPP TS 27.007 §9.2.
+
+    `code` is the numeric code (None when the modem sent only verbose text
+    that matches no known code) and `meaning` the standard's wording.
+    """
+
+    def __init__(self, message: str, *, command: str, result: str, code: int | None, meaning: str,
+                 lines: tuple[str, ...] = ()) -> None:
+        super().__init__(message, command=command, result=result, lines=lines)
+        self.code = code
+        self.meaning = meaning
+
+
+class CmsError(AtResultError):
+    """`+CMS ERROR: <err>`: a message-service error, 3GPP TS 27.005 §3.2.5."""
+
+    def __init__(self, message: str, *, command: str, result: str, code: int | None, meaning: str,
+                 lines: tuple[str, ...] = ()) -> None:
+        super().__init__(message, command=command, result=result, lines=lines)
+        self.code = code
+        self.meaning = meaning
+
+
+class CallResultError(AtResultError):
+    """A connection result ended the command: NO CARRIER, BUSY, NO ANSWER, NO DIALTONE (ITU-T V.250 §5.7.1)."""
+
+
+# --- modem drivers (drivers.modem) ------------------------------------------
+
+
+class ModemError(DriverError):
+    """Base of errors raised by the modem drivers above the AT channel."""
+
+
+class ModemResponseError(ModemError, ValueError):
+    """A modem answered, but not in the form its AT manual documents.
+
+    `command` is the command sent and `lines` the response lines received.
+    """
+
+    def __init__(self, message: str, *, command: str = "", lines: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.command = command
+        self.lines = lines
+
+
+class UnknownModemError(ModemError, LookupError):
+    """Model detection (ATI / AT+CGMM) matched no supported modem."""
