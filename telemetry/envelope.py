@@ -1,0 +1,273 @@
+"""The signed envelope: COSE_Sign1 (RFC 9052 §4.2) over a payload holding one SenML pack.
+
+    18([ bstr .cbor {1: -8, 4: kid},      # protected: alg EdDSA, key id
+         {},                              # unprotected: empty
+         bstr .cbor {1: device, 2: boot, 3: seq, 4: prev, 5: pack, ?6: gap, ?7: clock},
+         bstr .size 64 ])                 # Ed25519 over Sig_structure
+
+The signature covers ["Signature1", protected, h'', payload] (RFC 9052 §4.4).
+Verification always uses the protected and payload bytes as received, never
+a re-encoding. `docs/wire-format.md` is the normative description.
+"""
+from __future__ import annotations
+
+import enum
+import functools
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from telemetry import cbor
+from telemetry.cbor import DEFAULT_LIMITS, Limits, Tag
+from telemetry.exc import OversizeError, SchemaError, WireFormatError
+from telemetry.identity import DeviceKey, Identity
+from telemetry.senml import Record, pack_to_cbor, records_from_cbor
+
+COSE_SIGN1_TAG = 18
+ALG_EDDSA = -8
+HDR_ALG, HDR_KID = 1, 4
+
+# payload map keys
+DEVICE, BOOT, SEQ, PREV, PACK, GAP, CLOCK = 1, 2, 3, 4, 5, 6, 7
+# gap map keys
+GAP_REASON, GAP_FIRST, GAP_LAST, GAP_COUNT = 1, 2, 3, 4
+
+DIGEST_BYTES = 16
+GENESIS = bytes(DIGEST_BYTES)  # `prev` of a device's first envelope
+ALARM_PREFIX = "alarm."
+MAX_DEVICE_ID = 64
+
+
+def digest(raw: bytes) -> bytes:
+    """The chain link of an envelope: the first 16 bytes of SHA-256 of its exact bytes."""
+    return hashlib.sha256(raw).digest()[:DIGEST_BYTES]
+
+
+class GapReason(str, enum.Enum):
+    """Why readings are missing; the `reason` of a signed gap record."""
+
+    OVERFLOW = "overflow"          # the spool was full: routine readings dropped oldest first
+    POWER_LOSS = "power-loss"      # the device restarted without a clean shutdown
+    SPOOL_RESET = "spool-reset"    # the spool was corrupt and moved aside; unacked readings lost
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """A signed statement that readings were lost: which seqs (if known), how many, and why."""
+
+    reason: str
+    first: int | None = None
+    last: int | None = None
+    count: int | None = None
+
+    def to_cbor(self) -> dict:
+        item: dict = {GAP_REASON: str(self.reason.value if isinstance(self.reason, GapReason) else self.reason)}
+        for key, value in ((GAP_FIRST, self.first), (GAP_LAST, self.last), (GAP_COUNT, self.count)):
+            if value is not None:
+                item[key] = value
+        return item
+
+    @classmethod
+    def from_cbor(cls, item: object) -> Gap:
+        if not isinstance(item, dict) or not isinstance(item.get(GAP_REASON), str):
+            raise SchemaError("gap record: expected a map with a text reason (key 1)")
+        values = [item.get(key) for key in (GAP_FIRST, GAP_LAST, GAP_COUNT)]
+        if any(v is not None and not _is_uint(v) for v in values):
+            raise SchemaError("gap record: first, last and count must be unsigned integers")
+        first, last, count = values
+        if first is not None and last is not None and last < first:
+            raise SchemaError(f"gap record: last seq {last} is before first seq {first}")
+        return cls(item[GAP_REASON], first, last, count)
+
+
+def _is_uint(value: object) -> bool:
+    return type(value) is int and 0 <= value < 1 << 64
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One signed envelope: its decoded fields and the exact bytes they came from."""
+
+    device: str
+    boot: int
+    seq: int
+    prev: bytes
+    records: tuple[Record, ...]
+    gap: Gap | None
+    clock: dict | None
+    kid: bytes
+    raw: bytes = field(repr=False)
+    protected: bytes = field(repr=False)
+    payload: bytes = field(repr=False)
+    signature: bytes = field(repr=False)
+    digest: bytes = field(repr=False)
+
+    @property
+    def alarm(self) -> bool:
+        """Alarms and gap records skip the batching delay and are never dropped by the spool."""
+        return self.gap is not None or any(r.name.startswith(ALARM_PREFIX) for r in self.records)
+
+    def signed_bytes(self) -> bytes:
+        """The Sig_structure this envelope's signature covers, built from the received bytes."""
+        return sig_structure(self.protected, self.payload)
+
+
+_SIG1_CONTEXT = cbor.encode("Signature1")
+
+
+def sig_structure(protected: bytes, payload: bytes, external_aad: bytes = b"") -> bytes:
+    """The RFC 9052 §4.4 Sig_structure for COSE_Sign1: ["Signature1", protected, external_aad, payload]."""
+    return b"".join((
+        b"\x84", _SIG1_CONTEXT,
+        cbor.bstr_head(len(protected)), protected,
+        cbor.bstr_head(len(external_aad)), external_aad,
+        cbor.bstr_head(len(payload)), payload,
+    ))
+
+
+@functools.lru_cache(maxsize=64)
+def _protected_header(kid: bytes) -> bytes:
+    return cbor.encode({HDR_ALG: ALG_EDDSA, HDR_KID: kid})
+
+
+def cose_sign1(identity: Identity, protected: dict, unprotected: dict, payload: bytes) -> bytes:
+    """A tagged COSE_Sign1 message signed by `identity` (RFC 9052 §4.2), deterministically encoded."""
+    protected_bytes = cbor.encode(protected) if protected else b""
+    signature = identity.sign(sig_structure(protected_bytes, payload))
+    return cbor.encode(Tag(COSE_SIGN1_TAG, [protected_bytes, unprotected, payload, signature]))
+
+
+def seal(
+    identity: Identity,
+    *,
+    device: str,
+    boot: int,
+    seq: int,
+    prev: bytes,
+    records: tuple[Record, ...] | list[Record] = (),
+    gap: Gap | None = None,
+    clock: dict | None = None,
+) -> Envelope:
+    """Build and sign one envelope. Pure: the caller owns the chain state (seq, prev)."""
+    if not device or len(device) > MAX_DEVICE_ID:
+        raise ValueError(f"device id must be 1..{MAX_DEVICE_ID} characters, got {device!r}")
+    if not (_is_uint(boot) and _is_uint(seq)):
+        raise ValueError("boot and seq must be unsigned 64-bit integers")
+    if len(prev) != DIGEST_BYTES:
+        raise ValueError(f"prev must be {DIGEST_BYTES} bytes")
+    body: dict = {DEVICE: device, BOOT: boot, SEQ: seq, PREV: prev, PACK: pack_to_cbor(records)}
+    if gap is not None:
+        body[GAP] = gap.to_cbor()
+    if clock is not None:
+        body[CLOCK] = clock
+    protected = _protected_header(identity.kid)
+    payload = cbor.encode(body)
+    signature = identity.sign(sig_structure(protected, payload))
+    # == cbor.encode(Tag(18, [protected, {}, payload, signature])), assembled directly (hot path)
+    raw = b"".join((
+        b"\xd2\x84", cbor.bstr_head(len(protected)), protected, b"\xa0",
+        cbor.bstr_head(len(payload)), payload, b"\x58\x40", signature,
+    ))
+    return Envelope(
+        device=device, boot=boot, seq=seq, prev=prev, records=tuple(records), gap=gap, clock=clock,
+        kid=identity.kid, raw=raw, protected=protected, payload=payload, signature=signature, digest=digest(raw),
+    )
+
+
+def decode(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> Envelope:
+    """Parse untrusted envelope bytes without checking the signature; raise WireFormatError if malformed."""
+    outer = cbor.decode(raw, limits)
+    if not isinstance(outer, Tag) or outer.number != COSE_SIGN1_TAG:
+        raise SchemaError("not a COSE_Sign1 message (expected CBOR tag 18)")
+    parts = outer.value
+    if not isinstance(parts, list) or len(parts) != 4:
+        raise SchemaError("COSE_Sign1 must be an array of 4 items")
+    protected, unprotected, payload, signature = parts
+    if not isinstance(protected, bytes) or not isinstance(payload, bytes) or not isinstance(signature, bytes):
+        raise SchemaError("COSE_Sign1 protected header, payload and signature must be byte strings")
+    if unprotected != {}:
+        raise SchemaError("COSE_Sign1 unprotected header must be an empty map")
+    if len(signature) != 64:
+        raise SchemaError(f"an Ed25519 signature is 64 bytes, got {len(signature)}")
+    header = cbor.decode(protected, limits)
+    if not isinstance(header, dict) or header.get(HDR_ALG) != ALG_EDDSA:
+        raise SchemaError("protected header must name algorithm EdDSA (1: -8)")
+    kid = header.get(HDR_KID)
+    if not isinstance(kid, bytes) or len(kid) != 8:
+        raise SchemaError("protected header must carry an 8-byte key id (4)")
+    if set(header) != {HDR_ALG, HDR_KID}:
+        raise SchemaError(f"protected header has unexpected labels {sorted(set(header) - {HDR_ALG, HDR_KID})}")
+    body = cbor.decode(payload, limits)
+    if not isinstance(body, dict):
+        raise SchemaError("payload must be a map")
+    device, boot, seq, prev = body.get(DEVICE), body.get(BOOT), body.get(SEQ), body.get(PREV)
+    if not isinstance(device, str) or not 0 < len(device) <= MAX_DEVICE_ID:
+        raise SchemaError(f"payload device id (1) must be text of 1..{MAX_DEVICE_ID} characters")
+    if not _is_uint(boot) or not _is_uint(seq):
+        raise SchemaError("payload boot (2) and seq (3) must be unsigned integers")
+    if not isinstance(prev, bytes) or len(prev) != DIGEST_BYTES:
+        raise SchemaError(f"payload prev (4) must be {DIGEST_BYTES} bytes")
+    if PACK not in body:
+        raise SchemaError("payload has no SenML pack (5)")
+    unknown = set(body) - {DEVICE, BOOT, SEQ, PREV, PACK, GAP, CLOCK}
+    if unknown:
+        raise SchemaError(f"payload has unknown keys {sorted(unknown, key=repr)}")
+    clock = body.get(CLOCK)
+    if clock is not None and not isinstance(clock, dict):
+        raise SchemaError("payload clock (7) must be a map")
+    return Envelope(
+        device=device, boot=boot, seq=seq, prev=prev, records=records_from_cbor(body[PACK]),
+        gap=Gap.from_cbor(body[GAP]) if GAP in body else None, clock=clock, kid=kid,
+        raw=bytes(raw), protected=protected, payload=payload, signature=signature, digest=digest(raw),
+    )
+
+
+class Reason(enum.IntEnum):
+    """Why an envelope was not accepted. The numbers are the ack's reason codes (docs/transport.md)."""
+
+    OK = 0
+    MALFORMED = 1
+    UNKNOWN_KEY = 2
+    BAD_SIGNATURE = 3
+    REVOKED = 4
+    OVERSIZE = 5
+    CONFLICT = 6
+    CHAIN = 7
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome of verifying one envelope, as data: `ok`, a `reason`, a human `detail`."""
+
+    reason: Reason
+    detail: str
+    envelope: Envelope | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is Reason.OK
+
+
+def verify(raw: bytes, keys: Mapping[bytes, DeviceKey], limits: Limits = DEFAULT_LIMITS) -> Verdict:
+    """Decode and verify one envelope against the known device keys (by kid).
+
+    The key must belong to the device the payload names: a device cannot sign
+    for another. Never raises for bad input: the verdict says what is wrong.
+    """
+    try:
+        envelope = decode(raw, limits)
+    except WireFormatError as exc:
+        reason = Reason.OVERSIZE if isinstance(exc, OversizeError) else Reason.MALFORMED
+        return Verdict(reason, str(exc))
+    key = keys.get(envelope.kid)
+    if key is None:
+        return Verdict(Reason.UNKNOWN_KEY, f"no device key with kid {envelope.kid.hex()}", envelope)
+    if key.device != envelope.device:
+        return Verdict(
+            Reason.BAD_SIGNATURE,
+            f"kid {envelope.kid.hex()} belongs to device {key.device!r}, not {envelope.device!r}",
+            envelope,
+        )
+    if not key.verifies(envelope.signed_bytes(), envelope.signature):
+        return Verdict(Reason.BAD_SIGNATURE, f"signature of {envelope.device} seq {envelope.seq} does not verify", envelope)
+    return Verdict(Reason.OK, "verified", envelope)

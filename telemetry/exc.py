@@ -1,0 +1,47 @@
+"""The telemetry package's one exception tree.
+
+`WireFormatError` is the only family a decoder raises for untrusted bytes, so
+a receiver needs exactly one `except` to reject bad input. Leaves subclass the
+matching builtin as well (`ValueError`, `PermissionError`).
+"""
+from __future__ import annotations
+
+
+class TelemetryError(Exception):
+    """Base of every error raised by `telemetry`."""
+
+
+class WireFormatError(TelemetryError, ValueError):
+    """Bytes from outside are not a well-formed pledgewatch message."""
+
+
+class OversizeError(WireFormatError):
+    """The input is larger than the configured cap; nothing was decoded."""
+
+
+class CBORError(WireFormatError):
+    """The bytes are not well-formed CBOR, or use CBOR this decoder refuses."""
+
+
+class LimitError(WireFormatError):
+    """The CBOR nests deeper or holds more items than the decoder allows."""
+
+
+class DuplicateKeyError(WireFormatError):
+    """A CBOR map repeats a key (RFC 8949 §5.6: invalid for our protocol)."""
+
+
+class SchemaError(WireFormatError):
+    """Well-formed CBOR, but not the structure the wire contract defines."""
+
+
+class SenMLError(SchemaError):
+    """A SenML pack breaks RFC 8428 (name characters, missing value, unknown unit...)."""
+
+
+class IdentityError(TelemetryError):
+    """A device key cannot be created, stored or loaded."""
+
+
+class KeyFilePermissionError(IdentityError, PermissionError):
+    """A private key file is readable by group or others."""

@@ -1,0 +1,148 @@
+"""Builds the shared wire-format test vectors: `python tests/vectors/generate.py` rewrites them.
+
+Each vector is NAME.cbor (the exact bytes) and NAME.json (seed_hex, public_key_hex,
+kind, and the decoded fields). tests/test_vectors.py checks that this generator
+still reproduces the committed files byte for byte, so an encoding change can
+never slip through unnoticed; the firmware suite checks the same files.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent.parent))
+
+from telemetry.envelope import GENESIS, Gap, cose_sign1, seal  # noqa: E402
+from telemetry.identity import Identity  # noqa: E402
+from telemetry.senml import Record  # noqa: E402
+
+# RFC 8032 §7.1 TEST 1 and TEST 2 keys: test keys only, never a device's.
+SEED_1 = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+SEED_2 = bytes.fromhex("4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb")
+T0 = 1767225600  # 2026-01-01T00:00:00Z
+
+# RFC 8428 §6: the §5.1.2 "multiple datapoints" pack in CBOR.
+RFC8428_PACK = bytes.fromhex(
+    "82a421781c75726e3a6465763a6f773a31306532303733613031303830303633"
+    "3a0067766f6c7461676501615602fb405e066666666666a3006763757272656e74"
+    "01614102fb3ff3333333333333"
+)
+
+
+def record_json(record: Record) -> dict:
+    out = {"name": record.name}
+    for key in ("value", "string", "boolean", "sum", "unit", "time", "update_time"):
+        value = getattr(record, key)
+        if value is not None:
+            out[key] = value
+    if record.data is not None:
+        out["data_hex"] = record.data.hex()
+    return out
+
+
+def envelope_vector(identity: Identity, seed: bytes, kind: str, **fields) -> tuple[dict, bytes]:
+    envelope = seal(identity, **fields)
+    description = {
+        "kind": kind,
+        "seed_hex": seed.hex(),
+        "public_key_hex": identity.public_key.hex(),
+        "kid_hex": identity.kid.hex(),
+        "device": envelope.device,
+        "boot": envelope.boot,
+        "seq": envelope.seq,
+        "prev_hex": envelope.prev.hex(),
+        "records": [record_json(r) for r in envelope.records],
+        "protected_hex": envelope.protected.hex(),
+        "payload_hex": envelope.payload.hex(),
+        "signature_hex": envelope.signature.hex(),
+        "digest_hex": envelope.digest.hex(),
+    }
+    if envelope.gap is not None:
+        gap = envelope.gap
+        description["gap"] = {k: v for k, v in (("reason", gap.reason), ("first", gap.first), ("last", gap.last), ("count", gap.count)) if v is not None}
+    return description, envelope.raw
+
+
+def build() -> dict[str, tuple[dict, bytes]]:
+    one, two = Identity(SEED_1), Identity(SEED_2)
+    vectors: dict[str, tuple[dict, bytes]] = {}
+    gateway = [
+        Record("temp", value=21.5, unit="Cel", time=T0),
+        Record("door", boolean=False, time=T0),
+        Record("tamper", boolean=False, time=T0),
+    ]
+    first, first_raw = envelope_vector(one, SEED_1, "envelope", device="gw-test-1", boot=1, seq=1, prev=GENESIS, records=gateway)
+    vectors["envelope-gateway-first"] = (first, first_raw)
+    second_records = [Record("temp", value=21.25, unit="Cel", time=T0 + 60), Record("run", sum=3600, unit="s", time=T0 + 60)]
+    vectors["envelope-gateway-second"] = envelope_vector(
+        one, SEED_1, "envelope", device="gw-test-1", boot=1, seq=2, prev=bytes.fromhex(first["digest_hex"]), records=second_records
+    )
+    vectors["envelope-node-report"] = envelope_vector(
+        two, SEED_2, "envelope", device="node-test-7", boot=3, seq=41, prev=bytes(range(16)),
+        records=[
+            Record("temp", value=4.5, unit="Cel", time=T0 + 3600),
+            Record("tamper", boolean=False, time=T0 + 3600),
+            Record("batt", value=3.6, unit="V", time=T0 + 3600),
+        ],
+    )
+    vectors["envelope-value-types"] = envelope_vector(
+        one, SEED_1, "envelope", device="gw-test-1", boot=70000, seq=4294967296, prev=bytes([0xFF] * 16),
+        records=[
+            Record("site/a/temp", value=-40, unit="Cel", time=T0 + 0.5),
+            Record("site/a/weight", value=1234.5678, unit="kg", time=T0 + 1.5),
+            Record("site/a/load", value=100000.0, unit="kg", time=T0 + 1.5),
+            Record("site/a/label", string="pallet 7 \u00e9t\u00e9", time=T0 + 2),
+            Record("site/a/raw", data=bytes([0, 1, 2, 254, 255]), time=T0 + 2),
+            Record("site/a/hum", value=-0.0, unit="%RH", time=T0 + 2),
+        ],
+    )
+    vectors["envelope-alarm"] = envelope_vector(
+        one, SEED_1, "envelope", device="gw-test-1", boot=1, seq=3, prev=bytes(16),
+        records=[Record("alarm.tamper", string="raised", time=T0 + 120), Record("alarm.tamper.severity", value=3, time=T0 + 120)],
+    )
+    vectors["gap-overflow"] = envelope_vector(
+        one, SEED_1, "gap", device="gw-test-1", boot=2, seq=1000, prev=bytes(16),
+        gap=Gap("overflow", first=10, last=209, count=200),
+    )
+    vectors["gap-power-loss"] = envelope_vector(
+        two, SEED_2, "gap", device="node-test-7", boot=4, seq=42, prev=bytes(16), gap=Gap("power-loss"),
+        records=[Record("uptime", value=0, unit="s", time=T0 + 7200)],
+    )
+    vectors["senml-rfc8428"] = (
+        {
+            "kind": "senml",
+            "source": "RFC 8428 section 6 (CBOR of the section 5.1.2 pack)",
+            "records": [
+                {"name": "urn:dev:ow:10e2073a01080063:voltage", "unit": "V", "value": 120.1},
+                {"name": "urn:dev:ow:10e2073a01080063:current", "unit": "A", "value": 1.2},
+            ],
+        },
+        RFC8428_PACK,
+    )
+    cose = cose_sign1(one, {1: -8, 3: 0}, {4: b"11"}, b"This is the content.")
+    vectors["cose-eddsa-sig-01"] = (
+        {
+            "kind": "cose",
+            "source": "cose-wg/Examples eddsa-examples/eddsa-sig-01.json",
+            "seed_hex": SEED_1.hex(),
+            "public_key_hex": one.public_key.hex(),
+            "protected": {"1": -8, "3": 0},
+            "unprotected": {"4": "3131"},
+            "payload_text": "This is the content.",
+        },
+        cose,
+    )
+    return vectors
+
+
+def main() -> None:
+    for name, (description, raw) in build().items():
+        (HERE / f"{name}.json").write_text(json.dumps(description, indent=2, ensure_ascii=False) + "\n")
+        (HERE / f"{name}.cbor").write_bytes(raw)
+        print(f"{name}: {len(raw)} bytes")
+
+
+if __name__ == "__main__":
+    main()
