@@ -61,15 +61,13 @@ def _head(major: int, value: int) -> bytes:
 def _float(value: float) -> bytes:
     if value != value:
         return b"\xf9\x7e\x00"  # the one deterministic NaN
-    try:
-        half = struct.pack(">e", value)
-        if struct.unpack(">e", half)[0] == value:
-            return b"\xf9" + half
-        single = struct.pack(">f", value)
-        if struct.unpack(">f", single)[0] == value:
-            return b"\xfa" + single
-    except OverflowError:
-        pass
+    for head, fmt in ((b"\xf9", ">e"), (b"\xfa", ">f")):
+        try:
+            packed = struct.pack(fmt, value)
+        except OverflowError:  # too large for this width: try the next
+            continue
+        if struct.unpack(fmt, packed)[0] == value:
+            return head + packed
     return b"\xfb" + struct.pack(">d", value)
 
 
