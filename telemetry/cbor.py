@@ -7,7 +7,8 @@ of their encodings (cbor2's ``canonical=True`` sorts length-first, the older
 RFC 7049 rule, which is why this module exists).
 
 Decoding never trusts the input: a size cap is checked before the first byte
-is read, every declared length is checked against the bytes that remain,
+is read, integer and length heads must be in their shortest form (so one
+envelope has exactly one encoding, and one digest), every declared length is checked against the bytes that remain,
 nesting depth and the total number of items are bounded, duplicate map keys
 and indefinite lengths are refused, and every failure is a `WireFormatError`.
 """
@@ -128,6 +129,9 @@ def encode(obj: object) -> bytes:
     return b"".join(out)
 
 
+_SHORTEST_FLOOR = {24: 24, 25: 0x100, 26: 0x10000, 27: 0x100000000}
+
+
 class _Decoder:
     __slots__ = ("data", "pos", "items_left", "max_depth")
 
@@ -151,14 +155,13 @@ class _Decoder:
     def argument(self, info: int) -> int:
         if info < 24:
             return info
-        if info == 24:
-            return self.take(1)[0]
-        if info == 25:
-            return int.from_bytes(self.take(2), "big")
-        if info == 26:
-            return int.from_bytes(self.take(4), "big")
-        if info == 27:
-            return int.from_bytes(self.take(8), "big")
+        if 24 <= info <= 27:
+            width = 1 << (info - 24)
+            value = int.from_bytes(self.take(width), "big")
+            if value < _SHORTEST_FLOOR[info]:
+                # RFC 8949 §4.2.1: a longer head than needed gives one message two encodings
+                raise self.fail(f"integer or length {value} is not in its shortest form")
+            return value
         if info == 31:
             raise self.fail("indefinite length is not allowed")
         raise self.fail(f"reserved additional information {info}")
