@@ -1,0 +1,57 @@
+"""Runs the firmware test suite under MicroPython: every test_* function of every test_*.py module beside this file.
+
+    MICROPYPATH=firmware/tests/fakes:firmware/src/lib:firmware/src \
+        micropython -X heapsize=96k firmware/tests/run.py [-v] [SUBSTRING ...]
+
+Prints each failure with its traceback, then a last line "N passed, N failed",
+and exits non-zero if any test failed or none ran. SUBSTRING arguments keep
+only the tests whose "module.function" contains one of them.
+"""
+
+import gc
+import os
+import sys
+
+
+def _directory_of(path):
+    cut = path.rfind("/")
+    return path[:cut] if cut > 0 else "."
+
+
+def main(argv):
+    verbose = "-v" in argv
+    selected = [arg for arg in argv if arg != "-v"]
+    here = _directory_of(sys.argv[0])
+    names = sorted(name[:-3] for name in os.listdir(here) if name.startswith("test_") and name.endswith(".py"))
+    passed = failed = 0
+    for name in names:
+        try:
+            module = __import__(name)
+        except Exception as error:
+            failed += 1
+            print("ERROR importing %s:" % name)
+            sys.print_exception(error)
+            continue
+        for attribute in sorted(dir(module)):
+            test = getattr(module, attribute)
+            full_name = name + "." + attribute
+            if not attribute.startswith("test_") or not callable(test):
+                continue
+            if selected and not any(part in full_name for part in selected):
+                continue
+            gc.collect()
+            try:
+                test()
+            except Exception as error:
+                failed += 1
+                print("FAIL %s" % full_name)
+                sys.print_exception(error)
+            else:
+                passed += 1
+                if verbose:
+                    print("ok   %s" % full_name)
+    print("%d passed, %d failed" % (passed, failed))
+    return 1 if failed or not passed else 0
+
+
+sys.exit(main(sys.argv[1:]))
