@@ -27,6 +27,11 @@ class SpoolCorruptError(SpoolError, OSError):
     Re-opening the spool (`Spool.open`) moves the damaged file aside."""
 
 
+class SpoolConfigError(SpoolError, ValueError):
+    """`Spool.open` was given a setting it cannot honour (a bound that is not a
+    positive integer, a synchronous level other than FULL or NORMAL)."""
+
+
 class SpoolSequenceError(SpoolError, ValueError):
     """An envelope was appended whose seq is not above the spool's chain head
     (a seq would be reused or go backwards)."""
@@ -45,3 +50,37 @@ class StateUnavailableError(StateError, OSError):
 class StateValueError(StateError, ValueError):
     """A state update would make a never-decreasing counter go backwards, or a
     value has the wrong type."""
+
+
+# --- the uplink to the lender (agent.uplink) -----------------------------
+
+class UplinkError(AgentError):
+    """Something went wrong between the agent and the lender's CoAP endpoint."""
+
+
+class UplinkConfigError(UplinkError, ValueError):
+    """The [uplink] settings are unusable: a non-coap lender URI, a bound that
+    is not positive, or neither an OSCORE context nor an explicit
+    `insecure = true`."""
+
+
+class SecurityContextError(UplinkError, OSError):
+    """The device's OSCORE security context cannot be loaded (missing files,
+    unreadable JSON, or another process already uses it)."""
+
+
+class SecurityContextPermissionError(SecurityContextError, PermissionError):
+    """The OSCORE context directory or a file in it can be read by group or
+    others (it must be 0700 with 0600 files, owned by the agent's user)."""
+
+
+class AckError(UplinkError, ValueError):
+    """The lender's answer to a batch is not a well-formed ack (docs/transport.md);
+    nothing is deleted from the spool because of it."""
+
+
+# --- configuration (agent.config) ------------------------------------------
+
+class ConfigError(AgentError, ValueError):
+    """The agent's config file is missing, not TOML, or breaks a rule; the
+    message names the file, the key and what is allowed."""
