@@ -1,0 +1,174 @@
+"""The agent's configuration: one TOML file, validated when it is loaded.
+
+Every error names the file, the table and key, and what is allowed, so a
+technician can fix a config on site without reading code. The result is a
+tree of frozen dataclasses; nothing downstream re-checks it.
+
+    [device]     id, key_file, state_dir
+    [spool]      max_bytes, synchronous
+    [uplink]     url, insecure, oscore_dir, batch_interval_s, batch_max_bytes, backoff_cap_s
+    [[sensors]]  kind = "ds18b20" | "contact" | "motion" | "run-hours", then that driver's settings
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.exc import ConfigError
+from drivers.exc import DriverError
+from drivers.gpio import ContactConfig, MotionConfig, RunHoursConfig
+from drivers.onewire import DS18B20Config
+
+DEFAULT_CONFIG = Path("/etc/pledgewatch/agent.toml")
+REQUIRED = object()
+
+# sensor kind -> the driver's config class (its fields are the allowed keys)
+SENSOR_KINDS: dict[str, type] = {
+    "ds18b20": DS18B20Config,
+    "contact": ContactConfig,
+    "motion": MotionConfig,
+    "run-hours": RunHoursConfig,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSection:
+    id: str
+    key_file: Path
+    state_dir: Path
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolSection:
+    max_bytes: int = 256 * 1024 * 1024
+    synchronous: str = "FULL"
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkSection:
+    url: str = "coap://127.0.0.1:5683/t"
+    insecure: bool = False
+    oscore_dir: Path | None = None
+    batch_interval_s: float = 10.0
+    batch_max_bytes: int = 16 * 1024
+    backoff_cap_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    path: Path
+    device: DeviceSection
+    spool: SpoolSection
+    uplink: UplinkSection
+    sensors: tuple[Any, ...]
+
+    @property
+    def key_file(self) -> Path:
+        return self.device.key_file
+
+
+def _typed(value: object, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _section(path: Path, table: str, data: object, cls: type, rules: dict[str, tuple[type, object]]) -> Any:
+    """Build `cls` from a TOML table whose keys follow `rules`: key -> (type, default or REQUIRED)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: [{table}] must be a table")
+    unknown = sorted(set(data) - set(rules))
+    if unknown:
+        raise ConfigError(f"{path}: [{table}] has unknown key(s) {', '.join(unknown)}; allowed: {', '.join(rules)}")
+    values = {}
+    for key, (kind, default) in rules.items():
+        if key not in data:
+            if default is REQUIRED:
+                raise ConfigError(f"{path}: [{table}] needs key '{key}' ({kind.__name__})")
+            continue
+        value = data[key]
+        if not _typed(value, str if kind is Path else kind):
+            raise ConfigError(f"{path}: [{table}] {key} = {value!r} must be a {kind.__name__}")
+        values[key] = path.parent / value if kind is Path else value
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{path}: [{table}] {exc}") from exc
+
+
+def _sensor(path: Path, index: int, data: object) -> Any:
+    table = f"sensors #{index + 1}"
+    if not isinstance(data, dict) or "kind" not in data:
+        raise ConfigError(f"{path}: [[sensors]] #{index + 1} needs a 'kind'; allowed: {', '.join(SENSOR_KINDS)}")
+    kind = data["kind"]
+    cls = SENSOR_KINDS.get(kind)
+    if cls is None:
+        raise ConfigError(f"{path}: [{table}] kind = {kind!r} is unknown; allowed: {', '.join(SENSOR_KINDS)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    settings = {k: v for k, v in data.items() if k != "kind"}
+    unknown = sorted(set(settings) - set(fields))
+    if unknown:
+        raise ConfigError(f"{path}: [{table}] ({kind}) has unknown key(s) {', '.join(unknown)}; allowed: {', '.join(fields)}")
+    if "base_dir" in settings and isinstance(settings["base_dir"], str):
+        settings["base_dir"] = path.parent / settings["base_dir"]
+    try:
+        return cls(**settings)
+    except (ValueError, TypeError, DriverError) as exc:
+        raise ConfigError(f"{path}: [{table}] ({kind}) {exc}") from exc
+
+
+def parse(text: str, path: Path) -> AgentConfig:
+    """Validate the TOML `text` of the file at `path` (relative paths in it are relative to that file)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    unknown = sorted(set(data) - {"device", "spool", "uplink", "sensors"})
+    if unknown:
+        raise ConfigError(f"{path}: unknown table(s) {', '.join(unknown)}; allowed: device, spool, uplink, sensors")
+    device = _section(path, "device", data.get("device", {}), DeviceSection, {
+        "id": (str, REQUIRED), "key_file": (Path, REQUIRED), "state_dir": (Path, REQUIRED),
+    })
+    if not 0 < len(device.id) <= 64:
+        raise ConfigError(f"{path}: [device] id must be 1..64 characters")
+    spool = _section(path, "spool", data.get("spool", {}), SpoolSection, {
+        "max_bytes": (int, None), "synchronous": (str, None),
+    })
+    if spool.max_bytes < 64 * 1024:
+        raise ConfigError(f"{path}: [spool] max_bytes = {spool.max_bytes} is too small; allowed: >= 65536")
+    if spool.synchronous not in ("FULL", "NORMAL"):
+        raise ConfigError(f"{path}: [spool] synchronous = {spool.synchronous!r}; allowed: FULL, NORMAL")
+    uplink = _section(path, "uplink", data.get("uplink", {}), UplinkSection, {
+        "url": (str, None), "insecure": (bool, None), "oscore_dir": (Path, None),
+        "batch_interval_s": (float, None), "batch_max_bytes": (int, None), "backoff_cap_s": (float, None),
+    })
+    if not uplink.url.startswith(("coap://", "coap+udp://")):
+        raise ConfigError(f"{path}: [uplink] url = {uplink.url!r} must be a coap:// URI")
+    if not uplink.insecure and uplink.oscore_dir is None:
+        raise ConfigError(f"{path}: [uplink] needs oscore_dir (the OSCORE context from enrollment), or insecure = true")
+    if uplink.batch_interval_s <= 0 or uplink.backoff_cap_s <= 0 or uplink.batch_max_bytes < 1024:
+        raise ConfigError(f"{path}: [uplink] batch_interval_s and backoff_cap_s must be > 0, batch_max_bytes >= 1024")
+    sensors_data = data.get("sensors", [])
+    if not isinstance(sensors_data, list):
+        raise ConfigError(f"{path}: sensors must be an array of tables ([[sensors]])")
+    sensors = tuple(_sensor(path, index, item) for index, item in enumerate(sensors_data))
+    names = [s.name for s in sensors]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{path}: sensor name(s) {', '.join(duplicates)} used twice; each sensor needs its own name")
+    return AgentConfig(path=path, device=device, spool=spool, uplink=uplink, sensors=sensors)
+
+
+def load(path: str | Path = DEFAULT_CONFIG) -> AgentConfig:
+    """Read and validate the agent's config file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from exc
+    return parse(text, path)
