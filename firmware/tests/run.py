@@ -1,11 +1,12 @@
 """Runs the firmware test suite under MicroPython: every test_* function of every test_*.py module beside this file.
 
     MICROPYPATH=firmware/tests/fakes:firmware/src/lib:firmware/src \
-        micropython -X heapsize=96k firmware/tests/run.py [-v] [SUBSTRING ...]
+        micropython -X heapsize=96k firmware/tests/run.py [-v] [--heap] [SUBSTRING ...]
 
 Prints each failure with its traceback, then a last line "N passed, N failed",
 and exits non-zero if any test failed or none ran. SUBSTRING arguments keep
-only the tests whose "module.function" contains one of them.
+only the tests whose "module.function" contains one of them; -v names every
+passing test, --heap prints the heap in use before each test.
 """
 
 import gc
@@ -20,7 +21,8 @@ def _directory_of(path):
 
 def main(argv):
     verbose = "-v" in argv
-    selected = [arg for arg in argv if arg != "-v"]
+    show_heap = "--heap" in argv
+    selected = [arg for arg in argv if not arg.startswith("-")]
     here = _directory_of(sys.argv[0])
     names = sorted(name[:-3] for name in os.listdir(here) if name.startswith("test_") and name.endswith(".py"))
     passed = failed = 0
@@ -40,6 +42,8 @@ def main(argv):
             if selected and not any(part in full_name for part in selected):
                 continue
             gc.collect()
+            if show_heap:
+                print("heap %6d used %6d free  %s" % (gc.mem_alloc(), gc.mem_free(), full_name))
             try:
                 test()
             except Exception as error:
@@ -50,6 +54,9 @@ def main(argv):
                 passed += 1
                 if verbose:
                     print("ok   %s" % full_name)
+        # Forget the test module so the next one has the device-sized heap to itself.
+        del module, test
+        sys.modules.pop(name, None)
     print("%d passed, %d failed" % (passed, failed))
     return 1 if failed or not passed else 0
 

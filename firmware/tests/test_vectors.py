@@ -1,0 +1,123 @@
+"""Every shared wire-format vector in tests/vectors is rebuilt by the node byte for byte: CBOR, SenML, COSE and signatures."""
+
+import json
+import os
+
+import cbor
+import ed25519
+import envelope
+import senml
+from check import equal, tohex, unhex
+
+VECTORS = __file__[: __file__.rfind("/")] + "/../../tests/vectors"
+
+# cose-wg/Examples eddsa-examples/eddsa-sig-01.json, the "output" COSE_Sign1.
+EDDSA_SIG_01 = (
+    "D28445A201270300A10442313154546869732069732074686520636F6E74656E742E5840"
+    "7142FD2FF96D56DB85BEE905A76BA1D0B7321A95C8C4D3607C5781932B7AFB87"
+    "11497DFA751BF40B58B3BCC32300B1487F3DB34085EEF013BF08F4A44D6FEF0D"
+)
+
+
+def _vectors():
+    names = sorted(name[:-5] for name in os.listdir(VECTORS) if name.endswith(".json"))
+    assert names, "no vectors found in " + VECTORS
+    for name in names:
+        with open("%s/%s.json" % (VECTORS, name)) as file:
+            description = json.load(file)
+        with open("%s/%s.cbor" % (VECTORS, name), "rb") as file:
+            raw = file.read()
+        yield name, description, raw
+
+
+def _records(description):
+    records = []
+    for item in description["records"]:
+        record = dict(item)
+        if "data_hex" in record:
+            record["data"] = unhex(record.pop("data_hex"))
+        records.append(record)
+    return records
+
+
+def _check_envelope(name, description, raw):
+    key = ed25519.SigningKey(unhex(description["seed_hex"]))
+    equal(tohex(key.public_key), description["public_key_hex"], name + " public key")
+    equal(tohex(envelope.kid_of(key.public_key)), description["kid_hex"], name + " kid")
+    records = _records(description)
+    payload = cbor.encode(
+        {
+            envelope.DEVICE: description["device"],
+            envelope.BOOT: description["boot"],
+            envelope.SEQ: description["seq"],
+            envelope.PREV: unhex(description["prev_hex"]),
+            envelope.PACK: senml.pack(records),
+        }
+        if "gap" not in description
+        else {
+            envelope.DEVICE: description["device"],
+            envelope.BOOT: description["boot"],
+            envelope.SEQ: description["seq"],
+            envelope.PREV: unhex(description["prev_hex"]),
+            envelope.PACK: senml.pack(records),
+            envelope.GAP: envelope.gap_map(description["gap"]),
+        }
+    )
+    equal(tohex(payload), description["payload_hex"], name + " payload")
+    sealed = envelope.seal(
+        key,
+        description["device"],
+        description["boot"],
+        description["seq"],
+        unhex(description["prev_hex"]),
+        records,
+        gap=description.get("gap"),
+    )
+    equal(tohex(sealed), tohex(raw), name + " envelope bytes")
+    equal(tohex(envelope.digest(sealed)), description["digest_hex"], name + " chain digest")
+    assert ed25519.verify(key.public_key, envelope.sig_structure(unhex(description["protected_hex"]), payload), sealed[-64:])
+
+
+def _check_cose(name, description, raw):
+    key = ed25519.SigningKey(unhex(description["seed_hex"]))
+    protected = {int(label): value for label, value in description["protected"].items()}
+    unprotected = {int(label): unhex(value) for label, value in description["unprotected"].items()}
+    message = envelope.cose_sign1(key, protected, unprotected, description["payload_text"].encode())
+    equal(tohex(message), tohex(raw), name)
+
+
+def test_every_shared_vector_is_rebuilt_byte_for_byte_by_the_node():
+    checked = {}
+    for name, description, raw in _vectors():
+        kind = description["kind"]
+        if kind in ("envelope", "gap"):
+            _check_envelope(name, description, raw)
+        elif kind == "senml":
+            # RFC 8428's own example bytes list bn (-2) before n (0), which is not the
+            # deterministic key order, so the node must match the RFC's data, in our order.
+            pack = senml.pack(_records(description))
+            equal(pack, cbor.decode(raw), name)
+            equal(tohex(cbor.encode(pack)), tohex(cbor.encode(cbor.decode(raw))), name)
+        elif kind == "cose":
+            _check_cose(name, description, raw)
+        else:
+            raise AssertionError("vector %s has kind %r, which the firmware tests do not know yet" % (name, kind))
+        checked[kind] = checked.get(kind, 0) + 1
+    for kind in ("envelope", "gap", "senml", "cose"):
+        assert checked.get(kind), "no %s vector was checked: %r" % (kind, checked)
+
+
+def test_every_shared_envelope_vector_decodes_and_reencodes_to_the_same_bytes():
+    for name, description, raw in _vectors():
+        if description["kind"] not in ("envelope", "gap"):
+            continue  # the RFC 8428 example is not in deterministic order; the COSE payload is text
+        decoded = cbor.decode(raw)
+        equal(cbor.encode(decoded), raw, name)
+        for part in (decoded.value[0], decoded.value[2]):
+            equal(cbor.encode(cbor.decode(part)), part, name + " inner bstr .cbor")
+
+
+def test_the_node_reproduces_the_cose_working_group_eddsa_sig_01_example():
+    key = ed25519.SigningKey(unhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"))
+    message = envelope.cose_sign1(key, {1: -8, 3: 0}, {4: b"11"}, b"This is the content.")
+    equal(tohex(message).upper(), EDDSA_SIG_01)
