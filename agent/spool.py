@@ -589,8 +589,24 @@ def _inspect(path: Path) -> tuple[int, int, int, int]:
     """
     if not path.exists():
         raise _Damage("a -wal file exists without its database")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise _Damage("the database file is empty (spools are created whole, so it was truncated)")
+    # Read the header ourselves first: SQLite deletes a -wal that sits beside a
+    # database it sees as zero pages long, even on a read-only connection, and
+    # that -wal is the evidence (and maybe the only copy of recent envelopes).
+    with open(path, "rb") as f:
+        header = f.read(100)
+    if len(header) < 100 or header[:16] != b"SQLite format 3\x00":
+        raise _Damage("the file does not start with the SQLite header")
+    page_size = struct.unpack(">H", header[16:18])[0]
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        raise _Damage(f"the header names an impossible page size {page_size}")
+    if size % page_size:
+        raise _Damage(f"the file is {size} bytes, not a whole number of {page_size}-byte pages (truncated)")
+    if header[18:20] != b"\x02\x02":
+        raise _Damage("the header says the database is not in WAL mode")
     if not _wal_header_ok(_sidecar(path, "-wal")):
         raise _Damage("the -wal file does not start with a valid WAL header")
     try:
