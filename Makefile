@@ -3,8 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Debian packages the tests use as independent peers: coap-client (libcoap3-bin), socat.
+DEBIAN_PACKAGES := libcoap3-bin socat
 
-.PHONY: test demo bench clean
+.PHONY: test demo bench system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,7 +14,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
-test: $(STAMP)
+# Best effort: installs the Debian peers when running as root with apt; tests that
+# need a missing one skip and say which package to install.
+system-deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+	      || echo "warning: could not install$$missing; tests that need them will skip"; \
+	  else echo "note: install$$missing (sudo apt-get install$$missing) to run every test"; fi; \
+	fi
+
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)

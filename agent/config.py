@@ -6,7 +6,7 @@ tree of frozen dataclasses; nothing downstream re-checks it.
 
     [device]     id, key_file, state_dir
     [spool]      max_bytes, synchronous
-    [uplink]     url, insecure, oscore_dir, batch_interval_s, batch_max_bytes, backoff_cap_s
+    [uplink]     lender, security_context | insecure, batch_interval, ... (agent.uplink.UplinkConfig)
     [[sensors]]  kind = "ds18b20" | "contact" | "motion" | "run-hours", then that driver's settings
 """
 from __future__ import annotations
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.exc import ConfigError
+from agent.exc import ConfigError, UplinkConfigError
+from agent.uplink import UplinkConfig
 from drivers.exc import DriverError
 from drivers.gpio import ContactConfig, MotionConfig, RunHoursConfig
 from drivers.onewire import DS18B20Config
@@ -48,21 +49,11 @@ class SpoolSection:
 
 
 @dataclass(frozen=True, slots=True)
-class UplinkSection:
-    url: str = "coap://127.0.0.1:5683/t"
-    insecure: bool = False
-    oscore_dir: Path | None = None
-    batch_interval_s: float = 10.0
-    batch_max_bytes: int = 16 * 1024
-    backoff_cap_s: float = 300.0
-
-
-@dataclass(frozen=True, slots=True)
 class AgentConfig:
     path: Path
     device: DeviceSection
     spool: SpoolSection
-    uplink: UplinkSection
+    uplink: UplinkConfig
     sensors: tuple[Any, ...]
 
     @property
@@ -143,16 +134,15 @@ def parse(text: str, path: Path) -> AgentConfig:
         raise ConfigError(f"{path}: [spool] max_bytes = {spool.max_bytes} is too small; allowed: >= 65536")
     if spool.synchronous not in ("FULL", "NORMAL"):
         raise ConfigError(f"{path}: [spool] synchronous = {spool.synchronous!r}; allowed: FULL, NORMAL")
-    uplink = _section(path, "uplink", data.get("uplink", {}), UplinkSection, {
-        "url": (str, None), "insecure": (bool, None), "oscore_dir": (Path, None),
-        "batch_interval_s": (float, None), "batch_max_bytes": (int, None), "backoff_cap_s": (float, None),
-    })
-    if not uplink.url.startswith(("coap://", "coap+udp://")):
-        raise ConfigError(f"{path}: [uplink] url = {uplink.url!r} must be a coap:// URI")
-    if not uplink.insecure and uplink.oscore_dir is None:
-        raise ConfigError(f"{path}: [uplink] needs oscore_dir (the OSCORE context from enrollment), or insecure = true")
-    if uplink.batch_interval_s <= 0 or uplink.backoff_cap_s <= 0 or uplink.batch_max_bytes < 1024:
-        raise ConfigError(f"{path}: [uplink] batch_interval_s and backoff_cap_s must be > 0, batch_max_bytes >= 1024")
+    uplink_table = data.get("uplink", {})
+    if not isinstance(uplink_table, dict):
+        raise ConfigError(f"{path}: [uplink] must be a table")
+    if isinstance(uplink_table.get("security_context"), str):
+        uplink_table = {**uplink_table, "security_context": path.parent / uplink_table["security_context"]}
+    try:
+        uplink = UplinkConfig.from_mapping(uplink_table)
+    except UplinkConfigError as exc:
+        raise ConfigError(f"{path}: [uplink] {exc}") from exc
     sensors_data = data.get("sensors", [])
     if not isinstance(sensors_data, list):
         raise ConfigError(f"{path}: sensors must be an array of tables ([[sensors]])")

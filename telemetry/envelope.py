@@ -49,6 +49,7 @@ class GapReason(str, enum.Enum):
     OVERFLOW = "overflow"          # the spool was full: routine readings dropped oldest first
     POWER_LOSS = "power-loss"      # the device restarted without a clean shutdown
     SPOOL_RESET = "spool-reset"    # the spool was corrupt and moved aside; unacked readings lost
+    STORAGE_FAILURE = "storage-failure"  # the spool could not store readings (disk full, failing card)
 
 
 @dataclass(frozen=True, slots=True)
