@@ -1,0 +1,594 @@
+"""The agent's uplink: spooled envelopes to the lender in CoAP batches, protected by OSCORE.
+
+One exchange is one confirmable POST to ``<lender>/t`` (Content-Format 60,
+application/cbor) whose body is a CBOR array of byte strings, each the exact
+bytes of one spooled envelope, alarms first, then in seq order, at most
+`max_batch_bytes` long (aiocoap splits a body over 1024 bytes into Block1
+blocks, RFC 7959, each its own OSCORE request). The lender answers 2.04 with an
+ack map {1: stored seqs, 2: already-present seqs, 3: [[index, reason, text]]};
+the agent deletes exactly stored ∪ already-present and nothing on a timeout or
+error. ``docs/transport.md`` is the normative description.
+
+Pure policy (the backoff, batch fitting, ack parsing, what to do with each
+answer) is plain code; `Uplink` is the asyncio edge that talks aiocoap. The
+clock, the sleep and the random source are injectable so tests drive time.
+"""
+from __future__ import annotations
+
+import asyncio
+import binascii
+import enum
+import logging
+import os
+import random as random_module
+import stat
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import aiocoap
+import filelock
+from aiocoap import error as coap_error
+from aiocoap.numbers import codes
+from aiocoap.numbers.constants import TransportTuning
+from aiocoap.oscore import FilesystemSecurityContext
+
+from agent.exc import AckError, SecurityContextError, SecurityContextPermissionError, UplinkConfigError
+from telemetry import cbor
+from telemetry.envelope import Reason
+
+log = logging.getLogger(__name__)
+
+TELEMETRY_PATH = "t"
+CONTENT_FORMAT_CBOR = 60
+MIN_BATCH_BYTES = 256          # a 4.13 never shrinks the cap below this
+ACK_STORED, ACK_ALREADY, ACK_REJECTED = 1, 2, 3
+# Reasons the lender may lift later (enrollment still pending, revocation undone):
+# such envelopes stay queued. Every other reason is final for those exact bytes.
+RETRYABLE_REASONS = frozenset({Reason.UNKNOWN_KEY, Reason.REVOKED})
+_MAX_REASON_TEXT = 200
+
+
+# --- configuration -------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class UplinkConfig:
+    """The ``[uplink]`` settings, checked when built."""
+
+    lender: str = "coap://127.0.0.1:5683"
+    security_context: Path | None = None   # the device's OSCORE context directory
+    insecure: bool = False                 # plain CoAP; must be said explicitly
+    batch_interval: float = 60.0           # seconds between routine batches
+    max_batch_bytes: int = 16 * 1024       # CBOR body of one POST
+    max_batch_count: int = 500
+    backoff_initial: float = 1.0
+    backoff_cap: float = 300.0
+    ack_timeout: float = 2.0               # CoAP ACK_TIMEOUT (RFC 7252 §4.8)
+    max_retransmit: int = 4                # CoAP MAX_RETRANSMIT
+    exchange_deadline: float = 600.0       # give up on one batch (all its blocks) after this
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.lender) if isinstance(self.lender, str) else None
+        if parts is None or parts.scheme != "coap" or not parts.hostname or parts.query or parts.fragment:
+            raise UplinkConfigError(
+                f"uplink lender must be a coap:// URI with a host, like coap://lender.example:5683, got {self.lender!r}"
+            )
+        if self.security_context is not None and not isinstance(self.security_context, Path):
+            if not isinstance(self.security_context, (str, os.PathLike)):
+                raise UplinkConfigError(f"uplink security_context must be a directory path, got {self.security_context!r}")
+            object.__setattr__(self, "security_context", Path(self.security_context))
+        if self.security_context is None and not self.insecure:
+            raise UplinkConfigError(
+                "uplink needs security_context (the device's OSCORE context directory); "
+                "plain CoAP only with an explicit insecure = true"
+            )
+        if self.security_context is not None and self.insecure:
+            raise UplinkConfigError("uplink: set either security_context or insecure = true, not both")
+        for name in ("batch_interval", "backoff_initial", "backoff_cap", "ack_timeout", "exchange_deadline"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise UplinkConfigError(f"uplink {name} must be a positive number of seconds, got {value!r}")
+        for name, least in (("max_batch_bytes", MIN_BATCH_BYTES), ("max_batch_count", 1), ("max_retransmit", 0)):
+            value = getattr(self, name)
+            if type(value) is not int or value < least:
+                raise UplinkConfigError(f"uplink {name} must be an integer >= {least}, got {value!r}")
+        if self.backoff_cap < self.backoff_initial:
+            raise UplinkConfigError("uplink backoff_cap must not be below backoff_initial")
+
+    @classmethod
+    def from_mapping(cls, table: Mapping[str, object]) -> UplinkConfig:
+        """Build from a parsed ``[uplink]`` TOML table; unknown keys are an error, not ignored."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(table) - known
+        if unknown:
+            raise UplinkConfigError(f"unknown [uplink] settings {sorted(unknown)}; known: {sorted(known)}")
+        values = dict(table)
+        if "security_context" in values and values["security_context"] is not None:
+            values["security_context"] = Path(str(values["security_context"]))
+        if "insecure" in values and not isinstance(values["insecure"], bool):
+            raise UplinkConfigError(f"uplink insecure must be true or false, got {values['insecure']!r}")
+        return cls(**values)
+
+    @property
+    def telemetry_uri(self) -> str:
+        return self.lender.rstrip("/") + "/" + TELEMETRY_PATH
+
+
+# --- the device's OSCORE context -------------------------------------------
+
+class DurableSecurityContext(FilesystemSecurityContext):
+    """aiocoap's file-backed context, plus an fsync of the directory after each sequence-file replace.
+
+    aiocoap fsyncs the new ``sequence.json`` and renames it into place, but
+    does not fsync the directory, so a power cut could bring back the older,
+    lower sender-sequence reservation and reuse AEAD nonces. (The lender's
+    `lender.oscore.DurableSecurityContext` is the same class; the agent may not
+    import `lender`.)
+    """
+
+    def __init__(self, basedir: str, **kwargs) -> None:
+        try:
+            super().__init__(basedir, **kwargs)
+        except BaseException:
+            # aiocoap takes the lock before loading and keeps it when loading
+            # fails; its __del__ would then crash on the half-built object.
+            if getattr(self, "lockfile", None) is not None:
+                self.lockfile.release()
+                self.lockfile = None
+            raise
+
+    def _store(self) -> None:
+        super()._store()
+        fd = os.open(self.basedir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def open_security_context(directory: str | os.PathLike) -> DurableSecurityContext:
+    """Load the device's OSCORE context, refusing one that group or others could read."""
+    base = Path(directory)
+    me = os.geteuid()
+    for path, is_dir in ((base, True), (base / "settings.json", False), (base / "secret.json", False),
+                         (base / "sequence.json", False)):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            if path.name in ("sequence.json", "settings.json"):
+                continue  # never used yet / everything in secret.json
+            raise SecurityContextError(f"OSCORE context {base}: {path.name} is missing (provision the device)") from None
+        if not (stat.S_ISDIR(st.st_mode) if is_dir else stat.S_ISREG(st.st_mode)):
+            raise SecurityContextPermissionError(f"OSCORE context {path} must be a plain file or directory, not a link")
+        if st.st_mode & 0o077 or st.st_uid != me:
+            raise SecurityContextPermissionError(
+                f"OSCORE context {path} has mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid}; "
+                f"it must be {'0700' if is_dir else '0600'} and owned by uid {me}: the agent refuses keys others can read"
+            )
+    try:
+        return DurableSecurityContext(os.fspath(base))
+    except filelock.Timeout as exc:
+        raise SecurityContextError(
+            f"OSCORE context {base} is in use by another process; two users would reuse sequence numbers"
+        ) from exc
+    except (FilesystemSecurityContext.LoadError, ValueError, KeyError, binascii.Error) as exc:
+        raise SecurityContextError(f"OSCORE context {base} cannot be loaded: {exc}") from exc
+
+
+def close_security_context(context: FilesystemSecurityContext) -> None:
+    """Write the exact next sequence number back and release the context's lock (clean shutdown)."""
+    if getattr(context, "lockfile", None) is not None:
+        context._destroy()  # aiocoap 0.4.17's own shutdown path, otherwise run only from __del__
+
+
+# --- pure policy ---------------------------------------------------------------
+
+class Backoff:
+    """Exponential backoff with full jitter: the n-th delay is uniform in [0, min(cap, initial * 2**n)]."""
+
+    def __init__(self, initial: float, cap: float, random: Callable[[], float]) -> None:
+        self.initial = initial
+        self.cap = cap
+        self.failures = 0
+        self._random = random
+
+    @property
+    def ceiling(self) -> float:
+        """The largest delay the next failure may draw."""
+        if self.failures >= 64:
+            return self.cap
+        return min(self.cap, self.initial * 2 ** self.failures)
+
+    def next_delay(self) -> float:
+        """Record one more failure and return how long to wait before the next attempt."""
+        delay = self._random() * self.ceiling
+        self.failures += 1
+        return delay
+
+    def reset(self) -> None:
+        """A successful exchange: the next failure starts from `initial` again."""
+        self.failures = 0
+
+
+class Queued(Protocol):
+    """What the uplink needs from a spooled envelope (agent.spool.SpooledEnvelope has it)."""
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def raw(self) -> bytes: ...
+
+
+class SpoolLike(Protocol):
+    """The spool's side of the contract: a batch alarms-first, and deletion of exactly the acked seqs."""
+
+    def peek(self, max_count: int, max_bytes: int) -> Sequence[Queued]: ...
+
+    def ack(self, seqs: Iterable[int]) -> int: ...
+
+
+def _bstr_overhead(length: int) -> int:
+    return 1 if length < 24 else 2 if length < 0x100 else 3 if length < 0x10000 else 5
+
+
+def encode_batch(envelopes: Sequence[bytes]) -> bytes:
+    """The POST body: a CBOR array of byte strings, each one envelope's exact bytes."""
+    return cbor.encode(list(envelopes))
+
+
+def fit_batch(items: Sequence[Queued], max_bytes: int) -> list[Queued]:
+    """The longest prefix whose encoded body fits `max_bytes`; always at least one item."""
+    chosen: list[Queued] = []
+    size = 5  # the array head, at most
+    for item in items:
+        size += _bstr_overhead(len(item.raw)) + len(item.raw)
+        if chosen and size > max_bytes:
+            break
+        chosen.append(item)
+    return chosen
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One envelope the lender refused, with its reason code (telemetry.Reason numbers) and text."""
+
+    seq: int
+    reason: int
+    text: str
+
+    @property
+    def permanent(self) -> bool:
+        """Final for these exact bytes: leave the send queue. Unknown codes are treated as retryable."""
+        try:
+            return Reason(self.reason) not in RETRYABLE_REASONS and self.reason != Reason.OK
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """A parsed ack, restricted to the batch that was sent."""
+
+    stored: frozenset[int]
+    already: frozenset[int]
+    rejected: tuple[Rejection, ...]
+    foreign: frozenset[int] = frozenset()   # seqs the lender named that were not in the batch (ignored)
+
+    @property
+    def delete(self) -> frozenset[int]:
+        """Exactly what the spool may delete: stored ∪ already-present."""
+        return self.stored | self.already
+
+
+def _uint_list(value: object, what: str) -> list[int]:
+    if not isinstance(value, list) or not all(type(v) is int and v >= 0 for v in value):
+        raise AckError(f"ack {what} must be an array of unsigned integers")
+    return value
+
+
+def parse_ack(body: bytes, batch: Sequence[Queued]) -> Ack:
+    """Decode the lender's ack for `batch` (untrusted bytes); raise AckError unless it is well formed.
+
+    Seqs named but not in the batch are ignored (never deleted). An envelope
+    both acked and rejected, or rejected twice, makes the whole ack invalid.
+    """
+    limits = cbor.Limits(max_bytes=64 * 1024 + 64 * len(batch), max_depth=4, max_items=8 * len(batch) + 16)
+    try:
+        decoded = cbor.decode(bytes(body), limits)
+    except ValueError as exc:
+        raise AckError(f"ack is not well-formed CBOR: {exc}") from exc
+    if not isinstance(decoded, dict) or not all(type(k) is int for k in decoded):
+        raise AckError("ack must be a CBOR map with integer keys")
+    sent = {item.seq for item in batch}
+    stored = set(_uint_list(decoded.get(ACK_STORED, []), "stored (1)"))
+    already = set(_uint_list(decoded.get(ACK_ALREADY, []), "already present (2)"))
+    entries = decoded.get(ACK_REJECTED, [])
+    if not isinstance(entries, list):
+        raise AckError("ack rejected (3) must be an array")
+    rejected: list[Rejection] = []
+    for entry in entries:
+        if (not isinstance(entry, list) or len(entry) != 3 or type(entry[0]) is not int or type(entry[1]) is not int
+                or entry[1] < 0 or not isinstance(entry[2], str)):
+            raise AckError("ack rejected (3) entries must be [index, reason code, text]")
+        index, reason, text = entry
+        if not 0 <= index < len(batch):
+            raise AckError(f"ack rejects index {index} of a batch of {len(batch)}")
+        rejected.append(Rejection(batch[index].seq, reason, text[:_MAX_REASON_TEXT]))
+    rejected_seqs = [r.seq for r in rejected]
+    if len(set(rejected_seqs)) != len(rejected_seqs):
+        raise AckError("ack rejects one envelope twice")
+    if set(rejected_seqs) & (stored | already):
+        raise AckError("ack both accepts and rejects the same envelope")
+    return Ack(
+        stored=frozenset(stored & sent), already=frozenset(already & sent), rejected=tuple(rejected),
+        foreign=frozenset((stored | already) - sent),
+    )
+
+
+class Result(enum.Enum):
+    """How one exchange ended."""
+
+    IDLE = "idle"                  # nothing queued
+    DELIVERED = "delivered"        # 2.04, and something left the queue
+    NO_PROGRESS = "no-progress"    # 2.04, but every envelope is to be retried later
+    TOO_LARGE = "too-large"        # 4.13: batch cap halved
+    REFUSED = "refused"            # 4.00 for the batch: batch count halved to isolate the cause
+    FAILED = "failed"              # timeout, network error, 4.01/4.03/5.xx, malformed ack
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """The outcome of one `Uplink.send_once`, for the scheduler, health checks and tests."""
+
+    result: Result
+    sent: tuple[int, ...] = ()
+    deleted: int = 0
+    set_aside: tuple[Rejection, ...] = ()
+    retry_later: tuple[Rejection, ...] = ()
+    detail: str = ""
+    full: bool = False             # the batch hit a cap: more is probably queued
+
+
+# --- the asyncio edge ------------------------------------------------------------
+
+class Uplink:
+    """Sends the spool to the lender: `run()` forever, `wake()` when an alarm was appended."""
+
+    def __init__(
+        self,
+        config: UplinkConfig,
+        spool: SpoolLike,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        random: Callable[[], float] = random_module.random,
+    ) -> None:
+        self.config = config
+        self.spool = spool
+        self.backoff = Backoff(config.backoff_initial, config.backoff_cap, random)
+        self.byte_cap = config.max_batch_bytes
+        self.count_cap = config.max_batch_count
+        self.last_exchange: Exchange | None = None
+        self._clock = clock
+        self._sleep = sleep
+        self._wake = asyncio.Event()
+        self._context: aiocoap.Context | None = None
+        self._security: DurableSecurityContext | None = None
+        # Permanent rejections, kept out of batches for this process's life. A
+        # spool offering set_aside(rejections) keeps them durably instead.
+        self._set_aside: dict[int, int] = {}
+        self._lender_proven = False   # a batch was delivered since the last isolation step
+        self._suspect: int | None = None  # refused alone before the lender was proven: skipped until it is
+
+    async def start(self) -> None:
+        """Load the OSCORE context and open the CoAP client (warns on every start when insecure)."""
+        if self._context is not None:
+            return
+        if self.config.insecure:
+            log.warning(
+                "uplink: insecure = true, telemetry goes to %s as plain CoAP without OSCORE; anyone on the path "
+                "can read it, and acks can be forged to make the agent delete unsent readings",
+                self.config.lender,
+            )
+        else:
+            self._security = open_security_context(self.config.security_context)
+        try:
+            self._context = await aiocoap.Context.create_client_context()
+        except BaseException:
+            if self._security is not None:
+                close_security_context(self._security)
+                self._security = None
+            raise
+        if self._security is not None:
+            self._context.client_credentials[self.config.lender.rstrip("/") + "/*"] = self._security
+
+    async def close(self) -> None:
+        """Stop the CoAP client and write the OSCORE sequence number back exactly."""
+        context, self._context = self._context, None
+        if context is not None:
+            await context.shutdown()
+        security, self._security = self._security, None
+        if security is not None:
+            close_security_context(security)
+
+    async def __aenter__(self) -> Uplink:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def wake(self) -> None:
+        """An alarm was appended: send at once, ahead of any backlog, even during a backoff wait."""
+        self._wake.set()
+
+    # --- one exchange ---
+
+    def _next_batch(self) -> list[Queued]:
+        hidden = dict(self._set_aside)
+        if self._suspect is not None and not self._lender_proven:
+            hidden[self._suspect] = 0
+        items = self.spool.peek(self.count_cap + len(hidden), self.byte_cap + sum(hidden.values()))
+        items = [item for item in items if item.seq not in hidden][: self.count_cap]
+        return fit_batch(items, self.byte_cap)
+
+    def _tuning(self) -> TransportTuning:
+        tuning = TransportTuning()
+        tuning.ACK_TIMEOUT = self.config.ack_timeout
+        tuning.MAX_RETRANSMIT = self.config.max_retransmit
+        return tuning
+
+    def _put_aside(self, rejections: Sequence[Rejection], batch: Sequence[Queued]) -> None:
+        sizes = {item.seq: len(item.raw) for item in batch}
+        for rejection in rejections:
+            log.error(
+                "uplink: lender refused envelope seq %d for good (reason %d: %r); it stays in the spool "
+                "and is no longer sent", rejection.seq, rejection.reason, rejection.text,
+            )
+        set_aside = getattr(self.spool, "set_aside", None)
+        if callable(set_aside):
+            set_aside(rejections)
+        else:
+            for rejection in rejections:
+                self._set_aside[rejection.seq] = sizes.get(rejection.seq, 0)
+
+    async def send_once(self) -> Exchange:
+        """Send one batch and apply the lender's answer. Never raises for network or lender trouble."""
+        if self._context is None:
+            raise RuntimeError("Uplink.start() must be awaited before sending")
+        batch = self._next_batch()
+        if not batch:
+            return self._finish(Exchange(Result.IDLE))
+        seqs = tuple(item.seq for item in batch)
+        body = encode_batch([item.raw for item in batch])
+        full = len(batch) >= self.count_cap or len(body) > self.byte_cap * 3 // 4
+        request = aiocoap.Message(
+            code=codes.POST, uri=self.config.telemetry_uri, payload=body,
+            content_format=CONTENT_FORMAT_CBOR, transport_tuning=self._tuning(),
+        )
+        try:
+            response = await asyncio.wait_for(self._context.request(request).response, self.config.exchange_deadline)
+        except (coap_error.Error, OSError, asyncio.TimeoutError) as exc:
+            cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+            return self._finish(Exchange(Result.FAILED, seqs, detail=f"no answer: {type(exc).__name__}: {exc}{cause}"))
+        except Exception as exc:  # a bug or an unexpected library state must not stop the uplink
+            log.exception("uplink: unexpected error while sending seqs %d..%d", seqs[0], seqs[-1])
+            return self._finish(Exchange(Result.FAILED, seqs, detail=f"unexpected {type(exc).__name__}: {exc}"))
+        return self._finish(self._apply(response, batch, seqs, full))
+
+    def _apply(self, response: aiocoap.Message, batch: list[Queued], seqs: tuple[int, ...], full: bool) -> Exchange:
+        code = response.code
+        if code == codes.CHANGED:
+            try:
+                ack = parse_ack(response.payload, batch)
+            except AckError as exc:
+                return Exchange(Result.FAILED, seqs, detail=f"malformed ack, nothing deleted: {exc}")
+            if ack.foreign:
+                log.warning("uplink: lender acked seqs it was not sent (ignored): %s", sorted(ack.foreign)[:20])
+            deleted = self.spool.ack(ack.delete) if ack.delete else 0
+            permanent = tuple(r for r in ack.rejected if r.permanent)
+            later = tuple(r for r in ack.rejected if not r.permanent)
+            if permanent:
+                self._put_aside(permanent, batch)
+            for rejection in later:
+                log.warning("uplink: lender deferred envelope seq %d (reason %d: %r); will retry",
+                            rejection.seq, rejection.reason, rejection.text)
+            progress = bool(ack.delete or permanent)
+            return Exchange(Result.DELIVERED if progress else Result.NO_PROGRESS, seqs, deleted, permanent, later,
+                            full=full and progress)
+        detail = f"lender answered {code}" + (f": {response.payload[:_MAX_REASON_TEXT]!r}" if response.payload else "")
+        if code == codes.REQUEST_ENTITY_TOO_LARGE:
+            return self._too_large(response, batch, seqs, detail)
+        if code == codes.BAD_REQUEST:
+            if len(batch) > 1:
+                self.count_cap = max(1, len(batch) // 2)
+                return Exchange(Result.REFUSED, seqs, detail=detail + f"; next batch at most {self.count_cap} envelopes")
+            return self._isolated(batch, Reason.MALFORMED, "lender answered 4.00 to this envelope alone", seqs, detail)
+        return Exchange(Result.FAILED, seqs, detail=detail)
+
+    def _too_large(self, response: aiocoap.Message, batch: list[Queued], seqs: tuple[int, ...], detail: str) -> Exchange:
+        limit = response.opt.size1  # RFC 7959 §2.9.3: the largest body the server will take
+        new_cap = self.byte_cap // 2
+        if isinstance(limit, int) and limit > 0:
+            new_cap = min(new_cap, limit)
+        new_cap = max(MIN_BATCH_BYTES, new_cap)
+        if len(batch) == 1:
+            return self._isolated(batch, Reason.OVERSIZE, "lender answered 4.13 to this envelope alone", seqs, detail)
+        shrunk = new_cap < self.byte_cap
+        self.byte_cap = new_cap
+        return Exchange(Result.TOO_LARGE if shrunk else Result.FAILED, seqs,
+                        detail=detail + f"; batch cap now {self.byte_cap} bytes")
+
+    def _isolated(self, batch: list[Queued], reason: Reason, text: str, seqs: tuple[int, ...], detail: str) -> Exchange:
+        # Set one envelope aside only when the lender has shown since the last
+        # such step that it accepts other batches: a lender that refuses
+        # everything must not make the agent stop sending its readings. Until
+        # then the envelope is skipped, so the ones behind it can prove it.
+        if not self._lender_proven:
+            self._suspect = batch[0].seq
+            return Exchange(Result.FAILED, seqs, detail=detail + "; kept queued, skipped until another batch gets through")
+        rejection = Rejection(batch[0].seq, int(reason), text)
+        self._put_aside((rejection,), batch)
+        self._lender_proven = False
+        self._suspect = None
+        return Exchange(Result.DELIVERED, seqs, set_aside=(rejection,), detail=detail)
+
+    def _finish(self, exchange: Exchange) -> Exchange:
+        self.last_exchange = exchange
+        if exchange.result is Result.DELIVERED and exchange.deleted:
+            self._lender_proven = True
+            self.count_cap = self.config.max_batch_count
+        if exchange.result is Result.FAILED:
+            log.warning("uplink: batch of %d not delivered, kept in the spool: %s", len(exchange.sent), exchange.detail)
+        elif exchange.result in (Result.TOO_LARGE, Result.REFUSED):
+            log.warning("uplink: %s", exchange.detail)
+        return exchange
+
+    # --- scheduling ---
+
+    def delay_after(self, exchange: Exchange) -> float:
+        """How long to wait after `exchange` before the next attempt (advances or resets the backoff)."""
+        if exchange.result is Result.IDLE:
+            return self.config.batch_interval
+        if exchange.result is Result.DELIVERED:
+            self.backoff.reset()
+            return 0.0 if exchange.full or exchange.set_aside and not exchange.deleted else self.config.batch_interval
+        if exchange.result is Result.TOO_LARGE:
+            return 0.0
+        # NO_PROGRESS too: the lender answers but takes none of these yet
+        # (device not enrolled): retry, but ever more slowly.
+        return self.backoff.next_delay()
+
+    async def _wait(self, delay: float) -> None:
+        if self._wake.is_set():
+            return
+        sleeper = asyncio.ensure_future(self._sleep(delay))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, waker):
+                task.cancel()
+
+    async def run(self) -> None:
+        """Send forever: at start, every `batch_interval`, at once on `wake()`, backing off on failure."""
+        await self.start()
+        due = self._clock()
+        while True:
+            now = self._clock()
+            if not self._wake.is_set() and now < due:
+                await self._wait(due - now)
+                continue
+            self._wake.clear()
+            try:
+                exchange = await self.send_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the spool failed under us: keep the uplink alive and try again later
+                log.exception("uplink: sending failed")
+                exchange = self._finish(Exchange(Result.FAILED, detail="spool error"))
+            due = self._clock() + self.delay_after(exchange)
