@@ -1,7 +1,7 @@
 """Runs the firmware test suite under MicroPython: every test_* function of every test_*.py module beside this file.
 
     MICROPYPATH=firmware/tests/fakes:firmware/src/lib:firmware/src \
-        micropython -X heapsize=96k firmware/tests/run.py [-v] [--heap] [SUBSTRING ...]
+        micropython -X heapsize=128k firmware/tests/run.py [-v] [--heap] [SUBSTRING ...]
 
 Prints each failure with its traceback, then a last line "N passed, N failed",
 and exits non-zero if any test failed or none ran. SUBSTRING arguments keep
@@ -27,6 +27,7 @@ def main(argv):
     names = sorted(name[:-3] for name in os.listdir(here) if name.startswith("test_") and name.endswith(".py"))
     passed = failed = 0
     for name in names:
+        gc.collect()
         try:
             module = __import__(name)
         except Exception as error:

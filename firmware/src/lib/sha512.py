@@ -92,14 +92,14 @@ class sha512:
     digest_size = 64
     block_size = 128
 
-    def __init__(self, data=b""):
+    def __init__(self, data: bytes | bytearray | memoryview = b""):
         self._state = list(_IV)
         self._pending = b""
         self._length = 0
         if data:
             self.update(data)
 
-    def update(self, data):
+    def update(self, data: bytes | bytearray | memoryview):
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError("sha512.update() takes bytes, not %s" % type(data).__name__)
         data = self._pending + bytes(data)
