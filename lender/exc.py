@@ -37,3 +37,47 @@ class OscoreContextInvalidError(OscoreContextError, ValueError):
 class OscoreContextInUseError(OscoreContextError, OSError):
     """Another process (or another object in this one) holds the context's
     lock: two users of one context would reuse sequence numbers."""
+
+
+# --- evidence storage (lender.store) ----------------------------------------
+
+class StoreError(LenderError):
+    """The lender's evidence store cannot be used."""
+
+
+class StoreUnavailableError(StoreError, OSError):
+    """The store's file or directory cannot be opened or written (missing,
+    read-only, disk full, locked by another writer for too long)."""
+
+
+class StoreFormatError(StoreError, ValueError):
+    """The file is not a pledgewatch lender store, or one written by a newer
+    version (its schema version is higher than this program knows)."""
+
+
+# --- device registry (lender.registry) --------------------------------------
+
+class RegistryError(LenderError):
+    """A device cannot be registered, found or revoked."""
+
+
+class InvalidDeviceError(RegistryError, ValueError):
+    """A device id or public key given for registration is malformed."""
+
+
+class DeviceExistsError(RegistryError, FileExistsError):
+    """The device id, or its key id, is registered already (a key belongs to one device)."""
+
+
+class UnknownDeviceError(RegistryError, LookupError):
+    """No device with that id is registered."""
+
+
+# --- lender server and tools (lender.server, lender.cli) ---------------------
+
+class ServeError(LenderError, OSError):
+    """The lender's CoAP server cannot start (address in use, bad bind address)."""
+
+
+class ExportFormatError(LenderError, ValueError):
+    """An export file or a keys file given to `lender verify` cannot be read as one."""
