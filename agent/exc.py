@@ -47,6 +47,11 @@ class StateUnavailableError(StateError, OSError):
     """The state file cannot be read or written (permissions, disk full)."""
 
 
+class StateCorruptError(StateError, ValueError):
+    """The state file is not what `agent.state` writes (bad JSON, checksum
+    mismatch, wrong types). `AgentState.open` moves such a file aside."""
+
+
 class StateValueError(StateError, ValueError):
     """A state update would make a never-decreasing counter go backwards, or a
     value has the wrong type."""
