@@ -43,16 +43,13 @@ _IV = (
     0x510e527fade682d1, 0x9b05688c2b3e6c1f, 0x1f83d9abfb41bd6b, 0x5be0cd19137e2179,
 )
 
-# The message schedule, reused by every block so hashing allocates no list.
-_SCHEDULE = [0] * 80
-
 
 @micropython.native
 def _compress(state, block):
     """Fold one 128-byte block into the eight-word state (FIPS 180-4 §6.4.2)."""
     mask = _MASK
     k = _K
-    w = _SCHEDULE
+    w = [0] * 80  # allocated whole: growing it by append would need ever larger free blocks
     w[0:16] = struct.unpack(">16Q", block)
     for t in range(16, 80):
         x = w[t - 15]
