@@ -329,7 +329,7 @@ class Spool:
         while freed < excess and self._routine_count > len(evicted):
             # Small steps: the steady state of a full spool evicts one or two per append.
             chunk = self._conn.execute(
-                "SELECT seq, length(raw) FROM routine WHERE seq > ? ORDER BY seq LIMIT 64",
+                "SELECT seq, length(raw) FROM routine WHERE seq > ? ORDER BY seq LIMIT 8",
                 (evicted[-1] if evicted else -1,)).fetchall()
             if not chunk:
                 break
