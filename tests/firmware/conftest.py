@@ -39,8 +39,10 @@ def tool(name: str) -> str:
     return found
 
 
-def _run_micropython(*args: str, heapsize: str = HEAPSIZE, stdin: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MICROPYPATH=MICROPYPATH)
+def _run_micropython(
+    *args: str, heapsize: str = HEAPSIZE, stdin: str | None = None, timeout: float = 120, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **(env or {}), MICROPYPATH=MICROPYPATH)
     return subprocess.run(
         [tool("micropython"), "-X", f"heapsize={heapsize}", *args],
         cwd=ROOT, env=env, input=stdin, capture_output=True, text=True, timeout=timeout,
@@ -49,7 +51,7 @@ def _run_micropython(*args: str, heapsize: str = HEAPSIZE, stdin: str | None = N
 
 @pytest.fixture(scope="session")
 def run_micropython():
-    """run_micropython(*args, heapsize=, stdin=): the MicroPython unix port with the firmware's
+    """run_micropython(*args, heapsize=, stdin=, env=): the MicroPython unix port with the firmware's
     module path (fakes first) and a device-sized heap, from the repository root."""
     return _run_micropython
 

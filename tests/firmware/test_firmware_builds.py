@@ -70,3 +70,11 @@ def test_the_type_check_rejects_cpython_only_and_misused_board_apis(board_stubs,
     (probe / "node.py").write_text("import hashlib\nimport machine\n\nhashlib.sha512(b'x')\nmachine.deepsleep('soon')\n")
     problems = "\n".join(_basedpyright(installed_tool("basedpyright"), probe, stubs, [], tmp_path))
     assert "sha512" in problems and "deepsleep" in problems, f"{board}: {problems}"
+
+
+def test_the_device_image_ships_no_test_fake(firmware_root, firmware_sources):
+    # firmware/src is exactly what goes onto a device: the fakes live only in firmware/tests.
+    fakes = {path.name for path in (firmware_root / "tests" / "fakes").glob("*.py")}
+    assert "machine.py" in fakes
+    shipped = {path.name for path in firmware_sources}
+    assert not shipped & fakes, f"firmware/src shadows a test fake: {sorted(shipped & fakes)}"
