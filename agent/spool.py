@@ -374,6 +374,7 @@ class Spool:
             return []
         batch: list[SpooledEnvelope] = []
         total = 0
+        self._require_open()
         try:
             for table, alarm in (("alarm", True), ("routine", False)):
                 rows = self._conn.execute(f"SELECT seq, raw FROM {table} ORDER BY seq LIMIT ?",
@@ -391,7 +392,7 @@ class Spool:
 
     def ack(self, seqs: Iterable[int]) -> int:
         """Delete exactly the envelopes with these seqs (the lender stored them); returns how many."""
-        wanted = sorted({int(s) for s in seqs})
+        wanted = sorted({_checked_seq(s) for s in seqs})
         if not wanted:
             return 0
         listed = "[" + ",".join(map(str, wanted)) + "]"  # a JSON array for json_each
@@ -416,6 +417,7 @@ class Spool:
 
     def take_drops(self) -> DropReport | None:
         """What was dropped and not yet reported, or None. Durable: survives crashes until cleared."""
+        self._require_open()
         try:
             rows = self._conn.execute(
                 "SELECT id, reason, first_seq, last_seq, detail FROM drop_log ORDER BY id").fetchall()
@@ -456,9 +458,12 @@ class Spool:
 
     # --- plumbing ------------------------------------------------------------
 
-    def _transaction(self, saved: tuple[int, int, int, int]) -> _Transaction:
+    def _require_open(self) -> None:
         if self._conn is None:
             raise SpoolUnavailableError(f"spool {self.path} is closed")
+
+    def _transaction(self, saved: tuple[int, int, int, int]) -> _Transaction:
+        self._require_open()
         return _Transaction(self, saved)
 
 
@@ -505,7 +510,7 @@ def _runtime_error(path: Path, action: str, error: sqlite3.DatabaseError) -> Spo
 
 def _checked_seq(seq: object) -> int:
     if type(seq) is not int or not 0 <= seq <= _MAX_SEQ:
-        raise SpoolSequenceError(f"envelope seq must be an integer in 0..{_MAX_SEQ}, got {seq!r}")
+        raise SpoolSequenceError(f"a seq must be an integer in 0..{_MAX_SEQ}, got {seq!r}")
     return seq
 
 

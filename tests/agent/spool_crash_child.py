@@ -1,6 +1,6 @@
 """Child process for the spool SIGKILL test: appends (and now and then acks) in a loop until killed.
 
-Run as `python -S spool_crash_child.py REPO DB MAX_BYTES ENVELOPES`. ENVELOPES is
+Run as `python -I spool_crash_child.py REPO DB MAX_BYTES ENVELOPES`. ENVELOPES is
 a file of pre-built envelopes (see `write_envelope_file`), so this child
 imports nothing but the spool and starts fast. After each operation returns
 it reports on stdout, unbuffered, one line:

@@ -62,6 +62,8 @@ def test_spool_ack_deletes_exactly_the_acked_seqs(spool_path):
         # Duplicates and seqs the spool never had (already acked, or unknown) are harmless.
         assert spool.ack([4, 1, 1, 7, 99, 4]) == 3
         assert spool.ack([4]) == 0
+        with pytest.raises(SpoolSequenceError, match="a seq must be an integer"):
+            spool.ack([5.0])  # never rounded into some other envelope's seq
         assert [b.seq for b in spool.peek(100, 1 << 20)] == [0, 8, 2, 3, 5, 6, 9]
         stats = spool.stats()
     assert (stats.count, stats.alarm_count) == (7, 2)
@@ -153,6 +155,16 @@ def test_spool_drop_report_survives_a_restart_until_cleared(spool_path):
         spool.clear_drops(tail)  # clearing twice forgets nothing new
     with Spool.open(spool_path, max_bytes=bound) as spool:
         assert spool.take_drops() is None
+
+
+def test_a_closed_spool_says_so(spool_path):
+    spool = Spool.open(spool_path)
+    spool.close()
+    spool.close()  # closing twice is harmless
+    for call in (lambda: spool.append(reading(0, GENESIS)), lambda: spool.peek(), lambda: spool.ack([0]),
+                 lambda: spool.take_drops()):
+        with pytest.raises(SpoolUnavailableError, match="is closed"):
+            call()
 
 
 def test_spool_is_refused_to_a_second_process_while_one_holds_it(spool_path):

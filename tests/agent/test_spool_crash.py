@@ -107,7 +107,7 @@ def test_spool_keeps_every_reading_across_sigkill(tmp_path):
     acks = 0
     for _ in range(KILLS):
         proc = subprocess.Popen(
-            [sys.executable, "-S", str(HERE / "spool_crash_child.py"), str(REPO), str(path), str(BOUND),
+            [sys.executable, "-I", str(HERE / "spool_crash_child.py"), str(REPO), str(path), str(BOUND),
              str(envelope_file)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         # Kill at a random report: sometimes still starting up or opening the spool.
