@@ -194,6 +194,9 @@ class Spool:
         self._lock_fd = lock_fd
         self._alarm_count, self._alarm_bytes, self._routine_count, self._routine_bytes = counters
         self._head = head
+        # True while drop_log may hold rows: lets take_drops, which the agent calls
+        # after every append, skip the query in the common case.
+        self._drops_pending = conn.execute("SELECT EXISTS (SELECT 1 FROM drop_log)").fetchone()[0] == 1
 
     # --- opening --------------------------------------------------------
 
@@ -360,6 +363,7 @@ class Spool:
             runs = runs[1:]
         self._conn.executemany("INSERT INTO drop_log (reason, first_seq, last_seq) VALUES (?, ?, ?)",
                                [(reason, first, last) for first, last in runs])
+        self._drops_pending = True
 
     # --- reading and acking ----------------------------------------------
 
@@ -418,12 +422,15 @@ class Spool:
     def take_drops(self) -> DropReport | None:
         """What was dropped and not yet reported, or None. Durable: survives crashes until cleared."""
         self._require_open()
+        if not self._drops_pending:
+            return None
         try:
             rows = self._conn.execute(
                 "SELECT id, reason, first_seq, last_seq, detail FROM drop_log ORDER BY id").fetchall()
         except sqlite3.DatabaseError as error:
             raise _runtime_error(self.path, "take_drops", error) from error
         if not rows:
+            self._drops_pending = False
             return None
         ranges: list[DroppedRange] = []
         lost: list[str] = []
