@@ -10,7 +10,7 @@ Three layers, pure to I/O:
   time each arrived. A receiver that says it has no fix (GGA quality 0, RMC
   status V or mode N) gives `GnssNoFix`; a fix older than `max_age_s` — the
   receiver went quiet, or its port did — gives `SensorSilent`. HDOP is kept.
-* `GnssReceiver`: the `Sensor` the agent polls. `run()` reads the port (the
+* `GnssReceiver`: the `Sensor` the agent polls. `watch()` reads the port (the
   modem's NMEA port, a USB receiver, `socket://…`), skipping and counting bad
   lines; `read()` turns the current fix into samples.
 
@@ -25,7 +25,7 @@ import datetime as dt
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -206,16 +206,18 @@ def _coordinate(sentence: Sentence, what: str, value: str, hemisphere: str) -> f
     return -angle if hemisphere == negative else angle
 
 
-def _position(sentence: Sentence, fields: tuple[str, ...]) -> Position | None:
+def _position(sentence: Sentence, fields: Sequence[str]) -> Position | None:
     latitude = _coordinate(sentence, "latitude", fields[0], fields[1])
     longitude = _coordinate(sentence, "longitude", fields[2], fields[3])
-    if (latitude is None) != (longitude is None):
+    if latitude is None and longitude is None:
+        return None
+    if latitude is None or longitude is None:
         raise NmeaFormatError(f"{sentence.talker}{sentence.kind}: latitude and longitude must both be given or both empty")
-    return None if latitude is None else Position(latitude, longitude)  # type: ignore[arg-type]
+    return Position(latitude, longitude)
 
 
 def parse_gga(sentence: Sentence) -> GgaReport:
-    fields = sentence.fields
+    fields = list(sentence.fields)
     if sentence.kind != "GGA" or len(fields) != 14:
         raise NmeaFormatError(f"GGA needs 14 fields, {sentence.talker}{sentence.kind} has {len(fields)}")
     quality = fields[5]
@@ -240,7 +242,7 @@ def parse_gga(sentence: Sentence) -> GgaReport:
 
 
 def parse_rmc(sentence: Sentence) -> RmcReport:
-    fields = sentence.fields
+    fields = list(sentence.fields)
     if sentence.kind != "RMC" or len(fields) not in (11, 12, 13):
         raise NmeaFormatError(f"RMC needs 11 to 13 fields, {sentence.talker}{sentence.kind} has {len(fields)}")
     status = fields[1]
@@ -355,10 +357,12 @@ class FixTracker:
                 f"the last fix is {age:.1f} s old (limit {self.max_age_s:g} s): the receiver or its port went quiet",
             )
         newest = max(fresh, key=lambda heard: heard.order)
+        position = newest.report.position
+        assert position is not None  # only reports with has_fix are kept, and they have a position
         gga = next((h.report for h in fresh if isinstance(h.report, GgaReport)), None)
         rmc = next((h.report for h in fresh if isinstance(h.report, RmcReport)), None)
         return Fix(
-            position=newest.report.position,  # type: ignore[arg-type]  # has_fix guarantees it
+            position=position,
             received_at=newest.at,
             quality=gga.quality if gga else None,
             satellites=gga.satellites if gga else None,
@@ -404,7 +408,7 @@ class NmeaCounters:
 
 
 class GnssReceiver:
-    """A GNSS receiver on a serial port; `run()` reads it, `read()` reports the current fix."""
+    """A GNSS receiver on a serial port; `watch()` reads it, `read()` reports the current fix."""
 
     def __init__(
         self,
@@ -474,8 +478,8 @@ class GnssReceiver:
     def _read_chunk(self, port: Any) -> bytes:
         return port.read(max(1, getattr(port, "in_waiting", 0) or 1))
 
-    async def run(self) -> None:
-        """Read the port until cancelled; reopen it after `reopen_s` if it fails or disappears."""
+    async def watch(self) -> None:
+        """Read the port until cancelled (the agent runs this as a task); reopen it after `reopen_s` if it fails or disappears."""
         try:
             while True:
                 try:

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from gpiozero import Button, DigitalInputDevice, GPIOZeroError, MotionSensor, OutputDevice
 
@@ -33,6 +33,7 @@ from drivers.sensor import Listener, Listeners, Sample
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 Level = Literal["high", "low"]
+_Device = TypeVar("_Device")
 
 
 def _check_common(name: str, pin: int | str, interval_s: float) -> None:
@@ -173,7 +174,7 @@ class Debouncer:
         return None
 
 
-def _build(name: str, pin: int | str, factory: Callable[[], object]) -> object:
+def _build(name: str, pin: int | str, factory: Callable[[], _Device]) -> _Device:
     try:
         return factory()
     except GPIOZeroError as exc:
@@ -212,26 +213,32 @@ class _DebouncedInput:
 
     def _level(self) -> bool:
         """The input's meaning (open / running) from the electrical level of its pin."""
-        return bool(self._device.pin.state) == self._high_means
+        pin = self._device.pin
+        if pin is None:
+            raise GpioConfigError(f"{self.name} is closed; create it again to read it")
+        return bool(pin.state) == self._high_means
 
     def _on_edge(self) -> None:  # gpiozero calls this from its own thread on real hardware
         with self._lock:
             self._debouncer.observe(self._level(), self._clock())
             loop, wake = self._loop, self._wake
         if loop is not None and wake is not None:
-            loop.call_soon_threadsafe(wake.set)
+            try:
+                loop.call_soon_threadsafe(wake.set)
+            except RuntimeError:  # the loop closed under us; the next read() still confirms the change
+                pass
 
     def _wall_time(self, monotonic_at: float) -> float:
         return self._wall_clock() - (self._clock() - monotonic_at)
 
     def _confirm(self) -> None:
+        samples: list[Sample] = []
         with self._lock:
             change = self._debouncer.settle(self._clock())
             if change is not None:
                 samples = self._changed(*change)
-        if change is not None:
-            for sample in samples:
-                self._listeners.notify(sample)
+        for sample in samples:  # outside the lock: a listener may read this input
+            self._listeners.notify(sample)
 
     def _changed(self, level: bool, since: float) -> list[Sample]:
         raise NotImplementedError
@@ -320,7 +327,7 @@ class RunHoursMeter(_DebouncedInput):
             config.pin,
             lambda: DigitalInputDevice(
                 config.pin,
-                pull_up=config.pull_up,
+                pull_up=config.pull_up,  # pyright: ignore[reportArgumentType]  # gpiozero takes None: floating
                 # gpiozero needs the active level of a floating input; ours is read from the pin itself.
                 active_state=None if config.pull_up is not None else config.running_when == "high",
                 bounce_time=None,
@@ -390,7 +397,7 @@ class MotionDetector:
             lambda: MotionSensor(
                 config.pin,
                 queue_len=config.queue_len,
-                sample_rate=config.sample_rate_hz,
+                sample_rate=config.sample_rate_hz,  # pyright: ignore[reportArgumentType]  # any positive number
                 threshold=config.threshold,
                 pull_up=False,
                 pin_factory=pin_factory,
@@ -423,7 +430,7 @@ class MotionDetector:
     async def read(self) -> list[Sample]:
         now = self._wall_clock()
         return [
-            Sample(self.name, bool(self._sensor.motion_detected), None, now),
+            Sample(self.name, bool(self._sensor.is_active), None, now),
             Sample(f"{self.name}.events", self.events, "count", now),
         ]
 

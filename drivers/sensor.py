@@ -5,6 +5,10 @@ raises a `SensorFault`. Inputs that must be reported the moment they change
 (a tamper switch, a door contact, a machine starting) are also an
 `EventSource`: the agent subscribes a listener and gets a `Sample` per change.
 
+A sensor with background work (confirming debounced edges, reading a serial
+port) also has `async def watch()`, which the agent runs as a task until it
+cancels it; `Watched` names that.
+
 `read_each` polls many sensors at once so that one failing or silent sensor
 becomes a fault in the result and never stops or delays the others.
 """
@@ -65,6 +69,17 @@ class Sensor(Protocol):
 
     async def read(self) -> list[Sample]:
         """Return this sensor's current samples, or raise a `SensorFault` subclass."""
+        ...
+
+
+@runtime_checkable
+class Watched(Protocol):
+    """A sensor whose `watch()` must run (as an asyncio task) for its readings and events to flow."""
+
+    name: str
+
+    async def watch(self) -> None:
+        """Run until cancelled."""
         ...
 
 
@@ -131,7 +146,10 @@ def queue_listener(queue: asyncio.Queue[Sample], loop: asyncio.AbstractEventLoop
 async def read_isolated(sensor: Sensor, timeout: float) -> list[Sample] | SensorFault:
     """Read one sensor; a fault, a hang past `timeout` or an unexpected exception becomes a returned fault."""
     try:
-        return await asyncio.wait_for(sensor.read(), timeout)
+        # asyncio.timeout, not wait_for: in 3.11 wait_for loses a cancellation that
+        # arrives as the read completes, and the caller's task then never stops.
+        async with asyncio.timeout(timeout):
+            return await sensor.read()
     except SensorFault as fault:
         return fault
     except TimeoutError as exc:

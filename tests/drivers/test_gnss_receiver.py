@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from drivers.exc import GnssNoFix, SensorFault, SensorMissing, SensorSilent
 from drivers.gnss import FixTracker, GnssConfig, GnssReceiver, parse_nmea
-from drivers.sensor import Sample, Sensor
+from drivers.sensor import Sample, Sensor, Watched
 from hil.sim.nmea import NmeaFeed, nmea_sentence
 
 EPOCH = 1_700_000_000.0
@@ -113,7 +113,7 @@ async def until(receiver: GnssReceiver, lines: int) -> None:
 
 async def started(receiver: GnssReceiver) -> asyncio.Task:
     """Run the reader and return once it has the port open (opening flushes what came before)."""
-    task = asyncio.create_task(receiver.run())
+    task = asyncio.create_task(receiver.watch())
     await asyncio.wait_for(receiver.wait_until(lambda counters: counters.opens >= 1), 5)
     return task
 
@@ -121,7 +121,7 @@ async def started(receiver: GnssReceiver) -> asyncio.Task:
 def test_gnss_receiver_reports_position_hdop_and_satellites_from_the_port(feed):
     clock = FakeClock()
     receiver = receiver_for(feed.port, clock)
-    assert isinstance(receiver, Sensor)
+    assert isinstance(receiver, Sensor) and isinstance(receiver, Watched)
 
     async def scenario() -> list[Sample]:
         task = await started(receiver)
@@ -236,7 +236,7 @@ def test_a_missing_port_is_a_sensor_missing_fault_and_is_retried(tmp_path):
     )
 
     async def scenario() -> None:
-        task = asyncio.create_task(receiver.run())
+        task = asyncio.create_task(receiver.watch())
         await asyncio.wait_for(retried.wait(), 5)
         with pytest.raises(SensorMissing, match="cannot open GNSS port") as caught:
             await receiver.read()

@@ -22,7 +22,7 @@ from drivers.gpio import (
     RunHoursConfig,
     RunHoursMeter,
 )
-from drivers.sensor import EventSource, Sample, Sensor, queue_listener
+from drivers.sensor import EventSource, Sample, Sensor, Watched, queue_listener
 
 EPOCH = 1_700_000_000.0
 
@@ -77,7 +77,7 @@ def bounce(pin, clock: FakeClock, levels: str, gap: float = 0.002) -> None:
 
 def test_door_contact_is_a_sensor_and_an_event_source(factory, clock):
     contact = door(clock)
-    assert isinstance(contact, Sensor) and isinstance(contact, EventSource)
+    assert isinstance(contact, Sensor) and isinstance(contact, EventSource) and isinstance(contact, Watched)
     assert contact.interval == 60.0
 
 

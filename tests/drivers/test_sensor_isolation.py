@@ -57,7 +57,7 @@ def test_missing_hung_silent_and_buggy_sensors_become_faults_while_the_rest_repo
     async def scenario():
         with NmeaFeed() as feed:  # a receiver that never sends anything
             gnss = GnssReceiver(GnssConfig(url=feed.port))
-            reader = asyncio.create_task(gnss.run())
+            reader = asyncio.create_task(gnss.watch())
             sensors = [
                 probe("coldstore", coldstore), probe("yard", unplugged), probe("hung", hung), probe("noisy", crc),
                 gnss, door, BuggySensor(),
