@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.exc import GnssNoFix, SensorFault, SensorMissing, SensorSilent
+from drivers.exc import GnssNoFix, NmeaError, SensorFault, SensorMissing, SensorSilent
 from drivers.gnss import FixTracker, GnssConfig, GnssReceiver, parse_nmea
 from drivers.sensor import Sample, Sensor, Watched
 from hil.sim.nmea import NmeaFeed, nmea_sentence
@@ -271,3 +271,31 @@ def test_any_chunking_of_a_stream_with_junk_lines_keeps_every_good_sentence(garb
     assert receiver.counters.sentences == len(good)
     assert receiver.counters.lines == len(lines)
     assert receiver.counters.format_errors + receiver.counters.checksum_errors == len(lines) - len(good)
+
+
+def test_the_hil_nmea_command_serves_a_receiver_at_a_stable_link_until_sigint(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    import serial
+
+    link = tmp_path / "gnss0"
+    command = [sys.executable, "-m", "hil.sim.nmea", "--link", str(link), "--rate", "20", "--lat", "-33.9249", "--lon", "18.4241"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == str(link)
+        with serial.serial_for_url(str(link), timeout=5) as port:
+            for _ in range(10):
+                try:  # the first line may be cut where the port was opened
+                    report = parse_nmea(port.readline())
+                except NmeaError:
+                    continue
+                if getattr(report, "position", None) is not None:
+                    break
+            assert report.position.latitude == pytest.approx(-33.9249, abs=1e-6)
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 0, stderr
+    assert not link.exists()
