@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Debian packages the tests use as independent peers: coap-client (libcoap3-bin), socat.
-DEBIAN_PACKAGES := libcoap3-bin socat
+# Debian packages the tests use as independent peers: coap-client (libcoap3-bin), socat, udevadm (udev).
+DEBIAN_PACKAGES := libcoap3-bin socat udev
 
 .PHONY: test demo bench system-deps clean
 

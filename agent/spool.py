@@ -267,6 +267,18 @@ class Spool:
                           alarm_count=self._alarm_count, alarm_bytes=self._alarm_bytes,
                           max_bytes=self.max_bytes)
 
+    def oldest_seq(self) -> int | None:
+        """The lowest seq still spooled (alarm or routine), or None when empty.
+
+        Every seq below it has left the spool: acked, or dropped with a recorded drop (or never
+        used, where a restart skipped reserved seqs). The agent's acked watermark is built on it.
+        """
+        if self._conn is None:
+            raise SpoolUnavailableError(f"spool {self.path} is closed")
+        row = self._conn.execute(
+            "SELECT min(s) FROM (SELECT min(seq) AS s FROM alarm UNION ALL SELECT min(seq) FROM routine)").fetchone()
+        return row[0]
+
     def head(self) -> ChainHead | None:
         """Seq and digest of the last envelope appended, kept across acks and restarts."""
         return self._head

@@ -1,0 +1,99 @@
+"""`pledgewatch agent`: run the gateway daemon, or show what it holds."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from agent import config as agent_config
+from agent.daemon import Agent
+from agent.exc import AgentError
+from agent.sensors import build_sensors
+from agent.spool import Spool
+from agent.state import AgentState
+from agent.uplink import Uplink
+from drivers.exc import DriverError
+from telemetry.exc import TelemetryError
+from telemetry.identity import Identity
+
+log = logging.getLogger("pledgewatch.agent")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="agent_command", required=True, metavar="SUBCOMMAND")
+    run = sub.add_parser("run", help="run the daemon in the foreground until SIGTERM/SIGINT")
+    run.add_argument("--config", type=Path, default=agent_config.DEFAULT_CONFIG, help="agent.toml (default %(default)s)")
+    run.set_defaults(run=cmd_run)
+    status = sub.add_parser("status", help="show the spool and the chain head")
+    status.add_argument("--config", type=Path, default=agent_config.DEFAULT_CONFIG)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(run=cmd_status)
+
+
+def open_parts(config: agent_config.AgentConfig) -> tuple[Identity, Spool, AgentState]:
+    """The identity, spool and state the config names (the state dir is created 0700 if missing)."""
+    identity = Identity.load(config.device.key_file)
+    config.device.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    spool = Spool.open(config.device.state_dir / "spool.db", max_bytes=config.spool.max_bytes,
+                       synchronous=config.spool.synchronous)
+    state = AgentState.open(config.device.state_dir / "state.json")
+    return identity, spool, state
+
+
+async def serve(agent: Agent) -> None:
+    """Run `agent` until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await agent.run(stop)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config = agent_config.load(args.config)
+        identity, spool, state = open_parts(config)
+        sensors = build_sensors(config.sensors)
+    except (AgentError, TelemetryError, DriverError) as exc:
+        print(f"pledgewatch agent: {exc}", file=sys.stderr)
+        return 2
+    agent = Agent(device=config.device.id, identity=identity, spool=spool, state=state, sensors=sensors,
+                  uplink=Uplink(config.uplink, spool))
+    try:
+        asyncio.run(serve(agent))
+    finally:
+        spool.close()
+        for sensor in sensors:
+            if hasattr(sensor, "close"):
+                sensor.close()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        config = agent_config.load(args.config)
+        identity, spool, state = open_parts(config)
+    except (AgentError, TelemetryError) as exc:
+        print(f"pledgewatch agent: {exc}", file=sys.stderr)
+        return 2
+    with spool:
+        stats, head = spool.stats(), spool.head()
+        info = {
+            "device": config.device.id, "kid": identity.kid.hex(),
+            "spooled": stats.count, "spooled_bytes": stats.bytes, "spooled_alarms": stats.alarm_count,
+            "head_seq": head.seq if head else None, "boot": state.boot,
+        }
+    if args.json:
+        print(json.dumps(info))
+    else:
+        for key, value in info.items():
+            print(f"{key:>15}: {value}")
+    return 0
