@@ -55,6 +55,7 @@ def test_agent_signs_every_reading_and_reports_tamper_changes_at_once(tmp_path):
     factory = MockFactory()
     tamper = ContactSensor(ContactConfig("tamper", 17, settle_s=0.01, interval_s=60), pin_factory=factory)
     factory.pin(17).drive_low()  # the lid is shut: the switch pulls the pin to ground
+    time.sleep(0.05)  # longer than settle_s: the shut state is the debounced one
     temp = DS18B20(DS18B20Config("temp", probe.device_id, base_dir=tree.devices_dir, interval_s=1))
     identity, spool, state = make_parts(tmp_path)
     agent = Agent(device=DEVICE, identity=identity, spool=spool, state=state, sensors=[temp, tamper])
