@@ -1,0 +1,515 @@
+"""Lender: receive, verify and store telemetry; registry, readings, gaps, evidence export and offline verification.
+
+`pledgewatch lender SUBCOMMAND`, for the lender's collateral-risk staff:
+
+    serve      run the CoAP server in the foreground (until SIGINT / SIGTERM)
+    register   register a device's public key (and create its OSCORE context pair)
+    revoke     refuse a device's telemetry from now on
+    devices    list registered devices (--json for tools)
+    readings   a device's verified readings since a time
+    gaps       missing seqs per device, and the signed gap records that explain them
+    quarantine what was refused, and why
+    export     a device's evidence, one row per envelope with its exact bytes
+    verify     re-verify an export offline with only the devices' public keys
+
+Exit codes: 0 success, 1 a check failed or the operation was refused, 2 bad usage
+or unreadable input.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import binascii
+import csv
+import json
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+from lender import registry
+from lender.exc import ExportFormatError, LenderError, StoreError
+from lender.ingest import DEFAULT_MAX_BODY
+from lender.registry import iso_time
+from lender.store import SQLiteStore, explain_gaps
+from telemetry.chain import check_chain
+from telemetry.envelope import Envelope, Reason, verify
+from telemetry.exc import TelemetryError
+from telemetry.identity import DeviceKey
+
+DEFAULT_DATA = os.environ.get("PLEDGEWATCH_LENDER_DATA", "/var/lib/pledgewatch/lender")
+EXPORT_FIELDS = ("device", "seq", "boot", "kid", "received_at", "alarm", "digest_hex", "prev_hex", "envelope_b64")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the lender's sub-commands to `parser` (called by pledgewatch.cli)."""
+    parser.description = __doc__.split("\n\n")[0]
+    sub = parser.add_subparsers(dest="lender_command", required=True, metavar="SUBCOMMAND")
+
+    def command(name: str, run, help_text: str, *, data: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if data:
+            p.add_argument("--data", type=Path, default=Path(DEFAULT_DATA), metavar="DIR",
+                           help=f"the lender's data directory (default {DEFAULT_DATA}, or $PLEDGEWATCH_LENDER_DATA)")
+        p.set_defaults(run=_guarded(run))
+        return p
+
+    p = command("serve", _serve, "run the lender's CoAP server in the foreground until SIGINT or SIGTERM")
+    p.add_argument("--bind", default="127.0.0.1:5683", metavar="HOST:PORT",
+                   help="address to listen on (default 127.0.0.1:5683)")
+    p.add_argument("--insecure", action="store_true",
+                   help="also accept plain CoAP without OSCORE (testing only; warns at start)")
+    p.add_argument("--max-body", type=_positive_int, default=DEFAULT_MAX_BODY, metavar="BYTES",
+                   help=f"largest batch accepted, block-wise included (default {DEFAULT_MAX_BODY})")
+
+    p = command("register", _register, "register a device's Ed25519 public key and create its OSCORE context pair")
+    p.add_argument("--device", required=True, help="device id (1..64 of A-Z a-z 0-9 . _ -)")
+    p.add_argument("--public-key", required=True, metavar="HEX", help="the device's Ed25519 public key, 64 hex digits")
+    p.add_argument("--asset", help="the pledged asset this device watches (free text, e.g. a contract reference)")
+    p.add_argument("--oscore-out", type=Path, metavar="DIR",
+                   help="where to write the device's side of the OSCORE context (default DATA/device-contexts/DEVICE)")
+    p.add_argument("--no-oscore", action="store_true", help="register without an OSCORE context (insecure lenders)")
+
+    p = command("revoke", _revoke, "refuse a device's telemetry from now on (its stored evidence stays)")
+    p.add_argument("--device", required=True)
+
+    p = command("devices", _devices, "list the registered devices")
+    p.add_argument("--json", action="store_true", help="a JSON array (device, kid, public_key_hex, status, ...)")
+
+    p = command("readings", _readings, "a device's verified readings")
+    p.add_argument("--device", required=True)
+    p.add_argument("--since", type=_time_arg, metavar="T",
+                   help="ISO 8601 time (UTC if no zone), Unix seconds, or an age such as 30m, 12h, 7d")
+    p.add_argument("--until", type=_time_arg, metavar="T", help="same forms as --since (exclusive)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    p = command("gaps", _gaps, "missing seqs per device, and which signed gap records explain them")
+    p.add_argument("--device", help="only this device")
+    p.add_argument("--json", action="store_true")
+
+    p = command("quarantine", _quarantine, "refused envelopes and requests, newest first")
+    p.add_argument("--limit", type=_positive_int, default=50)
+    p.add_argument("--json", action="store_true", help="JSON lines, with the raw bytes in base64")
+
+    p = command("export", _export, "a device's evidence: one row per stored envelope, with its exact bytes")
+    p.add_argument("--device", required=True)
+    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    p.add_argument("--output", type=Path, metavar="FILE", help="write here instead of standard output")
+
+    p = command("verify", _verify, "re-verify an export offline: signatures, chain, gaps", data=False)
+    p.add_argument("file", type=Path, metavar="FILE", help="an export (jsonl or csv)")
+    keys = p.add_mutually_exclusive_group(required=True)
+    keys.add_argument("--keys", type=Path, metavar="FILE", help="the devices' keys: `lender devices --json` output")
+    keys.add_argument("--data", type=Path, metavar="DIR", help="take the keys from this lender's registry")
+    p.add_argument("--allow-gaps", action="store_true",
+                   help="do not fail on gaps that no signed gap record explains (they are still reported)")
+    p.add_argument("--json", action="store_true", help="the report as one JSON object")
+
+
+def _guarded(run):
+    def guarded(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except (LenderError, ValueError) as exc:
+            print(f"pledgewatch lender {args.lender_command}: error: {exc}", file=sys.stderr)
+            return 2 if isinstance(exc, (ExportFormatError, StoreError)) else 1
+        except BrokenPipeError:  # `... | head`
+            sys.stderr.close()
+            return 0
+    return guarded
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+_AGE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])\Z")
+_AGE_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_time(text: str, now: float | None = None) -> float:
+    """Unix seconds from ISO 8601 (UTC unless it names a zone), a number of Unix seconds, or an age (30m, 7d)."""
+    text = text.strip()
+    now = time.time() if now is None else now
+    age = _AGE.match(text)
+    if age:
+        return now - float(age.group(1)) * _AGE_SECONDS[age.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"time {text!r} is not ISO 8601, Unix seconds or an age like 30m / 12h / 7d") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def _time_arg(text: str) -> float:
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _open(args: argparse.Namespace, *, create: bool = False) -> SQLiteStore:
+    return SQLiteStore.open(args.data, create=create)
+
+
+# --- serve -------------------------------------------------------------------------------------
+
+def _serve(args: argparse.Namespace) -> int:
+    from lender.server import LenderServer, notify_systemd, parse_bind  # aiocoap only where it is needed
+
+    bind = parse_bind(args.bind)
+
+    async def serve() -> None:
+        server = LenderServer(args.data, bind=bind, insecure=args.insecure, max_body=args.max_body)
+        await server.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            mode = "plain CoAP and OSCORE (insecure)" if args.insecure else "OSCORE only"
+            print(f"lender: serving coap://{_hostport(*server.address)}/t, {mode}, "
+                  f"{len(server.credentials)} OSCORE context(s), data in {args.data}", flush=True)
+            notify_systemd("READY=1")
+            await stop.wait()
+            notify_systemd("STOPPING=1")
+        finally:
+            await server.stop()
+        print("lender: stopped", flush=True)
+
+    asyncio.run(serve())
+    return 0
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# --- registry ----------------------------------------------------------------------------------
+
+def _register(args: argparse.Namespace) -> int:
+    public_key = registry.parse_public_key(args.public_key)
+    with _open(args, create=True) as store:
+        done = registry.register(
+            store, args.data, args.device, public_key, asset=args.asset,
+            with_oscore=not args.no_oscore, device_context=args.oscore_out,
+        )
+    device = done.device
+    print(f"registered {device.device}: kid {device.kid.hex()}, asset {device.asset or '-'}")
+    if done.device_context is not None:
+        print(f"OSCORE: lender side {Path(args.data) / device.oscore_context}, "
+              f"device sender id {device.oscore_id.hex()}")
+        print(f"device-side OSCORE context written to {done.device_context} "
+              "(mode 0700; copy it to the gateway's security context directory, then delete it here)")
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        device = registry.revoke(store, args.device)
+    print(f"revoked {device.device} at {iso_time(device.revoked_at)}; its telemetry is refused from now on")
+    return 0
+
+
+def _devices(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        devices = store.devices()
+    if args.json:
+        print(json.dumps([d.to_json() for d in devices], indent=1))
+        return 0
+    rows = [("DEVICE", "KID", "STATUS", "ASSET", "REGISTERED")] + [
+        (d.device, d.kid.hex(), d.status.value, d.asset or "-", iso_time(d.registered_at)) for d in devices]
+    _print_table(rows)
+    return 0
+
+
+def _print_table(rows: list[tuple]) -> None:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+# --- queries -----------------------------------------------------------------------------------
+
+def _reading_value(reading) -> object:
+    for value in (reading.value, reading.string, reading.boolean, reading.sum):
+        if value is not None:
+            return value
+    return None if reading.data is None else reading.data.hex()
+
+
+def _readings(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        rows = list(store.readings(args.device, args.since, args.until))
+        known = store.device(args.device) is not None
+    if not known and not rows:
+        print(f"pledgewatch lender readings: no device {args.device!r} is registered", file=sys.stderr)
+        return 1
+    if args.json:
+        for r in rows:
+            print(json.dumps({
+                "device": r.device, "seq": r.seq, "time": iso_time(r.at), "name": r.name,
+                "value": r.value, "string": r.string, "boolean": r.boolean,
+                "data_hex": None if r.data is None else r.data.hex(), "sum": r.sum, "unit": r.unit,
+                "verified": True,
+            }))
+        return 0
+    table = [("TIME", "SEQ", "NAME", "VALUE", "UNIT")]
+    table += [(iso_time(r.at), r.seq, r.name, _reading_value(r), r.unit or "") for r in rows]
+    _print_table(table)
+    print(f"{len(rows)} reading(s) of {args.device}, every one from a verified envelope", file=sys.stderr)
+    return 0
+
+
+def _gaps(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        missing = store.missing_ranges(args.device)
+        records = store.gap_records(args.device)
+        devices = [args.device] if args.device else sorted(
+            {d.device for d in store.devices()} | set(store.envelope_devices()))
+    findings = explain_gaps(missing, records)
+    report = []
+    for device in devices:
+        mine = [f for f in findings if f.missing.device == device]
+        report.append({
+            "device": device,
+            "missing": [{
+                "first": f.missing.first, "last": f.missing.last,
+                "count": None if f.missing.first is None else f.missing.last - f.missing.first + 1,
+                "explained": f.explained,
+                "explained_by": None if f.explained_by is None else f.explained_by.seq,
+                "partly_explained_by": [g.seq for g in f.partly_explained_by],
+            } for f in mine],
+            "gap_records": [{"seq": g.seq, "reason": g.reason, "first": g.first, "last": g.last, "count": g.count}
+                            for g in records if g.device == device],
+        })
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    reasons = {(g.device, g.seq): g.reason for g in records}
+    for entry in report:
+        device = entry["device"]
+        if not entry["missing"] and not entry["gap_records"]:
+            print(f"{device}: no gaps")
+            continue
+        for m in entry["missing"]:
+            span = (f"seqs ..{m['last']} (the chain's start never arrived)" if m["first"] is None
+                    else f"seqs {m['first']}..{m['last']} ({m['count']} missing)")
+            if m["explained"]:
+                why = f"explained by signed gap record seq {m['explained_by']} ({reasons[(device, m['explained_by'])]})"
+            elif m["partly_explained_by"]:
+                why = "partly explained by signed gap record(s) seq " + ", ".join(map(str, m["partly_explained_by"]))
+            else:
+                why = "UNEXPLAINED: no signed gap record covers it"
+            print(f"{device}: missing {span}: {why}")
+        for g in entry["gap_records"]:
+            span = f"seqs {g['first']}..{g['last']}" if g["first"] is not None else "seqs not stated"
+            count = f", {g['count']} reading(s)" if g["count"] is not None else ""
+            print(f"{device}: signed gap record seq {g['seq']}: {g['reason']}, {span}{count}")
+    return 0
+
+
+def _quarantine(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        entries = store.quarantined(args.limit)
+        overflow = store.quarantine_overflow()
+        counts = store.counts()
+    if args.json:
+        for q in entries:
+            print(json.dumps({
+                "id": q.id, "kind": q.kind, "reason": int(q.reason), "reason_name": q.reason.name.lower(),
+                "detail": q.detail, "device": q.device, "seq": q.seq, "kid": None if q.kid is None else q.kid.hex(),
+                "batch_index": q.batch_index, "size": q.size, "count": q.count, "first_peer": q.first_peer,
+                "last_peer": q.last_peer, "first_seen": iso_time(q.first_seen), "last_seen": iso_time(q.last_seen),
+                "raw_b64": base64.b64encode(q.raw).decode("ascii"),
+            }))
+        return 0
+    for q in entries:
+        what = f"{q.device} seq {q.seq}" if q.device is not None else f"{q.size}-byte {q.kind}"
+        print(f"{iso_time(q.last_seen)}  {q.reason.name.lower():<13} x{q.count:<4} {what} from {q.last_peer}: {q.detail}")
+    print(f"{counts.quarantined} quarantined item(s) in all", file=sys.stderr)
+    for (kind, reason), count in overflow.items():
+        print(f"quarantine was full: {count} more {kind}(s) refused as {Reason(reason).name.lower()} were only "
+              "counted", file=sys.stderr)
+    return 0
+
+
+# --- export and verify ------------------------------------------------------------------------
+
+def export_rows(store: SQLiteStore, device: str) -> Iterator[dict]:
+    """One dict per stored envelope of `device`, by seq: the export's rows."""
+    for e in store.envelopes(device):
+        yield {
+            "device": e.device,
+            "seq": e.seq,
+            "boot": e.boot,
+            "kid": e.kid.hex(),
+            "received_at": iso_time(e.received_at),
+            "alarm": e.alarm,
+            "digest_hex": e.digest.hex(),
+            "prev_hex": e.prev.hex(),
+            "envelope_b64": base64.b64encode(e.raw).decode("ascii"),
+        }
+
+
+def _export(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        if store.device(args.device) is None and args.device not in store.envelope_devices():
+            print(f"pledgewatch lender export: no device {args.device!r} in {args.data}", file=sys.stderr)
+            return 1
+        out = open(args.output, "w", newline="", encoding="utf-8") if args.output else sys.stdout
+        try:
+            count = 0
+            if args.format == "jsonl":
+                for row in export_rows(store, args.device):
+                    out.write(json.dumps(row) + "\n")
+                    count += 1
+            else:
+                writer = csv.DictWriter(out, fieldnames=EXPORT_FIELDS, lineterminator="\n")
+                writer.writeheader()
+                for row in export_rows(store, args.device):
+                    writer.writerow(row)
+                    count += 1
+        finally:
+            if args.output:
+                out.close()
+    print(f"exported {count} envelope(s) of {args.device}", file=sys.stderr)
+    return 0
+
+
+def load_keys(path: Path) -> dict[bytes, DeviceKey]:
+    """Device keys by kid from a keys file: the JSON array `lender devices --json` prints."""
+    try:
+        entries = json.loads(Path(path).read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ExportFormatError(f"keys file {path} cannot be read as JSON: {exc}") from exc
+    if not isinstance(entries, list):
+        raise ExportFormatError(f"keys file {path} must be a JSON array (the output of `lender devices --json`)")
+    keys = {}
+    for number, entry in enumerate(entries, 1):
+        try:
+            key = DeviceKey(entry["device"], bytes.fromhex(entry["public_key_hex"]))
+        except (TypeError, KeyError, ValueError, TelemetryError) as exc:
+            raise ExportFormatError(
+                f"keys file {path}, entry {number}: needs device and a 64-hex-digit public_key_hex ({exc})") from exc
+        keys[key.kid] = key
+    return keys
+
+
+def read_export(path: Path) -> Iterator[tuple[int, dict | None]]:
+    """(line number, row) for each row of a jsonl or csv export; row None for a line that is not a JSON object."""
+    try:
+        handle = open(path, newline="", encoding="utf-8")
+    except OSError as exc:
+        raise ExportFormatError(f"cannot open {path}: {exc.strerror}") from exc
+    with handle:
+        try:
+            first = handle.read(1)
+            handle.seek(0)
+            if first == "{" or first == "":
+                for number, line in enumerate(handle, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except ValueError:
+                        row = None
+                    yield number, row if isinstance(row, dict) else None
+            else:
+                reader = csv.DictReader(handle)
+                for row in reader:
+                    yield reader.line_num, row
+        except UnicodeDecodeError as exc:
+            raise ExportFormatError(f"{path} is not UTF-8 text: {exc}") from exc
+
+
+def verify_export(rows: Iterable[tuple[int, dict | None]], keys: dict[bytes, DeviceKey], *, allow_gaps: bool) -> dict:
+    """Re-verify export rows: each envelope's signature, the row against its envelope, each device's chain."""
+    failures: list[str] = []
+    by_device: dict[str, list[Envelope]] = {}
+    rows_seen = 0
+    for number, row in rows:
+        rows_seen += 1
+        where = f"row {rows_seen} (line {number})"
+        if row is None:
+            failures.append(f"{where}: not a JSON object")
+            continue
+        encoded = row.get("envelope_b64")
+        if not isinstance(encoded, str):
+            failures.append(f"{where}: no envelope_b64")
+            continue
+        try:
+            raw = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            failures.append(f"{where}: envelope_b64 is not base64")
+            continue
+        verdict = verify(raw, keys)
+        if not verdict.ok:
+            failures.append(f"{where}: {verdict.reason.name.lower()}: {verdict.detail}")
+            continue
+        envelope = verdict.envelope
+        if str(row.get("device")) != envelope.device or str(row.get("seq")) != str(envelope.seq):
+            failures.append(f"{where}: the row says device {row.get('device')!r} seq {row.get('seq')!r}, "
+                            f"its signed envelope says {envelope.device!r} seq {envelope.seq}")
+            continue
+        for field, actual in (("digest_hex", envelope.digest.hex()), ("prev_hex", envelope.prev.hex()),
+                              ("boot", str(envelope.boot))):
+            if field in row and str(row[field]) != actual:
+                failures.append(f"{where}: {field} {row[field]!r} differs from the signed envelope's {actual}")
+        by_device.setdefault(envelope.device, []).append(envelope)
+    devices = []
+    for device, envelopes in sorted(by_device.items()):
+        report = check_chain(envelopes)
+        problems = []
+        for p in report.problems:
+            tolerated = p.kind in ("gap", "bad-start") and (p.explained or allow_gaps)
+            problems.append({"kind": p.kind, "first": p.first, "last": p.last, "detail": p.detail,
+                             "explained_by": p.explained_by, "fails": not tolerated})
+            if not tolerated:
+                failures.append(f"{device}: {p.kind}: {p.detail}")
+        devices.append({"device": device, "envelopes": report.count, "first": report.first, "last": report.last,
+                        "intact": report.intact, "problems": problems})
+    if rows_seen == 0:
+        failures.append("the export holds no rows")
+    return {"ok": not failures, "rows": rows_seen, "devices": devices, "failures": failures}
+
+
+def _verify(args: argparse.Namespace) -> int:
+    if args.keys is not None:
+        keys = load_keys(args.keys)
+    else:
+        with _open(args) as store:
+            keys = {d.kid: d.key() for d in store.devices()}  # revoked too: what it signed before still counts
+    result = verify_export(read_export(args.file), keys, allow_gaps=args.allow_gaps)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        for d in result["devices"]:
+            state = "chain intact" if d["intact"] else "chain NOT intact"
+            print(f"{d['device']}: {d['envelopes']} envelope(s), seqs {d['first']}..{d['last']}, "
+                  f"signatures verified, {state}")
+            for p in d["problems"]:
+                note = f" (explained by signed gap record seq {p['explained_by']})" if p["explained_by"] else ""
+                print(f"  {p['kind']}: {p['detail']}{note}{'' if p['fails'] else ' [tolerated]'}")
+        for failure in result["failures"]:
+            print(f"FAIL {failure}")
+        print(f"verify: {'OK' if result['ok'] else 'FAILED'}: {result['rows']} row(s), "
+              f"{len(result['failures'])} failure(s)")
+    return 0 if result["ok"] else 1

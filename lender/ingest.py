@@ -1,0 +1,302 @@
+"""Ingest decisions: what the lender does with one batch of envelopes, as plain code over a store.
+
+A batch is the body of one POST to ``/t``: a CBOR array of byte strings, each
+one envelope's exact bytes (docs/transport.md). `Ingest.batch` decodes it
+within telemetry's limits, verifies each envelope against the registry (only
+active devices' keys; a revoked device's gets reason 4), checks it against the
+stored chain (prev-hash link and boot counter wherever a neighbour seq is
+stored; arrival out of order is normal, alarms go first), stores it, and
+answers with an ack:
+
+    {1: [seqs stored now], 2: [seqs already present], 3: [[index, reason code, text], ...]}
+
+Reason codes are `telemetry.envelope.Reason` values. Everything refused is
+kept in the quarantine (raw bytes, reason, detail, peer, time): never dropped.
+
+No event loop here: the server (lender.server) runs `Ingest.batch` in its one
+ingest thread and turns the `BatchOutcome` into a CoAP response.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+
+from lender.store import INT64_MAX, EvidenceStore, Rejection, StoredEnvelope
+from telemetry import cbor
+from telemetry.cbor import DEFAULT_LIMITS, Limits
+from telemetry.envelope import GENESIS, Envelope, GapReason, Reason, Verdict, verify
+from telemetry.exc import LimitError, WireFormatError
+from telemetry.identity import DeviceKey
+
+log = logging.getLogger(__name__)
+
+ACK_STORED, ACK_ALREADY, ACK_REJECTED = 1, 2, 3
+DEFAULT_MAX_BODY = 64 * 1024   # bytes of one batch; the agent's default batch is 16 KiB
+MAX_BATCH_ENVELOPES = 4095     # telemetry's item cap (4096) less the array itself
+MAX_TEXT = 200                 # characters of reason text per refused envelope in an ack
+
+
+class Status(enum.Enum):
+    """The answer to a whole request (the server maps these to CoAP codes)."""
+
+    CHANGED = "2.04"              # the batch was processed; the ack says what happened to each envelope
+    BAD_REQUEST = "4.00"          # the body is not a CBOR array of byte strings
+    UNAUTHORIZED = "4.01"         # the whole request comes from a device that is not registered
+    FORBIDDEN = "4.03"            # the whole request comes from a revoked device
+    TOO_LARGE = "4.13"            # the body is over the cap
+    UNSUPPORTED_FORMAT = "4.15"   # a content-format other than application/cbor (60)
+
+
+_STATUS_REASON = {
+    Status.BAD_REQUEST: Reason.MALFORMED,
+    Status.UNAUTHORIZED: Reason.UNKNOWN_KEY,
+    Status.FORBIDDEN: Reason.REVOKED,
+    Status.TOO_LARGE: Reason.OVERSIZE,
+    Status.UNSUPPORTED_FORMAT: Reason.MALFORMED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """One envelope of a batch that was not stored: its index in the batch, the reason code and a text."""
+
+    index: int
+    reason: Reason
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """What happened to one request: its status, a diagnostic for refusals, and the ack's three lists."""
+
+    status: Status
+    diagnostic: str = ""
+    stored: tuple[int, ...] = ()
+    already: tuple[int, ...] = ()
+    refused: tuple[Refusal, ...] = ()
+
+    def ack(self) -> bytes:
+        """The ack map for a 2.04 answer, deterministically encoded CBOR."""
+        return cbor.encode({
+            ACK_STORED: list(self.stored),
+            ACK_ALREADY: list(self.already),
+            ACK_REJECTED: [[r.index, int(r.reason), r.text] for r in self.refused],
+        })
+
+
+def chain_violation(envelope: Envelope, before: StoredEnvelope | None, after: StoredEnvelope | None) -> str | None:
+    """Why `envelope` cannot sit between its stored neighbours seq-1 (`before`) and seq+1 (`after`), or None.
+
+    Only links whose both ends are stored are checked: a missing neighbour is a
+    gap (shown by `lender gaps`), not a violation. A spool-reset gap record may
+    link to genesis, as in telemetry.chain.
+    """
+    restarts = envelope.gap is not None and envelope.gap.reason == GapReason.SPOOL_RESET.value and envelope.prev == GENESIS
+    if before is not None:
+        if before.boot > envelope.boot:
+            return f"boot counter goes back: seq {before.seq} has boot {before.boot}, seq {envelope.seq} has {envelope.boot}"
+        if envelope.prev != before.digest and not restarts:
+            return (f"seq {envelope.seq} does not link to the stored seq {before.seq}: prev {envelope.prev.hex()}, "
+                    f"digest of seq {before.seq} {before.digest.hex()}")
+    if after is not None:
+        if envelope.boot > after.boot:
+            return f"boot counter goes back: seq {envelope.seq} has boot {envelope.boot}, seq {after.seq} has {after.boot}"
+        if after.prev != envelope.digest and not after.restarts_chain:
+            return (f"the stored seq {after.seq} links to {after.prev.hex()}, not to this envelope "
+                    f"(digest {envelope.digest.hex()})")
+    return None
+
+
+class ActiveKeys(Mapping[bytes, DeviceKey]):
+    """The active devices' keys by kid, read from the registry again whenever it changed."""
+
+    def __init__(self, store: EvidenceStore) -> None:
+        self._store = store
+        self._generation: int | None = None
+        self._keys: dict[bytes, DeviceKey] = {}
+
+    def refresh(self) -> None:
+        generation = self._store.registry_generation()
+        if generation != self._generation:
+            self._keys = {d.kid: d.key() for d in self._store.devices() if d.active}
+            self._generation = generation
+
+    def __getitem__(self, kid: bytes) -> DeviceKey:
+        return self._keys[kid]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 3] + "..."
+
+
+class Ingest:
+    """Decides and records the fate of every request to ``/t``; one instance per store, one thread at a time."""
+
+    def __init__(
+        self,
+        store: EvidenceStore,
+        *,
+        max_body: int = DEFAULT_MAX_BODY,
+        envelope_limits: Limits = DEFAULT_LIMITS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_body < 1:
+            raise ValueError("max_body must be positive")
+        self.store = store
+        self.max_body = max_body
+        self.envelope_limits = envelope_limits
+        self.body_limits = Limits(max_bytes=max_body, max_depth=1, max_items=MAX_BATCH_ENVELOPES + 1)
+        self.keys = ActiveKeys(store)
+        self._clock = clock
+
+    # --- whole requests ---
+
+    def refuse_request(
+        self, status: Status, detail: str, body: bytes, *, peer: str, size: int | None = None
+    ) -> BatchOutcome:
+        """Refuse a whole request and keep its body (at most `max_body` bytes of it) in quarantine."""
+        raw = bytes(body[: self.max_body])
+        kept = self.store.quarantine(Rejection(
+            kind="request", reason=_STATUS_REASON[status], detail=detail, raw=raw, peer=peer,
+            received_at=self._clock(), size=len(body) if size is None else size,
+        ))
+        if not kept:
+            log.warning("quarantine full: request from %s refused (%s) and only counted", peer, detail)
+        log.info("refused a request from %s with %s: %s", peer, status.value, detail)
+        return BatchOutcome(status, detail)
+
+    def batch(self, body: bytes, *, peer: str, sender: str | None = None) -> BatchOutcome:
+        """Process one POSTed batch from `peer`; `sender` is the OSCORE-authenticated device, if any."""
+        if len(body) > self.max_body:
+            return self.refuse_request(
+                Status.TOO_LARGE, f"body of {len(body)} bytes is over the {self.max_body}-byte cap", body, peer=peer)
+        items = self._items(body)
+        if isinstance(items, str):
+            return self.refuse_request(Status.BAD_REQUEST, items, body, peer=peer)
+        if sender is not None:
+            device = self.store.device(sender)
+            if device is None:
+                return self.refuse_request(
+                    Status.UNAUTHORIZED, f"device {sender} has an OSCORE context but is not registered", body, peer=peer)
+            if not device.active:
+                return self.refuse_request(Status.FORBIDDEN, f"device {sender} is revoked", body, peer=peer)
+        self.keys.refresh()
+        verdicts = [self._verdict(raw) for raw in items]  # CPU-bound: outside the write transaction
+        whole = None if sender is not None else self._single_bad_device(verdicts)
+        received_at = self._clock()
+        stored: list[int] = []
+        already: list[int] = []
+        refused: list[Refusal] = []
+        with self.store.transaction():
+            for index, (raw, verdict) in enumerate(zip(items, verdicts)):
+                envelope = verdict.envelope
+                if not verdict.ok:
+                    refused.append(self._refuse(index, verdict.reason, verdict.detail, raw, envelope, peer, received_at))
+                    continue
+                existing = self.store.envelope(envelope.device, envelope.seq)
+                if existing is not None:
+                    if existing.raw == envelope.raw:
+                        already.append(envelope.seq)
+                    else:
+                        refused.append(self._refuse(
+                            index, Reason.CONFLICT,
+                            f"{envelope.device} seq {envelope.seq} is stored already with other bytes "
+                            f"(stored digest {existing.digest.hex()}, this one {envelope.digest.hex()})",
+                            raw, envelope, peer, received_at))
+                    continue
+                before = self.store.envelope(envelope.device, envelope.seq - 1) if envelope.seq > 0 else None
+                after = self.store.envelope(envelope.device, envelope.seq + 1) if envelope.seq < INT64_MAX else None
+                problem = chain_violation(envelope, before, after)
+                if problem is not None:
+                    refused.append(self._refuse(index, Reason.CHAIN, problem, raw, envelope, peer, received_at))
+                elif self.store.insert_envelope(envelope, received_at=received_at, peer=peer):
+                    stored.append(envelope.seq)
+                else:  # cannot happen inside the exclusive transaction; said plainly if a backend breaks that
+                    already.append(envelope.seq)
+        if whole is not None:
+            status, detail = whole
+            log.info("refused a request from %s with %s: %s", peer, status.value, detail)
+            return BatchOutcome(status, detail, refused=tuple(refused))
+        if refused:
+            log.info("batch from %s: %d stored, %d already present, %d refused (%s)", peer, len(stored),
+                     len(already), len(refused), ", ".join(f"#{r.index}: {r.reason.name}" for r in refused[:5]))
+        return BatchOutcome(Status.CHANGED, "", tuple(stored), tuple(already), tuple(refused))
+
+    # --- steps ---
+
+    def _items(self, body: bytes) -> list[bytes] | str:
+        """The batch's envelopes, or the diagnostic text for a body that is not a batch."""
+        try:
+            decoded = cbor.decode(body, self.body_limits)
+        except LimitError as exc:
+            return (f"body must be a flat CBOR array of at most {MAX_BATCH_ENVELOPES} byte strings "
+                    f"(one per envelope): {exc}")
+        except WireFormatError as exc:
+            return f"body is not well-formed CBOR: {exc}"
+        if not isinstance(decoded, list):
+            return f"body must be a CBOR array of byte strings (one per envelope), got {_kind(decoded)}"
+        for index, item in enumerate(decoded):
+            if not isinstance(item, bytes):
+                return f"body must be a CBOR array of byte strings: item {index} is {_kind(item)}"
+        return decoded
+
+    def _verdict(self, raw: bytes) -> Verdict:
+        try:
+            verdict = verify(raw, self.keys, self.envelope_limits)
+        except Exception as exc:  # a decoder bug must cost one envelope, never the server
+            log.exception("envelope verification failed unexpectedly; refusing it as malformed")
+            return Verdict(Reason.MALFORMED, f"envelope could not be decoded ({type(exc).__name__})")
+        envelope = verdict.envelope
+        if verdict.reason is Reason.UNKNOWN_KEY:
+            holder = self.store.device_by_kid(envelope.kid)
+            if holder is not None and not holder.active:
+                return Verdict(Reason.REVOKED, f"the key {envelope.kid.hex()} of device {holder.device} is revoked",
+                               envelope)
+        if verdict.ok and (envelope.seq > INT64_MAX or envelope.boot > INT64_MAX):
+            return Verdict(Reason.MALFORMED, f"seq {envelope.seq} or boot {envelope.boot} is above 2**63-1, "
+                                             "which no pledgewatch device reaches", envelope)
+        return verdict
+
+    def _single_bad_device(self, verdicts: list[Verdict]) -> tuple[Status, str] | None:
+        """4.01 / 4.03 when every envelope names one device, and that device is unknown or revoked."""
+        if not verdicts or not all(v.reason in (Reason.UNKNOWN_KEY, Reason.REVOKED) for v in verdicts):
+            return None
+        names = {v.envelope.device for v in verdicts}
+        if len(names) != 1:
+            return None
+        (name,) = names
+        device = self.store.device(name)
+        if device is None:
+            return Status.UNAUTHORIZED, f"device {name} is not registered"
+        if not device.active:
+            return Status.FORBIDDEN, f"device {name} is revoked"
+        return None
+
+    def _refuse(self, index: int, reason: Reason, detail: str, raw: bytes, envelope: Envelope | None,
+                peer: str, received_at: float) -> Refusal:
+        kept = self.store.quarantine(Rejection(
+            kind="envelope", reason=reason, detail=detail, raw=raw, peer=peer, received_at=received_at,
+            device=None if envelope is None else envelope.device,
+            seq=None if envelope is None else envelope.seq,
+            kid=None if envelope is None else envelope.kid,
+            batch_index=index,
+        ))
+        if not kept:
+            log.warning("quarantine full: envelope refused (%s) from %s only counted", reason.name, peer)
+        return Refusal(index, reason, _short(f"{reason.name.lower()}: {detail}"))
+
+
+def _kind(item: object) -> str:
+    if isinstance(item, cbor.Tag):
+        return f"a tag {item.number}"
+    return {dict: "a map", list: "an array", str: "a text string", int: "an integer", float: "a float",
+            bool: "a boolean", type(None): "null"}.get(type(item), type(item).__name__)

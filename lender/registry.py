@@ -1,0 +1,198 @@
+"""The lender's device registry: which devices may send telemetry, with which key, bound to which asset.
+
+Data (`Device`, `DeviceStatus`), the interface any storage backend implements
+for it (`Registry`; `lender.store.SQLiteStore` is the default one), and the two
+staff operations, `register` and `revoke`, which keep the registry and the
+device's OSCORE context (`lender.oscore`) consistent: a device is never left
+half-registered.
+
+A revoked device stays in the registry (its key still verifies evidence it
+signed before) and keeps its OSCORE context loaded, so that its requests get an
+authenticated 4.03 Forbidden instead of a silent drop.
+"""
+from __future__ import annotations
+
+import enum
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+from lender import oscore
+from lender.exc import DeviceExistsError, InvalidDeviceError, UnknownDeviceError
+from telemetry.identity import DeviceKey, kid_of
+
+# A registered device id also names its OSCORE context directory, so it is the
+# safe subset of the wire format's 1..64-character device ids.
+_DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+OSCORE_DIR = "oscore"                  # lender-side contexts, under the data directory
+DEVICE_CONTEXTS_DIR = "device-contexts"  # default home of the device-side contexts made at registration
+
+
+class DeviceStatus(str, enum.Enum):
+    """Whether a device's telemetry is accepted."""
+
+    ACTIVE = "active"
+    REVOKED = "revoked"
+
+
+def check_device_id(device_id: object) -> str:
+    """Return `device_id` if it can be registered (1..64 of A-Z a-z 0-9 . _ -, starting alphanumeric)."""
+    if not isinstance(device_id, str) or not _DEVICE_ID.fullmatch(device_id):
+        raise InvalidDeviceError(
+            f"device id {device_id!r} cannot be registered: use 1..64 of A-Z a-z 0-9 . _ - "
+            "starting with a letter or digit"
+        )
+    return device_id
+
+
+def parse_public_key(text: str) -> bytes:
+    """An Ed25519 public key from its 64 hex digits (as `pledgewatch provision` prints it)."""
+    try:
+        key = bytes.fromhex(text.strip())
+    except ValueError as exc:
+        raise InvalidDeviceError(f"public key {text!r} is not hex") from exc
+    if len(key) != 32:
+        raise InvalidDeviceError(f"an Ed25519 public key is 32 bytes (64 hex digits), got {len(key)} bytes")
+    return key
+
+
+def iso_time(seconds: float | None) -> str | None:
+    """UTC ISO 8601 with a Z, to the millisecond: how the lender's tools print times."""
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """One registered device: its identity, its key, its asset, its OSCORE context and its status."""
+
+    device: str
+    public_key: bytes = field(repr=False)
+    registered_at: float
+    asset: str | None = None
+    oscore_context: str | None = None  # the lender side's directory, relative to the data directory
+    oscore_id: bytes | None = None     # the device's OSCORE sender id (the lender's recipient id)
+    status: DeviceStatus = DeviceStatus.ACTIVE
+    revoked_at: float | None = None
+    kid: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        check_device_id(self.device)
+        if not isinstance(self.public_key, bytes) or len(self.public_key) != 32:
+            raise InvalidDeviceError(f"device {self.device}: an Ed25519 public key is 32 bytes")
+        object.__setattr__(self, "status", DeviceStatus(self.status))
+        object.__setattr__(self, "kid", kid_of(self.public_key))
+
+    @property
+    def active(self) -> bool:
+        return self.status is DeviceStatus.ACTIVE
+
+    def key(self) -> DeviceKey:
+        """What a verifier needs: the device id and its public key."""
+        return DeviceKey(self.device, self.public_key)
+
+    def to_json(self) -> dict:
+        """The row `lender devices --json` prints (and `lender verify --keys` reads back)."""
+        return {
+            "device": self.device,
+            "kid": self.kid.hex(),
+            "public_key_hex": self.public_key.hex(),
+            "status": self.status.value,
+            "asset": self.asset,
+            "oscore_context": self.oscore_context,
+            "oscore_id_hex": None if self.oscore_id is None else self.oscore_id.hex(),
+            "registered_at": iso_time(self.registered_at),
+            "revoked_at": iso_time(self.revoked_at),
+        }
+
+
+class Registry(Protocol):
+    """What the lender needs from wherever devices are kept (SQLite by default, see lender.store)."""
+
+    def registry_generation(self) -> int:
+        """A number that changes whenever a device is added or changes status (cheap: read per request)."""
+
+    def device(self, device_id: str) -> Device | None:
+        """The device registered under `device_id`, active or revoked, or None."""
+
+    def device_by_kid(self, kid: bytes) -> Device | None:
+        """The device whose public key has key id `kid`, or None."""
+
+    def devices(self) -> list[Device]:
+        """Every registered device, by id."""
+
+    def add_device(self, device: Device) -> None:
+        """Register `device`; raise DeviceExistsError if its id or kid is taken."""
+
+    def set_revoked(self, device_id: str, at: float) -> Device:
+        """Mark the device revoked at `at` (idempotent); raise UnknownDeviceError if absent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """What `register` did: the device row, and where the device's side of its OSCORE context went."""
+
+    device: Device
+    device_context: Path | None
+
+
+def register(
+    registry: Registry,
+    data_dir: str | Path,
+    device_id: str,
+    public_key: bytes,
+    *,
+    asset: str | None = None,
+    with_oscore: bool = True,
+    device_context: str | Path | None = None,
+    now: float | None = None,
+) -> Registration:
+    """Register a device, creating its OSCORE context pair unless `with_oscore` is False.
+
+    The lender's side goes to ``DATA/oscore/<device>/``, the device's side to
+    `device_context` (default ``DATA/device-contexts/<device>/``), both mode
+    0700 with 0600 files, for the technician to install on the gateway. If
+    anything fails, whatever was created is removed again.
+    """
+    check_device_id(device_id)
+    data_dir = Path(data_dir)
+    if registry.device(device_id) is not None:
+        raise DeviceExistsError(f"device {device_id} is registered already (see `pledgewatch lender devices`)")
+    holder = registry.device_by_kid(kid_of(public_key))
+    if holder is not None:
+        raise DeviceExistsError(
+            f"public key with kid {kid_of(public_key).hex()} is registered already, to device {holder.device}; "
+            "every device needs its own key"
+        )
+    now = time.time() if now is None else now
+    oscore_context = oscore_id = device_side = None
+    if with_oscore:
+        device_side = Path(device_context) if device_context is not None else data_dir / DEVICE_CONTEXTS_DIR / device_id
+        contexts_root = data_dir / OSCORE_DIR
+        params = oscore.create_context_pair(contexts_root, device_id, device_side)
+        oscore_context = f"{OSCORE_DIR}/{device_id}"
+        oscore_id = params.sender_id
+    device = Device(
+        device=device_id, public_key=public_key, registered_at=now, asset=asset,
+        oscore_context=oscore_context, oscore_id=oscore_id,
+    )
+    try:
+        registry.add_device(device)
+    except BaseException:
+        if device_side is not None:
+            shutil.rmtree(data_dir / OSCORE_DIR / device_id, ignore_errors=True)
+            shutil.rmtree(device_side, ignore_errors=True)
+        raise
+    return Registration(device, device_side)
+
+
+def revoke(registry: Registry, device_id: str, *, now: float | None = None) -> Device:
+    """Revoke a device: its envelopes are refused from now on (reason 4), its past evidence stays."""
+    if registry.device(device_id) is None:
+        raise UnknownDeviceError(f"no device {device_id!r} is registered (see `pledgewatch lender devices`)")
+    return registry.set_revoked(device_id, time.time() if now is None else now)

@@ -1,0 +1,631 @@
+"""The lender's evidence store: envelopes exactly as received, their readings, gap records, quarantine, registry.
+
+`EvidenceStore` is the interface the ingest logic (lender.ingest) and the
+staff tools use; `SQLiteStore` implements it in one SQLite file in WAL mode,
+``DATA/lender.sqlite3`` (schema: docs/lender-storage.md). A PostgreSQL backend
+for a large fleet implements the same protocol; ingest does not change.
+
+Exactly-once storage rests on the database, not on the caller: an envelope's
+(device, seq) is UNIQUE, and ingest runs each batch inside `transaction()`,
+an exclusive write transaction (SQLite ``BEGIN IMMEDIATE``), so two processes
+or threads retrying the same batch at once still store each envelope once,
+and the second sees it as already present. Commits use ``synchronous=FULL``:
+an ack is only sent after the commit, and an acked reading must survive a
+power cut at the lender (the agent deletes what was acked).
+
+A connection belongs to one thread at a time (the server hands the store to
+its single ingest thread); open one store per thread otherwise.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from lender.exc import (
+    DeviceExistsError,
+    StoreError,
+    StoreFormatError,
+    StoreUnavailableError,
+    UnknownDeviceError,
+)
+from lender.registry import Device, DeviceStatus, Registry
+from telemetry.envelope import GENESIS, Envelope, GapReason, Reason
+
+log = logging.getLogger(__name__)
+
+STORE_FILE = "lender.sqlite3"
+APPLICATION_ID = 0x504C4C44  # "PLLD": marks a file as a pledgewatch lender store
+SCHEMA_VERSION = 1
+DEFAULT_QUARANTINE_LIMIT = 256 * 1024 * 1024  # bytes of raw evidence kept before rejections are only counted
+INT64_MAX = (1 << 63) - 1
+
+_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value ANY NOT NULL) STRICT",
+    "CREATE TABLE devices (device TEXT PRIMARY KEY, public_key BLOB NOT NULL, kid BLOB NOT NULL UNIQUE,"
+    " asset TEXT, oscore_context TEXT, oscore_id BLOB,"
+    " status TEXT NOT NULL CHECK (status IN ('active', 'revoked')),"
+    " registered_at REAL NOT NULL, revoked_at REAL) STRICT",
+    # One row per stored envelope; raw is the exact bytes received (the evidence).
+    "CREATE TABLE envelopes (id INTEGER PRIMARY KEY, device TEXT NOT NULL, seq INTEGER NOT NULL,"
+    " boot INTEGER NOT NULL, kid BLOB NOT NULL, digest BLOB NOT NULL, prev BLOB NOT NULL, raw BLOB NOT NULL,"
+    " alarm INTEGER NOT NULL, gap_reason TEXT, received_at REAL NOT NULL, peer TEXT NOT NULL,"
+    " UNIQUE (device, seq)) STRICT",
+    # The SenML records of stored envelopes, resolved, for queries. `at` = the
+    # record's own time, else the envelope's receive time.
+    "CREATE TABLE records (device TEXT NOT NULL, seq INTEGER NOT NULL, idx INTEGER NOT NULL,"
+    " name TEXT NOT NULL, value ANY, string TEXT, boolean INTEGER, data BLOB, sum ANY, unit TEXT,"
+    " time ANY, at REAL NOT NULL, PRIMARY KEY (device, seq, idx)) STRICT, WITHOUT ROWID",
+    "CREATE INDEX records_by_time ON records (device, at)",
+    "CREATE TABLE gap_records (device TEXT NOT NULL, seq INTEGER NOT NULL, reason TEXT NOT NULL,"
+    " first_seq ANY, last_seq ANY, count ANY, PRIMARY KEY (device, seq)) STRICT, WITHOUT ROWID",
+    # Everything refused: envelopes (kind 'envelope') and whole requests (kind 'request').
+    # One row per distinct (bytes, reason, kind); repeats count up.
+    "CREATE TABLE quarantine (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL"
+    " CHECK (kind IN ('envelope', 'request')), reason INTEGER NOT NULL, detail TEXT NOT NULL,"
+    " raw BLOB NOT NULL, fingerprint BLOB NOT NULL, size INTEGER NOT NULL,"
+    " device TEXT, seq ANY, kid BLOB, batch_index INTEGER,"
+    " first_peer TEXT NOT NULL, last_peer TEXT NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL,"
+    " count INTEGER NOT NULL, UNIQUE (fingerprint, reason, kind)) STRICT",
+    # Rejections that found the quarantine full: counted, never silently lost.
+    "CREATE TABLE quarantine_overflow (kind TEXT NOT NULL, reason INTEGER NOT NULL, count INTEGER NOT NULL,"
+    " first_seen REAL NOT NULL, last_seen REAL NOT NULL, PRIMARY KEY (kind, reason)) STRICT, WITHOUT ROWID",
+    "INSERT INTO meta (key, value) VALUES ('registry_generation', 0), ('quarantine_bytes', 0)",
+)
+
+
+# --- what the store hands out ------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class StoredEnvelope:
+    """One stored envelope: the fields the chain check needs, and the exact bytes received."""
+
+    device: str
+    seq: int
+    boot: int
+    kid: bytes
+    digest: bytes
+    prev: bytes
+    raw: bytes
+    alarm: bool
+    gap_reason: str | None
+    received_at: float
+    peer: str
+
+    @property
+    def restarts_chain(self) -> bool:
+        """A spool-reset gap record links to genesis on purpose (telemetry.chain treats it alike)."""
+        return self.gap_reason == GapReason.SPOOL_RESET.value and self.prev == GENESIS
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Something refused, to be kept in quarantine: the bytes, why, and what could be read of them."""
+
+    kind: str                 # 'envelope' (one item of a batch) or 'request' (a whole body)
+    reason: Reason
+    detail: str
+    raw: bytes
+    peer: str
+    received_at: float
+    size: int | None = None   # the full size when `raw` holds only a prefix (an oversize body)
+    device: str | None = None
+    seq: int | None = None
+    kid: bytes | None = None
+    batch_index: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineEntry:
+    """One quarantine row: a distinct refused item and how often it came."""
+
+    id: int
+    kind: str
+    reason: Reason
+    detail: str
+    raw: bytes
+    size: int
+    device: str | None
+    seq: int | None
+    kid: bytes | None
+    batch_index: int | None
+    first_peer: str
+    last_peer: str
+    first_seen: float
+    last_seen: float
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One stored SenML record with the envelope it came in."""
+
+    device: str
+    seq: int
+    index: int
+    name: str
+    value: int | float | None
+    string: str | None
+    boolean: bool | None
+    data: bytes | None
+    sum: int | float | None
+    unit: str | None
+    time: int | float | None
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class GapRecord:
+    """A signed gap record as stored: which device said it lost what, and why."""
+
+    device: str
+    seq: int
+    reason: str
+    first: int | None
+    last: int | None
+    count: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class MissingRange:
+    """Seqs `first..last` of a device are not stored. `first` None: the chain's start never arrived."""
+
+    device: str
+    first: int | None
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCounts:
+    devices: int
+    envelopes: int
+    records: int
+    quarantined: int
+    quarantine_overflow: int
+
+
+# --- the interface ------------------------------------------------------------------
+
+class EvidenceStore(Registry, Protocol):
+    """What ingest and the lender's tools need from storage. Implementations: `SQLiteStore`."""
+
+    def transaction(self) -> contextlib.AbstractContextManager[None]:
+        """An exclusive write transaction: all or nothing, and no other writer in between."""
+
+    def envelope(self, device: str, seq: int) -> StoredEnvelope | None:
+        """The stored envelope (device, seq), or None."""
+
+    def insert_envelope(self, envelope: Envelope, *, received_at: float, peer: str) -> bool:
+        """Store a verified envelope with its records and gap record; False if (device, seq) is taken."""
+
+    def quarantine(self, rejection: Rejection) -> bool:
+        """Keep a refused item; False if the quarantine is full and it was only counted."""
+
+    def envelopes(self, device: str) -> Iterator[StoredEnvelope]:
+        """A device's stored envelopes by seq."""
+
+    def readings(self, device: str, since: float | None = None, until: float | None = None) -> Iterator[Reading]:
+        """A device's stored records with `since <= at < until`, by time."""
+
+    def gap_records(self, device: str | None = None) -> list[GapRecord]:
+        """Signed gap records, by device and seq."""
+
+    def missing_ranges(self, device: str | None = None) -> list[MissingRange]:
+        """The seqs missing between stored envelopes (and before the first, if it is not a chain start)."""
+
+    def quarantined(self, limit: int = 100) -> list[QuarantineEntry]:
+        """The most recently seen quarantine entries."""
+
+    def quarantine_overflow(self) -> dict[tuple[str, int], int]:
+        """Rejections counted but not kept because the quarantine was full, by (kind, reason)."""
+
+    def counts(self) -> StoreCounts:
+        """How much is stored."""
+
+    def close(self) -> None:
+        """Release the store."""
+
+
+# --- SQLite ---------------------------------------------------------------------------
+
+def _sql_int(value: int | None) -> int | str | None:
+    """SQLite integers are signed 64-bit; a larger unsigned CBOR integer is kept as its decimal text."""
+    if value is None or -INT64_MAX - 1 <= value <= INT64_MAX:
+        return value
+    return str(value)
+
+
+def _sql_number(value: int | float | None) -> int | float | str | None:
+    return _sql_int(value) if type(value) is int else value
+
+
+def _py_int(value: int | str | None) -> int | None:
+    return int(value) if isinstance(value, str) else value
+
+
+def _wrap(exc: sqlite3.Error, what: str) -> StoreError:
+    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError) and (
+        "not a database" in str(exc) or "malformed" in str(exc)
+    ):
+        return StoreFormatError(f"{what}: the file is damaged or not a lender store ({exc})")
+    return StoreUnavailableError(f"{what}: {exc}")
+
+
+_ENVELOPE_COLUMNS = "e.device, e.seq, e.boot, e.kid, e.digest, e.prev, e.raw, e.alarm, e.gap_reason, e.received_at, e.peer"
+_DEVICE_COLUMNS = "device, public_key, registered_at, asset, oscore_context, oscore_id, status, revoked_at"
+_QUARANTINE_COLUMNS = (
+    "id, kind, reason, detail, raw, size, device, seq, kid, batch_index, first_peer, last_peer,"
+    " first_seen, last_seen, count"
+)
+
+
+def _stored(row: tuple) -> StoredEnvelope:
+    device, seq, boot, kid, digest, prev, raw, alarm, gap_reason, received_at, peer = row
+    return StoredEnvelope(device, seq, boot, kid, digest, prev, raw, bool(alarm), gap_reason, received_at, peer)
+
+
+def _device(row: tuple) -> Device:
+    device, public_key, registered_at, asset, oscore_context, oscore_id, status, revoked_at = row
+    return Device(
+        device=device, public_key=public_key, registered_at=registered_at, asset=asset,
+        oscore_context=oscore_context, oscore_id=oscore_id, status=DeviceStatus(status), revoked_at=revoked_at,
+    )
+
+
+class SQLiteStore:
+    """The evidence store and device registry in one SQLite file (WAL). Implements `EvidenceStore`."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, *, quarantine_limit: int) -> None:
+        self.path = path
+        self._conn = conn
+        self._depth = 0
+        self.quarantine_limit = quarantine_limit
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: str | os.PathLike,
+        *,
+        create: bool = True,
+        quarantine_limit: int = DEFAULT_QUARANTINE_LIMIT,
+        synchronous: str = "FULL",
+    ) -> SQLiteStore:
+        """Open (or, with `create`, create) the store in `data_dir`; the directory is made mode 0700."""
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")
+        data_dir = Path(data_dir)
+        path = data_dir / STORE_FILE
+        if not create and not path.exists():
+            raise StoreUnavailableError(
+                f"no lender store at {path}: check --data, or start with `pledgewatch lender register` or `serve`"
+            )
+        try:
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not path.exists():  # SQLite gives the -wal and -shm files the database file's mode
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreUnavailableError(f"cannot open the lender store {path}: {exc}") from exc
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={synchronous}")
+            store = cls(path, conn, quarantine_limit=quarantine_limit)
+            store._prepare()
+        except sqlite3.Error as exc:
+            conn.close()
+            raise _wrap(exc, f"cannot open the lender store {path}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return store
+
+    def _prepare(self) -> None:
+        with self.transaction():
+            application_id = self._conn.execute("PRAGMA application_id").fetchone()[0]
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            if application_id == 0 and version == 0:
+                tables = self._conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()[0]
+                if tables:
+                    raise StoreFormatError(f"{self.path} is an SQLite file of something else, not a lender store")
+                for statement in _SCHEMA:
+                    self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif application_id != APPLICATION_ID:
+                raise StoreFormatError(f"{self.path} is not a pledgewatch lender store (application id {application_id:#x})")
+            elif version > SCHEMA_VERSION:
+                raise StoreFormatError(
+                    f"{self.path} has schema version {version}; this program knows up to {SCHEMA_VERSION}: upgrade it"
+                )
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> SQLiteStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({str(self.path)!r})"
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise _wrap(exc, f"cannot write to {self.path}") from exc
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back by itself (disk full)
+                self._conn.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+            raise _wrap(exc, f"cannot commit to {self.path}") from exc
+
+    def _query(self, sql: str, params: tuple | list = ()) -> list[tuple]:
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise _wrap(exc, f"cannot read {self.path}") from exc
+
+    # --- registry ---
+
+    def registry_generation(self) -> int:
+        return self._query("SELECT value FROM meta WHERE key = 'registry_generation'")[0][0]
+
+    def _bump_generation(self) -> None:
+        self._conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'registry_generation'")
+
+    def device(self, device_id: str) -> Device | None:
+        rows = self._query(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device = ?", (device_id,))
+        return _device(rows[0]) if rows else None
+
+    def device_by_kid(self, kid: bytes) -> Device | None:
+        rows = self._query(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE kid = ?", (kid,))
+        return _device(rows[0]) if rows else None
+
+    def devices(self) -> list[Device]:
+        return [_device(row) for row in self._query(f"SELECT {_DEVICE_COLUMNS} FROM devices ORDER BY device")]
+
+    def add_device(self, device: Device) -> None:
+        try:
+            with self.transaction():
+                self._conn.execute(
+                    "INSERT INTO devices (device, public_key, kid, asset, oscore_context, oscore_id, status,"
+                    " registered_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (device.device, device.public_key, device.kid, device.asset, device.oscore_context,
+                     device.oscore_id, device.status.value, device.registered_at, device.revoked_at),
+                )
+                self._bump_generation()
+        except sqlite3.IntegrityError as exc:
+            raise DeviceExistsError(
+                f"device {device.device} or its key (kid {device.kid.hex()}) is registered already"
+            ) from exc
+        except sqlite3.Error as exc:
+            raise _wrap(exc, f"cannot register {device.device} in {self.path}") from exc
+
+    def set_revoked(self, device_id: str, at: float) -> Device:
+        try:
+            with self.transaction():
+                self._conn.execute(
+                    "UPDATE devices SET status = 'revoked', revoked_at = ? WHERE device = ? AND status = 'active'",
+                    (at, device_id),
+                )
+                self._bump_generation()
+        except sqlite3.Error as exc:
+            raise _wrap(exc, f"cannot revoke {device_id} in {self.path}") from exc
+        device = self.device(device_id)
+        if device is None:
+            raise UnknownDeviceError(f"no device {device_id!r} is registered")
+        return device
+
+    # --- envelopes ---
+
+    def envelope(self, device: str, seq: int) -> StoredEnvelope | None:
+        rows = self._query(f"SELECT {_ENVELOPE_COLUMNS} FROM envelopes e WHERE device = ? AND seq = ?", (device, seq))
+        return _stored(rows[0]) if rows else None
+
+    def insert_envelope(self, envelope: Envelope, *, received_at: float, peer: str) -> bool:
+        if envelope.seq > INT64_MAX or envelope.boot > INT64_MAX:
+            raise ValueError("seq and boot above 2**63-1 cannot be stored (ingest refuses them first)")
+        gap = envelope.gap
+        try:
+            with self.transaction():
+                inserted = self._conn.execute(
+                    "INSERT INTO envelopes (device, seq, boot, kid, digest, prev, raw, alarm, gap_reason,"
+                    " received_at, peer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (device, seq) DO NOTHING",
+                    (envelope.device, envelope.seq, envelope.boot, envelope.kid, envelope.digest, envelope.prev,
+                     envelope.raw, int(envelope.alarm), None if gap is None else gap.reason, received_at, peer),
+                ).rowcount
+                if not inserted:
+                    return False
+                self._conn.executemany(
+                    "INSERT INTO records (device, seq, idx, name, value, string, boolean, data, sum, unit, time, at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (envelope.device, envelope.seq, index, r.name, _sql_number(r.value), r.string,
+                         None if r.boolean is None else int(r.boolean), r.data, _sql_number(r.sum), r.unit,
+                         _sql_number(r.time), float(r.time) if r.time is not None else received_at)
+                        for index, r in enumerate(envelope.records)
+                    ],
+                )
+                if gap is not None:
+                    self._conn.execute(
+                        "INSERT INTO gap_records (device, seq, reason, first_seq, last_seq, count)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        (envelope.device, envelope.seq, gap.reason, _sql_int(gap.first), _sql_int(gap.last),
+                         _sql_int(gap.count)),
+                    )
+        except sqlite3.Error as exc:
+            raise _wrap(exc, f"cannot store {envelope.device} seq {envelope.seq} in {self.path}") from exc
+        return True
+
+    def envelopes(self, device: str) -> Iterator[StoredEnvelope]:
+        try:
+            cursor = self._conn.execute(
+                f"SELECT {_ENVELOPE_COLUMNS} FROM envelopes e WHERE device = ? ORDER BY seq", (device,))
+            for row in cursor:
+                yield _stored(row)
+        except sqlite3.Error as exc:
+            raise _wrap(exc, f"cannot read {self.path}") from exc
+
+    def envelope_devices(self) -> list[str]:
+        """Every device with at least one stored envelope (registered or not any more)."""
+        return [row[0] for row in self._query("SELECT DISTINCT device FROM envelopes ORDER BY device")]
+
+    def readings(self, device: str, since: float | None = None, until: float | None = None) -> Iterator[Reading]:
+        sql = ("SELECT device, seq, idx, name, value, string, boolean, data, sum, unit, time, at FROM records"
+               " WHERE device = ? AND at >= ? AND at < ? ORDER BY at, seq, idx")
+        params = (device, float("-inf") if since is None else since, float("inf") if until is None else until)
+        try:
+            for row in self._conn.execute(sql, params):
+                device_id, seq, index, name, value, string, boolean, data, total, unit, at_time, at = row
+                yield Reading(
+                    device_id, seq, index, name, _py_int(value), string, None if boolean is None else bool(boolean),
+                    data, _py_int(total), unit, _py_int(at_time), at,
+                )
+        except sqlite3.Error as exc:
+            raise _wrap(exc, f"cannot read {self.path}") from exc
+
+    def gap_records(self, device: str | None = None) -> list[GapRecord]:
+        sql = "SELECT device, seq, reason, first_seq, last_seq, count FROM gap_records"
+        rows = self._query(sql + (" WHERE device = ?" if device else "") + " ORDER BY device, seq",
+                           (device,) if device else ())
+        return [GapRecord(d, s, r, _py_int(f), _py_int(l), _py_int(c)) for d, s, r, f, l, c in rows]
+
+    def missing_ranges(self, device: str | None = None) -> list[MissingRange]:
+        where = " WHERE device = ?" if device else ""
+        params = (device,) if device else ()
+        ranges = []
+        # Before the lowest stored seq: missing unless that envelope starts the chain (links to genesis).
+        for dev, seq, prev, gap_reason in self._query(
+            "SELECT e.device, e.seq, e.prev, e.gap_reason FROM envelopes e JOIN"
+            f" (SELECT device, min(seq) AS seq FROM envelopes{where} GROUP BY device) AS lowest"
+            " ON e.device = lowest.device AND e.seq = lowest.seq", params,
+        ):
+            if prev != GENESIS:
+                ranges.append(MissingRange(dev, None, seq - 1))
+        for dev, seq, following in self._query(
+            "SELECT device, seq, following FROM (SELECT device, seq,"
+            f" lead(seq) OVER (PARTITION BY device ORDER BY seq) AS following FROM envelopes{where})"
+            " WHERE following > seq + 1", params,
+        ):
+            ranges.append(MissingRange(dev, seq + 1, following - 1))
+        ranges.sort(key=lambda r: (r.device, -1 if r.first is None else r.first))
+        return ranges
+
+    # --- quarantine ---
+
+    def quarantine(self, rejection: Rejection) -> bool:
+        raw = bytes(rejection.raw)
+        fingerprint = hashlib.sha256(raw).digest()
+        now, kind, reason = rejection.received_at, rejection.kind, int(rejection.reason)
+        try:
+            with self.transaction():
+                repeated = self._conn.execute(
+                    "UPDATE quarantine SET count = count + 1, last_seen = max(last_seen, ?), last_peer = ?"
+                    " WHERE fingerprint = ? AND reason = ? AND kind = ?",
+                    (now, rejection.peer, fingerprint, reason, kind),
+                ).rowcount
+                if repeated:
+                    return True
+                used = self._conn.execute("SELECT value FROM meta WHERE key = 'quarantine_bytes'").fetchone()[0]
+                if used + len(raw) > self.quarantine_limit:
+                    self._conn.execute(
+                        "INSERT INTO quarantine_overflow (kind, reason, count, first_seen, last_seen)"
+                        " VALUES (?, ?, 1, ?, ?) ON CONFLICT (kind, reason) DO UPDATE SET count = count + 1,"
+                        " last_seen = max(last_seen, excluded.last_seen)",
+                        (kind, reason, now, now),
+                    )
+                    return False
+                self._conn.execute(
+                    "INSERT INTO quarantine (kind, reason, detail, raw, fingerprint, size, device, seq, kid,"
+                    " batch_index, first_peer, last_peer, first_seen, last_seen, count)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
+                    (kind, reason, rejection.detail, raw, fingerprint,
+                     len(raw) if rejection.size is None else rejection.size, rejection.device,
+                     _sql_int(rejection.seq), rejection.kid, rejection.batch_index, rejection.peer, rejection.peer,
+                     now, now),
+                )
+                self._conn.execute("UPDATE meta SET value = value + ? WHERE key = 'quarantine_bytes'", (len(raw),))
+        except sqlite3.Error as exc:
+            raise _wrap(exc, f"cannot write the quarantine in {self.path}") from exc
+        return True
+
+    def quarantined(self, limit: int = 100) -> list[QuarantineEntry]:
+        rows = self._query(f"SELECT {_QUARANTINE_COLUMNS} FROM quarantine ORDER BY last_seen DESC, id DESC LIMIT ?",
+                           (limit,))
+        return [
+            QuarantineEntry(i, kind, Reason(reason), detail, raw, size, device, _py_int(seq), kid, index,
+                            first_peer, last_peer, first_seen, last_seen, count)
+            for (i, kind, reason, detail, raw, size, device, seq, kid, index, first_peer, last_peer,
+                 first_seen, last_seen, count) in rows
+        ]
+
+    def quarantine_overflow(self) -> dict[tuple[str, int], int]:
+        return {(kind, reason): count for kind, reason, count in
+                self._query("SELECT kind, reason, count FROM quarantine_overflow ORDER BY kind, reason")}
+
+    def counts(self) -> StoreCounts:
+        (devices, envelopes, records, quarantined, overflow), = self._query(
+            "SELECT (SELECT count(*) FROM devices), (SELECT count(*) FROM envelopes),"
+            " (SELECT count(*) FROM records), (SELECT count(*) FROM quarantine),"
+            " (SELECT coalesce(sum(count), 0) FROM quarantine_overflow)")
+        return StoreCounts(devices, envelopes, records, quarantined, overflow)
+
+
+@dataclass(frozen=True, slots=True)
+class GapFinding:
+    """A missing range and what the device's signed gap records say about it."""
+
+    missing: MissingRange
+    explained_by: GapRecord | None          # a gap record that covers the whole range
+    partly_explained_by: tuple[GapRecord, ...] = ()  # gap records that cover part of it
+
+    @property
+    def explained(self) -> bool:
+        return self.explained_by is not None
+
+
+def explain_gaps(missing: list[MissingRange], records: list[GapRecord]) -> list[GapFinding]:
+    """Match each missing range with the signed gap records of its device (pure)."""
+    by_device: dict[str, list[GapRecord]] = {}
+    for record in records:
+        by_device.setdefault(record.device, []).append(record)
+    findings = []
+    for gap in missing:
+        whole, part = None, []
+        for record in by_device.get(gap.device, ()):
+            if record.first is None or record.last is None:
+                continue
+            low = gap.first if gap.first is not None else -1
+            if gap.first is not None and record.first <= gap.first and gap.last <= record.last:
+                whole = whole or record
+            elif record.first <= gap.last and low <= record.last:
+                part.append(record)
+        findings.append(GapFinding(gap, whole, tuple(part)))
+    return findings
