@@ -10,7 +10,9 @@ from collections.abc import Sequence
 
 from drivers.exc import ModemResponseError
 
-#: Quectel marks unavailable numeric fields with "-" and invalid measurements with -32768.
+#: Quectel prints "-" for a parameter it cannot report in the current state (RG50xQ&RM5xxQ AT Commands
+#: Manual, AT+QENG: e.g. <tx_power> while idle) and -32768 for an invalid measurement (same manual,
+#: AT+QRSRP/AT+QENG); both become None.
 _MISSING = frozenset({"", "-", "--"})
 INVALID_MEASUREMENT = -32768
 

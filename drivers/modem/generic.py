@@ -209,7 +209,8 @@ _CCLK = re.compile(r'"?(\d{2})/(\d{2})/(\d{2}),(\d{2}):(\d{2}):(\d{2})(?:([+-])(
 def parse_cclk(lines: Sequence[str], command: str = "AT+CCLK?") -> dt.datetime:
     """``+CCLK: "yy/MM/dd,hh:mm:ss±zz"`` → an aware datetime (zz in quarters of an hour, TS 27.007 §8.15).
 
-    Without ``±zz`` (some firmware omits it) the time is taken as UTC.
+    TS 27.007 §8.15 lets an MT without time-zone support leave out ``±zz``;
+    such a time is taken as UTC.
     """
     f = single(command, lines, "+CCLK:", '+CCLK: "yy/MM/dd,hh:mm:ss±zz" (TS 27.007 §8.15)')
     raw = f.line[len("+CCLK:"):].strip()

@@ -57,6 +57,12 @@ pieces in ``hil/sim/models/common.py`` (3GPP TS 27.007) and the vendor
 modules (``quectel.py``, ``simcom.py``), and add it to
 ``hil.sim.models.MODELS``. Answers are looked up first, then the model's
 handlers in order; anything else gets ``ERROR``, like a real modem.
+
+Handlers run in the simulator's own thread, inside its asyncio loop: a
+socket model may open real UDP sockets there (`asyncio.get_running_loop()`)
+and announce received datagrams later with `ctx.sim.emit_urc(...)`. Keep
+per-model state in `SimState.extra`; it is cleared on reboot, and anything
+in it with a ``close()`` is closed.
 """
 from __future__ import annotations
 
@@ -99,6 +105,10 @@ class DataPrompt:
 
     then: Callable[[bytes], Reply]
     length: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.length is not None and self.length < 1:
+            raise ValueError(f"a data prompt collects at least 1 byte, not {self.length}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,7 +487,7 @@ class ModemSimulator:
     # -- actions (callable from any thread) ----------------------------------------
 
     def emit_urc(self, *lines: str) -> None:
-        """Send URC lines now."""
+        """Send URC lines now (lost if no client has the port open, like on real hardware)."""
         self._call(lambda: [self._send_urc(line) for line in lines])
 
     def urc_storm(self, line: str, count: int, burst: int = 64) -> None:
@@ -625,8 +635,6 @@ class ModemSimulator:
             return
         self._attached = True
         self._loop.add_reader(master, self._readable)
-        if self._outbuf:
-            self._flush()
         if self._booting:
             gen = self._generation
             self._loop.call_later(self._boot_delay, self._finish_boot, gen)
@@ -646,8 +654,12 @@ class ModemSimulator:
         if not data:  # the client closed the port
             assert self._loop is not None
             self._loop.remove_reader(master)
+            if self._writing:
+                self._loop.remove_writer(master)
+                self._writing = False
             self._attached = False
             self._inbuf.clear()
+            self._outbuf.clear()
             self._data = None
             self._watch_attach()
             return
@@ -655,7 +667,9 @@ class ModemSimulator:
         self._process_input()
 
     def _write(self, data: bytes) -> None:
-        if self._master is None or not data:
+        # Nobody has the port open: the bytes are lost, as on a real modem's USB port
+        # (and pyserial flushes a port's input when it opens it anyway).
+        if self._master is None or not data or not self._attached:
             return
         self._outbuf += data
         if not self._writing:
@@ -879,6 +893,11 @@ class ModemSimulator:
         s.echo, s.cmee, s.cfun = fresh.echo, fresh.cmee, 1
         s.creg_n, s.cereg_n, s.c5greg_n, s.cops_format = 0, 0, 0, 0
         s.gnss_on, s.connected = False, False
+        for value in s.extra.values():  # a model's sockets and the like die with the modem
+            close = getattr(value, "close", None)
+            if callable(close):
+                with contextlib.suppress(Exception):
+                    close()
         s.extra.clear()
         self._booting = True
         self._boot_delay = ready_s

@@ -15,8 +15,8 @@ import pytest
 
 from drivers.at import AtChannel, ChannelConfig, Urc
 from drivers.exc import AtResultError, AtTimeoutError, AtUsageError, CmeError, PortClosedError, PortError
-from hil.sim.modem import DataPrompt, ModemModel, ModemSimulator, Reply
 from hil.sim.models import common
+from hil.sim.modem import DataPrompt, ModemModel, ModemSimulator, Reply
 
 
 def run(coro, limit: float = 20.0):

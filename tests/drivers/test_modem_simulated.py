@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from drivers.at import AtChannel, ChannelConfig
-from drivers.exc import AtResultError, AtTimeoutError, CmeError, PortClosedError
-from drivers.modem import Modem, QuectelModem, RadioMode, RegistrationStatus, SimcomModem, open_modem
-from hil.sim.modem import GnssFix, ModemSimulator
+from drivers.exc import AtResultError, AtTimeoutError, CmeError, CmsError, PortClosedError
+from drivers.modem import Modem, QuectelModem, RadioMode, RegistrationStatus, SimcomModem, identify, open_modem
+from hil.sim.modem import ModemSimulator
 
 MODELS = ["rm500q", "rm520n", "ec25", "sim7600", "sim8200"]
 FIVE_G = {"rm500q", "rm520n", "sim8200"}
@@ -49,6 +49,18 @@ def test_model_detection_picks_the_vendor_driver(sim):
     modem = run(body())
     assert modem.identity is not None and modem.identity.family == sim.model.key
     assert isinstance(modem, SimcomModem if sim.model.key.startswith("sim") else QuectelModem)
+
+
+def test_detection_falls_back_to_cgmm_when_ati_fails(sim):
+    async def body():
+        async with AtChannel(ChannelConfig(sim.path)) as ch:
+            sim.knobs.error = True
+            sim.knobs.applies_to = "^ATI"
+            return await identify(ch)
+    ident = run(body())
+    assert (ident.manufacturer, ident.model, ident.family) == (sim.model.manufacturer, sim.model.model,
+                                                               sim.model.key)
+    assert sim.commands() == ["ATI", "AT+CGMI", "AT+CGMM"]
 
 
 def test_driver_reads_typed_values_that_match_the_modem_state(sim):
@@ -175,6 +187,17 @@ def test_knob_cme_error_carries_the_3gpp_meaning(sim):
             return info.value, imei
     err, imei = run(body())
     assert (err.code, err.meaning) == (10, "SIM not inserted") and imei == sim.state.imei
+
+
+def test_knob_cms_error_raises_cms_error(sim):
+    async def body():
+        async with session(sim) as (_, m):
+            sim.knobs.cms_error = 331
+            with pytest.raises(CmsError) as info:
+                await m.operator()
+            return info.value
+    err = run(body())
+    assert (err.code, err.meaning) == (331, "no network service")
 
 
 def test_knob_garbage_is_counted_and_the_value_still_parsed(sim):

@@ -27,13 +27,13 @@ def _registration(name: str, n: int, stat: int, tac: str, ci: str, act: int) -> 
 
 
 def _cereg(s: SimState) -> tuple[str, ...]:
-    v = s.view()
-    return (_registration("+CEREG", s.cereg_n, s.eps_stat, v["tac4"], v["ci8"], v["eps_act"]),)  # type: ignore[arg-type]
+    act = 13 if s.rat == "NR5G-NSA" else 7
+    return (_registration("+CEREG", s.cereg_n, s.eps_stat, f"{s.tac & 0xFFFF:04X}", f"{s.cell_id & 0xFFFFFFF:08X}",
+                          act),)
 
 
 def _c5greg(s: SimState) -> tuple[str, ...]:
-    v = s.view()
-    return (_registration("+C5GREG", s.c5greg_n, s.nr_stat, v["nr_tac6"], v["nr_ci9"], 11),)  # type: ignore[arg-type]
+    return (_registration("+C5GREG", s.c5greg_n, s.nr_stat, f"{s.nr_tac:06X}", f"{s.nr_cell_id:09X}", 11),)
 
 
 def _cops(s: SimState) -> tuple[str, ...]:
