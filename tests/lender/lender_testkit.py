@@ -159,3 +159,18 @@ def free_environment() -> dict:
     env.pop("PLEDGEWATCH_LENDER_DATA", None)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+async def oscore_post(uri: str, context_dir, body: bytes) -> aiocoap.Message:
+    """POST `body` to `uri` as a device would: aiocoap client, OSCORE with the device's side of its context."""
+    from lender import oscore  # the on-disk context format the lender writes at registration
+
+    security = oscore.open_context(context_dir)
+    client = await aiocoap.Context.create_client_context()
+    client.client_credentials[uri.rsplit("/", 1)[0] + "/*"] = security
+    try:
+        request = aiocoap.Message(code=codes.POST, uri=uri, payload=body, content_format=60)
+        return await client.request(request).response
+    finally:
+        await client.shutdown()
+        oscore.close_context(security)

@@ -1,6 +1,7 @@
 """`pledgewatch lender ...` as the lender's staff run it: real subprocesses, a real server, files on disk."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import csv
 import io
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from aiocoap.numbers import codes
-from lender_testkit import PYTHON_BIN, Device, RawCoap, ack_of, batch, enroll, free_environment
+from lender_testkit import PYTHON_BIN, Device, RawCoap, ack_of, batch, enroll, free_environment, oscore_post
 
 from lender.ingest import Ingest
 from telemetry.envelope import Gap, GapReason, seal
@@ -134,6 +135,21 @@ def test_serve_without_insecure_refuses_plain_coap_and_stops_on_sigint(store, da
         code, out, err = serving.stop(signal.SIGINT)
     assert code == 0 and "OSCORE only" in serving.banner and "insecure" not in err
     assert store.counts().envelopes == 0
+
+
+def test_a_lender_killed_with_sigkill_serves_its_oscore_devices_again_after_restart(store, data_dir, tmp_path):
+    gateway = Device("gw-9")
+    side = enroll(store, data_dir, gateway, oscore=True, device_context=tmp_path / "gw-9-side").device_context
+    with Serving(data_dir) as serving:
+        first = asyncio.run(oscore_post(serving.uri, side, batch(gateway.chain(3))))
+        assert first.code == codes.CHANGED
+        serving.process.kill()  # no clean shutdown: the OSCORE replay window is left "unknown" on disk
+        serving.process.wait(10)
+    with Serving(data_dir) as serving:  # the device's next request goes through the Echo round trip
+        again = asyncio.run(oscore_post(serving.uri, side, batch(gateway.chain(3))))
+        assert again.code == codes.CHANGED and ack_of(again.payload)[1] == [4, 5, 6]
+        assert serving.stop()[0] == 0
+    assert store.counts().envelopes == 6
 
 
 def _coap_client() -> str | None:

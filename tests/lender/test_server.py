@@ -12,7 +12,7 @@ from aiocoap.numbers import codes
 from aiocoap.optiontypes import BlockOption
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from lender_testkit import Device, LenderThread, RawCoap, ack_of, batch, enroll
+from lender_testkit import Device, LenderThread, RawCoap, ack_of, batch, enroll, oscore_post
 
 from lender import oscore, registry
 from lender.server import BlockAssembly, Complete, parse_bind
@@ -295,23 +295,11 @@ def test_a_flood_of_garbage_datagrams_does_not_stop_a_device_being_served(lender
 
 # --- OSCORE -----------------------------------------------------------------------------------
 
-async def _oscore_post(uri: str, context_dir, body: bytes):
-    security = oscore.open_context(context_dir)
-    client = await aiocoap.Context.create_client_context()
-    client.client_credentials[uri.rsplit("/", 1)[0] + "/*"] = security
-    try:
-        request = aiocoap.Message(code=codes.POST, uri=uri, payload=body, content_format=60)
-        return await client.request(request).response
-    finally:
-        await client.shutdown()
-        oscore.close_context(security)
-
-
 def test_with_oscore_a_registered_device_is_served_and_plain_coap_is_refused(data_dir, store, tmp_path):
     gateway = Device("gw-secure")
     registration = enroll(store, data_dir, gateway, oscore=True, device_context=tmp_path / "gw-side")
     with LenderThread(data_dir, insecure=False) as secure:
-        answer = asyncio.run(_oscore_post(secure.uri, registration.device_context, batch(gateway.chain(30))))
+        answer = asyncio.run(oscore_post(secure.uri, registration.device_context, batch(gateway.chain(30))))
         assert answer.code == codes.CHANGED and ack_of(answer.payload)[1] == list(range(1, 31))
         plain = RawCoap(secure.port)
         refused = plain.post(batch(gateway.chain(1)))
@@ -326,11 +314,22 @@ def test_a_device_registered_while_the_lender_runs_is_served_without_a_restart(d
     with LenderThread(data_dir, insecure=False) as secure:
         late = Device("gw-late")
         registration = enroll(store, data_dir, late, oscore=True, device_context=tmp_path / "late-side")
-        answer = asyncio.run(_oscore_post(secure.uri, registration.device_context, batch(late.chain(2))))
+        answer = asyncio.run(oscore_post(secure.uri, registration.device_context, batch(late.chain(2))))
         assert answer.code == codes.CHANGED and ack_of(answer.payload)[1] == [1, 2]
         registry.revoke(store, "gw-late")
-        answer = asyncio.run(_oscore_post(secure.uri, registration.device_context, batch(late.chain(1))))
+        answer = asyncio.run(oscore_post(secure.uri, registration.device_context, batch(late.chain(1))))
         assert answer.code == codes.FORBIDDEN  # authenticated, and told plainly
+
+
+def test_an_oscore_device_is_served_again_after_the_lender_restarts(data_dir, store, tmp_path):
+    gateway = Device("gw-restart")
+    side = enroll(store, data_dir, gateway, oscore=True, device_context=tmp_path / "side").device_context
+    for round_number in range(3):
+        with LenderThread(data_dir, insecure=False) as secure:
+            answer = asyncio.run(oscore_post(secure.uri, side, batch(gateway.chain(5))))
+            assert answer.code == codes.CHANGED, round_number
+            assert ack_of(answer.payload)[1] == list(range(5 * round_number + 1, 5 * round_number + 6))
+    assert store.counts().envelopes == 15
 
 
 def test_bind_addresses_are_parsed_or_refused_clearly():
