@@ -7,7 +7,7 @@ tree of frozen dataclasses; nothing downstream re-checks it.
     [device]     id, key_file, state_dir
     [spool]      max_bytes, synchronous
     [uplink]     lender, security_context | insecure, batch_interval, ... (agent.uplink.UplinkConfig)
-    [[sensors]]  kind = "ds18b20" | "contact" | "motion" | "run-hours", then that driver's settings
+    [[sensors]]  kind = "ds18b20" | "contact" | "motion" | "run-hours" | "gnss", then that driver's settings
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from typing import Any
 from agent.exc import ConfigError, UplinkConfigError
 from agent.uplink import UplinkConfig
 from drivers.exc import DriverError
+from drivers.gnss import GnssConfig
 from drivers.gpio import ContactConfig, MotionConfig, RunHoursConfig
 from drivers.onewire import DS18B20Config
 
@@ -32,6 +33,7 @@ SENSOR_KINDS: dict[str, type] = {
     "contact": ContactConfig,
     "motion": MotionConfig,
     "run-hours": RunHoursConfig,
+    "gnss": GnssConfig,
 }
 
 
@@ -97,7 +99,7 @@ def _sensor(path: Path, index: int, data: object) -> Any:
     if not isinstance(data, dict) or "kind" not in data:
         raise ConfigError(f"{path}: [[sensors]] #{index + 1} needs a 'kind'; allowed: {', '.join(SENSOR_KINDS)}")
     kind = data["kind"]
-    cls = SENSOR_KINDS.get(kind)
+    cls = SENSOR_KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ConfigError(f"{path}: [{table}] kind = {kind!r} is unknown; allowed: {', '.join(SENSOR_KINDS)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from drivers.gnss import GnssConfig, GnssReceiver
 from drivers.gpio import ContactConfig, ContactSensor, MotionConfig, MotionDetector, RunHoursConfig, RunHoursMeter
 from drivers.onewire import DS18B20, DS18B20Config
 
@@ -15,6 +16,8 @@ def build_sensors(configs: Iterable[object], *, pin_factory: object | None = Non
     for config in configs:
         if isinstance(config, DS18B20Config):
             sensors.append(DS18B20(config))
+        elif isinstance(config, GnssConfig):
+            sensors.append(GnssReceiver(config))
         else:
             sensors.append(_GPIO_DRIVERS[type(config)](config, pin_factory=pin_factory))
     return sensors
