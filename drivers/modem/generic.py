@@ -254,13 +254,18 @@ class Modem:
     #: (Quectel RM5xxQ manual: max response time 15 s).
     CFUN_TIMEOUT_S = 15.0
 
-    def __init__(self, channel: AtChannel, identity: ModelIdentity | None = None) -> None:
+    def __init__(self, channel: AtChannel, identity: ModelIdentity | None = None, *,
+                 timeout_s: float | None = None) -> None:
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError(f"driver timeout must be positive, got {timeout_s}")
         self.channel = channel
         self.identity = identity
+        self.timeout_s = timeout_s  # per-command limit; None: the channel's default
 
     async def _lines(self, command: str, expect: str | tuple[str, ...] = (), timeout: float | None = None
                      ) -> tuple[str, ...]:
-        rsp: AtResponse = await self.channel.command(command, expect=expect, timeout=timeout)
+        rsp: AtResponse = await self.channel.command(command, expect=expect,
+                                                     timeout=timeout if timeout is not None else self.timeout_s)
         return rsp.lines
 
     async def prepare(self) -> None:
