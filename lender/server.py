@@ -38,6 +38,7 @@ from pathlib import Path
 
 import aiocoap
 from aiocoap import interfaces
+from aiocoap.blockwise import Block2Cache, IncompleteException
 from aiocoap.numbers import ContentFormat, codes
 from aiocoap.numbers.optionnumbers import OptionNumber
 from aiocoap.resource import Site, WKCResource
@@ -221,8 +222,7 @@ class TelemetryResource(interfaces.Resource):
         self._ingest = ingest
         self._credentials = credentials
         self._assembly = BlockAssembly(max_body)
-        from aiocoap.blockwise import Block2Cache  # a long ack goes out in Block2 blocks
-        self._responses = Block2Cache()
+        self._responses = Block2Cache()  # a long ack goes out in Block2 blocks
 
     def get_link_description(self) -> dict:
         return {"ct": str(CBOR_FORMAT), "rt": "pledgewatch.telemetry"}
@@ -279,7 +279,6 @@ class TelemetryResource(interfaces.Resource):
 
 
 async def _no_response():
-    from aiocoap.blockwise import IncompleteException
     raise IncompleteException()  # a Block2 request for an ack that is not (or no longer) cached: 4.08
 
 

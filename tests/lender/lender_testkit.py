@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiocoap
-import pytest
 from aiocoap.numbers import codes
 
 from lender import registry

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import socket
 
@@ -14,11 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lender_testkit import Device, LenderThread, RawCoap, ack_of, batch, enroll, oscore_post
 
-from lender import oscore, registry
+from lender import registry
 from lender.server import BlockAssembly, Complete, parse_bind
 from lender.exc import ServeError
 from telemetry import cbor
-from telemetry.envelope import GENESIS, Reason, seal, verify
+from telemetry.envelope import Reason, seal, verify
 
 Block = BlockOption.BlockwiseTuple
 
@@ -83,6 +82,24 @@ def test_a_long_batch_goes_block_wise_and_is_stored_whole(lender, gateway, store
     answer = asyncio.run(post())
     assert answer.code == codes.CHANGED and ack_of(answer.payload)[1] == list(range(1, 101))
     assert store.counts().envelopes == 100
+
+
+def test_a_long_ack_comes_back_block_wise_and_whole(lender, gateway, store):
+    strangers = [seal(Device("gw-1").identity, device="gw-1", boot=1, seq=n, prev=bytes(16)) for n in range(2, 42)]
+    body = batch([gateway.next()] + strangers)  # 40 refusals with their texts: an ack of several KiB
+
+    async def post():
+        client = await aiocoap.Context.create_client_context()
+        try:
+            request = aiocoap.Message(code=codes.POST, uri=lender.uri, payload=body, content_format=60)
+            return await client.request(request).response
+        finally:
+            await client.shutdown()
+
+    answer = asyncio.run(post())
+    assert answer.code == codes.CHANGED and len(answer.payload) > 2048
+    ack = ack_of(answer.payload)
+    assert ack[1] == [1] and [entry[:2] for entry in ack[3]] == [[n, int(Reason.UNKNOWN_KEY)] for n in range(1, 41)]
 
 
 def test_a_body_announced_over_the_cap_is_refused_at_its_first_block(data_dir, store):
@@ -350,4 +367,6 @@ def test_a_port_in_use_is_a_clear_error_even_though_aiocoap_reuses_ports(data_di
         asyncio.run(start(tmp_path / "other", lender.port))
     with pytest.raises(ServeError, match="another lender is serving"):
         asyncio.run(start(data_dir, 0))
-    assert RawCoap(lender.port).post(batch([])).code == codes.CHANGED  # the first one is untouched
+    client = RawCoap(lender.port)
+    assert client.post(batch([])).code == codes.CHANGED  # the first one is untouched
+    client.close()
