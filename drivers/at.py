@@ -35,9 +35,10 @@ names the prefixes that a modem may send unsolicited (``+CEREG:``, ``+QIND:``)
 and whole lines that are URCs (``RDY``, ``RING``). Each received line is then,
 in this order:
 
-1. with no command in flight: a final result code is a stray (a late answer
-   to a timed-out command: counted, dropped); anything else is a URC,
-   delivered to subscribers even when its prefix is unknown;
+1. with no command in flight: a known URC is delivered; the rest of a
+   timed-out command's late answer is absorbed (below); a final result code
+   or the read-response form of a URC prefix (``+CEREG: 2,1,...``) is a
+   stray (counted, dropped); anything else is delivered as an unknown URC;
 2. the echo of the command in flight: dropped;
 3. a final result code: ends the command;
 4. a line whose prefix is one the command *expects* (``expect=("+CEREG:",)``
@@ -48,7 +49,9 @@ in this order:
    read response: ``<n>,<stat>,...``) even when the URC arrives between the
    response lines. Prefixes whose URC and response look alike (``+CFUN: 1``)
    count as response while their command is in flight;
-5. a line with a known URC prefix or a known URC line: a URC;
+5. a line with a known URC prefix (in the URC's shape, where one is given)
+   or a known URC line: a URC; the read-response form of a URC prefix that
+   this command does not expect is a stray;
 6. a line with some other ``+X:`` prefix while the command declared what it
    expects: a URC (an unknown one);
 7. anything else (bare lines such as an IMEI, ``ATI``'s text): response.
@@ -610,7 +613,10 @@ class AtProtocol:
                     ex.lines.append(line)
                 return
             if prefix in self._prefixes:
-                self._urc(line, prefix, True)
+                if self._urc_shaped(prefix, line):
+                    self._urc(line, prefix, True)
+                else:  # a read response nobody asked for now (another command's late answer)
+                    self.counters.stray_lines += 1
                 return
             if ex.expect:
                 self._urc(line, prefix, False)
@@ -621,11 +627,22 @@ class AtProtocol:
         ex.echo_done = True
         ex.lines.append(line)
 
+    def _urc_shaped(self, prefix: str, line: str) -> bool:
+        shape = self._shapes.get(prefix)
+        return shape is None or shape.fullmatch(line) is not None
+
     def _idle_line(self, line: str, prefix: str | None) -> None:
         orphan = self.orphan
-        known = (prefix in self._prefixes) if prefix is not None else (line in self._lines)
-        if known:
-            self._urc(line, prefix, True)
+        if prefix is not None and prefix in self._prefixes:
+            if self._urc_shaped(prefix, line):
+                self._urc(line, prefix, True)
+                return
+            # The read-response form of a URC prefix (+CEREG: <n>,<stat>...): never a URC.
+            if orphan is None:
+                self.counters.stray_lines += 1
+                return
+        elif prefix is None and line in self._lines:
+            self._urc(line, None, True)
             return
         if orphan is not None:
             self.counters.late_lines += 1

@@ -188,6 +188,20 @@ def test_a_timed_out_commands_late_answer_is_absorbed_not_given_to_the_next():
     assert second.outcome().lines == ("+CSQ: 3,99",)
 
 
+def test_a_late_cereg_read_response_is_never_mistaken_for_a_urc():
+    c = Core()
+    c.start("AT+CEREG?", ("+CEREG:",))
+    c.p.abandon()  # timed out
+    c.p.feed(b'\r\n+CEREG: 2,1,"1A2B","01A2B3C4",7\r\n+CEREG: 2\r\n\r\nOK\r\n')
+    assert c.urcs == ["+CEREG: 2"] and c.p.counters.late_lines == 2
+    c.p.feed(b"\r\n+CEREG: 0,1\r\n")  # no command, no orphan: a stray, not a URC
+    assert c.urcs == ["+CEREG: 2"] and c.p.counters.stray_lines == 1
+    ex = c.start("AT+CSQ", ("+CSQ:",))
+    c.p.feed(b"\r\n+CEREG: 0,1\r\n+CSQ: 1,99\r\nOK\r\n")
+    assert ex.outcome().lines == ("+CSQ: 1,99",) and c.urcs == ["+CEREG: 2"]
+    assert c.p.counters.stray_lines == 2
+
+
 def test_the_data_prompt_is_recognised_without_a_line_end():
     c = Core()
     ex = c.start("AT+CMGS=20", wants_prompt=True)
