@@ -336,6 +336,7 @@ class LenderServer:
         self.insecure = insecure
         self.max_body = max_body
         self.store: SQLiteStore | None = None
+        self._registry_view: SQLiteStore | None = None  # a second connection, read in the event loop
         self.credentials: oscore.LenderCredentials | None = None
         self._thread: IngestThread | None = None
         self._context: aiocoap.Context | None = None
@@ -348,6 +349,8 @@ class LenderServer:
             self._lock_fd = _lock_data_dir(self.data_dir)
             _check_port_free(*self.bind)
             self._thread = IngestThread(Ingest(self.store, max_body=self.max_body))
+            # One indexed read per request; its own connection keeps it off the ingest thread's queue.
+            self._registry_view = SQLiteStore.open(self.data_dir)
             self.credentials = oscore.LenderCredentials.load(self.data_dir / "oscore")
             await self._refresh()
             site = Site()
@@ -376,10 +379,14 @@ class LenderServer:
 
     async def _refresh(self) -> None:
         """Pick up registry changes made by other processes (register, revoke)."""
-        generation = await self._thread.call(self.store.registry_generation)
-        if generation == self._generation:
+        try:
+            generation = self._registry_view.registry_generation()
+            if generation == self._generation:
+                return
+            devices = self._registry_view.devices()
+        except StoreError as exc:  # serve on with the contexts already loaded
+            log.error("cannot read the device registry, new registrations are not picked up yet: %s", exc)
             return
-        devices = await self._thread.call(self.store.devices)
         for device in devices:
             if device.oscore_context and device.device not in self.credentials:
                 try:
@@ -400,9 +407,10 @@ class LenderServer:
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.close()
-        store, self.store = self.store, None
-        if store is not None:
-            store.close()
+        for store in (self.store, self._registry_view):
+            if store is not None:
+                store.close()
+        self.store = self._registry_view = None
         lock_fd, self._lock_fd = self._lock_fd, None
         if lock_fd is not None:
             os.close(lock_fd)
