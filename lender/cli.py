@@ -103,9 +103,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     p = command("verify", _verify, "re-verify an export offline: signatures, chain, gaps", data=False)
     p.add_argument("file", type=Path, metavar="FILE", help="an export (jsonl or csv)")
-    keys = p.add_mutually_exclusive_group(required=True)
+    keys = p.add_mutually_exclusive_group()
     keys.add_argument("--keys", type=Path, metavar="FILE", help="the devices' keys: `lender devices --json` output")
-    keys.add_argument("--data", type=Path, metavar="DIR", help="take the keys from this lender's registry")
+    keys.add_argument("--data", type=Path, metavar="DIR",
+                      help=f"take the keys from this lender's registry (the default, with {DEFAULT_DATA})")
     p.add_argument("--allow-gaps", action="store_true",
                    help="do not fail on gaps that no signed gap record explains (they are still reported)")
     p.add_argument("--json", action="store_true", help="the report as one JSON object")
@@ -495,6 +496,8 @@ def _verify(args: argparse.Namespace) -> int:
     if args.keys is not None:
         keys = load_keys(args.keys)
     else:
+        if args.data is None:
+            args.data = Path(DEFAULT_DATA)
         with _open(args) as store:
             keys = {d.kid: d.key() for d in store.devices()}  # revoked too: what it signed before still counts
     result = verify_export(read_export(args.file), keys, allow_gaps=args.allow_gaps)

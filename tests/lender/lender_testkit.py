@@ -152,10 +152,10 @@ class RawCoap:
 
 
 def free_environment() -> dict:
-    """The environment for a subprocess: this venv first on PATH, no stray lender data setting."""
+    """The environment for a subprocess: this venv first on PATH, a default data directory that does not exist."""
     env = dict(os.environ)
     env["PATH"] = f"{PYTHON_BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.pop("PLEDGEWATCH_LENDER_DATA", None)
+    env["PLEDGEWATCH_LENDER_DATA"] = "/nonexistent/pledgewatch-lender"  # never the machine's real store
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

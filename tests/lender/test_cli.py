@@ -275,3 +275,5 @@ def test_a_csv_export_verifies_too_and_verify_refuses_unreadable_input(filled, d
     assert broken.returncode == 2 and "cannot be read as JSON" in broken.stderr
     absent = lender("verify", tmp_path / "nothing.jsonl", "--data", data_dir, check=False)
     assert absent.returncode == 2 and "cannot open" in absent.stderr
+    no_keys = lender("verify", tmp_path / "export.csv", check=False)  # default registry: none on this machine
+    assert no_keys.returncode == 2 and "no lender store" in no_keys.stderr
