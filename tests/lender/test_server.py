@@ -62,6 +62,18 @@ def test_a_revoked_device_is_answered_forbidden_and_an_unknown_one_unauthorized(
     assert answer.code == codes.FORBIDDEN and b"revoked" in answer.payload
 
 
+def test_a_storage_failure_is_answered_5_03_and_nothing_is_acked(lender, raw_client, gateway, store):
+    envelopes = gateway.chain(4)
+    # a real SQLite failure inside the lender's write transaction, on its third envelope
+    store._conn.execute("CREATE TRIGGER fail_at_three BEFORE INSERT ON records WHEN NEW.seq = 3"
+                        " BEGIN SELECT RAISE(ABORT, 'disk trouble'); END")
+    answer = raw_client.post(batch(envelopes))
+    assert answer.code == codes.SERVICE_UNAVAILABLE and answer.opt.max_age == 30
+    assert store.counts().envelopes == 0
+    store._conn.execute("DROP TRIGGER fail_at_three")
+    assert ack_of(raw_client.post(batch(envelopes)).payload) == {1: [1, 2, 3, 4], 2: [], 3: []}
+
+
 def test_only_post_with_cbor_is_accepted_on_t(lender, raw_client, gateway):
     assert raw_client.request(code=codes.GET).code == codes.METHOD_NOT_ALLOWED
     assert raw_client.post(batch(gateway.chain(1)), content_format=0).code == codes.UNSUPPORTED_CONTENT_FORMAT
