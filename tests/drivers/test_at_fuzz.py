@@ -54,13 +54,16 @@ class PtyPeer:
         del self.inbox[: cr + 1]
         return line
 
-    def send(self, data: bytes) -> None:
-        view = memoryview(data)
+    def send(self, data: bytes) -> int:
+        """Write what fits; returns how many bytes went in (the rest is lost, like on a stalled line)."""
+        view, sent = memoryview(data), 0
         while view:
             try:
-                view = view[os.write(self.master, view):]
+                n = os.write(self.master, view)
             except BlockingIOError:
-                return  # the pty buffer is full: the rest is lost, like bytes on a stalled line
+                break
+            view, sent = view[n:], sent + n
+        return sent
 
     def close(self) -> None:
         loop = asyncio.get_running_loop()
@@ -99,13 +102,13 @@ async def _exchange(noise: bytes, first: bytes, second: bytes, ending: str, echo
     ch = AtChannel(ChannelConfig(peer.path, stale_grace_s=0.02, max_line_bytes=1024))
     await ch.open()
     try:
-        peer.send(noise)
+        sent = peer.send(noise)
         task = asyncio.create_task(ch.command("AT+CSQ", expect="+CSQ:", timeout=0.05))
         cmd = await peer.command()
         echo_path.append(cmd.decode(errors="replace"))
-        peer.send(first)
+        sent += peer.send(first)
         await asyncio.sleep(0)
-        peer.send(second)
+        sent += peer.send(second)
         if ending.startswith("close"):
             await asyncio.sleep(0.005)
             peer.close()
@@ -115,7 +118,11 @@ async def _exchange(noise: bytes, first: bytes, second: bytes, ending: str, echo
             outcome = exc
         if ending.startswith("close"):
             return outcome, None
-        # Still usable: a clean exchange after the mess.
+        # Let the channel read the rest of the mess (bytes after a final result code would
+        # otherwise meet the next command, as they would on a real line), then check that
+        # it is still usable: a clean exchange after the mess.
+        while ch.counters().bytes_in < sent:
+            await asyncio.sleep(0.001)
         follow = asyncio.create_task(ch.command("AT", timeout=1.0))
         while (await peer.command()).strip() != b"AT":
             pass
