@@ -8,6 +8,8 @@ tree of frozen dataclasses; nothing downstream re-checks it.
     [spool]      max_bytes, synchronous
     [uplink]     lender, security_context | insecure, batch_interval, ... (agent.uplink.UplinkConfig)
     [[sensors]]  kind = "ds18b20" | "contact" | "motion" | "run-hours" | "gnss", then that driver's settings
+    [rules]      site-wide rule settings (agent.assets.RuleSettings)
+    [[assets]]   the pledged assets, each bound to its sensors (agent.assets)
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.assets import Asset, RuleSettings, parse_assets, parse_rules
 from agent.exc import ConfigError, UplinkConfigError
 from agent.uplink import UplinkConfig
 from drivers.exc import DriverError
@@ -57,6 +60,8 @@ class AgentConfig:
     spool: SpoolSection
     uplink: UplinkConfig
     sensors: tuple[Any, ...]
+    assets: tuple[Asset, ...] = ()
+    rules: RuleSettings = RuleSettings()
 
     @property
     def key_file(self) -> Path:
@@ -121,9 +126,9 @@ def parse(text: str, path: Path) -> AgentConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    unknown = sorted(set(data) - {"device", "spool", "uplink", "sensors"})
+    unknown = sorted(set(data) - {"device", "spool", "uplink", "sensors", "rules", "assets"})
     if unknown:
-        raise ConfigError(f"{path}: unknown table(s) {', '.join(unknown)}; allowed: device, spool, uplink, sensors")
+        raise ConfigError(f"{path}: unknown table(s) {', '.join(unknown)}; allowed: device, spool, uplink, sensors, rules, assets")
     device = _section(path, "device", data.get("device", {}), DeviceSection, {
         "id": (str, REQUIRED), "key_file": (Path, REQUIRED), "state_dir": (Path, REQUIRED),
     })
@@ -153,7 +158,10 @@ def parse(text: str, path: Path) -> AgentConfig:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ConfigError(f"{path}: sensor name(s) {', '.join(duplicates)} used twice; each sensor needs its own name")
-    return AgentConfig(path=path, device=device, spool=spool, uplink=uplink, sensors=sensors)
+    rules = parse_rules(path, data.get("rules", {}))
+    kind_of = {cls: kind for kind, cls in SENSOR_KINDS.items()}
+    assets = parse_assets(path, data.get("assets", []), {s.name: kind_of[type(s)] for s in sensors if isinstance(s.name, str)}, rules)
+    return AgentConfig(path=path, device=device, spool=spool, uplink=uplink, sensors=sensors, assets=assets, rules=rules)
 
 
 def load(path: str | Path = DEFAULT_CONFIG) -> AgentConfig:

@@ -1,0 +1,215 @@
+"""agent.clock — time you can trust: is the wall clock synchronized, and what each envelope says about it.
+
+A reading is evidence, so its time must be one the lender can rely on. The
+agent puts a wall-clock time on a reading only while that time comes from a
+synchronized source:
+
+* **ntp** — the kernel says its clock is disciplined (adjtimex(2) returns
+  neither TIME_ERROR nor STA_UNSYNC: what `timedatectl show -p
+  NTPSynchronized` reports, read without systemd or a subprocess);
+* **gnss** — a GNSS receiver's UTC (RMC) from a valid fix;
+* **modem** — the network time the modem learnt by NITZ (``AT+CCLK?``).
+
+GNSS and modem times are *references*: a UTC reading taken at a known
+monotonic instant. Between references the wall time is the reference plus
+the monotonic time elapsed, trusted for `holdover_s` (a gateway's crystal
+drifts ~50 ppm, ~4 s a day). Without any of them the clock is
+unsynchronized: records carry no time, and the envelope's clock statement
+(payload key 7, docs/wire-format.md) says so and gives the time since boot,
+so the lender can still order readings and place them relative to a boot.
+
+    {1: synced (bool), 2: source ("ntp" | "gnss" | "modem" | "none"),
+     3: uptime in milliseconds (uint, CLOCK_BOOTTIME), ? 4: the system clock in
+     UNIX seconds (int), only when unsynchronized: untrusted, for forensics}
+
+Durations (hold times, silence, quiet periods) are measured on the monotonic
+clock, so a wall-clock jump in either direction changes no rule's timing and
+never touches seq order or the chain (seq and prev are the recorder's, not
+the clock's).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import dataclasses
+import logging
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+from telemetry.senml import Record
+
+log = logging.getLogger(__name__)
+
+CLOCK_SYNCED, CLOCK_SOURCE, CLOCK_UPTIME_MS, CLOCK_SYSTEM = 1, 2, 3, 4  # keys of the payload's clock map (7)
+SOURCES = ("ntp", "gnss", "modem", "none")
+REFERENCE_SOURCES = ("gnss", "modem")  # in order of preference
+# A modem that has not had NITZ answers its power-on default (e.g. "80/01/06,00:00:29"); none is this old.
+EARLIEST_PLAUSIBLE = 1_704_067_200  # 2024-01-01T00:00:00Z
+
+
+def boot_clock() -> float:
+    """Seconds since boot, counting suspend (CLOCK_BOOTTIME where the OS has it)."""
+    return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class Instant:
+    """One reading of the clocks: monotonic seconds since boot, the wall time, and whether that wall time is trusted."""
+
+    monotonic: float
+    wall: float
+    synced: bool
+    source: str = "none"
+
+    @property
+    def trusted_wall(self) -> float | None:
+        """The wall time if it may go on a record, else None."""
+        return self.wall if self.synced else None
+
+    def statement(self) -> dict[int, object]:
+        """The payload's clock map (key 7) for an envelope sealed at this instant."""
+        out: dict[int, object] = {
+            CLOCK_SYNCED: self.synced, CLOCK_SOURCE: self.source, CLOCK_UPTIME_MS: max(0, int(self.monotonic * 1000)),
+        }
+        if not self.synced:
+            out[CLOCK_SYSTEM] = int(self.wall)
+        return out
+
+
+def stamp(records: Iterable[Record], instant: Instant) -> tuple[Record, ...]:
+    """`records` as they may be signed at `instant`: without their times while the clock is unsynchronized."""
+    records = tuple(records)
+    if instant.synced:
+        return records
+    return tuple(dataclasses.replace(r, time=None) if r.time is not None else r for r in records)
+
+
+# --- is the kernel's clock disciplined? ------------------------------------------------------
+
+class _Timeval(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
+
+
+class _Timex(ctypes.Structure):
+    """struct timex of <sys/timex.h> (Linux), 208 bytes on 64-bit."""
+
+    _fields_ = [
+        ("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long), ("maxerror", ctypes.c_long),
+        ("esterror", ctypes.c_long), ("status", ctypes.c_int), ("constant", ctypes.c_long),
+        ("precision", ctypes.c_long), ("tolerance", ctypes.c_long), ("time", _Timeval), ("tick", ctypes.c_long),
+        ("ppsfreq", ctypes.c_long), ("jitter", ctypes.c_long), ("shift", ctypes.c_int), ("stabil", ctypes.c_long),
+        ("jitcnt", ctypes.c_long), ("calcnt", ctypes.c_long), ("errcnt", ctypes.c_long), ("stbcnt", ctypes.c_long),
+        ("tai", ctypes.c_int), ("_reserved", ctypes.c_int * 11),
+    ]
+
+
+TIME_ERROR = 5      # adjtimex return: the clock is not synchronized
+STA_UNSYNC = 0x0040
+
+
+def adjtimex_synced() -> bool:
+    """Whether the kernel clock is synchronized (chrony, systemd-timesyncd or ntpd clear STA_UNSYNC once locked).
+
+    Read-only: `modes` 0 changes nothing, so no privilege is needed. False when
+    the call is unavailable (not Linux).
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        timex = _Timex()
+        state = libc.adjtimex(ctypes.byref(timex))
+    except (OSError, AttributeError):
+        return False
+    return state not in (-1, TIME_ERROR) and not timex.status & STA_UNSYNC
+
+
+def timedatectl_synced(run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> bool:
+    """systemd's view (`timedatectl show -p NTPSynchronized --value`); False if timedatectl cannot answer."""
+    try:
+        done = run(["timedatectl", "show", "-p", "NTPSynchronized", "--value"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0 and done.stdout.strip() == "yes"
+
+
+# --- the clock the agent uses ---------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """A trusted UTC reading (`utc`, UNIX seconds) from `source`, taken at monotonic `at`."""
+
+    source: str
+    utc: float
+    at: float
+
+
+class TrustedClock:
+    """The agent's clock: `now()` gives an `Instant` whose wall time is trusted only when a source vouches for it.
+
+    Every dependency is passed in, so tests run simulated days with a fake
+    monotonic and wall clock and a scripted kernel answer.
+    """
+
+    def __init__(
+        self,
+        *,
+        kernel_synced: Callable[[], bool] = adjtimex_synced,
+        monotonic: Callable[[], float] = boot_clock,
+        wall: Callable[[], float] = time.time,
+        recheck_s: float = 30.0,
+        holdover_s: float = 86_400.0,
+        agree_s: float = 2.0,
+    ) -> None:
+        self._kernel_synced = kernel_synced
+        self._monotonic = monotonic
+        self._wall = wall
+        self.recheck_s = recheck_s
+        self.holdover_s = holdover_s
+        self.agree_s = agree_s
+        self._kernel: tuple[float, bool] | None = None  # (checked at, answer)
+        self._references: dict[str, Reference] = {}
+        self._last_source: str | None = None
+
+    def reference(self, source: str, utc: float | datetime, *, age_s: float = 0.0) -> bool:
+        """A GNSS or modem time reading, `age_s` seconds old; False (and ignored) if it is not plausible.
+
+        The modem health monitor calls this with ``drivers.modem`` `parse_cclk`'s
+        datetime; the daemon calls it with each GNSS fix's RMC time.
+        """
+        if source not in REFERENCE_SOURCES:
+            raise ValueError(f"reference source {source!r} is unknown; allowed: {', '.join(REFERENCE_SOURCES)}")
+        seconds = utc.timestamp() if isinstance(utc, datetime) else float(utc)
+        if not seconds >= EARLIEST_PLAUSIBLE or not 0 <= age_s < 3600:
+            log.debug("clock: %s time %r (age %s s) is not plausible; ignored", source, utc, age_s)
+            return False
+        self._references[source] = Reference(source, seconds, self._monotonic() - age_s)
+        return True
+
+    def _kernel_answer(self, mono: float) -> bool:
+        if self._kernel is None or mono - self._kernel[0] >= self.recheck_s or mono < self._kernel[0]:
+            self._kernel = (mono, bool(self._kernel_synced()))
+        return self._kernel[1]
+
+    def now(self) -> Instant:
+        mono, wall = self._monotonic(), self._wall()
+        instant = self._judge(mono, wall)
+        if instant.source != self._last_source:
+            log.info("clock: %s", "synchronized by " + instant.source if instant.synced else
+                     "NOT synchronized: readings carry the time since boot instead of a wall time")
+            self._last_source = instant.source
+        return instant
+
+    def _judge(self, mono: float, wall: float) -> Instant:
+        if self._kernel_answer(mono):
+            return Instant(mono, wall, True, "ntp")
+        for source in REFERENCE_SOURCES:
+            ref = self._references.get(source)
+            if ref is None or not 0 <= mono - ref.at <= self.holdover_s:
+                continue
+            estimate = ref.utc + (mono - ref.at)
+            # The system clock is used when it agrees with the reference (no step in the times),
+            # else the reference carried forward on the monotonic clock.
+            return Instant(mono, wall if abs(wall - estimate) <= self.agree_s else estimate, True, source)
+        return Instant(mono, wall, False, "none")
