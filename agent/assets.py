@@ -128,9 +128,6 @@ class Polygon:
         span = max(math.hypot(x1 - x2, y1 - y2) for x1, y1 in plane for x2, y2 in plane)
         if span > MAX_FENCE_SPAN_M:
             raise ValueError(f"polygon spans {span / 1000:.1f} km; at most {MAX_FENCE_SPAN_M / 1000:g} km is allowed")
-        area2 = sum(x1 * y2 - x2 * y1 for (x1, y1), (x2, y2) in zip(plane, plane[1:] + plane[:1]))
-        if abs(area2) / 2 < 1.0:
-            raise ValueError("polygon has (almost) no area: its vertices are on one line")
         edges = list(zip(plane, plane[1:] + plane[:1]))
         for i, (a, b) in enumerate(edges):
             for j in range(i + 2, len(edges)):
@@ -138,6 +135,9 @@ class Polygon:
                     continue  # neighbours through the closing vertex
                 if _segments_cross(a, b, *edges[j]):
                     raise ValueError(f"polygon edges {i + 1} and {j + 1} cross; list the vertices in order around it")
+        area2 = sum(x1 * y2 - x2 * y1 for (x1, y1), (x2, y2) in edges)
+        if abs(area2) / 2 < 1.0:
+            raise ValueError("polygon has (almost) no area: its vertices are on one line")
         object.__setattr__(self, "_plane", plane)
 
     def outside_by_m(self, point: LatLon) -> float:
@@ -436,16 +436,21 @@ def _asset(path: Path, index: int, data: object, sensor_kinds: Mapping[str, str]
     stationary = data.get("stationary", data["kind"] != "vehicle")
     if not isinstance(stationary, bool):
         raise ConfigError(f"{path}: [{table}] stationary = {stationary!r} must be true or false")
+    timezone = data.get("timezone", rules.timezone)
     try:
-        hours = AccessHours(tuple(parse_window(w) for w in access), data.get("timezone", rules.timezone))
+        zone(timezone)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: [{table}] {exc}") from exc
+    try:
+        hours = AccessHours(tuple(parse_window(w) for w in access), timezone)
     except ValueError as exc:
         raise ConfigError(f"{path}: [{table}] access: {exc}") from exc
     bands = {q: _band(path, table, q, data[q]) for q in ("temperature", "humidity", "weight") if q in data}
+    geofence = _geofence(path, table, data["geofence"]) if "geofence" in data else None
     try:
         return Asset(
-            name=data["name"], kind=data["kind"], sensors=sensors, tamper=tamper,
-            geofence=_geofence(path, table, data["geofence"]) if "geofence" in data else None,
-            access=hours, stationary=stationary, description=data.get("description", ""), **bands,
+            name=data["name"], kind=data["kind"], sensors=sensors, tamper=tamper, geofence=geofence, access=hours,
+            stationary=stationary, description=data.get("description", ""), **bands,
         )
     except ValueError as exc:
         raise ConfigError(f"{path}: [{table}] {exc}") from exc
