@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import resource
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from pledgewatch.lender_process import LenderProcess
 from telemetry.envelope import GENESIS, seal
 from telemetry.identity import Identity
 from telemetry.senml import Record
@@ -56,36 +54,6 @@ def raw_rates() -> dict:
     message, key = envelope.signed_bytes(), identity.device_key(DEVICE)
     return {"sign_raw_per_s": round(_rate(lambda: identity.sign(message))),
             "verify_raw_per_s": round(_rate(lambda: key.verifies(message, envelope.signature)))}
-
-
-class LenderProcess:
-    """A real lender on a free loopback port, in its own process."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.process: subprocess.Popen | None = None
-
-    def register(self, identity: Identity, device_context: Path) -> None:
-        subprocess.run([sys.executable, "-m", "pledgewatch", "lender", "register", "--data", str(self.root / "lender"),
-                        "--device", DEVICE, "--public-key", identity.public_key.hex(), "--oscore-out", str(device_context)],
-                       check=True, stdout=subprocess.DEVNULL)
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "pledgewatch", "lender", "serve", "--data", str(self.root / "lender"),
-             "--bind", f"127.0.0.1:{self.port}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        for line in self.process.stdout:
-            if "serving" in line:
-                return
-        raise RuntimeError("the lender did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=30)
 
 
 async def _sustained(root: Path, identity: Identity, lender: LenderProcess) -> dict:
@@ -185,8 +153,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as directory:
         root = Path(directory)
         identity = Identity.generate()
-        lender = LenderProcess(root)
-        lender.register(identity, root / "device")
+        lender = LenderProcess(root / "lender")
+        lender.register(DEVICE, identity, root / "device")
         lender.start()
         try:
             result.update(asyncio.run(_sustained(root, identity, lender)))

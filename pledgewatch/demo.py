@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from pledgewatch.lender_process import LenderProcess
 
 DEVICE = "demo-gw-1"
 
@@ -36,43 +35,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="how long the agent samples (default %(default)s)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the demo's files in this directory")
     parser.set_defaults(run=cmd_demo)
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _pledgewatch(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pledgewatch", *args]
-
-
-class Lender:
-    """The lender as its own process, in its own session so a terminal's Ctrl-C reaches only the demo."""
-
-    def __init__(self, data: Path, port: int) -> None:
-        self.data, self.port = data, port
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            *_pledgewatch("lender", "serve", "--data", str(self.data), "--bind", f"127.0.0.1:{self.port}"),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-        )
-        while True:
-            line = await asyncio.wait_for(self.process.stdout.readline(), 30)
-            if not line:
-                raise RuntimeError(f"the lender exited before serving (code {await self.process.wait()})")
-            if b"serving" in line:
-                print(line.decode().rstrip())
-                return
-
-    def stop(self) -> None:
-        if self.process is None or self.process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
 
 
 class Scenario:
@@ -98,15 +60,6 @@ class Scenario:
                 await asyncio.sleep(1.0)
             print(f"  >> scenario: {what}", flush=True)
             action()
-
-
-def _register(data: Path, gateway: Path, public_key: str) -> None:
-    subprocess.run(
-        _pledgewatch("lender", "register", "--data", str(data), "--device", DEVICE, "--public-key", public_key,
-                     "--asset", "cold store 2: pallets of frozen fish, contract LN-2026-0042",
-                     "--oscore-out", str(gateway / "oscore")),
-        check=True, stdout=subprocess.DEVNULL,
-    )
 
 
 class Printer:
@@ -156,10 +109,10 @@ async def _run(root: Path, seconds: float) -> str:
     gateway.mkdir(mode=0o700, parents=True)
     identity = Identity.generate()
     identity.save(gateway / "device.key")
-    _register(lender_data, gateway, identity.public_key.hex())
-    port = _free_udp_port()
-    lender = Lender(lender_data, port)
-    await lender.start()
+    lender = LenderProcess(lender_data)
+    lender.register(DEVICE, identity, gateway / "oscore", asset="cold store 2: pallets of frozen fish, contract LN-2026-0042")
+    lender.start()
+    print(lender.banner, flush=True)
     spool = None
     try:
         tree = OneWireTree(root / "w1")
@@ -172,7 +125,7 @@ async def _run(root: Path, seconds: float) -> str:
         ], pin_factory=factory)
         factory.pin(17).drive_low()  # the lid starts shut
         spool = Spool.open(gateway / "spool.db")
-        uplink = Uplink(UplinkConfig(lender=f"coap://127.0.0.1:{port}", security_context=gateway / "oscore",
+        uplink = Uplink(UplinkConfig(lender=lender.uri, security_context=gateway / "oscore",
                                      batch_interval=1.0), spool)
         agent = Agent(device=DEVICE, identity=identity, spool=spool, state=AgentState.open(gateway / "state.json"),
                       sensors=sensors, uplink=uplink)
@@ -198,11 +151,6 @@ async def _run(root: Path, seconds: float) -> str:
         return printer.summary()
     finally:
         lender.stop()
-        if lender.process is not None:
-            with contextlib.suppress(asyncio.TimeoutError, ProcessLookupError):
-                await asyncio.wait_for(lender.process.wait(), 10)
-            if lender.process.returncode is None:
-                os.killpg(lender.process.pid, signal.SIGKILL)
         if spool is not None:
             spool.close()
 
