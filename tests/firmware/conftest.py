@@ -1,14 +1,23 @@
-"""Fixtures for the firmware checks: the MicroPython unix port, mpy-cross, and per-board stub folders for basedpyright."""
+"""Fixtures for the firmware checks: the MicroPython unix port, mpy-cross, per-board stub folders for basedpyright,
+and a provisioned node run cycle by cycle against simulated modems and a real lender on 127.0.0.1."""
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
+import nacl.signing
 import pytest
+
+from lender import registry
+from lender.server import LenderServer
+from lender.store import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = ROOT / "firmware"
@@ -101,3 +110,127 @@ def firmware_sources() -> list[Path]:
 def installed_tool():
     """installed_tool(name): the path of a console tool from the test dependencies (fails with a how-to if missing)."""
     return tool
+
+
+# --- the node's cycle against simulated modems and a real lender ------------------------------
+
+HARNESS = FIRMWARE / "tests" / "node_cycles.py"
+FAKES = FIRMWARE / "tests" / "fakes"
+NODE_DEVICE = "yard-17"
+# Pins the harness wires its simulated devices to (firmware/tests/node_cycles.py).
+NODE_PINS = {"onewire_pin": 13, "tamper_pin": 4, "battery_adc_pin": 34, "i2c": {"id": 0, "scl": 22, "sda": 21}}
+RESET_PIN = 5
+
+
+def compile_firmware(target: Path) -> Path:
+    """Every firmware module, the test fakes and the cycle harness as .mpy for the host, as a device holds them.
+
+    A device runs precompiled modules (compiling source on the device would need a second heap's worth
+    of RAM); so do the cycle tests, inside the same 128 KB heap as the unit suite.
+    """
+    target.mkdir(parents=True, exist_ok=True)
+    sources = [*sorted((SOURCES / "lib").glob("*.py")), *sorted(FAKES.glob("*.py")), HARNESS]
+    for source in sources:
+        result = subprocess.run([tool("mpy-cross"), "-march=host", "-o", str(target / (source.stem + ".mpy")), str(source)],
+                                capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            pytest.fail(f"mpy-cross could not compile {source}:\n{result.stdout}{result.stderr}")
+    (target / "run_cycles.py").write_text("import node_cycles\n")
+    return target
+
+
+@pytest.fixture(scope="session")
+def compiled_firmware(tmp_path_factory) -> Path:
+    return compile_firmware(tmp_path_factory.mktemp("firmware-mpy"))
+
+
+class LenderThread:
+    """The real lender (lender.server.LenderServer, OSCORE required on /t) on 127.0.0.1, in its own event loop."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="lender-for-firmware-tests", daemon=True)
+        self.server = LenderServer(data_dir, bind=("127.0.0.1", 0))
+
+    def run(self, coroutine, timeout: float = 30.0):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def __enter__(self) -> "LenderThread":
+        self.thread.start()
+        self.run(self.server.start())
+        self.port = self.server.address[1]
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        try:
+            self.run(self.server.stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+            self.loop.close()
+
+    def store(self) -> SQLiteStore:
+        """A second connection to the lender's store, for the test to read what was stored."""
+        return SQLiteStore.open(self.data_dir)
+
+
+@pytest.fixture
+def lender(tmp_path):
+    with LenderThread(tmp_path / "lender") as running:
+        yield running
+
+
+class NodeUnderTest:
+    """A provisioned node (root folder with node.json and node.key) and the way to run its cycles under MicroPython."""
+
+    def __init__(self, root: Path, mpy: Path, lender_port: int, model: str, seed: bytes, **overrides) -> None:
+        self.root = root
+        self.mpy = mpy
+        self.seed = seed
+        self.public_key = bytes(nacl.signing.SigningKey(seed).verify_key)
+        root.mkdir(parents=True, exist_ok=True)
+        self.config = {
+            "device": NODE_DEVICE,
+            "interval_s": 900,
+            "lender": {"host": "127.0.0.1", "port": lender_port, "path": "n"},
+            "modem": {"model": model, "uart": 1, "reset_pin": RESET_PIN, "reset_active": 0, "timeout_ms": 500,
+                      "network_timeout_ms": 2000, "reset_pulse_ms": 20, "boot_ms": 200,
+                      "psm": {"tau": "00111000", "active": "00000001"}},
+            "coap": {"ack_timeout_ms": 200, "max_retransmit": 2},
+            "sensors": dict(NODE_PINS),
+        }
+        for section, values in overrides.items():
+            if isinstance(values, dict):
+                self.config.setdefault(section, {}).update(values)
+            else:
+                self.config[section] = values
+        (root / "node.json").write_text(json.dumps(self.config))
+        (root / "node.key").write_bytes(seed)
+
+    def run(self, uart_path: str, cycles: list[dict], heapsize: str = HEAPSIZE) -> list[dict]:
+        """Run these cycles in one MicroPython process (the board persists between them); one result each."""
+        plan = json.dumps({"root": str(self.root), "cycles": cycles})
+        result = subprocess.run(
+            [tool("micropython"), "-X", f"heapsize={heapsize}", str(self.mpy / "run_cycles.py")],
+            input=plan, capture_output=True, text=True, timeout=120,
+            env=dict(os.environ, MICROPYPATH=str(self.mpy), PLEDGEWATCH_UART1=uart_path),
+        )
+        lines = [line[len("CYCLE "):] for line in result.stdout.splitlines() if line.startswith("CYCLE ")]
+        assert result.returncode == 0 and len(lines) == len(cycles), (
+            f"the node harness failed under MicroPython:\n{result.stdout}\n{result.stderr}")
+        self.last_log = result.stderr
+        return [json.loads(line) for line in lines]
+
+
+@pytest.fixture
+def make_node(tmp_path, compiled_firmware, lender):
+    """make_node(model, **config overrides): a node provisioned for `lender` and registered there as a node."""
+    def make(model: str, register: bool = True, **overrides) -> NodeUnderTest:
+        node = NodeUnderTest(tmp_path / f"node-{model}", compiled_firmware, lender.port, model, os.urandom(32),
+                             **overrides)
+        if register:
+            with lender.store() as store:
+                registry.register(store, lender.data_dir, NODE_DEVICE, node.public_key, with_oscore=False)
+        return node
+    return make

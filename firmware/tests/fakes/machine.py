@@ -14,6 +14,10 @@ the firmware is type-checked against, and records what the firmware did in
 * deepsleep() raises DeepSleep, which is not an Exception, so the firmware
   cannot swallow it; RTC memory survives it as on an ESP32.
 * WDT: board.watchdog_overdue() tells whether a feed came too late.
+* I2C talks to simulated devices the test attaches (board.attach_i2c, see
+  simdevices.py); a missing address raises OSError(ENODEV) as the ports do.
+* deepsleep wake sources the firmware arms (Pin.irq(wake=DEEPSLEEP)) are
+  recorded in board.wake_pins; board.wake_reason is what wake_reason() says.
 """
 
 import os
@@ -25,6 +29,15 @@ HARD_RESET = 2
 WDT_RESET = 3
 DEEPSLEEP_RESET = 4
 SOFT_RESET = 5
+
+IDLE = 1
+SLEEP = 2
+DEEPSLEEP = 4
+PIN_WAKE = 2
+EXT0_WAKE = 2
+TIMER_WAKE = 4
+
+_ENODEV = 19
 
 
 class DeepSleep(BaseException):
@@ -51,6 +64,18 @@ class _Board:
         self.sleeps = []  # milliseconds of every deepsleep/lightsleep asked for
         self.irq_handlers = {}
         self.watchdog = None  # [timeout_ms, ticks_ms of the last feed]
+        self.wake_reason = 0
+        self.wake_pins = {}  # pin id -> trigger armed to wake from deepsleep
+        self.i2c_devices = {}  # bus id -> {address: device}
+        self.onewire_devices = {}  # pin id -> [device, ...]
+
+    def attach_i2c(self, bus, address, device):
+        """Put a simulated device (an object with read(register, n) and write(register, data)) on an I2C bus."""
+        self.i2c_devices.setdefault(bus, {})[address] = device
+
+    def attach_onewire(self, pin, device):
+        """Put a simulated 1-Wire device on the bus of a pin (the fake onewire module serves it)."""
+        self.onewire_devices.setdefault(pin, []).append(device)
 
     def drive(self, pin, value):
         """Set an input pin's level from outside, firing its interrupt handler on a matching edge."""
@@ -86,6 +111,8 @@ class Pin:
     PULL_DOWN = 2
     IRQ_FALLING = 1
     IRQ_RISING = 2
+    WAKE_LOW = 4
+    WAKE_HIGH = 5
 
     def __init__(self, id, mode=-1, pull=-1, value=None):
         self.id = id
@@ -114,6 +141,8 @@ class Pin:
         return self.value(value)
 
     def irq(self, handler=None, trigger=IRQ_FALLING | IRQ_RISING, wake=None):
+        if wake is not None and wake & DEEPSLEEP:
+            board.wake_pins[self.id] = trigger
         if handler is None:
             board.irq_handlers.pop(self.id, None)
         else:
@@ -177,6 +206,32 @@ def lightsleep(time_ms=0):
 
 def reset_cause():
     return board.reset_cause
+
+
+def wake_reason():
+    return board.wake_reason
+
+
+class I2C:
+    """An I2C controller whose bus holds the simulated devices the test attached with board.attach_i2c."""
+
+    def __init__(self, id=0, *, scl=None, sda=None, freq=400000, timeout=50000):
+        self.id = id
+
+    def _device(self, address):
+        device = board.i2c_devices.get(self.id, {}).get(address)
+        if device is None:
+            raise OSError(_ENODEV)  # what the ESP32 and RP2040 ports raise when nothing acknowledges
+        return device
+
+    def scan(self):
+        return sorted(board.i2c_devices.get(self.id, {}))
+
+    def readfrom_mem(self, addr, memaddr, nbytes, *, addrsize=8):
+        return bytes(self._device(addr).read(memaddr, nbytes))
+
+    def writeto_mem(self, addr, memaddr, buf, *, addrsize=8):
+        self._device(addr).write(memaddr, bytes(buf))
 
 
 def unique_id():

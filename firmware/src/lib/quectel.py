@@ -1,0 +1,218 @@
+"""Driver for the Quectel BC66 / BC95 NB-IoT family: PSM and sleep settings, and UDP over whichever socket API the firmware has.
+
+Two socket APIs exist in this family, and the module's firmware decides which
+(`setup` probes once with the test commands, the node remembers the answer):
+
+* "qi" (BC66 firmware; Quectel BC66 TCP/IP Application Note, "AT+QIOPEN",
+  "AT+QISEND", "AT+QIRD", "+QIURC"): AT+QICFG="dataformat",1,1 makes sent and
+  received data hex strings; AT+QIOPEN=1,<id>,"UDP",<host>,<port>,0,1 answers
+  OK and then the URC +QIOPEN: <id>,<err> (0 = opened); access mode 1 (direct
+  push) delivers datagrams as +QIURC: "recv",<id>,<length>,<hex data> (some
+  firmware quotes the data); buffer mode (+QIURC: "recv",<id> alone) is read
+  with AT+QIRD=<id>,<max> -> +QIRD: <length>, then the data line.
+  AT+QISEND=<id>,<length>,<hex> answers OK and then SEND OK or SEND FAIL.
+* "nso" (BC95 firmware; Quectel BC95 AT Commands Manual, "AT+NSOCR",
+  "AT+NSOST", "AT+NSORF", "+NSONMI"): AT+NSOCR=DGRAM,17,<local port>,1 answers
+  the socket number; AT+NSOST=<s>,<ip>,<port>,<length>,<hex> answers
+  <s>,<length>; +NSONMI:<s>,<length> announces a datagram, read with
+  AT+NSORF=<s>,<max> -> <s>,<ip>,<port>,<length>,<hex>,<remaining>. NSOST takes
+  an IP address, not a host name.
+
+A socket left open by a cycle cut short is closed and opened again (QIOPEN
+<err> 563; NSOCR ERROR when all are taken).
+
++CME ERROR: 159 ("uplink busy", flow control) on a send is retried after a
+short pause, `busy_retries` times. Sleep (Quectel BC66 AT Commands Manual,
+"AT+QSCLK"; TS 27.007 §7.38 AT+CPSMS, §7.40 AT+CEDRXS): setup enables deep
+sleep (QSCLK=1; BC95 firmware sleeps without it and answers ERROR, which is
+fine), PSM with the configured T3412/T3324 and eDRX off, so the module sleeps
+between reports on its own once the socket is closed.
+"""
+
+import binascii
+
+from cellular import Cellular, fields, integer, quoted
+from errors import CommandError, ModemError, ModemGarbage, ModemTimeout, NetworkError
+
+UPLINK_BUSY = 159
+SOCKET_IN_USE = 563  # +QIOPEN <err>: "socket identity has been used"
+QI_CONNECT_ID = 0
+NSO_SOCKETS = 7
+API_QI = "qi"
+API_NSO = "nso"
+
+
+def _hex(data):
+    return binascii.hexlify(data).decode().upper()
+
+
+def _unhex(text, length, what):
+    if text.startswith('"') and text.endswith('"') and len(text) >= 2:
+        text = text[1:-1]
+    if len(text) != 2 * length:
+        raise ModemGarbage("%s announces %d bytes but carries %d hex digits" % (what, length, len(text)))
+    try:
+        return binascii.unhexlify(text)
+    except ValueError:
+        raise ModemGarbage("%s data is not hex: %r" % (what, text[:40]))
+
+
+class Bc66(Cellular):
+    """A Quectel BC66 (or BC95) on the node's UART."""
+
+    URCS = ("+CEREG:", "RDY", "+QIURC:", "+QIOPEN:", "+NSONMI:", "SEND OK", "SEND FAIL", "+CSCON:")
+
+    def __init__(self, port, socket_api=None, busy_retries=3, busy_pause_ms=500, local_port=0, **options):
+        super().__init__(port, **options)
+        self.socket_api = socket_api
+        self.busy_retries = busy_retries
+        self.busy_pause_ms = busy_pause_ms
+        self.local_port = local_port
+        self._peer = None
+
+    def setup(self, settings):
+        super().setup(settings)
+        try:
+            self.command("AT+QSCLK=1")
+        except CommandError:
+            pass  # BC95 firmware has no AT+QSCLK: it sleeps whenever it may
+        psm = settings.get("psm")
+        if psm:
+            self.command("AT+CPSMS=1,,,%s,%s" % (quoted(psm["tau"]), quoted(psm["active"])))
+            self.command("AT+CEDRXS=0")
+        self.socket_api = self._probe_socket_api()
+        if self.socket_api == API_QI:
+            self.command('AT+QICFG="dataformat",1,1')
+        return {"socket_api": self.socket_api}
+
+    def _probe_socket_api(self):
+        for api, probe, answer in ((API_QI, "AT+QIOPEN=?", "+QIOPEN:"), (API_NSO, "AT+NSOCR=?", "+NSOCR:")):
+            try:
+                self.command(probe, response=answer)  # the test form's answer is no URC
+                return api
+            except CommandError:
+                pass
+        raise ModemError("this module's firmware offers neither AT+QIOPEN nor AT+NSOCR: no UDP socket API")
+
+    def _api(self):
+        if self.socket_api not in (API_QI, API_NSO):
+            raise ModemError("the socket API is unknown: run setup() first")
+        return self.socket_api
+
+    def _retrying_busy(self, text, **options):
+        for attempt in range(self.busy_retries + 1):
+            try:
+                return self.command(text, self.network_timeout_ms, **options)
+            except CommandError as error:
+                if error.code != UPLINK_BUSY or attempt == self.busy_retries:
+                    raise
+                self.sleep(self.busy_pause_ms * (attempt + 1))
+        return []
+
+    # --- sockets ---
+
+    def open_udp(self, host, port):
+        self._peer = (host, port)
+        if self._api() == API_QI:
+            error = self._qiopen(host, port)
+            if error == SOCKET_IN_USE:
+                # A cycle cut short (power, watchdog) left it open; the module keeps it across PSM.
+                self.command("AT+QICLOSE=%d" % QI_CONNECT_ID, self.network_timeout_ms)
+                error = self._qiopen(host, port)
+            if error != 0:
+                raise NetworkError("AT+QIOPEN failed with <err> %d" % error)
+            return QI_CONNECT_ID
+        try:
+            lines = self.command("AT+NSOCR=DGRAM,17,%d,1" % self.local_port, self.network_timeout_ms)
+        except CommandError:
+            # Every socket taken, by cycles cut short: free them and try once more.
+            for stale in range(NSO_SOCKETS):
+                try:
+                    self.command("AT+NSOCL=%d" % stale)
+                except CommandError:
+                    pass
+            lines = self.command("AT+NSOCR=DGRAM,17,%d,1" % self.local_port, self.network_timeout_ms)
+        for line in lines:
+            if line.isdigit():
+                return int(line)
+        raise ModemGarbage("AT+NSOCR answered no socket number: %r" % (lines,))
+
+    def _qiopen(self, host, port):
+        """<err> of +QIOPEN after AT+QIOPEN (0 = opened)."""
+        self.command("AT+QIOPEN=1,%d,\"UDP\",%s,%d,0,1" % (QI_CONNECT_ID, quoted(host), port), self.network_timeout_ms)
+        line = self.port.wait_urc("+QIOPEN:", self.network_timeout_ms)
+        parts = fields(line, "+QIOPEN:")
+        if len(parts) < 2 or integer(parts[0], "+QIOPEN <connectID>") != QI_CONNECT_ID:
+            raise ModemGarbage("unexpected %r after AT+QIOPEN" % line)
+        return integer(parts[1], "+QIOPEN <err>")
+
+    def send(self, socket, data):
+        if self._api() == API_QI:
+            self._retrying_busy("AT+QISEND=%d,%d,%s" % (socket, len(data), _hex(data)))
+            line = self.port.wait_urc("SEND ", self.network_timeout_ms)
+            if line != "SEND OK":
+                raise NetworkError("AT+QISEND: the module said %r" % line)
+            return
+        if self._peer is None:
+            raise ModemError("AT+NSOST needs the peer: open_udp() first")
+        host, port = self._peer
+        lines = self._retrying_busy("AT+NSOST=%d,%s,%d,%d,%s" % (socket, host, port, len(data), _hex(data)))
+        for line in lines:
+            parts = line.split(",")
+            if len(parts) == 2 and parts[0] == str(socket):
+                if integer(parts[1], "AT+NSOST <length>") != len(data):
+                    raise NetworkError("AT+NSOST sent %s of %d bytes" % (parts[1], len(data)))
+                return
+        raise ModemGarbage("AT+NSOST answered no <socket>,<length>: %r" % (lines,))
+
+    def receive(self, socket, timeout_ms):
+        """One datagram from the socket, or None if none came within timeout_ms."""
+        if self._api() == API_QI:
+            return self._receive_qi(socket, timeout_ms)
+        return self._receive_nso(socket, timeout_ms)
+
+    def _receive_qi(self, socket, timeout_ms):
+        try:
+            line = self.port.wait_urc("+QIURC:", timeout_ms)
+        except ModemTimeout:
+            return None
+        parts = fields(line, "+QIURC:")
+        kind = parts[0].strip('"')
+        if kind in ("closed", "pdpdeact"):
+            raise NetworkError("the module reports %r while waiting for data" % line)
+        if kind != "recv" or len(parts) < 2 or integer(parts[1], "+QIURC <connectID>") != socket:
+            raise ModemGarbage("unexpected URC %r while waiting for data" % line)
+        if len(parts) >= 4:
+            return _unhex(parts[3], integer(parts[2], "+QIURC <length>"), "+QIURC recv")
+        lines = self.command("AT+QIRD=%d,512" % socket, response="+QIRD:")
+        for index, item in enumerate(lines):
+            if item.startswith("+QIRD:"):
+                length = integer(fields(item, "+QIRD:")[0], "+QIRD <length>")
+                if length == 0:
+                    return None
+                if index + 1 >= len(lines):
+                    raise ModemGarbage("AT+QIRD announced %d bytes and sent no data line" % length)
+                return _unhex(lines[index + 1], length, "AT+QIRD")
+        raise ModemGarbage("AT+QIRD answered no +QIRD line: %r" % (lines,))
+
+    def _receive_nso(self, socket, timeout_ms):
+        try:
+            line = self.port.wait_urc("+NSONMI:", timeout_ms)
+        except ModemTimeout:
+            return None
+        parts = fields(line, "+NSONMI:")
+        if len(parts) != 2 or integer(parts[0], "+NSONMI <socket>") != socket:
+            raise ModemGarbage("unexpected URC %r while waiting for data" % line)
+        length = integer(parts[1], "+NSONMI <length>")
+        lines = self.command("AT+NSORF=%d,%d" % (socket, length))
+        for item in lines:
+            parts = item.split(",")
+            if len(parts) == 6 and parts[0] == str(socket):
+                return _unhex(parts[4], integer(parts[3], "AT+NSORF <length>"), "AT+NSORF")
+        raise ModemGarbage("AT+NSORF answered no datagram line: %r" % (lines,))
+
+    def close(self, socket):
+        if self._api() == API_QI:
+            self.command("AT+QICLOSE=%d" % socket, self.network_timeout_ms)
+        else:
+            self.command("AT+NSOCL=%d" % socket)

@@ -1,0 +1,187 @@
+"""The lender's node resource ``/n``: NB-IoT nodes POST one signed envelope each, over plain CoAP.
+
+A node's firmware has no OSCORE (MicroPython has none yet), so its requests
+arrive unprotected; what makes them trustworthy is the envelope's own Ed25519
+signature. Hence the rules, all enforced here:
+
+* ``/n`` is served only to plain CoAP (`PlainNodeRoute` sits in front of the
+  OSCORE-protected site and sends every other request there unchanged);
+* an envelope verifies only against the keys of *nodes*: active devices
+  registered without an OSCORE context (`NodeKeys`). A gateway's key on this
+  path is refused (reason 2, unknown key, with a text saying why): gateways
+  speak OSCORE to ``/t``;
+* everything else is exactly the gateway path's: `NodeIngest` is
+  `lender.ingest.Ingest` (same verification, chain check, de-duplication by
+  (device, seq), quarantine, ack map {1: stored, 2: already, 3: refused}), fed
+  the one envelope as a one-item batch.
+
+The body is a single envelope (the COSE_Sign1 bytes, CBOR tag 18), not the
+gateway's array: two bytes fewer on an NB-IoT uplink billed per byte, and a
+node sends one envelope per request anyway. Bodies over `MAX_NODE_BODY` get
+4.13 with Size1; a Block1 upload too (a node never needs one).
+
+What plain CoAP leaves open (docs/firmware.md): integrity and origin of the
+*evidence* are protected by the signature; confidentiality is not (readings
+travel in clear), and the *ack* is not authenticated (a forged ack can make a
+node drop envelopes from its outbox before they arrived; the node's 32-bit
+random token and message id make that an on-path attack).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+
+import aiocoap
+from aiocoap import interfaces
+from aiocoap.numbers import codes
+
+from lender.exc import StoreError
+from lender.ingest import BatchOutcome, Ingest, Status
+from lender.server import CBOR_FORMAT, RETRY_AFTER, IngestThread, _answer, _peer, _text
+from lender.store import EvidenceStore
+from telemetry import cbor
+from telemetry.envelope import Reason, Verdict
+from telemetry.identity import DeviceKey
+
+log = logging.getLogger(__name__)
+
+NODE_PATH = ("n",)
+MAX_NODE_BODY = 1024  # a typical node report is ~170 bytes; the node's outbox slot holds 304
+COSE_SIGN1_TAG = 0xD2  # CBOR tag 18, the first byte of every envelope
+
+
+class NodeKeys(Mapping[bytes, DeviceKey]):
+    """The keys of active nodes (devices registered without OSCORE) by kid, re-read when the registry changed."""
+
+    def __init__(self, store: EvidenceStore) -> None:
+        self._store = store
+        self._generation: int | None = None
+        self._keys: dict[bytes, DeviceKey] = {}
+
+    def refresh(self) -> None:
+        generation = self._store.registry_generation()
+        if generation != self._generation:
+            self._keys = {d.kid: d.key() for d in self._store.devices() if d.active and d.oscore_context is None}
+            self._generation = generation
+
+    def __getitem__(self, kid: bytes) -> DeviceKey:
+        return self._keys[kid]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+class NodeIngest(Ingest):
+    """`Ingest` restricted to node keys, taking one envelope per request (see the module docstring)."""
+
+    def __init__(self, store: EvidenceStore, **options) -> None:
+        super().__init__(store, **options)
+        self.keys = NodeKeys(store)  # type: ignore[assignment]  # same interface as ActiveKeys
+
+    def _verdict(self, raw: bytes) -> Verdict:
+        verdict = super()._verdict(raw)
+        envelope = verdict.envelope
+        if verdict.reason is Reason.UNKNOWN_KEY and envelope is not None:
+            holder = self.store.device_by_kid(envelope.kid)
+            if holder is not None and holder.active:
+                return Verdict(Reason.UNKNOWN_KEY,
+                               f"the key {envelope.kid.hex()} belongs to {holder.device}, which has an OSCORE context: "
+                               "it sends to /t over OSCORE; /n takes the keys of nodes only", envelope)
+        return verdict
+
+    def envelope(self, body: bytes, *, peer: str) -> BatchOutcome:
+        """Process the body of one POST to /n: a single envelope."""
+        if len(body) > MAX_NODE_BODY:
+            return self.refuse_request(
+                Status.TOO_LARGE, f"body of {len(body)} bytes is over the node path's {MAX_NODE_BODY}-byte cap", body,
+                peer=peer)
+        if not body or body[0] != COSE_SIGN1_TAG:
+            return self.refuse_request(
+                Status.BAD_REQUEST, "body must be one envelope: a COSE_Sign1 message (CBOR tag 18), not an array "
+                                    "(arrays of envelopes go to /t)", body, peer=peer)
+        return self.batch(cbor.encode([bytes(body)]), peer=peer)
+
+
+class NodeResource(interfaces.Resource):
+    """``/n``: POST one envelope, application/cbor; answered 2.04 with the ack, or 4.xx / 5.03 with a text."""
+
+    def __init__(self, thread: IngestThread, ingest: NodeIngest) -> None:
+        super().__init__()
+        self._thread = thread
+        self._ingest = ingest
+
+    def get_link_description(self) -> dict:
+        return {"ct": str(CBOR_FORMAT), "rt": "pledgewatch.node"}
+
+    async def render(self, request):
+        raise RuntimeError("NodeResource is used through render_to_pipe only")
+
+    async def needs_blockwise_assembly(self, request):
+        return False
+
+    async def render_to_pipe(self, pipe) -> None:
+        pipe.add_response(await self._respond(pipe.request), is_last=True)
+
+    async def _respond(self, request: aiocoap.Message) -> aiocoap.Message:
+        if request.code != codes.POST:
+            return _text(codes.METHOD_NOT_ALLOWED, "only POST is allowed on /n")
+        peer = _peer(request)
+        if request.opt.block1 is not None:
+            response = _text(codes.REQUEST_ENTITY_TOO_LARGE, f"/n takes one envelope of at most {MAX_NODE_BODY} bytes "
+                                                             "in a single request; no block-wise upload")
+            response.opt.size1 = MAX_NODE_BODY
+            return response
+        body = request.payload
+        try:
+            if request.opt.content_format not in (None, CBOR_FORMAT):
+                outcome = await self._thread.call(
+                    self._ingest.refuse_request, Status.UNSUPPORTED_FORMAT,
+                    f"content-format {int(request.opt.content_format)} is not application/cbor (60)", body, peer=peer)
+            else:
+                outcome = await self._thread.call(self._ingest.envelope, body, peer=peer)
+        except StoreError as exc:
+            log.error("envelope from node %s not stored, answered 5.03 (the node retries): %s", peer, exc)
+            response = _text(codes.SERVICE_UNAVAILABLE, "storage unavailable; nothing was stored, retry later")
+            response.opt.max_age = RETRY_AFTER
+            return response
+        response = _answer(outcome)
+        if outcome.status is Status.TOO_LARGE:
+            response.opt.size1 = MAX_NODE_BODY
+        return response
+
+
+class PlainNodeRoute(interfaces.Resource):
+    """Sends plain-CoAP requests for ``/n`` to the node resource and every other request to `protected` unchanged."""
+
+    def __init__(self, protected: interfaces.Resource, node: NodeResource) -> None:
+        super().__init__()
+        self._protected = protected
+        self._node = node
+
+    @staticmethod
+    def _for_node(request: aiocoap.Message) -> bool:
+        # An OSCORE request carries its Uri-Path inside the ciphertext: a visible /n is plain CoAP.
+        return request.opt.oscore is None and tuple(request.opt.uri_path) == NODE_PATH
+
+    def get_resources_as_linkheader(self):
+        return self._protected.get_resources_as_linkheader()
+
+    async def render(self, request):
+        raise RuntimeError("only render_to_pipe is used")
+
+    async def needs_blockwise_assembly(self, request):
+        raise RuntimeError("only render_to_pipe is used")
+
+    async def render_to_pipe(self, pipe) -> None:
+        if self._for_node(pipe.request):
+            await self._node.render_to_pipe(pipe)
+        else:
+            await self._protected.render_to_pipe(pipe)
+
+
+def node_route(protected: interfaces.Resource, thread: IngestThread, store: EvidenceStore) -> PlainNodeRoute:
+    """What lender.server serves: `protected` (the OSCORE site) with plain-CoAP ``/n`` for nodes in front of it."""
+    return PlainNodeRoute(protected, NodeResource(thread, NodeIngest(store)))
