@@ -1,0 +1,55 @@
+"""A gateway agent for the end-to-end kill test: a fast simulated counter sensor, the real daemon and uplink.
+
+    python tests/e2e_agent_child.py ROOT LENDER_URI [drain]
+
+Prints "ready" once the chain is resumed. With `drain` it samples nothing and
+exits once the spool is empty (the last run after the power cuts).
+"""
+import asyncio
+import signal
+import sys
+import time
+from pathlib import Path
+
+from agent.daemon import Agent
+from agent.spool import Spool
+from agent.state import AgentState
+from agent.uplink import Uplink, UplinkConfig
+from drivers.sensor import Sample
+from telemetry.identity import Identity
+
+
+class Counter:
+    """A simulated sensor that reports a rising count every 10 ms."""
+
+    name, interval = "count", 0.01
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    async def read(self) -> list[Sample]:
+        self.value += 1
+        return [Sample(self.name, self.value, None, time.time())]
+
+
+async def main(root: Path, lender: str, drain: bool) -> None:
+    spool = Spool.open(root / "spool.db")
+    uplink = Uplink(UplinkConfig(lender=lender, security_context=root / "device", batch_interval=0.05,
+                                 backoff_initial=0.05, backoff_cap=0.5, ack_timeout=0.5), spool)
+    agent = Agent(device="gw-e2e", identity=Identity.load(root / "device.key"), spool=spool,
+                  state=AgentState.open(root / "state.json"), sensors=[] if drain else [Counter()], uplink=uplink)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    running = asyncio.create_task(agent.run(stop))
+    await agent.started.wait()
+    print("ready", flush=True)
+    if drain:
+        while len(spool):
+            await asyncio.sleep(0.05)
+        stop.set()
+    await running
+    spool.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(Path(sys.argv[1]), sys.argv[2], len(sys.argv) > 3 and sys.argv[3] == "drain"))
