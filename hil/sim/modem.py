@@ -508,13 +508,16 @@ class ModemSimulator:
             task.add_done_callback(self._storm_tasks.discard)
         self._call(begin)
 
-    def reboot(self, down_s: float = 0.2, ready_s: float = 0.01, after_s: float = 0.0) -> None:
+    def reboot(self, down_s: float = 0.2, ready_s: float = 0.1, after_s: float = 0.0) -> None:
         """The port disappears (now, or `after_s` from now) and returns `down_s` later.
 
         With a link, the symlink is removed when the port goes and recreated,
         pointing at the new pty, when the modem is back — like a udev symlink.
         The model's boot URCs (``RDY`` ...) follow `ready_s` after a client
-        has the new port open; until then commands get no answer.
+        has the new port open; until then commands get no answer. (Keep
+        `ready_s` well above zero: pyserial flushes a port's input at the end
+        of `open()`, so URCs sent while a client is still inside `open()` are
+        lost — true of real modems too, whose RDY comes seconds after the port.)
         """
         if after_s > 0:
             def later() -> None:

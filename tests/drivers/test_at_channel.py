@@ -93,7 +93,7 @@ def test_port_loss_fails_the_command_in_flight_and_the_channel_reopens_after_reb
         sim.knobs.delay_s = 5.0
         pending = asyncio.create_task(ch.command("AT+CSQ", timeout=10))
         await asyncio.to_thread(sim.wait_for_command, r"AT\+CSQ")
-        sim.reboot(down_s=0.1, ready_s=0.01)
+        sim.reboot(down_s=0.1)
         with pytest.raises(PortClosedError) as info:
             await pending
         assert not ch.is_open
