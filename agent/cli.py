@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 from agent import config as agent_config
+from agent.clock import TrustedClock
 from agent.daemon import Agent
 from agent.exc import AgentError
+from agent.rules import RulesEngine, RulesStateFile, sensor_specs
 from agent.sensors import build_sensors
 from agent.spool import Spool
 from agent.state import AgentState
@@ -65,8 +67,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (AgentError, TelemetryError, DriverError) as exc:
         print(f"pledgewatch agent: {exc}", file=sys.stderr)
         return 2
+    clock = TrustedClock()
+    rules_state = RulesStateFile(config.device.state_dir / "rules.json")
+    kinds = {cls: kind for kind, cls in agent_config.SENSOR_KINDS.items()}
+    rules = RulesEngine(config.assets, sensor_specs(config.sensors, kinds), config.rules, start=clock.now(),
+                        restore=rules_state.load())
     agent = Agent(device=config.device.id, identity=identity, spool=spool, state=state, sensors=sensors,
-                  uplink=Uplink(config.uplink, spool))
+                  uplink=Uplink(config.uplink, spool), rules=rules, trusted_clock=clock, rules_state=rules_state)
     try:
         asyncio.run(serve(agent))
     finally:

@@ -46,8 +46,10 @@ log = logging.getLogger(__name__)
 CLOCK_SYNCED, CLOCK_SOURCE, CLOCK_UPTIME_MS, CLOCK_SYSTEM = 1, 2, 3, 4  # keys of the payload's clock map (7)
 SOURCES = ("ntp", "gnss", "modem", "none")
 REFERENCE_SOURCES = ("gnss", "modem")  # in order of preference
-# A modem that has not had NITZ answers its power-on default (e.g. "80/01/06,00:00:29"); none is this old.
+# A modem that has not had NITZ answers its power-on default ("80/01/06,00:00:29", read as 2080 by
+# the two-digit year of 27.007, or "70/01/01", "04/01/01"): no real reference lies outside these bounds.
 EARLIEST_PLAUSIBLE = 1_704_067_200  # 2024-01-01T00:00:00Z
+LATEST_PLAUSIBLE = 3_155_760_000    # 2070-01-01T00:00:00Z
 
 
 def boot_clock() -> float:
@@ -181,7 +183,7 @@ class TrustedClock:
         if source not in REFERENCE_SOURCES:
             raise ValueError(f"reference source {source!r} is unknown; allowed: {', '.join(REFERENCE_SOURCES)}")
         seconds = utc.timestamp() if isinstance(utc, datetime) else float(utc)
-        if not seconds >= EARLIEST_PLAUSIBLE or not 0 <= age_s < 3600:
+        if not EARLIEST_PLAUSIBLE <= seconds < LATEST_PLAUSIBLE or not 0 <= age_s < 3600:
             log.debug("clock: %s time %r (age %s s) is not plausible; ignored", source, utc, age_s)
             return False
         self._references[source] = Reference(source, seconds, self._monotonic() - age_s)

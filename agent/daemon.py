@@ -19,11 +19,13 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 
+from agent.clock import Instant, TrustedClock, stamp
 from agent.exc import SpoolError
 from agent.recorder import Recorder
+from agent.rules import Emission, RulesEngine, RulesStateFile
 from agent.spool import Spool
 from agent.state import AgentState
-from agent.uplink import Uplink
+from agent.uplink import Result, Uplink
 from drivers.exc import SensorFault
 from drivers.sensor import Sample, queue_listener, read_isolated
 from telemetry.envelope import Envelope, Gap, GapReason
@@ -75,6 +77,10 @@ class Agent:
         uplink: Uplink | None = None,
         read_timeout: float = 10.0,
         clock: Callable[[], float] = time.time,
+        rules: RulesEngine | None = None,
+        trusted_clock: TrustedClock | None = None,
+        rules_state: RulesStateFile | None = None,
+        rule_tick: float = 1.0,
     ) -> None:
         self.device = device
         self.identity = identity
@@ -87,16 +93,28 @@ class Agent:
         self.recorder: Recorder | None = None
         self.unstored = 0  # readings the spool could not take since the last gap record
         self.started = asyncio.Event()
+        # edge rules (agent.rules) and time trust (agent.clock): every sample is judged, alarms go out at once
+        self.rules = rules
+        self.trusted_clock = trusted_clock
+        self.rules_state = rules_state
+        self.rule_tick = rule_tick
 
-    def record(self, records: list[Record]) -> Envelope | None:
+    def record(self, records: list[Record], instant: Instant | None = None) -> Envelope | None:
         """Sign and spool one reading; an alarm wakes the uplink at once.
+
+        With a trusted clock, the envelope carries its clock statement and the
+        records keep their times only while the clock is synchronized.
 
         If the spool cannot store it (disk full, card failing) the reading is
         counted as lost and the agent keeps running; the first append that
         works again is followed by a signed gap record with the count.
         """
+        clock = None
+        if self.trusted_clock is not None:
+            instant = instant or self.trusted_clock.now()
+            records, clock = list(stamp(records, instant)), instant.statement()
         try:
-            envelope = self.recorder.record(records)
+            envelope = self.recorder.record(records, clock=clock)
             if self.unstored:
                 self.recorder.append(gap=Gap(GapReason.STORAGE_FAILURE.value, count=self.unstored))
                 log.warning("spool works again; %d readings were lost meanwhile (gap record signed)", self.unstored)
@@ -118,6 +136,8 @@ class Agent:
                 self.record([fault_record(sensor.name, result, self.clock())])
             elif result:
                 self.record([sample_record(s) for s in result])
+                self._gnss_time(sensor)
+                self.judge(result)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(sensor.interval):
                     await stop.wait()
@@ -126,6 +146,71 @@ class Agent:
         while True:
             sample = await queue.get()
             self.record([sample_record(sample)])
+            self.judge([sample])
+
+    # --- edge rules ---
+
+    def _now(self) -> Instant:
+        if self.trusted_clock is not None:
+            return self.trusted_clock.now()
+        wall = self.clock()
+        return Instant(time.monotonic(), wall, True, "ntp")  # no trusted clock given: the host's clock is taken as is
+
+    def emit(self, emissions: Sequence[Emission], instant: Instant) -> None:
+        """Record what the rules emitted, one envelope each (an alarm envelope wakes the uplink)."""
+        for emission in emissions:
+            self.record(emission.records(), instant)
+        if emissions and self.rules_state is not None and self.rules is not None:
+            self.rules_state.save(self.rules.snapshot())
+
+    def judge(self, samples: Sequence[Sample]) -> None:
+        """Feed one reading's samples to the rules and record what they raise."""
+        if self.rules is not None:
+            instant = self._now()
+            try:
+                emissions = self.rules.observe(samples, instant)
+            except Exception:  # a rule bug must not stop sampling: the reading itself is already recorded
+                log.exception("rules failed on %s", [s.name for s in samples])
+                return
+            self.emit(emissions, instant)
+
+    def modem_identity(self, *, imei: str | None = None, iccid: str | None = None) -> None:
+        """Entry point for the modem health monitor: the IMEI and ICCID it read (a change raises an alarm)."""
+        if self.rules is not None:
+            instant = self._now()
+            self.emit(self.rules.modem_identity(instant, imei=imei, iccid=iccid), instant)
+
+    def _gnss_time(self, sensor) -> None:
+        """A GNSS fix's UTC is a time reference for the trusted clock."""
+        if self.trusted_clock is None or not hasattr(sensor, "current_fix"):
+            return
+        try:
+            fix = sensor.current_fix()
+        except SensorFault:
+            return
+        if fix.utc is not None:  # the driver's fix times are time.monotonic (drivers.gnss default)
+            self.trusted_clock.reference("gnss", fix.utc, age_s=max(0.0, time.monotonic() - fix.received_at))
+
+    async def _rules_tick(self) -> None:
+        """Time-driven rules every `rule_tick` seconds, and the lender's acks as they happen."""
+        seen, saved = None, time.monotonic()
+        while True:
+            await asyncio.sleep(self.rule_tick)
+            instant = self._now()
+            emissions: list[Emission] = []
+            exchange = getattr(self.uplink, "last_exchange", None)
+            if exchange is not None and exchange is not seen:
+                seen = exchange
+                if exchange.result in (Result.DELIVERED, Result.NO_PROGRESS):  # the lender answered with an ack
+                    emissions += self.rules.lender_contact(instant)
+            try:
+                emissions += self.rules.tick(instant)
+            except Exception:  # a rule bug must not stop the other time-driven rules next time
+                log.exception("rules tick failed")
+            self.emit(emissions, instant)
+            if self.rules_state is not None and time.monotonic() - saved >= 60:  # today's run time, at least
+                self.rules_state.save(self.rules.snapshot())
+                saved = time.monotonic()
 
     async def _checkpoint(self, every: float = 10.0) -> None:
         """Keep the state's acked watermark at "every seq up to here is acked or reported dropped"."""
@@ -158,6 +243,10 @@ class Agent:
         if watchdog_interval > 0:
             tasks.append(asyncio.create_task(self._watchdog(watchdog_interval), name="watchdog"))
         tasks.append(asyncio.create_task(self._checkpoint(), name="checkpoint"))
+        if self.rules is not None:
+            instant = self._now()
+            self.emit([self.rules.manifest(instant)], instant)
+            tasks.append(asyncio.create_task(self._rules_tick(), name="rules"))
         if self.uplink is not None:
             await self.uplink.start()
             tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
@@ -184,5 +273,7 @@ class Agent:
             while not events.empty():
                 self.record([sample_record(events.get_nowait())])
             self.checkpoint()
+            if self.rules_state is not None and self.rules is not None:
+                self.rules_state.save(self.rules.snapshot())
             self.state.mark_clean_shutdown()
             log.info("agent %s stopped cleanly after seq %d", self.device, self.recorder.seq)

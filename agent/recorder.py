@@ -67,17 +67,17 @@ class Recorder:
             self.state.reserve_seqs(seq + SEQ_BLOCK)
         return seq
 
-    def append(self, records: Iterable[Record] = (), gap: Gap | None = None) -> Envelope:
-        """Sign one envelope holding `records` (and `gap`), append it durably, and return it."""
+    def append(self, records: Iterable[Record] = (), gap: Gap | None = None, clock: dict | None = None) -> Envelope:
+        """Sign one envelope holding `records` (and `gap`, and the clock statement `clock`), append it durably."""
         envelope = seal(self.identity, device=self.device, boot=self.boot, seq=self._next_seq(), prev=self.prev,
-                        records=tuple(records), gap=gap)
+                        records=tuple(records), gap=gap, clock=clock)
         self.spool.append(envelope)  # raises, leaving the chain where it was, if it could not be stored
         self.seq, self.prev = envelope.seq, envelope.digest
         return envelope
 
-    def record(self, records: Iterable[Record]) -> Envelope:
+    def record(self, records: Iterable[Record], clock: dict | None = None) -> Envelope:
         """Seal and spool readings, then report any overflow the append caused."""
-        envelope = self.append(records)
+        envelope = self.append(records, clock=clock)
         self.report_drops()
         return envelope
 

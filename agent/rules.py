@@ -1,6 +1,6 @@
 """agent.rules — the edge rules: samples and clock instants in, alarms, access events and daily summaries out.
 
-Pure code. `RulesEngine` is fed every sample list the agent records
+Pure code (only `RulesStateFile`, at the end, touches a file). `RulesEngine` is fed every sample list the agent records
 (`observe`), a `tick` every second or so (time-driven rules: hold times,
 silence, quiet periods, day ends, connectivity), the lender's acks
 (`lender_contact`) and the modem's identity (`modem_identity`, called by the
@@ -30,12 +30,16 @@ every hour counts as outside permitted hours (an opening is an alarm).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from agent.assets import GATEWAY, Asset, LatLon, RuleSettings, local_date, zone
 from agent.clock import Instant
+from agent.exc import StateError
+from agent.state import AtomicJSONStorage
 from drivers.sensor import Sample
 from telemetry.senml import Record
 
@@ -652,6 +656,37 @@ class RulesEngine:
             "uplink", instant, value=hours, unit="h", detail=f"no lender ack for {hours:.1f} h")
 
 
+class RulesStateFile:
+    """The engine's snapshot on disk, so raised alarms stay latched across restarts (the one I/O in this module).
+
+    Written with agent.state's atomic, checksummed JSON storage: after a power
+    cut the file is the old snapshot or the new one, whole. A damaged or
+    unreadable file is logged and the engine starts fresh (an alarm still
+    holding is then raised again: a duplicate the lender sees, never a loss).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._storage = AtomicJSONStorage(self.path)
+        self._last: dict | None = None
+
+    def load(self) -> dict:
+        try:
+            return self._storage.read() or {}
+        except StateError as exc:
+            log.error("rules: %s; starting without the saved alarm state", exc)
+            return {}
+
+    def save(self, snapshot: dict) -> None:
+        if snapshot == self._last:
+            return
+        try:
+            self._storage.write(snapshot)
+            self._last = snapshot
+        except StateError as exc:
+            log.error("rules: cannot save the alarm state: %s", exc)
+
+
 def alternation_ok(events: Iterable[Emission]) -> bool:
     """True when, per alarm name, the events go raised, cleared, raised, ... (what the latches guarantee)."""
     state: dict[str, bool] = {}
@@ -667,5 +702,5 @@ def alternation_ok(events: Iterable[Emission]) -> bool:
 
 __all__ = [
     "ALARM_KINDS", "AccessEvent", "AlarmEvent", "DailyUtilization", "Emission", "Manifest", "RulesEngine",
-    "SEVERITY", "SensorSpec", "alternation_ok", "sensor_specs",
+    "RulesStateFile", "SEVERITY", "SensorSpec", "alternation_ok", "sensor_specs",
 ]

@@ -1,0 +1,80 @@
+"""The daemon feeds every sample to the rules and records what they emit as signed alarm envelopes, across restarts."""
+import asyncio
+import time
+
+from gpiozero.pins.mock import MockFactory
+
+from agent.assets import Asset
+from agent.clock import TrustedClock
+from agent.daemon import Agent
+from agent.rules import RulesEngine, RulesStateFile, SensorSpec
+from agent.spool import Spool
+from agent.state import AgentState
+from drivers.gpio import ContactConfig, ContactSensor
+from telemetry.chain import check_chain
+from telemetry.envelope import verify
+from telemetry.identity import Identity
+
+DEVICE = "gw-rules-1"
+IDENTITY = Identity(bytes([7]) * 32)
+STORE = Asset("cold-store", "stock", ("door",))  # no access hours: every opening is an alarm
+
+
+def envelopes(spool):
+    keys = {IDENTITY.kid: IDENTITY.device_key(DEVICE)}
+    verdicts = [verify(item.raw, keys) for item in spool.peek(max_count=10_000, max_bytes=1 << 26)]
+    assert all(v.ok for v in verdicts)
+    return sorted((v.envelope for v in verdicts), key=lambda e: e.seq)
+
+
+def run_agent(tmp_path, factory, action):
+    spool, state = Spool.open(tmp_path / "spool.db"), AgentState.open(tmp_path / "state.json")
+    door = ContactSensor(ContactConfig("door", 17, settle_s=0.01, interval_s=30), pin_factory=factory)
+    clock = TrustedClock(kernel_synced=lambda: True)
+    rules_file = RulesStateFile(tmp_path / "rules.json")
+    rules = RulesEngine([STORE], [SensorSpec("door", "contact", 30)], start=clock.now(), restore=rules_file.load())
+    agent = Agent(device=DEVICE, identity=IDENTITY, spool=spool, state=state, sensors=[door], rules=rules,
+                  trusted_clock=clock, rules_state=rules_file, rule_tick=0.05)
+
+    async def scenario():
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        await asyncio.wait_for(agent.started.wait(), 5)
+        await asyncio.sleep(0.1)
+        action()
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(scenario())
+    door.close()
+    state.close()
+    return spool, rules
+
+
+def alarm_states(found):
+    return [(r.name, r.string) for e in found for r in e.records if r.name == "alarm.door.cold-store"]
+
+
+def test_a_door_opening_becomes_a_signed_alarm_envelope_and_stays_latched_across_a_restart(tmp_path):
+    factory = MockFactory()
+    factory.pin(17).drive_low()  # closed
+    time.sleep(0.05)
+    spool, rules = run_agent(tmp_path, factory, lambda: factory.pin(17).drive_high())
+    found = envelopes(spool)
+    assert check_chain(found).intact
+    assert alarm_states(found) == [("alarm.door.cold-store", "raised")]
+    (alarm,) = [e for e in found if any(r.name == "alarm.door.cold-store" for r in e.records)]
+    assert alarm.alarm and alarm.clock[1] is True and alarm.clock[2] == "ntp"
+    opened = [e for e in found if any(r.name == "door" and r.boolean for r in e.records)]
+    assert opened and opened[0].seq < alarm.seq  # the evidence comes before the alarm in the chain
+    manifest = [r for e in found for r in e.records if r.name.startswith("asset.")]
+    assert [(r.name, r.string) for r in manifest] == [("asset.cold-store.kind", "stock"), ("asset.cold-store.sensors", "door")]
+    assert spool.stats().alarm_count >= 1
+    spool.close()
+
+    # the agent restarts with the door still open: not raised again; closing it clears once
+    spool, rules = run_agent(tmp_path, factory, lambda: factory.pin(17).drive_low())
+    assert alarm_states(envelopes(spool)) == [("alarm.door.cold-store", "raised"), ("alarm.door.cold-store", "cleared")]
+    assert rules.raised == frozenset()
+    spool.close()
