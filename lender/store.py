@@ -511,6 +511,29 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise _wrap(exc, f"cannot read {self.path}") from exc
 
+    def records_named(self, device: str | None, *, names: tuple[str, ...] = (), prefixes: tuple[str, ...] = (),
+                      newest_first: bool = False, limit: int | None = None) -> list[Reading]:
+        """Stored records called one of `names` or starting with one of `prefixes`, by device and seq (lender.alarms)."""
+        if not names and not prefixes:
+            return []
+        # GLOB, not LIKE: "_" is a LIKE wildcard and legal in SenML names; GLOB's * ? [ are not legal there
+        match = " OR ".join(["name = ?"] * len(names) + ["name GLOB ?"] * len(prefixes))
+        params: list = [*names, *(prefix.replace("[", "[[]") + "*" for prefix in prefixes)]
+        where = f"({match})" + (" AND device = ?" if device is not None else "")
+        params += [device] if device is not None else []
+        order = "DESC" if newest_first else "ASC"
+        sql = (f"SELECT device, seq, idx, name, value, string, boolean, data, sum, unit, time, at FROM records"
+               f" WHERE {where} ORDER BY device {order}, seq {order}, idx" + (" LIMIT ?" if limit is not None else ""))
+        rows = self._query(sql, params + ([limit] if limit is not None else []))
+        return [Reading(d, seq, index, name, _py_int(value), string, None if boolean is None else bool(boolean), data,
+                        _py_int(total), unit, _py_int(at_time), at)
+                for d, seq, index, name, value, string, boolean, data, total, unit, at_time, at in rows]
+
+    def last_received(self, device: str) -> tuple[int, float] | None:
+        """The highest stored seq of `device` and when the newest envelope arrived, or None."""
+        (seq, received), = self._query("SELECT max(seq), max(received_at) FROM envelopes WHERE device = ?", (device,))
+        return None if seq is None else (seq, received)
+
     def gap_records(self, device: str | None = None) -> list[GapRecord]:
         sql = "SELECT device, seq, reason, first_seq, last_seq, count FROM gap_records"
         rows = self._query(sql + (" WHERE device = ?" if device else "") + " ORDER BY device, seq",

@@ -1,0 +1,265 @@
+"""lender.alarms — the lender's view of its collateral: alarms raised and cleared per asset, and each asset's status.
+
+Everything here is read from the evidence store, so every alarm and reading
+shown came in an envelope whose signature and chain link were verified on
+arrival. An alarm is the group of SenML records `alarm.<kind>.<asset>`
+("raised" | "cleared") with `.severity`, `.sensors`, `.value` and `.detail`
+in one envelope (docs/wire-format.md); the assets and their sensors come from
+the manifest each gateway signs at start (`asset.<asset>.kind`,
+`asset.<asset>.sensors`); device-level alarms belong to the asset "gateway".
+
+`pledgewatch lender alarms` lists the events; `pledgewatch lender status`
+answers "is asset X OK, and can I prove it?": last seen, last verified
+reading, open alarms and gaps for each asset.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+from lender.registry import iso_time
+from lender.store import Reading, SQLiteStore, explain_gaps
+from telemetry.envelope import decode
+from telemetry.exc import WireFormatError
+
+GATEWAY = "gateway"
+_CLOCK_SOURCE, _CLOCK_UPTIME_MS = 2, 3  # keys of the payload's clock statement (agent.clock)
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmRecord:
+    """One alarm event as the device signed it, with where it sits in the device's chain."""
+
+    device: str
+    seq: int
+    asset: str
+    kind: str
+    state: str                  # "raised" | "cleared"
+    severity: str
+    sensors: tuple[str, ...]
+    value: float | None
+    unit: str | None
+    detail: str
+    time: float | None          # the device's trusted wall time, None when its clock was unsynchronized
+    received_at: float
+    clock_source: str | None = None   # "ntp" | "gnss" | "modem" | "none"; None when the envelope has no clock statement
+    uptime_s: float | None = None     # seconds since the device booted, when it said so
+
+    @property
+    def name(self) -> str:
+        return f"alarm.{self.kind}.{self.asset}"
+
+
+@dataclass(frozen=True, slots=True)
+class AssetStatus:
+    """What the lender can prove about one asset right now."""
+
+    device: str
+    asset: str
+    kind: str
+    sensors: tuple[str, ...]
+    last_seen: float | None                    # when the device's newest envelope arrived
+    last_seq: int | None
+    last_reading: Reading | None               # the newest verified record of one of the asset's sensors
+    open_alarms: tuple[AlarmRecord, ...]
+    unexplained_gaps: tuple[tuple[int | None, int], ...]   # missing seq ranges no signed gap record explains
+    explained_gaps: int
+    state: str = field(default="OK")           # "OK" | "ALARM" | "GAPS" | "NO DATA"
+
+
+def _envelope_facts(store: SQLiteStore, device: str, seq: int, cache: dict) -> tuple[str | None, float | None, float]:
+    """(clock source, uptime s, received at) of a stored envelope, from its clock statement (payload key 7)."""
+    key = (device, seq)
+    if key not in cache:
+        stored = store.envelope(device, seq)
+        source = uptime = None
+        clock = None
+        if stored is not None:
+            try:
+                clock = decode(stored.raw).clock
+            except WireFormatError:  # cannot happen for a stored envelope; never let a view crash on it
+                clock = None
+        if isinstance(clock, dict):
+            source = clock.get(_CLOCK_SOURCE) if isinstance(clock.get(_CLOCK_SOURCE), str) else None
+            ms = clock.get(_CLOCK_UPTIME_MS)
+            uptime = ms / 1000 if isinstance(ms, int) and not isinstance(ms, bool) else None
+        cache[key] = (source, uptime, stored.received_at if stored is not None else float("nan"))
+    return cache[key]
+
+
+def alarm_events(store: SQLiteStore, device: str | None = None, asset: str | None = None) -> list[AlarmRecord]:
+    """Every alarm event stored, by device and seq (the device's own order, whatever order they arrived in)."""
+    groups: dict[tuple[str, int, str], dict[str, Reading]] = {}
+    for reading in store.records_named(device, prefixes=("alarm.",)):
+        parts = reading.name.split(".")
+        if len(parts) not in (3, 4) or not parts[1] or not parts[2]:
+            continue
+        groups.setdefault((reading.device, reading.seq, ".".join(parts[:3])), {})[parts[3] if len(parts) == 4 else ""] = reading
+    cache: dict = {}
+    out = []
+    for (dev, seq, name), fields in groups.items():
+        head = fields.get("")
+        if head is None or head.string not in ("raised", "cleared"):
+            continue
+        _, kind, owner = name.split(".")
+        if asset is not None and owner != asset:
+            continue
+        value = fields.get("value")
+        source, uptime, received_at = _envelope_facts(store, dev, seq, cache)
+        out.append(AlarmRecord(
+            device=dev, seq=seq, asset=owner, kind=kind, state=head.string,
+            severity=(fields["severity"].string or "") if "severity" in fields else "",
+            sensors=tuple(s for s in (fields["sensors"].string or "").split(",") if s) if "sensors" in fields else (),
+            value=value.value if value is not None else None, unit=value.unit if value is not None else None,
+            detail=(fields["detail"].string or "") if "detail" in fields else "",
+            time=head.time, received_at=received_at, clock_source=source, uptime_s=uptime,
+        ))
+    out.sort(key=lambda a: (a.device, a.seq))
+    return out
+
+
+def open_alarms(events: Iterable[AlarmRecord]) -> dict[tuple[str, str], AlarmRecord]:
+    """(device, alarm name) -> the raising event, for alarms whose latest event (by seq) is "raised"."""
+    latest: dict[tuple[str, str], AlarmRecord] = {}
+    for event in sorted(events, key=lambda a: (a.device, a.seq)):
+        latest[(event.device, event.name)] = event
+    return {key: event for key, event in latest.items() if event.state == "raised"}
+
+
+def _manifest(store: SQLiteStore, device: str) -> dict[str, tuple[str, tuple[str, ...]]]:
+    """asset -> (kind, sensors) from the device's newest signed manifest."""
+    records = store.records_named(device, prefixes=("asset.",), newest_first=True)
+    if not records:
+        return {}
+    newest = records[0].seq
+    assets: dict[str, dict[str, str]] = {}
+    for record in records:
+        if record.seq != newest:
+            break
+        parts = record.name.split(".")
+        if len(parts) == 3 and record.string is not None:
+            assets.setdefault(parts[1], {})[parts[2]] = record.string
+    return {name: (fields.get("kind", "?"), tuple(s for s in fields.get("sensors", "").split(",") if s))
+            for name, fields in assets.items()}
+
+
+def asset_status(store: SQLiteStore, device: str | None = None) -> list[AssetStatus]:
+    """Each asset of each device (the gateway itself included): last seen, last verified reading, open alarms, gaps."""
+    devices = [device] if device is not None else sorted({d.device for d in store.devices()} | set(store.envelope_devices()))
+    events = alarm_events(store, device)
+    opened = open_alarms(events)
+    out = []
+    for dev in devices:
+        assets = _manifest(store, dev)
+        for event in events:
+            if event.device == dev and event.asset not in assets:
+                assets[event.asset] = ("gateway" if event.asset == GATEWAY else "?", ())
+        assets.setdefault(GATEWAY, ("gateway", ()))
+        last = store.last_received(dev)
+        findings = explain_gaps(store.missing_ranges(dev), store.gap_records(dev))
+        unexplained = tuple((f.missing.first, f.missing.last) for f in findings if not f.explained)
+        explained = sum(1 for f in findings if f.explained)
+        for name, (kind, sensors) in sorted(assets.items(), key=lambda item: (item[0] == GATEWAY, item[0])):
+            reading = None
+            if sensors:
+                found = store.records_named(dev, names=sensors, prefixes=tuple(s + "." for s in sensors),
+                                            newest_first=True, limit=1)
+                reading = found[0] if found else None
+            alarms = tuple(sorted((e for (d, _), e in opened.items() if d == dev and e.asset == name),
+                                  key=lambda e: e.seq))
+            state = "NO DATA" if last is None else "ALARM" if alarms else "GAPS" if unexplained else "OK"
+            out.append(AssetStatus(dev, name, kind, sensors, last[1] if last else None, last[0] if last else None,
+                                   reading, alarms, unexplained, explained, state))
+    return out
+
+
+# --- the two commands (wired into `pledgewatch lender` by lender.cli) -------------------------------------------
+
+def add_arguments(alarms: argparse.ArgumentParser, status: argparse.ArgumentParser) -> None:
+    alarms.add_argument("--device", help="only this device")
+    alarms.add_argument("--asset", help="only this asset")
+    alarms.add_argument("--open", action="store_true", help="only alarms still raised")
+    alarms.add_argument("--json", action="store_true", help="one JSON object per line")
+    status.add_argument("--device", help="only this device")
+    status.add_argument("--json", action="store_true", help="a JSON array, one object per asset")
+
+
+def _when(event: AlarmRecord) -> str:
+    if event.time is not None:
+        return iso_time(event.time)
+    uptime = f"uptime {event.uptime_s:.1f} s, " if event.uptime_s is not None else ""
+    return f"unsynchronized clock ({uptime}received {iso_time(event.received_at)})"
+
+
+def _alarm_json(event: AlarmRecord) -> dict:
+    data = asdict(event)
+    data["name"] = event.name
+    data["sensors"] = list(event.sensors)
+    return data
+
+
+def run_alarms(args: argparse.Namespace) -> int:
+    with SQLiteStore.open(args.data, create=False) as store:
+        events = alarm_events(store, args.device, args.asset)
+        if args.open:
+            events = sorted(open_alarms(events).values(), key=lambda e: (e.device, e.seq))
+    for event in events:
+        if args.json:
+            print(json.dumps(_alarm_json(event), sort_keys=True))
+        else:
+            what = f" {event.value:g} {event.unit or ''}".rstrip() if event.value is not None else ""
+            print(f"{event.device} {event.asset}: {event.state.upper():7} {event.name} ({event.severity}) seq {event.seq}"
+                  f" at {_when(event)}; sensors {','.join(event.sensors) or '-'};{what} {event.detail}".rstrip())
+    if not events and not args.json:
+        print("no alarms" + (" open" if args.open else ""), file=sys.stderr)
+    return 0
+
+
+def _reading_json(reading: Reading | None) -> dict | None:
+    if reading is None:
+        return None
+    value = next((v for v in (reading.value, reading.string, reading.boolean, reading.sum) if v is not None), None)
+    return {"seq": reading.seq, "name": reading.name, "value": value, "unit": reading.unit, "time": reading.time,
+            "at": reading.at}
+
+
+def status_json(status: AssetStatus) -> dict:
+    return {
+        "device": status.device, "asset": status.asset, "kind": status.kind, "sensors": list(status.sensors),
+        "state": status.state, "last_seen": status.last_seen, "last_seq": status.last_seq,
+        "last_reading": _reading_json(status.last_reading),
+        "open_alarms": [_alarm_json(a) for a in status.open_alarms],
+        "unexplained_gaps": [list(g) for g in status.unexplained_gaps], "explained_gaps": status.explained_gaps,
+    }
+
+
+def run_status(args: argparse.Namespace) -> int:
+    with SQLiteStore.open(args.data, create=False) as store:
+        statuses = asset_status(store, args.device)
+    if args.json:
+        print(json.dumps([status_json(s) for s in statuses], sort_keys=True))
+        return 0
+    now = time.time()
+    for s in statuses:
+        print(f"{s.asset} ({s.kind}, {s.device}): {s.state}")
+        seen = f"{iso_time(s.last_seen)} ({now - s.last_seen:.0f} s ago), seq {s.last_seq}" if s.last_seen else "never"
+        print(f"  last seen     {seen}")
+        if s.last_reading is not None:
+            r = _reading_json(s.last_reading)
+            when = iso_time(r["time"]) if r["time"] is not None else f"unsynchronized clock, received {iso_time(r['at'])}"
+            print(f"  last reading  {r['name']} = {r['value']}{' ' + r['unit'] if r['unit'] else ''} at {when}"
+                  f" (seq {r['seq']}, verified)")
+        elif s.sensors:
+            print("  last reading  none yet")
+        for alarm in s.open_alarms:
+            print(f"  OPEN ALARM    {alarm.name} ({alarm.severity}) since {_when(alarm)}, seq {alarm.seq}: {alarm.detail}")
+        if s.unexplained_gaps:
+            ranges = ", ".join(f"{'start' if a is None else a}..{b}" for a, b in s.unexplained_gaps[:5])
+            print(f"  gaps          {len(s.unexplained_gaps)} unexplained (seqs {ranges}), {s.explained_gaps} explained")
+        else:
+            print(f"  gaps          none unexplained, {s.explained_gaps} explained by signed gap records")
+    return 0
