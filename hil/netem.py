@@ -54,20 +54,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from hil.exc import ImpairmentError, NetemError
+
 log = logging.getLogger(__name__)
 
 UP, DOWN = "up", "down"  # up: client (agent) -> target (lender); down: the answers
 DIRECTIONS = (UP, DOWN)
 MAX_CLIENTS = 64  # upstream sockets kept; the oldest is closed beyond this
 MAX_HELD = 100_000  # datagrams waiting in delay queues; beyond this new ones are dropped (and counted)
-
-
-class NetemError(Exception):
-    """Root of the proxy's errors."""
-
-
-class ImpairmentError(NetemError, ValueError):
-    """An impairment setting outside its allowed range."""
 
 
 @dataclass(frozen=True, slots=True)
