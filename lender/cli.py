@@ -11,6 +11,8 @@
     quarantine what was refused, and why
     export     a device's evidence, one row per envelope with its exact bytes
     verify     re-verify an export offline with only the devices' public keys
+    alarms     alarms raised and cleared, per asset
+    status     per asset: last seen, last verified reading, open alarms, gaps
 
 Exit codes: 0 success, 1 a check failed or the operation was refused, 2 bad usage
 or unreadable input.
@@ -32,6 +34,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
+from lender import alarms as alarm_view
 from lender import registry
 from lender.exc import ExportFormatError, LenderError, StoreError
 from lender.ingest import DEFAULT_MAX_BODY
@@ -101,6 +104,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     p.add_argument("--output", type=Path, metavar="FILE", help="write here instead of standard output")
 
+    alarms = command("alarms", alarm_view.run_alarms, "alarms raised and cleared, per asset (lender.alarms)")
+    status = command("status", alarm_view.run_status,
+                     "per asset: last seen, last verified reading, open alarms, gaps (lender.alarms)")
+    alarm_view.add_arguments(alarms, status)
+
     p = command("verify", _verify, "re-verify an export offline: signatures, chain, gaps", data=False)
     p.add_argument("file", type=Path, metavar="FILE", help="an export (jsonl or csv)")
     keys = p.add_mutually_exclusive_group()
@@ -110,6 +118,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-gaps", action="store_true",
                    help="do not fail on gaps that no signed gap record explains (they are still reported)")
     p.add_argument("--json", action="store_true", help="the report as one JSON object")
+
+    from lender.enroll import configure_cli as configure_technicians  # `lender technicians add|list|revoke`
+    configure_technicians(sub, _guarded, DEFAULT_DATA)
 
 
 def _guarded(run):

@@ -81,3 +81,25 @@ class ServeError(LenderError, OSError):
 
 class ExportFormatError(LenderError, ValueError):
     """An export file or a keys file given to `lender verify` cannot be read as one."""
+
+
+# --- enrollment and technicians (lender.enroll) -------------------------------
+
+class EnrollmentError(LenderError):
+    """An enrollment request, a technician or an installation report cannot be accepted."""
+
+
+class EnrollmentFormatError(EnrollmentError, ValueError):
+    """Bytes that should be an enrollment request, response or installation report are not one."""
+
+
+class InvalidTechnicianError(EnrollmentError, ValueError):
+    """A technician id or public key given for registration is malformed."""
+
+
+class TechnicianExistsError(EnrollmentError, FileExistsError):
+    """The technician id, or its key, is registered already."""
+
+
+class UnknownTechnicianError(EnrollmentError, LookupError):
+    """No technician with that id is registered."""

@@ -355,13 +355,17 @@ class LenderServer:
             await self._refresh()
             site = Site()
             site.add_resource(TELEMETRY_PATH, TelemetryResource(self._thread, self.credentials, max_body=self.max_body))
-            # The enrollment resource (provisioning issue) goes here, beside /t: site.add_resource(("enroll",), ...)
             site.add_resource((".well-known", "core"), WKCResource(site.get_resources_as_linkheader))
             protected = oscore.protected_site(site, self.credentials, insecure=self.insecure)
             # NB-IoT nodes POST signed envelopes to /n over plain CoAP (lender.node, docs/firmware.md);
             # imported here because lender.node builds on this module.
             from lender.node import node_route
-            root = _RegistryWatch(node_route(protected, self._thread, self.store), self._refresh)
+            # Devices without an OSCORE context yet enroll over plain CoAP: /enroll and /installations
+            # (lender.enroll; its messages are signed end to end instead).
+            from lender.enroll import enrollment_route
+            routed = enrollment_route(node_route(protected, self._thread, self.store), self._thread, self.store,
+                                      self.data_dir)
+            root = _RegistryWatch(routed, self._refresh)
             try:
                 self._context = await aiocoap.Context.create_server_context(root, bind=self.bind)
             except OSError as exc:
