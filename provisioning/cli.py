@@ -93,6 +93,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="compile the firmware with mpy-cross first")
     p.add_argument("--march", help="mpy-cross architecture (xtensawin for ESP32, armv6m for RP2040)")
     p.add_argument("--baud", type=int, default=115200)
+    p.add_argument("--pace", type=float, default=0.01, metavar="SECONDS",
+                   help="pause after each 256 bytes sent (default 0.01, as pyboard.py; 0 for a fast USB-CDC board)")
     p.add_argument("--rotate", action="store_true", help="give the node a new key")
     p.add_argument("--save-request", type=Path, metavar="FILE",
                    help="where to keep the request when the lender cannot be reached (default ./DEVICE.request.cbor)")

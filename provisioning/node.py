@@ -1,0 +1,261 @@
+"""`provision node`: flash an NB-IoT node over USB, make its key on the node, write its config, enroll it.
+
+Run on the technician's laptop with the node on a USB cable. Over the
+node's MicroPython raw REPL (provisioning.rawrepl):
+
+1. the firmware (``firmware/src``, optionally compiled with mpy-cross) is
+   staged on the node and every file verified by a SHA-256 read back
+   (provisioning.flash); unchanged files are not sent again;
+2. the node's key: kept if the node has one (``node.key``), else made *on the
+   node* from its hardware random number generator (``os.urandom`` through
+   the firmware's ``ed25519.generate``) into ``node.key.new``; only the public
+   key comes back over the cable;
+3. the enrollment request is signed *on the node* (the laptop sends the
+   bytes to sign, the node returns the signature), countersigned with the
+   technician's key and sent to the lender (nodes send plain CoAP, so no
+   OSCORE context is asked for);
+4. only then is anything installed: the staged firmware renamed into place,
+   ``node.key.new`` renamed to ``node.key``, ``node.json`` written
+   (docs/firmware.md has its format). If the lender refuses, the staging
+   folder and a key made in this run are removed: the node is as it was.
+   If the lender cannot be reached, the node is installed and the request
+   is saved for ``pledgewatch provision submit``.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from lender.enroll import AssetBinding, EnrollmentBody, EnrollmentRequest
+from lender.exc import InvalidDeviceError
+from lender.registry import check_device_id
+from provisioning.console import Console
+from provisioning.enrollment import accept, send
+from provisioning.exc import DeviceCodeError, LenderUnreachableError, SetupError
+from provisioning.flash import STAGING, BoardFiles, Firmware, Flasher
+from provisioning.install import write_file
+from provisioning.rawrepl import RawRepl
+from provisioning.serialport import open_port
+from provisioning.technician import TechnicianProfile
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_FIRMWARE = ROOT / "firmware" / "src"
+NODE_CONFIG = "node.json"
+NODE_KEY = "node.key"
+NEW_KEY = "node.key.new"
+
+# Runs on the node. Keeps the key object in _pw_key for signing; prints only "<how> <public key hex>".
+_KEY_CODE = """
+import sys, os, binascii
+sys.path[:0] = ['{staging}/lib', 'lib']
+try:
+    import ed25519
+finally:
+    del sys.path[:2]
+def _pw_read(path):
+    try:
+        f = open(path, 'rb')
+    except OSError:
+        return None
+    try:
+        return f.read(64)
+    finally:
+        f.close()
+_pw_seed = None if {rotate} else _pw_read('{key}')
+_pw_how = 'kept'
+if _pw_seed is None:
+    _pw_seed = _pw_read('{new}')
+    _pw_how = 'resumed'
+if _pw_seed is None:
+    _pw_seed, _pw_key = ed25519.generate()
+    _pw_f = open('{new}', 'wb')
+    _pw_f.write(_pw_seed)
+    _pw_f.close()
+    _pw_how = 'created'
+if len(_pw_seed) != 32:
+    raise ValueError('node key holds %d bytes, not 32' % len(_pw_seed))
+_pw_key = ed25519.SigningKey(_pw_seed)
+del _pw_seed
+print(_pw_how, binascii.hexlify(_pw_key.public_key).decode())
+"""
+
+_IDENTITY_CODE = """
+import sys, binascii
+try:
+    import machine
+    _pw_uid = binascii.hexlify(machine.unique_id()).decode()
+except Exception:
+    _pw_uid = ''
+print(sys.implementation._machine if hasattr(sys.implementation, '_machine') else sys.platform)
+print(_pw_uid)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class NodePlan:
+    """Everything `provision node` was asked to do, checked before the port is opened."""
+
+    port: str
+    device: str
+    binding: AssetBinding
+    lender: str
+    lender_key: bytes
+    technician: TechnicianProfile
+    settings: dict = field(default_factory=dict)  # node.json beyond device and lender
+    firmware: Firmware | None = None
+    rotate: bool = False
+    baudrate: int = 115200
+    pace: float = 0.01
+    save_request: Path | None = None
+    timeout: float = 20.0
+
+    def __post_init__(self) -> None:
+        try:
+            check_device_id(self.device)
+        except InvalidDeviceError as exc:
+            raise SetupError(str(exc)) from exc
+        if not isinstance(self.settings.get("modem"), dict) or not self.settings["modem"].get("model"):
+            raise SetupError("which modem does the node have? pass --modem-model (bc66, bc95, sim7080g) or "
+                             "give modem.model in --node-config")
+
+    def node_config(self) -> dict:
+        parts = urlsplit(self.lender)
+        config = json.loads(json.dumps(self.settings))  # a deep copy
+        lender = config.setdefault("lender", {})
+        lender["host"] = parts.hostname
+        lender["port"] = parts.port or 5683
+        config["device"] = self.device
+        return config
+
+
+@dataclass
+class NodeResult:
+    device: str
+    public_key: str
+    key: str                # "created", "kept", "resumed"
+    enrollment: str         # "enrolled", "pending"
+    files_sent: int
+    files_unchanged: int
+    pending_request: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _sign_on_node(repl: RawRepl, message: bytes) -> bytes:
+    text = repl.eval_text(f"print(binascii.hexlify(_pw_key.sign(binascii.unhexlify('{message.hex()}'))).decode())",
+                          timeout=120)
+    try:
+        signature = bytes.fromhex(text)
+    except ValueError:
+        signature = b""
+    if len(signature) != 64:
+        raise DeviceCodeError(f"{repl.name}: the node did not return a signature (it printed {text[:60]!r})")
+    return signature
+
+
+def provision_node(plan: NodePlan, console: Console) -> NodeResult:
+    firmware = plan.firmware or Firmware.from_source(DEFAULT_FIRMWARE)
+    port = open_port(plan.port, baudrate=plan.baudrate)
+    try:
+        repl = RawRepl(port, chunk_pause=plan.pace)
+        console.step(f"talking to the node on {plan.port}")
+        repl.enter()
+        files = BoardFiles(repl)
+        flasher = Flasher(files)
+        key_made = False
+        try:
+            plan_files = flasher.plan(firmware)
+            console.step(f"flashing {len(plan_files.send)} file(s), {len(plan_files.unchanged)} already in place")
+            flasher.stage(plan_files, progress=console.progress)
+            how, public_hex = repl.eval_text(_KEY_CODE.format(
+                staging=STAGING, rotate=plan.rotate, key=NODE_KEY, new=NEW_KEY), timeout=120).split()
+            key_made = how == "created"
+            console.step(f"node key {how} on the node: {public_hex}")
+            board, unique_id = (repl.eval_text(_IDENTITY_CODE).splitlines() + ["", ""])[:2]
+            hardware = {"board": board.strip()[:128]}
+            if unique_id.strip():
+                hardware["unique_id"] = unique_id.strip()
+            if "modem" in plan.settings:
+                hardware["modem_model"] = str(plan.settings["modem"].get("model"))
+            body = EnrollmentBody(plan.device, "node", bytes.fromhex(public_hex), plan.technician.technician,
+                                  hardware, plan.binding, int(time.time()), os.urandom(16))
+            request = EnrollmentRequest.create(body, lambda message: _sign_on_node(repl, message))
+            request = request.countersign(plan.technician.identity())
+            result = NodeResult(plan.device, public_hex, how, "", len(plan_files.send), len(plan_files.unchanged))
+            try:
+                console.step(f"enrolling {plan.device} with the lender at {plan.lender}")
+                response = asyncio.run(send(plan.lender, request, timeout=plan.timeout))
+                answer, _ = accept(response, request, plan.lender_key, None)
+                result.enrollment = "enrolled"
+            except LenderUnreachableError as exc:
+                saved = plan.save_request or Path(f"{plan.device}.request.cbor")
+                write_file(saved, request.encode(), 0o600)
+                result.enrollment = "pending"
+                result.pending_request = str(saved)
+                result.notes.append(f"{exc}: the request is saved in {saved}; when there is a network: "
+                                    f"pledgewatch provision submit {saved}")
+            key_made = False  # the lender has (or will have) this key: keep it, so a re-run resumes with it
+            console.step("installing on the node")
+            flasher.commit(firmware, plan_files)
+            if how != "kept":
+                files.rename(NEW_KEY, NODE_KEY)
+            config = json.dumps(plan.node_config(), indent=1, sort_keys=True).encode()
+            files.write(NODE_CONFIG + ".new", config)
+            if files.sha256(NODE_CONFIG + ".new") != hashlib.sha256(config).hexdigest():
+                raise DeviceCodeError(f"{plan.port}: node.json did not read back as written; re-run")
+            files.rename(NODE_CONFIG + ".new", NODE_CONFIG)
+        except BaseException:
+            _undo(files, flasher, key_made)
+            raise
+        repl.exit()
+        port.write(b"\x04")  # soft reset in the friendly REPL: the node boots its new firmware
+        return result
+    finally:
+        port.close()
+
+
+def _undo(files: BoardFiles, flasher: Flasher, key_made: bool) -> None:
+    """Leave the node as it was: no staging folder, no key made in this run (best effort: the port may be gone)."""
+    try:
+        flasher.discard()
+        files.remove(NODE_CONFIG + ".new")
+        if key_made:
+            files.remove(NEW_KEY)
+    except Exception:
+        pass
+
+
+def run_cli(args: argparse.Namespace, console: Console) -> int:
+    from provisioning.cli import technician_from
+    from provisioning.gateway import load_site
+
+    profile, lender, lender_key = technician_from(args, required=True)
+    site = load_site(args.asset_file)
+    settings: dict = {}
+    if args.node_config is not None:
+        try:
+            settings = json.loads(args.node_config.read_text("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise SetupError(f"--node-config {args.node_config} cannot be read as JSON: {exc}") from exc
+        if not isinstance(settings, dict):
+            raise SetupError(f"--node-config {args.node_config} must hold a JSON object (node.json's settings)")
+    if args.modem_model:
+        settings.setdefault("modem", {})["model"] = args.modem_model
+    firmware = Firmware.from_source(args.firmware or DEFAULT_FIRMWARE, compile_mpy=args.compile, march=args.march)
+    plan = NodePlan(args.port, args.device_id, site.binding, lender, lender_key, profile, settings, firmware,
+                    args.rotate, args.baud, args.pace, args.save_request, args.timeout)
+    result = provision_node(plan, console)
+    lines = [f"node {result.device}: key {result.public_key[:16]}... ({result.key} on the node), {result.enrollment}",
+             f"firmware: {result.files_sent} file(s) sent, {result.files_unchanged} unchanged, all verified"]
+    lines += [f"note: {note}" for note in result.notes]
+    console.result(result.to_json(), lines)
+    return 0
