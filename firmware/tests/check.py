@@ -23,3 +23,12 @@ def raises(error_type, function, *args, **kwargs):
     except error_type as error:
         return error
     raise AssertionError("%s did not raise %s" % (getattr(function, "__name__", function), error_type.__name__))
+
+
+def fresh_dir(tag):
+    """An empty directory under /tmp for one test's flash files (the unix port's filesystem stands in for littlefs)."""
+    import os
+
+    path = "/tmp/pw-fw-%s-%s" % (tag, binascii.hexlify(os.urandom(6)).decode())
+    os.mkdir(path)
+    return path

@@ -26,7 +26,12 @@ def main(argv):
     here = _directory_of(sys.argv[0])
     names = sorted(name[:-3] for name in os.listdir(here) if name.startswith("test_") and name.endswith(".py"))
     passed = failed = 0
+    resident = set(sys.modules)
     for name in names:
+        # Forget what the previous test module imported (firmware modules included), so each
+        # module has the device-sized heap to itself, as each phase of the node's cycle does.
+        for loaded in [loaded for loaded in sys.modules if loaded not in resident]:
+            del sys.modules[loaded]
         gc.collect()
         try:
             module = __import__(name)
@@ -55,9 +60,7 @@ def main(argv):
                 passed += 1
                 if verbose:
                     print("ok   %s" % full_name)
-        # Forget the test module so the next one has the device-sized heap to itself.
         del module, test
-        sys.modules.pop(name, None)
     print("%d passed, %d failed" % (passed, failed))
     return 1 if failed or not passed else 0
 

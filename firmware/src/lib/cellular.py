@@ -50,6 +50,7 @@ def parse_cereg(line):
     """<stat> from '+CEREG: <n>,<stat>[,...]' (read form) or '+CEREG: <stat>[,...]' (URC)."""
     parts = fields(line, "+CEREG:")
     if len(parts) >= 2 and not parts[1].startswith('"'):
+        integer(parts[0], "+CEREG <n>")
         return integer(parts[1], "+CEREG <stat>")
     return integer(parts[0], "+CEREG <stat>")
 

@@ -1,0 +1,159 @@
+"""The lender's node resource /n over real CoAP on 127.0.0.1: plain CoAP, node keys only, the gateway path's verification,
+de-duplication, quarantine and acks — and nothing else opened to plain CoAP."""
+from __future__ import annotations
+
+import os
+import socket
+
+import aiocoap
+import pytest
+from aiocoap.numbers import codes
+from aiocoap.optiontypes import BlockOption
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lender import registry
+from lender.node import MAX_NODE_BODY
+from telemetry import cbor
+from telemetry.envelope import GENESIS, Reason, seal
+from telemetry.identity import Identity
+from telemetry.senml import Record
+
+T0 = 1767225600
+
+
+class PlainCoap:
+    """A confirmable-request client over one UDP socket, no OSCORE: what a node's modem sends."""
+
+    def __init__(self, port: int) -> None:
+        self.address = ("127.0.0.1", port)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.mid = int.from_bytes(os.urandom(2), "big")
+
+    def post(self, payload: bytes, *, path=("n",), code=codes.POST, content_format: int | None = 60,
+             block1: BlockOption.BlockwiseTuple | None = None) -> aiocoap.Message:
+        self.mid = (self.mid + 1) & 0xFFFF
+        message = aiocoap.Message(code=code, payload=payload, uri_path=path)
+        message.mtype, message.mid, message.token = aiocoap.CON, self.mid, os.urandom(4)
+        if content_format is not None:
+            message.opt.content_format = content_format
+        if block1 is not None:
+            message.opt.block1 = block1
+        for _ in range(4):
+            self.sock.sendto(message.encode(), self.address)
+            self.sock.settimeout(3)
+            try:
+                while True:
+                    answer = aiocoap.Message.decode(self.sock.recvfrom(65536)[0])
+                    if answer.mtype == aiocoap.ACK and answer.code == codes.EMPTY:
+                        continue  # a separate response follows
+                    if answer.token == message.token:
+                        if answer.mtype == aiocoap.CON:
+                            empty = aiocoap.Message(code=codes.EMPTY)
+                            empty.mtype, empty.mid = aiocoap.ACK, answer.mid
+                            self.sock.sendto(empty.encode(), self.address)
+                        return answer
+            except TimeoutError:
+                continue
+        raise AssertionError("the lender did not answer")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Signer:
+    def __init__(self, name: str) -> None:
+        self.name, self.identity, self.seq, self.prev = name, Identity.generate(), 0, GENESIS
+
+    def next(self) -> bytes:
+        self.seq += 1
+        envelope = seal(self.identity, device=self.name, boot=1, seq=self.seq, prev=self.prev,
+                        records=[Record("temp", value=4.5, unit="Cel", time=T0 + self.seq)])
+        self.prev = envelope.digest
+        return envelope.raw
+
+
+@pytest.fixture
+def client(lender):
+    plain = PlainCoap(lender.port)
+    yield plain
+    plain.close()
+
+
+def enroll(lender, signer: Signer, *, oscore: bool = False) -> None:
+    with lender.store() as store:
+        registry.register(store, lender.data_dir, signer.name, signer.identity.public_key, with_oscore=oscore)
+
+
+def test_a_registered_node_posts_one_envelope_and_gets_the_gateway_paths_ack_exactly_once(lender, client):
+    node = Signer("yard-3")
+    enroll(lender, node)
+    raw = node.next()
+    answer = client.post(raw)
+    assert answer.code == codes.CHANGED and answer.opt.content_format == 60
+    assert cbor.decode(answer.payload) == {1: [1], 2: [], 3: []}
+    again = client.post(raw)  # a retransmission whose ack was lost
+    assert cbor.decode(again.payload) == {1: [], 2: [1], 3: []}
+    with lender.store() as store:
+        assert [e.seq for e in store.envelopes("yard-3")] == [1]
+
+
+def test_a_gateway_key_is_refused_on_the_node_path_and_kept_in_quarantine(lender, client):
+    gateway = Signer("gw-1")
+    enroll(lender, gateway, oscore=True)
+    answer = client.post(gateway.next())
+    ack = cbor.decode(answer.payload)
+    assert answer.code == codes.CHANGED and ack[1] == [] and ack[3][0][:2] == [0, Reason.UNKNOWN_KEY]
+    assert "OSCORE" in ack[3][0][2]
+    with lender.store() as store:
+        assert [q.reason for q in store.quarantined()] == [Reason.UNKNOWN_KEY]
+        assert list(store.envelopes("gw-1")) == []
+
+
+def test_unknown_revoked_and_forged_nodes_are_refused_with_the_gateway_paths_codes(lender, client):
+    stranger = Signer("nobody")
+    assert client.post(stranger.next()).code == codes.UNAUTHORIZED
+    revoked = Signer("yard-old")
+    enroll(lender, revoked)
+    with lender.store() as store:
+        registry.revoke(store, "yard-old")
+    assert client.post(revoked.next()).code == codes.FORBIDDEN
+    node = Signer("yard-4")
+    enroll(lender, node)
+    forged = bytearray(node.next())
+    forged[-1] ^= 0x01  # one bit of the signature
+    ack = cbor.decode(client.post(bytes(forged)).payload)
+    assert ack[1] == [] and ack[3][0][1] == Reason.BAD_SIGNATURE
+    with lender.store() as store:
+        assert {q.reason for q in store.quarantined()} == {Reason.UNKNOWN_KEY, Reason.REVOKED, Reason.BAD_SIGNATURE}
+
+
+def test_bodies_that_are_not_one_small_envelope_are_refused_with_a_reason(lender, client):
+    node = Signer("yard-5")
+    enroll(lender, node)
+    raw = node.next()
+    assert client.post(cbor.encode([raw])).code == codes.BAD_REQUEST  # the gateway's array belongs on /t
+    too_big = client.post(b"\xd2" + bytes(MAX_NODE_BODY))
+    assert too_big.code == codes.REQUEST_ENTITY_TOO_LARGE and too_big.opt.size1 == MAX_NODE_BODY
+    assert client.post(raw, content_format=0).code == codes.UNSUPPORTED_CONTENT_FORMAT
+    assert client.post(raw, code=codes.GET).code == codes.METHOD_NOT_ALLOWED
+    blockwise = client.post(raw[:64], block1=BlockOption.BlockwiseTuple(0, True, 2))
+    assert blockwise.code == codes.REQUEST_ENTITY_TOO_LARGE and blockwise.opt.size1 == MAX_NODE_BODY
+    assert cbor.decode(client.post(raw).payload)[1] == [1], "the node can still deliver"
+
+
+def test_plain_coap_opens_only_the_node_path_the_gateway_path_still_requires_oscore(lender, client):
+    node = Signer("yard-6")
+    enroll(lender, node)
+    assert client.post(cbor.encode([node.next()]), path=("t",)).code == codes.UNAUTHORIZED
+    assert client.post(b"", path=(".well-known", "core"), code=codes.GET).code == codes.UNAUTHORIZED
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.one_of(st.binary(max_size=300), st.binary(max_size=200).map(lambda b: b"\xd2\x84" + b)))
+def test_any_body_gets_an_answer_and_the_lender_keeps_serving(lender, client, body):
+    answer = client.post(body)
+    assert answer.code in (codes.CHANGED, codes.BAD_REQUEST, codes.UNAUTHORIZED, codes.REQUEST_ENTITY_TOO_LARGE), answer
+    if answer.code == codes.CHANGED:
+        assert cbor.decode(answer.payload)[1] == []
