@@ -89,3 +89,10 @@ class AckError(UplinkError, ValueError):
 class ConfigError(AgentError, ValueError):
     """The agent's config file is missing, not TOML, or breaks a rule; the
     message names the file, the key and what is allowed."""
+
+
+# --- the modem health monitor (agent.health) -------------------------------
+
+class ModemHealthConfigError(AgentError, ValueError):
+    """A [modem] setting is unusable: an unknown model, a bound that is not
+    positive, a reset cap below 1; the message names the key."""
