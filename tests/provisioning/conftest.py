@@ -18,6 +18,7 @@ def board(tmp_path):
         yield simulated
 
 
+import datetime as dt  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
@@ -81,9 +82,11 @@ def site(tmp_path):
         'geofence = { lat = -1.3192, lon = 36.8581, radius_m = 150.0 }\n\n'
         f'[[sensors]]\nkind = "ds18b20"\nname = "temp"\ndevice_id = "{probe.device_id}"\n'
         f'base_dir = "{tree.devices_dir}"\ninterval_s = 1\n\n'
+        '[[sensors]]\nkind = "contact"\nname = "tamper"\npin = 17\npull_up = false\nsettle_s = 0.02\n\n'
         '[uplink]\nbatch_interval = 1.0\nbackoff_initial = 0.2\nbackoff_cap = 1.0\nack_timeout = 0.5\n'
     )
-    with ModemSimulator("rm520n", link=tmp_path / "modem") as modem:
+    now = dt.datetime.now(dt.timezone.utc)
+    with ModemSimulator("rm520n", link=tmp_path / "modem", network_time=now) as modem:
         yield Site(tmp_path, lender, profile, modem, tree, probe.device_id)
     lender.stop()
 
