@@ -73,6 +73,7 @@ class ScenarioResult:
     faults: list[FaultRecord] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     invariant: invariant.InvariantReport | None = None
+    node_invariants: dict[str, invariant.InvariantReport] = field(default_factory=dict)
     agent_starts: int = 0
     power_cuts: int = 0
     proxy: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -88,6 +89,7 @@ class ScenarioResult:
             "samples": [[s.at, s.spooled, s.head_seq, s.delivered, s.lender_max_seq, s.uploads, s.agent_up]
                         for s in self.samples],
             "invariant": self.invariant.to_json() if self.invariant else None,
+            "node_invariants": {name: report.to_json() for name, report in self.node_invariants.items()},
             "agent_starts": self.agent_starts, "power_cuts": self.power_cuts, "proxy": self.proxy,
             "notes": self.notes, "logs": self.logs, "drained_after_s": self.drained_after_s,
         }
@@ -113,6 +115,10 @@ def _agent_config(*, device: str, state_dir: Path, lender_uri: str, security_con
     return "\n".join(lines) + "\n"
 
 
+def _public_key(seed: bytes) -> bytes:
+    return Identity(seed).public_key
+
+
 def _copy_private(source: Path, target: Path) -> None:
     """Copy a directory of secrets with the modes the agent insists on (0700 / 0600)."""
     shutil.copytree(source, target)
@@ -126,7 +132,7 @@ class Bench:
 
     def __init__(self, env: Environment, workdir: Path, *, name: str = "scenario", profile: Profile = Profile(),
                  agent_command: Sequence[str] | None = None, limited_disk: bool = False, with_modem: bool = True,
-                 observe_every_s: float = 0.25) -> None:
+                 with_nodes: bool = False, observe_every_s: float = 0.25) -> None:
         self.env = env
         self.workdir = Path(workdir)
         self.profile = profile
@@ -136,6 +142,9 @@ class Bench:
         self.result = ScenarioResult(name=name, env=env.name, profile=profile.name, started=time.time())
         self._limited_disk = limited_disk
         self._with_modem = with_modem
+        self._with_nodes = with_nodes
+        self.nodes: dict = {}               # name -> hil.node.SimulatedNode
+        self.node_modems: dict = {}         # name -> its simulated NB-IoT modem
         self._observe_every_s = observe_every_s
         self._finished = False
         self.gateway_dir = self.workdir / "gateway"
@@ -187,6 +196,9 @@ class Bench:
         self.lender = LenderProcess(self.lender_dir, bind=lender_spec.bind, insecure=lender_spec.security == "insecure",
                                     max_body=lender_spec.max_body, log_path=self.logs_dir / "lender.log")
         context = self.lender.register(self.device, self.identity.public_key.hex())
+        node_seeds = {spec.name: os.urandom(32) for spec in self.env.nodes} if self._with_nodes else {}
+        for name, seed in node_seeds.items():
+            self.lender.register_node(name, _public_key(seed).hex())
         security_context = None
         if context is not None:
             security_context = self.gateway_dir / "oscore"
@@ -201,6 +213,9 @@ class Bench:
             lender_uri = f"coap://127.0.0.1:{self.proxy.port}"
         else:
             lender_uri = f"coap://{target[0]}:{target[1]}"
+
+        if node_seeds:
+            self._start_nodes(node_seeds, self.proxy.port if self.proxy is not None else target[1])
 
         self.onewire = OneWireTree(self.gateway_dir / "w1")
         sensors = gateway.sensors
@@ -245,6 +260,19 @@ class Bench:
         self.agent.start()
         self.observer.start()
         return self
+
+    def _start_nodes(self, seeds: dict[str, bytes], lender_port: int) -> None:
+        from hil.node import SimulatedNode
+        from hil.sim.modem import ModemSimulator
+
+        for spec in self.env.nodes:
+            node = SimulatedNode(spec, self.workdir / "nodes" / spec.name, lender_port=lender_port, seed=seeds[spec.name])
+            self.nodes[spec.name] = node
+            self.node_modems[spec.name] = ModemSimulator(node.model, link=self.workdir / "nodes" / f"{spec.name}-uart").start()
+
+    def run_node(self, name: str, cycles: list[dict]) -> list[dict]:
+        """Run cycles of node `name` under MicroPython on its simulated modem; one result per cycle."""
+        return self.nodes[name].run(self.node_modems[name].path, cycles)
 
     def _start_modem(self) -> None:
         from hil.sim.modem import ModemSimulator
@@ -364,17 +392,21 @@ class Bench:
             log.warning("%s", exc)
         self.agent.stop()
         self.result.invariant = self.verdict()
-        self.result.invariant.raise_if_failed()
+        for name, node in self.nodes.items():
+            self.result.node_invariants[name] = self.verdict(device=name, head_seq=node.head_seq, spooled=node.buffered)
+        for report in (self.result.invariant, *self.result.node_invariants.values()):
+            report.raise_if_failed()
         return self.result.invariant
 
-    def verdict(self) -> invariant.InvariantReport:
-        """The invariant check now (the agent must be stopped)."""
-        status = self.agent.status()
-        spooled = spooled_seqs(self.state_dir)
-        rows = [json.loads(line) for line in
-                self.lender.export(self.device, self.workdir / "export.jsonl").read_text().splitlines() if line.strip()]
+    def verdict(self, device: str | None = None, *, head_seq: int | None = None,
+                spooled: Sequence[int] | None = None) -> invariant.InvariantReport:
+        """The invariant check for the gateway (the agent must be stopped), or for `device` with its head and outbox."""
+        if device is None:
+            device, head_seq, spooled = self.device, self.agent.status()["head_seq"], spooled_seqs(self.state_dir)
+        export = self.lender.export(device, self.workdir / f"export-{device}.jsonl")
+        rows = [json.loads(line) for line in export.read_text().splitlines() if line.strip()]
         keys = [DeviceKey(d["device"], bytes.fromhex(d["public_key_hex"])) for d in self.lender.devices()]
-        return invariant.check(self.device, head_seq=status["head_seq"], rows=rows, keys=keys, spooled=spooled)
+        return invariant.check(device, head_seq=head_seq, rows=rows, keys=keys, spooled=spooled or ())
 
     def envelopes(self) -> list:
         """The device's envelopes as the lender exported them at the end (`finish()` first), decoded, by seq."""
@@ -382,7 +414,7 @@ class Bench:
 
         from telemetry.envelope import decode
 
-        export = self.workdir / "export.jsonl"
+        export = self.workdir / f"export-{self.device}.jsonl"
         if not export.exists():
             raise BenchError("no export yet: call finish() before reading the lender's envelopes")
         rows = [json.loads(line) for line in export.read_text().splitlines() if line.strip()]
@@ -406,6 +438,8 @@ class Bench:
             self.proxy.stop()
         if self.modem_simulator is not None:
             self.modem_simulator.stop()
+        for simulator in self.node_modems.values():
+            simulator.stop()
         if self.relay is not None:
             self.relay.close()
         if self.disk is not None:

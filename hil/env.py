@@ -313,12 +313,15 @@ def _disk_missing(disk: DiskSpec | None) -> str | None:
 def _node_missing(nodes: tuple[NodeSpec, ...]) -> str | None:
     if not nodes:
         return "the bench declares no [[nodes]]"
-    from hil.sim.models import MODELS
+    from hil.exc import BenchError
+    from hil.node import modem_model
+
     for node in nodes:
         main = REPO / node.firmware / node.main
-        if node.modem_model not in MODELS:
-            return (f"node {node.name}: hil.sim.models has no {node.modem_model!r} NB-IoT modem model yet "
-                    f"(simulated models: {', '.join(sorted(MODELS))})")
+        try:
+            modem_model(node.modem_model)
+        except BenchError:
+            return f"node {node.name}: hil.sim.models has no {node.modem_model!r} NB-IoT modem model yet"
         if not main.is_file():
             return f"node {node.name}: the firmware has no node cycle at {main.relative_to(REPO)} yet"
         if shutil.which("micropython") is None and not (Path(sys.executable).parent / "micropython").exists():

@@ -6,7 +6,8 @@ Options: ``--hil-env FILE`` names the bench (`hil.env`); ``--hil-profile``
 picks short (the `make test` run) or long scenario versions;
 ``--hil-report DIR`` is where the run's report goes (default
 ``reports/hil-<bench name>`` under the rootdir, written whenever a scenario
-ran against a bench).
+ran against a bench); ``--hil-agent-command ARGV`` starts another agent
+build than the bench's (the rig's own tests run a deliberately defective one).
 
 Tests declare what the bench must offer with ``@pytest.mark.needs("modem_faults",
 "power_relay")`` and are skipped on a bench that lacks it, with a message
@@ -23,6 +24,7 @@ The plugin is loaded in every pytest run of the project; without
 """
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 
@@ -41,6 +43,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="short scenario versions (make test) or long ones (make hil); default short")
     group.addoption("--hil-report", metavar="DIR", default=None,
                     help="where to write the run's report (default reports/hil-<bench name> under the rootdir)")
+    group.addoption("--hil-agent-command", metavar="ARGV", default=None,
+                    help="start the agent with this command instead of the bench's (shell words; {python} and "
+                         "{config} are substituted): run the scenarios against another agent build")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -112,7 +117,11 @@ def make_bench(request: pytest.FixtureRequest, hil_env, hil_profile, tmp_path: P
         if benches:
             raise RuntimeError("one bench per test")
         options = {"name": request.node.name, "profile": hil_profile,
-                   "limited_disk": "disk_full" in _needs(request.node)}
+                   "limited_disk": "disk_full" in _needs(request.node),
+                   "with_nodes": "nbiot_node" in _needs(request.node)}
+        command = request.config.getoption("--hil-agent-command")
+        if command:
+            options["agent_command"] = shlex.split(command)
         options.update(overrides)
         bench = Bench(hil_env, tmp_path / "bench", **options)
         benches.append(bench)

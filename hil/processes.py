@@ -140,6 +140,11 @@ class LenderProcess(ManagedProcess):
         run_cli(args)
         return None if self.insecure else self.data / "device-contexts" / device
 
+    def register_node(self, device: str, public_key_hex: str) -> None:
+        """Register an NB-IoT node: no OSCORE context (nodes POST signed envelopes to /n over plain CoAP)."""
+        run_cli(["lender", "register", "--data", str(self.data), "--device", device, "--public-key", public_key_hex,
+                 "--asset", "hil bench node", "--no-oscore"])
+
     def start(self, timeout: float = 30.0) -> None:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         super().start()
