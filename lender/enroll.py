@@ -1,7 +1,7 @@
 """Enrollment at the lender: the request and response format, the technician registry, and the CoAP resources.
 
 A device becomes known to the lender by an *enrollment request* that two
-keys sign (docs/enrollment.md has the byte layout and the reasons):
+keys sign (docs/decisions.md, "Enrollment", has the layout and the reasons):
 
 * the device's own Ed25519 key (proof that whoever asks holds the key), and
 * a registered field technician's Ed25519 key (someone accountable vouches
