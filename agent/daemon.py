@@ -2,9 +2,10 @@
 
 One asyncio task per polled sensor (each read isolated, so a failing or hung
 sensor becomes a signed fault record and never stops the others), one task
-for push inputs (tamper and door contacts report each change at once), and
-the uplink. Signing and spooling happen inline in the event loop: an append
-at synchronous=FULL costs ~0.15 ms here (bench/spool.py).
+for push inputs (tamper and door contacts report each change at once), the
+uplink, and the modem health monitor (agent.health) when one is given.
+Signing and spooling happen inline in the event loop: an append at
+synchronous=FULL costs ~0.15 ms here (bench/spool.py).
 
 Runs under systemd as Type=notify: READY=1 once the chain is resumed, then
 WATCHDOG=1 at half the watchdog interval while the loop is alive.
@@ -21,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 from agent.clock import Instant, TrustedClock, stamp
 from agent.exc import SpoolError
+from agent.health import ModemHealthMonitor
 from agent.recorder import Recorder
 from agent.rules import Emission, RulesEngine, RulesStateFile
 from agent.spool import Spool
@@ -81,6 +83,7 @@ class Agent:
         trusted_clock: TrustedClock | None = None,
         rules_state: RulesStateFile | None = None,
         rule_tick: float = 1.0,
+        modem_health: ModemHealthMonitor | None = None,
     ) -> None:
         self.device = device
         self.identity = identity
@@ -98,6 +101,8 @@ class Agent:
         self.trusted_clock = trusted_clock
         self.rules_state = rules_state
         self.rule_tick = rule_tick
+        # the modem health monitor (agent.health): its status and alarms go through record(), SIM/IMEI to modem_identity()
+        self.modem_health = modem_health
 
     def record(self, records: list[Record], instant: Instant | None = None) -> Envelope | None:
         """Sign and spool one reading; an alarm wakes the uplink at once.
@@ -179,6 +184,8 @@ class Agent:
         if self.rules is not None:
             instant = self._now()
             self.emit(self.rules.modem_identity(instant, imei=imei, iccid=iccid), instant)
+            if self.rules_state is not None:  # a first enrollment emits nothing but must survive a power cut
+                self.rules_state.save(self.rules.snapshot())
 
     def _gnss_time(self, sensor) -> None:
         """A GNSS fix's UTC is a time reference for the trusted clock."""
@@ -243,6 +250,8 @@ class Agent:
         if watchdog_interval > 0:
             tasks.append(asyncio.create_task(self._watchdog(watchdog_interval), name="watchdog"))
         tasks.append(asyncio.create_task(self._checkpoint(), name="checkpoint"))
+        if self.modem_health is not None:
+            tasks.append(asyncio.create_task(self.modem_health.run(self.record, self.modem_identity), name="modem health"))
         if self.rules is not None:
             instant = self._now()
             self.emit([self.rules.manifest(instant)], instant)

@@ -78,3 +78,58 @@ def test_a_door_opening_becomes_a_signed_alarm_envelope_and_stays_latched_across
     assert alarm_states(envelopes(spool)) == [("alarm.door.cold-store", "raised"), ("alarm.door.cold-store", "cleared")]
     assert rules.raised == frozenset()
     spool.close()
+
+
+def test_hours_without_a_lender_ack_raise_connectivity_and_the_uplinks_next_delivered_batch_clears_it(tmp_path):
+    """The daemon watches the uplink's last exchange: only a batch the lender acked counts as contact."""
+    from agent.recorder import Recorder
+    from agent.uplink import Exchange, Result, Uplink, UplinkConfig
+
+    mono = [0.0]
+    spool, state = Spool.open(tmp_path / "spool.db"), AgentState.open(tmp_path / "state.json")
+    clock = TrustedClock(kernel_synced=lambda: True, monotonic=lambda: mono[0], wall=lambda: 1_767_571_200 + mono[0])
+    uplink = Uplink(UplinkConfig(lender="coap://127.0.0.1:9", insecure=True), spool)  # never started: no traffic
+    rules = RulesEngine([], [], start=clock.now())
+    agent = Agent(device=DEVICE, identity=IDENTITY, spool=spool, state=state, uplink=uplink, rules=rules,
+                  trusted_clock=clock, rule_tick=0.01)
+    agent.recorder = Recorder.start(IDENTITY, DEVICE, spool, state, now=clock.now().wall)
+
+    async def scenario():
+        ticking = asyncio.create_task(agent._rules_tick())
+        await asyncio.sleep(0.05)
+        mono[0] = 7 * 3600.0  # seven hours later, nothing acked
+        uplink.last_exchange = Exchange(Result.FAILED, (1,), detail="no answer")
+        await asyncio.sleep(0.05)
+        assert rules.raised == {"alarm.connectivity.gateway"}
+        uplink.last_exchange = Exchange(Result.FAILED, (1,), detail="no answer")  # another failure: still cut off
+        await asyncio.sleep(0.05)
+        assert rules.raised == {"alarm.connectivity.gateway"}
+        uplink.last_exchange = Exchange(Result.DELIVERED, (1,), deleted=1)
+        await asyncio.sleep(0.05)
+        ticking.cancel()
+
+    asyncio.run(scenario())
+    states = [(r.name, r.string) for e in envelopes(spool) for r in e.records if r.name == "alarm.connectivity.gateway"]
+    assert states == [("alarm.connectivity.gateway", "raised"), ("alarm.connectivity.gateway", "cleared")]
+    assert rules.raised == frozenset()
+    spool.close()
+    state.close()
+
+
+def test_the_modem_health_monitors_entry_point_turns_a_swapped_sim_into_a_signed_alarm(tmp_path):
+    from agent.recorder import Recorder
+
+    spool, state = Spool.open(tmp_path / "spool.db"), AgentState.open(tmp_path / "state.json")
+    clock = TrustedClock(kernel_synced=lambda: True)
+    rules_file = RulesStateFile(tmp_path / "rules.json")
+    agent = Agent(device=DEVICE, identity=IDENTITY, spool=spool, state=state, trusted_clock=clock,
+                  rules=RulesEngine([], [], start=clock.now()), rules_state=rules_file)
+    agent.recorder = Recorder.start(IDENTITY, DEVICE, spool, state, now=clock.now().wall)
+    agent.modem_identity(imei="356938035643809", iccid="8944500102198304826")
+    assert rules_file.load()["modem"]["iccid"] == "8944500102198304826"  # enrolled on disk at once
+    agent.modem_identity(imei="356938035643809", iccid="8949226000001234567")
+    sim = [e for e in envelopes(spool) if any(r.name == "alarm.sim.gateway" for r in e.records)]
+    assert len(sim) == 1 and sim[0].alarm
+    assert rules_file.load()["modem"] == {"imei": "356938035643809", "iccid": "8944500102198304826"}
+    spool.close()
+    state.close()
