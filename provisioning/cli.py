@@ -175,7 +175,7 @@ def _gateway(args: argparse.Namespace, console: Console) -> int:
     plan = gateway.GatewayPlan(
         device=args.device_id, binding=site.binding, lender=lender, lender_key=lender_key, config_dir=args.config_dir,
         state_dir=args.state_dir, modem_port=None if args.no_modem else args.modem, sensors=site.sensors,
-        uplink=site.uplink,
+        uplink=site.uplink, assets=site.assets, rules=site.rules,
         technician=profile if args.technician is None else None, technician_id=args.technician,
         owner=Owner.of(args.user), rotate=args.rotate, install_systemd=args.install_systemd,
         systemd_dir=args.systemd_dir, install_udev=args.install_udev, udev_dir=args.udev_dir, timeout=args.timeout,

@@ -111,6 +111,8 @@ class SiteFile:
     binding: AssetBinding
     sensors: tuple[dict, ...] = ()
     uplink: dict = field(default_factory=dict)
+    assets: tuple[dict, ...] = ()   # agent.toml [[assets]]: what the edge rules judge (agent.assets)
+    rules: dict = field(default_factory=dict)  # agent.toml [rules]
 
 
 def load_site(path: str | os.PathLike) -> SiteFile:
@@ -126,6 +128,12 @@ def load_site(path: str | os.PathLike) -> SiteFile:
         pin = 17
         [uplink]                     # optional: extra [uplink] settings (batch_interval, ...)
         batch_interval = 30
+        [[assets]]                   # optional: copied into agent.toml for the edge rules (agent.assets)
+        name = "cold-store"
+        kind = "stock"
+        sensors = ["temp", "tamper"]
+        [rules]                      # optional: copied into agent.toml
+        timezone = "Africa/Nairobi"
     """
     path = Path(path)
     try:
@@ -156,10 +164,15 @@ def load_site(path: str | os.PathLike) -> SiteFile:
     if not isinstance(uplink, dict) or {"lender", "security_context", "insecure"} & set(uplink):
         raise SetupError(f"asset file {path}: [uplink] may tune the uplink (batch_interval, ...) but not set "
                          "lender, security_context or insecure: provisioning sets those")
-    unknown = sorted(set(data) - {"asset", "sensors", "uplink"})
+    assets = data.get("assets", [])
+    rules = data.get("rules", {})
+    if not isinstance(assets, list) or not all(isinstance(a, dict) for a in assets) or not isinstance(rules, dict):
+        raise SetupError(f"asset file {path}: assets must be an array of tables ([[assets]]), rules a table")
+    unknown = sorted(set(data) - {"asset", "sensors", "uplink", "assets", "rules"})
     if unknown:
-        raise SetupError(f"asset file {path}: unknown table(s) {', '.join(unknown)}; allowed: asset, sensors, uplink")
-    return SiteFile(binding, tuple(sensors), dict(uplink))
+        raise SetupError(f"asset file {path}: unknown table(s) {', '.join(unknown)}; "
+                         "allowed: asset, sensors, uplink, assets, rules")
+    return SiteFile(binding, tuple(sensors), dict(uplink), tuple(assets), dict(rules))
 
 
 def _toml_value(value: object) -> str:
@@ -177,7 +190,7 @@ def _toml_value(value: object) -> str:
 
 
 def render_config(device: str, state_dir: Path, lender: str, context: str, sensors: Sequence[Mapping],
-                  uplink: Mapping | None = None) -> str:
+                  uplink: Mapping | None = None, assets: Sequence[Mapping] = (), rules: Mapping | None = None) -> str:
     """The agent's config (agent.config's format); paths relative to the config file where they can be."""
     lines = [
         "# Written by `pledgewatch provision gateway`; re-run it to change this file.",
@@ -193,8 +206,11 @@ def render_config(device: str, state_dir: Path, lender: str, context: str, senso
            if context == PARKED_DIR else ""),
     ]
     lines += [f"{key} = {_toml_value(value)}" for key, value in (uplink or {}).items()]
-    for sensor in sensors:
-        lines += ["", "[[sensors]]"] + [f"{key} = {_toml_value(value)}" for key, value in sensor.items()]
+    if rules:
+        lines += ["", "[rules]"] + [f"{key} = {_toml_value(value)}" for key, value in rules.items()]
+    for table, entries in (("sensors", sensors), ("assets", assets)):
+        for entry in entries:
+            lines += ["", f"[[{table}]]"] + [f"{key} = {_toml_value(value)}" for key, value in entry.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -211,6 +227,8 @@ class GatewayPlan:
     modem_port: str | None = None
     sensors: tuple[dict, ...] = ()
     uplink: dict = field(default_factory=dict)
+    assets: tuple[dict, ...] = ()
+    rules: dict = field(default_factory=dict)
     technician: TechnicianProfile | None = None
     technician_id: str | None = None
     owner: Owner = field(default_factory=lambda: Owner.of(None))
@@ -422,7 +440,8 @@ def _park(plan: GatewayPlan, rollback: Rollback) -> str:
 
 def _write_config(plan: GatewayPlan, context_name: str, rollback: Rollback) -> None:
     rollback.replaced_file(plan.config_file)
-    text = render_config(plan.device, plan.state_dir, plan.lender, context_name, plan.sensors, plan.uplink)
+    text = render_config(plan.device, plan.state_dir, plan.lender, context_name, plan.sensors, plan.uplink,
+                         plan.assets, plan.rules)
     write_file(plan.config_file, text.encode(), 0o640, plan.owner, group_only=True)
     binding = plan.config_dir / BINDING_FILE
     rollback.replaced_file(binding)
