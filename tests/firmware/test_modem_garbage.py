@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import select
 import threading
+import time
 import tty
 
 from hypothesis import HealthCheck, given, settings
@@ -82,3 +83,47 @@ def test_garbage_from_the_modem_is_always_a_node_error_never_a_crash(run_micropy
     assert result.returncode == 0 and len(outcomes) == OPERATIONS, result.stdout + result.stderr
     crashes = [line for line in outcomes if not (line == "OK" or line.startswith("E "))]
     assert not crashes, (crashes, seen)
+
+
+LATE_ANSWER_SCRIPT = """
+import machine
+from atport import AtPort
+from cellular import Cellular
+from errors import ModemTimeout
+modem = Cellular(AtPort(machine.UART(1, 9600, timeout=0, timeout_char=0), late_ms=300), timeout_ms=100)
+try:
+    modem.registration()
+    print("no timeout")
+except ModemTimeout:
+    print("timeout")
+print(modem.registration())
+"""
+
+
+def test_a_late_answer_to_a_timed_out_command_is_never_taken_for_the_next_commands(run_micropython):
+    controller, device = os.openpty()
+    tty.setraw(device)
+
+    def modem() -> None:
+        # A modem answers in order: the first answer comes late (after the node gave up), the second
+        # only after it, as soon as it can.
+        answers = [(0.25, b"\r\n+CEREG: 0,5\r\n\r\nOK\r\n"), (0.0, b"\r\n+CEREG: 0,1\r\n\r\nOK\r\n")]
+        pending = bytearray()
+        free_at = time.monotonic()
+        while answers:
+            pending += os.read(controller, 256)
+            while b"\r" in pending and answers:
+                del pending[: pending.index(b"\r") + 1]
+                delay, answer = answers.pop(0)
+                free_at = max(time.monotonic() + delay, free_at + 0.01)
+                threading.Timer(free_at - time.monotonic(), os.write, (controller, answer)).start()
+
+    peer = threading.Thread(target=modem, daemon=True)
+    peer.start()
+    try:
+        result = run_micropython("-c", LATE_ANSWER_SCRIPT, env={"PLEDGEWATCH_UART1": os.ttyname(device)}, timeout=30)
+    finally:
+        peer.join(5)
+        os.close(controller)
+        os.close(device)
+    assert result.stdout.split() == ["timeout", "1"], result.stdout + result.stderr

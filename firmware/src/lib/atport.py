@@ -17,6 +17,10 @@ Two vendor shapes need more than lines:
   CR and LF inside the data (`command(..., binary="+CARECV: ")`, the bytes land
   in `self.data`).
 
+A command that timed out may still be answered later; that late final
+result must not be taken for the next command's. So after a timeout the next
+command first gives the late answer `late_ms` to arrive and discards it.
+
 `commands` counts round trips, the figure bench/firmware.py reports.
 """
 
@@ -40,13 +44,15 @@ def _error_code(line):
 
 
 class AtPort:
-    def __init__(self, uart, urcs=(), feed=None, max_line=1100, urc_backlog=16, idle_ms=2):
+    def __init__(self, uart, urcs=(), feed=None, max_line=1100, urc_backlog=16, idle_ms=2, late_ms=200):
         self.uart = uart
         self.urc_prefixes = tuple(urcs)
         self.feed = feed
         self.max_line = max_line
         self.urc_backlog = urc_backlog
         self.idle_ms = idle_ms
+        self.late_ms = late_ms
+        self._stale = False  # the last command timed out: its answer may still come
         self.commands = 0
         self.garbage = 0
         self.dropped_urcs = 0
@@ -189,6 +195,8 @@ class AtPort:
         `data` is sent after the ``>`` prompt; `binary` names a length-prefixed
         answer whose bytes go to `self.data`.
         """
+        if self._stale:
+            self._discard_late_answer()
         self.poll()
         self.commands += 1
         self.data = b""
@@ -202,6 +210,7 @@ class AtPort:
             try:
                 item = self._next(deadline, prompt=waiting_for_prompt, binary=binary_prefix)
             except ModemTimeout:
+                self._stale = True
                 raise ModemTimeout("%s: no final result code within %d ms (lines so far: %r)" % (text, timeout_ms, lines[-3:]))
             if item is PROMPT:
                 self.uart.write(data)
@@ -224,6 +233,19 @@ class AtPort:
                 self._queue_urc(line)
             else:
                 lines.append(line)
+
+    def _discard_late_answer(self):
+        deadline = time.ticks_add(time.ticks_ms(), self.late_ms)
+        while True:
+            try:
+                line = self._line(deadline)
+            except ModemTimeout:
+                break
+            if self._is_urc(line):
+                self._queue_urc(line)
+            else:
+                self.garbage += 1
+        self._stale = False
 
     def take_urc(self, prefix):
         """A queued URC starting with prefix (removed from the queue), or None; never waits."""
