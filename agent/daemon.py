@@ -164,7 +164,9 @@ class Agent:
     def emit(self, emissions: Sequence[Emission], instant: Instant) -> None:
         """Record what the rules emitted, one envelope each (an alarm envelope wakes the uplink)."""
         for emission in emissions:
-            self.record(emission.records(), instant)
+            records = emission.records()
+            if records:  # a manifest of a site without assets says nothing
+                self.record(records, instant)
         if emissions and self.rules_state is not None and self.rules is not None:
             self.rules_state.save(self.rules.snapshot())
 
