@@ -25,6 +25,11 @@ ephemeral X25519 + XSalsa20-Poly1305). Only the device can open it; only the
 lender can have signed it. The exact same request again gets the exact same
 response (a lost answer, a second ``submit``), so retrying is always safe.
 
+Site files (``GET /enroll/sites/<asset id>``): the asset binding and the
+sensors of a pledged asset as the lender's staff wrote them
+(``DATA/enroll/sites/<asset id>.toml``), signed with the enrollment key so a
+gateway can take its binding from the lender instead of a file.
+
 Installation reports (``POST /installations``) are COSE_Sign over the
 pre-flight results, signed by the enrolled device and the technician, and
 kept under ``DATA/enroll/reports/<device>/``.
@@ -46,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiocoap
+import aiocoap.resource
 import nacl.exceptions
 import nacl.public
 from aiocoap import interfaces
@@ -70,10 +76,13 @@ log = logging.getLogger(__name__)
 
 ENROLL_PATH = ("enroll",)
 REPORTS_PATH = ("installations",)
+SITES_PATH = ("enroll", "sites")  # GET /enroll/sites/<asset id>: the lender's site file for that asset, signed
 CBOR_FORMAT = 60
 REQUEST_AAD = b"pledgewatch-enroll-request/1"
 RESPONSE_AAD = b"pledgewatch-enroll-response/1"
 REPORT_AAD = b"pledgewatch-installation-report/1"
+SITE_AAD = b"pledgewatch-site/1"
+MAX_SITE = 32768
 COSE_SIGN, COSE_SIGN1, EDDSA = 98, 18, -8
 MAX_REQUEST = 4096
 MAX_REPORT = 16384
@@ -734,6 +743,20 @@ class EnrollmentDesk:
         saved.unlink(missing_ok=True)
         (enroll_dir(self.data_dir) / "requests" / f"{device}.json").unlink(missing_ok=True)
 
+    def site(self, asset: str) -> Answer:
+        """The site file staff keep for `asset` (``DATA/enroll/sites/<asset>.toml``), signed by the enrollment key."""
+        if not _ID.fullmatch(asset or ""):
+            return _refuse(codes.BAD_REQUEST, f"asset id {asset!r} is not a valid id")
+        path = enroll_dir(self.data_dir) / "sites" / f"{asset}.toml"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return _refuse(codes.NOT_FOUND, f"the lender has no site file for asset {asset} "
+                                            f"(staff: put it in {path.parent}/)")
+        if len(data) > MAX_SITE:
+            return _refuse(codes.INTERNAL_SERVER_ERROR, f"the site file for {asset} is over {MAX_SITE} bytes")
+        return Answer(codes.CONTENT, encode_sign1(self.identity, data, SITE_AAD), asset, signed=True)
+
     def report(self, data: bytes) -> Answer:
         """Check and keep one signed installation report."""
         try:
@@ -822,6 +845,25 @@ class _DeskResource(interfaces.Resource):
         return response
 
 
+class _SiteResource(aiocoap.resource.Resource):
+    """``GET /enroll/sites/<asset id>``: small, so aiocoap's own Block2 handling serves it."""
+
+    def __init__(self, thread, desk: EnrollmentDesk) -> None:
+        super().__init__()
+        self._thread = thread
+        self._desk = desk
+
+    async def render_get(self, request):
+        path = request.opt.uri_path
+        if len(path) != 3:
+            return aiocoap.Message(code=codes.NOT_FOUND, payload=b"GET /enroll/sites/<asset id>")
+        answer = await self._thread.call(self._desk.site, path[2])
+        response = aiocoap.Message(code=answer.code, payload=answer.payload)
+        if answer.signed:
+            response.opt.content_format = ContentFormat(CBOR_FORMAT)
+        return response
+
+
 class EnrollmentRoute(interfaces.Resource):
     """Plain-CoAP ``/enroll`` and ``/installations`` in front of the lender's other resources.
 
@@ -830,10 +872,12 @@ class EnrollmentRoute(interfaces.Resource):
     other request, and any OSCORE-protected one, goes to `inner`.
     """
 
-    def __init__(self, inner: interfaces.Resource, enroll: interfaces.Resource, reports: interfaces.Resource) -> None:
+    def __init__(self, inner: interfaces.Resource, enroll: interfaces.Resource, reports: interfaces.Resource,
+                 sites: interfaces.Resource | None = None) -> None:
         super().__init__()
         self._inner = inner
         self._routes = {ENROLL_PATH: enroll, REPORTS_PATH: reports}
+        self._sites = sites
 
     async def render(self, request):
         raise RuntimeError("only render_to_pipe is used")
@@ -846,7 +890,12 @@ class EnrollmentRoute(interfaces.Resource):
 
     async def render_to_pipe(self, pipe) -> None:
         request = pipe.request
-        target = self._routes.get(tuple(request.opt.uri_path)) if request.opt.oscore is None else None
+        target = None
+        if request.opt.oscore is None:
+            path = tuple(request.opt.uri_path)
+            target = self._routes.get(path)
+            if target is None and path[:2] == SITES_PATH and self._sites is not None:
+                target = self._sites
         await (target or self._inner).render_to_pipe(pipe)
 
 
@@ -854,7 +903,7 @@ def enrollment_route(inner: interfaces.Resource, thread, store, data_dir: str | 
     """What lender.server serves: `inner` with the enrollment resources beside it (see `EnrollmentRoute`)."""
     desk = EnrollmentDesk(data_dir, store)
     return EnrollmentRoute(inner, _DeskResource(thread, desk.enroll, MAX_REQUEST),
-                           _DeskResource(thread, desk.report, MAX_REPORT))
+                           _DeskResource(thread, desk.report, MAX_REPORT), _SiteResource(thread, desk))
 
 
 # --- `pledgewatch lender technicians` --------------------------------------------------------------

@@ -58,8 +58,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--device-id", required=True, help="the gateway's device id (1..64 of A-Z a-z 0-9 . _ -)")
     p.add_argument("--modem", metavar="PORT", help="the modem's AT port (e.g. /dev/pledgewatch-modem-at)")
     p.add_argument("--no-modem", action="store_true", help="a gateway without a cellular modem (LAN uplink)")
-    p.add_argument("--asset-file", type=Path, required=True, metavar="FILE",
-                   help="the site file: [asset] id, site, geofence, and optional [[sensors]] (TOML or JSON)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--asset-file", type=Path, metavar="FILE",
+                       help="the site file: [asset] id, site, geofence, and optional [[sensors]] (TOML or JSON)")
+    where.add_argument("--asset", metavar="ID", help="take the site file for this asset id from the lender (signed)")
     p.add_argument("--config-dir", type=Path, default=Path("/etc/pledgewatch"))
     p.add_argument("--state-dir", type=Path, default=Path("/var/lib/pledgewatch"))
     p.add_argument("--user", help="the user the agent runs as (default: pledgewatch if it exists, else you)")
@@ -84,7 +86,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p = command("node", _node, "flash an NB-IoT node over USB, make its key on the node, write its config, enroll it")
     p.add_argument("--port", required=True, help="the node's USB serial port (e.g. /dev/ttyACM0)")
     p.add_argument("--device-id", required=True, help="the node's device id")
-    p.add_argument("--asset-file", type=Path, required=True, metavar="FILE", help="the site file ([asset] ...)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--asset-file", type=Path, metavar="FILE", help="the site file ([asset] ...)")
+    where.add_argument("--asset", metavar="ID", help="take the site file for this asset id from the lender (signed)")
     p.add_argument("--node-config", type=Path, metavar="FILE",
                    help="node.json settings (modem model, pins, interval...; docs/firmware.md); "
                         "device and lender are filled in")
@@ -149,6 +153,14 @@ def technician_from(args: argparse.Namespace, *, required: bool) -> tuple[Techni
     return profile, lender, lender_key
 
 
+def site_from(args: argparse.Namespace, lender: str, lender_key: bytes):
+    """The site file from --asset-file, or from the lender with --asset."""
+    from provisioning import gateway
+    if args.asset_file is not None:
+        return gateway.load_site(args.asset_file)
+    return asyncio.run(gateway.fetch_site(lender, args.asset, lender_key, timeout=args.timeout))
+
+
 def _technician_init(args: argparse.Namespace, console: Console) -> int:
     lender_key = parse_key(args.lender_key) if args.lender_key else None
     profile, created = init_profile(args.profile, args.technician, lender=args.lender, lender_key=lender_key)
@@ -171,7 +183,7 @@ def _gateway(args: argparse.Namespace, console: Console) -> int:
     if not args.modem and not args.no_modem:
         raise SetupError("name the modem's AT port with --modem PORT (or --no-modem for a gateway without one)")
     profile, lender, lender_key = technician_from(args, required=args.technician is None)
-    site = gateway.load_site(args.asset_file)
+    site = site_from(args, lender, lender_key)
     plan = gateway.GatewayPlan(
         device=args.device_id, binding=site.binding, lender=lender, lender_key=lender_key, config_dir=args.config_dir,
         state_dir=args.state_dir, modem_port=None if args.no_modem else args.modem, sensors=site.sensors,

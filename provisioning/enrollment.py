@@ -65,6 +65,21 @@ async def post(lender: str, path: tuple[str, ...], body: bytes, *, timeout: floa
         await context.shutdown()
 
 
+async def get(lender: str, path: tuple[str, ...], *, timeout: float = DEFAULT_TIMEOUT) -> aiocoap.Message:
+    """One confirmable GET over plain CoAP (Block2 handled by aiocoap); `LenderUnreachableError` when no answer."""
+    uri = lender.rstrip("/") + "/" + "/".join(path)
+    context = await aiocoap.Context.create_client_context()
+    try:
+        request = aiocoap.Message(code=codes.GET, uri=uri, transport_tuning=_tuning())
+        try:
+            return await asyncio.wait_for(context.request(request).response, timeout)
+        except (coap_error.Error, OSError, asyncio.TimeoutError) as exc:
+            raise LenderUnreachableError(f"no answer from the lender at {lender} ({type(exc).__name__}: "
+                                         f"{exc or 'timed out'})") from exc
+    finally:
+        await context.shutdown()
+
+
 def _refusal(response: aiocoap.Message, what: str) -> EnrollmentRejectedError:
     text = response.payload.decode("utf-8", "replace").strip() or "no reason given"
     return EnrollmentRejectedError(f"the lender refused the {what} ({response.code.dotted}): {text}")

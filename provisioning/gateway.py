@@ -36,15 +36,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nacl.public
+from aiocoap.numbers import codes
 
 from drivers.at import AtChannel, ChannelConfig
 from drivers.exc import DriverError
 from drivers.modem import open_modem
 from lender import oscore
-from lender.enroll import AssetBinding, EnrollmentBody, EnrollmentRequest
+from lender.enroll import SITE_AAD, SITES_PATH, AssetBinding, EnrollmentBody, EnrollmentRequest, decode_sign1
 from lender.exc import EnrollmentFormatError, InvalidDeviceError, LenderError
 from lender.registry import check_device_id
-from provisioning.enrollment import PendingEnrollment, accept, send
+from provisioning.enrollment import PendingEnrollment, accept, get, send
 from provisioning.exc import (EnrollmentError, IdentityExistsError, LenderUnreachableError, ModemReadError,
                               SetupError)
 from provisioning.install import Owner, Rollback, chown_tree, ensure_dir, write_file
@@ -140,15 +141,36 @@ def load_site(path: str | os.PathLike) -> SiteFile:
         text = path.read_text("utf-8")
     except OSError as exc:
         raise SetupError(f"cannot read the asset file {path}: {exc.strerror}") from exc
+    return parse_site(text, str(path), json_format=path.suffix == ".json")
+
+
+async def fetch_site(lender: str, asset: str, lender_key: bytes, *, timeout: float = 20.0) -> SiteFile:
+    """The site file the lender keeps for `asset`, checked against the pinned lender key."""
+    response = await get(lender, SITES_PATH + (asset,), timeout=timeout)
+    if response.code != codes.CONTENT:
+        text = response.payload.decode("utf-8", "replace").strip()
+        raise SetupError(f"the lender has no asset binding for {asset} ({response.code.dotted}: {text}); "
+                         "use --asset-file")
     try:
-        if path.suffix == ".json":
+        data = decode_sign1(response.payload, lender_key, SITE_AAD)
+    except EnrollmentFormatError as exc:
+        raise SetupError(f"the asset binding for {asset} is not signed by the pinned lender key ({exc})") from exc
+    site = parse_site(data.decode("utf-8"), f"the lender's site file for {asset}")
+    if site.binding.asset != asset:
+        raise SetupError(f"the lender's site file for {asset} binds asset {site.binding.asset}: tell the lender")
+    return site
+
+
+def parse_site(text: str, where: str, *, json_format: bool = False) -> SiteFile:
+    path = where
+    try:
+        if json_format:
             data = json.loads(text)
         else:
             import tomllib
             data = tomllib.loads(text)
     except ValueError as exc:
-        raise SetupError(f"asset file {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {exc}"
-                         ) from exc
+        raise SetupError(f"asset file {path} is not valid {'JSON' if json_format else 'TOML'}: {exc}") from exc
     asset = data.get("asset")
     if not isinstance(asset, dict):
         raise SetupError(f"asset file {path} needs an [asset] table with id (and site, geofence)")

@@ -235,11 +235,10 @@ def _undo(files: BoardFiles, flasher: Flasher, key_made: bool) -> None:
 
 
 def run_cli(args: argparse.Namespace, console: Console) -> int:
-    from provisioning.cli import technician_from
-    from provisioning.gateway import load_site
+    from provisioning.cli import site_from, technician_from
 
     profile, lender, lender_key = technician_from(args, required=True)
-    site = load_site(args.asset_file)
+    site = site_from(args, lender, lender_key)
     settings: dict = {}
     if args.node_config is not None:
         try:

@@ -91,3 +91,24 @@ def test_a_failure_is_one_line_even_when_the_cause_spans_lines():
     Console(json_mode=True, stream=err, out=out).failure("node", "first line\n  second line")
     assert err.getvalue() == "pledgewatch provision node: first line second line\n"
     assert out.getvalue() == '{"ok": false, "error": "first line second line"}\n'
+
+
+def test_the_asset_binding_can_come_from_the_lender_signed_with_its_enrollment_key(site, capsys):
+    sites = site.lender.data / "enroll" / "sites"
+    sites.mkdir(parents=True)
+    (sites / "asset-7781.toml").write_text(site.site_file.read_text() + "\n# " + "padding " * 200 + "\n")  # > 1 block
+    site.lender.start()
+    code = pledgewatch_main(["provision", "gateway", "--device-id", "gw-0001", "--no-modem", "--asset", "asset-7781",
+                             "--config-dir", str(site.etc), "--state-dir", str(site.var), "--user", "root",
+                             "--profile", str(site.profile.path)])
+    assert code == 0, capsys.readouterr().err
+    import json
+    assert json.loads((site.etc / "binding.json").read_text())["site"] == "Warehouse 3, Mombasa Road"
+    assert [s.name for s in agent_config.load(site.etc / "agent.toml").sensors] == ["temp", "tamper"]
+    capsys.readouterr()
+    code = pledgewatch_main(["provision", "gateway", "--device-id", "gw-0002", "--no-modem", "--asset", "asset-0000",
+                             "--config-dir", str(site.root / "etc2"), "--state-dir", str(site.root / "var2"),
+                             "--user", "root", "--profile", str(site.profile.path)])
+    assert code == 1
+    assert "the lender has no asset binding for asset-0000 (4.04" in capsys.readouterr().err
+    assert not (site.root / "etc2").exists()
