@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from agent import config as agent_config
 from lender.enroll import TechnicianRegistry

@@ -12,7 +12,6 @@ from hil.sim.rawrepl import find_micropython
 from lender.enroll import TechnicianRegistry
 from pledgewatch.cli import main as pledgewatch_main
 from provisioning.flash import Firmware
-from telemetry.identity import Identity
 
 from .conftest import FIRMWARE_SOURCE
 
