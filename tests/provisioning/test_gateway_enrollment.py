@@ -223,3 +223,25 @@ def test_install_systemd_writes_a_notify_unit_with_a_watchdog_and_the_udev_rule(
     problems = [line for line in verify.stderr.splitlines() if "pledgewatch-agent.service" in line]
     assert problems == [], verify.stderr
     assert stat.S_IMODE(os.stat(tmp_path / "systemd" / "pledgewatch-agent.service").st_mode) == 0o644
+
+
+def test_rerunning_gateway_after_a_lost_answer_resends_the_same_request_and_gets_the_same_context(site, capsys,
+                                                                                                  tmp_path):
+    assert site.provision() == 0  # offline: pending
+    request = (site.var / "enrollment" / "request.cbor").read_bytes()
+    site.lender.start()
+    # the request reached the lender from the laptop, but the answer never made it back to the gateway
+    carried = tmp_path / "carried.cbor"
+    carried.write_bytes(request)
+    assert pledgewatch_main(["provision", "submit", str(carried), "--config", str(tmp_path / "none.toml"),
+                             "--profile", str(site.profile.path)]) == 0
+    capsys.readouterr()
+    assert site.provision("--json") == 0  # the technician simply runs the same command again on the gateway
+    result = json.loads(capsys.readouterr().out)
+    assert result["identity"] == "kept" and result["enrollment"] == "enrolled"
+    assert agent_config.load(site.etc / "agent.toml").uplink.security_context == site.etc / "oscore"
+    with site.store() as store:
+        device = store.device("gw-0001")
+    from lender.oscore import read_parameters
+    assert read_parameters(site.etc / "oscore").sender_id == device.oscore_id
+    assert not (site.etc / "oscore-parked").exists()
