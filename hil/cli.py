@@ -53,7 +53,7 @@ def pytest_command(args: argparse.Namespace) -> list[str]:
     paths = [str(p.resolve()) for p in args.scenarios] or [str(SCENARIOS)]
     command = [sys.executable, "-m", "pytest", *paths, "--hil-env", str(args.env.resolve()),
                "--hil-report", str(args.report.resolve()), "--hil-profile", "long" if args.long else "short",
-               "-p", "no:cacheprovider", "-rA"]
+               "-p", "no:cacheprovider", "-v", "-ra"]
     if args.keyword:
         command += ["-k", args.keyword]
     if args.agent_command:

@@ -163,7 +163,6 @@ def _record(item: pytest.Item) -> None:
             continue
         if report.skipped and hasattr(report, "wasxfail"):
             outcome, message = "xfailed", f"known bug, expected to fail: {report.wasxfail.removeprefix('reason: ')}"
-            crash = getattr(report.longrepr, "reprcrash", None)
             details = report.longreprtext
             break
         if report.skipped:
@@ -178,8 +177,10 @@ def _record(item: pytest.Item) -> None:
             message = crash.message if crash is not None else str(report.longrepr).splitlines()[-1]
             details = report.longreprtext
             break
+    module_doc = getattr(getattr(item, "module", None), "__doc__", None) or ""
     run.outcomes.append(ScenarioOutcome(nodeid=item.nodeid, name=item.name, outcome=outcome, duration_s=duration,
-                                        message=message, details=details, result=item.stash.get(_RESULT, None)))
+                                        message=message, details=details, result=item.stash.get(_RESULT, None),
+                                        title=module_doc.strip().split("\n")[0].rstrip(".")))
 
 
 def _report_dir(config: pytest.Config, env_name: str) -> Path:

@@ -20,7 +20,6 @@ import json
 import math
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +53,11 @@ class ScenarioOutcome:
     message: str = ""            # failure or skip message
     details: str = ""            # the long failure text
     result: ScenarioResult | None = None
+    title: str = ""              # the scenario's one-line description (its module docstring's first line)
+
+    @property
+    def label(self) -> str:
+        return self.title or self.name
 
 
 @dataclass(slots=True)
@@ -84,9 +88,9 @@ def _nice_step(span: float, ticks: int = 5) -> float:
     return 10 * magnitude
 
 
-def timeline_svg(result: ScenarioResult, *, width: int = 900, height: int = 320) -> str:
+def timeline_svg(result: ScenarioResult, *, width: int = 900, height: int = 340) -> str:
     """The scenario's timeline as a standalone SVG document."""
-    left, right, top, bottom = 64, 16, 34, 64
+    left, right, top, bottom = 64, 16, 30, 84
     plot_w, plot_h = width - left - right, height - top - bottom
     t0 = result.started
     t_end = max(result.ended or t0, *(s.at for s in result.samples), t0 + 1)
@@ -168,11 +172,10 @@ def timeline_svg(result: ScenarioResult, *, width: int = 900, height: int = 320)
     for fault in result.faults:
         if fault.kind not in kinds:
             kinds.append(fault.kind)
-    legend_y2 = top - 8
-    lx = left + plot_w
-    for kind in reversed(kinds):
+    legend_y2 = height - 32
+    lx = left
+    for kind in kinds:
         colour, label = FAULT_STYLE.get(kind, ("#999999", kind))
-        lx -= 24 + 6 * len(label)
         instant = any(f.instant for f in result.faults if f.kind == kind)
         if instant:
             out.append(f'<line x1="{lx}" x2="{lx + 14}" y1="{legend_y2 - 4}" y2="{legend_y2 - 4}" stroke="{colour}" '
@@ -180,6 +183,7 @@ def timeline_svg(result: ScenarioResult, *, width: int = 900, height: int = 320)
         else:
             out.append(f'<rect x="{lx}" y="{legend_y2 - 9}" width="14" height="10" fill="{colour}" fill-opacity="0.3"/>')
         out.append(f'<text x="{lx + 18}" y="{legend_y2}">{html.escape(label)}</text>')
+        lx += 30 + 6 * len(label)
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
@@ -232,7 +236,8 @@ table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.92em; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .passed { color: #17803d; font-weight: bold; } .failed, .error { color: #c0262d; font-weight: bold; }
-.skipped { color: #8a6d00; font-weight: bold; }
+.skipped, .xfailed { color: #8a6d00; font-weight: bold; }
+td.name { max-width: 26em; } td.name small { color: #666; word-break: break-all; }
 pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.85em; white-space: pre-wrap; }
 .verdict { padding: 0.5em 0.8em; border-left: 4px solid #17803d; background: #f3fbf5; }
 .verdict.bad { border-color: #c0262d; background: #fdf3f3; }
@@ -245,7 +250,7 @@ def _slug(name: str) -> str:
 
 def _html(run: HilRun, svgs: dict[str, str]) -> str:
     total = len(run.outcomes)
-    by = {k: sum(1 for o in run.outcomes if o.outcome == k) for k in ("passed", "failed", "error", "skipped")}
+    by = {k: sum(1 for o in run.outcomes if o.outcome == k) for k in ("passed", "failed", "error", "xfailed", "skipped")}
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.started))
     took = f"{(run.ended or run.started) - run.started:.0f} s"
     parts = [
@@ -258,25 +263,26 @@ def _html(run: HilRun, svgs: dict[str, str]) -> str:
         "<p>Every scenario ends with the same check at the lender: every reading the agent accepted is stored "
         "exactly once, the chain verifies, and every gap is explained by a signed gap record.</p>",
         "<table><tr><th>scenario</th><th>result</th><th>time</th><th>faults</th><th>envelopes produced</th>"
-        "<th>delivered</th><th>readings delivered</th><th>readings lost (signed gap records)</th>"
-        "<th>lost without explanation</th><th>alarms</th></tr>",
+        "<th>stored at the lender</th><th>readings delivered</th><th>readings lost in signed gaps</th>"
+        "<th>lost, unexplained</th><th>alarms</th></tr>",
     ]
     for o in run.outcomes:
         c = counts(o.result)
         faults = len(o.result.faults) if o.result else ""
         parts.append(
-            f"<tr><td><a href='#{_slug(o.name)}'>{html.escape(o.name)}</a></td><td class='{o.outcome}'>{o.outcome}</td>"
+            f"<tr><td class='name'><a href='#{_slug(o.name)}'>{html.escape(o.label)}</a><br><small>{html.escape(o.name)}</small>"
+            f"</td><td class='{o.outcome}'>{o.outcome}</td>"
             f"<td class='num'>{o.duration_s:.1f} s</td><td class='num'>{faults}</td><td class='num'>{c['produced']}</td>"
             f"<td class='num'>{c['delivered']}</td><td class='num'>{c['readings']}</td>"
             f"<td class='num'>{c['lost_in_gaps']}</td><td class='num'>{c['lost']}</td><td class='num'>{c['alarms']}</td></tr>")
     parts.append("</table>")
     for o in run.outcomes:
-        parts.append(f"<h2 id='{_slug(o.name)}'>{html.escape(o.name)} — <span class='{o.outcome}'>{o.outcome}</span></h2>")
+        parts.append(f"<h2 id='{_slug(o.name)}'>{html.escape(o.label)} — <span class='{o.outcome}'>{o.outcome}</span></h2>")
         parts.append(f"<p><code>{html.escape(o.nodeid)}</code>, {o.duration_s:.1f} s</p>")
         if o.outcome == "skipped":
             parts.append(f"<p class='verdict bad'>Skipped: {html.escape(o.message)}</p>")
             continue
-        if o.outcome in ("failed", "error"):
+        if o.outcome in ("failed", "error", "xfailed"):
             parts.append(f"<div class='verdict bad'><b>{html.escape(o.message)}</b></div>")
         elif o.result is not None and o.result.invariant is not None:
             inv = o.result.invariant
@@ -317,7 +323,7 @@ def _html(run: HilRun, svgs: dict[str, str]) -> str:
             parts.append("<table><tr><th>link</th>" + "".join(f"<th>{k}</th>" for k in result.proxy["up"]) + "</tr>" + "".join(
                 f"<tr><td>{d}</td>" + "".join(f"<td class='num'>{v}</td>" for v in stats.values()) + "</tr>"
                 for d, stats in result.proxy.items()) + "</table>")
-        if o.outcome in ("failed", "error"):
+        if o.outcome in ("failed", "error", "xfailed"):
             if o.details:
                 parts.append(f"<details><summary>failure details</summary><pre>{html.escape(o.details[-8000:])}</pre></details>")
             for part, path in result.logs.items():
@@ -336,11 +342,11 @@ def _markdown(run: HilRun) -> str:
     for o in run.outcomes:
         c = counts(o.result)
         faults = len(o.result.faults) if o.result else ""
-        lines.append(f"| {o.name} | {o.outcome} | {o.duration_s:.1f} s | {faults} | {c['produced']} | {c['delivered']} | "
+        lines.append(f"| {o.label} | {o.outcome} | {o.duration_s:.1f} s | {faults} | {c['produced']} | {c['delivered']} | "
                      f"{c['lost_in_gaps']} | {c['lost']} |")
     for o in run.outcomes:
-        if o.outcome in ("failed", "error", "skipped"):
-            lines += ["", f"## {o.name}: {o.outcome}", "", o.message]
+        if o.outcome in ("failed", "error", "xfailed", "skipped"):
+            lines += ["", f"## {o.label}: {o.outcome}", "", f"`{o.nodeid}`", "", o.message]
         if o.result is not None and o.name:
             lines += ["", f"![{o.name} timeline](timeline-{_slug(o.name)}.svg)"] if o.outcome != "skipped" else []
     return "\n".join(lines) + "\n"
@@ -350,7 +356,7 @@ def _junit(run: HilRun) -> bytes:
     suite = ET.Element("testsuite", name=f"hil-{run.env_name}", tests=str(len(run.outcomes)),
                        failures=str(sum(o.outcome == "failed" for o in run.outcomes)),
                        errors=str(sum(o.outcome == "error" for o in run.outcomes)),
-                       skipped=str(sum(o.outcome == "skipped" for o in run.outcomes)),
+                       skipped=str(sum(o.outcome in ("skipped", "xfailed") for o in run.outcomes)),
                        time=f"{(run.ended or run.started) - run.started:.3f}",
                        timestamp=time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(run.started)))
     props = ET.SubElement(suite, "properties")
@@ -370,7 +376,7 @@ def _junit(run: HilRun) -> bytes:
             ET.SubElement(case, "failure", message=o.message[:2000]).text = o.details
         elif o.outcome == "error":
             ET.SubElement(case, "error", message=o.message[:2000]).text = o.details
-        elif o.outcome == "skipped":
+        elif o.outcome in ("skipped", "xfailed"):
             ET.SubElement(case, "skipped", message=o.message[:2000])
     ET.indent(suite)
     return ET.tostring(suite, encoding="utf-8", xml_declaration=True)
@@ -401,4 +407,3 @@ def write_report(run: HilRun, directory: str | Path) -> Path:
     return index
 
 
-__all__ = ["HilRun", "ScenarioOutcome", "timeline_svg", "write_report", "counts", "Sequence"]
