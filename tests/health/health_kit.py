@@ -61,6 +61,10 @@ class VirtualClock:
                 self._sleepers.remove(entry)
                 heapq.heapify(self._sleepers)
 
+    def next_deadline(self) -> float | None:
+        """When the earliest sleeper wakes, or None when nobody sleeps."""
+        return min(self._sleepers)[0] if self._sleepers else None
+
     async def parked(self, timeout: float = 30.0) -> None:
         """Wait (real time) until someone sleeps on this clock."""
         async with asyncio.timeout(timeout):
@@ -86,6 +90,16 @@ def _set_c_environment(env: dict[str, str]) -> None:
     _libc.clearenv()
     for key, value in env.items():
         _libc.setenv(os.fsencode(key), os.fsencode(value), 1)
+
+
+async def wait_until(condition, timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll `condition()` in real time until it holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout} s")
+        await asyncio.sleep(0.01)
 
 
 @contextmanager
