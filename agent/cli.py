@@ -13,6 +13,7 @@ from agent import config as agent_config
 from agent.clock import TrustedClock
 from agent.daemon import Agent
 from agent.exc import AgentError
+from agent.health import ModemHealthMonitor
 from agent.rules import RulesEngine, RulesStateFile, sensor_specs
 from agent.sensors import build_sensors
 from agent.spool import Spool
@@ -64,6 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = agent_config.load(args.config)
         identity, spool, state = open_parts(config)
         sensors = build_sensors(config.sensors)
+        modem_health = ModemHealthMonitor.build(config.modem) if config.modem is not None else None
     except (AgentError, TelemetryError, DriverError) as exc:
         print(f"pledgewatch agent: {exc}", file=sys.stderr)
         return 2
@@ -73,7 +75,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     rules = RulesEngine(config.assets, sensor_specs(config.sensors, kinds), config.rules, start=clock.now(),
                         restore=rules_state.load())
     agent = Agent(device=config.device.id, identity=identity, spool=spool, state=state, sensors=sensors,
-                  uplink=Uplink(config.uplink, spool), rules=rules, trusted_clock=clock, rules_state=rules_state)
+                  uplink=Uplink(config.uplink, spool), rules=rules, trusted_clock=clock, rules_state=rules_state,
+                  modem_health=modem_health)
     try:
         asyncio.run(serve(agent))
     finally:
@@ -81,6 +84,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         for sensor in sensors:
             if hasattr(sensor, "close"):
                 sensor.close()
+        if modem_health is not None:
+            modem_health.close()
     return 0
 
 

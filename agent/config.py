@@ -10,6 +10,8 @@ tree of frozen dataclasses; nothing downstream re-checks it.
     [[sensors]]  kind = "ds18b20" | "contact" | "motion" | "run-hours" | "gnss", then that driver's settings
     [rules]      site-wide rule settings (agent.assets.RuleSettings)
     [[assets]]   the pledged assets, each bound to its sensors (agent.assets)
+    [modem]      the modem health monitor: port, model, intervals, reset cap, power pin
+                 (agent.health.ModemHealthConfig); without the table the agent runs no monitor
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Any
 
 from agent.assets import Asset, RuleSettings, parse_assets, parse_rules
 from agent.exc import ConfigError, UplinkConfigError
+from agent.health import ModemHealthConfig
 from agent.uplink import UplinkConfig
 from drivers.exc import DriverError
 from drivers.gnss import GnssConfig
@@ -37,6 +40,15 @@ SENSOR_KINDS: dict[str, type] = {
     "motion": MotionConfig,
     "run-hours": RunHoursConfig,
     "gnss": GnssConfig,
+}
+
+# [modem] key -> its type (every key is optional: agent.health.ModemHealthConfig has the defaults)
+MODEM_KEYS: dict[str, tuple[type, object]] = {
+    "port": (str, None), "model": (str, None), "status_interval_s": (float, None), "command_timeout_s": (float, None),
+    "cfun_timeout_s": (float, None), "backoff_s": (float, None), "max_resets_per_hour": (int, None),
+    "slow_probe_s": (float, None), "refused_alarm_after_s": (float, None), "refused_reattach_s": (float, None),
+    "port_return_s": (float, None), "boot_s": (float, None), "hotplug": (bool, None), "power_pin": (int, None),
+    "power_active_high": (bool, None), "power_off_s": (float, None),
 }
 
 
@@ -62,6 +74,7 @@ class AgentConfig:
     sensors: tuple[Any, ...]
     assets: tuple[Asset, ...] = ()
     rules: RuleSettings = RuleSettings()
+    modem: ModemHealthConfig | None = None
 
     @property
     def key_file(self) -> Path:
@@ -126,9 +139,10 @@ def parse(text: str, path: Path) -> AgentConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    unknown = sorted(set(data) - {"device", "spool", "uplink", "sensors", "rules", "assets"})
+    unknown = sorted(set(data) - {"device", "spool", "uplink", "sensors", "rules", "assets", "modem"})
     if unknown:
-        raise ConfigError(f"{path}: unknown table(s) {', '.join(unknown)}; allowed: device, spool, uplink, sensors, rules, assets")
+        raise ConfigError(f"{path}: unknown table(s) {', '.join(unknown)}; "
+                          "allowed: device, spool, uplink, sensors, rules, assets, modem")
     device = _section(path, "device", data.get("device", {}), DeviceSection, {
         "id": (str, REQUIRED), "key_file": (Path, REQUIRED), "state_dir": (Path, REQUIRED),
     })
@@ -161,7 +175,9 @@ def parse(text: str, path: Path) -> AgentConfig:
     rules = parse_rules(path, data.get("rules", {}))
     kind_of = {cls: kind for kind, cls in SENSOR_KINDS.items()}
     assets = parse_assets(path, data.get("assets", []), {s.name: kind_of[type(s)] for s in sensors if isinstance(s.name, str)}, rules)
-    return AgentConfig(path=path, device=device, spool=spool, uplink=uplink, sensors=sensors, assets=assets, rules=rules)
+    modem = _section(path, "modem", data["modem"], ModemHealthConfig, MODEM_KEYS) if "modem" in data else None
+    return AgentConfig(path=path, device=device, spool=spool, uplink=uplink, sensors=sensors, assets=assets, rules=rules,
+                       modem=modem)
 
 
 def load(path: str | Path = DEFAULT_CONFIG) -> AgentConfig:
