@@ -51,7 +51,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def pytest_command(args: argparse.Namespace) -> list[str]:
     """The pytest invocation `hil run` makes (paths absolute: pytest runs from the repository root)."""
     paths = [str(p.resolve()) for p in args.scenarios] or [str(SCENARIOS)]
-    command = [sys.executable, "-m", "pytest", *paths, "--hil-env", str(args.env.resolve()),
+    command = [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "--rootdir", str(REPO),
+               *paths, "--hil-env", str(args.env.resolve()),
                "--hil-report", str(args.report.resolve()), "--hil-profile", "long" if args.long else "short",
                "-p", "no:cacheprovider", "-v", "-ra"]
     if args.keyword:

@@ -271,7 +271,7 @@ class Environment:
             "network_faults": None if self.network.kind == "proxy" else "[network] kind is 'direct'",
             "modem": _modem_missing(self.modem),
             "modem_faults": None,
-            "power_relay": None if self.power_relay is not None else "the bench declares no [power_relay]",
+            "power_relay": _relay_missing(self.power_relay),
             "disk_full": _disk_missing(self.disk),
             "clock_jump": None if self.clock is not None and self.clock.kind == "shim" else
             "the bench declares no [clock] kind = 'shim'",
@@ -299,6 +299,14 @@ def _modem_missing(modem: ModemSpec | None) -> str | None:
         return "[modem] kind 'socat' needs the socat program (apt-get install socat)"
     if modem.kind == "serial" and not os.path.exists(modem.port):
         return f"[modem] port {modem.port} does not exist on this machine"
+    return None
+
+
+def _relay_missing(relay: PowerRelaySpec | None) -> str | None:
+    if relay is None:
+        return "the bench declares no [power_relay]"
+    if relay.kind == "gpio" and not any(Path("/dev").glob("gpiochip*")):
+        return f"[power_relay] GPIO pin {relay.pin}: this machine has no GPIO chip (/dev/gpiochip*)"
     return None
 
 

@@ -1,0 +1,109 @@
+"""The run report: a timeline SVG whose lines and fault bands sit where the numbers say, an HTML page and
+Markdown summary a person can read, and JUnit XML a CI server can."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from hil.bench import ScenarioResult
+from hil.faults import FaultRecord
+from hil.invariant import GapSummary, InvariantReport
+from hil.observer import Sample
+from hil.report import HilRun, ScenarioOutcome, timeline_svg, write_report
+
+SVG = "{http://www.w3.org/2000/svg}"
+T0 = 1_800_000_000.0
+
+
+def outage_result(name: str = "test_outage") -> ScenarioResult:
+    """40 s: steady, a partition from 10 s to 30 s (backlog grows to 100), a power cut at 35 s, drained."""
+    samples = []
+    for second in range(41):
+        produced = 5 * second
+        delivered = produced if not 10 <= second < 30 else 50
+        samples.append(Sample(T0 + second, produced - delivered, produced, delivered, delivered, second,
+                              second not in (35, 36)))
+    inv = InvariantReport(device="gw", head_seq=200, stored=200, readings_delivered=198, alarms_delivered=0,
+                          gaps=(GapSummary(180, "power-loss", None, None, None),), lost=(), not_delivered=(),
+                          duplicates=(), foreign=(), bad_signatures=(), chain_problems=())
+    return ScenarioResult(name=name, env="sim", profile="short", started=T0, ended=T0 + 40, samples=samples,
+                          faults=[FaultRecord("partition", T0 + 10, T0 + 30, "no link for 20 s"),
+                                  FaultRecord("power-cut", T0 + 35, T0 + 35, "agent pid 7 killed", instant=True)],
+                          invariant=inv, agent_starts=3, power_cuts=1, notes={"backlog drained in": "4.2 s"})
+
+
+def test_the_timeline_puts_lines_and_fault_bands_where_the_numbers_say():
+    svg = ET.fromstring(timeline_svg(outage_result()))
+    assert svg.tag == f"{SVG}svg"
+    frame = [r for r in svg.iter(f"{SVG}rect") if r.get("fill") == "none"][0]
+    left, top = float(frame.get("x")), float(frame.get("y"))
+    width, height = float(frame.get("width")), float(frame.get("height"))
+    lines = {p.find(f"{SVG}title").text: p for p in svg.iter(f"{SVG}polyline")}
+    assert set(lines) == {"produced (agent's last seq)", "delivered (stored at the lender)",
+                          "backlog (in the agent's spool)"}
+    for polyline in lines.values():
+        points = [tuple(map(float, p.split(","))) for p in polyline.get("points").split()]
+        assert len(points) == 41
+        assert all(left - 0.1 <= x <= left + width + 0.1 and top - 0.1 <= y <= top + height + 0.1 for x, y in points)
+    backlog = [tuple(map(float, p.split(","))) for p in lines["backlog (in the agent's spool)"].get("points").split()]
+    peak = min(backlog, key=lambda p: p[1])  # SVG y grows downwards
+    assert abs(peak[0] - (left + 29 / 40 * width)) < 1.0  # the backlog peaks at the end of the outage
+    band = [r for r in svg.iter(f"{SVG}rect") if r.find(f"{SVG}title") is not None
+            and r.find(f"{SVG}title").text.startswith("no link")][0]
+    assert abs(float(band.get("x")) - (left + 0.25 * width)) < 1.0
+    assert abs(float(band.get("width")) - 0.5 * width) < 1.0
+    cut = [line for line in svg.iter(f"{SVG}line") if line.find(f"{SVG}title") is not None][0]
+    assert abs(float(cut.get("x1")) - (left + 35 / 40 * width)) < 1.0
+    assert "power cut" in timeline_svg(outage_result()) and "agent down" in timeline_svg(outage_result())
+
+
+def test_a_timeline_without_samples_is_still_a_valid_picture():
+    empty = ScenarioResult(name="t", env="sim", profile="short", started=T0, ended=T0)
+    ET.fromstring(timeline_svg(empty))
+
+
+def run_of_three(tmp_path) -> HilRun:
+    failing = outage_result("test_failing")
+    log = tmp_path / "agent.log"
+    log.write_text("agent: starting\nagent: the last line of the log\n")
+    failing.logs = {"agent": str(log)}
+    return HilRun(env_name="sim", env_path="hil/envs/sim.toml", profile="short", started=T0, ended=T0 + 100, outcomes=[
+        ScenarioOutcome("hil/scenarios/test_o.py::test_outage", "test_outage", "passed", 40.0,
+                        result=outage_result(), title="Scenario (b): a 24-hour outage"),
+        ScenarioOutcome("hil/scenarios/test_o.py::test_failing", "test_failing", "failed", 41.0,
+                        message="InvariantViolation: lost seqs 17..23", details="Traceback ...", result=failing),
+        ScenarioOutcome("hil/scenarios/test_r.py::test_relay", "test_relay", "skipped", 0.0,
+                        message="bench sim lacks: power_relay (the bench declares no [power_relay])"),
+    ])
+
+
+def test_the_report_is_a_page_a_summary_json_junit_and_svg_files(tmp_path):
+    index = write_report(run_of_three(tmp_path), tmp_path / "report")
+    report = tmp_path / "report"
+    assert index == report / "index.html"
+    assert sorted(p.name for p in report.iterdir()) == [
+        "index.html", "junit.xml", "results.json", "summary.md", "timeline-test_failing.svg", "timeline-test_outage.svg"]
+    page = index.read_text()
+    assert "Scenario (b): a 24-hour outage" in page and "lost seqs 17..23" in page
+    assert page.count("<svg") == 2 and "the last line of the log" in page  # a failure shows its logs
+    assert "bench sim lacks: power_relay" in page and "backlog drained in" in page
+    suite = ET.parse(report / "junit.xml").getroot()
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("3", "1", "1")
+    case = suite.find("testcase[@name='test_outage']")
+    props = {p.get("name"): p.get("value") for p in case.find("properties")}
+    assert props["produced"] == "200" and props["delivered"] == "200" and "no link" in props["faults"]
+    summary = (report / "summary.md").read_text()
+    assert "| Scenario (b): a 24-hour outage | passed | 40.0 s | 2 | 200 | 200 | 0 | 0 |" in summary
+    assert "![test_outage timeline](timeline-test_outage.svg)" in summary
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs chromium (apt-get install chromium) to render")
+def test_the_report_page_renders_in_a_browser(tmp_path):
+    index = write_report(run_of_three(tmp_path), tmp_path / "report")
+    dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", index.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert dom.stdout.count("<polyline") == 6 and "Scenario (b): a 24-hour outage" in dom.stdout
