@@ -321,7 +321,9 @@ class ModemHealthMonitor:
         self._last_probe = float("-inf")
         self._wake = asyncio.Event()
         self._urgent = False  # the port was just added: probe now, whatever the gap
+        self._urc_pending = False  # a SIM or boot URC came: probe soon (URC_PROBE_GAP_S after the last probe)
         self._restarted = False  # the modem announced a reboot we did not ask for: reopen and prepare it again
+        self._identity_told: tuple[str | None, str | None] = (None, None)  # last (IMEI, ICCID) given to on_identity
 
     @classmethod
     def build(cls, config: ModemHealthConfig, *, pin_factory: object | None = None,
@@ -382,8 +384,10 @@ class ModemHealthMonitor:
         record(records)
         if status is not None:
             self.last_status = status
-            if on_identity is not None and (status.imei or status.iccid):
-                on_identity(imei=status.imei, iccid=status.iccid)
+            identity = (status.imei, status.iccid)
+            if on_identity is not None and any(identity) and identity != self._identity_told:
+                on_identity(imei=status.imei, iccid=status.iccid)  # the rules enroll it, or raise the tamper alarm
+                self._identity_told = identity
         for alarm in plan.alarms:
             log.warning("modem health: %s %s: %s", alarm.name, alarm.state, alarm.detail)
             record(alarm.records(t))
@@ -404,23 +408,35 @@ class ModemHealthMonitor:
                 await self.link.power_cycle()
         except DriverError as exc:  # the next probe judges whether it helped
             log.warning("modem on %s: %s failed: %s", self.link.port, recovery.value, exc)
+        self._urc_pending = False  # the boot and SIM URCs of a reset we asked for are no news
         if self.link.is_open:
-            self._restarted = False  # the RDY of a reset we asked for is no news
+            self._restarted = False
 
     # --- the loop ---
 
     def _on_urc(self, urc: Urc) -> None:
         if urc.line in WAKE_URC_LINES:
             self._restarted = True
+        self._urc_pending = True
         self._wake.set()
+
+    def _port_came_back(self) -> bool:
+        """An add event arrived for a port this monitor has closed (an add after its own reset is no news)."""
+        if self._urgent and self.link.is_open:
+            self._urgent = False
+        return self._urgent
 
     async def _pause(self, delay: float) -> None:
         """Wait `delay` on the monitor's clock, or less: an added port ends it at once, a SIM/boot URC after the gap."""
         deadline = self.clock() + delay
-        while not self._urgent:
+        while not self._port_came_back():
+            if self._urc_pending:
+                self._urc_pending = False
+                deadline = min(deadline, self._last_probe + URC_PROBE_GAP_S)
             remaining = deadline - self.clock()
             if remaining <= 0:
                 break
+            self._wake.clear()  # every flag it stands for was read above, with no await since
             sleeper = asyncio.ensure_future(self._sleep(remaining))
             waker = asyncio.ensure_future(self._wake.wait())
             try:
@@ -430,9 +446,7 @@ class ModemHealthMonitor:
                 waker.cancel()
             if not self._wake.is_set():
                 break  # slept the whole remaining time
-            self._wake.clear()
-            deadline = min(deadline, self._last_probe + URC_PROBE_GAP_S)
-        self._urgent = False
+        self._urgent = self._urc_pending = False
         self._wake.clear()
 
     async def _follow_hotplug(self) -> None:

@@ -166,3 +166,33 @@ def test_a_sim_swap_is_probed_at_once_and_raises_the_sim_tamper_alarm(tmp_path):
     assert values(envelopes, "alarm.sim.gateway") == ["raised"]
     assert values(envelopes, "alarm.sim.gateway.severity") == ["critical"]
     agent.spool.close()
+
+
+def test_an_add_for_a_port_already_open_again_does_not_cut_the_backoff_short(tmp_path):
+    """After its own reset the monitor has reopened the port itself; udev's add that follows is no reason to probe."""
+    clock = VirtualClock()
+    feed = UdevFeed()
+    with ModemSimulator("rm520n", link=tmp_path / "modem-at") as sim:
+        config = ModemHealthConfig(port=sim.path, status_interval_s=600, command_timeout_s=1.0)
+        monitor = ModemHealthMonitor.build(config, watcher=ModemPortWatcher(monitor=feed), clock=clock,
+                                           wall=clock.wall, sleep=clock.sleep)
+        recorded: list = []
+
+        async def body():
+            task = asyncio.create_task(monitor.run(recorded.append))
+            try:
+                await clock.parked()
+                feed.emit(udev_event("add", "/dev/ttyUSB2"))
+                await wait_until(lambda: monitor.hotplug_events == ["add"], 5, "the add event")
+                await asyncio.sleep(0.1)
+                await clock.parked()
+                return clock.next_deadline(), monitor.probes
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+        try:
+            deadline, probes = asyncio.run(body())
+        finally:
+            feed.close()
+    assert (deadline, probes) == (600, 1)

@@ -67,6 +67,8 @@ def test_a_modem_that_stops_answering_climbs_the_ladder_stops_at_the_cap_with_an
             sim.clear_received()
             pin.clear_states()
             sim.knobs.no_answer = True
+            # ... except to the reset: it reboots (port gone, back under the same symlink, boot URCs) still hung
+            sim.knobs.applies_to = r"^(?!AT\+CFUN=1,1$)"
             seen["fault_at"] = clock.now
             for _ in range(10):
                 await clock.next_wakeup()
@@ -79,12 +81,13 @@ def test_a_modem_that_stops_answering_climbs_the_ladder_stops_at_the_cap_with_an
                 await clock.next_wakeup()
             seen["slow_probes"] = [t for t in (clock.now,)]
             seen["late_commands"] = sim.commands()[seen["commands_at_give_up"]:]
-            sim.knobs.no_answer = False
+            sim.knobs.reset()
             await clock.next_wakeup()
             seen["healed_plan"] = monitor.last_plan
 
         asyncio.run(run_agent(agent, scenario))
         commands = sim.commands()
+        reboots = sim.reboots
         monitor.close()
 
     # the ladder, in order, with growing waits between its rungs
@@ -96,6 +99,7 @@ def test_a_modem_that_stops_answering_climbs_the_ladder_stops_at_the_cap_with_an
     # ... performed on the wire: CFUN=0 then 1, then the reset, then the power line low and high again
     cfun = [c for c in commands if c.upper().startswith("AT+CFUN")]
     assert cfun[:3] == ["AT+CFUN=0", "AT+CFUN=1", "AT+CFUN=1,1"]
+    assert reboots == 1  # the modem took the reset; its boot URCs did not shorten the wait before the next rung
     assert [s.state for s in pin.states][-2:] == [False, True]
     assert monitor.policy.resets_in_last_hour(times[-1]) == 3  # the cap
     # after giving up: only probes, spaced slowly, no reset of any kind
