@@ -355,6 +355,13 @@ class Exchange:
 
 # --- the asyncio edge ------------------------------------------------------------
 
+def _consume_outcome(future: asyncio.Future) -> None:
+    # An exchange abandoned at its deadline or at shutdown still ends inside
+    # aiocoap; fetch its exception so asyncio does not log it as never retrieved.
+    if not future.cancelled():
+        future.exception()
+
+
 class Uplink:
     """Sends the spool to the lender: `run()` forever, `wake()` when an alarm was appended."""
 
@@ -471,8 +478,18 @@ class Uplink:
             content_format=CONTENT_FORMAT_CBOR, transport_tuning=self._tuning(),
         )
         try:
-            response = await asyncio.wait_for(self._context.request(request).response, self.config.exchange_deadline)
-        except (coap_error.Error, OSError, asyncio.TimeoutError) as exc:
+            pending = self._context.request(request).response
+            pending.add_done_callback(_consume_outcome)
+            # asyncio.wait, not wait_for: it never cancels aiocoap's future
+            # (aiocoap then fails setting it), and on Python 3.11 wait_for can
+            # swallow a cancellation that races with the answer, which would
+            # leave the agent deaf to SIGTERM.
+            done, _ = await asyncio.wait({pending}, timeout=self.config.exchange_deadline)
+            if not done:
+                return self._finish(Exchange(Result.FAILED, seqs, detail=(
+                    f"no answer within exchange_deadline = {self.config.exchange_deadline} s")))
+            response = pending.result()
+        except (coap_error.Error, OSError) as exc:
             cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
             return self._finish(Exchange(Result.FAILED, seqs, detail=f"no answer: {type(exc).__name__}: {exc}{cause}"))
         except Exception as exc:  # a bug or an unexpected library state must not stop the uplink

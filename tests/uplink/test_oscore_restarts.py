@@ -72,22 +72,19 @@ def test_an_agent_killed_mid_upload_never_reuses_a_sequence_number_and_loses_not
         credentials = LenderCredentials.load(tmp_path / "lender")
         lender = await AckLender(credentials=credentials).start()
         tap = await UdpTap(lender.port).start()
-        kills, first_iv_per_run = 0, []
+        kills, first_iv_per_run, exit_codes = 0, [], []
         try:
             for run in range(6):
                 seen = len(tap.requests)
+                last = run == 5
                 child = await asyncio.create_subprocess_exec(
                     sys.executable, str(HERE / "uplink_agent_child.py"), str(REPO), str(tmp_path / "spool.db"),
-                    str(tmp_path / "device"), tap.uri)
-                if run < 5:
+                    str(tmp_path / "device"), tap.uri, *(["--until-empty"] if last else []))
+                if not last:
                     await lender.wait_for_batches(len(lender.batches) + rng.randint(1, 4))
                     child.send_signal(signal.SIGKILL)
                     kills += 1
-                else:
-                    while len(lender.stored) < len(envelopes):
-                        await lender.wait_for_batches(len(lender.batches) + 1, timeout=60)
-                    child.send_signal(signal.SIGTERM)
-                await child.wait()
+                exit_codes.append(await asyncio.wait_for(child.wait(), 60))
                 first_iv_per_run.append(distinct_partial_ivs(tap.requests[seen:])[0])
         finally:
             tap.close()
@@ -95,10 +92,10 @@ def test_an_agent_killed_mid_upload_never_reuses_a_sequence_number_and_loses_not
             credentials.close()
         with Spool.open(tmp_path / "spool.db", synchronous="NORMAL") as spool:
             left = len(spool)
-        return kills, left, lender, tap.requests, first_iv_per_run
+        return kills, exit_codes, left, lender, tap.requests, first_iv_per_run
 
-    kills, left, lender, requests, first_iv_per_run = asyncio.run(scenario())
-    assert kills == 5
+    kills, exit_codes, left, lender, requests, first_iv_per_run = asyncio.run(scenario())
+    assert kills == 5 and exit_codes == [-signal.SIGKILL] * 5 + [0]
     assert lender.stored == {e.seq: e.raw for e in envelopes}   # every envelope, byte for byte, once
     assert left == 0
     ivs = distinct_partial_ivs(requests)

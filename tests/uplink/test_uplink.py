@@ -255,6 +255,22 @@ def test_nothing_is_deleted_when_the_lender_never_answers(tmp_path):
     assert left == list(range(1, 9)) and batches == []
 
 
+def test_the_uplink_stops_at_once_when_cancelled_mid_exchange_and_deletes_nothing(tmp_path):
+    async def scenario():
+        async with rig(tmp_path, envelopes=chain(5), tap=True, ack_timeout=30.0) as r:
+            r.tap.drop_requests = True                       # the exchange hangs in CoAP retransmission
+            task = asyncio.create_task(r.uplink.run())
+            while not r.tap.requests:
+                await asyncio.sleep(0.005)
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=5)
+            return done, task, queued(r.spool)
+
+    done, task, left = asyncio.run(scenario())
+    assert done and task.cancelled()
+    assert left == [1, 2, 3, 4, 5]
+
+
 def test_a_lost_ack_keeps_the_batch_and_the_retry_is_acked_as_already_present(tmp_path):
     envelopes = chain(6)
 
