@@ -13,8 +13,9 @@ and gives the scenario its fault injectors (`bench.power`, `bench.network`,
 a timeline observer, and `finish()`, which ends every scenario the same way:
 
 1. heal every fault (link clean, modem answering, disk space back);
-2. stop the agent cleanly and start it once more *without sensors*, so the
-   backlog drains to zero while nothing new is measured;
+2. stop the agent cleanly and start it once more *without sensors* (and
+   without its modem monitor), so the backlog drains to zero while nothing
+   new is measured;
 3. wait until the spool is empty (or `drain_timeout` passes), stop the agent;
 4. run the invariant check (`hil.invariant`) against the lender's export.
 
@@ -97,7 +98,7 @@ class ScenarioResult:
 
 def _agent_config(*, device: str, state_dir: Path, lender_uri: str, security_context: Path | None,
                   synchronous: str, spool_max_bytes: int, uplink: dict, probes: Sequence[str], interval_s: float,
-                  onewire_dir: Path) -> str:
+                  onewire_dir: Path, modem: dict | None = None) -> str:
     def value(v: object) -> str:
         return json.dumps(v) if not isinstance(v, bool) else ("true" if v else "false")
 
@@ -109,6 +110,8 @@ def _agent_config(*, device: str, state_dir: Path, lender_uri: str, security_con
     ]
     lines.append(f"security_context = {value(str(security_context))}" if security_context else "insecure = true")
     lines += [f"{key} = {value(v)}" for key, v in uplink.items()]
+    if modem is not None:
+        lines += ["", "[modem]"] + [f"{key} = {value(v)}" for key, v in modem.items()]
     for index, probe in enumerate(probes, 1):
         lines += ["", "[[sensors]]", 'kind = "ds18b20"', f'name = "probe-{index}"', f"device_id = {value(probe)}",
                   f"base_dir = {value(str(onewire_dir))}", f"interval_s = {interval_s}"]
@@ -131,7 +134,7 @@ class Bench:
     """The running bench of one scenario (see the module docstring). Use as a context manager."""
 
     def __init__(self, env: Environment, workdir: Path, *, name: str = "scenario", profile: Profile = Profile(),
-                 agent_command: Sequence[str] | None = None, limited_disk: bool = False, with_modem: bool = True,
+                 agent_command: Sequence[str] | None = None, limited_disk: bool = False, with_modem: bool = False,
                  with_nodes: bool = False, observe_every_s: float = 0.25) -> None:
         self.env = env
         self.workdir = Path(workdir)
@@ -161,6 +164,7 @@ class Bench:
         self.probes: list = []
         self.modem_simulator = None
         self.socat: SocatBridge | None = None
+        self.modem_port: str | None = None
         # fault injectors
         self.power: AgentPower | None = None
         self.network = NetworkFaults(None, self.faults)
@@ -243,7 +247,9 @@ class Bench:
                            spool_max_bytes=gateway.spool_max_bytes, uplink=dict(gateway.uplink),
                            interval_s=sensors.interval_s, onewire_dir=self.onewire.devices_dir)
         self.config_path = self.gateway_dir / "agent.toml"
-        self.config_path.write_text(_agent_config(probes=[p.device_id for p in self.probes], **config_args))
+        modem = {"port": self.modem_port, **gateway.modem} if self.modem_port is not None else None
+        self.config_path.write_text(_agent_config(probes=[p.device_id for p in self.probes], modem=modem,
+                                                  **config_args))
         self.drain_config_path = self.gateway_dir / "agent-drain.toml"
         self.drain_config_path.write_text(_agent_config(probes=[], **config_args))
 
@@ -419,6 +425,25 @@ class Bench:
             raise BenchError("no export yet: call finish() before reading the lender's envelopes")
         rows = [json.loads(line) for line in export.read_text().splitlines() if line.strip()]
         return sorted((decode(base64.b64decode(row["envelope_b64"])) for row in rows), key=lambda e: e.seq)
+
+    def spooled_envelopes(self) -> list:
+        """The envelopes waiting in the agent's spool right now, decoded (read-only; the agent keeps running)."""
+        import sqlite3
+
+        from hil.observer import SPOOL_FILE
+        from telemetry.envelope import decode
+
+        path = self.state_dir / SPOOL_FILE
+        if not path.exists():
+            return []
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+        try:
+            raws = conn.execute("SELECT raw FROM alarm UNION ALL SELECT raw FROM routine").fetchall()
+        except sqlite3.Error:
+            return []
+        finally:
+            conn.close()
+        return sorted((decode(raw) for raw, in raws), key=lambda e: e.seq)
 
     def close(self) -> None:
         """Stop everything (idempotent); the run directory and logs stay for the report."""

@@ -19,6 +19,7 @@ with a message naming what is missing and why, on a bench without it.
     [gateway]        kind = "local"; device; command; synchronous; spool_max_bytes
     [gateway.sensors]  kind = "simulated-onewire"; probes; interval_s
     [gateway.uplink]   agent [uplink] settings for this bench (batch_interval, ack_timeout, ...)
+    [gateway.modem]    agent [modem] (health monitor) settings for this bench (status_interval_s, backoff_s, ...)
     [modem]          kind = "simulator" | "socat" | "serial"; model; port
     [power_relay]    kind = "simulated" | "gpio"; pin; active_high; off_s
     [disk]           kind = "auto" | "tmpfs" | "loop" | "fsize-quota"; size_bytes
@@ -131,6 +132,7 @@ class GatewaySpec:
     spool_max_bytes: int = 64 * 1024 * 1024
     sensors: SensorsSpec = field(default_factory=SensorsSpec)
     uplink: Mapping[str, Any] = field(default_factory=dict)
+    modem: Mapping[str, Any] = field(default_factory=dict)  # the agent's [modem] (health monitor) settings
 
     def __post_init__(self) -> None:
         if self.kind != "local":
@@ -148,7 +150,10 @@ class GatewaySpec:
         reserved = {"lender", "security_context", "insecure"} & set(self.uplink)
         if reserved:
             raise ValueError(f"[gateway.uplink] must not set {sorted(reserved)}: the rig sets them from [lender]")
+        if "port" in self.modem:
+            raise ValueError("[gateway.modem] must not set port: the rig sets it from [modem]")
         object.__setattr__(self, "uplink", dict(self.uplink))
+        object.__setattr__(self, "modem", dict(self.modem))
         object.__setattr__(self, "command", tuple(self.command))
 
 
@@ -391,11 +396,12 @@ def parse(text: str, path: Path) -> Environment:
         raise EnvFileError(f"{path}: [bench] has unknown key(s) {', '.join(extra)}; allowed: name, description")
     if "gateway" not in data:
         raise EnvFileError(f"{path}: needs a [gateway] table (device = \"...\")")
+    for table in ("uplink", "modem"):
+        if table in data["gateway"] and not isinstance(data["gateway"][table], dict):
+            raise EnvFileError(f"{path}: [gateway.{table}] must be a table")
     parts: dict[str, Any] = {
         "gateway": _table(f"{path}: [gateway]", data["gateway"], GatewaySpec, nested={"sensors": SensorsSpec}),
     }
-    if "uplink" in data["gateway"] and not isinstance(data["gateway"]["uplink"], dict):
-        raise EnvFileError(f"{path}: [gateway.uplink] must be a table")
     for key, cls in (("lender", LenderSpec), ("network", NetworkSpec), ("modem", ModemSpec),
                      ("power_relay", PowerRelaySpec), ("disk", DiskSpec), ("clock", ClockSpec)):
         if key in data:

@@ -16,7 +16,9 @@ naming each missing capability and why it is missing. Fixtures:
 * ``hil_env`` — the `Environment` (skips when no ``--hil-env`` was given);
 * ``hil_profile`` — the `Profile`;
 * ``bench`` — a started `hil.bench.Bench` for this test, closed afterwards; a
-  test that needs ``disk_full`` gets its spool on a size-limited disk;
+  test that needs ``disk_full`` gets its spool on a size-limited disk, one
+  that needs ``modem`` gets the modem (and the agent's health monitor on it),
+  one that needs ``nbiot_node`` gets the nodes;
 * ``make_bench`` — the same, built with overrides (``make_bench(agent_command=...)``).
 
 The plugin is loaded in every pytest run of the project; without
@@ -118,7 +120,8 @@ def make_bench(request: pytest.FixtureRequest, hil_env, hil_profile, tmp_path: P
             raise RuntimeError("one bench per test")
         options = {"name": request.node.name, "profile": hil_profile,
                    "limited_disk": "disk_full" in _needs(request.node),
-                   "with_nodes": "nbiot_node" in _needs(request.node)}
+                   "with_nodes": "nbiot_node" in _needs(request.node),
+                   "with_modem": bool({"modem", "modem_faults", "power_relay"} & set(_needs(request.node)))}
         command = request.config.getoption("--hil-agent-command")
         if command:
             options["agent_command"] = shlex.split(command)

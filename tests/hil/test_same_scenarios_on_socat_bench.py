@@ -26,7 +26,7 @@ def test_the_modem_hang_scenario_passes_unchanged_on_the_socat_bench(tmp_path):
     (scenario,) = results["scenarios"]
     assert results["env"] == "socat-modem" and scenario["outcome"] == "passed"
     result = scenario["result"]
-    assert result["notes"]["ladder: power cycle via the relay"] == "port lost and back"
+    assert result["notes"]["ladder at the lender"].endswith("down → relay power cycle → ok")
     # The AT port the scenario used was socat's: socat ran, twice (the modem's power cycle re-enumerates it).
     socat_log = Path(result["logs"]["socat"]).read_text()
     assert socat_log.count("start #") == 2 and "/modem/ttyUSB2" in socat_log
