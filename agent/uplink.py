@@ -351,6 +351,7 @@ class Exchange:
     retry_later: tuple[Rejection, ...] = ()
     detail: str = ""
     full: bool = False             # the batch hit a cap: more is probably queued
+    retry_after: float | None = None   # a 5.03's Max-Age (RFC 7252 §5.9.3.4): wait at least this long
 
 
 # --- the asyncio edge ------------------------------------------------------------
@@ -525,7 +526,8 @@ class Uplink:
                 self.count_cap = max(1, len(batch) // 2)
                 return Exchange(Result.REFUSED, seqs, detail=detail + f"; next batch at most {self.count_cap} envelopes")
             return self._isolated(batch, Reason.MALFORMED, "lender answered 4.00 to this envelope alone", seqs, detail)
-        return Exchange(Result.FAILED, seqs, detail=detail)
+        retry_after = response.opt.max_age if code == codes.SERVICE_UNAVAILABLE else None
+        return Exchange(Result.FAILED, seqs, detail=detail, retry_after=retry_after)
 
     def _too_large(self, response: aiocoap.Message, batch: list[Queued], seqs: tuple[int, ...], detail: str) -> Exchange:
         limit = response.opt.size1  # RFC 7959 §2.9.3: the largest body the server will take
@@ -578,7 +580,10 @@ class Uplink:
             return 0.0
         # NO_PROGRESS too: the lender answers but takes none of these yet
         # (device not enrolled): retry, but ever more slowly.
-        return self.backoff.next_delay()
+        delay = self.backoff.next_delay()
+        if exchange.retry_after is not None:
+            delay = max(delay, min(float(exchange.retry_after), self.config.backoff_cap))
+        return delay
 
     async def _wait(self, delay: float) -> None:
         if self._wake.is_set():

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import aiocoap
 import pytest
 from aiocoap.numbers import codes
 from hypothesis import given
@@ -301,6 +302,18 @@ def test_a_lender_error_keeps_the_batch_queued_and_backs_off(tmp_path, code):
     exchange, delay, failures, left = asyncio.run(scenario())
     assert exchange.result is Result.FAILED and str(code) in exchange.detail
     assert (delay, failures, left) == (1.0, 1, [1, 2, 3, 4])
+
+
+def test_a_service_unavailable_with_max_age_is_not_retried_sooner(tmp_path):
+    async def scenario():
+        async with rig(tmp_path, envelopes=chain(2), backoff_cap=300.0) as r:
+            answer = aiocoap.Message(code=codes.SERVICE_UNAVAILABLE, max_age=30)
+            r.lender.answers.append(answer)
+            exchange = await r.uplink.send_once()
+            return r.uplink.delay_after(exchange), queued(r.spool)
+
+    delay, left = asyncio.run(scenario())
+    assert delay == 30.0 and left == [1, 2]
 
 
 def test_a_malformed_ack_deletes_nothing(tmp_path):

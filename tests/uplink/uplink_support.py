@@ -66,7 +66,7 @@ class AckLender:
     insecure: bool = False
     max_body: int | None = None                       # answer 4.13 (with Size1) above this
     reject: dict[int, tuple[int, str]] = field(default_factory=dict)   # seq -> (reason code, text)
-    answers: deque = field(default_factory=deque)     # queued whole-batch answers: a Code, or bytes as a 2.04 body
+    answers: deque = field(default_factory=deque)     # queued whole-batch answers: a Code, a Message, or 2.04 body bytes
     refuse_seqs: set[int] = field(default_factory=set)  # a batch holding one of these gets 4.00
     stored: dict[int, bytes] = field(default_factory=dict)
     batches: list[Batch] = field(default_factory=list)
@@ -116,6 +116,8 @@ class AckLender:
             answer = self.answers.popleft()
             if isinstance(answer, bytes):
                 return aiocoap.Message(code=codes.CHANGED, payload=answer, content_format=60)
+            if isinstance(answer, aiocoap.Message):
+                return answer
             return aiocoap.Message(code=answer)
         if any(decode_envelope(raw).seq in self.refuse_seqs for raw in items):
             return aiocoap.Message(code=codes.BAD_REQUEST, payload=b"garbage in batch")
