@@ -120,7 +120,7 @@ class ModemStatus:
 
 def _signal(rsrp: float | None, rsrq: float | None, sinr: float | None, rssi: float | None, base: str,
             time: float | None) -> list[Record]:
-    out = []
+    out: list[Record] = []
     for name, value, unit in (("rsrp", rsrp, "dBm"), ("rsrq", rsrq, "dB"), ("sinr", sinr, "dB"), ("rssi", rssi, "dBm")):
         if value is not None:
             out.append(Record(f"{base}.{name}", value=value, unit=unit, time=time))
