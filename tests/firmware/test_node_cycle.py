@@ -38,7 +38,7 @@ def test_a_node_wakes_samples_signs_sends_and_sleeps_and_the_lender_verifies_eve
         report = cycle["report"]
         assert report["errors"] == [], report
         assert report["acked"] == [report["seq"]] and report["buffered"] == [], report
-        assert cycle["sleep_ms"] == 900_000 and cycle["wake_pins"] == [[4, 5]], cycle  # tamper pin, falling edge... armed
+        assert cycle["sleep_ms"] == 900_000 and cycle["wake_pins"] == [[4, 5]], cycle  # tamper pin 4 wakes on WAKE_HIGH (open)
         assert cycle["watchdog_on"] and not cycle["watchdog_overdue"], cycle
     assert (first["report"]["seq"], steady["report"]["seq"]) == (1, 2)
     assert first["report"]["boot"] == steady["report"]["boot"] == 1  # a deep-sleep wake is no new boot
@@ -195,3 +195,19 @@ def test_an_unregistered_node_keeps_its_envelopes_until_the_lender_knows_it(make
     assert any("4.01" in e for e in report["errors"]), report
     with lender.store() as store:
         assert [q.reason for q in store.quarantined()] == [2], "kept in quarantine as from an unknown key"
+
+
+def test_a_node_whose_flash_was_wiped_cannot_overwrite_evidence_and_stops_resending_the_refused_seq(make_node, lender):
+    node = make_node("bc66")
+    with ModemSimulator(bc66.MODEL) as sim:
+        node.run(sim.path, [{"reset_cause": PWRON_RESET, "celsius": 20.0}])
+        for item in (node.root / "state").iterdir():  # a technician wipes the flash but keeps key and id
+            item.unlink()
+        (wiped,) = node.run(sim.path, [{"reset_cause": PWRON_RESET, "celsius": 30.0}])
+    report = wiped["report"]
+    assert report["seq"] == 1 and report["acked"] == [], report
+    assert report["refused"] == [[1, 6]], "reason 6: conflict, the lender holds another seq 1"
+    assert report["buffered"] == [], "a refusal that resending cannot change leaves the outbox"
+    assert readings(lender, 1)["temp"].value == 20.0, "the stored evidence is untouched"
+    with lender.store() as store:
+        assert [q.reason for q in store.quarantined()] == [6]

@@ -38,6 +38,8 @@ from errors import AckError, ConfigError, DeliveryError, ModemError, NodeError, 
 # Refusals that sending again cannot change (telemetry.envelope.Reason): malformed, bad signature,
 # oversize, conflict, chain. Unknown key (2) and revoked (4) may change at the lender; they stay.
 PERMANENT_REFUSALS = (1, 3, 5, 6, 7)
+# Whole-request answers about this one body (not a CBOR envelope, too large, wrong format): final.
+UNSENDABLE = (0x80, 0x8D, 0x8F)  # 4.00, 4.13, 4.15
 CLOCK_VALID_AFTER = 1704067200  # 2024-01-01: an RTC before this has lost its time
 DEFAULT_SLEEP_MS = 900000
 _EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0  # ports counting from 2000
@@ -87,6 +89,7 @@ class Node:
         self.state_dir = state_dir
         self.tamper_latched = False
         self.tamper_switch = None
+        self.state = None
         self.report = {}  # what this cycle did, for the log line and the tests
         self.report["errors"] = []
 
@@ -106,7 +109,7 @@ class Node:
     def cycle(self):
         """Run one cycle (steps 1 to 4); returns the report. Sleeping is the caller's (main) last step."""
         config, report = self.config, self.report
-        state = chainstate.ChainState(self._file("chain.bin"))
+        state = self.state = chainstate.ChainState(self._file("chain.bin"))
         box = outbox_module.Outbox(self._file("outbox.bin"), config.outbox_slots)
         report["recovery"] = state.recover(box)
         powered_on = self.reset_cause != machine.DEEPSLEEP_RESET
@@ -376,6 +379,9 @@ class Node:
             raw = box.read(seq)
         except StorageError as error:
             self._note("outbox", error)
+            if self.state is not None:  # the envelope is gone: say so in a signed gap record
+                self.state.note_gap("storage-failure", seq, seq, 1)
+                self.state.save()
             return True
         report["sent"].append(seq)
         try:
@@ -384,9 +390,16 @@ class Node:
             self._note("delivery of seq %d" % seq, error)
             return False
         if response.code != coap.CHANGED:
-            text = response.payload.decode() if response.payload else ""
+            try:
+                text = response.payload.decode()
+            except UnicodeError:
+                text = ""
             self._note("delivery of seq %d" % seq, NodeError("lender answered %s %s" % (coap.code_text(response.code), text)))
-            return response.code >> 5 == 4  # a 5.xx: the lender is unwell, try again next cycle
+            if response.code in UNSENDABLE:
+                settled.append(seq)  # the lender keeps the body in quarantine; this envelope can never pass
+                report["refused"].append([seq, coap.code_text(response.code)])
+                return True
+            return False  # 4.01/4.03 (this node), a wrong path, or 5.xx: the same for every envelope; next cycle
         try:
             ack = uplink.parse_ack(response.payload)
         except AckError as error:
