@@ -65,7 +65,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = agent_config.load(args.config)
         identity, spool, state = open_parts(config)
         sensors = build_sensors(config.sensors)
-        modem_health = ModemHealthMonitor.build(config.modem) if config.modem is not None else None
+        modem_health = (ModemHealthMonitor.build(config.modem, state_dir=config.device.state_dir)
+                        if config.modem is not None else None)
     except (AgentError, TelemetryError, DriverError) as exc:
         print(f"pledgewatch agent: {exc}", file=sys.stderr)
         return 2

@@ -30,19 +30,25 @@ entry point, where the edge rules (agent.rules) enroll the first ones and raise
 lives in one place. A SIM URC (``+CPIN:``) or a modem that announces a reboot
 (``RDY``) triggers a probe at once, at most one per `URC_PROBE_GAP_S`; a udev
 remove of the AT port closes it and an add reopens it (drivers.hotplug).
+Raised alarms and the resets of the last hour are kept in a state file
+(`HealthStateFile`), so a restarted agent clears what it raised and an agent
+that keeps restarting cannot reset the modem more often than the cap either.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
 
-from agent.exc import ModemHealthConfigError
+from agent.exc import ModemHealthConfigError, StateError
 from agent.modem import ModemLink, ModemStatus
+from agent.state import AtomicJSONStorage
 from drivers.at import Urc
 from drivers.exc import DriverError, HotplugError
 from drivers.gpio import ModemPowerLine, PowerLineConfig
@@ -197,6 +203,20 @@ class RecoveryPolicy:
         self.reattach_at: float | None = None
         self.reattaches = 0
 
+    def snapshot(self, now: float) -> dict:
+        """What must outlive an agent restart (JSON-able): the raised alarms and the resets of the last hour."""
+        self.resets_in_last_hour(now)
+        return {"raised": sorted(self.raised), "resets": list(self.resets)}
+
+    def restore(self, saved: Mapping, now: float) -> None:
+        """Take back a snapshot, so a restarted agent clears what it raised and keeps counting against the cap."""
+        raised = saved.get("raised", [])
+        resets = saved.get("resets", [])
+        self.raised = {k for k in raised if k in SEVERITY} if isinstance(raised, list) else set()
+        times = [t for t in resets if isinstance(t, (int, float)) and not isinstance(t, bool)] \
+            if isinstance(resets, list) else []
+        self.resets = deque(sorted(t for t in times if now - HOUR_S < t <= now))
+
     def resets_in_last_hour(self, now: float) -> int:
         while self.resets and self.resets[0] <= now - HOUR_S:
             self.resets.popleft()
@@ -281,6 +301,50 @@ class RecoveryPolicy:
         return Plan("recovering", cfg.backoff_s * 2 ** index, step)
 
 
+class HealthStateFile:
+    """The policy's snapshot on disk (agent.state's atomic, checksummed JSON), tied to this boot of the host.
+
+    Reset times are monotonic seconds, which mean nothing after the host
+    reboots: a snapshot from another boot (``/proc/sys/kernel/random/boot_id``)
+    keeps its raised alarms but not its resets. A damaged file is logged and
+    ignored: the worst case is an alarm raised again, or one more reset.
+    """
+
+    TABLE = "modem_health"  # agent.state's format holds tables of JSON objects
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._storage = AtomicJSONStorage(self.path)
+        self._last: dict | None = None
+
+    @staticmethod
+    def boot_id() -> str:
+        try:
+            return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        except OSError:
+            return ""
+
+    def load(self) -> dict:
+        try:
+            saved = (self._storage.read() or {}).get(self.TABLE, {})
+        except StateError as exc:
+            log.error("modem health: %s; starting without the saved state", exc)
+            return {}
+        if saved.get("boot_id") != self.boot_id():
+            saved = {**saved, "resets": []}
+        return saved
+
+    def save(self, snapshot: dict) -> None:
+        snapshot = {**snapshot, "boot_id": self.boot_id()}
+        if snapshot == self._last:
+            return
+        try:
+            self._storage.write({self.TABLE: snapshot})
+            self._last = snapshot
+        except StateError as exc:
+            log.error("modem health: cannot save its state: %s", exc)
+
+
 # --- the monitor: async, around the link ----------------------------------------------------
 
 RecordSink = Callable[[list[Record]], object]
@@ -302,6 +366,7 @@ class ModemHealthMonitor:
         link: ModemLink,
         *,
         watcher: ModemPortWatcher | None = None,
+        state_file: HealthStateFile | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         sleep: Sleep = asyncio.sleep,
@@ -310,6 +375,9 @@ class ModemHealthMonitor:
         self.link = link
         self.watcher = watcher
         self.policy = RecoveryPolicy(config, has_power_line=link.power_line is not None)
+        self.state_file = state_file
+        if state_file is not None:
+            self.policy.restore(state_file.load(), clock())
         self.clock = clock
         self.wall = wall
         self._sleep = sleep
@@ -327,8 +395,11 @@ class ModemHealthMonitor:
 
     @classmethod
     def build(cls, config: ModemHealthConfig, *, pin_factory: object | None = None,
-              watcher: ModemPortWatcher | None = None, **pacing) -> ModemHealthMonitor:
-        """The monitor, its link and power line as `config` describes them (the power line is switched on)."""
+              watcher: ModemPortWatcher | None = None, state_dir: Path | None = None, **pacing) -> ModemHealthMonitor:
+        """The monitor, its link and power line as `config` describes them (the power line is switched on).
+
+        With `state_dir`, raised alarms and recent resets are kept in `modem-health.json` there across restarts.
+        """
         line_config = config.power_line()
         power_line = ModemPowerLine(line_config, pin_factory=pin_factory) if line_config is not None else None
         link = ModemLink(config.port, model=config.model, command_timeout_s=config.command_timeout_s,
@@ -336,7 +407,8 @@ class ModemHealthMonitor:
                          boot_s=config.boot_s, power_line=power_line)
         if watcher is None and config.hotplug:
             watcher = ModemPortWatcher()
-        return cls(config, link, watcher=watcher, **pacing)
+        state_file = HealthStateFile(state_dir / "modem-health.json") if state_dir is not None else None
+        return cls(config, link, watcher=watcher, state_file=state_file, **pacing)
 
     def close(self) -> None:
         """Release the power line's GPIO (the port is closed when `run` ends)."""
@@ -391,6 +463,8 @@ class ModemHealthMonitor:
         for alarm in plan.alarms:
             log.warning("modem health: %s %s: %s", alarm.name, alarm.state, alarm.detail)
             record(alarm.records(t))
+        if self.state_file is not None and (plan.alarms or (plan.recovery and plan.recovery.is_reset)):
+            self.state_file.save(self.policy.snapshot(now))  # before the reset: a crash mid-reset still counts it
         if plan.recovery is not None:
             self.actions.append((now, plan.recovery))
             await self._recover(plan.recovery)

@@ -37,6 +37,7 @@ class VirtualClock:
         self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
         self._parked: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __call__(self) -> float:
         return self.now
@@ -45,8 +46,9 @@ class VirtualClock:
         return EPOCH + self.now
 
     def _event(self) -> asyncio.Event:
-        if self._parked is None:
-            self._parked = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        if self._parked is None or self._loop is not loop:  # a clock may outlive one asyncio.run()
+            self._parked, self._loop = asyncio.Event(), loop
         return self._parked
 
     async def sleep(self, delay: float) -> None:
