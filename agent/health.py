@@ -458,8 +458,11 @@ class ModemHealthMonitor:
             self.last_status = status
             identity = (status.imei, status.iccid)
             if on_identity is not None and any(identity) and identity != self._identity_told:
-                on_identity(imei=status.imei, iccid=status.iccid)  # the rules enroll it, or raise the tamper alarm
-                self._identity_told = identity
+                try:
+                    on_identity(imei=status.imei, iccid=status.iccid)  # the rules enroll it, or raise the tamper alarm
+                    self._identity_told = identity
+                except Exception:  # a rules bug must not cost this probe's alarms or recovery; told again next probe
+                    log.exception("modem health: handing over IMEI/ICCID failed")
         for alarm in plan.alarms:
             log.warning("modem health: %s %s: %s", alarm.name, alarm.state, alarm.detail)
             record(alarm.records(t))
