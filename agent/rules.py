@@ -35,6 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from agent.assets import GATEWAY, Asset, LatLon, RuleSettings, local_date, zone
 from agent.clock import Instant
@@ -65,7 +66,7 @@ class SensorSpec:
     interval_s: float
 
 
-def sensor_specs(configs: Iterable[object], kinds: Mapping[type, str]) -> tuple[SensorSpec, ...]:
+def sensor_specs(configs: Iterable[Any], kinds: Mapping[type, str]) -> tuple[SensorSpec, ...]:
     """Specs of configured sensors; `kinds` maps each driver config class to its kind (agent.config.SENSOR_KINDS inverted)."""
     return tuple(SensorSpec(c.name, kinds[type(c)], float(c.interval_s)) for c in configs)
 
@@ -282,24 +283,29 @@ class RulesEngine:
         }
 
     def _restore(self, saved: Mapping, start: Instant) -> None:
-        for name, active in dict(saved.get("raised", {})).items():
-            parts = name.split(".")
-            if len(parts) != 3 or parts[0] != "alarm" or parts[1] not in SEVERITY:
+        """Take back a snapshot; anything in it of the wrong shape is ignored (the file is ours, but be sure)."""
+        def mapping(value: object) -> dict:
+            return dict(value) if isinstance(value, Mapping) else {}
+
+        for name, active in mapping(saved.get("raised")).items():
+            parts = name.split(".") if isinstance(name, str) else []
+            if len(parts) != 3 or parts[0] != "alarm" or parts[1] not in SEVERITY or not parts[2]:
                 continue
             latch = self._latch(parts[1], parts[2])
             latch.raised = True
-            if parts[1] == "silence":  # still silent until each of them reports
-                keys = [k for k in active if k in self.sensors]
+            if parts[1] == "silence" and isinstance(active, list):  # still silent until each of them reports
+                keys = [k for k in active if isinstance(k, str) and k in self.sensors]
                 latch.active.update(keys)
                 self._silent.update(keys)
             if parts[1] == "motion":
                 self._last_motion[parts[2]] = start.monotonic
-        self.modem = {k: str(v) for k, v in dict(saved.get("modem", {})).items() if k in ("imei", "iccid")}
-        for asset, usage in dict(saved.get("usage", {})).items():
+        self.modem = {k: v for k, v in mapping(saved.get("modem")).items() if k in ("imei", "iccid") and isinstance(v, str)}
+        for asset, usage in mapping(saved.get("usage")).items():
             if asset in self._usage and isinstance(usage, Mapping):
-                self._usage[asset].day = usage.get("day")
-                self._usage[asset].run_s = float(usage.get("run_s", 0.0))
-                self._usage[asset].starts = int(usage.get("starts", 0))
+                day, run_s, starts = usage.get("day"), usage.get("run_s"), usage.get("starts")
+                self._usage[asset].day = day if isinstance(day, str) else None
+                self._usage[asset].run_s = float(run_s) if isinstance(run_s, (int, float)) else 0.0
+                self._usage[asset].starts = starts if isinstance(starts, int) else 0
 
     @property
     def raised(self) -> frozenset[str]:
@@ -483,6 +489,7 @@ class RulesEngine:
     def _judge_series(self, asset: str, quantity: str, name: str, series: _Series, instant: Instant) -> list[Emission]:
         band = self._by_name[asset].band(quantity)
         value = series.last
+        assert band is not None and value is not None  # series exist only for assets with this band, once fed
         unit = "kg" if quantity == "weight" else ("Cel" if quantity == "temperature" else "%RH")
         latch = self._latch(quantity, asset)
         if band.outside(value):
@@ -547,7 +554,9 @@ class RulesEngine:
     def _fence(self, asset: Asset, sensor: str, track: _FenceTrack, position: LatLon, sigma: float,
                hdop: float | None, instant: Instant) -> list[Emission]:
         s = self.settings
-        beyond = asset.geofence.outside_by_m(position)
+        fence = asset.geofence
+        assert fence is not None  # only assets with a fence are judged here
+        beyond = fence.outside_by_m(position)
         latch = self._latch("geofence", asset.name)
         track.outside_run = track.outside_run + 1 if beyond > s.fence_sigmas * sigma else 0
         track.inside_run = track.inside_run + 1 if beyond <= 0 else 0

@@ -188,7 +188,7 @@ def add_arguments(alarms: argparse.ArgumentParser, status: argparse.ArgumentPars
     status.add_argument("--json", action="store_true", help="a JSON array, one object per asset")
 
 
-def _when(event: AlarmRecord) -> str:
+def _when(event: AlarmRecord) -> str | None:
     if event.time is not None:
         return iso_time(event.time)
     uptime = f"uptime {event.uptime_s:.1f} s, " if event.uptime_s is not None else ""
@@ -248,8 +248,8 @@ def run_status(args: argparse.Namespace) -> int:
         print(f"{s.asset} ({s.kind}, {s.device}): {s.state}")
         seen = f"{iso_time(s.last_seen)} ({now - s.last_seen:.0f} s ago), seq {s.last_seq}" if s.last_seen else "never"
         print(f"  last seen     {seen}")
-        if s.last_reading is not None:
-            r = _reading_json(s.last_reading)
+        r = _reading_json(s.last_reading)
+        if r is not None:
             when = iso_time(r["time"]) if r["time"] is not None else f"unsynchronized clock, received {iso_time(r['at'])}"
             print(f"  last reading  {r['name']} = {r['value']}{' ' + r['unit'] if r['unit'] else ''} at {when}"
                   f" (seq {r['seq']}, verified)")

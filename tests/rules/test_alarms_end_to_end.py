@@ -41,9 +41,9 @@ DEVICE = "gw-e2e-1"
 IDENTITY = Identity(bytes([11]) * 32)
 BACKLOG = 50_000
 DEPOT = LatLon(52.5200, 13.4050)
-INTERVAL = 0.3  # the door and the GNSS are polled every 0.3 s: three fixes outside the fence take 0.9 s
+INTERVAL = 0.25  # the door and the GNSS are polled every 0.25 s: three fixes outside the fence take 0.75 s
 PROBE_INTERVAL = 1.0  # a DS18B20 conversion takes 750 ms: polled every second
-SILENCE_FACTOR = 4
+SILENCE_FACTOR = 3
 EXPECTED = {"alarm.door.cold-store", "alarm.geofence.truck-7", "alarm.silence.cold-store"}
 
 
@@ -118,10 +118,12 @@ def test_door_gnss_and_silence_alarms_reach_the_lender_within_2_s_while_50000_re
         assert not sensors[1].is_open
         assets = [Asset("cold-store", "stock", ("temp", "door")),  # no access hours: any opening is an alarm
                   Asset("truck-7", "vehicle", ("gnss",), geofence=Circle(DEPOT, 200.0), stationary=False)]
-        specs = [SensorSpec(s.name, kind, s.interval) for s, kind in zip(sensors, ("ds18b20", "contact", "gnss"))]
+        # the rules expect a sample at least every second from each (silent after 3 s): the door and the GNSS are
+        # polled faster for the geofence's sake, and a loaded test machine stalling 1 s is not silence
+        specs = [SensorSpec(s.name, kind, max(s.interval, 1.0)) for s, kind in zip(sensors, ("ds18b20", "contact", "gnss"))]
         clock = TrustedClock(kernel_synced=lambda: False)  # no NTP here: the GNSS receiver's UTC is the time source
         uplink = Uplink(UplinkConfig(lender=f"coap://127.0.0.1:{port}", insecure=True, batch_interval=1.0,
-                                     max_batch_bytes=60_000, max_batch_count=500), spool)
+                                     max_batch_bytes=30_000, max_batch_count=500), spool)
         view = LenderView(data)
         arrivals: dict[str, tuple[float, float, int]] = {}  # name -> (event time, arrival, lender's stored count then)
 
@@ -157,7 +159,7 @@ def test_door_gnss_and_silence_alarms_reach_the_lender_within_2_s_while_50000_re
                 arrivals[name] = (happened, arrived()[0], view.stored())
 
             far = offset(DEPOT, 1_000.0, 0.0)
-            await asyncio.gather(  # the slowest to become an alarm (silence: 4 s) first, all while the backlog drains
+            await asyncio.gather(  # the slowest to become an alarm (silence: 3 s) first, all while the backlog drains
                 event("alarm.silence.cold-store", probe.unplug, 0.0),
                 event("alarm.door.cold-store", lambda: factory.pin(17).drive_high(), 0.7),
                 event("alarm.geofence.truck-7", lambda: feed.move_to(far.lat, far.lon), 1.4),
@@ -182,7 +184,7 @@ def test_door_gnss_and_silence_alarms_reach_the_lender_within_2_s_while_50000_re
     # each event: exactly one alarm, at the lender within 2 s, while the backlog was still arriving
     assert sorted((n, s) for n, s, _ in events) == sorted((name, "raised") for name in EXPECTED), events
     # silence is an event only once k x interval has passed without a sample: measured from then (the time of
-    # the probe's last verified reading at the lender, plus 4 x 1 s), and never later than that after the unplug
+    # the probe's last verified reading at the lender, plus 3 x 1 s), and never later than that after the unplug
     unplugged = arrivals["alarm.silence.cold-store"][0]
     arrivals["alarm.silence.cold-store"] = (last_probe_reading + SILENCE_FACTOR * PROBE_INTERVAL,
                                             *arrivals["alarm.silence.cold-store"][1:])

@@ -146,3 +146,20 @@ def test_a_day_of_mixed_bursty_streams_keeps_alternation():
         out += rules.tick(at(t + 30))
     assert alternation_ok(out)
     assert alarms(out, "temperature") and alarms(out, "door")
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=30), inner, max_size=4),
+                           max_leaves=20)
+
+
+@settings(max_examples=200)
+@given(st.dictionaries(st.sampled_from(["raised", "modem", "usage", "other"]), json_values, max_size=4),
+       st.sampled_from(["alarm.door.cold-store", "alarm.silence.cold-store", "alarm.motion.cold-store", "alarm.x.y"]))
+def test_a_saved_state_of_any_shape_never_stops_the_agent_from_starting(saved, name):
+    if isinstance(saved.get("raised"), dict):
+        saved["raised"][name] = saved.get("other")
+    rules = engine([STORE], SENSORS, SETTINGS, restore=saved)
+    out = rules.tick(at(10)) + rules.observe([sample("door", False, 11)], at(11))
+    restored = set(saved["raised"]) if isinstance(saved.get("raised"), dict) else set()
+    assert all(state == "raised" or name in restored for name, state in alarms(out))  # only a restored alarm clears
