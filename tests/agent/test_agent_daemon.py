@@ -156,6 +156,17 @@ interval_s = 1
 """
 
 
+def _spooled_count(path: Path) -> int:
+    """Envelopes in a spool another process holds (a read-only SQLite look, not the Spool API and its lock)."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
+            return sum(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("alarm", "routine"))
+    except sqlite3.Error:
+        return 0
+
+
 def test_the_agent_command_runs_until_sigterm_and_stops_cleanly(tmp_path):
     tree = OneWireTree(tmp_path / "w1")
     probe = tree.add_ds18b20(celsius=2.5)
@@ -164,7 +175,11 @@ def test_the_agent_command_runs_until_sigterm_and_stops_cleanly(tmp_path):
     (tmp_path / "agent.toml").write_text(CONFIG.format(device=DEVICE, probe=probe.device_id))
     agent = subprocess.Popen([sys.executable, "-m", "pledgewatch", "agent", "run", "--config", str(tmp_path / "agent.toml")],
                              stderr=subprocess.PIPE, text=True)
-    time.sleep(2.5)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (tmp_path / "state" / "spool.db").exists():
+        time.sleep(0.1)
+    while time.monotonic() < deadline and _spooled_count(tmp_path / "state" / "spool.db") < 2:
+        time.sleep(0.1)
     agent.send_signal(signal.SIGTERM)
     _, stderr = agent.communicate(timeout=10)
     assert agent.returncode == 0, stderr
