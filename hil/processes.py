@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -48,6 +49,7 @@ class ManagedProcess:
         self.env = dict(env) if env is not None else None
         self.cwd = cwd
         self.process: subprocess.Popen | None = None
+        self._copier: threading.Thread | None = None
         self.starts = 0
 
     @property
@@ -64,13 +66,24 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             log.write(f"--- {time.strftime('%H:%M:%S')} start #{self.starts + 1}: {' '.join(self.argv)}\n".encode())
-            log.flush()
-            try:
-                self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                                env=self.env, cwd=self.cwd, start_new_session=True)
-            except OSError as exc:
-                raise BenchError(f"cannot start {self.name} ({self.argv[0]}): {exc}") from exc
+        try:
+            # Output through a pipe the rig copies into the log: the child's own file limits (a disk-full
+            # quota on the agent) must not cost the log that explains what happened.
+            self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                            stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd,
+                                            start_new_session=True)
+        except OSError as exc:
+            raise BenchError(f"cannot start {self.name} ({self.argv[0]}): {exc}") from exc
+        self._copier = threading.Thread(target=_copy_output, args=(self.process.stdout, self.log_path),
+                                        name=f"{self.name} log", daemon=True)
+        self._copier.start()
         self.starts += 1
+
+    def _wait(self, timeout: float) -> None:
+        self.process.wait(timeout)
+        if self._copier is not None:
+            self._copier.join(5)
+            self._copier = None
 
     def kill(self) -> None:
         """SIGKILL, no warning (a power cut); waits until it is gone."""
@@ -78,7 +91,7 @@ class ManagedProcess:
             return
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
+        self._wait(10)
 
     def stop(self, grace_s: float = 15.0) -> int | None:
         """SIGTERM, then SIGKILL if it has not ended after `grace_s`; returns the exit code (None if never started)."""
@@ -87,11 +100,12 @@ class ManagedProcess:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(grace_s)
+                self._wait(grace_s)
             except subprocess.TimeoutExpired:
                 self.process.send_signal(signal.SIGKILL)
-                self.process.wait(10)
+                self._wait(10)
                 raise BenchError(f"{self.name} ignored SIGTERM for {grace_s} s and was killed\n{self.log_tail()}") from None
+        self._wait(10)
         return self.process.returncode
 
     def log_tail(self, lines: int = 30) -> str:
@@ -100,7 +114,17 @@ class ManagedProcess:
     def check_alive(self) -> None:
         """Raise if the process ended on its own (a crash), with the end of its log."""
         if self.process is not None and self.process.poll() is not None:
+            if self._copier is not None:
+                self._copier.join(5)  # the last words, before they are quoted
             raise BenchError(f"{self.name} exited with code {self.process.returncode}:\n{self.log_tail()}")
+
+
+def _copy_output(stream, log_path: Path) -> None:
+    """Append a child's output to its log line by line until the child closes it."""
+    with stream, open(log_path, "ab") as log:
+        for line in iter(stream.readline, b""):
+            log.write(line)
+            log.flush()
 
 
 def run_cli(args: Sequence[str], *, timeout: float = 60.0, env: Mapping[str, str] | None = None) -> str:

@@ -29,7 +29,7 @@ from hil.processes import tail
 # fault kind -> (colour, label); intervals are bands, instants are vertical lines
 FAULT_STYLE: dict[str, tuple[str, str]] = {
     "partition": ("#e4572e", "no link"),
-    "link-impaired": ("#f3a712", "flaky link"),
+    "link-impaired": ("#f3a712", "impaired link"),
     "modem-hang": ("#8e5572", "modem hung"),
     "modem-errors": ("#b388a0", "modem errors"),
     "disk-full": ("#6a4c93", "disk full"),

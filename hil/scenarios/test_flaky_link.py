@@ -16,7 +16,7 @@ pytestmark = pytest.mark.needs("agent", "lender", "onewire_sensors", "network_fa
 
 
 def test_a_flaky_link_with_30_percent_loss_and_500_ms_jitter_delivers_every_reading_once(bench, hil_profile):
-    duration_s = hil_profile.pick(short=30.0, long=900.0)
+    duration_s = hil_profile.pick(short=20.0, long=900.0)
     bench.run_for(2)
     bench.network.impair(loss=0.3, delay_s=0.5, jitter_s=0.5)
     start = bench.sample()
