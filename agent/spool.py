@@ -52,7 +52,7 @@ REASON_OVERFLOW = "overflow"
 REASON_SPOOL_RESET = "spool-reset"
 
 APPLICATION_ID = 0x504C5753  # "PLWS": marks a file as a pledgewatch spool
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _MAX_SEQ = (1 << 63) - 1  # SQLite INTEGER is signed 64-bit
 _WAL_SIZE_LIMIT = 16 * 1024 * 1024  # truncate the -wal back to this after checkpoints
 
@@ -69,6 +69,10 @@ _SCHEMA = (
     # reused, so a report names exactly the rows it covered.
     "CREATE TABLE drop_log (id INTEGER PRIMARY KEY AUTOINCREMENT, reason TEXT NOT NULL,"
     " first_seq INTEGER, last_seq INTEGER, detail TEXT) STRICT",
+    # Envelopes the lender refused for good (bad signature, conflict, malformed): out of the
+    # send queue, kept with the lender's reason as evidence, never deleted by an ack.
+    "CREATE TABLE refused (seq INTEGER PRIMARY KEY, raw BLOB NOT NULL, alarm INTEGER NOT NULL,"
+    " reason INTEGER NOT NULL, text TEXT NOT NULL) STRICT",
 )
 
 # SQLite result codes (primary) that mean "this file is damaged"; anything in
@@ -428,6 +432,40 @@ class Spool:
                     self._routine_bytes -= freed
                 deleted += len(sizes)
         return deleted
+
+    def set_aside(self, rejections: Iterable[object]) -> int:
+        """Move envelopes the lender refused for good out of the send queue, keeping them with its reason.
+
+        Each rejection has `seq`, `reason` (the ack's reason code) and `text`. They stay in the
+        `refused` table as evidence (`refused()` lists them); `peek` and `ack` never see them again.
+        """
+        wanted = {int(r.seq): r for r in rejections}
+        if not wanted:
+            return 0
+        saved = (self._alarm_count, self._alarm_bytes, self._routine_count, self._routine_bytes)
+        moved = 0
+        with self._transaction(saved):
+            for table, alarm in (("alarm", True), ("routine", False)):
+                for seq, rejection in wanted.items():
+                    row = self._conn.execute(f"DELETE FROM {table} WHERE seq = ? RETURNING raw", (seq,)).fetchone()
+                    if row is None:
+                        continue
+                    self._conn.execute("INSERT OR REPLACE INTO refused (seq, raw, alarm, reason, text) VALUES (?, ?, ?, ?, ?)",
+                                       (seq, row[0], int(alarm), int(rejection.reason), str(rejection.text)[:500]))
+                    if alarm:
+                        self._alarm_count -= 1
+                        self._alarm_bytes -= len(row[0])
+                    else:
+                        self._routine_count -= 1
+                        self._routine_bytes -= len(row[0])
+                    moved += 1
+        log.error("spool %s: the lender refused %d envelope(s) for good (seqs %s); kept in the refused table",
+                  self.path, moved, sorted(wanted)[:20])
+        return moved
+
+    def refused(self) -> list[tuple[int, int, str]]:
+        """(seq, reason code, text) of every envelope the lender refused for good, by seq."""
+        return [tuple(row) for row in self._conn.execute("SELECT seq, reason, text FROM refused ORDER BY seq")]
 
     # --- drops -------------------------------------------------------------
 

@@ -230,6 +230,8 @@ class SpoolLike(Protocol):
 
     def ack(self, seqs: Iterable[int]) -> int: ...
 
+    def set_aside(self, rejections: Iterable[Rejection]) -> int: ...
+
 
 def _bstr_overhead(length: int) -> int:
     return 1 if length < 24 else 2 if length < 0x100 else 3 if length < 0x10000 else 5
@@ -386,9 +388,6 @@ class Uplink:
         self._wake = asyncio.Event()
         self._context: aiocoap.Context | None = None
         self._security: DurableSecurityContext | None = None
-        # Permanent rejections, kept out of batches for this process's life. A
-        # spool offering set_aside(rejections) keeps them durably instead.
-        self._set_aside: dict[int, int] = {}
         self._lender_proven = False   # a batch was delivered since the last isolation step
         self._suspect: int | None = None  # refused alone before the lender was proven: skipped until it is
 
@@ -437,11 +436,9 @@ class Uplink:
     # --- one exchange ---
 
     def _next_batch(self) -> list[Queued]:
-        hidden = dict(self._set_aside)
-        if self._suspect is not None and not self._lender_proven:
-            hidden[self._suspect] = 0
-        items = self.spool.peek(self.count_cap + len(hidden), self.byte_cap + sum(hidden.values()))
-        items = [item for item in items if item.seq not in hidden][: self.count_cap]
+        suspect = self._suspect if not self._lender_proven else None
+        items = self.spool.peek(self.count_cap + (suspect is not None), self.byte_cap)
+        items = [item for item in items if item.seq != suspect][: self.count_cap]
         return fit_batch(items, self.byte_cap)
 
     def _tuning(self) -> TransportTuning:
@@ -451,18 +448,12 @@ class Uplink:
         return tuning
 
     def _put_aside(self, rejections: Sequence[Rejection], batch: Sequence[Queued]) -> None:
-        sizes = {item.seq: len(item.raw) for item in batch}
         for rejection in rejections:
             log.error(
-                "uplink: lender refused envelope seq %d for good (reason %d: %r); it stays in the spool "
-                "and is no longer sent", rejection.seq, rejection.reason, rejection.text,
+                "uplink: lender refused envelope seq %d for good (reason %d: %r); it is kept in the spool's "
+                "refused table and no longer sent", rejection.seq, rejection.reason, rejection.text,
             )
-        set_aside = getattr(self.spool, "set_aside", None)
-        if callable(set_aside):
-            set_aside(rejections)
-        else:
-            for rejection in rejections:
-                self._set_aside[rejection.seq] = sizes.get(rejection.seq, 0)
+        self.spool.set_aside(rejections)
 
     async def send_once(self) -> Exchange:
         """Send one batch and apply the lender's answer. Never raises for network or lender trouble."""

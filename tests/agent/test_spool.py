@@ -203,7 +203,7 @@ def test_spool_file_is_a_plain_sqlite_database_with_the_documented_schema(spool_
     conn = sqlite3.connect(spool_path)
     try:
         tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
-        assert tables == {"alarm", "routine", "chain_head", "drop_log", "sqlite_sequence"}
+        assert tables == {"alarm", "routine", "chain_head", "drop_log", "refused", "sqlite_sequence"}
         assert conn.execute("SELECT seq FROM alarm").fetchall() == [(0,), (2,)]
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     finally:
@@ -317,3 +317,20 @@ test_spool_policy_matches_its_model = SpoolAgainstModel.TestCase
 def test_spool_errors_share_the_agent_root():
     assert issubclass(SpoolError, AgentError)
     assert issubclass(SpoolUnavailableError, OSError)
+
+
+def test_envelopes_the_lender_refused_for_good_leave_the_queue_but_are_kept_across_a_restart(spool_path):
+    from types import SimpleNamespace
+
+    with Spool.open(spool_path) as spool:
+        spool.append_many(chain(5, alarm_every=2))
+        before = spool.stats()
+        moved = spool.set_aside([SimpleNamespace(seq=1, reason=3, text="bad signature"),
+                                 SimpleNamespace(seq=2, reason=6, text="conflicting duplicate"),
+                                 SimpleNamespace(seq=99, reason=3, text="not in the spool")])
+        assert moved == 2 and len(spool) == 3 and spool.stats().bytes < before.bytes
+        assert spool.ack([1, 2]) == 0  # an ack never deletes evidence
+    with Spool.open(spool_path) as spool:
+        assert [item.seq for item in spool.peek(100, 1 << 20)] == [0, 4, 3]
+        assert spool.refused() == [(1, 3, "bad signature"), (2, 6, "conflicting duplicate")]
+        assert len(spool) == 3

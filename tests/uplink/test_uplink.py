@@ -369,17 +369,19 @@ def test_the_ack_deletes_exactly_stored_and_already_present_and_sets_permanent_r
             del r.lender.reject[5]                                # enrollment completed
             third = await r.uplink.send_once()
             fourth = await r.uplink.send_once()
-            return first, after_first, second, third, fourth, queued(r.spool), sent_seqs(r.lender)
+            return (first, after_first, second, third, fourth, queued(r.spool), sent_seqs(r.lender),
+                    r.spool.refused())
 
-    first, after_first, second, third, fourth, left, sent = asyncio.run(scenario())
+    first, after_first, second, third, fourth, left, sent, refused = asyncio.run(scenario())
     assert first.result is Result.DELIVERED and first.deleted == 3
-    assert after_first == [3, 4, 5]
+    assert after_first == [5]                   # 3 and 4 left the send queue for the refused table
     assert {(r.seq, r.reason) for r in first.set_aside} == {(3, 3), (4, 6)}
     assert [(r.seq, r.reason) for r in first.retry_later] == [(5, 2)]
     assert second.result is Result.NO_PROGRESS and second.sent == (5,)
     assert third.result is Result.DELIVERED and third.sent == (5,)
     assert fourth.result is Result.IDLE
-    assert left == [3, 4]                       # never deleted: kept as evidence, just not sent again
+    assert left == []
+    assert [(seq, reason) for seq, reason, _ in refused] == [(3, 3), (4, 6)]  # never deleted: kept as evidence
     assert sent == [[1, 2, 3, 4, 5, 6], [5], [5]]
     assert "seq 3" in caplog.text and "seq 4" in caplog.text
 
@@ -393,11 +395,11 @@ def test_a_poison_envelope_is_isolated_by_halving_and_set_aside_while_the_rest_f
             exchanges = []
             while (exchange := await r.uplink.send_once()).result is not Result.IDLE and len(exchanges) < 40:
                 exchanges.append(exchange)
-            return exchanges, r.lender, queued(r.spool)
+            return exchanges, r.lender, queued(r.spool), [seq for seq, _, _ in r.spool.refused()]
 
-    exchanges, lender, left = asyncio.run(scenario())
+    exchanges, lender, left, refused = asyncio.run(scenario())
     assert sorted(lender.stored) == [s for s in range(1, 21) if s != 7]
-    assert left == [7]
+    assert left == [] and refused == [7]                # kept as evidence in the refused table, not sent
     [(seq, reason)] = [(r.seq, r.reason) for e in exchanges for r in e.set_aside]
     assert (seq, reason) == (7, int(Reason.MALFORMED))
 

@@ -42,16 +42,17 @@ def test_uplink_and_real_lender_agree_on_stored_already_present_and_rejected(tmp
                         retried = await uplink.send_once()
                         idle = await uplink.send_once()
                     left = [item.seq for item in spool.peek(100, 1 << 20)]
+                    refused = [seq for seq, _, _ in spool.refused()]
             finally:
                 tap.close()
-        return lost, retried, idle, left
+        return lost, retried, idle, left, refused
 
-    lost, retried, idle, left = asyncio.run(scenario())
+    lost, retried, idle, left, refused = asyncio.run(scenario())
     assert lost.result is Result.FAILED
     assert retried.result is Result.DELIVERED and retried.deleted == 9     # all "already present" now
     assert [(r.seq, r.reason) for r in retried.set_aside] == [(5, int(Reason.BAD_SIGNATURE))]
     assert idle.result is Result.IDLE
-    assert left == [5]                                                     # kept, no longer sent
+    assert left == [] and refused == [5]                                   # kept, no longer sent
 
 
 def test_uplink_shrinks_its_batches_when_the_real_lender_answers_too_large(tmp_path):
