@@ -44,4 +44,5 @@ for index in range(count):
         print("E " + type(error).__name__)
     except Exception as error:  # what the test exists to catch
         print("CRASH %s %s" % (type(error).__name__, error))
+        sys.print_exception(error)
 uart.deinit()

@@ -28,7 +28,7 @@ import time
 
 from errors import CommandError, ModemTimeout
 
-PROMPT = ">"
+PROMPT = object()  # not ">": a garbage line reading ">" must never pass for the data prompt
 _CR, _LF = 13, 10
 
 
@@ -219,6 +219,8 @@ class AtPort:
             if isinstance(item, tuple):
                 lines.append(item[0])
                 self.data = item[1]
+                continue
+            if not isinstance(item, str):
                 continue
             line = item
             if line == text:

@@ -277,13 +277,21 @@ class UART:
         # like several MicroPython ports, 1 means "at least one byte is waiting"
         return 1 if self._ready(0) else 0
 
+    def _byte(self):
+        """One byte from the line, or None when there is none after all (a hang-up reads as 'ready')."""
+        byte = self._file.read(1)
+        return byte if byte else None
+
     def read(self, nbytes=-1):
         out = bytearray()
         wait = self.timeout
         while nbytes < 0 or len(out) < nbytes:
             if not self._ready(wait):
                 break
-            out.extend(self._file.read(1))
+            byte = self._byte()
+            if byte is None:
+                break
+            out.extend(byte)
             wait = self.timeout_char
         return bytes(out) if out else None
 
@@ -300,7 +308,10 @@ class UART:
         while not out.endswith(b"\n"):
             if not self._ready(wait):
                 break
-            out.extend(self._file.read(1))
+            byte = self._byte()
+            if byte is None:
+                break
+            out.extend(byte)
             wait = self.timeout_char
         return bytes(out) if out else None
 
