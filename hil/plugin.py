@@ -68,6 +68,21 @@ def pytest_configure(config: pytest.Config) -> None:
                                       profile=config.getoption("--hil-profile"), started=time.time()))
 
 
+# The long scenarios run for up to ~30 min each (a compressed day, a day-long outage); the project's
+# pytest-timeout default (600 s) is for the short ones.
+LONG_SCENARIO_TIMEOUT_S = 3 * 3600
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _run_state(config) is None or config.getoption("--hil-profile") != "long":
+        return
+    if not config.pluginmanager.hasplugin("timeout"):
+        return
+    for item in items:
+        if "hil_env" in getattr(item, "fixturenames", ()) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(LONG_SCENARIO_TIMEOUT_S))
+
+
 def _run_state(config: pytest.Config):
     return config.stash.get(_RUN, None)
 

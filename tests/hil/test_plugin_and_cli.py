@@ -113,3 +113,13 @@ def test_hil_env_explains_what_a_bench_offers_and_lacks():
     assert offered["clock_jump"]["offered"] is False and "[clock]" in offered["clock_jump"]["missing"]
     text = pledgewatch("hil", "env", "hil/envs/sim.toml")
     assert text.returncode == 0 and "yes  power_relay" in text.stdout
+
+
+def test_long_scenarios_get_hours_instead_of_the_projects_ten_minute_timeout(tiny):
+    (tiny / "test_long.py").write_text(
+        "def test_x(hil_env, hil_profile, request):\n"
+        "    assert hil_profile.name == 'long'\n"
+        "    assert request.node.get_closest_marker('timeout').args == (3 * 3600,)\n")
+    run = pledgewatch("hil", "run", "--env", str(tiny / "tiny.toml"), "--report", str(tiny / "report"), "--long",
+                      str(tiny / "test_long.py"))
+    assert run.returncode == 0, run.stdout[-3000:]
