@@ -349,7 +349,8 @@ class Bench:
         return time.monotonic() - started
 
     def sample(self) -> Sample:
-        return self.observer.sample()
+        """A look at the system now (spooled, head seq, delivered, ...); the timeline has its own sampler."""
+        return self.observer.sample(record=False)
 
     def wait_delivered(self, *, timeout: float, caught_up_to: int | None = None) -> float:
         """Wait until the lender holds seq `caught_up_to` (default: the agent's chain head now); returns seconds.

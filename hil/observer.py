@@ -115,15 +115,16 @@ class Observer:
             self._thread.join(5)
             self._thread = None
 
-    def sample(self) -> Sample:
-        """Take one sample now (also recorded)."""
+    def sample(self, *, record: bool = True) -> Sample:
+        """Take one sample now (recorded on the timeline unless `record` is False)."""
         up = self._agent_up()
         spool = read_spool(self.state_dir) if up else None
         lender = read_lender(self.lender_data, self.device)
         sample = Sample(time.time(), spool[0] if spool else None, spool[1] if spool else None,
                         lender[0] if lender else None, lender[1] if lender else None, self._uploads(), up)
-        with self._lock:
-            self._samples.append(sample)
+        if record:
+            with self._lock:
+                self._samples.append(sample)
         return sample
 
     def samples(self) -> list[Sample]:

@@ -37,6 +37,7 @@ FAULT_STYLE: dict[str, tuple[str, str]] = {
     "modem-power-cycle": ("#1b998b", "modem power cycle"),
     "clock-jump": ("#2e86ab", "clock jump"),
 }
+MAX_POINTS = 2000
 SERIES = (("head_seq", "#1f77b4", "produced (agent's last seq)"),
           ("delivered", "#2ca02c", "delivered (stored at the lender)"),
           ("spooled", "#d62728", "backlog (in the agent's spool)"))
@@ -145,9 +146,11 @@ def timeline_svg(result: ScenarioResult, *, width: int = 900, height: int = 340)
             out.append(f'<rect x="{x(down_start):.1f}" y="{top + plot_h - 5}" width="{max(x(sample.at) - x(down_start), 1.5):.1f}" '
                        f'height="5" fill="#555"><title>agent down</title></rect>')
             down_start = None
-    # the series
+    # the series (a long run is thinned to about MAX_POINTS per line, always keeping its last sample)
+    stride = max(1, len(result.samples) // MAX_POINTS)
+    shown = result.samples[::stride] + ([result.samples[-1]] if result.samples and stride > 1 else [])
     for key, colour, label in SERIES:
-        points = [(x(s.at), y(getattr(s, key))) for s in result.samples if getattr(s, key) is not None]
+        points = [(x(s.at), y(getattr(s, key))) for s in shown if getattr(s, key) is not None]
         if len(points) > 1:
             path = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
             out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.8">'

@@ -107,3 +107,16 @@ def test_the_report_page_renders_in_a_browser(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert dom.stdout.count("<polyline") == 6 and "Scenario (b): a 24-hour outage" in dom.stdout
+
+
+def test_a_long_run_is_thinned_to_a_picture_a_browser_draws_quickly():
+    result = outage_result()
+    result.samples = [Sample(T0 + i / 100, i % 7, i, i, i, i, True) for i in range(10_000)]
+    result.ended = T0 + 100
+    svg = ET.fromstring(timeline_svg(result))
+    frame = [r for r in svg.iter(f"{SVG}rect") if r.get("fill") == "none"][0]
+    right_edge = float(frame.get("x")) + float(frame.get("width"))
+    for polyline in svg.iter(f"{SVG}polyline"):
+        points = [tuple(map(float, p.split(","))) for p in polyline.get("points").split()]
+        assert 2000 <= len(points) <= 2001
+        assert abs(points[-1][0] - right_edge) < 0.5  # the last sample is always drawn
