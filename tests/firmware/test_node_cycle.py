@@ -68,6 +68,9 @@ def test_a_node_wakes_samples_signs_sends_and_sleeps_and_the_lender_verifies_eve
         assert 'AT+QICFG="dataformat",1,1' in setup and state.extra.get("qsclk") == "1"
     else:
         assert any(c.startswith("AT+NSOST=") for c in commands)
+    if model != "sim7080g":
+        # +CSCON URCs (enabled once): the radio connected for the report, and was released before sleep.
+        assert "AT+CSCON=1" in setup and steady["report"]["radio_modes"] == [1, 0], steady["report"]
 
 
 def test_a_lost_ack_is_retransmitted_then_buffered_and_delivered_in_the_next_cycle(make_node, lender):

@@ -368,6 +368,12 @@ class Node:
                 modem.close(socket)
             except ModemError as error:
                 self._note("close", error)
+            modes = getattr(modem, "radio_modes", None)
+            if modes is not None:
+                try:
+                    report["radio_modes"] = modes()
+                except ModemError as error:
+                    self._note("radio", error)
 
     def _deliver(self, box, link, seq, settled):
         """POST one buffered envelope; False when the lender is unreachable (stop for this cycle)."""

@@ -22,7 +22,9 @@ A socket left open by a cycle cut short is closed and opened again (QIOPEN
 <err> 563; NSOCR ERROR when all are taken).
 
 +CME ERROR: 159 ("uplink busy", flow control) on a send is retried after a
-short pause, `busy_retries` times. Sleep (Quectel BC66 AT Commands Manual,
+short pause, `busy_retries` times. AT+CSCON=1 (TS 27.007 §10.1.30) makes the
+module report its radio connection (+CSCON: <mode>), kept for the node's log
+(`radio_modes`). Sleep (Quectel BC66 AT Commands Manual,
 "AT+QSCLK"; TS 27.007 §7.38 AT+CPSMS, §7.40 AT+CEDRXS): setup enables deep
 sleep (QSCLK=1; BC95 firmware sleeps without it and answers ERROR, which is
 fine), PSM with the configured T3412/T3324 and eDRX off, so the module sleeps
@@ -72,6 +74,7 @@ class Bc66(Cellular):
 
     def setup(self, settings):
         super().setup(settings)
+        self.command("AT+CSCON=1")  # +CSCON: <mode> URCs: when the radio connects and is released
         try:
             self.command("AT+QSCLK=1")
         except CommandError:
@@ -84,6 +87,16 @@ class Bc66(Cellular):
         if self.socket_api == API_QI:
             self.command('AT+QICFG="dataformat",1,1')
         return {"socket_api": self.socket_api}
+
+    def radio_modes(self):
+        """The RRC connection modes (1 connected, 0 idle) the module reported since the last call (+CSCON URCs)."""
+        modes = []
+        while True:
+            line = self.port.take_urc("+CSCON:")
+            if line is None:
+                return modes
+            parts = fields(line, "+CSCON:")
+            modes.append(integer(parts[-1], "+CSCON <mode>"))
 
     def _probe_socket_api(self):
         for api, probe, answer in ((API_QI, "AT+QIOPEN=?", "+QIOPEN:"), (API_NSO, "AT+NSOCR=?", "+NSOCR:")):

@@ -15,7 +15,7 @@ socket API, as the real modules' firmware does:
   <s>,<length>; +NSONMI:<s>,<length>; AT+NSORF=<s>,<max> answering
   <s>,<ip>,<port>,<length>,<hex>,<remaining>; AT+NSOCL=<s>. No AT+QSCLK (ERROR).
 
-Both: AT+CPSMS (TS 27.007 §7.38), AT+CEDRXS (§7.40), AT+CSCON? (§10.1.20), and
+Both: AT+CPSMS (TS 27.007 §7.38), AT+CEDRXS (§7.40), AT+CSCON? (§10.1.30), and
 +CME ERROR: 159 (uplink busy) on a send when the link's busy_sends knob is set.
 Sockets are real UDP sockets on 127.0.0.1 (hil.sim.models.nbiot).
 """
@@ -173,6 +173,7 @@ _FAMILY_ANSWERS = {
 
 _FAMILY_HANDLERS = (
     (r"AT", nbiot.at),
+    (r"AT\+CSCON=([01])", nbiot.setting("cscon", ("0", "1"))),
     (r'AT\+CPSMS=(\d)(?:,,,"([01]{8})","([01]{8})")?', nbiot.psm_settings),
     (r"AT\+CEDRXS=(\d)(?:,.*)?", nbiot.setting("edrx", ("0", "1", "2", "3"))),
 ) + common.HANDLERS

@@ -146,7 +146,7 @@ def open_socket(ctx: CommandContext, sid: int, peer: tuple[str, int] | None,
         link(sim).record("down", data, not lost)
         if lost:
             return
-        state.connected = True
+        radio(sim, state, True)
         arrived(sim, entry, data, (str(address[0]), int(address[1])))
 
     loop.add_reader(sock.fileno(), readable)
@@ -167,7 +167,7 @@ def close_socket(ctx: CommandContext, sid: int) -> bool:
         return False
     _forget(asyncio.get_running_loop(), entry.sock)
     if not sockets(ctx.state):
-        ctx.state.connected = False
+        radio(ctx.sim, ctx.state, False)  # a real cell releases RRC a few seconds later; here at once
         schedule_psm(ctx)
     return True
 
@@ -176,7 +176,7 @@ def send_datagram(ctx: CommandContext, entry: SimSocket, data: bytes, peer: tupl
     """The node's datagram goes out on the real socket (unless the link loses it)."""
     lost = link(ctx.sim).take_uplink_loss()
     link(ctx.sim).record("up", data, not lost)
-    ctx.state.connected = True
+    radio(ctx.sim, ctx.state, True)
     if not lost:
         entry.sock.sendto(data, peer)
 
@@ -233,9 +233,16 @@ def at(ctx: CommandContext) -> Reply:
     return Reply()
 
 
+def radio(sim: ModemSimulator, state: SimState, connected: bool) -> None:
+    """The RRC connection changes: +CSCON: <mode> when AT+CSCON=1 asked for it (TS 27.007 §10.1.30)."""
+    if state.connected != connected and state.extra.get("cscon") == "1":
+        sim.emit_urc(f"+CSCON: {1 if connected else 0}")
+    state.connected = connected
+
+
 def cscon(state: SimState) -> tuple[str, ...]:
-    """AT+CSCON? (TS 27.007 §10.1.20): <n>,<mode>, mode 1 while the radio is connected."""
-    return (f"+CSCON: 0,{1 if state.connected else 0}",)
+    """AT+CSCON? (TS 27.007 §10.1.30): <n>,<mode>, mode 1 while the radio is connected."""
+    return (f"+CSCON: {state.extra.get('cscon', '0')},{1 if state.connected else 0}",)
 
 
 def setting(name: str, allowed: tuple[str, ...]) -> Callable[[CommandContext], Reply]:
