@@ -127,10 +127,10 @@ def test_knob_delay_holds_later_commands_like_a_busy_modem():
 
 
 def test_model_registry_and_unknown_model():
-    assert set(MODELS) == {"rm500q", "rm520n", "ec25", "sim7600", "sim8200"}
+    assert set(MODELS) == {"rm500q", "rm520n", "ec25", "sim7600", "sim8200", "bc66", "bc95", "sim7080g"}
     assert resolve_model("RM520N") is MODELS["rm520n"]
-    with pytest.raises(KeyError, match="known: ec25"):
-        resolve_model("bc95")
+    with pytest.raises(KeyError, match="known: bc66"):
+        resolve_model("sara-r4")
     with pytest.raises(ValueError, match="unknown SimState fields"):
         ModemModel(key="bad", manufacturer="x", model="y", revision="z", ati=(), answers={},
                    initial_state={"no_such_field": 1})
