@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
+from lender.registry import Device
 from lender.store import INT64_MAX, EvidenceStore, Rejection, StoredEnvelope
 from telemetry import cbor
 from telemetry.cbor import DEFAULT_LIMITS, Limits
@@ -111,17 +112,18 @@ def chain_violation(envelope: Envelope, before: StoredEnvelope | None, after: St
 
 
 class ActiveKeys(Mapping[bytes, DeviceKey]):
-    """The active devices' keys by kid, read from the registry again whenever it changed."""
+    """The active devices' keys by kid (those `admits` accepts), read from the registry again whenever it changed."""
 
-    def __init__(self, store: EvidenceStore) -> None:
+    def __init__(self, store: EvidenceStore, admits: Callable[[Device], bool] = lambda device: True) -> None:
         self._store = store
+        self._admits = admits
         self._generation: int | None = None
         self._keys: dict[bytes, DeviceKey] = {}
 
     def refresh(self) -> None:
         generation = self._store.registry_generation()
         if generation != self._generation:
-            self._keys = {d.kid: d.key() for d in self._store.devices() if d.active}
+            self._keys = {d.kid: d.key() for d in self._store.devices() if d.active and self._admits(d)}
             self._generation = generation
 
     def __getitem__(self, kid: bytes) -> DeviceKey:

@@ -7,7 +7,7 @@ signature. Hence the rules, all enforced here:
 * ``/n`` is served only to plain CoAP (`PlainNodeRoute` sits in front of the
   OSCORE-protected site and sends every other request there unchanged);
 * an envelope verifies only against the keys of *nodes*: active devices
-  registered without an OSCORE context (`NodeKeys`). A gateway's key on this
+  registered without an OSCORE context (`NodeIngest.keys`). A gateway's key on this
   path is refused (reason 2, unknown key, with a text saying why): gateways
   speak OSCORE to ``/t``;
 * everything else is exactly the gateway path's: `NodeIngest` is
@@ -29,19 +29,16 @@ random token and message id make that an on-path attack).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
-
 import aiocoap
 from aiocoap import interfaces
 from aiocoap.numbers import codes
 
 from lender.exc import StoreError
-from lender.ingest import BatchOutcome, Ingest, Status
+from lender.ingest import ActiveKeys, BatchOutcome, Ingest, Status
 from lender.server import CBOR_FORMAT, RETRY_AFTER, IngestThread, _answer, _peer, _text
 from lender.store import EvidenceStore
 from telemetry import cbor
 from telemetry.envelope import Reason, Verdict
-from telemetry.identity import DeviceKey
 
 log = logging.getLogger(__name__)
 
@@ -50,36 +47,13 @@ MAX_NODE_BODY = 1024  # a typical node report is ~170 bytes; the node's outbox s
 COSE_SIGN1_TAG = 0xD2  # CBOR tag 18, the first byte of every envelope
 
 
-class NodeKeys(Mapping[bytes, DeviceKey]):
-    """The keys of active nodes (devices registered without OSCORE) by kid, re-read when the registry changed."""
-
-    def __init__(self, store: EvidenceStore) -> None:
-        self._store = store
-        self._generation: int | None = None
-        self._keys: dict[bytes, DeviceKey] = {}
-
-    def refresh(self) -> None:
-        generation = self._store.registry_generation()
-        if generation != self._generation:
-            self._keys = {d.kid: d.key() for d in self._store.devices() if d.active and d.oscore_context is None}
-            self._generation = generation
-
-    def __getitem__(self, kid: bytes) -> DeviceKey:
-        return self._keys[kid]
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._keys)
-
-    def __len__(self) -> int:
-        return len(self._keys)
-
-
 class NodeIngest(Ingest):
     """`Ingest` restricted to node keys, taking one envelope per request (see the module docstring)."""
 
     def __init__(self, store: EvidenceStore, **options) -> None:
         super().__init__(store, **options)
-        self.keys = NodeKeys(store)  # type: ignore[assignment]  # same interface as ActiveKeys
+        # nodes: active devices registered without an OSCORE context
+        self.keys = ActiveKeys(store, admits=lambda device: device.oscore_context is None)
 
     def _verdict(self, raw: bytes) -> Verdict:
         verdict = super()._verdict(raw)
