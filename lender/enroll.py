@@ -864,46 +864,13 @@ class _SiteResource(aiocoap.resource.Resource):
         return response
 
 
-class EnrollmentRoute(interfaces.Resource):
-    """Plain-CoAP ``/enroll`` and ``/installations`` in front of the lender's other resources.
-
-    A device has no OSCORE context before it is enrolled, so these two are
-    served without one; their messages are signed end to end instead. Any
-    other request, and any OSCORE-protected one, goes to `inner`.
-    """
-
-    def __init__(self, inner: interfaces.Resource, enroll: interfaces.Resource, reports: interfaces.Resource,
-                 sites: interfaces.Resource | None = None) -> None:
-        super().__init__()
-        self._inner = inner
-        self._routes = {ENROLL_PATH: enroll, REPORTS_PATH: reports}
-        self._sites = sites
-
-    async def render(self, request):
-        raise RuntimeError("only render_to_pipe is used")
-
-    async def needs_blockwise_assembly(self, request):
-        raise RuntimeError("only render_to_pipe is used")
-
-    def get_resources_as_linkheader(self):
-        return self._inner.get_resources_as_linkheader()
-
-    async def render_to_pipe(self, pipe) -> None:
-        request = pipe.request
-        target = None
-        if request.opt.oscore is None:
-            path = tuple(request.opt.uri_path)
-            target = self._routes.get(path)
-            if target is None and path[:2] == SITES_PATH and self._sites is not None:
-                target = self._sites
-        await (target or self._inner).render_to_pipe(pipe)
-
-
-def enrollment_route(inner: interfaces.Resource, thread, store, data_dir: str | os.PathLike) -> EnrollmentRoute:
-    """What lender.server serves: `inner` with the enrollment resources beside it (see `EnrollmentRoute`)."""
+def enrollment_routes(thread, store, data_dir: str | os.PathLike) -> tuple[dict, dict]:
+    """The plain-CoAP routes lender.server puts in front of the OSCORE site: a device has no OSCORE context
+    before it is enrolled, so ``/enroll`` and ``/installations`` are served without one (their messages are
+    signed end to end instead), and the signed site files under ``/enroll/sites/``. Returns (routes, prefixes)."""
     desk = EnrollmentDesk(data_dir, store)
-    return EnrollmentRoute(inner, _DeskResource(thread, desk.enroll, MAX_REQUEST),
-                           _DeskResource(thread, desk.report, MAX_REPORT), _SiteResource(thread, desk))
+    routes = {ENROLL_PATH: _DeskResource(thread, desk.enroll, MAX_REQUEST), REPORTS_PATH: _DeskResource(thread, desk.report, MAX_REPORT)}
+    return routes, {SITES_PATH: _SiteResource(thread, desk)}
 
 
 # --- `pledgewatch lender technicians` --------------------------------------------------------------

@@ -4,8 +4,8 @@ A node's firmware has no OSCORE (MicroPython has none yet), so its requests
 arrive unprotected; what makes them trustworthy is the envelope's own Ed25519
 signature. Hence the rules, all enforced here:
 
-* ``/n`` is served only to plain CoAP (`PlainNodeRoute` sits in front of the
-  OSCORE-protected site and sends every other request there unchanged);
+* ``/n`` is served only to plain CoAP (a `lender.routing.PlainRoutes` entry in
+  front of the OSCORE-protected site, which gets every other request unchanged);
 * an envelope verifies only against the keys of *nodes*: active devices
   registered without an OSCORE context (`NodeIngest.keys`). A gateway's key on this
   path is refused (reason 2, unknown key, with a text saying why): gateways
@@ -127,35 +127,6 @@ class NodeResource(interfaces.Resource):
         return response
 
 
-class PlainNodeRoute(interfaces.Resource):
-    """Sends plain-CoAP requests for ``/n`` to the node resource and every other request to `protected` unchanged."""
-
-    def __init__(self, protected: interfaces.Resource, node: NodeResource) -> None:
-        super().__init__()
-        self._protected = protected
-        self._node = node
-
-    @staticmethod
-    def _for_node(request: aiocoap.Message) -> bool:
-        # An OSCORE request carries its Uri-Path inside the ciphertext: a visible /n is plain CoAP.
-        return request.opt.oscore is None and tuple(request.opt.uri_path) == NODE_PATH
-
-    def get_resources_as_linkheader(self):
-        return self._protected.get_resources_as_linkheader()
-
-    async def render(self, request):
-        raise RuntimeError("only render_to_pipe is used")
-
-    async def needs_blockwise_assembly(self, request):
-        raise RuntimeError("only render_to_pipe is used")
-
-    async def render_to_pipe(self, pipe) -> None:
-        if self._for_node(pipe.request):
-            await self._node.render_to_pipe(pipe)
-        else:
-            await self._protected.render_to_pipe(pipe)
-
-
-def node_route(protected: interfaces.Resource, thread: IngestThread, store: EvidenceStore) -> PlainNodeRoute:
-    """What lender.server serves: `protected` (the OSCORE site) with plain-CoAP ``/n`` for nodes in front of it."""
-    return PlainNodeRoute(protected, NodeResource(thread, NodeIngest(store)))
+def node_routes(thread: IngestThread, store: EvidenceStore) -> dict[tuple[str, ...], interfaces.Resource]:
+    """The plain-CoAP route lender.server puts in front of the OSCORE site: ``/n`` for nodes."""
+    return {NODE_PATH: NodeResource(thread, NodeIngest(store))}

@@ -55,6 +55,8 @@ from aiocoap.oscore import FilesystemSecurityContext, algorithms
 from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
 from aiocoap.transports.oscore import OSCOREAddress
 
+
+from lender.routing import Wrapper
 from lender.exc import (
     OscoreContextError,
     OscoreContextExistsError,
@@ -412,26 +414,13 @@ class LenderCredentials:
             self.remove(device_id)
 
 
-class _OscoreRequired(interfaces.Resource):
+class _OscoreRequired(Wrapper):
     """Refuses every request that did not arrive OSCORE-protected (aiocoap's wrapper passes them through)."""
-
-    def __init__(self, inner: interfaces.Resource) -> None:
-        super().__init__()
-        self._inner = inner
-
-    async def render(self, request):
-        raise RuntimeError("only render_to_pipe is used")
-
-    async def needs_blockwise_assembly(self, request):
-        raise RuntimeError("only render_to_pipe is used")
-
-    def get_resources_as_linkheader(self):
-        return self._inner.get_resources_as_linkheader()
 
     async def render_to_pipe(self, pipe) -> None:
         if not isinstance(pipe.request.remote, OSCOREAddress):
             raise coap_error.Unauthorized("OSCORE required")
-        await self._inner.render_to_pipe(pipe)
+        await self.inner.render_to_pipe(pipe)
 
 
 def protected_site(site: interfaces.Resource, credentials: LenderCredentials, *, insecure: bool = False):

@@ -46,6 +46,7 @@ from aiocoap.resource import Site, WKCResource
 from lender import oscore
 from lender.exc import OscoreContextError, ServeError, StoreError
 from lender.ingest import DEFAULT_MAX_BODY, BatchOutcome, Ingest, Status
+from lender.routing import PlainRoutes, Wrapper
 from lender.store import SQLiteStore
 
 log = logging.getLogger(__name__)
@@ -296,26 +297,16 @@ def _answer(outcome: BatchOutcome) -> aiocoap.Message:
     return _text(_STATUS_CODE[outcome.status], outcome.diagnostic)
 
 
-class _RegistryWatch(interfaces.Resource):
+class _RegistryWatch(Wrapper):
     """Loads the OSCORE contexts of devices registered since the last request, then passes the request on."""
 
     def __init__(self, inner: interfaces.Resource, refresh: Callable) -> None:
-        super().__init__()
-        self._inner = inner
+        super().__init__(inner)
         self._refresh = refresh
-
-    async def render(self, request):
-        raise RuntimeError("only render_to_pipe is used")
-
-    async def needs_blockwise_assembly(self, request):
-        raise RuntimeError("only render_to_pipe is used")
-
-    def get_resources_as_linkheader(self):
-        return self._inner.get_resources_as_linkheader()
 
     async def render_to_pipe(self, pipe) -> None:
         await self._refresh()
-        await self._inner.render_to_pipe(pipe)
+        await self.inner.render_to_pipe(pipe)
 
 
 # --- the server -------------------------------------------------------------------------------
@@ -359,13 +350,13 @@ class LenderServer:
             protected = oscore.protected_site(site, self.credentials, insecure=self.insecure)
             # NB-IoT nodes POST signed envelopes to /n over plain CoAP (lender.node, docs/firmware.md);
             # imported here because lender.node builds on this module.
-            from lender.node import node_route
+            from lender.node import node_routes
             # Devices without an OSCORE context yet enroll over plain CoAP: /enroll and /installations
             # (lender.enroll; its messages are signed end to end instead).
-            from lender.enroll import enrollment_route
-            routed = enrollment_route(node_route(protected, self._thread, self.store), self._thread, self.store,
-                                      self.data_dir)
-            root = _RegistryWatch(routed, self._refresh)
+            from lender.enroll import enrollment_routes
+            routes, prefixes = enrollment_routes(self._thread, self.store, self.data_dir)
+            routes.update(node_routes(self._thread, self.store))
+            root = _RegistryWatch(PlainRoutes(protected, routes, prefixes), self._refresh)
             try:
                 self._context = await aiocoap.Context.create_server_context(root, bind=self.bind)
             except OSError as exc:
