@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from telemetry import cbor
-from telemetry.envelope import verify
+from telemetry.envelope import decode as decode_envelope, verify
 from telemetry.identity import Identity
 from telemetry.senml import records_from_cbor
 from tests.vectors.generate import build, record_json
@@ -38,7 +38,17 @@ def test_every_envelope_vector_verifies_with_its_public_key(name):
     assert [record_json(r) for r in envelope.records] == description["records"]
 
 
-def test_the_senml_vector_decodes_to_its_records():
-    description = json.loads((VECTORS / "senml-rfc8428.json").read_text())
-    records = records_from_cbor(cbor.decode((VECTORS / "senml-rfc8428.cbor").read_bytes()))
-    assert [record_json(r) for r in records] == description["records"]
+@pytest.mark.parametrize("name", NAMES)
+def test_every_vector_names_its_signer_and_kind(name):
+    description = json.loads((VECTORS / f"{name}.json").read_text())
+    identity = Identity(bytes.fromhex(description["seed_hex"]))
+    assert identity.public_key.hex() == description["public_key_hex"]
+    assert description["kind"] in ("envelope", "gap", "senml", "cose")
+
+
+def test_the_senml_vector_is_the_deterministic_pack_its_envelope_signs():
+    description = json.loads((VECTORS / "senml-node-report.json").read_text())
+    raw = (VECTORS / "senml-node-report.cbor").read_bytes()
+    assert [record_json(r) for r in records_from_cbor(cbor.decode(raw))] == description["records"]
+    envelope = decode_envelope((VECTORS / "envelope-node-report.cbor").read_bytes())
+    assert cbor.encode(cbor.decode(envelope.payload)[5]) == raw

@@ -93,11 +93,8 @@ def test_every_shared_vector_is_rebuilt_byte_for_byte_by_the_node():
         if kind in ("envelope", "gap"):
             _check_envelope(name, description, raw)
         elif kind == "senml":
-            # RFC 8428's own example bytes list bn (-2) before n (0), which is not the
-            # deterministic key order, so the node must match the RFC's data, in our order.
             pack = senml.pack(_records(description))
-            equal(pack, cbor.decode(raw), name)
-            equal(tohex(cbor.encode(pack)), tohex(cbor.encode(cbor.decode(raw))), name)
+            equal(tohex(cbor.encode(pack)), tohex(raw), name)
         elif kind == "cose":
             _check_cose(name, description, raw)
         else:
@@ -110,7 +107,7 @@ def test_every_shared_vector_is_rebuilt_byte_for_byte_by_the_node():
 def test_every_shared_envelope_vector_decodes_and_reencodes_to_the_same_bytes():
     for name, description, raw in _vectors():
         if description["kind"] not in ("envelope", "gap"):
-            continue  # the RFC 8428 example is not in deterministic order; the COSE payload is text
+            continue  # a senml vector has no inner bstr; the COSE example's payload is text
         decoded = cbor.decode(raw)
         equal(cbor.encode(decoded), raw, name)
         for part in (decoded.value[0], decoded.value[2]):

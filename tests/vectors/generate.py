@@ -14,22 +14,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 
+from telemetry import cbor  # noqa: E402
 from telemetry.envelope import GENESIS, Gap, cose_sign1, seal  # noqa: E402
 from telemetry.identity import Identity  # noqa: E402
-from telemetry.senml import Record  # noqa: E402
+from telemetry.senml import Record, pack_to_cbor  # noqa: E402
 
 # RFC 8032 §7.1 TEST 1 and TEST 2 keys: test keys only, never a device's.
 SEED_1 = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
 SEED_2 = bytes.fromhex("4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb")
 T0 = 1767225600  # 2026-01-01T00:00:00Z
-
-# RFC 8428 §6: the §5.1.2 "multiple datapoints" pack in CBOR.
-RFC8428_PACK = bytes.fromhex(
-    "82a421781c75726e3a6465763a6f773a31306532303733613031303830303633"
-    "3a0067766f6c7461676501615602fb405e066666666666a3006763757272656e74"
-    "01614102fb3ff3333333333333"
-)
-
 
 def record_json(record: Record) -> dict:
     out = {"name": record.name}
@@ -79,13 +72,13 @@ def build() -> dict[str, tuple[dict, bytes]]:
     vectors["envelope-gateway-second"] = envelope_vector(
         one, SEED_1, "envelope", device="gw-test-1", boot=1, seq=2, prev=bytes.fromhex(first["digest_hex"]), records=second_records
     )
+    node_records = [
+        Record("temp", value=4.5, unit="Cel", time=T0 + 3600),
+        Record("tamper", boolean=False, time=T0 + 3600),
+        Record("batt", value=3.6, unit="V", time=T0 + 3600),
+    ]
     vectors["envelope-node-report"] = envelope_vector(
-        two, SEED_2, "envelope", device="node-test-7", boot=3, seq=41, prev=bytes(range(16)),
-        records=[
-            Record("temp", value=4.5, unit="Cel", time=T0 + 3600),
-            Record("tamper", boolean=False, time=T0 + 3600),
-            Record("batt", value=3.6, unit="V", time=T0 + 3600),
-        ],
+        two, SEED_2, "envelope", device="node-test-7", boot=3, seq=41, prev=bytes(range(16)), records=node_records,
     )
     vectors["envelope-value-types"] = envelope_vector(
         one, SEED_1, "envelope", device="gw-test-1", boot=70000, seq=4294967296, prev=bytes([0xFF] * 16),
@@ -110,16 +103,15 @@ def build() -> dict[str, tuple[dict, bytes]]:
         two, SEED_2, "gap", device="node-test-7", boot=4, seq=42, prev=bytes(16), gap=Gap("power-loss"),
         records=[Record("uptime", value=0, unit="s", time=T0 + 7200)],
     )
-    vectors["senml-rfc8428"] = (
+    vectors["senml-node-report"] = (
         {
             "kind": "senml",
-            "source": "RFC 8428 section 6 (CBOR of the section 5.1.2 pack)",
-            "records": [
-                {"name": "urn:dev:ow:10e2073a01080063:voltage", "unit": "V", "value": 120.1},
-                {"name": "urn:dev:ow:10e2073a01080063:current", "unit": "A", "value": 1.2},
-            ],
+            "source": "the SenML pack (payload key 5) of envelope-node-report, which its signer signs",
+            "seed_hex": SEED_2.hex(),
+            "public_key_hex": two.public_key.hex(),
+            "records": [record_json(r) for r in node_records],
         },
-        RFC8428_PACK,
+        cbor.encode(pack_to_cbor(node_records)),
     )
     cose = cose_sign1(one, {1: -8, 3: 0}, {4: b"11"}, b"This is the content.")
     vectors["cose-eddsa-sig-01"] = (
