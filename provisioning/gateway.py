@@ -38,6 +38,7 @@ from pathlib import Path
 import nacl.public
 from aiocoap.numbers import codes
 
+import drivers
 from drivers.at import AtChannel, ChannelConfig
 from drivers.exc import DriverError
 from drivers.modem import open_modem
@@ -53,9 +54,9 @@ from provisioning.serialport import check_port
 from provisioning.technician import TechnicianProfile
 from telemetry.identity import Identity
 
-ROOT = Path(__file__).resolve().parents[1]
-UNIT_TEMPLATE = ROOT / "deploy" / "pledgewatch-agent.service"
-UDEV_RULE = ROOT / "drivers" / "udev" / "99-pledgewatch-modem.rules"
+# shipped as package data (pyproject.toml), so an installed wheel has them too
+UNIT_TEMPLATE = Path(__file__).resolve().parent / "deploy" / "pledgewatch-agent.service"
+UDEV_RULE = Path(drivers.__file__).resolve().parent / "udev" / "99-pledgewatch-modem.rules"
 CONFIG_FILE = "agent.toml"
 KEY_FILE = "device.key"
 CONTEXT_DIR = "oscore"
@@ -546,7 +547,7 @@ def _exec_start(config_file: Path) -> str:
 
 
 def render_unit(plan: GatewayPlan) -> str:
-    """The shipped unit (deploy/pledgewatch-agent.service) with this gateway's program, config, user and paths."""
+    """The shipped unit (provisioning/deploy/pledgewatch-agent.service) with this gateway's program, config, user and paths."""
     import grp
     groups = []
     for name in ("dialout", "gpio"):
