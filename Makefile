@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Debian packages the tests use as independent peers: coap-client (libcoap3-bin), socat, udevadm (udev).
 DEBIAN_PACKAGES := libcoap3-bin socat udev
 
-.PHONY: test demo bench system-deps clean
+.PHONY: test hil demo bench system-deps clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,15 @@ system-deps:
 	  else echo "note: install$$missing (sudo apt-get install$$missing) to run every test"; fi; \
 	fi
 
+# the unit and integration suite, then the short HIL scenarios on the simulated bench;
+# the HIL report (reports/hil/index.html, with timelines) is the page to read after a run
 test: $(STAMP) system-deps
 	$(BIN)/python -m pytest
+	$(BIN)/pledgewatch hil run --env hil/envs/sim.toml --report reports/hil
+
+# the long HIL scenarios (~80 min): a compressed day, a day-long outage, 15 min of flaky link, 100 power cuts
+hil: $(STAMP) system-deps
+	$(BIN)/pledgewatch hil run --env hil/envs/sim.toml --report reports/hil-long --long
 
 demo: $(STAMP)
 	$(BIN)/pledgewatch demo

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from agent.clock import Instant, TrustedClock, stamp
-from agent.exc import SpoolError
+from agent.exc import SpoolError, StateError
 from agent.health import ModemHealthMonitor
 from agent.recorder import Recorder
 from agent.rules import Emission, RulesEngine, RulesStateFile
@@ -110,7 +110,8 @@ class Agent:
         With a trusted clock, the envelope carries its clock statement and the
         records keep their times only while the clock is synchronized.
 
-        If the spool cannot store it (disk full, card failing) the reading is
+        If it cannot be stored — the spool cannot take it, or the state file
+        cannot reserve its seq (disk full, card failing) — the reading is
         counted as lost and the agent keeps running; the first append that
         works again is followed by a signed gap record with the count.
         """
@@ -124,7 +125,7 @@ class Agent:
                 self.recorder.append(gap=Gap(GapReason.STORAGE_FAILURE.value, count=self.unstored))
                 log.warning("spool works again; %d readings were lost meanwhile (gap record signed)", self.unstored)
                 self.unstored = 0
-        except SpoolError as exc:
+        except (SpoolError, StateError) as exc:
             self.unstored += 1
             if self.unstored == 1 or self.unstored % 100 == 0:
                 log.error("cannot spool a reading (%d lost so far): %s", self.unstored, exc)
@@ -231,7 +232,10 @@ class Agent:
         oldest, head = self.spool.oldest_seq(), self.spool.head()
         through = oldest - 1 if oldest is not None else (head.seq if head else 0)
         if through > self.state.acked_watermark:
-            self.state.record_acked(through)
+            try:
+                self.state.record_acked(through)
+            except StateError as exc:  # only narrows a future spool-reset gap record; retried next time
+                log.error("cannot save the acked watermark: %s", exc)
 
     async def _watchdog(self, interval: float) -> None:
         while True:
@@ -286,5 +290,8 @@ class Agent:
             self.checkpoint()
             if self.rules_state is not None and self.rules is not None:
                 self.rules_state.save(self.rules.snapshot())
-            self.state.mark_clean_shutdown()
+            try:
+                self.state.mark_clean_shutdown()
+            except StateError as exc:  # the next start then reports a power loss: more said, nothing lost
+                log.error("cannot mark the shutdown clean: %s", exc)
             log.info("agent %s stopped cleanly after seq %d", self.device, self.recorder.seq)

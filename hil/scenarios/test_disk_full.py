@@ -10,17 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-from hil.exc import BenchError
 
 pytestmark = pytest.mark.needs("agent", "lender", "onewire_sensors", "disk_full")
 
 
-@pytest.mark.xfail(
-    strict=True, raises=BenchError,
-    reason="agent bug found by this scenario: on a full disk the agent's checkpoint task lets "
-           "StateUnavailableError (state.json cannot be written) escape, and the daemon exits "
-           "(agent/daemon.py _checkpoint); remove this mark once the agent survives a full disk",
-)
 def test_a_full_disk_keeps_the_agent_running_and_the_lost_readings_are_a_signed_gap_record(bench, hil_profile):
     full_s = hil_profile.pick(short=15.0, long=300.0)
     bench.run_for(3)
