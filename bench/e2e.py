@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pledgewatch.lender_process import LenderProcess
+from hil.processes import LenderProcess
 from telemetry.envelope import GENESIS, seal
 from telemetry.identity import Identity
 from telemetry.senml import Record
@@ -56,12 +56,12 @@ def raw_rates() -> dict:
             "verify_raw_per_s": round(_rate(lambda: key.verifies(message, envelope.signature)))}
 
 
-async def _sustained(root: Path, identity: Identity, lender: LenderProcess) -> dict:
+async def _sustained(root: Path, identity: Identity, lender: LenderProcess, context: Path) -> dict:
     from agent.spool import Spool
     from agent.uplink import Uplink, UplinkConfig
 
     spool = Spool.open(root / "sustained.db")
-    uplink = Uplink(UplinkConfig(lender=f"coap://127.0.0.1:{lender.port}", security_context=root / "device",
+    uplink = Uplink(UplinkConfig(lender=lender.uri, security_context=context,
                                  batch_interval=0.05), spool)
     produced, prev = 0, GENESIS
     stop = asyncio.Event()
@@ -94,7 +94,7 @@ async def _sustained(root: Path, identity: Identity, lender: LenderProcess) -> d
     return {"e2e_envelopes_per_s": round(envelopes_per_s), "e2e_readings_per_s": round(envelopes_per_s * READINGS_PER_ENVELOPE)}
 
 
-def drain_child(spool_path: str, context: str, port: str) -> None:
+def drain_child(spool_path: str, context: str, lender: str) -> None:
     """Run in a fresh process: send the whole spool, then print elapsed seconds and peak RSS."""
     from agent.spool import Spool
     from agent.uplink import Uplink, UplinkConfig
@@ -102,7 +102,7 @@ def drain_child(spool_path: str, context: str, port: str) -> None:
     async def run() -> float:
         spool = Spool.open(spool_path)
         total = len(spool)
-        uplink = Uplink(UplinkConfig(lender=f"coap://127.0.0.1:{port}", security_context=Path(context),
+        uplink = Uplink(UplinkConfig(lender=lender, security_context=Path(context),
                                      batch_interval=0.05), spool)
         start = time.perf_counter()
         sending = asyncio.create_task(uplink.run())
@@ -120,7 +120,7 @@ def drain_child(spool_path: str, context: str, port: str) -> None:
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def _drain(root: Path, identity: Identity, lender: LenderProcess, first_seq: int, prev: bytes) -> dict:
+def _drain(root: Path, identity: Identity, lender: LenderProcess, context: Path, first_seq: int, prev: bytes) -> dict:
     from agent.spool import Spool
 
     count = DRAIN_READINGS // READINGS_PER_ENVELOPE
@@ -134,8 +134,8 @@ def _drain(root: Path, identity: Identity, lender: LenderProcess, first_seq: int
                 spool.append_many(batch)
                 batch = []
         spool.append_many(batch)
-    child = subprocess.run([sys.executable, "-m", "bench.e2e", "drain-child", str(root / "backlog.db"), str(root / "device"),
-                            str(lender.port)], capture_output=True, text=True, check=True, timeout=600)
+    child = subprocess.run([sys.executable, "-m", "bench.e2e", "drain-child", str(root / "backlog.db"), str(context),
+                            lender.uri], capture_output=True, text=True, check=True, timeout=600)
     figures = json.loads(child.stdout.strip().splitlines()[-1])
     readings = figures["envelopes"] * READINGS_PER_ENVELOPE
     return {"drain_readings": readings, "drain_readings_per_s": round(readings / figures["seconds"]),
@@ -153,13 +153,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as directory:
         root = Path(directory)
         identity = Identity.generate()
-        lender = LenderProcess(root / "lender")
-        lender.register(DEVICE, identity, root / "device")
+        lender = LenderProcess(root / "lender", log_path=root / "lender.log")
+        context = lender.register(DEVICE, identity.public_key.hex())
         lender.start()
         try:
-            result.update(asyncio.run(_sustained(root, identity, lender)))
+            result.update(asyncio.run(_sustained(root, identity, lender, context)))
             # the drain continues the same device's chain far above the sustained run's seqs
-            result.update(_drain(root, identity, lender, first_seq=10_000_000, prev=bytes(16)))
+            result.update(_drain(root, identity, lender, context, first_seq=10_000_000, prev=bytes(16)))
         finally:
             lender.stop()
     result.update({k: v for k, v in ingest.measure().items() if k in ("ingest_per_s", "ingest_readings_per_s")})

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -127,6 +128,13 @@ def _copy_output(stream, log_path: Path) -> None:
             log.flush()
 
 
+def free_udp_port() -> int:
+    """A UDP port on 127.0.0.1 that nothing uses right now (for a lender whose address must be known before it starts)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run_cli(args: Sequence[str], *, timeout: float = 60.0, env: Mapping[str, str] | None = None) -> str:
     """Run one `pledgewatch` command to completion and return its stdout; raise with its stderr if it fails."""
     argv = (*PLEDGEWATCH, *args)
@@ -151,14 +159,15 @@ class LenderProcess(ManagedProcess):
         if max_body is not None:
             argv += ["--max-body", str(max_body)]
         super().__init__("lender", argv, log_path=log_path)
+        self.bind = bind
         self.data = Path(data)
         self.insecure = insecure
         self.address: tuple[str, int] | None = None
 
-    def register(self, device: str, public_key_hex: str) -> Path | None:
+    def register(self, device: str, public_key_hex: str, *, asset: str = "hil bench") -> Path | None:
         """Register the gateway's key; returns the device-side OSCORE context directory (None when insecure)."""
         args = ["lender", "register", "--data", str(self.data), "--device", device, "--public-key", public_key_hex,
-                "--asset", "hil bench"]
+                "--asset", asset]
         if self.insecure:
             args.append("--no-oscore")
         run_cli(args)
@@ -185,6 +194,27 @@ class LenderProcess(ManagedProcess):
             time.sleep(0.05)
         self.kill()
         raise BenchError(f"the lender did not start serving within {timeout} s:\n{self.log_tail()}")
+
+    @property
+    def uri(self) -> str:
+        """coap://host:port of the lender: where it serves, or, before it has started, its fixed bind address."""
+        if self.address is not None:
+            return f"coap://{self.address[0]}:{self.address[1]}"
+        host, _, port = self.bind.rpartition(":")
+        if port == "0":
+            raise BenchError("the lender binds port 0: its address is known once it serves, start() it first")
+        return f"coap://{host}:{port}"
+
+    @property
+    def port(self) -> int:
+        return int(self.uri.rpartition(":")[2])
+
+    def __enter__(self) -> LenderProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def devices(self) -> list[dict]:
         return json.loads(run_cli(["lender", "devices", "--data", str(self.data), "--json"]))

@@ -26,7 +26,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from pledgewatch.lender_process import LenderProcess
 
 DEVICE = "demo-gw-1"
 
@@ -102,6 +101,7 @@ async def _run(root: Path, seconds: float) -> str:
     from agent.uplink import Uplink, UplinkConfig
     from drivers.gpio import ContactConfig, RunHoursConfig
     from drivers.onewire import DS18B20Config
+    from hil.processes import LenderProcess
     from hil.sim.onewire import OneWireTree
     from telemetry.identity import Identity
 
@@ -109,10 +109,10 @@ async def _run(root: Path, seconds: float) -> str:
     gateway.mkdir(mode=0o700, parents=True)
     identity = Identity.generate()
     identity.save(gateway / "device.key")
-    lender = LenderProcess(lender_data)
-    lender.register(DEVICE, identity, gateway / "oscore", asset="cold store 2: pallets of frozen fish, contract LN-2026-0042")
+    lender = LenderProcess(lender_data, log_path=root / "lender.log")
+    context = lender.register(DEVICE, identity.public_key.hex(), asset="cold store 2: pallets of frozen fish, contract LN-2026-0042")
     lender.start()
-    print(lender.banner, flush=True)
+    print(f"lender: serving {lender.uri}/t over OSCORE, data in {lender_data}", flush=True)
     spool = None
     try:
         tree = OneWireTree(root / "w1")
@@ -125,7 +125,7 @@ async def _run(root: Path, seconds: float) -> str:
         ], pin_factory=factory)
         factory.pin(17).drive_low()  # the lid starts shut
         spool = Spool.open(gateway / "spool.db")
-        uplink = Uplink(UplinkConfig(lender=lender.uri, security_context=gateway / "oscore",
+        uplink = Uplink(UplinkConfig(lender=lender.uri, security_context=context,
                                      batch_interval=1.0), spool)
         agent = Agent(device=DEVICE, identity=identity, spool=spool, state=AgentState.open(gateway / "state.json"),
                       sensors=sensors, uplink=uplink)

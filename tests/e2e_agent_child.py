@@ -1,6 +1,6 @@
 """A gateway agent for the end-to-end kill test: a fast simulated counter sensor, the real daemon and uplink.
 
-    python tests/e2e_agent_child.py ROOT LENDER_URI [drain]
+    python tests/e2e_agent_child.py ROOT OSCORE_CONTEXT LENDER_URI [drain]
 
 Prints "ready" once the chain is resumed. With `drain` it samples nothing and
 exits once the spool is empty (the last run after the power cuts).
@@ -32,9 +32,9 @@ class Counter:
         return [Sample(self.name, self.value, None, time.time())]
 
 
-async def main(root: Path, lender: str, drain: bool) -> None:
+async def main(root: Path, context: Path, lender: str, drain: bool) -> None:
     spool = Spool.open(root / "spool.db")
-    uplink = Uplink(UplinkConfig(lender=lender, security_context=root / "device", batch_interval=0.05,
+    uplink = Uplink(UplinkConfig(lender=lender, security_context=context, batch_interval=0.05,
                                  backoff_initial=0.05, backoff_cap=0.5, ack_timeout=0.5), spool)
     agent = Agent(device="gw-e2e", identity=Identity.load(root / "device.key"), spool=spool,
                   state=AgentState.open(root / "state.json"), sensors=[] if drain else [Counter()], uplink=uplink)
@@ -52,4 +52,4 @@ async def main(root: Path, lender: str, drain: bool) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(Path(sys.argv[1]), sys.argv[2], len(sys.argv) > 3 and sys.argv[3] == "drain"))
+    asyncio.run(main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], len(sys.argv) > 4 and sys.argv[4] == "drain"))

@@ -14,7 +14,7 @@ from agent.recorder import Recorder
 from agent.spool import Spool
 from agent.state import AgentState
 from agent.uplink import Uplink, UplinkConfig
-from pledgewatch.lender_process import LenderProcess, pledgewatch_command
+from hil.processes import LenderProcess, free_udp_port
 from telemetry.chain import check_chain
 from telemetry.envelope import verify
 from telemetry.identity import Identity
@@ -25,8 +25,7 @@ HERE = Path(__file__).parent
 
 def exported(lender: LenderProcess, device: str, identity: Identity) -> list:
     """The lender's evidence export for `device`, each row re-verified from its exact bytes."""
-    out = subprocess.run(pledgewatch_command("lender", "export", "--data", str(lender.data), "--device", device,
-                                             "--format", "jsonl"), capture_output=True, text=True, check=True).stdout
+    out = lender.export(device, lender.data.parent / f"{device}.jsonl").read_text()
     keys = {identity.kid: identity.device_key(device)}
     envelopes = []
     for line in out.splitlines():
@@ -39,14 +38,15 @@ def exported(lender: LenderProcess, device: str, identity: Identity) -> list:
 
 def test_ten_thousand_readings_arrive_exactly_once_across_a_lender_outage(tmp_path):
     identity = Identity.generate()
-    lender = LenderProcess(tmp_path / "lender")
-    lender.register("gw-e2e", identity, tmp_path / "device")
+    # a fixed port: the agent must find the lender where it was after the restart
+    lender = LenderProcess(tmp_path / "lender", bind=f"127.0.0.1:{free_udp_port()}", log_path=tmp_path / "lender.log")
+    context = lender.register("gw-e2e", identity.public_key.hex())
     lender.start()
 
     async def scenario() -> int:
         spool = Spool.open(tmp_path / "spool.db")
         recorder = Recorder.start(identity, "gw-e2e", spool, AgentState.open(tmp_path / "state.json"), now=time.time())
-        uplink = Uplink(UplinkConfig(lender=lender.uri, security_context=tmp_path / "device", batch_interval=0.05,
+        uplink = Uplink(UplinkConfig(lender=lender.uri, security_context=context, batch_interval=0.05,
                                      backoff_initial=0.05, backoff_cap=0.5, ack_timeout=0.5), spool)
         sending = asyncio.create_task(uplink.run())
         for index in range(10_000):
@@ -81,13 +81,13 @@ def test_ten_thousand_readings_arrive_exactly_once_across_a_lender_outage(tmp_pa
 def test_an_agent_killed_fifty_times_while_uploading_loses_nothing_and_duplicates_nothing(tmp_path):
     identity = Identity.generate()
     identity.save(tmp_path / "device.key")
-    lender = LenderProcess(tmp_path / "lender")
-    lender.register("gw-e2e", identity, tmp_path / "device")
+    lender = LenderProcess(tmp_path / "lender", log_path=tmp_path / "lender.log")
+    context = lender.register("gw-e2e", identity.public_key.hex())
     rng = random.Random(50)
     env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
 
     def start_agent(*extra: str) -> subprocess.Popen:
-        child = subprocess.Popen([sys.executable, str(HERE / "e2e_agent_child.py"), str(tmp_path), lender.uri, *extra],
+        child = subprocess.Popen([sys.executable, str(HERE / "e2e_agent_child.py"), str(tmp_path), str(context), lender.uri, *extra],
                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         assert child.stdout.readline().strip() == "ready"
         return child

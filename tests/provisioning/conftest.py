@@ -31,7 +31,7 @@ from hil.sim.onewire import OneWireTree  # noqa: E402
 from lender.enroll import TechnicianRegistry, lender_identity  # noqa: E402
 from lender.store import SQLiteStore  # noqa: E402
 from pledgewatch.cli import main as pledgewatch_main  # noqa: E402
-from pledgewatch.lender_process import LenderProcess, free_udp_port  # noqa: E402
+from hil.processes import LenderProcess, free_udp_port  # noqa: E402
 from provisioning.technician import TechnicianProfile, init_profile  # noqa: E402
 
 
@@ -71,7 +71,7 @@ class Site:
 @pytest.fixture
 def site(tmp_path):
     data = tmp_path / "lender"
-    lender = LenderProcess(data, free_udp_port())
+    lender = LenderProcess(data, bind=f"127.0.0.1:{free_udp_port()}", log_path=tmp_path / "lender.log")
     profile, _ = init_profile(tmp_path / "laptop" / "technician.toml", "tech-ana", lender=lender.uri,
                               lender_key=lender_identity(data).public_key)
     TechnicianRegistry(data).add("tech-ana", profile.identity().public_key, "Ana")
