@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -184,7 +185,7 @@ def _build(name: str, pin: int | str, factory: Callable[[], _Device]) -> _Device
         ) from exc
 
 
-class _DebouncedInput:
+class _DebouncedInput(ABC):
     """Common part of inputs whose level is debounced and whose changes are pushed to listeners."""
 
     def __init__(
@@ -240,8 +241,9 @@ class _DebouncedInput:
         for sample in samples:  # outside the lock: a listener may read this input
             self._listeners.notify(sample)
 
+    @abstractmethod
     def _changed(self, level: bool, since: float) -> list[Sample]:
-        raise NotImplementedError
+        """The samples a confirmed change to `level` (settled since monotonic `since`) produces."""
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         return self._listeners.subscribe(listener)
