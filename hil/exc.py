@@ -33,9 +33,5 @@ class FaultError(HilError, RuntimeError):
     """A fault cannot be injected or undone on this bench (the message says which and why)."""
 
 
-class DrainTimeout(BenchError, TimeoutError):
-    """The agent's backlog did not reach the lender within the allowed time."""
-
-
 class InvariantViolation(HilError, AssertionError):
     """The end-of-scenario check at the lender failed: readings lost, stored twice, or a chain that does not verify."""

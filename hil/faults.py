@@ -205,16 +205,10 @@ class ModemFaults:
         self._need().knobs.no_answer = True
         self.faults.begin("modem-hang", "no answer to any AT command")
 
-    def fail_commands(self, cme_error: int = 100) -> None:
-        """Every command fails with +CME ERROR (100: unknown error), until `clear()`."""
-        self._need().knobs.cme_error = cme_error
-        self.faults.begin("modem-errors", f"+CME ERROR: {cme_error} to every command")
-
     def clear(self) -> None:
         if self.simulator is not None:
             self.simulator.knobs.reset()
         self.faults.end("modem-hang")
-        self.faults.end("modem-errors")
 
 
 class PowerRelay:

@@ -31,7 +31,6 @@ FAULT_STYLE: dict[str, tuple[str, str]] = {
     "partition": ("#e4572e", "no link"),
     "link-impaired": ("#f3a712", "impaired link"),
     "modem-hang": ("#8e5572", "modem hung"),
-    "modem-errors": ("#b388a0", "modem errors"),
     "disk-full": ("#6a4c93", "disk full"),
     "power-cut": ("#222222", "power cut"),
     "modem-power-cycle": ("#1b998b", "modem power cycle"),

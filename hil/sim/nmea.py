@@ -122,10 +122,6 @@ class NmeaFeed:
         with self._lock:
             self.satellites = satellites
 
-    def set_motion(self, speed_knots: float, course_deg: float) -> None:
-        with self._lock:
-            self.speed_knots, self.course_deg = speed_knots, course_deg
-
     def lose_fix(self) -> None:
         """The antenna loses the sky: GGA quality 0 and RMC status V, empty position fields."""
         with self._lock:
