@@ -13,7 +13,6 @@ module, and the cycle harness is theirs too (`firmware/tests/node_cycles.py`:
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
@@ -48,19 +47,10 @@ def tool(name: str) -> str:
 def modem_model(key: str):
     """The simulated NB-IoT modem model `key` (bc66, bc95, sim7080g), from hil.sim.models."""
     from hil.sim.models import MODELS
-    from hil.sim.modem import ModemModel
 
-    if key in MODELS:
-        return MODELS[key]
-    for module_name in (key, "bc66", "nbiot", "sim7080g"):  # models not (yet) listed in MODELS
-        try:
-            module = importlib.import_module(f"hil.sim.models.{module_name}")
-        except ImportError:
-            continue
-        for value in vars(module).values():
-            if isinstance(value, ModemModel) and value.key == key:
-                return value
-    raise BenchError(f"no simulated modem model {key!r} in hil.sim.models")
+    if key not in MODELS:
+        raise BenchError(f"no simulated modem model {key!r} in hil.sim.models; known: {', '.join(sorted(MODELS))}")
+    return MODELS[key]
 
 
 def compile_firmware(target: Path) -> Path:

@@ -83,6 +83,7 @@ def test_asking_for_an_unknown_capability_is_an_error_listing_the_known_ones():
     ("[clock]\nkind = \"ntp\"\n", ["[clock]", "shim"]),
     ("[teleporter]\n", ["unknown table", "teleporter"]),
     ("[[nodes]]\nname = \"-bad\"\n", ["[[nodes]] #1", "name"]),
+    ("[[nodes]]\nname = \"n1\"\nmodem_model = \"bc67\"\n", ["[[nodes]] #1", "modem_model", "bc66"]),
     ("[[nodes]]\nname = \"n1\"\n[[nodes]]\nname = \"n1\"\n", ["unique"]),
 ])
 def test_a_mistake_in_an_environment_file_names_the_table_and_key(extra, words):
