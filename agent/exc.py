@@ -79,11 +79,6 @@ class SecurityContextPermissionError(SecurityContextError, PermissionError):
     others (it must be 0700 with 0600 files, owned by the agent's user)."""
 
 
-class AckError(UplinkError, ValueError):
-    """The lender's answer to a batch is not a well-formed ack (docs/transport.md);
-    nothing is deleted from the spool because of it."""
-
-
 # --- configuration (agent.config) ------------------------------------------
 
 class ConfigError(AgentError, ValueError):

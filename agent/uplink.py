@@ -36,20 +36,15 @@ from aiocoap.numbers import codes
 from aiocoap.numbers.constants import TransportTuning
 from aiocoap.oscore import FilesystemSecurityContext
 
-from agent.exc import AckError, SecurityContextError, SecurityContextPermissionError, UplinkConfigError
+from agent.exc import SecurityContextError, SecurityContextPermissionError, UplinkConfigError
 from telemetry import cbor
-from telemetry.envelope import Reason
+from telemetry.exc import AckFormatError
+from telemetry.ack import MAX_REASON_TEXT, Ack, Reason, Refusal
+from telemetry.numbers import CONTENT_FORMAT_CBOR, PATH_TELEMETRY
 
 log = logging.getLogger(__name__)
 
-TELEMETRY_PATH = "t"
-CONTENT_FORMAT_CBOR = 60
 MIN_BATCH_BYTES = 256          # a 4.13 never shrinks the cap below this
-ACK_STORED, ACK_ALREADY, ACK_REJECTED = 1, 2, 3
-# Reasons the lender may lift later (enrollment still pending, revocation undone):
-# such envelopes stay queued. Every other reason is final for those exact bytes.
-RETRYABLE_REASONS = frozenset({Reason.UNKNOWN_KEY, Reason.REVOKED})
-_MAX_REASON_TEXT = 200
 
 
 # --- configuration -------------------------------------------------------
@@ -114,7 +109,7 @@ class UplinkConfig:
 
     @property
     def telemetry_uri(self) -> str:
-        return self.lender.rstrip("/") + "/" + TELEMETRY_PATH
+        return self.lender.rstrip("/") + "/" + "/".join(PATH_TELEMETRY)
 
 
 # --- the device's OSCORE context -------------------------------------------
@@ -230,7 +225,7 @@ class SpoolLike(Protocol):
 
     def ack(self, seqs: Iterable[int]) -> int: ...
 
-    def set_aside(self, rejections: Iterable[Rejection]) -> int: ...
+    def set_aside(self, rejections: Iterable[Refusal]) -> int: ...
 
 
 def _bstr_overhead(length: int) -> int:
@@ -254,83 +249,6 @@ def fit_batch(items: Sequence[Queued], max_bytes: int) -> list[Queued]:
     return chosen
 
 
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """One envelope the lender refused, with its reason code (telemetry.Reason numbers) and text."""
-
-    seq: int
-    reason: int
-    text: str
-
-    @property
-    def permanent(self) -> bool:
-        """Final for these exact bytes: leave the send queue. Unknown codes are treated as retryable."""
-        try:
-            return Reason(self.reason) not in RETRYABLE_REASONS and self.reason != Reason.OK
-        except ValueError:
-            return False
-
-
-@dataclass(frozen=True, slots=True)
-class Ack:
-    """A parsed ack, restricted to the batch that was sent."""
-
-    stored: frozenset[int]
-    already: frozenset[int]
-    rejected: tuple[Rejection, ...]
-    foreign: frozenset[int] = frozenset()   # seqs the lender named that were not in the batch (ignored)
-
-    @property
-    def delete(self) -> frozenset[int]:
-        """Exactly what the spool may delete: stored ∪ already-present."""
-        return self.stored | self.already
-
-
-def _uint_list(value: object, what: str) -> list[int]:
-    if not isinstance(value, list) or not all(type(v) is int and v >= 0 for v in value):
-        raise AckError(f"ack {what} must be an array of unsigned integers")
-    return value
-
-
-def parse_ack(body: bytes, batch: Sequence[Queued]) -> Ack:
-    """Decode the lender's ack for `batch` (untrusted bytes); raise AckError unless it is well formed.
-
-    Seqs named but not in the batch are ignored (never deleted). An envelope
-    both acked and rejected, or rejected twice, makes the whole ack invalid.
-    """
-    limits = cbor.Limits(max_bytes=64 * 1024 + 64 * len(batch), max_depth=4, max_items=8 * len(batch) + 16)
-    try:
-        decoded = cbor.decode(bytes(body), limits)
-    except ValueError as exc:
-        raise AckError(f"ack is not well-formed CBOR: {exc}") from exc
-    if not isinstance(decoded, dict) or not all(type(k) is int for k in decoded):
-        raise AckError("ack must be a CBOR map with integer keys")
-    sent = {item.seq for item in batch}
-    stored = set(_uint_list(decoded.get(ACK_STORED, []), "stored (1)"))
-    already = set(_uint_list(decoded.get(ACK_ALREADY, []), "already present (2)"))
-    entries = decoded.get(ACK_REJECTED, [])
-    if not isinstance(entries, list):
-        raise AckError("ack rejected (3) must be an array")
-    rejected: list[Rejection] = []
-    for entry in entries:
-        if (not isinstance(entry, list) or len(entry) != 3 or type(entry[0]) is not int or type(entry[1]) is not int
-                or entry[1] < 0 or not isinstance(entry[2], str)):
-            raise AckError("ack rejected (3) entries must be [index, reason code, text]")
-        index, reason, text = entry
-        if not 0 <= index < len(batch):
-            raise AckError(f"ack rejects index {index} of a batch of {len(batch)}")
-        rejected.append(Rejection(batch[index].seq, reason, text[:_MAX_REASON_TEXT]))
-    rejected_seqs = [r.seq for r in rejected]
-    if len(set(rejected_seqs)) != len(rejected_seqs):
-        raise AckError("ack rejects one envelope twice")
-    if set(rejected_seqs) & (stored | already):
-        raise AckError("ack both accepts and rejects the same envelope")
-    return Ack(
-        stored=frozenset(stored & sent), already=frozenset(already & sent), rejected=tuple(rejected),
-        foreign=frozenset((stored | already) - sent),
-    )
-
-
 class Result(enum.Enum):
     """How one exchange ended."""
 
@@ -349,8 +267,8 @@ class Exchange:
     result: Result
     sent: tuple[int, ...] = ()
     deleted: int = 0
-    set_aside: tuple[Rejection, ...] = ()
-    retry_later: tuple[Rejection, ...] = ()
+    set_aside: tuple[Refusal, ...] = ()
+    retry_later: tuple[Refusal, ...] = ()
     detail: str = ""
     full: bool = False             # the batch hit a cap: more is probably queued
     retry_after: float | None = None   # a 5.03's Max-Age (RFC 7252 §5.9.3.4): wait at least this long
@@ -447,7 +365,7 @@ class Uplink:
         tuning.MAX_RETRANSMIT = self.config.max_retransmit
         return tuning
 
-    def _put_aside(self, rejections: Sequence[Rejection], batch: Sequence[Queued]) -> None:
+    def _put_aside(self, rejections: Sequence[Refusal], batch: Sequence[Queued]) -> None:
         for rejection in rejections:
             log.error(
                 "uplink: lender refused envelope seq %d for good (reason %d: %r); it is kept in the spool's "
@@ -493,14 +411,14 @@ class Uplink:
         code = response.code
         if code == codes.CHANGED:
             try:
-                ack = parse_ack(response.payload, batch)
-            except AckError as exc:
+                ack = Ack.decode(response.payload, seqs)
+            except AckFormatError as exc:
                 return Exchange(Result.FAILED, seqs, detail=f"malformed ack, nothing deleted: {exc}")
             if ack.foreign:
                 log.warning("uplink: lender acked seqs it was not sent (ignored): %s", sorted(ack.foreign)[:20])
             deleted = self.spool.ack(ack.delete) if ack.delete else 0
-            permanent = tuple(r for r in ack.rejected if r.permanent)
-            later = tuple(r for r in ack.rejected if not r.permanent)
+            permanent = tuple(r for r in ack.refused if r.permanent)
+            later = tuple(r for r in ack.refused if not r.permanent)
             if permanent:
                 self._put_aside(permanent, batch)
             for rejection in later:
@@ -509,7 +427,7 @@ class Uplink:
             progress = bool(ack.delete or permanent)
             return Exchange(Result.DELIVERED if progress else Result.NO_PROGRESS, seqs, deleted, permanent, later,
                             full=full and progress)
-        detail = f"lender answered {code}" + (f": {response.payload[:_MAX_REASON_TEXT]!r}" if response.payload else "")
+        detail = f"lender answered {code}" + (f": {response.payload[:MAX_REASON_TEXT]!r}" if response.payload else "")
         if code == codes.REQUEST_ENTITY_TOO_LARGE:
             return self._too_large(response, batch, seqs, detail)
         if code == codes.BAD_REQUEST:
@@ -541,7 +459,7 @@ class Uplink:
         if not self._lender_proven:
             self._suspect = batch[0].seq
             return Exchange(Result.FAILED, seqs, detail=detail + "; kept queued, skipped until another batch gets through")
-        rejection = Rejection(batch[0].seq, int(reason), text)
+        rejection = Refusal(0, int(reason), text, batch[0].seq)
         self._put_aside((rejection,), batch)
         self._lender_proven = False
         self._suspect = None

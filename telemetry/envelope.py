@@ -12,20 +12,17 @@ a re-encoding. `docs/wire-format.md` is the normative description.
 from __future__ import annotations
 
 import enum
-import functools
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from telemetry import cbor
-from telemetry.cbor import DEFAULT_LIMITS, Limits, Tag
+from telemetry.ack import Reason
+from telemetry.cbor import DEFAULT_LIMITS, Limits
+from telemetry.cose import eddsa_header, parse_sign1, sig_structure
 from telemetry.exc import OversizeError, SchemaError, WireFormatError
 from telemetry.identity import DeviceKey, Identity
 from telemetry.senml import Record, pack_to_cbor, records_from_cbor
-
-COSE_SIGN1_TAG = 18
-ALG_EDDSA = -8
-HDR_ALG, HDR_KID = 1, 4
 
 # payload map keys
 DEVICE, BOOT, SEQ, PREV, PACK, GAP, CLOCK = 1, 2, 3, 4, 5, 6, 7
@@ -113,31 +110,6 @@ class Envelope:
         return sig_structure(self.protected, self.payload)
 
 
-_SIG1_CONTEXT = cbor.encode("Signature1")
-
-
-def sig_structure(protected: bytes, payload: bytes, external_aad: bytes = b"") -> bytes:
-    """The RFC 9052 §4.4 Sig_structure for COSE_Sign1: ["Signature1", protected, external_aad, payload]."""
-    return b"".join((
-        b"\x84", _SIG1_CONTEXT,
-        cbor.bstr_head(len(protected)), protected,
-        cbor.bstr_head(len(external_aad)), external_aad,
-        cbor.bstr_head(len(payload)), payload,
-    ))
-
-
-@functools.lru_cache(maxsize=64)
-def _protected_header(kid: bytes) -> bytes:
-    return cbor.encode({HDR_ALG: ALG_EDDSA, HDR_KID: kid})
-
-
-def cose_sign1(identity: Identity, protected: dict, unprotected: dict, payload: bytes) -> bytes:
-    """A tagged COSE_Sign1 message signed by `identity` (RFC 9052 §4.2), deterministically encoded."""
-    protected_bytes = cbor.encode(protected) if protected else b""
-    signature = identity.sign(sig_structure(protected_bytes, payload))
-    return cbor.encode(Tag(COSE_SIGN1_TAG, [protected_bytes, unprotected, payload, signature]))
-
-
 def seal(
     identity: Identity,
     *,
@@ -161,7 +133,7 @@ def seal(
         body[GAP] = gap.to_cbor()
     if clock is not None:
         body[CLOCK] = clock
-    protected = _protected_header(identity.kid)
+    protected = eddsa_header(identity.kid)
     payload = cbor.encode(body)
     signature = identity.sign(sig_structure(protected, payload))
     # == cbor.encode(Tag(18, [protected, {}, payload, signature])), assembled directly (hot path)
@@ -177,27 +149,8 @@ def seal(
 
 def decode(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> Envelope:
     """Parse untrusted envelope bytes without checking the signature; raise WireFormatError if malformed."""
-    outer = cbor.decode(raw, limits)
-    if not isinstance(outer, Tag) or outer.number != COSE_SIGN1_TAG:
-        raise SchemaError("not a COSE_Sign1 message (expected CBOR tag 18)")
-    parts = outer.value
-    if not isinstance(parts, list) or len(parts) != 4:
-        raise SchemaError("COSE_Sign1 must be an array of 4 items")
-    protected, unprotected, payload, signature = parts
-    if not isinstance(protected, bytes) or not isinstance(payload, bytes) or not isinstance(signature, bytes):
-        raise SchemaError("COSE_Sign1 protected header, payload and signature must be byte strings")
-    if unprotected != {}:
-        raise SchemaError("COSE_Sign1 unprotected header must be an empty map")
-    if len(signature) != 64:
-        raise SchemaError(f"an Ed25519 signature is 64 bytes, got {len(signature)}")
-    header = cbor.decode(protected, limits)
-    if not isinstance(header, dict) or header.get(HDR_ALG) != ALG_EDDSA:
-        raise SchemaError("protected header must name algorithm EdDSA (1: -8)")
-    kid = header.get(HDR_KID)
-    if not isinstance(kid, bytes) or len(kid) != 8:
-        raise SchemaError("protected header must carry an 8-byte key id (4)")
-    if set(header) != {HDR_ALG, HDR_KID}:
-        raise SchemaError(f"protected header has unexpected labels {sorted(set(header) - {HDR_ALG, HDR_KID})}")
+    message = parse_sign1(raw, limits)
+    kid, protected, payload, signature = message.kid, message.protected, message.payload, message.signature
     body = cbor.decode(payload, limits)
     if not isinstance(body, dict):
         raise SchemaError("payload must be a map")
@@ -221,19 +174,6 @@ def decode(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> Envelope:
         gap=Gap.from_cbor(body[GAP]) if GAP in body else None, clock=clock, kid=kid,
         raw=bytes(raw), protected=protected, payload=payload, signature=signature, digest=digest(raw),
     )
-
-
-class Reason(enum.IntEnum):
-    """Why an envelope was not accepted. The numbers are the ack's reason codes (docs/transport.md)."""
-
-    OK = 0
-    MALFORMED = 1
-    UNKNOWN_KEY = 2
-    BAD_SIGNATURE = 3
-    REVOKED = 4
-    OVERSIZE = 5
-    CONFLICT = 6
-    CHAIN = 7
 
 
 @dataclass(frozen=True, slots=True)

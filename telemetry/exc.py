@@ -39,9 +39,22 @@ class SenMLError(SchemaError):
     """A SenML pack breaks RFC 8428 (name characters, missing value, unknown unit...)."""
 
 
-class IdentityError(TelemetryError):
-    """A device key cannot be created, stored or loaded."""
+class IdentityError(TelemetryError, ValueError):
+    """A device key is malformed (a seed or a public key that is not 32 bytes).
+    Key files and their errors belong to `durable.keyfile`."""
 
 
-class KeyFilePermissionError(IdentityError, PermissionError):
-    """A private key file is readable by group or others."""
+class SignatureError(WireFormatError):
+    """A signed message is well formed but not signed by the key it must be signed by."""
+
+
+class EnrollmentFormatError(SchemaError):
+    """Bytes that should be an enrollment request, response, site file or installation report are not one."""
+
+
+class AckFormatError(SchemaError):
+    """The lender's answer to a batch is not a well-formed ack for that batch."""
+
+
+class ClockStatementError(SchemaError):
+    """An envelope's clock statement (payload key 7) is not the map the contract defines."""

@@ -5,7 +5,8 @@ import pytest
 
 from telemetry import cbor
 from telemetry.cbor import Tag
-from telemetry.envelope import cose_sign1, decode as decode_envelope, sig_structure
+from telemetry.cose import cose_sign1, sig_structure
+from telemetry.envelope import decode as decode_envelope
 from telemetry.exc import SchemaError
 from telemetry.identity import DeviceKey, Identity
 from telemetry.senml import records_from_cbor

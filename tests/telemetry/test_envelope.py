@@ -4,7 +4,8 @@ from hypothesis import given, settings, strategies as st
 
 from telemetry import cbor
 from telemetry.cbor import Tag
-from telemetry.envelope import GENESIS, Gap, Reason, decode, seal, sig_structure, verify
+from telemetry.cose import sig_structure
+from telemetry.envelope import GENESIS, Gap, Reason, decode, seal, verify
 from telemetry.identity import Identity
 from telemetry.senml import Record
 

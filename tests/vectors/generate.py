@@ -15,7 +15,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 
 from telemetry import cbor  # noqa: E402
-from telemetry.envelope import GENESIS, Gap, cose_sign1, seal  # noqa: E402
+from telemetry.cose import cose_sign1  # noqa: E402
+from telemetry.envelope import GENESIS, Gap, seal  # noqa: E402
 from telemetry.identity import Identity  # noqa: E402
 from telemetry.senml import Record, pack_to_cbor  # noqa: E402
 

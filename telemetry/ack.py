@@ -1,0 +1,127 @@
+"""The lender's answer to a batch: which envelopes it stored, which it had already, and which it refused and why.
+
+    {1: [seqs stored now], 2: [seqs already present], 3: [[index in batch, reason code, text], ...]}
+
+The lender builds an `Ack` and encodes it; the agent decodes the same type
+from untrusted bytes, for the batch it sent, and deletes exactly stored ∪
+already-present. Reason codes are `Reason` values (docs/transport.md).
+"""
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from telemetry import cbor
+from telemetry.exc import AckFormatError, WireFormatError
+
+STORED, ALREADY, REFUSED = 1, 2, 3   # the ack map's keys
+MAX_REASON_TEXT = 200                # characters of text per refused envelope
+
+
+class Reason(enum.IntEnum):
+    """Why an envelope was not accepted. The numbers are the ack's reason codes."""
+
+    OK = 0
+    MALFORMED = 1
+    UNKNOWN_KEY = 2
+    BAD_SIGNATURE = 3
+    REVOKED = 4
+    OVERSIZE = 5
+    CONFLICT = 6
+    CHAIN = 7
+
+
+# Reasons the lender may lift later (enrollment still pending, revocation undone): a device keeps
+# such envelopes queued. Every other reason is final for those exact bytes.
+RETRYABLE_REASONS = frozenset({Reason.UNKNOWN_KEY, Reason.REVOKED})
+
+
+def short_text(text: str) -> str:
+    """`text` cut to what an ack carries."""
+    return text if len(text) <= MAX_REASON_TEXT else text[: MAX_REASON_TEXT - 3] + "..."
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """One envelope of a batch that was not stored: its index in the batch, the reason code and a text."""
+
+    index: int
+    reason: int
+    text: str
+    seq: int | None = None   # the refused envelope's seq where the decoder knows the batch (not on the wire)
+
+    @property
+    def permanent(self) -> bool:
+        """Final for these exact bytes: the device stops sending them. An unknown code is treated as retryable."""
+        try:
+            return Reason(self.reason) not in RETRYABLE_REASONS and self.reason != Reason.OK
+        except ValueError:
+            return False
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """What happened to each envelope of one batch."""
+
+    stored: tuple[int, ...] = ()
+    already: tuple[int, ...] = ()
+    refused: tuple[Refusal, ...] = ()
+    foreign: frozenset[int] = frozenset()   # decoded only: seqs the lender named that were not in the batch
+
+    @property
+    def delete(self) -> frozenset[int]:
+        """Exactly what the device may delete: stored ∪ already-present (within the batch)."""
+        return frozenset(self.stored) | frozenset(self.already)
+
+    def encode(self) -> bytes:
+        """The ack map, deterministically encoded."""
+        return cbor.encode({
+            STORED: list(self.stored),
+            ALREADY: list(self.already),
+            REFUSED: [[r.index, int(r.reason), r.text] for r in self.refused],
+        })
+
+    @classmethod
+    def decode(cls, body: bytes, batch: Sequence[int]) -> Ack:
+        """The ack for the batch whose seqs are `batch`, in sending order, from untrusted bytes; AckFormatError otherwise.
+
+        Seqs named that were not in the batch go to `foreign` (to be ignored,
+        never deleted); each refusal carries its envelope's seq. An envelope both accepted and
+        refused, or refused twice, makes the whole ack invalid.
+        """
+        limits = cbor.Limits(max_bytes=64 * 1024 + 64 * len(batch), max_depth=4, max_items=8 * len(batch) + 16)
+        try:
+            decoded = cbor.decode(bytes(body), limits)
+        except WireFormatError as exc:
+            raise AckFormatError(f"ack is not well-formed CBOR: {exc}") from exc
+        if not isinstance(decoded, dict) or not all(type(k) is int for k in decoded):
+            raise AckFormatError("ack must be a CBOR map with integer keys")
+        stored = _uint_list(decoded.get(STORED, []), "stored (1)")
+        already = _uint_list(decoded.get(ALREADY, []), "already present (2)")
+        entries = decoded.get(REFUSED, [])
+        if not isinstance(entries, list):
+            raise AckFormatError("ack rejected (3) must be an array")
+        refused: list[Refusal] = []
+        for entry in entries:
+            if (not isinstance(entry, list) or len(entry) != 3 or type(entry[0]) is not int
+                    or type(entry[1]) is not int or entry[1] < 0 or not isinstance(entry[2], str)):
+                raise AckFormatError("ack rejected (3) entries must be [index, reason code, text]")
+            index, reason, text = entry
+            if not 0 <= index < len(batch):
+                raise AckFormatError(f"ack rejects index {index} of a batch of {len(batch)}")
+            refused.append(Refusal(index, reason, text[:MAX_REASON_TEXT], batch[index]))
+        refused_seqs = [r.seq for r in refused]
+        if len(set(refused_seqs)) != len(refused_seqs):
+            raise AckFormatError("ack rejects one envelope twice")
+        if set(refused_seqs) & (set(stored) | set(already)):
+            raise AckFormatError("ack both accepts and rejects the same envelope")
+        sent = set(batch)
+        return cls(tuple(s for s in stored if s in sent), tuple(s for s in already if s in sent), tuple(refused),
+                   frozenset((set(stored) | set(already)) - sent))
+
+
+def _uint_list(value: object, what: str) -> list[int]:
+    if not isinstance(value, list) or not all(type(v) is int and v >= 0 for v in value):
+        raise AckFormatError(f"ack {what} must be an array of unsigned integers")
+    return value

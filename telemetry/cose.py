@@ -1,0 +1,138 @@
+"""COSE with EdDSA, one copy: Sig_structures, COSE_Sign1 and COSE_Sign (RFC 9052), deterministically encoded.
+
+Every signed pledgewatch message is one of these two. Verification always uses
+the protected header and payload bytes as received, never a re-encoding.
+Parsing untrusted bytes raises `SchemaError` (a `WireFormatError`) with what
+is wrong; the caller decides what that means for its message.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+from telemetry import cbor
+from telemetry.cbor import DEFAULT_LIMITS, Limits, Tag
+from telemetry.exc import SchemaError, SignatureError
+from telemetry.identity import DeviceKey, Identity, kid_of
+from telemetry.numbers import ALG_EDDSA, HEADER_ALG, HEADER_KID, KID_BYTES, SIGNATURE_BYTES, TAG_COSE_SIGN, TAG_COSE_SIGN1
+
+_SIG1_CONTEXT = cbor.encode("Signature1")
+_HEADER_LIMITS = Limits(max_bytes=64, max_depth=2, max_items=8)
+MAX_SIGNERS = 4
+
+
+@functools.lru_cache(maxsize=64)
+def eddsa_header(kid: bytes) -> bytes:
+    """A signer's protected header, encoded: {1: -8 (EdDSA), 4: kid}."""
+    return cbor.encode({HEADER_ALG: ALG_EDDSA, HEADER_KID: kid})
+
+
+def sig_structure(protected: bytes, payload: bytes, external_aad: bytes = b"") -> bytes:
+    """The COSE_Sign1 Sig_structure (RFC 9052 §4.4): ["Signature1", protected, external_aad, payload]."""
+    return b"".join((
+        b"\x84", _SIG1_CONTEXT,
+        cbor.bstr_head(len(protected)), protected,
+        cbor.bstr_head(len(external_aad)), external_aad,
+        cbor.bstr_head(len(payload)), payload,
+    ))
+
+
+def signer_structure(signer_protected: bytes, payload: bytes, external_aad: bytes = b"") -> bytes:
+    """The COSE_Sign Sig_structure one signer signs: ["Signature", h'' (body), signer_protected, aad, payload]."""
+    return cbor.encode(["Signature", b"", signer_protected, external_aad, payload])
+
+
+def cose_sign1(identity: Identity, protected: dict, unprotected: dict, payload: bytes) -> bytes:
+    """A tagged COSE_Sign1 with any headers, signed by `identity` (the cose-wg conformance vector uses it)."""
+    protected_bytes = cbor.encode(protected) if protected else b""
+    signature = identity.sign(sig_structure(protected_bytes, payload))
+    return cbor.encode(Tag(TAG_COSE_SIGN1, [protected_bytes, unprotected, payload, signature]))
+
+
+def sign1(identity: Identity, payload: bytes, external_aad: bytes = b"") -> bytes:
+    """COSE_Sign1 by `identity` with the EdDSA header and an empty unprotected map."""
+    protected = eddsa_header(identity.kid)
+    signature = identity.sign(sig_structure(protected, payload, external_aad))
+    return cbor.encode(Tag(TAG_COSE_SIGN1, [protected, {}, payload, signature]))
+
+
+@dataclass(frozen=True, slots=True)
+class Sign1:
+    """A parsed COSE_Sign1 with an EdDSA signer: the key id and the exact bytes, signature not yet checked."""
+
+    kid: bytes
+    protected: bytes
+    payload: bytes
+    signature: bytes
+
+    def signed_bytes(self, external_aad: bytes = b"") -> bytes:
+        return sig_structure(self.protected, self.payload, external_aad)
+
+
+def _kid_of_header(header: object) -> bytes:
+    if not isinstance(header, dict) or header.get(HEADER_ALG) != ALG_EDDSA:
+        raise SchemaError("protected header must name algorithm EdDSA (1: -8)")
+    kid = header.get(HEADER_KID)
+    if not isinstance(kid, bytes) or len(kid) != KID_BYTES:
+        raise SchemaError(f"protected header must carry an {KID_BYTES}-byte key id (4)")
+    if set(header) != {HEADER_ALG, HEADER_KID}:
+        raise SchemaError(f"protected header has unexpected labels {sorted(set(header) - {HEADER_ALG, HEADER_KID}, key=repr)}")
+    return kid
+
+
+def parse_sign1(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Sign1:
+    """Parse untrusted bytes as a COSE_Sign1 {1: -8, 4: kid} with an empty unprotected map; SchemaError otherwise."""
+    outer = cbor.decode(data, limits)
+    if not isinstance(outer, Tag) or outer.number != TAG_COSE_SIGN1:
+        raise SchemaError("not a COSE_Sign1 message (expected CBOR tag 18)")
+    parts = outer.value
+    if not isinstance(parts, list) or len(parts) != 4:
+        raise SchemaError("COSE_Sign1 must be an array of 4 items")
+    protected, unprotected, payload, signature = parts
+    if not isinstance(protected, bytes) or not isinstance(payload, bytes) or not isinstance(signature, bytes):
+        raise SchemaError("COSE_Sign1 protected header, payload and signature must be byte strings")
+    if unprotected != {}:
+        raise SchemaError("COSE_Sign1 unprotected header must be an empty map")
+    if len(signature) != SIGNATURE_BYTES:
+        raise SchemaError(f"an Ed25519 signature is {SIGNATURE_BYTES} bytes, got {len(signature)}")
+    kid = _kid_of_header(cbor.decode(protected, limits))
+    return Sign1(kid, protected, payload, signature)
+
+
+def open_sign1(data: bytes, public_key: bytes, external_aad: bytes = b"", limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """The payload of a COSE_Sign1 that `public_key` signed over `external_aad`; SchemaError / SignatureError otherwise."""
+    message = parse_sign1(bytes(data), limits)
+    if message.protected != eddsa_header(message.kid):
+        raise SchemaError("the protected header is not deterministically encoded")
+    if message.kid != kid_of(public_key):
+        raise SignatureError(f"signed by key {message.kid.hex()}, not by the expected key {kid_of(public_key).hex()}")
+    if not DeviceKey("signer", public_key).verifies(message.signed_bytes(external_aad), message.signature):
+        raise SignatureError("the signature does not verify")
+    return message.payload
+
+
+def sign(payload: bytes, signatures: list[tuple[bytes, bytes]]) -> bytes:
+    """COSE_Sign: tag 98 around [h'', {}, payload, [[eddsa_header(kid), {}, signature], ...]]."""
+    return cbor.encode(Tag(TAG_COSE_SIGN, [b"", {}, payload, [[eddsa_header(kid), {}, sig] for kid, sig in signatures]]))
+
+
+def parse_sign(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """(payload, [(kid, signature), ...]) of a COSE_Sign with 1..4 EdDSA signers; SchemaError otherwise."""
+    item = cbor.decode(bytes(data), limits)
+    if not isinstance(item, Tag) or item.number != TAG_COSE_SIGN:
+        raise SchemaError("not a COSE_Sign (CBOR tag 98)")
+    value = item.value
+    if (not isinstance(value, list) or len(value) != 4 or value[0] != b"" or value[1] != {}
+            or not isinstance(value[2], bytes) or not isinstance(value[3], list)
+            or not 1 <= len(value[3]) <= MAX_SIGNERS):
+        raise SchemaError(f"COSE_Sign must be [h'', {{}}, payload, [1..{MAX_SIGNERS} signatures]]")
+    signatures = []
+    for entry in value[3]:
+        if not isinstance(entry, list) or len(entry) != 3 or entry[1] != {} or not isinstance(entry[0], bytes) \
+                or not isinstance(entry[2], bytes) or len(entry[2]) != SIGNATURE_BYTES:
+            raise SchemaError("each COSE_Signature must be [protected, {}, 64-byte signature]")
+        kid = _kid_of_header(cbor.decode(entry[0], _HEADER_LIMITS))
+        if entry[0] != eddsa_header(kid):
+            raise SchemaError("a signer's protected header is not deterministically encoded")
+        signatures.append((kid, entry[2]))
+    return value[2], signatures

@@ -1,0 +1,27 @@
+"""The numbers of the wire contract, defined once: content formats, CBOR tags, COSE labels, CoAP paths, OSCORE suite.
+
+Every other module (on the gateway, the lender, the technician's laptop)
+imports these; the MicroPython firmware keeps its own copies, pinned by
+`tests/vectors/` and checked against this module by the firmware tests.
+"""
+from __future__ import annotations
+
+CONTENT_FORMAT_CBOR = 60        # application/cbor (RFC 7049 §7.3): every pledgewatch request and answer body
+
+TAG_COSE_SIGN1 = 18             # RFC 9052 §4.2: one signer (envelopes, enrollment responses, site files)
+TAG_COSE_SIGN = 98              # RFC 9052 §4.1: several signers (enrollment requests, installation reports)
+ALG_EDDSA = -8                  # RFC 9053 §2.2
+HEADER_ALG, HEADER_KID = 1, 4   # COSE header labels (RFC 9052 §3.1)
+KID_BYTES = 8                   # a key id is SHA-256(public key)[0:8]
+SIGNATURE_BYTES = 64            # Ed25519
+
+# CoAP resource paths on the lender
+PATH_TELEMETRY = ("t",)                 # gateway batches, under OSCORE
+PATH_NODE = ("n",)                      # one node envelope per request
+PATH_ENROLL = ("enroll",)               # enrollment requests (plain CoAP: no context yet)
+PATH_SITES = ("enroll", "sites")        # GET /enroll/sites/<asset>: the lender's signed site file
+PATH_INSTALLATIONS = ("installations",)  # installation reports
+
+# The OSCORE suite every context uses (RFC 8613): its AEAD (mandatory to implement) and HKDF hash
+OSCORE_ALGORITHM = "AES-CCM-16-64-128"
+OSCORE_KDF_HASH = "sha256"
