@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from drivers.at import AtChannel, ChannelConfig
-from drivers.exc import AtResultError, AtTimeoutError, CmeError, DriverError, ModemResponseError, PortClosedError, PortError
+from drivers.exc import AtPortError, AtResultError, AtTimeoutError, CmeError, DriverError, ModemResponseError, PortClosedError
 from drivers.gpio import ModemPowerLine
 from drivers.modem import ExtendedSignalQuality, Modem, Operator, Registration, ServingCell, open_modem
 from drivers.modem.detect import DRIVERS
@@ -254,7 +254,7 @@ class ModemLink:
         for command in ("AT+CFUN=0", "AT+CFUN=1"):
             try:
                 await self.channel.command(command, timeout=self.cfun_timeout_s)
-            except (AtTimeoutError, AtResultError, PortError) as exc:
+            except (AtTimeoutError, AtResultError, AtPortError) as exc:
                 log.warning("modem on %s: %s failed: %s", self.port, command, exc)
 
     async def reboot(self) -> bool:
@@ -263,7 +263,7 @@ class ModemLink:
             await self.channel.command("AT+CFUN=1,1", timeout=self.cfun_timeout_s)
         except PortClosedError:
             pass  # the port dropped before the OK: that is what a reset looks like from the host
-        except (AtTimeoutError, AtResultError, PortError) as exc:
+        except (AtTimeoutError, AtResultError, AtPortError) as exc:
             log.warning("modem on %s: AT+CFUN=1,1 failed (%s); reopening the port anyway", self.port, exc)
         # A modem that took the reset drops its USB port within a second or two of its OK.
         with contextlib.suppress(TimeoutError):
@@ -273,7 +273,7 @@ class ModemLink:
     async def power_cycle(self) -> bool:
         """Cut the modem's power for the line's off time, restore it, wait for the port; True if it answers again."""
         if self.power_line is None:
-            raise PortError(f"no power line is configured for the modem on {self.port}")
+            raise AtPortError(f"no power line is configured for the modem on {self.port}")
         await self.close()
         await self.power_line.power_cycle()
         return await self.await_return()
@@ -288,7 +288,7 @@ class ModemLink:
                 try:
                     await self.open()
                     return True
-                except PortError:
+                except AtPortError:
                     pass  # the node is there but not openable yet (udev still setting it up)
                 except DriverError as exc:
                     log.warning("modem on %s: port is back but the modem does not answer: %s", self.port, exc)

@@ -468,8 +468,8 @@ class LineDecoder:
             log.warning("AT channel: " + msg, *args)
 
 
-class Exchange:
-    """One command in flight, as the pure core sees it."""
+class AtExchange:
+    """One AT command in flight (its lines, its final result code), as the pure core sees it."""
 
     __slots__ = ("command", "expect", "wants_prompt", "finals", "fail_finals", "lines", "final",
                  "prompt_seen", "echo_done", "waiter")
@@ -534,13 +534,13 @@ class AtProtocol:
     """
 
     def __init__(self, rules: UrcRules, max_line_bytes: int, *,
-                 on_urc: Callable[[Urc], None], on_done: Callable[[Exchange], None],
-                 on_prompt: Callable[[Exchange], None], counters: _Counters | None = None) -> None:
+                 on_urc: Callable[[Urc], None], on_done: Callable[[AtExchange], None],
+                 on_prompt: Callable[[AtExchange], None], counters: _Counters | None = None) -> None:
         self.rules = rules
         self.counters = counters if counters is not None else _Counters()
         self.decoder = LineDecoder(max_line_bytes, self._line, self.counters)
-        self.exchange: Exchange | None = None
-        self.orphan: Exchange | None = None
+        self.exchange: AtExchange | None = None
+        self.orphan: AtExchange | None = None
         self._on_urc = on_urc
         self._on_done = on_done
         self._on_prompt = on_prompt
@@ -548,12 +548,12 @@ class AtProtocol:
         self._lines = rules.lines
         self._shapes = rules.shapes
 
-    def start(self, exchange: Exchange) -> None:
+    def start(self, exchange: AtExchange) -> None:
         if self.exchange is not None:
             raise AssertionError("a command is already in flight")
         self.exchange = exchange
 
-    def abandon(self) -> Exchange | None:
+    def abandon(self) -> AtExchange | None:
         """The exchange in flight timed out: keep absorbing its late answer as an orphan."""
         ex, self.exchange = self.exchange, None
         if ex is not None:
@@ -786,7 +786,7 @@ class AtChannel:
         return t.kind if t is not None else None
 
     async def open(self) -> None:
-        """Open the port (again, after a loss). Raises `PortError` if it is not there."""
+        """Open the port (again, after a loss). Raises `AtPortError` if it is not there."""
         if self._transport is not None:
             return
         cfg = self.config
@@ -909,7 +909,7 @@ class AtChannel:
                                           "for a late answer")
             loop = asyncio.get_running_loop()
             fut: asyncio.Future[object] = loop.create_future()
-            ex = Exchange(text, expect_t, wants_prompt=data is not None,
+            ex = AtExchange(text, expect_t, wants_prompt=data is not None,
                           finals=frozenset(finals), fail_finals=frozenset(fail_finals))
             ex.waiter = fut
             self._counters.commands += 1
@@ -970,7 +970,7 @@ class AtChannel:
                 pass
         self._protocol.drop_orphan()
 
-    def _expire(self, ex: Exchange, limit: float) -> None:
+    def _expire(self, ex: AtExchange, limit: float) -> None:
         if self._protocol.exchange is not ex:
             return
         self._protocol.abandon()
@@ -986,12 +986,12 @@ class AtChannel:
                 f"({len(ex.lines)} line(s) received); the modem may be busy or hung",
                 command=ex.command, timeout_s=limit, lines=tuple(ex.lines)))
 
-    def _exchange_done(self, ex: Exchange) -> None:
+    def _exchange_done(self, ex: AtExchange) -> None:
         fut = ex.waiter
         if isinstance(fut, asyncio.Future) and not fut.done():
             fut.set_result(True)
 
-    def _prompt_seen(self, ex: Exchange) -> None:
+    def _prompt_seen(self, ex: AtExchange) -> None:
         fut = ex.waiter
         if isinstance(fut, asyncio.Future) and not fut.done():
             fut.set_result(True)

@@ -77,11 +77,11 @@ class AtUsageError(AtError, ValueError):
     """The caller asked for something the channel cannot send (bad command text, bad data)."""
 
 
-class PortError(AtError, OSError):
+class AtPortError(AtError, OSError):
     """The serial port could not be opened, read or written."""
 
 
-class PortClosedError(PortError, ConnectionError):
+class PortClosedError(AtPortError, ConnectionError):
     """The port closed or disappeared (modem reboot, USB unplug, `close()`).
 
     Commands in flight fail with this; the channel can be opened again.

@@ -41,7 +41,7 @@ from typing import Literal
 import serial
 import serial.serialposix
 
-from drivers.exc import PortClosedError, PortError
+from drivers.exc import AtPortError, PortClosedError
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class SerialTransport:
                                          write_timeout=cfg.write_timeout_s, do_not_open=True)
             port.open()
         except (serial.SerialException, OSError, ValueError) as exc:
-            raise PortError(f"cannot open serial port {cfg.url!r}: {exc}; check that the device exists, "
+            raise AtPortError(f"cannot open serial port {cfg.url!r}: {exc}; check that the device exists, "
                             "is not held by another program (ModemManager?) and that you may open it") from exc
         fd = _usable_fd(port)
         kind = cfg.reader
@@ -118,7 +118,7 @@ class SerialTransport:
             kind = "fd" if fd is not None else "thread"
         if kind == "fd" and fd is None:
             port.close()
-            raise PortError(f"serial URL {cfg.url!r} has no file descriptor to watch; use reader='thread'")
+            raise AtPortError(f"serial URL {cfg.url!r} has no file descriptor to watch; use reader='thread'")
         self._port, self._loop, self._fd, self.kind = port, loop, fd, kind
         # Plain POSIX ports are read with os.read (one syscall per wake-up);
         # wrappers such as spy:// must see the read to do their job.
@@ -150,7 +150,7 @@ class SerialTransport:
             else:
                 port.write(data)
         except serial.SerialTimeoutException as exc:
-            raise PortError(f"write to {self.config.url!r} timed out after {self.config.write_timeout_s}s: "
+            raise AtPortError(f"write to {self.config.url!r} timed out after {self.config.write_timeout_s}s: "
                             "the device does not take data (flow control stuck?)") from exc
         except (serial.SerialException, OSError) as exc:
             self._lost(exc)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from drivers.at import AtChannel, ChannelConfig, Urc
-from drivers.exc import AtResultError, AtTimeoutError, AtUsageError, CmeError, PortClosedError, PortError
+from drivers.exc import AtPortError, AtResultError, AtTimeoutError, AtUsageError, CmeError, PortClosedError
 from hil.sim.models import common
 from hil.sim.modem import DataPrompt, ModemModel, ModemSimulator, Reply
 
@@ -323,7 +323,7 @@ def test_opening_a_missing_port_names_it_and_is_a_port_error(tmp_path):
     missing = tmp_path / "no-such-modem"
 
     async def body():
-        with pytest.raises(PortError) as info:
+        with pytest.raises(AtPortError) as info:
             await AtChannel(ChannelConfig(str(missing))).open()
         return info.value
     err = run(body())

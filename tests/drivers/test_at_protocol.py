@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from drivers.at import (
     CME_MEANINGS,
     DEFAULT_URC_RULES,
+    AtExchange,
     AtProtocol,
-    Exchange,
     UrcRules,
     cme_meaning,
     redact,
@@ -29,13 +29,13 @@ class Core:
 
     def __init__(self, max_line_bytes: int = 256, rules: UrcRules = DEFAULT_URC_RULES) -> None:
         self.urcs: list[str] = []
-        self.done: list[Exchange] = []
-        self.prompts: list[Exchange] = []
+        self.done: list[AtExchange] = []
+        self.prompts: list[AtExchange] = []
         self.p = AtProtocol(rules, max_line_bytes, on_urc=lambda u: self.urcs.append(u.line),
                             on_done=self.done.append, on_prompt=self.prompts.append)
 
-    def start(self, command: str, expect: tuple[str, ...] = (), **kw: object) -> Exchange:
-        ex = Exchange(command, expect, **kw)  # type: ignore[arg-type]
+    def start(self, command: str, expect: tuple[str, ...] = (), **kw: object) -> AtExchange:
+        ex = AtExchange(command, expect, **kw)  # type: ignore[arg-type]
         self.p.start(ex)
         return ex
 
