@@ -1,7 +1,7 @@
 """Child process for the spool SIGKILL test: appends (and now and then acks) in a loop until killed.
 
 Run as `python -I spool_crash_child.py REPO DB MAX_BYTES ENVELOPES`. ENVELOPES is
-a file of pre-built envelopes (see `write_envelope_file`), so this child
+a file of pre-built envelopes (`tests.kit.envelope_file`), so this child
 imports nothing but the spool and starts fast. After each operation returns
 it reports on stdout, unbuffered, one line:
 
@@ -13,45 +13,14 @@ it reports on stdout, unbuffered, one line:
 from __future__ import annotations
 
 import os
-import struct
 import sys
-
-RECORD = struct.Struct(">QBH16s")  # seq, alarm, len(raw), digest; then raw
-
-
-class FileEnvelope:
-    """An envelope read back from the envelope file (the spool's duck type)."""
-
-    __slots__ = ("seq", "alarm", "raw", "digest")
-
-    def __init__(self, seq: int, alarm: bool, raw: bytes, digest: bytes) -> None:
-        self.seq, self.alarm, self.raw, self.digest = seq, alarm, raw, digest
-
-
-def write_envelope_file(path: str, envelopes) -> None:
-    """Write envelopes with consecutive seqs from 0 (the parent calls this once)."""
-    with open(path, "wb") as f:
-        for expected, e in enumerate(envelopes):
-            assert e.seq == expected
-            f.write(RECORD.pack(e.seq, int(e.alarm), len(e.raw), e.digest) + e.raw)
-
-
-def read_envelope_file(path: str) -> list[FileEnvelope]:
-    with open(path, "rb") as f:
-        data = f.read()
-    out, offset = [], 0
-    while offset < len(data):
-        seq, alarm, size, digest = RECORD.unpack_from(data, offset)
-        offset += RECORD.size
-        out.append(FileEnvelope(seq, bool(alarm), data[offset:offset + size], digest))
-        offset += size
-    return out
 
 
 def main() -> None:
     repo, db, max_bytes, envelope_file = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     sys.path.insert(0, repo)
     from agent.spool import Spool
+    from tests.kit.envelope_file import read_envelope_file
 
     envelopes = read_envelope_file(envelope_file)
     spool = Spool.open(db, max_bytes=max_bytes, synchronous="FULL")

@@ -5,9 +5,7 @@ machine drives the spool and a plain-Python model of the policy side by side.
 """
 from __future__ import annotations
 
-import importlib.util
 import sqlite3
-import sys
 import tempfile
 from pathlib import Path
 
@@ -20,11 +18,7 @@ from agent.exc import AgentError, SpoolConfigError, SpoolError, SpoolSequenceErr
 from agent.spool import REASON_OVERFLOW, DroppedRange, Spool
 from telemetry import GENESIS, GapReason
 
-if "spool_envelopes" not in sys.modules:
-    _spec = importlib.util.spec_from_file_location("spool_envelopes", Path(__file__).with_name("spool_envelopes.py"))
-    sys.modules["spool_envelopes"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["spool_envelopes"])
-from spool_envelopes import chain, reading  # noqa: E402
+from tests.kit.envelopes import chain, reading
 
 
 @pytest.fixture

@@ -6,13 +6,11 @@ hypothesis picks, or by replacing a file with garbage.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import random
 import re
 import sqlite3
-import sys
 import tempfile
 from pathlib import Path
 
@@ -24,11 +22,7 @@ import agent.spool
 from agent.spool import REASON_SPOOL_RESET, Spool
 from telemetry import GapReason
 
-if "spool_envelopes" not in sys.modules:
-    _spec = importlib.util.spec_from_file_location("spool_envelopes", Path(__file__).with_name("spool_envelopes.py"))
-    sys.modules["spool_envelopes"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["spool_envelopes"])
-from spool_envelopes import chain, reading  # noqa: E402
+from tests.kit.envelopes import chain, reading
 
 ENVELOPES = chain(40, alarm_every=5)
 

@@ -8,7 +8,6 @@ envelope appended, and the database passes SQLite's integrity_check.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 import signal
@@ -19,11 +18,11 @@ from pathlib import Path
 
 from agent.spool import Spool
 
-if "spool_envelopes" not in sys.modules:
-    _spec = importlib.util.spec_from_file_location("spool_envelopes", Path(__file__).with_name("spool_envelopes.py"))
-    sys.modules["spool_envelopes"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["spool_envelopes"])
-from spool_envelopes import HERE, REPO, chain, load_helper  # noqa: E402
+from tests.kit.envelope_file import write_envelope_file
+from tests.kit.envelopes import chain
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
 
 KILLS = 200
 ENVELOPES = 14_000
@@ -97,10 +96,9 @@ class Ledger:
 
 
 def test_spool_keeps_every_reading_across_sigkill(tmp_path):
-    child = load_helper("spool_crash_child")
     envelopes = chain(ENVELOPES, alarm_every=ALARM_EVERY)
     envelope_file = tmp_path / "envelopes.bin"
-    child.write_envelope_file(str(envelope_file), envelopes)
+    write_envelope_file(str(envelope_file), envelopes)
     path = tmp_path / "spool.db"
     ledger = Ledger(envelopes)
     rng = random.Random(20260522)

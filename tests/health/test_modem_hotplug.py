@@ -15,7 +15,7 @@ from agent.spool import Spool
 from agent.state import AgentState
 from drivers.gpio import ContactConfig, ContactSensor, RunHoursConfig, RunHoursMeter
 from drivers.hotplug import ModemPortWatcher
-from health_kit import DEVICE, IDENTITY, UdevFeed, VirtualClock, signed_envelopes, udev_event, values, wait_until
+from tests.kit.health import DEVICE, IDENTITY, UdevFeed, VirtualClock, signed_envelopes, udev_event, values, wait_until
 from hil.sim.modem import ModemSimulator
 
 OTHER_IMEI = "359225051234565"  # a valid Luhn check digit: another modem's IMEI

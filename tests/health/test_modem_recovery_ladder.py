@@ -20,7 +20,7 @@ from agent.rules import RulesEngine
 from agent.spool import Spool
 from agent.state import AgentState
 from hil.sim.modem import ModemSimulator
-from health_kit import DEVICE, IDENTITY, VirtualClock, signed_envelopes, values
+from tests.kit.health import DEVICE, IDENTITY, VirtualClock, signed_envelopes, values
 
 POWER_PIN = 5
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 
 from agent.health import HealthStateFile, ModemHealthConfig, ModemHealthMonitor, Recovery
-from health_kit import VirtualClock
+from tests.kit.health import VirtualClock
 from hil.sim.modem import ModemSimulator
 
 

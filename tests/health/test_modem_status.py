@@ -91,7 +91,7 @@ def test_a_missing_sim_is_reported_as_the_modems_refusal_not_as_a_sick_modem(tmp
 
 
 def test_a_modem_that_reboots_on_its_own_is_opened_and_prepared_again(tmp_path):
-    from health_kit import VirtualClock, wait_until
+    from tests.kit.health import VirtualClock, wait_until
 
     clock = VirtualClock()
     with ModemSimulator("rm520n", link=tmp_path / "at") as sim:

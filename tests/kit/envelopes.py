@@ -5,13 +5,8 @@ envelope carries an `alarm.tamper` record on top (~270 bytes).
 """
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 from telemetry import GENESIS, Envelope, Identity, Record, seal
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
 GATEWAY = Identity(bytes(range(32)))  # a test key, never a real device's
 T0 = 1767225600  # 2026-01-01T00:00:00Z
 
@@ -38,10 +33,3 @@ def chain(count: int, *, first_seq: int = 0, prev: bytes = GENESIS, alarm_every:
         prev = envelope.digest
     return out
 
-
-def load_helper(name: str):
-    """Import a helper module of tests/agent by path (tests/agent is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

@@ -4,7 +4,6 @@ The lender runs for real: `LenderServer` on a UDP port of 127.0.0.1 (port 0,
 the kernel picks), in its own event-loop thread. `RawCoap` is a deliberately
 small, independent client over a plain UDP socket (aiocoap's Message codec,
 no aiocoap client logic) so a test can send exactly the bytes it means to.
-Loaded by conftest.py as the module `lender_testkit`.
 """
 from __future__ import annotations
 

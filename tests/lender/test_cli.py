@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from aiocoap.numbers import codes
-from lender_testkit import PYTHON_BIN, Device, RawCoap, ack_of, batch, enroll, free_environment, oscore_post
+from tests.kit.lender import PYTHON_BIN, Device, RawCoap, ack_of, batch, enroll, free_environment, oscore_post
 
 from lender.ingest import Ingest
 from telemetry.envelope import Gap, GapReason, seal

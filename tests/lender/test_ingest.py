@@ -6,7 +6,7 @@ import threading
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from lender_testkit import Device, batch, enroll
+from tests.kit.lender import Device, batch, enroll
 
 from lender import registry
 from lender.ingest import ACK_ALREADY, ACK_REJECTED, ACK_STORED, Ingest, Status, chain_violation

@@ -11,7 +11,7 @@ from aiocoap.numbers import codes
 from aiocoap.optiontypes import BlockOption
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from lender_testkit import Device, LenderThread, RawCoap, ack_of, batch, enroll, oscore_post
+from tests.kit.lender import Device, LenderThread, RawCoap, ack_of, batch, enroll, oscore_post
 
 from lender import registry
 from lender.server import BlockAssembly, Complete, parse_bind

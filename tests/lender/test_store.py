@@ -5,7 +5,7 @@ import sqlite3
 import stat
 
 import pytest
-from lender_testkit import Device, batch, enroll
+from tests.kit.lender import Device, batch, enroll
 
 from lender.exc import DeviceExistsError, StoreError, StoreFormatError, StoreUnavailableError
 from lender.ingest import Ingest

@@ -3,7 +3,7 @@ import pytest
 
 from agent.assets import Asset
 from agent.rules import AccessEvent, AlarmEvent
-from rules_kit import HOUR, alarms, at, engine, hours, sample
+from tests.kit.rules import HOUR, alarms, at, engine, hours, sample
 
 STORE = Asset("cold-store", "stock", ("door", "back-door", "lid"), tamper=("lid",),
               access=hours("mon-fri 07:00-18:00", "sun 22:00-06:00"))

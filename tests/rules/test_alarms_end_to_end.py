@@ -32,7 +32,7 @@ from hil.sim.nmea import NmeaFeed
 from hil.sim.onewire import OneWireTree
 from lender import registry
 from lender.store import SQLiteStore
-from rules_kit import offset
+from tests.kit.rules import offset
 from telemetry.envelope import seal
 from telemetry.identity import Identity
 from telemetry.senml import Record

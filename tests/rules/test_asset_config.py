@@ -9,7 +9,7 @@ from agent.assets import (AccessHours, Band, Circle, LatLon, Polygon, RuleSettin
                           parse_window)
 from agent.config import parse
 from agent.exc import ConfigError
-from rules_kit import DEPOT, offset
+from tests.kit.rules import DEPOT, offset
 
 PATH = __import__("pathlib").Path("/etc/pledgewatch/agent.toml")
 HEAD = """

@@ -4,7 +4,7 @@ from hypothesis import strategies as st
 
 from agent.assets import Asset, Band, Circle, RuleSettings
 from agent.rules import AlarmEvent, Manifest, alternation_ok
-from rules_kit import DAY, DEPOT, HOUR, alarms, at, engine, fix, hours, offset, sample
+from tests.kit.rules import DAY, DEPOT, HOUR, alarms, at, engine, fix, hours, offset, sample
 
 SETTINGS = RuleSettings(ack_alarm_hours=6)
 C = "alarm.connectivity.gateway"

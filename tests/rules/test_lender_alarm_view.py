@@ -9,7 +9,7 @@ from agent.rules import RulesEngine, SensorSpec
 from lender import registry
 from lender.alarms import alarm_events, asset_status, open_alarms
 from lender.store import SQLiteStore
-from rules_kit import BOOT, HOUR, T0, at, sample
+from tests.kit.rules import BOOT, HOUR, T0, at, sample
 from telemetry.envelope import GENESIS, Gap, seal
 from telemetry.identity import Identity
 from telemetry.senml import Record

@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.assets import Asset, Circle, Polygon, RuleSettings
-from rules_kit import DAY, DEPOT, HOUR, alarms, at, engine, fix, hours, noise_trace, offset, sample
+from tests.kit.rules import DAY, DEPOT, HOUR, alarms, at, engine, fix, hours, noise_trace, offset, sample
 
 FENCE = Circle(DEPOT, 100.0)
 TRUCK = Asset("truck-7", "vehicle", ("gnss",), geofence=FENCE, stationary=False)

@@ -7,7 +7,7 @@ import pytest
 
 from agent.assets import Asset, RuleSettings
 from agent.rules import AlarmEvent
-from rules_kit import BOOT, T0, alarms, at, engine, sample
+from tests.kit.rules import BOOT, T0, alarms, at, engine, sample
 from agent.clock import Instant
 
 STORE = Asset("cold-store", "stock", ("temp", "door"))

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from agent.assets import Asset, Band, RuleSettings
 from agent.rules import AlarmEvent, alternation_ok
-from rules_kit import DAY, alarms, at, engine, sample
+from tests.kit.rules import DAY, alarms, at, engine, sample
 
 FRIDGE = Asset("vaccines", "stock", ("temp", "rh", "scale"),
                temperature=Band(2.0, 8.0, hold_s=600, hysteresis=0.5),

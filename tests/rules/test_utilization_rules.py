@@ -3,7 +3,7 @@ import pytest
 
 from agent.assets import Asset, RuleSettings
 from agent.rules import DailyUtilization
-from rules_kit import BOOT, DAY, HOUR, T0, at, engine, hours, sample
+from tests.kit.rules import BOOT, DAY, HOUR, T0, at, engine, hours, sample
 from agent.clock import Instant
 
 PRESS = Asset("press-2", "machine", ("run",))

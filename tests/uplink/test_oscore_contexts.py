@@ -31,7 +31,7 @@ from lender.oscore import (
     write_context,
     ContextParameters,
 )
-from uplink_support import DEVICE, AckLender, chain
+from tests.kit.uplink import DEVICE, AckLender, chain
 from telemetry import cbor
 
 

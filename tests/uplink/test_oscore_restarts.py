@@ -16,7 +16,7 @@ from aiocoap.numbers import codes
 from agent.spool import Spool
 from agent.uplink import Result, Uplink, UplinkConfig
 from lender.oscore import LenderCredentials, create_context_pair
-from uplink_support import DEVICE, AckLender, UdpTap, chain, free_udp_port, oscore_partial_iv
+from tests.kit.uplink import DEVICE, AckLender, UdpTap, chain, free_udp_port, oscore_partial_iv
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent

@@ -34,7 +34,7 @@ from agent.uplink import (
 from lender.oscore import LenderCredentials, create_context_pair
 from telemetry import cbor
 from telemetry.envelope import Reason
-from uplink_support import DEVICE, AckLender, DrivenClock, UdpTap, chain
+from tests.kit.uplink import DEVICE, AckLender, DrivenClock, UdpTap, chain
 
 FAST_COAP = {"ack_timeout": 0.05, "max_retransmit": 1}  # a lost exchange gives up after ~0.25 s
 

@@ -11,7 +11,7 @@ from lender.registry import register
 from lender.server import LenderServer
 from lender.store import SQLiteStore
 from telemetry.envelope import Reason
-from uplink_support import DEVICE, GATEWAY, UdpTap, chain
+from tests.kit.uplink import DEVICE, GATEWAY, UdpTap, chain
 
 FAST_COAP = {"ack_timeout": 0.05, "max_retransmit": 1}
 

@@ -9,22 +9,18 @@ SIGTERM closes the OSCORE contexts cleanly; SIGKILL is the crash.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import signal
 import sys
 from pathlib import Path
 
 
 async def main(root: Path, port: int) -> None:
-    spec = importlib.util.spec_from_file_location("uplink_support", Path(__file__).with_name("uplink_support.py"))
-    support = importlib.util.module_from_spec(spec)
-    sys.modules["uplink_support"] = support
-    spec.loader.exec_module(support)
     from lender.oscore import LenderCredentials
     from telemetry.envelope import decode
+    from tests.kit.uplink import AckLender
 
     credentials = LenderCredentials.load(root)
-    lender = support.AckLender(credentials=credentials)
+    lender = AckLender(credentials=credentials)
     handle = lender.handle
 
     def reporting_handle(request):

@@ -1,0 +1,1 @@
+"""The project's tests: a package, so helpers import as `tests.kit.<part>` (pytest puts the repository on sys.path)."""

@@ -1,0 +1,13 @@
+"""Helpers the tests share, imported like any module: ``from tests.kit.<part> import ...``.
+
+    envelopes   real signed envelopes of a warehouse gateway, for the spool tests
+    envelope_file  the pre-built envelope file a crash test's child reads (imports nothing else: it starts fast)
+    health      a virtual clock, pyudev events and spool readers for the modem health monitor's tests
+    lender      simulated devices, batches, a lender on 127.0.0.1, an independent CoAP client
+    rules       synthetic sample streams and a simulated clock for the rules tests
+    uplink      a stand-in lender on real UDP, a recording UDP relay, a driven clock
+
+A child process a test starts (tests/**/*_child.py) finds this package once
+the repository is on its sys.path: PYTHONPATH, or the REPO argument it inserts.
+Kept free of imports, so a child that needs one small helper starts fast.
+"""
