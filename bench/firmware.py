@@ -197,8 +197,8 @@ def measure_cycles() -> dict:
 
     from hil.sim.models import bc66, nbiot, sim7080g
     from hil.sim.modem import ModemSimulator
-    from lender import registry
-    from lender.store import SQLiteStore
+    from lender.enrollment import registration
+    from lender.evidence.store import SQLiteStore
 
     models = {"bc66": bc66.MODEL, "bc95": bc66.BC95, "sim7080g": sim7080g.MODEL}
     power_on, steady, payloads, datagrams = {}, {}, {}, {}
@@ -212,7 +212,7 @@ def measure_cycles() -> dict:
             seed = os.urandom(32)
             with _Lender(work / f"lender-{name}") as lender:
                 with SQLiteStore.open(lender.data_dir) as store:
-                    registry.register(store, lender.data_dir, NODE_DEVICE,
+                    registration.register(store, lender.data_dir, NODE_DEVICE,
                                       bytes(nacl.signing.SigningKey(seed).verify_key), with_oscore=False)
                 root = work / f"node-{name}"
                 _provision(root, name, lender.port, seed)
@@ -244,14 +244,14 @@ def _smallest_cycle_heap(modules: Path, work: Path, uart: str, lender: _Lender) 
     """The smallest heap (KB) in which a fresh node's power-on cycle and a steady-state cycle complete."""
     import nacl.signing
 
-    from lender import registry
-    from lender.store import SQLiteStore
+    from lender.enrollment import registration
+    from lender.evidence.store import SQLiteStore
 
     def fits(heap_kb: int) -> bool:
         # A node of its own per probe (device and key), so no probe's seqs meet another's at the lender.
         device, seed = f"heap-{heap_kb}", os.urandom(32)
         with SQLiteStore.open(lender.data_dir) as store:
-            registry.register(store, lender.data_dir, device, bytes(nacl.signing.SigningKey(seed).verify_key),
+            registration.register(store, lender.data_dir, device, bytes(nacl.signing.SigningKey(seed).verify_key),
                               with_oscore=False)
         root = work / device
         _provision(root, "bc66", lender.port, seed, device)

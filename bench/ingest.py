@@ -1,7 +1,7 @@
 """`python -m bench ingest`: the lender's ingest rate on its own (decode + verify + chain check + store), no network.
 
 Envelopes like a gateway's (three records each: temperature, door, tamper) are
-sealed beforehand, then fed to `lender.ingest.Ingest.batch` in batches of 100
+sealed beforehand, then fed to `lender.evidence.ingest.Ingest.batch` in batches of 100
 (about 16 KiB, the agent's default batch size) against a fresh SQLite store in
 a temporary directory, with the lender's real settings (WAL, synchronous=FULL,
 one commit per batch). The raw Ed25519 verify rate is measured in the same run,
@@ -13,9 +13,9 @@ import json
 import tempfile
 import time
 
-from lender import registry
-from lender.ingest import Ingest, Status
-from lender.store import SQLiteStore
+from lender.enrollment import registration
+from lender.evidence.ingest import Ingest, Status
+from lender.evidence.store import SQLiteStore
 from telemetry import cbor
 from telemetry.envelope import GENESIS, seal
 from telemetry.identity import Identity
@@ -55,7 +55,7 @@ def measure(count: int = 20_000) -> dict:
     bodies = [cbor.encode(raws[i:i + BATCH]) for i in range(0, count, BATCH)]
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as directory:
         with SQLiteStore.open(directory) as store:
-            registry.register(store, directory, "gw-bench-0001", identity.public_key, with_oscore=False)
+            registration.register(store, directory, "gw-bench-0001", identity.public_key, with_oscore=False)
             ingest = Ingest(store)
             start = time.perf_counter()
             stored = 0

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import binascii
 import csv
 import json
 import os
@@ -30,23 +29,41 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lender import alarms as alarm_view
-from lender import registry
-from lender.exc import ExportFormatError, LenderError, StoreError
-from lender.ingest import DEFAULT_MAX_BODY
-from lender.registry import iso_time
-from lender.store import SQLiteStore, explain_gaps
-from telemetry.chain import check_chain
-from telemetry.envelope import Envelope, Reason, verify
-from telemetry.exc import TelemetryError
-from telemetry.identity import DeviceKey
+from durable.sdnotify import notify
+from lender.enrollment.technicians import TechnicianRegistry, lender_identity
+from lender.enrollment import registration
+from lender.evidence import registry
+from lender.evidence.alarms import (
+    AlarmRecord,
+    AssetStatus,
+    alarm_events,
+    asset_status,
+    open_alarms,
+)
+from lender.evidence.export import (
+    EXPORT_FIELDS,
+    export_rows,
+    load_keys,
+    read_export,
+    verify_export,
+)
+from lender.evidence.ingest import DEFAULT_MAX_BODY
+from lender.evidence.registry import iso_time
+from lender.evidence.store import Reading, SQLiteStore, explain_gaps
+from lender.exc import (
+    ExportFormatError,
+    InvalidTechnicianError,
+    LenderError,
+    StoreError,
+)
+from telemetry.envelope import Reason
 
 DEFAULT_DATA = os.environ.get("PLEDGEWATCH_LENDER_DATA", "/var/lib/pledgewatch/lender")
-EXPORT_FIELDS = ("device", "seq", "boot", "kid", "received_at", "alarm", "digest_hex", "prev_hex", "envelope_b64")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -104,10 +121,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
     p.add_argument("--output", type=Path, metavar="FILE", help="write here instead of standard output")
 
-    alarms = command("alarms", alarm_view.run_alarms, "alarms raised and cleared, per asset (lender.alarms)")
-    status = command("status", alarm_view.run_status,
-                     "per asset: last seen, last verified reading, open alarms, gaps (lender.alarms)")
-    alarm_view.add_arguments(alarms, status)
+    alarms = command("alarms", _alarms, "alarms raised and cleared, per asset (lender.evidence.alarms)")
+    status = command("status", _status,
+                     "per asset: last seen, last verified reading, open alarms, gaps (lender.evidence.alarms)")
+    _alarm_arguments(alarms, status)
 
     p = command("verify", _verify, "re-verify an export offline: signatures, chain, gaps", data=False)
     p.add_argument("file", type=Path, metavar="FILE", help="an export (jsonl or csv)")
@@ -119,8 +136,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="do not fail on gaps that no signed gap record explains (they are still reported)")
     p.add_argument("--json", action="store_true", help="the report as one JSON object")
 
-    from lender.enroll import configure_cli as configure_technicians  # `lender technicians add|list|revoke`
-    configure_technicians(sub, _guarded, DEFAULT_DATA)
+    _technician_commands(sub, _guarded, DEFAULT_DATA)
 
 
 def _guarded(run):
@@ -184,7 +200,10 @@ def _open(args: argparse.Namespace, *, create: bool = False) -> SQLiteStore:
 # --- serve -------------------------------------------------------------------------------------
 
 def _serve(args: argparse.Namespace) -> int:
-    from lender.server import LenderServer, notify_systemd, parse_bind  # aiocoap only where it is needed
+    from lender.server import (  # aiocoap only where it is needed
+        LenderServer,
+        parse_bind,
+    )
 
     bind = parse_bind(args.bind)
 
@@ -199,15 +218,22 @@ def _serve(args: argparse.Namespace) -> int:
             mode = "plain CoAP and OSCORE (insecure)" if args.insecure else "OSCORE only"
             print(f"lender: serving coap://{_hostport(*server.address)}/t, {mode}, "
                   f"{len(server.credentials)} OSCORE context(s), data in {args.data}", flush=True)
-            notify_systemd("READY=1")
+            _notify("READY=1")
             await stop.wait()
-            notify_systemd("STOPPING=1")
+            _notify("STOPPING=1")
         finally:
             await server.stop()
         print("lender: stopped", flush=True)
 
     asyncio.run(serve())
     return 0
+
+
+def _notify(state: str) -> None:
+    try:
+        notify(state)
+    except OSError as exc:
+        print(f"lender: could not notify systemd: {exc}", file=sys.stderr)
 
 
 def _hostport(host: str, port: int) -> str:
@@ -219,7 +245,7 @@ def _hostport(host: str, port: int) -> str:
 def _register(args: argparse.Namespace) -> int:
     public_key = registry.parse_public_key(args.public_key)
     with _open(args, create=True) as store:
-        done = registry.register(
+        done = registration.register(
             store, args.data, args.device, public_key, asset=args.asset,
             with_oscore=not args.no_oscore, device_context=args.oscore_out,
         )
@@ -365,22 +391,6 @@ def _quarantine(args: argparse.Namespace) -> int:
 
 # --- export and verify ------------------------------------------------------------------------
 
-def export_rows(store: SQLiteStore, device: str) -> Iterator[dict]:
-    """One dict per stored envelope of `device`, by seq: the export's rows."""
-    for e in store.envelopes(device):
-        yield {
-            "device": e.device,
-            "seq": e.seq,
-            "boot": e.boot,
-            "kid": e.kid.hex(),
-            "received_at": iso_time(e.received_at),
-            "alarm": e.alarm,
-            "digest_hex": e.digest.hex(),
-            "prev_hex": e.prev.hex(),
-            "envelope_b64": base64.b64encode(e.raw).decode("ascii"),
-        }
-
-
 def _export(args: argparse.Namespace) -> int:
     with _open(args) as store:
         if store.device(args.device) is None and args.device not in store.envelope_devices():
@@ -404,103 +414,6 @@ def _export(args: argparse.Namespace) -> int:
                 out.close()
     print(f"exported {count} envelope(s) of {args.device}", file=sys.stderr)
     return 0
-
-
-def load_keys(path: Path) -> dict[bytes, DeviceKey]:
-    """Device keys by kid from a keys file: the JSON array `lender devices --json` prints."""
-    try:
-        entries = json.loads(Path(path).read_text("utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ExportFormatError(f"keys file {path} cannot be read as JSON: {exc}") from exc
-    if not isinstance(entries, list):
-        raise ExportFormatError(f"keys file {path} must be a JSON array (the output of `lender devices --json`)")
-    keys = {}
-    for number, entry in enumerate(entries, 1):
-        try:
-            key = DeviceKey(entry["device"], bytes.fromhex(entry["public_key_hex"]))
-        except (TypeError, KeyError, ValueError, TelemetryError) as exc:
-            raise ExportFormatError(
-                f"keys file {path}, entry {number}: needs device and a 64-hex-digit public_key_hex ({exc})") from exc
-        keys[key.kid] = key
-    return keys
-
-
-def read_export(path: Path) -> Iterator[tuple[int, dict | None]]:
-    """(line number, row) for each row of a jsonl or csv export; row None for a line that is not a JSON object."""
-    try:
-        handle = open(path, newline="", encoding="utf-8")
-    except OSError as exc:
-        raise ExportFormatError(f"cannot open {path}: {exc.strerror}") from exc
-    with handle:
-        try:
-            first = handle.read(1)
-            handle.seek(0)
-            if first == "{" or first == "":
-                for number, line in enumerate(handle, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except ValueError:
-                        row = None
-                    yield number, row if isinstance(row, dict) else None
-            else:
-                reader = csv.DictReader(handle)
-                for row in reader:
-                    yield reader.line_num, row
-        except UnicodeDecodeError as exc:
-            raise ExportFormatError(f"{path} is not UTF-8 text: {exc}") from exc
-
-
-def verify_export(rows: Iterable[tuple[int, dict | None]], keys: dict[bytes, DeviceKey], *, allow_gaps: bool) -> dict:
-    """Re-verify export rows: each envelope's signature, the row against its envelope, each device's chain."""
-    failures: list[str] = []
-    by_device: dict[str, list[Envelope]] = {}
-    rows_seen = 0
-    for number, row in rows:
-        rows_seen += 1
-        where = f"row {rows_seen} (line {number})"
-        if row is None:
-            failures.append(f"{where}: not a JSON object")
-            continue
-        encoded = row.get("envelope_b64")
-        if not isinstance(encoded, str):
-            failures.append(f"{where}: no envelope_b64")
-            continue
-        try:
-            raw = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            failures.append(f"{where}: envelope_b64 is not base64")
-            continue
-        verdict = verify(raw, keys)
-        if not verdict.ok:
-            failures.append(f"{where}: {verdict.reason.name.lower()}: {verdict.detail}")
-            continue
-        envelope = verdict.envelope
-        if str(row.get("device")) != envelope.device or str(row.get("seq")) != str(envelope.seq):
-            failures.append(f"{where}: the row says device {row.get('device')!r} seq {row.get('seq')!r}, "
-                            f"its signed envelope says {envelope.device!r} seq {envelope.seq}")
-            continue
-        for field, actual in (("digest_hex", envelope.digest.hex()), ("prev_hex", envelope.prev.hex()),
-                              ("boot", str(envelope.boot))):
-            if field in row and str(row[field]) != actual:
-                failures.append(f"{where}: {field} {row[field]!r} differs from the signed envelope's {actual}")
-        by_device.setdefault(envelope.device, []).append(envelope)
-    devices = []
-    for device, envelopes in sorted(by_device.items()):
-        report = check_chain(envelopes)
-        problems = []
-        for p in report.problems:
-            tolerated = p.kind in ("gap", "bad-start") and (p.explained or allow_gaps)
-            problems.append({"kind": p.kind, "first": p.first, "last": p.last, "detail": p.detail,
-                             "explained_by": p.explained_by, "fails": not tolerated})
-            if not tolerated:
-                failures.append(f"{device}: {p.kind}: {p.detail}")
-        devices.append({"device": device, "envelopes": report.count, "first": report.first, "last": report.last,
-                        "intact": report.intact, "problems": problems})
-    if rows_seen == 0:
-        failures.append("the export holds no rows")
-    return {"ok": not failures, "rows": rows_seen, "devices": devices, "failures": failures}
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -527,3 +440,147 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"verify: {'OK' if result['ok'] else 'FAILED'}: {result['rows']} row(s), "
               f"{len(result['failures'])} failure(s)")
     return 0 if result["ok"] else 1
+
+
+# --- alarms and status ------------------------------------------------------------------------------
+
+def _alarm_arguments(alarms: argparse.ArgumentParser, status: argparse.ArgumentParser) -> None:
+    alarms.add_argument("--device", help="only this device")
+    alarms.add_argument("--asset", help="only this asset")
+    alarms.add_argument("--open", action="store_true", help="only alarms still raised")
+    alarms.add_argument("--json", action="store_true", help="one JSON object per line")
+    status.add_argument("--device", help="only this device")
+    status.add_argument("--json", action="store_true", help="a JSON array, one object per asset")
+
+
+def _when(event: AlarmRecord) -> str | None:
+    if event.time is not None:
+        return iso_time(event.time)
+    uptime = f"uptime {event.uptime_s:.1f} s, " if event.uptime_s is not None else ""
+    return f"unsynchronized clock ({uptime}received {iso_time(event.received_at)})"
+
+
+def _alarm_json(event: AlarmRecord) -> dict:
+    data = asdict(event)
+    data["name"] = event.name
+    data["sensors"] = list(event.sensors)
+    return data
+
+
+def _alarms(args: argparse.Namespace) -> int:
+    with SQLiteStore.open(args.data, create=False) as store:
+        events = alarm_events(store, args.device, args.asset)
+        if args.open:
+            events = sorted(open_alarms(events).values(), key=lambda e: (e.device, e.seq))
+    for event in events:
+        if args.json:
+            print(json.dumps(_alarm_json(event), sort_keys=True))
+        else:
+            what = f" {event.value:g} {event.unit or ''}".rstrip() if event.value is not None else ""
+            print(f"{event.device} {event.asset}: {event.state.upper():7} {event.name} ({event.severity}) seq {event.seq}"
+                  f" at {_when(event)}; sensors {','.join(event.sensors) or '-'};{what} {event.detail}".rstrip())
+    if not events and not args.json:
+        print("no alarms" + (" open" if args.open else ""), file=sys.stderr)
+    return 0
+
+
+def _reading_json(reading: Reading | None) -> dict | None:
+    if reading is None:
+        return None
+    value = next((v for v in (reading.value, reading.string, reading.boolean, reading.sum) if v is not None), None)
+    return {"seq": reading.seq, "name": reading.name, "value": value, "unit": reading.unit, "time": reading.time,
+            "at": reading.at}
+
+
+def status_json(status: AssetStatus) -> dict:
+    return {
+        "device": status.device, "asset": status.asset, "kind": status.kind, "sensors": list(status.sensors),
+        "state": status.state, "last_seen": status.last_seen, "last_seq": status.last_seq,
+        "last_reading": _reading_json(status.last_reading),
+        "open_alarms": [_alarm_json(a) for a in status.open_alarms],
+        "unexplained_gaps": [list(g) for g in status.unexplained_gaps], "explained_gaps": status.explained_gaps,
+    }
+
+
+def _status(args: argparse.Namespace) -> int:
+    with SQLiteStore.open(args.data, create=False) as store:
+        statuses = asset_status(store, args.device)
+    if args.json:
+        print(json.dumps([status_json(s) for s in statuses], sort_keys=True))
+        return 0
+    now = time.time()
+    for s in statuses:
+        print(f"{s.asset} ({s.kind}, {s.device}): {s.state}")
+        seen = f"{iso_time(s.last_seen)} ({now - s.last_seen:.0f} s ago), seq {s.last_seq}" if s.last_seen else "never"
+        print(f"  last seen     {seen}")
+        r = _reading_json(s.last_reading)
+        if r is not None:
+            when = iso_time(r["time"]) if r["time"] is not None else f"unsynchronized clock, received {iso_time(r['at'])}"
+            print(f"  last reading  {r['name']} = {r['value']}{' ' + r['unit'] if r['unit'] else ''} at {when}"
+                  f" (seq {r['seq']}, verified)")
+        elif s.sensors:
+            print("  last reading  none yet")
+        for alarm in s.open_alarms:
+            print(f"  OPEN ALARM    {alarm.name} ({alarm.severity}) since {_when(alarm)}, seq {alarm.seq}: {alarm.detail}")
+        if s.unexplained_gaps:
+            ranges = ", ".join(f"{'start' if a is None else a}..{b}" for a, b in s.unexplained_gaps[:5])
+            print(f"  gaps          {len(s.unexplained_gaps)} unexplained (seqs {ranges}), {s.explained_gaps} explained")
+        else:
+            print(f"  gaps          none unexplained, {s.explained_gaps} explained by signed gap records")
+    return 0
+
+
+# --- `pledgewatch lender technicians` --------------------------------------------------------------
+
+def _technician_commands(sub, guarded: Callable, default_data: str) -> None:
+    """Add `lender technicians add|list|revoke` to the lender's sub-command parser."""
+    technicians = sub.add_parser("technicians", help="field technicians whose countersignature enrolls devices",
+                                 description="field technicians whose countersignature enrolls devices")
+    actions = technicians.add_subparsers(dest="technicians_command", required=True, metavar="ACTION")
+
+    def action(name: str, run, help_text: str) -> argparse.ArgumentParser:
+        p = actions.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--data", type=Path, default=Path(default_data), metavar="DIR",
+                       help=f"the lender's data directory (default {default_data})")
+        p.set_defaults(run=guarded(run))
+        return p
+
+    p = action("add", _technician_add, "register a technician's Ed25519 public key (prints the lender's enrollment key)")
+    p.add_argument("--id", required=True, dest="technician", help="technician id (1..64 of A-Z a-z 0-9 . _ -)")
+    p.add_argument("--public-key", required=True, metavar="HEX",
+                   help="the technician's public key, as `pledgewatch provision technician init` printed it")
+    p.add_argument("--name", default="", help="the person's name, for the record")
+    p = action("list", _technician_list, "list the registered technicians")
+    p.add_argument("--json", action="store_true")
+    p = action("revoke", _technician_revoke, "refuse a technician's countersignature from now on")
+    p.add_argument("--id", required=True, dest="technician")
+
+
+def _technician_add(args: argparse.Namespace) -> int:
+    try:
+        key = bytes.fromhex(args.public_key.strip())
+    except ValueError:
+        raise InvalidTechnicianError(f"public key {args.public_key!r} is not hex") from None
+    technician = TechnicianRegistry(args.data).add(args.technician, key, args.name)
+    lender = lender_identity(args.data)
+    print(f"registered technician {technician.technician} (kid {technician.kid.hex()})")
+    print(f"lender enrollment key: {lender.public_key.hex()}")
+    print("give the technician this key: pledgewatch provision technician init --lender-key "
+          f"{lender.public_key.hex()}")
+    return 0
+
+
+def _technician_list(args: argparse.Namespace) -> int:
+    rows = TechnicianRegistry(args.data).all()
+    if args.json:
+        print(json.dumps([t.to_json() for t in rows], indent=1))
+        return 0
+    for t in rows:
+        print(f"{t.technician:<20} {t.kid.hex()}  {'active' if t.active else 'revoked':<8} {t.name}")
+    return 0
+
+
+def _technician_revoke(args: argparse.Namespace) -> int:
+    technician = TechnicianRegistry(args.data).revoke(args.technician)
+    print(f"revoked technician {technician.technician} at {iso_time(technician.revoked_at)}")
+    return 0

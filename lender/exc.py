@@ -83,14 +83,10 @@ class ExportFormatError(LenderError, ValueError):
     """An export file or a keys file given to `lender verify` cannot be read as one."""
 
 
-# --- enrollment and technicians (lender.enroll) -------------------------------
+# --- enrollment and technicians (lender.enrollment) -------------------------------
 
 class EnrollmentError(LenderError):
     """An enrollment request, a technician or an installation report cannot be accepted."""
-
-
-class EnrollmentFormatError(EnrollmentError, ValueError):
-    """Bytes that should be an enrollment request, response or installation report are not one."""
 
 
 class InvalidTechnicianError(EnrollmentError, ValueError):

@@ -1,73 +1,51 @@
-"""The lender's CoAP server (aiocoap): the telemetry resource ``/t`` in front of the ingest logic.
+"""The lender's CoAP endpoint: wires the floors (evidence, enrollment, coap) into one server over a data directory.
 
 Layers, outside in:
 
-* aiocoap's UDP transport and message layer (deduplication, piggybacked or
-  separate responses). Its receive buffer is raised to a whole UDP datagram so
-  that an oversize single-datagram body gets 4.13, not a silently truncated read.
-* `_RegistryWatch`: before each request, picks up devices registered or
-  revoked by `pledgewatch lender register/revoke` (another process) and loads
-  their OSCORE contexts, so a new device is served without a restart.
-* OSCORE (lender.oscore.protected_site): requests must be OSCORE-protected
-  unless the lender runs with ``--insecure``.
-* `TelemetryResource` (``/t``): POST only, content-format 60; its own Block1
-  reassembly (RFC 7959) with a total-size cap and a bound on concurrent
-  assemblies (aiocoap's ``Block1Spool`` has neither); then `Ingest.batch` in
-  the single ingest thread, so signature checks never stall the event loop and
-  storage stays one writer; the answer is 2.04 with the ack, or 4.00 / 4.01 /
-  4.03 / 4.13 / 4.15 with a diagnostic text, or 5.03 if storage failed (nothing
-  was acked, the agent retries).
+* aiocoap's UDP transport and message layer. Its receive buffer is raised to
+  a whole UDP datagram so that an oversize single-datagram body gets 4.13,
+  not a silently truncated read.
+* `RegistryWatch`: before each request, picks up devices registered or
+  revoked by another process and loads their OSCORE contexts, so a new
+  device is served without a restart.
+* `PlainRoutes` (lender.coap.routing): ``/n`` (nodes), ``/enroll``,
+  ``/installations`` and ``/enroll/sites/`` over plain CoAP; everything else
+  goes to the OSCORE-protected site (lender.enrollment.contexts), unless the
+  lender runs with ``--insecure``.
+* ``/t`` (lender.coap.telemetry) inside the protected site.
 
 Bad input costs one answer, never the server: every request is answered and
-every refusal is kept in the quarantine (see lender.ingest).
+every refusal is kept in the quarantine (lender.evidence.ingest).
 """
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import fcntl
-import functools
 import logging
 import os
 import socket
-import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiocoap
 from aiocoap import interfaces
-from aiocoap.blockwise import Block2Cache, IncompleteException
-from aiocoap.numbers import ContentFormat, codes
-from aiocoap.numbers.optionnumbers import OptionNumber
 from aiocoap.resource import Site, WKCResource
 
-from lender import oscore
+from lender.coap.enroll import enrollment_routes
+from lender.coap.node import node_routes
+from lender.coap.resource import IngestThread
+from lender.coap.routing import PlainRoutes, Wrapper
+from lender.coap.telemetry import TelemetryResource
+from lender.enrollment import contexts as oscore
+from lender.evidence.ingest import DEFAULT_MAX_BODY, Ingest
+from lender.evidence.store import SQLiteStore
 from lender.exc import OscoreContextError, ServeError, StoreError
-from lender.ingest import DEFAULT_MAX_BODY, BatchOutcome, Ingest, Status
-from lender.routing import PlainRoutes, Wrapper
-from lender.store import SQLiteStore
+from telemetry.numbers import PATH_TELEMETRY
 
 log = logging.getLogger(__name__)
 
-TELEMETRY_PATH = ("t",)
-CBOR_FORMAT = 60
 DEFAULT_PORT = 5683
-MAX_ASSEMBLIES = 256          # concurrent Block1 uploads held at once (memory <= this x max_body)
-ASSEMBLY_LIFETIME = 93.0      # RFC 7252 MAX_TRANSMIT_WAIT: a client gives up on an upload after this
 UDP_DATAGRAM_MAX = 65536      # read whole datagrams (aiocoap reads 4096 bytes and drops the rest silently)
-RETRY_AFTER = 30              # Max-Age of a 5.03 when storage failed
 SERVE_LOCK = "serve.lock"     # held by the one lender serving a data directory
-
-_STATUS_CODE = {
-    Status.CHANGED: codes.CHANGED,
-    Status.BAD_REQUEST: codes.BAD_REQUEST,
-    Status.UNAUTHORIZED: codes.UNAUTHORIZED,
-    Status.FORBIDDEN: codes.FORBIDDEN,
-    Status.TOO_LARGE: codes.REQUEST_ENTITY_TOO_LARGE,
-    Status.UNSUPPORTED_FORMAT: codes.UNSUPPORTED_CONTENT_FORMAT,
-}
 
 
 def parse_bind(text: str) -> tuple[str, int]:
@@ -87,217 +65,7 @@ def parse_bind(text: str) -> tuple[str, int]:
     return host, number
 
 
-# --- Block1 reassembly with a cap -------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class Complete:
-    """The whole body has arrived."""
-
-    body: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """Answer this block now: 2.31 Continue, or a refusal. `oversize`: the size that broke the cap."""
-
-    code: aiocoap.numbers.codes.Code
-    text: str = ""
-    oversize: int | None = None
-    partial: bytes = b""
-
-
-class BlockAssembly:
-    """Reassembles Block1 uploads (RFC 7959 §2.5) without ever holding more than `max_body` bytes per upload.
-
-    Refuses with 4.13 (and Size1 = the cap) as soon as a Size1 indication or
-    the bytes received exceed the cap; 4.08 for a block with no upload in
-    progress; 4.00 for a block whose size does not match its Block1 option.
-    At most `max_uploads` uploads are held; the oldest is dropped first.
-    """
-
-    def __init__(self, max_body: int, *, max_uploads: int = MAX_ASSEMBLIES,
-                 lifetime: float = ASSEMBLY_LIFETIME, clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_body = max_body
-        self.max_uploads = max_uploads
-        self.lifetime = lifetime
-        self._clock = clock
-        self._uploads: OrderedDict[tuple, tuple[float, bytearray]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._uploads)
-
-    @staticmethod
-    def _key(request: aiocoap.Message) -> tuple:
-        return (
-            request.remote.blockwise_key,
-            request.code,
-            request.get_cache_key([OptionNumber.BLOCK1, OptionNumber.BLOCK2, OptionNumber.SIZE1]),
-        )
-
-    def feed(self, request: aiocoap.Message) -> Complete | Answer:
-        block1 = request.opt.block1
-        payload = request.payload
-        if block1 is None:
-            if len(payload) > self.max_body:
-                return Answer(codes.REQUEST_ENTITY_TOO_LARGE, self._too_large(len(payload)), len(payload), payload)
-            return Complete(payload)
-        now = self._clock()
-        while self._uploads:
-            key, (started, _) = next(iter(self._uploads.items()))
-            if now - started <= self.lifetime:
-                break
-            del self._uploads[key]
-        key = self._key(request)
-        if block1.block_number == 0:
-            self._uploads.pop(key, None)  # a new upload replaces an unfinished one (RFC 7959 §2.5)
-            size1 = request.opt.size1
-            if size1 is not None and size1 > self.max_body:
-                return Answer(codes.REQUEST_ENTITY_TOO_LARGE, self._too_large(size1), size1, payload)
-            data = bytearray()
-            self._uploads[key] = (now, data)
-            while len(self._uploads) > self.max_uploads:
-                self._uploads.popitem(last=False)
-        else:
-            entry = self._uploads.get(key)
-            if entry is None:
-                return Answer(codes.REQUEST_ENTITY_INCOMPLETE,
-                              f"block {block1.block_number} arrived with no upload in progress; start again at block 0")
-            data = entry[1]
-        if block1.more and (block1.size_exponent == 7 or len(payload) != block1.size):
-            self._uploads.pop(key, None)
-            return Answer(codes.BAD_REQUEST, f"block {block1.block_number} carries {len(payload)} bytes, "
-                                             f"its Block1 option says {block1.size}")
-        if block1.start != len(data):
-            if block1.start < len(data) and data[block1.start:block1.start + len(payload)] == payload and block1.more:
-                return Answer(codes.CONTINUE)  # a block we have already (a repeated request)
-            self._uploads.pop(key, None)
-            return Answer(codes.REQUEST_ENTITY_INCOMPLETE,
-                          f"block {block1.block_number} starts at byte {block1.start}, expected {len(data)}")
-        if len(data) + len(payload) > self.max_body:
-            self._uploads.pop(key, None)
-            total = len(data) + len(payload)
-            return Answer(codes.REQUEST_ENTITY_TOO_LARGE, self._too_large(total, at_least=True), total, bytes(data))
-        data += payload
-        if block1.more:
-            return Answer(codes.CONTINUE)
-        self._uploads.pop(key, None)
-        return Complete(bytes(data))
-
-    def _too_large(self, size: int, *, at_least: bool = False) -> str:
-        return f"body of {'at least ' if at_least else ''}{size} bytes is over the {self.max_body}-byte cap"
-
-
-# --- the ingest thread ----------------------------------------------------------------------
-
-class IngestThread:
-    """One thread that owns the store: ingest decisions and registry reads run there, one at a time."""
-
-    def __init__(self, ingest: Ingest) -> None:
-        self.ingest = ingest
-        self.store = ingest.store
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lender-ingest")
-
-    async def call(self, function: Callable, *args, **kwargs):
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(function, *args, **kwargs))
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
-
-
-def _peer(request: aiocoap.Message) -> str:
-    remote = request.remote
-    underlying = getattr(remote, "underlying_address", remote)
-    try:
-        text = underlying.hostinfo
-    except Exception:  # an address type without hostinfo: still name it
-        text = repr(underlying)
-    return text if underlying is remote else f"{text} (OSCORE)"
-
-
-class TelemetryResource(interfaces.Resource):
-    """``/t``: gateways POST batches of envelopes here (docs/transport.md)."""
-
-    def __init__(self, ingest: IngestThread, credentials: oscore.LenderCredentials | None, *, max_body: int) -> None:
-        super().__init__()
-        self._ingest = ingest
-        self._credentials = credentials
-        self._assembly = BlockAssembly(max_body)
-        self._responses = Block2Cache()  # a long ack goes out in Block2 blocks
-
-    def get_link_description(self) -> dict:
-        return {"ct": str(CBOR_FORMAT), "rt": "pledgewatch.telemetry"}
-
-    async def render(self, request):
-        raise RuntimeError("TelemetryResource is used through render_to_pipe only")
-
-    async def needs_blockwise_assembly(self, request):
-        return False  # this resource assembles Block1 itself, with a cap
-
-    async def render_to_pipe(self, pipe) -> None:
-        request = pipe.request
-        response = await self._respond(request)
-        pipe.add_response(response, is_last=True)
-
-    async def _respond(self, request: aiocoap.Message) -> aiocoap.Message:
-        if request.code != codes.POST:
-            return _text(codes.METHOD_NOT_ALLOWED, "only POST is allowed on /t")
-        block2 = request.opt.block2
-        if block2 is not None and block2.block_number > 0:
-            return await self._responses.extract_or_insert(request, _no_response)  # the rest of a long ack
-        peer = _peer(request)
-        step = self._assembly.feed(request)
-        if isinstance(step, Answer):
-            if step.code == codes.CONTINUE:
-                response = aiocoap.Message(code=codes.CONTINUE)
-                response.opt.block1 = request.opt.block1
-                return response
-            if step.oversize is not None:
-                await self._ingest.call(self._ingest.ingest.refuse_request, Status.TOO_LARGE, step.text,
-                                        step.partial, peer=peer, size=step.oversize)
-                response = _text(codes.REQUEST_ENTITY_TOO_LARGE, step.text)
-                response.opt.size1 = self._assembly.max_body
-                return response
-            log.info("block-wise upload from %s refused with %s: %s", peer, step.code, step.text)
-            return _text(step.code, step.text)
-        body = step.body
-        if request.opt.content_format not in (None, CBOR_FORMAT):
-            outcome = await self._ingest.call(
-                self._ingest.ingest.refuse_request, Status.UNSUPPORTED_FORMAT,
-                f"content-format {int(request.opt.content_format)} is not application/cbor (60)", body, peer=peer)
-        else:
-            sender = self._credentials.device_of(request) if self._credentials is not None else None
-            try:
-                outcome = await self._ingest.call(self._ingest.ingest.batch, body, peer=peer, sender=sender)
-            except StoreError as exc:
-                log.error("batch from %s not stored, answered 5.03 (the sender retries): %s", peer, exc)
-                response = _text(codes.SERVICE_UNAVAILABLE, "storage unavailable; nothing was stored, retry later")
-                response.opt.max_age = RETRY_AFTER
-                return response
-        response = _answer(outcome)
-        response.opt.block1 = request.opt.block1
-        return await self._responses.extract_or_insert(request, functools.partial(_ready, response))
-
-
-async def _no_response():
-    raise IncompleteException()  # a Block2 request for an ack that is not (or no longer) cached: 4.08
-
-
-async def _ready(response: aiocoap.Message) -> aiocoap.Message:
-    return response
-
-
-def _text(code, text: str) -> aiocoap.Message:
-    return aiocoap.Message(code=code, payload=text.encode("utf-8"))
-
-
-def _answer(outcome: BatchOutcome) -> aiocoap.Message:
-    if outcome.status is Status.CHANGED:
-        return aiocoap.Message(code=codes.CHANGED, payload=outcome.ack(), content_format=ContentFormat(CBOR_FORMAT))
-    return _text(_STATUS_CODE[outcome.status], outcome.diagnostic)
-
-
-class _RegistryWatch(Wrapper):
+class RegistryWatch(Wrapper):
     """Loads the OSCORE contexts of devices registered since the last request, then passes the request on."""
 
     def __init__(self, inner: interfaces.Resource, refresh: Callable) -> None:
@@ -345,18 +113,12 @@ class LenderServer:
             self.credentials = oscore.LenderCredentials.load(self.data_dir / "oscore")
             await self._refresh()
             site = Site()
-            site.add_resource(TELEMETRY_PATH, TelemetryResource(self._thread, self.credentials, max_body=self.max_body))
+            site.add_resource(PATH_TELEMETRY, TelemetryResource(self._thread, self.credentials, max_body=self.max_body))
             site.add_resource((".well-known", "core"), WKCResource(site.get_resources_as_linkheader))
             protected = oscore.protected_site(site, self.credentials, insecure=self.insecure)
-            # NB-IoT nodes POST signed envelopes to /n over plain CoAP (lender.node, docs/firmware.md);
-            # imported here because lender.node builds on this module.
-            from lender.node import node_routes
-            # Devices without an OSCORE context yet enroll over plain CoAP: /enroll and /installations
-            # (lender.enroll; its messages are signed end to end instead).
-            from lender.enroll import enrollment_routes
             routes, prefixes = enrollment_routes(self._thread, self.store, self.data_dir)
             routes.update(node_routes(self._thread, self.store))
-            root = _RegistryWatch(PlainRoutes(protected, routes, prefixes), self._refresh)
+            root = RegistryWatch(PlainRoutes(protected, routes, prefixes), self._refresh)
             try:
                 self._context = await aiocoap.Context.create_server_context(root, bind=self.bind)
             except OSError as exc:
@@ -469,18 +231,3 @@ def _read_whole_datagrams(context: aiocoap.Context) -> None:
             raised += 1
     if not raised:
         log.warning("could not raise the CoAP receive buffer: datagrams over 4096 bytes will be read truncated")
-
-
-def notify_systemd(state: str) -> None:
-    """Tell systemd (Type=notify) about our state, when it is listening; a no-op otherwise."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.connect(address)
-            sock.sendall(state.encode())
-    except OSError as exc:
-        log.warning("could not notify systemd (%s): %s", address, exc)

@@ -65,7 +65,7 @@ class Printer:
     """Prints what the lender has stored, as it appears (read-only on the lender's SQLite file)."""
 
     def __init__(self, data: Path) -> None:
-        from lender.store import SQLiteStore
+        from lender.evidence.store import SQLiteStore
 
         self.store = SQLiteStore.open(data, create=False)
         self.seen: set[tuple[int, int]] = set()
@@ -82,7 +82,7 @@ class Printer:
                   flush=True)
 
     def summary(self) -> str:
-        from lender.store import explain_gaps
+        from lender.evidence.store import explain_gaps
 
         counts = self.store.counts()
         gaps = len(explain_gaps(self.store.missing_ranges(DEVICE), self.store.gap_records(DEVICE)))
@@ -101,14 +101,14 @@ async def _run(root: Path, seconds: float) -> str:
     from agent.uplink import Uplink, UplinkConfig
     from drivers.gpio import ContactConfig, RunHoursConfig
     from drivers.onewire import DS18B20Config
+    from durable.keyfile import create_key
     from hil.processes import LenderProcess
     from hil.sim.onewire import OneWireTree
     from telemetry.identity import Identity
 
     lender_data, gateway = root / "lender", root / "gateway"
     gateway.mkdir(mode=0o700, parents=True)
-    identity = Identity.generate()
-    identity.save(gateway / "device.key")
+    identity = Identity(create_key(gateway / "device.key"))
     lender = LenderProcess(lender_data, log_path=root / "lender.log")
     context = lender.register(DEVICE, identity.public_key.hex(), asset="cold store 2: pallets of frozen fish, contract LN-2026-0042")
     lender.start()

@@ -29,12 +29,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lender.enroll import CheckResult, InstallationReport
 from provisioning.console import Console
 from provisioning.enrollment import send_report
 from provisioning.exc import CheckError, LenderUnreachableError, ProvisioningError
 from provisioning.install import write_file
 from provisioning.technician import TechnicianProfile
+from telemetry.enrollment import CheckResult, InstallationReport
 
 PING = "check.ping"
 

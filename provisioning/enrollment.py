@@ -1,6 +1,6 @@
 """Enrollment from the device's side: send a signed request to the lender, or keep it for later; open the answer.
 
-The format and its reasons are in lender.enroll (the lender checks what this
+The format and its reasons are in telemetry.enrollment (the lender checks what this
 module builds). Here:
 
 * `send` POSTs a request to ``<lender>/enroll`` over plain CoAP (aiocoap)
@@ -27,15 +27,21 @@ from aiocoap import error as coap_error
 from aiocoap.numbers import codes
 from aiocoap.numbers.constants import TransportTuning
 
-from lender import oscore
-from lender.enroll import ENROLL_PATH, REPORTS_PATH, EnrollmentRequest, EnrollmentResponse, open_context
-from lender.exc import EnrollmentFormatError
-from provisioning.exc import (EnrollmentFileError, EnrollmentRejectedError, EnrollmentResponseError,
-                              LenderUnreachableError)
+from durable import oscore
+from durable.exc import KeyFileError, OscoreContextError
+from durable.keyfile import read_key
+from provisioning.exc import (
+    EnrollmentFileError,
+    EnrollmentRejectedError,
+    EnrollmentResponseError,
+    LenderUnreachableError,
+)
 from provisioning.install import write_file
 from telemetry import cbor
 from telemetry.cbor import Limits, Tag
-from telemetry.exc import WireFormatError
+from telemetry.enrollment import ContextKeys, EnrollmentRequest, EnrollmentResponse
+from telemetry.exc import EnrollmentFormatError, WireFormatError
+from telemetry.numbers import PATH_ENROLL, PATH_INSTALLATIONS
 
 REQUEST_FILE = "request.cbor"
 RESPONSE_KEY_FILE = "response.key"
@@ -87,7 +93,7 @@ def _refusal(response: aiocoap.Message, what: str) -> EnrollmentRejectedError:
 
 async def send(lender: str, request: EnrollmentRequest, *, timeout: float = DEFAULT_TIMEOUT) -> bytes:
     """The lender's signed response to `request` (see the module docstring for the errors)."""
-    response = await post(lender, ENROLL_PATH, request.encode(), timeout=timeout)
+    response = await post(lender, PATH_ENROLL, request.encode(), timeout=timeout)
     if response.code != codes.CREATED:
         raise _refusal(response, "enrollment")
     return response.payload
@@ -95,7 +101,7 @@ async def send(lender: str, request: EnrollmentRequest, *, timeout: float = DEFA
 
 async def send_report(lender: str, signed_report: bytes, *, timeout: float = DEFAULT_TIMEOUT) -> str:
     """Store a signed installation report at the lender; returns the lender's receipt text."""
-    response = await post(lender, REPORTS_PATH, signed_report, timeout=timeout)
+    response = await post(lender, PATH_INSTALLATIONS, signed_report, timeout=timeout)
     if response.code != codes.CREATED:
         raise _refusal(response, "installation report")
     return response.payload.decode("utf-8", "replace")
@@ -123,8 +129,9 @@ def accept(response: bytes, request: EnrollmentRequest, lender_key: bytes,
             raise EnrollmentResponseError("the response holds an OSCORE context but this machine does not have the "
                                           "device's response key: install it on the gateway itself")
         try:
-            context = open_context(answer.sealed_context, response_private)
-        except EnrollmentFormatError as exc:
+            keys = ContextKeys.open(answer.sealed_context, response_private)
+            context = oscore.ContextParameters(keys.sender_id, keys.recipient_id, keys.master_secret, keys.master_salt)
+        except (EnrollmentFormatError, OscoreContextError) as exc:
             raise EnrollmentResponseError(str(exc)) from exc
     elif answer.sealed_context is None and request.body.response_key is not None:
         raise EnrollmentResponseError("the lender enrolled the device without the OSCORE context it asked for")
@@ -184,9 +191,10 @@ class PendingEnrollment:
         request = read_request(self.request_file)
         key = None
         if self.key_file.exists():
-            if self.key_file.stat().st_mode & 0o077:
-                raise EnrollmentFileError(f"{self.key_file} can be read by others; chmod 600 it")
-            key = nacl.public.PrivateKey(self.key_file.read_bytes())
+            try:
+                key = nacl.public.PrivateKey(read_key(self.key_file))  # refused if others can read it
+            except KeyFileError as exc:
+                raise EnrollmentFileError(f"response key: {exc}") from exc
             if bytes(key.public_key) != request.body.response_key:
                 raise EnrollmentFileError(f"{self.key_file} does not belong to {self.request_file}")
         return request, key

@@ -42,17 +42,31 @@ import drivers
 from drivers.at import AtChannel, ChannelConfig
 from drivers.exc import DriverError
 from drivers.modem import open_modem
-from lender import oscore
-from lender.enroll import SITE_AAD, SITES_PATH, AssetBinding, EnrollmentBody, EnrollmentRequest, decode_sign1
-from lender.exc import EnrollmentFormatError, InvalidDeviceError, LenderError
-from lender.registry import check_device_id
+from durable import oscore
+from durable.exc import DurableError
+from durable.keyfile import create_key, read_key
 from provisioning.enrollment import PendingEnrollment, accept, get, send
-from provisioning.exc import (EnrollmentError, IdentityExistsError, LenderUnreachableError, ModemReadError,
-                              SetupError)
+from provisioning.exc import (
+    DeviceEnrollmentError,
+    IdentityExistsError,
+    LenderUnreachableError,
+    ModemReadError,
+    SetupError,
+)
 from provisioning.install import Owner, Rollback, chown_tree, ensure_dir, write_file
 from provisioning.serialport import check_port
 from provisioning.technician import TechnicianProfile
+from telemetry.enrollment import (
+    SITE_AAD,
+    AssetBinding,
+    EnrollmentBody,
+    EnrollmentRequest,
+    check_id,
+    open_sign1,
+)
+from telemetry.exc import EnrollmentFormatError
 from telemetry.identity import Identity
+from telemetry.numbers import PATH_SITES
 
 # shipped as package data (pyproject.toml), so an installed wheel has them too
 UNIT_TEMPLATE = Path(__file__).resolve().parent / "deploy" / "pledgewatch-agent.service"
@@ -147,13 +161,13 @@ def load_site(path: str | os.PathLike) -> SiteFile:
 
 async def fetch_site(lender: str, asset: str, lender_key: bytes, *, timeout: float = 20.0) -> SiteFile:
     """The site file the lender keeps for `asset`, checked against the pinned lender key."""
-    response = await get(lender, SITES_PATH + (asset,), timeout=timeout)
+    response = await get(lender, PATH_SITES + (asset,), timeout=timeout)
     if response.code != codes.CONTENT:
         text = response.payload.decode("utf-8", "replace").strip()
         raise SetupError(f"the lender has no asset binding for {asset} ({response.code.dotted}: {text}); "
                          "use --asset-file")
     try:
-        data = decode_sign1(response.payload, lender_key, SITE_AAD)
+        data = open_sign1(response.payload, lender_key, SITE_AAD)
     except EnrollmentFormatError as exc:
         raise SetupError(f"the asset binding for {asset} is not signed by the pinned lender key ({exc})") from exc
     site = parse_site(data.decode("utf-8"), f"the lender's site file for {asset}")
@@ -264,8 +278,8 @@ class GatewayPlan:
 
     def __post_init__(self) -> None:
         try:
-            check_device_id(self.device)
-        except InvalidDeviceError as exc:
+            check_id(self.device)
+        except EnrollmentFormatError as exc:
             raise SetupError(str(exc)) from exc
         if self.technician is None and not self.technician_id:
             raise SetupError("name the technician: --profile (with the technician's key) or --technician ID")
@@ -318,7 +332,7 @@ def read_journal(config_dir: Path) -> dict | None:
 def _write_context(directory: Path, params: oscore.ContextParameters, owner: Owner, rollback: Rollback) -> None:
     try:
         oscore.write_context(directory, params)
-    except LenderError as exc:
+    except DurableError as exc:
         raise SetupError(f"cannot write the OSCORE context {directory}: {exc}") from exc
     rollback.created_tree(directory)
     chown_tree(directory, owner)
@@ -380,12 +394,11 @@ async def provision_gateway(plan: GatewayPlan, step: Step = lambda _: None) -> G
 def _identity(plan: GatewayPlan, rollback: Rollback, journal: dict | None) -> tuple[Identity, str]:
     key_file = plan.key_file
     if key_file.exists() and not plan.rotate:
-        identity = Identity.load(key_file)
+        identity = Identity(read_key(key_file))
         if journal is not None and journal.get("kid") not in (None, identity.kid.hex()):
             raise IdentityExistsError(f"{key_file} is not the key this gateway was enrolled with "
                                       f"(kid {journal.get('kid')}); restore that key, or --rotate")
         return identity, "kept"
-    identity = Identity.generate()
     how = "created"
     if key_file.exists():  # --rotate: keep the old key for the evidence it signed
         retired = key_file.with_name(f"{KEY_FILE}.retired-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
@@ -400,7 +413,7 @@ def _identity(plan: GatewayPlan, rollback: Rollback, journal: dict | None) -> tu
                 rollback.add(f"restore {stale}", lambda a=aside, s=stale: a.rename(s))
         plan.pending.clear()
         how = "rotated"
-    identity.save(key_file)
+    identity = Identity(create_key(key_file))
     rollback.created_file(key_file)
     plan.owner.apply(key_file)
     return identity, how
@@ -505,14 +518,14 @@ def complete_enrollment(config_dir: Path, state_dir: Path, response: bytes, owne
     journal = read_journal(config_dir)
     pending = PendingEnrollment(state_dir / "enrollment")
     if journal is None or not pending.exists():
-        raise EnrollmentError(f"this machine has no pending enrollment under {state_dir} to install an answer into; "
-                              "run the submit on the gateway that made the request")
+        raise DeviceEnrollmentError(f"this machine has no pending enrollment under {state_dir} to install an answer "
+                                    "into; run the submit on the gateway that made the request")
     request, response_key = pending.load()
     answer, context = accept(response, request, bytes.fromhex(journal["lender_key_hex"]), response_key)
     with Rollback() as rollback:
         target = config_dir / CONTEXT_DIR
         if target.exists():
-            raise EnrollmentError(f"{target} exists already: this gateway is enrolled")
+            raise DeviceEnrollmentError(f"{target} exists already: this gateway is enrolled")
         _write_context(target, context, owner, rollback)
         config_file = config_dir / CONFIG_FILE
         rollback.replaced_file(config_file)

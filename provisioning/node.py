@@ -33,9 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from lender.enroll import AssetBinding, EnrollmentBody, EnrollmentRequest
-from lender.exc import InvalidDeviceError
-from lender.registry import check_device_id
 from provisioning.console import Console
 from provisioning.enrollment import accept, send
 from provisioning.exc import DeviceCodeError, LenderUnreachableError, SetupError
@@ -44,6 +41,13 @@ from provisioning.install import write_file
 from provisioning.rawrepl import RawRepl
 from provisioning.serialport import open_port
 from provisioning.technician import TechnicianProfile
+from telemetry.enrollment import (
+    AssetBinding,
+    EnrollmentBody,
+    EnrollmentRequest,
+    check_id,
+)
+from telemetry.exc import EnrollmentFormatError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FIRMWARE = ROOT / "firmware" / "src"
@@ -118,8 +122,8 @@ class NodePlan:
 
     def __post_init__(self) -> None:
         try:
-            check_device_id(self.device)
-        except InvalidDeviceError as exc:
+            check_id(self.device)
+        except EnrollmentFormatError as exc:
             raise SetupError(str(exc)) from exc
         if not isinstance(self.settings.get("modem"), dict) or not self.settings["modem"].get("model"):
             raise SetupError("which modem does the node have? pass --modem-model (bc66, bc95, sim7080g) or "

@@ -14,7 +14,15 @@ from telemetry import cbor
 from telemetry.cbor import DEFAULT_LIMITS, Limits, Tag
 from telemetry.exc import SchemaError, SignatureError
 from telemetry.identity import DeviceKey, Identity, kid_of
-from telemetry.numbers import ALG_EDDSA, HEADER_ALG, HEADER_KID, KID_BYTES, SIGNATURE_BYTES, TAG_COSE_SIGN, TAG_COSE_SIGN1
+from telemetry.numbers import (
+    ALG_EDDSA,
+    HEADER_ALG,
+    HEADER_KID,
+    KID_BYTES,
+    SIGNATURE_BYTES,
+    TAG_COSE_SIGN,
+    TAG_COSE_SIGN1,
+)
 
 _SIG1_CONTEXT = cbor.encode("Signature1")
 _HEADER_LIMITS = Limits(max_bytes=64, max_depth=2, max_items=8)

@@ -15,9 +15,9 @@ from pathlib import Path
 import nacl.signing
 import pytest
 
-from lender import registry
+from lender.enrollment import registration
 from lender.server import LenderServer
-from lender.store import SQLiteStore
+from lender.evidence.store import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = ROOT / "firmware"
@@ -230,7 +230,7 @@ def make_node(tmp_path, compiled_firmware, lender):
         node = NodeUnderTest(tmp_path / f"node-{model}", compiled_firmware, lender.port, model, os.urandom(32),
                              **overrides)
         if register:
-            with lender.store() as store:
-                registry.register(store, lender.data_dir, NODE_DEVICE, node.public_key, with_oscore=False)
+            with lender.evidence.store() as store:
+                registration.register(store, lender.data_dir, NODE_DEVICE, node.public_key, with_oscore=False)
         return node
     return make

@@ -12,8 +12,9 @@ from aiocoap.optiontypes import BlockOption
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lender import registry
-from lender.node import MAX_NODE_BODY
+from lender.enrollment import registration
+from lender.evidence import registry
+from lender.coap.node import MAX_NODE_BODY
 from telemetry import cbor
 from telemetry.envelope import GENESIS, Reason, seal
 from telemetry.identity import Identity
@@ -82,8 +83,8 @@ def client(lender):
 
 
 def enroll(lender, signer: Signer, *, oscore: bool = False) -> None:
-    with lender.store() as store:
-        registry.register(store, lender.data_dir, signer.name, signer.identity.public_key, with_oscore=oscore)
+    with lender.evidence.store() as store:
+        registration.register(store, lender.data_dir, signer.name, signer.identity.public_key, with_oscore=oscore)
 
 
 def test_a_registered_node_posts_one_envelope_and_gets_the_gateway_paths_ack_exactly_once(lender, client):
@@ -95,7 +96,7 @@ def test_a_registered_node_posts_one_envelope_and_gets_the_gateway_paths_ack_exa
     assert cbor.decode(answer.payload) == {1: [1], 2: [], 3: []}
     again = client.post(raw)  # a retransmission whose ack was lost
     assert cbor.decode(again.payload) == {1: [], 2: [1], 3: []}
-    with lender.store() as store:
+    with lender.evidence.store() as store:
         assert [e.seq for e in store.envelopes("yard-3")] == [1]
 
 
@@ -106,7 +107,7 @@ def test_a_gateway_key_is_refused_on_the_node_path_and_kept_in_quarantine(lender
     ack = cbor.decode(answer.payload)
     assert answer.code == codes.CHANGED and ack[1] == [] and ack[3][0][:2] == [0, Reason.UNKNOWN_KEY]
     assert "OSCORE" in ack[3][0][2]
-    with lender.store() as store:
+    with lender.evidence.store() as store:
         assert [q.reason for q in store.quarantined()] == [Reason.UNKNOWN_KEY]
         assert list(store.envelopes("gw-1")) == []
 
@@ -116,7 +117,7 @@ def test_unknown_revoked_and_forged_nodes_are_refused_with_the_gateway_paths_cod
     assert client.post(stranger.next()).code == codes.UNAUTHORIZED
     revoked = Signer("yard-old")
     enroll(lender, revoked)
-    with lender.store() as store:
+    with lender.evidence.store() as store:
         registry.revoke(store, "yard-old")
     assert client.post(revoked.next()).code == codes.FORBIDDEN
     node = Signer("yard-4")
@@ -125,7 +126,7 @@ def test_unknown_revoked_and_forged_nodes_are_refused_with_the_gateway_paths_cod
     forged[-1] ^= 0x01  # one bit of the signature
     ack = cbor.decode(client.post(bytes(forged)).payload)
     assert ack[1] == [] and ack[3][0][1] == Reason.BAD_SIGNATURE
-    with lender.store() as store:
+    with lender.evidence.store() as store:
         assert {q.reason for q in store.quarantined()} == {Reason.UNKNOWN_KEY, Reason.REVOKED, Reason.BAD_SIGNATURE}
 
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import aiocoap
 from aiocoap.numbers import codes
 
-from lender import registry
+from lender.enrollment import registration
 from lender.server import LenderServer
-from lender.store import SQLiteStore
+from lender.evidence.store import SQLiteStore
 from telemetry import cbor
 from telemetry.envelope import GENESIS, Envelope, Gap, seal
 from telemetry.identity import Identity
@@ -68,7 +68,7 @@ def ack_of(payload: bytes) -> dict:
 
 
 def enroll(store: SQLiteStore, data_dir: Path, device: Device, *, oscore: bool = False, **extra):
-    return registry.register(store, data_dir, device.name, device.identity.public_key, with_oscore=oscore, **extra)
+    return registration.register(store, data_dir, device.name, device.identity.public_key, with_oscore=oscore, **extra)
 
 
 class LenderThread:
@@ -161,7 +161,7 @@ def free_environment() -> dict:
 
 async def oscore_post(uri: str, context_dir, body: bytes) -> aiocoap.Message:
     """POST `body` to `uri` as a device would: aiocoap client, OSCORE with the device's side of its context."""
-    from lender import oscore  # the on-disk context format the lender writes at registration
+    from lender.enrollment import contexts as oscore  # the on-disk context format the lender writes at registration
 
     security = oscore.open_context(context_dir)
     client = await aiocoap.Context.create_client_context()

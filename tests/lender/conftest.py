@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lender.store import SQLiteStore
+from lender.evidence.store import SQLiteStore
 from tests.kit.lender import LenderThread, RawCoap
 
 

@@ -17,7 +17,7 @@ import pytest
 from aiocoap.numbers import codes
 from tests.kit.lender import PYTHON_BIN, Device, RawCoap, ack_of, batch, enroll, free_environment, oscore_post
 
-from lender.ingest import Ingest
+from lender.evidence.ingest import Ingest
 from telemetry.envelope import Gap, GapReason, seal
 
 PLEDGEWATCH = str(PYTHON_BIN / "pledgewatch")

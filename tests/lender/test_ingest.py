@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.kit.lender import Device, batch, enroll
 
-from lender import registry
-from lender.ingest import ACK_ALREADY, ACK_REJECTED, ACK_STORED, Ingest, Status, chain_violation
-from lender.store import SQLiteStore, explain_gaps
+from lender.evidence import registry
+from lender.evidence.ingest import ACK_ALREADY, ACK_REJECTED, ACK_STORED, Ingest, Status, chain_violation
+from lender.evidence.store import SQLiteStore, explain_gaps
 from telemetry import cbor
 from telemetry.envelope import GENESIS, Gap, GapReason, Reason, seal
 

@@ -8,9 +8,9 @@ import pytest
 from tests.kit.lender import Device, batch, enroll
 
 from lender.exc import DeviceExistsError, StoreError, StoreFormatError, StoreUnavailableError
-from lender.ingest import Ingest
-from lender.registry import Device as RegisteredDevice
-from lender.store import STORE_FILE, SQLiteStore
+from lender.evidence.ingest import Ingest
+from lender.evidence.registry import Device as RegisteredDevice
+from lender.evidence.store import STORE_FILE, SQLiteStore
 from telemetry.envelope import Gap
 
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass  # noqa: E402
 
 from hil.sim.modem import ModemSimulator  # noqa: E402
 from hil.sim.onewire import OneWireTree  # noqa: E402
-from lender.enroll import TechnicianRegistry, lender_identity  # noqa: E402
-from lender.store import SQLiteStore  # noqa: E402
+from lender.enrollment.technicians import TechnicianRegistry, lender_identity  # noqa: E402
+from lender.evidence.store import SQLiteStore  # noqa: E402
 from pledgewatch.cli import main as pledgewatch_main  # noqa: E402
 from hil.processes import LenderProcess, free_udp_port  # noqa: E402
 from provisioning.technician import TechnicianProfile, init_profile  # noqa: E402

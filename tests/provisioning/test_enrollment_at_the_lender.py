@@ -12,9 +12,10 @@ from aiocoap.numbers import codes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lender.enroll import (AssetBinding, EnrollmentBody, EnrollmentDesk, EnrollmentRequest, EnrollmentResponse,
-                           TechnicianRegistry, open_context)
-from lender.store import SQLiteStore
+from lender.enrollment.desk import EnrollmentDesk
+from lender.enrollment.technicians import TechnicianRegistry
+from telemetry.enrollment import AssetBinding, ContextKeys, EnrollmentBody, EnrollmentRequest, EnrollmentResponse
+from lender.evidence.store import SQLiteStore
 from provisioning.enrollment import accept
 from telemetry.identity import Identity
 
@@ -53,7 +54,7 @@ def test_an_enrollment_signed_by_both_returns_a_context_only_the_device_can_open
     assert lender_side.oscore_id == context.sender_id and lender_side.public_key == device.public_key
     stranger = nacl.public.PrivateKey.generate()
     with pytest.raises(Exception):
-        open_context(response.sealed_context, stranger)
+        ContextKeys.open(response.sealed_context, stranger)
     # the exact same request again (a lost answer): the exact same response
     assert desk.enroll(request.encode()).payload == answer.payload
 

@@ -10,7 +10,8 @@ import time
 
 
 from agent import config as agent_config
-from lender.enroll import TechnicianRegistry
+from durable.keyfile import read_key
+from lender.enrollment.technicians import TechnicianRegistry
 from pledgewatch.cli import main as pledgewatch_main
 from telemetry.identity import Identity
 
@@ -47,7 +48,7 @@ def test_gateway_is_enrolled_over_coap_and_the_agents_first_readings_verify_at_t
     assert files_under(site.var) == []  # the pending request is gone once enrolled
     config = agent_config.load(site.etc / "agent.toml")
     assert config.uplink.security_context == site.etc / "oscore"
-    key = Identity.load(site.etc / "device.key")
+    key = Identity(read_key(site.etc / "device.key"))
     with site.store() as store:
         device = store.device("gw-0001")
     assert device.public_key == key.public_key and device.asset == "asset-7781" and device.oscore_id is not None
@@ -91,12 +92,12 @@ def test_a_second_device_id_on_a_provisioned_gateway_needs_rotate(site, capsys):
     err = failure_line(capsys.readouterr().err)
     assert err.startswith("pledgewatch provision gateway: this gateway is provisioned as gw-0001 already")
     assert "--rotate" in err
-    old_key = Identity.load(site.etc / "device.key")
+    old_key = Identity(read_key(site.etc / "device.key"))
     assert site.provision("--rotate", device="gw-0002") == 0
-    new_key = Identity.load(site.etc / "device.key")
+    new_key = Identity(read_key(site.etc / "device.key"))
     assert new_key.kid != old_key.kid
     retired = [p for p in site.etc.iterdir() if p.name.startswith("device.key.retired-")]
-    assert len(retired) == 1 and Identity.load(retired[0]).kid == old_key.kid
+    assert len(retired) == 1 and Identity(read_key(retired[0])).kid == old_key.kid
     with site.store() as store:
         assert {d.device for d in store.devices()} == {"gw-0001", "gw-0002"}
 
@@ -242,6 +243,6 @@ def test_rerunning_gateway_after_a_lost_answer_resends_the_same_request_and_gets
     assert agent_config.load(site.etc / "agent.toml").uplink.security_context == site.etc / "oscore"
     with site.store() as store:
         device = store.device("gw-0001")
-    from lender.oscore import read_parameters
+    from lender.enrollment.contexts import read_parameters
     assert read_parameters(site.etc / "oscore").sender_id == device.oscore_id
     assert not (site.etc / "oscore-parked").exists()

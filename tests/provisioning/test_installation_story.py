@@ -7,7 +7,7 @@ import json
 import nacl.signing
 from gpiozero.pins.mock import MockFactory
 
-from lender.enroll import installation_reports
+from lender.enrollment.desk import installation_reports
 from pledgewatch.cli import main as pledgewatch_main
 from provisioning.check import CheckOptions, report_and_send, run_checks
 

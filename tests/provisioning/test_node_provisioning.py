@@ -9,7 +9,7 @@ import nacl.signing
 import pytest
 
 from hil.sim.rawrepl import find_micropython
-from lender.enroll import TechnicianRegistry
+from lender.enrollment.technicians import TechnicianRegistry
 from pledgewatch.cli import main as pledgewatch_main
 from provisioning.flash import Firmware
 

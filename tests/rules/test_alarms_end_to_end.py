@@ -30,8 +30,8 @@ from drivers.gpio import ContactConfig, ContactSensor
 from drivers.onewire import DS18B20, DS18B20Config
 from hil.sim.nmea import NmeaFeed
 from hil.sim.onewire import OneWireTree
-from lender import registry
-from lender.store import SQLiteStore
+from lender.enrollment import registration
+from lender.evidence.store import SQLiteStore
 from tests.kit.rules import offset
 from telemetry.envelope import seal
 from telemetry.identity import Identity
@@ -49,7 +49,7 @@ EXPECTED = {"alarm.door.cold-store", "alarm.geofence.truck-7", "alarm.silence.co
 
 def start_lender(data):
     with SQLiteStore.open(data) as store:
-        registry.register(store, data, DEVICE, IDENTITY.public_key, with_oscore=False, asset="loan 2026-117")
+        registration.register(store, data, DEVICE, IDENTITY.public_key, with_oscore=False, asset="loan 2026-117")
     lender = subprocess.Popen(
         [sys.executable, "-m", "pledgewatch", "lender", "serve", "--data", str(data), "--bind", "127.0.0.1:0", "--insecure"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -6,9 +6,9 @@ import sys
 from agent.assets import Asset
 from agent.clock import Instant
 from agent.rules import RulesEngine, SensorSpec
-from lender import registry
-from lender.alarms import alarm_events, asset_status, open_alarms
-from lender.store import SQLiteStore
+from lender.enrollment import registration
+from lender.evidence.alarms import alarm_events, asset_status, open_alarms
+from lender.evidence.store import SQLiteStore
 from tests.kit.rules import BOOT, HOUR, T0, at, sample
 from telemetry.envelope import GENESIS, Gap, seal
 from telemetry.identity import Identity
@@ -77,7 +77,7 @@ def load(store, envelopes, order=None):
 def test_alarms_are_grouped_per_envelope_and_open_ones_follow_the_devices_seq_order(tmp_path):
     gw = scenario()
     with SQLiteStore.open(tmp_path / "lender") as store:
-        registry.register(store, tmp_path / "lender", DEVICE, KEY.public_key, with_oscore=False)
+        registration.register(store, tmp_path / "lender", DEVICE, KEY.public_key, with_oscore=False)
         load(store, gw.sealed, order=list(reversed(range(len(gw.sealed)))))  # alarms may arrive in any order
         events = alarm_events(store)
         names = [(e.name, e.state) for e in events]
@@ -96,7 +96,7 @@ def test_status_answers_is_each_asset_ok_and_shows_the_gaps(tmp_path):
     gw = scenario()
     gw.seal([], at(30 * HOUR), gap=Gap("overflow", first=3, last=4, count=2))
     with SQLiteStore.open(tmp_path / "lender") as store:
-        registry.register(store, tmp_path / "lender", DEVICE, KEY.public_key, with_oscore=False)
+        registration.register(store, tmp_path / "lender", DEVICE, KEY.public_key, with_oscore=False)
         missing = {3, 4, 9}  # 3..4 explained by the signed gap record, 9 not
         load(store, gw.sealed, order=[i for i in range(len(gw.sealed)) if i + 1 not in missing])
         by_asset = {s.asset: s for s in asset_status(store)}
@@ -114,7 +114,7 @@ def test_the_lender_alarms_and_status_commands_print_the_same_picture(tmp_path):
     gw = scenario()
     data = tmp_path / "lender"
     with SQLiteStore.open(data) as store:
-        registry.register(store, data, DEVICE, KEY.public_key, with_oscore=False)
+        registration.register(store, data, DEVICE, KEY.public_key, with_oscore=False)
         load(store, gw.sealed)
 
     def cli(*args):

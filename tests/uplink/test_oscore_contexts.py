@@ -14,7 +14,7 @@ from aiocoap.message import Direction
 from aiocoap.numbers import codes
 
 from agent.exc import SecurityContextError, SecurityContextPermissionError
-from agent.uplink import close_security_context, open_security_context
+from agent.uplink import open_security_context
 from lender.exc import (
     LenderError,
     OscoreContextExistsError,
@@ -22,7 +22,7 @@ from lender.exc import (
     OscoreContextInvalidError,
     OscoreContextPermissionError,
 )
-from lender.oscore import (
+from lender.enrollment.contexts import (
     LenderCredentials,
     close_context,
     create_context_pair,
@@ -114,8 +114,8 @@ def test_one_context_cannot_be_used_twice_at_once(tmp_path):
         with pytest.raises(SecurityContextError):
             open_security_context(tmp_path / "device")
     finally:
-        close_security_context(first)
-    close_security_context(open_security_context(tmp_path / "device"))  # free again after a clean close
+        close_context(first)
+    close_context(open_security_context(tmp_path / "device"))  # free again after a clean close
     lender_first = open_context(tmp_path / "lender" / DEVICE)
     try:
         with pytest.raises(OscoreContextInUseError):
@@ -149,7 +149,7 @@ def test_sequence_reservations_are_fsynced_including_the_directory_entry(tmp_pat
     context = open_security_context(tmp_path / "device")
     monkeypatch.setattr(os, "fsync", recording_fsync)
     context.new_sequence_number()  # the first number past the (empty) reservation: a store
-    close_security_context(context)
+    close_context(context)
     monkeypatch.undo()
     assert synced[:2] == ["file", "dir"]
     assert json.loads((tmp_path / "device" / "sequence.json").read_text())["next-to-send"] == 1

@@ -15,7 +15,7 @@ from aiocoap.numbers import codes
 
 from agent.spool import Spool
 from agent.uplink import Result, Uplink, UplinkConfig
-from lender.oscore import LenderCredentials, create_context_pair
+from lender.enrollment.contexts import LenderCredentials, create_context_pair
 from tests.kit.uplink import DEVICE, AckLender, UdpTap, chain, free_udp_port, oscore_partial_iv
 
 HERE = Path(__file__).resolve().parent

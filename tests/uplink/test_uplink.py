@@ -20,7 +20,7 @@ from aiocoap.numbers import codes
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.exc import AckError, UplinkConfigError
+from agent.exc import UplinkConfigError
 from agent.spool import Spool
 from agent.uplink import (
     Backoff,
@@ -29,11 +29,12 @@ from agent.uplink import (
     UplinkConfig,
     encode_batch,
     fit_batch,
-    parse_ack,
 )
-from lender.oscore import LenderCredentials, create_context_pair
+from lender.enrollment.contexts import LenderCredentials, create_context_pair
 from telemetry import cbor
+from telemetry.ack import Ack
 from telemetry.envelope import Reason
+from telemetry.exc import AckFormatError
 from tests.kit.uplink import DEVICE, AckLender, DrivenClock, UdpTap, chain
 
 FAST_COAP = {"ack_timeout": 0.05, "max_retransmit": 1}  # a lost exchange gives up after ~0.25 s
@@ -416,18 +417,14 @@ def test_a_lender_refusing_everything_never_makes_the_agent_give_up_a_reading(tm
     assert left == list(range(1, 13))
 
 
-class _Item(SimpleNamespace):
-    pass
-
-
-BATCH = [_Item(seq=s, raw=b"x") for s in (10, 11, 12, 13)]
+BATCH = (10, 11, 12, 13)
 
 
 @given(st.binary(max_size=300))
 def test_any_bytes_as_an_ack_either_parse_within_the_batch_or_are_refused(body):
     try:
-        ack = parse_ack(body, BATCH)
-    except AckError:
+        ack = Ack.decode(body, BATCH)
+    except AckFormatError:
         return
     assert ack.delete <= {10, 11, 12, 13}
 
@@ -442,16 +439,16 @@ _ack_values = st.one_of(
 @given(st.dictionaries(st.integers(0, 4), _ack_values, max_size=4))
 def test_structured_acks_never_delete_outside_the_batch_or_both_accept_and_reject(ack_map):
     try:
-        ack = parse_ack(cbor.encode(ack_map), BATCH)
-    except AckError:
+        ack = Ack.decode(cbor.encode(ack_map), BATCH)
+    except AckFormatError:
         return
     assert ack.delete <= {10, 11, 12, 13}
-    assert not ack.delete & {r.seq for r in ack.rejected}
-    assert {r.seq for r in ack.rejected} <= {10, 11, 12, 13}
+    assert not ack.delete & {r.seq for r in ack.refused}
+    assert {r.seq for r in ack.refused} <= {10, 11, 12, 13}
 
 
 def test_an_ack_naming_seqs_that_were_not_sent_deletes_only_what_was_sent():
-    ack = parse_ack(cbor.encode({1: [10, 99], 2: [11, 5]}), BATCH)
+    ack = Ack.decode(cbor.encode({1: [10, 99], 2: [11, 5]}), BATCH)
     assert ack.delete == {10, 11} and ack.foreign == {99, 5}
 
 

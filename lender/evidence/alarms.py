@@ -1,4 +1,4 @@
-"""lender.alarms — the lender's view of its collateral: alarms raised and cleared per asset, and each asset's status.
+"""lender.evidence.alarms — the lender's view of its collateral: alarms raised and cleared per asset, and each asset's status.
 
 Everything here is read from the evidence store, so every alarm and reading
 shown came in an envelope whose signature and chain link were verified on
@@ -8,21 +8,16 @@ in one envelope (docs/wire-format.md); the assets and their sensors come from
 the manifest each gateway signs at start (`asset.<asset>.kind`,
 `asset.<asset>.sensors`); device-level alarms belong to the asset "gateway".
 
-`pledgewatch lender alarms` lists the events; `pledgewatch lender status`
+`pledgewatch lender alarms` lists the events (lender.cli); `pledgewatch lender status`
 answers "is asset X OK, and can I prove it?": last seen, last verified
 reading, open alarms and gaps for each asset.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-from lender.registry import iso_time
-from lender.store import Reading, SQLiteStore, explain_gaps
+from lender.evidence.store import Reading, SQLiteStore, explain_gaps
 from telemetry.envelope import decode
 from telemetry.exc import WireFormatError
 
@@ -175,91 +170,3 @@ def asset_status(store: SQLiteStore, device: str | None = None) -> list[AssetSta
             out.append(AssetStatus(dev, name, kind, sensors, last[1] if last else None, last[0] if last else None,
                                    reading, alarms, unexplained, explained, state))
     return out
-
-
-# --- the two commands (wired into `pledgewatch lender` by lender.cli) -------------------------------------------
-
-def add_arguments(alarms: argparse.ArgumentParser, status: argparse.ArgumentParser) -> None:
-    alarms.add_argument("--device", help="only this device")
-    alarms.add_argument("--asset", help="only this asset")
-    alarms.add_argument("--open", action="store_true", help="only alarms still raised")
-    alarms.add_argument("--json", action="store_true", help="one JSON object per line")
-    status.add_argument("--device", help="only this device")
-    status.add_argument("--json", action="store_true", help="a JSON array, one object per asset")
-
-
-def _when(event: AlarmRecord) -> str | None:
-    if event.time is not None:
-        return iso_time(event.time)
-    uptime = f"uptime {event.uptime_s:.1f} s, " if event.uptime_s is not None else ""
-    return f"unsynchronized clock ({uptime}received {iso_time(event.received_at)})"
-
-
-def _alarm_json(event: AlarmRecord) -> dict:
-    data = asdict(event)
-    data["name"] = event.name
-    data["sensors"] = list(event.sensors)
-    return data
-
-
-def run_alarms(args: argparse.Namespace) -> int:
-    with SQLiteStore.open(args.data, create=False) as store:
-        events = alarm_events(store, args.device, args.asset)
-        if args.open:
-            events = sorted(open_alarms(events).values(), key=lambda e: (e.device, e.seq))
-    for event in events:
-        if args.json:
-            print(json.dumps(_alarm_json(event), sort_keys=True))
-        else:
-            what = f" {event.value:g} {event.unit or ''}".rstrip() if event.value is not None else ""
-            print(f"{event.device} {event.asset}: {event.state.upper():7} {event.name} ({event.severity}) seq {event.seq}"
-                  f" at {_when(event)}; sensors {','.join(event.sensors) or '-'};{what} {event.detail}".rstrip())
-    if not events and not args.json:
-        print("no alarms" + (" open" if args.open else ""), file=sys.stderr)
-    return 0
-
-
-def _reading_json(reading: Reading | None) -> dict | None:
-    if reading is None:
-        return None
-    value = next((v for v in (reading.value, reading.string, reading.boolean, reading.sum) if v is not None), None)
-    return {"seq": reading.seq, "name": reading.name, "value": value, "unit": reading.unit, "time": reading.time,
-            "at": reading.at}
-
-
-def status_json(status: AssetStatus) -> dict:
-    return {
-        "device": status.device, "asset": status.asset, "kind": status.kind, "sensors": list(status.sensors),
-        "state": status.state, "last_seen": status.last_seen, "last_seq": status.last_seq,
-        "last_reading": _reading_json(status.last_reading),
-        "open_alarms": [_alarm_json(a) for a in status.open_alarms],
-        "unexplained_gaps": [list(g) for g in status.unexplained_gaps], "explained_gaps": status.explained_gaps,
-    }
-
-
-def run_status(args: argparse.Namespace) -> int:
-    with SQLiteStore.open(args.data, create=False) as store:
-        statuses = asset_status(store, args.device)
-    if args.json:
-        print(json.dumps([status_json(s) for s in statuses], sort_keys=True))
-        return 0
-    now = time.time()
-    for s in statuses:
-        print(f"{s.asset} ({s.kind}, {s.device}): {s.state}")
-        seen = f"{iso_time(s.last_seen)} ({now - s.last_seen:.0f} s ago), seq {s.last_seq}" if s.last_seen else "never"
-        print(f"  last seen     {seen}")
-        r = _reading_json(s.last_reading)
-        if r is not None:
-            when = iso_time(r["time"]) if r["time"] is not None else f"unsynchronized clock, received {iso_time(r['at'])}"
-            print(f"  last reading  {r['name']} = {r['value']}{' ' + r['unit'] if r['unit'] else ''} at {when}"
-                  f" (seq {r['seq']}, verified)")
-        elif s.sensors:
-            print("  last reading  none yet")
-        for alarm in s.open_alarms:
-            print(f"  OPEN ALARM    {alarm.name} ({alarm.severity}) since {_when(alarm)}, seq {alarm.seq}: {alarm.detail}")
-        if s.unexplained_gaps:
-            ranges = ", ".join(f"{'start' if a is None else a}..{b}" for a, b in s.unexplained_gaps[:5])
-            print(f"  gaps          {len(s.unexplained_gaps)} unexplained (seqs {ranges}), {s.explained_gaps} explained")
-        else:
-            print(f"  gaps          none unexplained, {s.explained_gaps} explained by signed gap records")
-    return 0

@@ -13,8 +13,12 @@ answers with an ack:
 Reason codes are `telemetry.envelope.Reason` values. Everything refused is
 kept in the quarantine (raw bytes, reason, detail, peer, time): never dropped.
 
-No event loop here: the server (lender.server) runs `Ingest.batch` in its one
-ingest thread and turns the `BatchOutcome` into a CoAP response.
+`NodeIngest` is the same for NB-IoT nodes on ``/n``: one envelope per request,
+verified only against the keys of nodes (active devices registered without an
+OSCORE context; a gateway's key there is refused, it speaks OSCORE to ``/t``).
+
+No event loop here: the CoAP floor (lender.coap) runs these in its one ingest
+thread and turns the `BatchOutcome` into a CoAP response.
 """
 from __future__ import annotations
 
@@ -24,8 +28,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-from lender.registry import Device
-from lender.store import INT64_MAX, EvidenceStore, Rejection, StoredEnvelope
+from lender.evidence.registry import Device
+from lender.evidence.store import INT64_MAX, EvidenceStore, Rejection, StoredEnvelope
 from telemetry import cbor
 from telemetry.cbor import DEFAULT_LIMITS, Limits
 from telemetry.envelope import GENESIS, Envelope, GapReason, Reason, Verdict, verify
@@ -302,3 +306,39 @@ def _kind(item: object) -> str:
         return f"a tag {item.number}"
     return {dict: "a map", list: "an array", str: "a text string", int: "an integer", float: "a float",
             bool: "a boolean", type(None): "null"}.get(type(item), type(item).__name__)
+
+
+MAX_NODE_BODY = 1024  # a typical node report is ~170 bytes; the node's outbox slot holds 304
+COSE_SIGN1_FIRST_BYTE = 0xD2  # CBOR tag 18, the first byte of every envelope
+
+
+class NodeIngest(Ingest):
+    """`Ingest` restricted to node keys, taking one envelope per request (see the module docstring)."""
+
+    def __init__(self, store: EvidenceStore, **options) -> None:
+        super().__init__(store, **options)
+        # nodes: active devices registered without an OSCORE context
+        self.keys = ActiveKeys(store, admits=lambda device: device.oscore_context is None)
+
+    def _verdict(self, raw: bytes) -> Verdict:
+        verdict = super()._verdict(raw)
+        envelope = verdict.envelope
+        if verdict.reason is Reason.UNKNOWN_KEY and envelope is not None:
+            holder = self.store.device_by_kid(envelope.kid)
+            if holder is not None and holder.active:
+                return Verdict(Reason.UNKNOWN_KEY,
+                               f"the key {envelope.kid.hex()} belongs to {holder.device}, which has an OSCORE context: "
+                               "it sends to /t over OSCORE; /n takes the keys of nodes only", envelope)
+        return verdict
+
+    def envelope(self, body: bytes, *, peer: str) -> BatchOutcome:
+        """Process the body of one POST to /n: a single envelope."""
+        if len(body) > MAX_NODE_BODY:
+            return self.refuse_request(
+                Status.TOO_LARGE, f"body of {len(body)} bytes is over the node path's {MAX_NODE_BODY}-byte cap", body,
+                peer=peer)
+        if not body or body[0] != COSE_SIGN1_FIRST_BYTE:
+            return self.refuse_request(
+                Status.BAD_REQUEST, "body must be one envelope: a COSE_Sign1 message (CBOR tag 18), not an array "
+                                    "(arrays of envelopes go to /t)", body, peer=peer)
+        return self.batch(cbor.encode([bytes(body)]), peer=peer)

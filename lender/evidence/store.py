@@ -1,6 +1,6 @@
 """The lender's evidence store: envelopes exactly as received, their readings, gap records, quarantine, registry.
 
-`EvidenceStore` is the interface the ingest logic (lender.ingest) and the
+`EvidenceStore` is the interface the ingest logic (lender.evidence.ingest) and the
 staff tools use; `SQLiteStore` implements it in one SQLite file in WAL mode,
 ``DATA/lender.sqlite3`` (schema: docs/lender-storage.md). A PostgreSQL backend
 for a large fleet implements the same protocol; ingest does not change.
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from lender.evidence.registry import Device, DeviceStatus, Registry
 from lender.exc import (
     DeviceExistsError,
     StoreError,
@@ -35,7 +36,6 @@ from lender.exc import (
     StoreUnavailableError,
     UnknownDeviceError,
 )
-from lender.registry import Device, DeviceStatus, Registry
 from telemetry.envelope import GENESIS, Envelope, GapReason, Reason
 
 log = logging.getLogger(__name__)
@@ -513,7 +513,7 @@ class SQLiteStore:
 
     def records_named(self, device: str | None, *, names: tuple[str, ...] = (), prefixes: tuple[str, ...] = (),
                       newest_first: bool = False, limit: int | None = None) -> list[Reading]:
-        """Stored records called one of `names` or starting with one of `prefixes`, by device and seq (lender.alarms)."""
+        """Stored records called one of `names` or starting with one of `prefixes`, by device and seq (lender.evidence.alarms)."""
         if not names and not prefixes:
             return []
         # GLOB, not LIKE: "_" is a LIKE wildcard and legal in SenML names; GLOB's * ? [ are not legal there

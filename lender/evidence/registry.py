@@ -1,9 +1,9 @@
 """The lender's device registry: which devices may send telemetry, with which key, bound to which asset.
 
 Data (`Device`, `DeviceStatus`), the interface any storage backend implements
-for it (`Registry`; `lender.store.SQLiteStore` is the default one), and the two
+for it (`Registry`; `lender.evidence.store.SQLiteStore` is the default one), and the two
 staff operations, `register` and `revoke`, which keep the registry and the
-device's OSCORE context (`lender.oscore`) consistent: a device is never left
+device's OSCORE context (`lender.enrollment.contexts`) consistent: a device is never left
 half-registered.
 
 A revoked device stays in the registry (its key still verifies evidence it
@@ -13,23 +13,17 @@ authenticated 4.03 Forbidden instead of a silent drop.
 from __future__ import annotations
 
 import enum
-import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Protocol
 
-from lender import oscore
-from lender.exc import DeviceExistsError, InvalidDeviceError, UnknownDeviceError
+from lender.exc import InvalidDeviceError, UnknownDeviceError
+from telemetry.enrollment import valid_id
 from telemetry.identity import DeviceKey, kid_of
 
 # A registered device id also names its OSCORE context directory, so it is the
 # safe subset of the wire format's 1..64-character device ids.
-_DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-OSCORE_DIR = "oscore"                  # lender-side contexts, under the data directory
-DEVICE_CONTEXTS_DIR = "device-contexts"  # default home of the device-side contexts made at registration
 
 
 class DeviceStatus(str, enum.Enum):
@@ -41,7 +35,7 @@ class DeviceStatus(str, enum.Enum):
 
 def check_device_id(device_id: object) -> str:
     """Return `device_id` if it can be registered (1..64 of A-Z a-z 0-9 . _ -, starting alphanumeric)."""
-    if not isinstance(device_id, str) or not _DEVICE_ID.fullmatch(device_id):
+    if not valid_id(device_id):
         raise InvalidDeviceError(
             f"device id {device_id!r} cannot be registered: use 1..64 of A-Z a-z 0-9 . _ - "
             "starting with a letter or digit"
@@ -112,7 +106,7 @@ class Device:
 
 
 class Registry(Protocol):
-    """What the lender needs from wherever devices are kept (SQLite by default, see lender.store)."""
+    """What the lender needs from wherever devices are kept (SQLite by default, see lender.evidence.store)."""
 
     def registry_generation(self) -> int:
         """A number that changes whenever a device is added or changes status (cheap: read per request)."""
@@ -131,64 +125,6 @@ class Registry(Protocol):
 
     def set_revoked(self, device_id: str, at: float) -> Device:
         """Mark the device revoked at `at` (idempotent); raise UnknownDeviceError if absent."""
-
-
-@dataclass(frozen=True, slots=True)
-class Registration:
-    """What `register` did: the device row, and where the device's side of its OSCORE context went."""
-
-    device: Device
-    device_context: Path | None
-
-
-def register(
-    registry: Registry,
-    data_dir: str | Path,
-    device_id: str,
-    public_key: bytes,
-    *,
-    asset: str | None = None,
-    with_oscore: bool = True,
-    device_context: str | Path | None = None,
-    now: float | None = None,
-) -> Registration:
-    """Register a device, creating its OSCORE context pair unless `with_oscore` is False.
-
-    The lender's side goes to ``DATA/oscore/<device>/``, the device's side to
-    `device_context` (default ``DATA/device-contexts/<device>/``), both mode
-    0700 with 0600 files, for the technician to install on the gateway. If
-    anything fails, whatever was created is removed again.
-    """
-    check_device_id(device_id)
-    data_dir = Path(data_dir)
-    if registry.device(device_id) is not None:
-        raise DeviceExistsError(f"device {device_id} is registered already (see `pledgewatch lender devices`)")
-    holder = registry.device_by_kid(kid_of(public_key))
-    if holder is not None:
-        raise DeviceExistsError(
-            f"public key with kid {kid_of(public_key).hex()} is registered already, to device {holder.device}; "
-            "every device needs its own key"
-        )
-    now = time.time() if now is None else now
-    oscore_context = oscore_id = device_side = None
-    if with_oscore:
-        device_side = Path(device_context) if device_context is not None else data_dir / DEVICE_CONTEXTS_DIR / device_id
-        contexts_root = data_dir / OSCORE_DIR
-        params = oscore.create_context_pair(contexts_root, device_id, device_side)
-        oscore_context = f"{OSCORE_DIR}/{device_id}"
-        oscore_id = params.sender_id
-    device = Device(
-        device=device_id, public_key=public_key, registered_at=now, asset=asset,
-        oscore_context=oscore_context, oscore_id=oscore_id,
-    )
-    try:
-        registry.add_device(device)
-    except BaseException:
-        if device_side is not None:
-            shutil.rmtree(data_dir / OSCORE_DIR / device_id, ignore_errors=True)
-            shutil.rmtree(device_side, ignore_errors=True)
-        raise
-    return Registration(device, device_side)
 
 
 def revoke(registry: Registry, device_id: str, *, now: float | None = None) -> Device:

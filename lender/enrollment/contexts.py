@@ -55,8 +55,7 @@ from aiocoap.oscore import FilesystemSecurityContext, algorithms
 from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
 from aiocoap.transports.oscore import OSCOREAddress
 
-
-from lender.routing import Wrapper
+from lender.coap.routing import Wrapper
 from lender.exc import (
     OscoreContextError,
     OscoreContextExistsError,

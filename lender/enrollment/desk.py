@@ -1,0 +1,235 @@
+"""The enrollment desk: the lender's decisions on enrollment requests, site files and installation reports.
+
+Pure of CoAP: each decision takes the bytes of one message (telemetry.enrollment)
+and returns a `Decision` (a CoAP code and the payload to send); lender.coap.enroll
+serves them, in the store's thread. What the desk checks: both signatures
+(the device's proof of possession, a registered and active technician's
+countersignature), the request's age, that neither the device id nor its key
+is registered already. What it records: the device in the registry with a
+fresh OSCORE context (lender.enrollment.contexts), the request, and the signed
+response, so the exact same request again gets the exact same answer.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiocoap
+from aiocoap.numbers import codes
+
+from durable.files import atomic_write
+from lender.enrollment import contexts as oscore
+from lender.enrollment.technicians import (
+    TechnicianRegistry,
+    enroll_dir,
+    lender_identity,
+)
+from lender.evidence.registry import Device, check_device_id, iso_time
+from lender.exc import DeviceExistsError
+from telemetry import cose
+from telemetry.enrollment import (
+    MAX_SITE,
+    REPORT_AAD,
+    REPORT_LIMITS,
+    REQUEST_AAD,
+    SITE_AAD,
+    ContextKeys,
+    EnrollmentRequest,
+    EnrollmentResponse,
+    InstallationReport,
+    parse_sign,
+    signer_verifies,
+    valid_id,
+)
+from telemetry.exc import EnrollmentFormatError
+
+log = logging.getLogger(__name__)
+
+MAX_AGE_S = 30 * 86400      # a request carried around offline is accepted for 30 days
+MAX_FUTURE_S = 86400        # and up to a day "from the future" (a gateway clock before its first sync)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to send back: a CoAP code and a payload (the signed response, or a one-line reason)."""
+
+    code: aiocoap.numbers.codes.Code
+    payload: bytes
+    device: str | None = None
+    signed: bool = False  # the payload is CBOR (a signed response), not a text reason
+
+    @property
+    def text(self) -> str:
+        return "" if self.signed else self.payload.decode("utf-8", "replace")
+
+
+def _refuse(code, text: str) -> Decision:
+    return Decision(code, text.encode("utf-8"))
+
+
+class EnrollmentDesk:
+    """Checks enrollment requests and installation reports against the registries, and records them."""
+
+    def __init__(self, data_dir: str | os.PathLike, registry, *, clock: Callable[[], float] = time.time) -> None:
+        self.data_dir = Path(data_dir)
+        self.registry = registry
+        self.technicians = TechnicianRegistry(data_dir)
+        self.identity = lender_identity(data_dir)
+        self.clock = clock
+
+    def _responses(self) -> Path:
+        return enroll_dir(self.data_dir) / "responses"
+
+    def _technician_checked(self, technician_id: str, kid: bytes | None, signature: bytes | None, payload: bytes,
+                            aad: bytes) -> Decision | None:
+        technician = self.technicians.get(technician_id)
+        if technician is None:
+            return _refuse(codes.FORBIDDEN, f"technician {technician_id} is not registered at this lender "
+                                            "(pledgewatch lender technicians add)")
+        if not technician.active:
+            return _refuse(codes.FORBIDDEN, f"technician {technician_id} was revoked at "
+                                            f"{iso_time(technician.revoked_at)}")
+        if signature is None:
+            return _refuse(codes.UNAUTHORIZED, "the request is not countersigned by a technician "
+                                               "(pledgewatch provision submit countersigns it)")
+        if kid != technician.kid or not signer_verifies(technician.public_key, payload, signature, aad):
+            return _refuse(codes.UNAUTHORIZED, f"the technician signature does not verify with the key registered "
+                                               f"for technician {technician_id} (kid {technician.kid.hex()})")
+        return None
+
+    def enroll(self, data: bytes) -> Decision:
+        """Decide on one enrollment request (the bytes of a COSE_Sign)."""
+        try:
+            request = EnrollmentRequest.decode(data)
+        except EnrollmentFormatError as exc:
+            return _refuse(codes.BAD_REQUEST, f"not an enrollment request: {exc}")
+        body = request.body
+        if not request.device_signature_valid():
+            return _refuse(codes.UNAUTHORIZED, f"the device signature does not verify with the public key in the "
+                                               f"request (device {body.device})")
+        refused = self._technician_checked(body.technician, request.technician_kid, request.technician_signature,
+                                           request.payload, REQUEST_AAD)
+        if refused is not None:
+            return refused
+        saved = self._responses() / f"{body.device}.cbor"
+        existing = self.registry.device(body.device)
+        if existing is not None:
+            if existing.public_key == body.public_key and saved.exists():
+                stored = saved.read_bytes()
+                answer = EnrollmentResponse.verify(stored, self.identity.public_key)
+                if answer.request_digest == request.digest:
+                    return Decision(codes.CREATED, stored, body.device, signed=True)  # the same request again: the same answer
+            if existing.public_key == body.public_key and body.response_key is None:
+                response = EnrollmentResponse(body.device, request.digest, int(existing.registered_at),
+                                              existing.asset or "")
+                return Decision(codes.CREATED, response.sign(self.identity), body.device, signed=True)
+            return _refuse(codes.CONFLICT, f"device {body.device} is enrolled already (kid {existing.kid.hex()}, "
+                                           f"{existing.status.value}); enroll a replacement under a new device id")
+        now = self.clock()
+        if body.created < now - MAX_AGE_S or body.created > now + MAX_FUTURE_S:
+            return _refuse(codes.FORBIDDEN, f"the request was made at {iso_time(body.created)}, outside the "
+                                            f"{MAX_AGE_S // 86400}-day window; make a new one")
+        if self.registry.device_by_kid(body.kid) is not None:
+            return _refuse(codes.CONFLICT, f"the device key {body.kid.hex()} is registered to another device")
+        return self._register(request, now, saved)
+
+    def _register(self, request: EnrollmentRequest, now: float, saved: Path) -> Decision:
+        body = request.body
+        contexts = self.data_dir / "oscore"
+        params = None
+        try:
+            if body.response_key is not None:
+                params = oscore.new_device_context(contexts, body.device)
+            device = Device(device=body.device, public_key=body.public_key, registered_at=now,
+                            asset=body.binding.asset,
+                            oscore_context=f"oscore/{body.device}" if params is not None else None,
+                            oscore_id=params.sender_id if params is not None else None)
+            response = EnrollmentResponse(
+                body.device, request.digest, int(now), body.binding.asset,
+                ContextKeys(params.sender_id, params.recipient_id, params.master_secret, params.master_salt)
+                .seal(body.response_key) if params is not None else None)
+            signed = response.sign(self.identity)
+            record = {"request_b64": _b64(request.encode()), "technician": body.technician, "kind": body.kind,
+                      "hardware": dict(body.hardware), "binding": body.binding.to_map(), "enrolled_at": iso_time(now)}
+            requests = enroll_dir(self.data_dir) / "requests"
+            for folder in (requests, saved.parent):
+                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            atomic_write(requests / f"{body.device}.json", json.dumps(record, indent=1).encode())
+            atomic_write(saved, signed)
+            self.registry.add_device(device)
+        except DeviceExistsError as exc:
+            self._undo(body.device, params is not None, saved)
+            return _refuse(codes.CONFLICT, str(exc))
+        except BaseException:
+            self._undo(body.device, params is not None, saved)
+            raise
+        log.info("enrolled %s %s (kid %s) for asset %s, countersigned by technician %s", body.kind, body.device,
+                 body.kid.hex(), body.binding.asset, body.technician)
+        return Decision(codes.CREATED, signed, body.device, signed=True)
+
+    def _undo(self, device: str, had_context: bool, saved: Path) -> None:
+        if had_context:
+            shutil.rmtree(self.data_dir / "oscore" / device, ignore_errors=True)
+        saved.unlink(missing_ok=True)
+        (enroll_dir(self.data_dir) / "requests" / f"{device}.json").unlink(missing_ok=True)
+
+    def site(self, asset: str) -> Decision:
+        """The site file staff keep for `asset` (``DATA/enroll/sites/<asset>.toml``), signed by the enrollment key."""
+        if not valid_id(asset):
+            return _refuse(codes.BAD_REQUEST, f"asset id {asset!r} is not a valid id")
+        path = enroll_dir(self.data_dir) / "sites" / f"{asset}.toml"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return _refuse(codes.NOT_FOUND, f"the lender has no site file for asset {asset} "
+                                            f"(staff: put it in {path.parent}/)")
+        if len(data) > MAX_SITE:
+            return _refuse(codes.INTERNAL_SERVER_ERROR, f"the site file for {asset} is over {MAX_SITE} bytes")
+        return Decision(codes.CONTENT, cose.sign1(self.identity, data, SITE_AAD), asset, signed=True)
+
+    def report(self, data: bytes) -> Decision:
+        """Check and keep one signed installation report."""
+        try:
+            payload, signatures = parse_sign(data, REPORT_LIMITS)
+            report = InstallationReport.decode(payload)
+        except EnrollmentFormatError as exc:
+            return _refuse(codes.BAD_REQUEST, f"not an installation report: {exc}")
+        device = self.registry.device(report.device)
+        if device is None or not device.active:
+            return _refuse(codes.FORBIDDEN, f"device {report.device} is not an enrolled, active device")
+        if len(signatures) != 2 or signatures[0][0] != device.kid or not signer_verifies(
+                device.public_key, payload, signatures[0][1], REPORT_AAD):
+            return _refuse(codes.UNAUTHORIZED, f"the report is not signed by device {report.device}'s registered key")
+        refused = self._technician_checked(report.technician, signatures[1][0], signatures[1][1], payload, REPORT_AAD)
+        if refused is not None:
+            return refused
+        name = f"{report.at}-{hashlib.sha256(data).hexdigest()[:12]}.cbor"
+        folder = enroll_dir(self.data_dir) / "reports" / report.device
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        atomic_write(folder / name, bytes(data), 0o640)
+        verdict = "passed" if report.passed else "FAILED"
+        log.info("installation report for %s by %s: %s (%d checks)", report.device, report.technician, verdict,
+                 len(report.results))
+        return Decision(codes.CREATED, f"report stored as {report.device}/{name}".encode(), report.device)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def installation_reports(data_dir: str | os.PathLike, device: str) -> list[tuple[Path, InstallationReport]]:
+    """The stored reports of `device`, oldest first (re-read and decoded; their signatures were checked on arrival)."""
+    folder = enroll_dir(data_dir) / "reports" / check_device_id(device)
+    found = []
+    for path in sorted(folder.glob("*.cbor")) if folder.is_dir() else ():
+        payload, _ = parse_sign(path.read_bytes(), REPORT_LIMITS)
+        found.append((path, InstallationReport.decode(payload)))
+    return found
