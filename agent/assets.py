@@ -36,9 +36,9 @@ from datetime import datetime
 from pathlib import Path
 
 from agent.exc import ConfigError
+from telemetry.alarms import GATEWAY
 
 ASSET_KINDS = ("stock", "vehicle", "machine")
-GATEWAY = "gateway"  # the reserved asset name of device-level alarms (connectivity, SIM, unbound sensors)
 EARTH_RADIUS_M = 6_371_008.8  # IUGG mean radius; the fences here span metres to kilometres
 MAX_FENCE_SPAN_M = 50_000.0   # the local plane used for polygons is accurate to well under 0.1 % below this
 

@@ -39,12 +39,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
+from telemetry.clock import ClockStatement
 from telemetry.senml import Record
 
 log = logging.getLogger(__name__)
 
-CLOCK_SYNCED, CLOCK_SOURCE, CLOCK_UPTIME_MS, CLOCK_SYSTEM = 1, 2, 3, 4  # keys of the payload's clock map (7)
-SOURCES = ("ntp", "gnss", "modem", "none")
 REFERENCE_SOURCES = ("gnss", "modem")  # in order of preference
 # A modem that has not had NITZ answers its power-on default ("80/01/06,00:00:29", read as 2080 by
 # the two-digit year of 27.007, or "70/01/01", "04/01/01"): no real reference lies outside these bounds.
@@ -71,14 +70,10 @@ class Instant:
         """The wall time if it may go on a record, else None."""
         return self.wall if self.synced else None
 
-    def statement(self) -> dict[int, object]:
-        """The payload's clock map (key 7) for an envelope sealed at this instant."""
-        out: dict[int, object] = {
-            CLOCK_SYNCED: self.synced, CLOCK_SOURCE: self.source, CLOCK_UPTIME_MS: max(0, int(self.monotonic * 1000)),
-        }
-        if not self.synced:
-            out[CLOCK_SYSTEM] = int(self.wall)
-        return out
+    def statement(self) -> ClockStatement:
+        """The clock statement for an envelope sealed at this instant."""
+        return ClockStatement(self.synced, self.source, max(0, int(self.monotonic * 1000)),
+                              None if self.synced else max(0, int(self.wall)))
 
 
 def stamp(records: Iterable[Record], instant: Instant) -> tuple[Record, ...]:

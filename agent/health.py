@@ -54,6 +54,7 @@ from drivers.exc import DriverError, HotplugError
 from drivers.gpio import ModemPowerLine, PowerLineConfig
 from drivers.hotplug import ModemPortWatcher
 from drivers.modem.detect import DRIVERS
+from telemetry.alarms import GATEWAY, SEVERITY, alarm_name
 from telemetry.senml import Record
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,7 @@ URC_PROBE_GAP_S = 10.0
 WAKE_URC_PREFIXES = ("+CPIN:", "+QUSIM:", "+SIMCARD:")
 WAKE_URC_LINES = ("RDY",)
 
-ASSET = "gateway"  # the asset name of device-level alarms (agent.assets.GATEWAY)
-SEVERITY = {"modem-down": "major", "registration": "minor"}
+HEALTH_KINDS = ("modem-down", "registration")
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +167,7 @@ class AlarmChange:
 
     @property
     def name(self) -> str:
-        return f"alarm.{self.kind}.{ASSET}"
+        return alarm_name(self.kind, GATEWAY)
 
     def records(self, time: float | None) -> list[Record]:
         return [Record(self.name, string=self.state, time=time),
@@ -212,7 +212,7 @@ class RecoveryPolicy:
         """Take back a snapshot, so a restarted agent clears what it raised and keeps counting against the cap."""
         raised = saved.get("raised", [])
         resets = saved.get("resets", [])
-        self.raised = {k for k in raised if k in SEVERITY} if isinstance(raised, list) else set()
+        self.raised = {k for k in raised if k in HEALTH_KINDS} if isinstance(raised, list) else set()
         times = [t for t in resets if isinstance(t, (int, float)) and not isinstance(t, bool)] \
             if isinstance(resets, list) else []
         self.resets = deque(sorted(t for t in times if now - HOUR_S < t <= now))

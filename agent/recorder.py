@@ -17,6 +17,7 @@ from collections.abc import Iterable
 
 from agent.spool import Spool
 from agent.state import AgentState
+from telemetry.clock import ClockStatement
 from telemetry.envelope import GENESIS, Envelope, Gap, GapReason, seal
 from telemetry.identity import Identity
 from telemetry.senml import Record
@@ -67,7 +68,7 @@ class Recorder:
             self.state.reserve_seqs(seq + SEQ_BLOCK)
         return seq
 
-    def append(self, records: Iterable[Record] = (), gap: Gap | None = None, clock: dict | None = None) -> Envelope:
+    def append(self, records: Iterable[Record] = (), gap: Gap | None = None, clock: ClockStatement | None = None) -> Envelope:
         """Sign one envelope holding `records` (and `gap`, and the clock statement `clock`), append it durably."""
         envelope = seal(self.identity, device=self.device, boot=self.boot, seq=self._next_seq(), prev=self.prev,
                         records=tuple(records), gap=gap, clock=clock)
@@ -75,7 +76,7 @@ class Recorder:
         self.seq, self.prev = envelope.seq, envelope.digest
         return envelope
 
-    def record(self, records: Iterable[Record], clock: dict | None = None) -> Envelope:
+    def record(self, records: Iterable[Record], clock: ClockStatement | None = None) -> Envelope:
         """Seal and spool readings, then report any overflow the append caused."""
         envelope = self.append(records, clock=clock)
         self.report_drops()

@@ -42,19 +42,13 @@ from agent.clock import Instant
 from agent.exc import StateError
 from agent.state import AtomicJSONStorage
 from drivers.sensor import Sample
+from telemetry.alarms import CLEARED, RAISED, SEVERITY, alarm_name, parse_alarm_name
 from telemetry.senml import Record
 
 log = logging.getLogger(__name__)
 
-SEVERITY = {
-    "tamper": "critical", "geofence": "critical", "weight": "critical", "sim": "critical", "modem": "critical",
-    "door": "major", "motion": "major", "temperature": "major", "silence": "major",
-    "humidity": "minor", "connectivity": "minor",
-}
-ALARM_KINDS = tuple(SEVERITY)
 # SenML unit of a sample -> (quantity, factor to the band's unit)
 QUANTITIES = {"Cel": ("temperature", 1.0), "%RH": ("humidity", 1.0), "kg": ("weight", 1.0), "g": ("weight", 0.001)}
-RAISED, CLEARED = "raised", "cleared"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +87,7 @@ class AlarmEvent:
 
     @property
     def name(self) -> str:
-        return f"alarm.{self.kind}.{self.asset}"
+        return alarm_name(self.kind, self.asset)
 
     @property
     def severity(self) -> str:
@@ -186,7 +180,7 @@ class _Latch:
 
     @property
     def name(self) -> str:
-        return f"alarm.{self.kind}.{self.asset}"
+        return alarm_name(self.kind, self.asset)
 
     def activate(self, key: str, instant: Instant, **details) -> list[Emission]:
         self.active.add(key)
@@ -288,17 +282,17 @@ class RulesEngine:
             return dict(value) if isinstance(value, Mapping) else {}
 
         for name, active in mapping(saved.get("raised")).items():
-            parts = name.split(".") if isinstance(name, str) else []
-            if len(parts) != 3 or parts[0] != "alarm" or parts[1] not in SEVERITY or not parts[2]:
+            parsed = parse_alarm_name(name) if isinstance(name, str) else None
+            if parsed is None or parsed.field or parsed.kind not in SEVERITY:
                 continue
-            latch = self._latch(parts[1], parts[2])
+            latch = self._latch(parsed.kind, parsed.asset)
             latch.raised = True
-            if parts[1] == "silence" and isinstance(active, list):  # still silent until each of them reports
+            if parsed.kind == "silence" and isinstance(active, list):  # still silent until each of them reports
                 keys = [k for k in active if isinstance(k, str) and k in self.sensors]
                 latch.active.update(keys)
                 self._silent.update(keys)
-            if parts[1] == "motion":
-                self._last_motion[parts[2]] = start.monotonic
+            if parsed.kind == "motion":
+                self._last_motion[parsed.asset] = start.monotonic
         self.modem = {k: v for k, v in mapping(saved.get("modem")).items() if k in ("imei", "iccid") and isinstance(v, str)}
         for asset, usage in mapping(saved.get("usage")).items():
             if asset in self._usage and isinstance(usage, Mapping):
@@ -313,7 +307,7 @@ class RulesEngine:
         return frozenset(name for name, latch in self._latches.items() if latch.raised)
 
     def _latch(self, kind: str, asset: str) -> _Latch:
-        name = f"alarm.{kind}.{asset}"
+        name = alarm_name(kind, asset)
         if name not in self._latches:
             self._latches[name] = _Latch(kind, asset)
         return self._latches[name]
@@ -710,6 +704,6 @@ def alternation_ok(events: Iterable[Emission]) -> bool:
 
 
 __all__ = [
-    "ALARM_KINDS", "AccessEvent", "AlarmEvent", "DailyUtilization", "Emission", "Manifest", "RulesEngine",
-    "RulesStateFile", "SEVERITY", "SensorSpec", "alternation_ok", "sensor_specs",
+    "AccessEvent", "AlarmEvent", "DailyUtilization", "Emission", "Manifest", "RulesEngine",
+    "RulesStateFile", "SensorSpec", "alternation_ok", "sensor_specs",
 ]

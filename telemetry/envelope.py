@@ -16,11 +16,12 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from telemetry import cbor
+from telemetry import alarms, cbor
 from telemetry.ack import Reason
 from telemetry.cbor import DEFAULT_LIMITS, Limits
 from telemetry.cose import eddsa_header, parse_sign1, sig_structure
-from telemetry.exc import OversizeError, SchemaError, WireFormatError
+from telemetry.clock import ClockStatement
+from telemetry.exc import ClockStatementError, OversizeError, SchemaError, WireFormatError
 from telemetry.identity import DeviceKey, Identity
 from telemetry.senml import Record, pack_to_cbor, records_from_cbor
 
@@ -31,7 +32,6 @@ GAP_REASON, GAP_FIRST, GAP_LAST, GAP_COUNT = 1, 2, 3, 4
 
 DIGEST_BYTES = 16
 GENESIS = bytes(DIGEST_BYTES)  # `prev` of a device's first envelope
-ALARM_PREFIX = "alarm."
 MAX_DEVICE_ID = 64
 
 
@@ -103,7 +103,15 @@ class Envelope:
     @property
     def alarm(self) -> bool:
         """Alarms and gap records skip the batching delay and are never dropped by the spool."""
-        return self.gap is not None or any(r.name.startswith(ALARM_PREFIX) for r in self.records)
+        return self.gap is not None or any(r.name.startswith(alarms.PREFIX) for r in self.records)
+
+    @property
+    def clock_statement(self) -> ClockStatement | None:
+        """The device's clock statement, or None when there is none or it is not the contract's map."""
+        try:
+            return None if self.clock is None else ClockStatement.from_cbor(self.clock)
+        except ClockStatementError:
+            return None
 
     def signed_bytes(self) -> bytes:
         """The Sig_structure this envelope's signature covers, built from the received bytes."""
@@ -119,7 +127,7 @@ def seal(
     prev: bytes,
     records: tuple[Record, ...] | list[Record] = (),
     gap: Gap | None = None,
-    clock: dict | None = None,
+    clock: ClockStatement | None = None,
 ) -> Envelope:
     """Build and sign one envelope. Pure: the caller owns the chain state (seq, prev)."""
     if not device or len(device) > MAX_DEVICE_ID:
@@ -132,7 +140,7 @@ def seal(
     if gap is not None:
         body[GAP] = gap.to_cbor()
     if clock is not None:
-        body[CLOCK] = clock
+        body[CLOCK] = clock.to_cbor()
     protected = eddsa_header(identity.kid)
     payload = cbor.encode(body)
     signature = identity.sign(sig_structure(protected, payload))
@@ -142,7 +150,8 @@ def seal(
         cbor.bstr_head(len(payload)), payload, b"\x58\x40", signature,
     ))
     return Envelope(
-        device=device, boot=boot, seq=seq, prev=prev, records=tuple(records), gap=gap, clock=clock,
+        device=device, boot=boot, seq=seq, prev=prev, records=tuple(records), gap=gap,
+        clock=None if clock is None else clock.to_cbor(),
         kid=identity.kid, raw=raw, protected=protected, payload=payload, signature=signature, digest=digest(raw),
     )
 

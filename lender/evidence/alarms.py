@@ -18,11 +18,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from lender.evidence.store import Reading, SQLiteStore, explain_gaps
+from telemetry.alarms import GATEWAY, PREFIX, RAISED, STATES, alarm_name, parse_alarm_name
 from telemetry.envelope import decode
 from telemetry.exc import WireFormatError
 
-GATEWAY = "gateway"
-_CLOCK_SOURCE, _CLOCK_UPTIME_MS = 2, 3  # keys of the payload's clock statement (agent.clock)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +45,7 @@ class AlarmRecord:
 
     @property
     def name(self) -> str:
-        return f"alarm.{self.kind}.{self.asset}"
+        return alarm_name(self.kind, self.asset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,17 +70,14 @@ def _envelope_facts(store: SQLiteStore, device: str, seq: int, cache: dict) -> t
     key = (device, seq)
     if key not in cache:
         stored = store.envelope(device, seq)
-        source = uptime = None
-        clock = None
+        statement = None
         if stored is not None:
             try:
-                clock = decode(stored.raw).clock
+                statement = decode(stored.raw).clock_statement
             except WireFormatError:  # cannot happen for a stored envelope; never let a view crash on it
-                clock = None
-        if isinstance(clock, dict):
-            source = clock.get(_CLOCK_SOURCE) if isinstance(clock.get(_CLOCK_SOURCE), str) else None
-            ms = clock.get(_CLOCK_UPTIME_MS)
-            uptime = ms / 1000 if isinstance(ms, int) and not isinstance(ms, bool) else None
+                statement = None
+        source = statement.source if statement is not None else None
+        uptime = statement.uptime_s if statement is not None else None
         cache[key] = (source, uptime, stored.received_at if stored is not None else float("nan"))
     return cache[key]
 
@@ -89,18 +85,18 @@ def _envelope_facts(store: SQLiteStore, device: str, seq: int, cache: dict) -> t
 def alarm_events(store: SQLiteStore, device: str | None = None, asset: str | None = None) -> list[AlarmRecord]:
     """Every alarm event stored, by device and seq (the device's own order, whatever order they arrived in)."""
     groups: dict[tuple[str, int, str], dict[str, Reading]] = {}
-    for reading in store.records_named(device, prefixes=("alarm.",)):
-        parts = reading.name.split(".")
-        if len(parts) not in (3, 4) or not parts[1] or not parts[2]:
+    for reading in store.records_named(device, prefixes=(PREFIX,)):
+        parsed = parse_alarm_name(reading.name)
+        if parsed is None:
             continue
-        groups.setdefault((reading.device, reading.seq, ".".join(parts[:3])), {})[parts[3] if len(parts) == 4 else ""] = reading
+        groups.setdefault((reading.device, reading.seq, parsed.alarm), {})[parsed.field] = reading
     cache: dict = {}
     out = []
     for (dev, seq, name), fields in groups.items():
         head = fields.get("")
-        if head is None or head.string not in ("raised", "cleared"):
+        if head is None or head.string not in STATES:
             continue
-        _, kind, owner = name.split(".")
+        _, kind, owner = name.split(".", 2)
         if asset is not None and owner != asset:
             continue
         value = fields.get("value")
@@ -122,7 +118,7 @@ def open_alarms(events: Iterable[AlarmRecord]) -> dict[tuple[str, str], AlarmRec
     latest: dict[tuple[str, str], AlarmRecord] = {}
     for event in sorted(events, key=lambda a: (a.device, a.seq)):
         latest[(event.device, event.name)] = event
-    return {key: event for key, event in latest.items() if event.state == "raised"}
+    return {key: event for key, event in latest.items() if event.state == RAISED}
 
 
 def _manifest(store: SQLiteStore, device: str) -> dict[str, tuple[str, tuple[str, ...]]]:

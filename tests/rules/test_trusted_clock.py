@@ -5,16 +5,14 @@ import subprocess
 
 import pytest
 
-from agent.clock import (CLOCK_SOURCE, CLOCK_SYNCED, CLOCK_SYSTEM, CLOCK_UPTIME_MS, Instant, TrustedClock,
+from telemetry.clock import SOURCE as CLOCK_SOURCE, SYNCED as CLOCK_SYNCED, SYSTEM as CLOCK_SYSTEM, UPTIME_MS as CLOCK_UPTIME_MS
+from agent.clock import (Instant, TrustedClock,
                          adjtimex_synced, stamp, timedatectl_synced)
-from agent.daemon import Agent
-from agent.spool import Spool
-from agent.state import AgentState
 from drivers.modem.generic import parse_cclk
 from telemetry.chain import check_chain
-from telemetry.envelope import decode, verify
-from telemetry.identity import Identity
+from telemetry.envelope import decode
 from telemetry.senml import Record
+from tests.kit.agent import build_agent, running, signed_envelopes
 
 T0 = 1_767_571_200.0
 
@@ -42,13 +40,13 @@ def test_a_synchronized_kernel_clock_is_trusted_and_said_so():
     clocks.kernel = True
     instant = clocks.clock().now()
     assert instant == Instant(100.0, T0, True, "ntp")
-    assert instant.statement() == {CLOCK_SYNCED: True, CLOCK_SOURCE: "ntp", CLOCK_UPTIME_MS: 100_000}
+    assert instant.statement().to_cbor() == {CLOCK_SYNCED: True, CLOCK_SOURCE: "ntp", CLOCK_UPTIME_MS: 100_000}
 
 
 def test_without_any_source_the_time_is_unsynchronized_and_records_lose_their_times():
     instant = Clocks().clock().now()
     assert not instant.synced and instant.trusted_wall is None
-    assert instant.statement() == {CLOCK_SYNCED: False, CLOCK_SOURCE: "none", CLOCK_UPTIME_MS: 100_000, CLOCK_SYSTEM: int(T0)}
+    assert instant.statement().to_cbor() == {CLOCK_SYNCED: False, CLOCK_SOURCE: "none", CLOCK_UPTIME_MS: 100_000, CLOCK_SYSTEM: int(T0)}
     records = stamp([Record("temp", value=4.5, unit="Cel", time=T0), Record("door", boolean=False, time=T0)], instant)
     assert [r.time for r in records] == [None, None] and records[0].value == 4.5
 
@@ -131,12 +129,7 @@ def test_the_kernel_and_systemd_views_can_be_read_here():
 def test_a_clock_jump_never_breaks_seq_order_or_the_chain(tmp_path, jumps):
     """The agent records every second while the wall clock jumps; synced and unsynced phases alternate."""
     clocks = Clocks()
-    identity = Identity(bytes([9]) * 32)
-    spool, state = Spool.open(tmp_path / "spool.db"), AgentState.open(tmp_path / "state.json")
-    agent = Agent(device="gw-jump", identity=identity, spool=spool, state=state, clock=lambda: clocks.wall,
-                  trusted_clock=clocks.clock(recheck_s=0.0))
-    from agent.recorder import Recorder
-    agent.recorder = Recorder.start(identity, "gw-jump", spool, state, now=clocks.wall)
+    agent = build_agent(tmp_path, clock=lambda: clocks.wall, trusted_clock=clocks.clock(recheck_s=0.0), recording=True)
     written = []
     for step in range(40):
         clocks.kernel = (step // 5) % 2 == 0
@@ -144,10 +137,7 @@ def test_a_clock_jump_never_breaks_seq_order_or_the_chain(tmp_path, jumps):
             clocks.wall += jumps[(step // 10 - 1) % len(jumps)]
         written.append(agent.record([Record("temp", value=4.0 + step / 8, unit="Cel", time=clocks.wall)]))
         clocks.advance(1.0)
-    keys = {identity.kid: identity.device_key("gw-jump")}
-    stored = [verify(item.raw, keys) for item in spool.peek(max_count=1000, max_bytes=1 << 24)]
-    assert all(v.ok for v in stored)
-    envelopes = sorted((v.envelope for v in stored), key=lambda e: e.seq)
+    envelopes = signed_envelopes(agent)
     assert [e.seq for e in envelopes] == list(range(1, 41)) and check_chain(envelopes).intact
     uptimes = [e.clock[CLOCK_UPTIME_MS] for e in envelopes]
     assert uptimes == sorted(uptimes) and len(set(uptimes)) == 40  # the lender can order them without wall time
@@ -158,8 +148,8 @@ def test_a_clock_jump_never_breaks_seq_order_or_the_chain(tmp_path, jumps):
             assert decoded.clock[CLOCK_SOURCE] == "ntp" and record.time is not None
         else:
             assert record.time is None and CLOCK_SYSTEM in decoded.clock
-    spool.close()
-    state.close()
+    agent.spool.close()
+    agent.state.close()
 
 
 def test_the_agent_records_a_gnss_fix_time_as_a_reference(tmp_path):
@@ -169,30 +159,22 @@ def test_the_agent_records_a_gnss_fix_time_as_a_reference(tmp_path):
 
     clocks = Clocks()
     clocks.wall = T0 - 400 * 86400
-    identity = Identity(bytes([9]) * 32)
-    spool, state = Spool.open(tmp_path / "spool.db"), AgentState.open(tmp_path / "state.json")
     trusted = clocks.clock()
     with NmeaFeed(latitude=52.52, longitude=13.405, utc=lambda: dt.datetime.fromtimestamp(T0, dt.timezone.utc)) as feed:
         receiver = GnssReceiver(GnssConfig(feed.path, interval_s=0.05))
-        agent = Agent(device="gw-gnss", identity=identity, spool=spool, state=state, sensors=[receiver],
-                      trusted_clock=trusted)
+        agent = build_agent(tmp_path, sensors=[receiver], trusted_clock=trusted)
 
         async def scenario():
-            stop = asyncio.Event()
-            task = asyncio.create_task(agent.run(stop))
-            await asyncio.wait_for(agent.started.wait(), 5)
             await asyncio.wait_for(receiver.wait_until(lambda c: c.opens >= 1), 5)
             for _ in range(30):
                 feed.emit_epoch()
                 await asyncio.sleep(0.05)
                 if trusted.now().synced:
                     break
-            stop.set()
-            await asyncio.wait_for(task, 5)
 
-        asyncio.run(scenario())
+        asyncio.run(running(agent, scenario))
     instant = trusted.now()
     assert instant.synced and instant.source == "gnss"
     assert instant.wall == pytest.approx(T0, abs=2)  # the receiver's UTC, not the system clock 400 days off
-    spool.close()
-    state.close()
+    agent.spool.close()
+    agent.state.close()
