@@ -20,6 +20,8 @@ from agent.spool import Spool
 from agent.state import AgentState
 from agent.uplink import Uplink
 from drivers.exc import DriverError
+from durable.exc import DurableError
+from durable.keyfile import read_key
 from telemetry.exc import TelemetryError
 from telemetry.identity import Identity
 
@@ -39,7 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def open_parts(config: agent_config.AgentConfig) -> tuple[Identity, Spool, AgentState]:
     """The identity, spool and state the config names (the state dir is created 0700 if missing)."""
-    identity = Identity.load(config.device.key_file)
+    identity = Identity(read_key(config.device.key_file))
     config.device.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     spool = Spool.open(config.device.state_dir / "spool.db", max_bytes=config.spool.max_bytes,
                        synchronous=config.spool.synchronous)
@@ -67,7 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         sensors = build_sensors(config.sensors)
         modem_health = (ModemHealthMonitor.build(config.modem, state_dir=config.device.state_dir)
                         if config.modem is not None else None)
-    except (AgentError, TelemetryError, DriverError) as exc:
+    except (AgentError, TelemetryError, DurableError, DriverError) as exc:
         print(f"pledgewatch agent: {exc}", file=sys.stderr)
         return 2
     clock = TrustedClock()
@@ -94,7 +96,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         config = agent_config.load(args.config)
         identity, spool, state = open_parts(config)
-    except (AgentError, TelemetryError) as exc:
+    except (AgentError, TelemetryError, DurableError) as exc:
         print(f"pledgewatch agent: {exc}", file=sys.stderr)
         return 2
     with spool:

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable, Sequence
 
@@ -30,6 +29,7 @@ from agent.state import AgentState
 from agent.uplink import Result, Uplink
 from drivers.exc import SensorFault
 from drivers.sensor import Sample, queue_listener, read_isolated
+from durable import sdnotify
 from telemetry.envelope import Envelope, Gap, GapReason
 from telemetry.identity import Identity
 from telemetry.senml import Record
@@ -55,14 +55,9 @@ def fault_record(sensor: str, fault: SensorFault, now: float) -> Record:
 
 
 def _notify_systemd(message: str) -> None:
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        with contextlib.suppress(OSError):
-            sock.sendto(message.encode(), address)
+    """Tell systemd `message`, silently: a lost watchdog ping must never stop the daemon."""
+    with contextlib.suppress(OSError):
+        sdnotify.notify(message)
 
 
 class Agent:

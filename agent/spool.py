@@ -36,6 +36,7 @@ from agent.exc import (
     SpoolSequenceError,
     SpoolUnavailableError,
 )
+from durable.files import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -594,14 +595,6 @@ def _lock(path: Path) -> int:
     return fd
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _wal_header_ok(wal: Path) -> bool:
     """True if the -wal file is empty or starts with a well-formed WAL header (magic, version, checksum).
 
@@ -774,7 +767,7 @@ def _install_new(path: Path) -> None:
         _sidecar(path, suffix).unlink(missing_ok=True)
     try:
         os.replace(_sidecar(path, ".new"), path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as error:
         raise SpoolUnavailableError(f"spool {path}: cannot install the fresh database: {error}") from error
 
@@ -808,7 +801,7 @@ def _recover(path: Path, damage: str) -> Path:
             source = _sidecar(path, suffix)
             if source.exists():
                 os.rename(source, _sidecar(aside, suffix))
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as error:
         raise SpoolUnavailableError(f"spool {path}: cannot move the damaged database aside: {error}") from error
     _install_new(path)

@@ -7,9 +7,10 @@ the configuration. TinyDB suits that (ARCHITECTURE.md); the envelopes
 themselves live in the SQLite spool (agent.spool).
 
 TinyDB's own JSONStorage rewrites its file in place, so a power cut mid-write
-leaves half a file. `AtomicJSONStorage` writes a temp file in the same
-directory, fsyncs it, `os.replace`s it over the old one and fsyncs the
-directory: after a crash the file is the old version or the new one, whole.
+leaves half a file. `AtomicJSONStorage` writes through
+`durable.files.atomic_write` (a temp file in the same directory, fsynced,
+renamed over the old one, then the directory fsynced): after a crash the
+file is the old version or the new one, whole.
 The file carries a SHA-256 of its content, so a flipped byte is noticed, not
 read as a smaller counter. A damaged file at open is moved aside
 (`<name>.corrupt-<UTC time>`) with an error log line and `recovered_from` set:
@@ -34,6 +35,7 @@ from tinydb.storages import Storage
 from tinydb.table import Document
 
 from agent.exc import StateCorruptError, StateUnavailableError, StateValueError
+from durable.files import atomic_write, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -96,26 +98,9 @@ class AtomicJSONStorage(Storage):
     def write(self, data: dict) -> None:
         encoded = _encode(data)
         try:
-            fd = os.open(self._temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                view = memoryview(encoded)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(self._temp, self.path)
-            _fsync_dir(self.path.parent)
+            atomic_write(self.path, encoded, 0o600, temporary=self._temp)
         except OSError as error:
             raise StateUnavailableError(f"state file {self.path}: cannot write: {error}") from error
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +292,7 @@ def _move_aside(path: Path) -> Path:
         n += 1
     try:
         os.rename(path, aside)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OSError as error:
         raise StateUnavailableError(f"state file {path}: cannot move the damaged file aside: {error}") from error
     return aside

@@ -16,12 +16,10 @@ clock, the sleep and the random source are injectable so tests drive time.
 from __future__ import annotations
 
 import asyncio
-import binascii
 import enum
 import logging
 import os
 import random as random_module
-import stat
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,13 +28,13 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 import aiocoap
-import filelock
 from aiocoap import error as coap_error
 from aiocoap.numbers import codes
 from aiocoap.numbers.constants import TransportTuning
-from aiocoap.oscore import FilesystemSecurityContext
 
 from agent.exc import SecurityContextError, SecurityContextPermissionError, UplinkConfigError
+from durable.exc import OscoreContextError, OscoreContextPermissionError
+from durable.oscore import DurableSecurityContext, close_context, open_context
 from telemetry import cbor
 from telemetry.exc import AckFormatError
 from telemetry.ack import MAX_REASON_TEXT, Ack, Reason, Refusal
@@ -114,69 +112,19 @@ class UplinkConfig:
 
 # --- the device's OSCORE context -------------------------------------------
 
-class DurableSecurityContext(FilesystemSecurityContext):
-    """aiocoap's file-backed context, plus an fsync of the directory after each sequence-file replace.
-
-    aiocoap fsyncs the new ``sequence.json`` and renames it into place, but
-    does not fsync the directory, so a power cut could bring back the older,
-    lower sender-sequence reservation and reuse AEAD nonces. (The lender's
-    `lender.oscore.DurableSecurityContext` is the same class; the agent may not
-    import `lender`.)
-    """
-
-    def __init__(self, basedir: str, **kwargs) -> None:
-        try:
-            super().__init__(basedir, **kwargs)
-        except BaseException:
-            # aiocoap takes the lock before loading and keeps it when loading
-            # fails; its __del__ would then crash on the half-built object.
-            if getattr(self, "lockfile", None) is not None:
-                self.lockfile.release()
-                self.lockfile = None
-            raise
-
-    def _store(self) -> None:
-        super()._store()
-        fd = os.open(self.basedir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def open_security_context(directory: str | os.PathLike) -> DurableSecurityContext:
-    """Load the device's OSCORE context, refusing one that group or others could read."""
-    base = Path(directory)
-    me = os.geteuid()
-    for path, is_dir in ((base, True), (base / "settings.json", False), (base / "secret.json", False),
-                         (base / "sequence.json", False)):
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            if path.name in ("sequence.json", "settings.json"):
-                continue  # never used yet / everything in secret.json
-            raise SecurityContextError(f"OSCORE context {base}: {path.name} is missing (provision the device)") from None
-        if not (stat.S_ISDIR(st.st_mode) if is_dir else stat.S_ISREG(st.st_mode)):
-            raise SecurityContextPermissionError(f"OSCORE context {path} must be a plain file or directory, not a link")
-        if st.st_mode & 0o077 or st.st_uid != me:
-            raise SecurityContextPermissionError(
-                f"OSCORE context {path} has mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid}; "
-                f"it must be {'0700' if is_dir else '0600'} and owned by uid {me}: the agent refuses keys others can read"
-            )
+    """Load the device's OSCORE context (`durable.oscore.open_context`), its errors as the agent's.
+
+    A context that group or others could read is refused
+    (`SecurityContextPermissionError`); a missing, malformed or busy one is a
+    `SecurityContextError`.
+    """
     try:
-        return DurableSecurityContext(os.fspath(base))
-    except filelock.Timeout as exc:
-        raise SecurityContextError(
-            f"OSCORE context {base} is in use by another process; two users would reuse sequence numbers"
-        ) from exc
-    except (FilesystemSecurityContext.LoadError, ValueError, KeyError, binascii.Error) as exc:
-        raise SecurityContextError(f"OSCORE context {base} cannot be loaded: {exc}") from exc
-
-
-def close_security_context(context: FilesystemSecurityContext) -> None:
-    """Write the exact next sequence number back and release the context's lock (clean shutdown)."""
-    if getattr(context, "lockfile", None) is not None:
-        context._destroy()  # aiocoap 0.4.17's own shutdown path, otherwise run only from __del__
+        return open_context(directory)
+    except OscoreContextPermissionError as exc:
+        raise SecurityContextPermissionError(f"{exc}: the agent refuses keys others can read") from exc
+    except OscoreContextError as exc:
+        raise SecurityContextError(str(exc)) from exc
 
 
 # --- pure policy ---------------------------------------------------------------
@@ -325,7 +273,7 @@ class Uplink:
             self._context = await aiocoap.Context.create_client_context()
         except BaseException:
             if self._security is not None:
-                close_security_context(self._security)
+                close_context(self._security)
                 self._security = None
             raise
         if self._security is not None:
@@ -338,7 +286,7 @@ class Uplink:
             await context.shutdown()
         security, self._security = self._security, None
         if security is not None:
-            close_security_context(security)
+            close_context(security)
 
     async def __aenter__(self) -> Uplink:
         await self.start()

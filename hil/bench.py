@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from durable.keyfile import create_key
 from hil import invariant
 from hil.env import Environment
 from hil.exc import BenchError, FaultError
@@ -193,8 +194,7 @@ class Bench:
             directory.mkdir(parents=True, exist_ok=True)
         os.chmod(self.gateway_dir, 0o700)
         gateway = self.env.gateway
-        self.identity = Identity.generate()
-        self.identity.save(self.gateway_dir / "device.key")
+        self.identity = Identity(create_key(self.gateway_dir / "device.key"))
 
         lender_spec = self.env.lender
         self.lender = LenderProcess(self.lender_dir, bind=lender_spec.bind, insecure=lender_spec.security == "insecure",

@@ -20,6 +20,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from durable.exc import DurableError
 from provisioning.console import Console
 from provisioning.exc import ProvisioningError, SetupError, TechnicianError
 from provisioning.technician import DEFAULT_PROFILE, TechnicianProfile, init_profile, load_profile, parse_key
@@ -124,7 +125,7 @@ def _guarded(run, name: str):
         console = Console(json_mode=getattr(args, "json", False))
         try:
             return run(args, console)
-        except (ProvisioningError, TelemetryError) as exc:
+        except (ProvisioningError, TelemetryError, DurableError) as exc:
             console.failure(name, str(exc))
             return 1
         except KeyboardInterrupt:

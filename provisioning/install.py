@@ -1,8 +1,9 @@
 """Putting files in place on a gateway: atomic writes with exact modes and owners, and undo for a failed run.
 
-Every file is written to a temporary name in its directory, fsynced, given
-its mode and owner, then renamed over the target, and the directory fsynced:
-after a power cut a file is the old one or the new one, whole. `Rollback`
+Every file is written by `durable.files.atomic_write`: to a temporary name in
+its directory, fsynced, given its mode and owner, then renamed over the
+target, and the directory fsynced: after a power cut a file is the old one or
+the new one, whole. `Rollback`
 records how to undo each step of a provisioning run; if the run fails, the
 steps are undone in reverse, so the gateway is left as it was, never half
 provisioned.
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from durable.files import atomic_write
 from provisioning.exc import InstallError, SetupError
 
 log = logging.getLogger(__name__)
@@ -61,14 +63,6 @@ class Owner:
         os.chown(path, 0 if group_only else self.uid, self.gid, follow_symlinks=False)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def ensure_dir(path: Path, mode: int, owner: Owner | None = None, *, group_only: bool = False) -> bool:
     """Create `path` (and parents) if missing; set its mode and owner. True if it was created."""
     created = not path.exists()
@@ -84,22 +78,11 @@ def ensure_dir(path: Path, mode: int, owner: Owner | None = None, *, group_only:
 
 
 def write_file(path: Path, data: bytes, mode: int, owner: Owner | None = None, *, group_only: bool = False) -> None:
-    """Write `data` to `path` atomically with exactly `mode` and `owner`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write `data` to `path` atomically (`durable.files.atomic_write`) with exactly `mode` and `owner`."""
+    uid_gid = (0 if group_only else owner.uid, owner.gid) if owner is not None and os.geteuid() == 0 else None
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.fchmod(fd, mode)
-            if owner is not None and os.geteuid() == 0:
-                os.fchown(fd, 0 if group_only else owner.uid, owner.gid)
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        atomic_write(path, data, mode, owner=uid_gid)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise InstallError(f"cannot write {path}: {exc.strerror}; run as root (sudo) or check the disk") from exc
 
 

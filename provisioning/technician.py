@@ -21,9 +21,10 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from durable.exc import KeyFileError
+from durable.keyfile import create_key, read_key
 from provisioning.exc import TechnicianError
 from provisioning.install import write_file
-from telemetry.exc import IdentityError
 from telemetry.identity import Identity
 
 DEFAULT_PROFILE = Path(os.environ.get("PLEDGEWATCH_TECHNICIAN", "~/.config/pledgewatch/technician.toml")).expanduser()
@@ -52,8 +53,8 @@ class TechnicianProfile:
     def identity(self) -> Identity:
         """The technician's signing key; refuses a key file others can read."""
         try:
-            return Identity.load(self.key_file)
-        except IdentityError as exc:
+            return Identity(read_key(self.key_file))
+        except KeyFileError as exc:
             raise TechnicianError(f"technician key: {exc}") from exc
 
 
@@ -92,7 +93,7 @@ def init_profile(path: str | os.PathLike, technician: str, *, lender: str | None
     key_file = previous.key_file if previous else path.parent / "technician.key"
     created = not key_file.exists()
     if created:
-        Identity.generate().save(key_file)
+        create_key(key_file)
     lender = lender or (previous.lender if previous else None)
     lender_key = lender_key or (previous.lender_key if previous else None)
     lines = ["[technician]", f'id = "{technician}"', f'key_file = "{os.path.relpath(key_file, path.parent)}"', ""]

@@ -16,6 +16,7 @@ from agent.spool import Spool
 from agent.state import AgentState
 from agent.uplink import Uplink, UplinkConfig
 from drivers.sensor import Sample
+from durable.keyfile import read_key
 from telemetry.identity import Identity
 
 
@@ -36,7 +37,7 @@ async def main(root: Path, context: Path, lender: str, drain: bool) -> None:
     spool = Spool.open(root / "spool.db")
     uplink = Uplink(UplinkConfig(lender=lender, security_context=context, batch_interval=0.05,
                                  backoff_initial=0.05, backoff_cap=0.5, ack_timeout=0.5), spool)
-    agent = Agent(device="gw-e2e", identity=Identity.load(root / "device.key"), spool=spool,
+    agent = Agent(device="gw-e2e", identity=Identity(read_key(root / "device.key")), spool=spool,
                   state=AgentState.open(root / "state.json"), sensors=[] if drain else [Counter()], uplink=uplink)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)

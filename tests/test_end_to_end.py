@@ -14,6 +14,7 @@ from agent.recorder import Recorder
 from agent.spool import Spool
 from agent.state import AgentState
 from agent.uplink import Uplink, UplinkConfig
+from durable.keyfile import create_key
 from hil.processes import LenderProcess, free_udp_port
 from telemetry.chain import check_chain
 from telemetry.envelope import verify
@@ -79,8 +80,7 @@ def test_ten_thousand_readings_arrive_exactly_once_across_a_lender_outage(tmp_pa
 
 
 def test_an_agent_killed_fifty_times_while_uploading_loses_nothing_and_duplicates_nothing(tmp_path):
-    identity = Identity.generate()
-    identity.save(tmp_path / "device.key")
+    identity = Identity(create_key(tmp_path / "device.key"))
     lender = LenderProcess(tmp_path / "lender", log_path=tmp_path / "lender.log")
     context = lender.register("gw-e2e", identity.public_key.hex())
     rng = random.Random(50)

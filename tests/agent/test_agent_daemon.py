@@ -16,6 +16,7 @@ from agent.spool import Spool
 from agent.state import AgentState
 from drivers.gpio import ContactConfig, ContactSensor
 from drivers.onewire import DS18B20, DS18B20Config
+from durable.keyfile import create_key
 from hil.sim.onewire import OneWireTree
 from telemetry.chain import check_chain
 from telemetry.envelope import GENESIS, verify
@@ -171,7 +172,7 @@ def test_the_agent_command_runs_until_sigterm_and_stops_cleanly(tmp_path):
     tree = OneWireTree(tmp_path / "w1")
     probe = tree.add_ds18b20(celsius=2.5)
     assert tree.devices_dir == tmp_path / "w1/sys/bus/w1/devices"
-    Identity.generate().save(tmp_path / "device.key")
+    create_key(tmp_path / "device.key")
     (tmp_path / "agent.toml").write_text(CONFIG.format(device=DEVICE, probe=probe.device_id))
     agent = subprocess.Popen([sys.executable, "-m", "pledgewatch", "agent", "run", "--config", str(tmp_path / "agent.toml")],
                              stderr=subprocess.PIPE, text=True)
@@ -191,7 +192,7 @@ def test_the_agent_command_runs_until_sigterm_and_stops_cleanly(tmp_path):
 
 
 def test_the_agent_refuses_a_key_file_others_can_read(tmp_path):
-    Identity.generate().save(tmp_path / "device.key")
+    create_key(tmp_path / "device.key")
     os.chmod(tmp_path / "device.key", 0o644)
     (tmp_path / "agent.toml").write_text(CONFIG.format(device=DEVICE, probe="28-000000000001"))
     result = subprocess.run([sys.executable, "-m", "pledgewatch", "agent", "run", "--config", str(tmp_path / "agent.toml")],

@@ -13,6 +13,7 @@ from agent.config import parse
 from agent.exc import ConfigError
 from agent.health import ModemHealthConfig
 from agent.spool import Spool
+from durable.keyfile import create_key
 from hil.sim.modem import ModemSimulator
 from telemetry.envelope import verify
 from telemetry.identity import Identity
@@ -73,8 +74,7 @@ def test_a_modem_that_is_not_a_table_is_refused():
 
 
 def test_the_agent_command_runs_the_monitor_from_the_config_and_signs_its_status(tmp_path):
-    identity = Identity.generate()
-    identity.save(tmp_path / "device.key")
+    identity = Identity(create_key(tmp_path / "device.key"))
     with ModemSimulator("ec25", link=tmp_path / "modem-at") as sim:
         (tmp_path / "agent.toml").write_text(BASE + f'\n[modem]\nport = "{sim.path}"\nstatus_interval_s = 600\n')
         agent = subprocess.Popen([sys.executable, "-m", "pledgewatch", "agent", "run", "--config",

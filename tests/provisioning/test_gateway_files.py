@@ -9,9 +9,9 @@ import stat
 import pytest
 
 from agent import config as agent_config
+from durable.keyfile import read_key
 from pledgewatch.cli import main as pledgewatch_main
 from provisioning.console import Console
-from telemetry.identity import Identity
 
 
 def provision_without_modem(site, *extra: str) -> int:
@@ -64,7 +64,7 @@ def test_the_key_file_is_refused_by_the_agent_if_someone_loosens_its_mode(site):
     assert provision_without_modem(site, "--user", "root") == 0
     os.chmod(site.etc / "device.key", 0o644)
     with pytest.raises(PermissionError, match="chmod 600"):
-        Identity.load(site.etc / "device.key")
+        read_key(site.etc / "device.key")
 
 
 class Terminal(io.StringIO):
