@@ -5,6 +5,10 @@ from pathlib import Path
 import pytest
 
 from telemetry import cbor
+from telemetry.ack import Ack
+from telemetry.clock import ClockStatement
+from telemetry.enrollment import REQUEST_AAD, EnrollmentRequest, EnrollmentResponse, signer_verifies
+from telemetry.exc import EnrollmentFormatError
 from telemetry.envelope import decode as decode_envelope, verify
 from telemetry.identity import Identity
 from telemetry.senml import records_from_cbor
@@ -12,11 +16,16 @@ from tests.vectors.generate import build, record_json
 
 VECTORS = Path(__file__).parent / "vectors"
 NAMES = sorted(p.stem for p in VECTORS.glob("*.json"))
+KINDS = ("envelope", "gap", "senml", "cose", "ack", "clock", "enrollment-request", "enrollment-response")
+
+
+def vectors_of(*kinds: str) -> list[str]:
+    return [n for n in NAMES if json.loads((VECTORS / f"{n}.json").read_text())["kind"] in kinds]
 
 
 def test_the_vector_set_is_complete():
     assert set(NAMES) == set(build())
-    assert {json.loads((VECTORS / f"{n}.json").read_text())["kind"] for n in NAMES} >= {"envelope", "gap", "senml", "cose"}
+    assert {json.loads((VECTORS / f"{n}.json").read_text())["kind"] for n in NAMES} >= set(KINDS)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -43,7 +52,7 @@ def test_every_vector_names_its_signer_and_kind(name):
     description = json.loads((VECTORS / f"{name}.json").read_text())
     identity = Identity(bytes.fromhex(description["seed_hex"]))
     assert identity.public_key.hex() == description["public_key_hex"]
-    assert description["kind"] in ("envelope", "gap", "senml", "cose")
+    assert description["kind"] in KINDS
 
 
 def test_the_senml_vector_is_the_deterministic_pack_its_envelope_signs():
@@ -52,3 +61,45 @@ def test_the_senml_vector_is_the_deterministic_pack_its_envelope_signs():
     assert [record_json(r) for r in records_from_cbor(cbor.decode(raw))] == description["records"]
     envelope = decode_envelope((VECTORS / "envelope-node-report.cbor").read_bytes())
     assert cbor.encode(cbor.decode(envelope.payload)[5]) == raw
+
+
+@pytest.mark.parametrize("name", vectors_of("ack"))
+def test_the_ack_vector_decodes_to_its_lists_for_its_batch(name):
+    description = json.loads((VECTORS / f"{name}.json").read_text())
+    ack = Ack.decode((VECTORS / f"{name}.cbor").read_bytes(), description["batch_seqs"])
+    assert list(ack.stored) == description["stored"] and list(ack.already) == description["already"]
+    assert [[r.index, r.reason, r.text] for r in ack.refused] == description["refused"]
+    assert ack.encode() == (VECTORS / f"{name}.cbor").read_bytes()
+
+
+@pytest.mark.parametrize("name", vectors_of("clock"))
+def test_each_clock_vector_is_the_statement_it_describes(name):
+    description = json.loads((VECTORS / f"{name}.json").read_text())
+    statement = ClockStatement.from_cbor(cbor.decode((VECTORS / f"{name}.cbor").read_bytes()))
+    assert (statement.synced, statement.source, statement.uptime_ms, statement.system) == (
+        description["synced"], description["source"], description["uptime_ms"], description.get("system"))
+
+
+def test_the_enrollment_request_vector_carries_both_signatures_over_its_body():
+    description = json.loads((VECTORS / "enrollment-request.json").read_text())
+    request = EnrollmentRequest.decode((VECTORS / "enrollment-request.cbor").read_bytes())
+    assert request.payload.hex() == description["body_hex"] and request.digest.hex() == description["request_digest_hex"]
+    assert request.body.public_key.hex() == description["public_key_hex"] and request.device_signature_valid()
+    technician = Identity(bytes.fromhex(description["technician_seed_hex"]))
+    assert request.technician_kid == technician.kid
+    assert signer_verifies(technician.public_key, request.payload, request.technician_signature, REQUEST_AAD)
+    assert (request.body.device, request.body.technician, request.body.binding.asset, request.body.created) == (
+        description["device"], description["technician"], description["asset"], description["created"])
+
+
+def test_the_enrollment_response_vector_verifies_with_the_lender_key_and_answers_the_request():
+    description = json.loads((VECTORS / "enrollment-response.json").read_text())
+    lender = Identity(bytes.fromhex(description["seed_hex"]))
+    response = EnrollmentResponse.verify((VECTORS / "enrollment-response.cbor").read_bytes(), lender.public_key)
+    request = json.loads((VECTORS / "enrollment-request.json").read_text())
+    assert response.request_digest.hex() == description["request_digest_hex"] == request["request_digest_hex"]
+    assert (response.device, response.registered_at, response.asset) == (
+        description["device"], description["registered_at"], description["asset"])
+    with pytest.raises(EnrollmentFormatError):
+        EnrollmentResponse.verify((VECTORS / "enrollment-response.cbor").read_bytes(),
+                                  Identity(bytes.fromhex(request["seed_hex"])).public_key)

@@ -14,8 +14,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 
+import nacl.public  # noqa: E402
+
 from telemetry import cbor  # noqa: E402
+from telemetry.ack import Ack, Reason, Refusal  # noqa: E402
+from telemetry.clock import ClockStatement  # noqa: E402
 from telemetry.cose import cose_sign1  # noqa: E402
+from telemetry.enrollment import AssetBinding, EnrollmentBody, EnrollmentRequest, EnrollmentResponse, Geofence  # noqa: E402
 from telemetry.envelope import GENESIS, Gap, seal  # noqa: E402
 from telemetry.identity import Identity  # noqa: E402
 from telemetry.senml import Record, pack_to_cbor  # noqa: E402
@@ -23,6 +28,8 @@ from telemetry.senml import Record, pack_to_cbor  # noqa: E402
 # RFC 8032 §7.1 TEST 1 and TEST 2 keys: test keys only, never a device's.
 SEED_1 = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
 SEED_2 = bytes.fromhex("4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb")
+SEED_3 = bytes.fromhex("c5aa8df43f9f837bedb7442f31dcb7b166d38535076f094b85ce3a2e0b4458f7")  # RFC 8032 TEST 3: the lender
+RESPONSE_KEY_SEED = bytes(range(32))  # the X25519 key a device makes for one enrollment (a test key)
 T0 = 1767225600  # 2026-01-01T00:00:00Z
 
 def record_json(record: Record) -> dict:
@@ -127,6 +134,50 @@ def build() -> dict[str, tuple[dict, bytes]]:
         },
         cose,
     )
+    vectors.update(contract_vectors(one, two, Identity(SEED_3)))
+    return vectors
+
+
+def contract_vectors(device: Identity, technician: Identity, lender: Identity) -> dict[str, tuple[dict, bytes]]:
+    """The messages besides envelopes: the ack, the clock statement, an enrollment request and its response."""
+    batch = [1, 2, 3, 4, 9]
+    ack = Ack(stored=(1, 2, 3), already=(4,), refused=(Refusal(4, Reason.CHAIN, "chain: seq 9 does not link to seq 8"),))
+    clocks = {
+        "clock-synced": ClockStatement(True, "ntp", 86_400_000),
+        "clock-unsynced": ClockStatement(False, "none", 12_345, T0),
+    }
+    body = EnrollmentBody(
+        device="gw-test-1", kind="gateway", public_key=device.public_key, technician="tech-ana",
+        hardware={"imei": "356938035643809", "iccid": "8944500102198304826"},
+        binding=AssetBinding("loan-2026-117", "Warehouse 3, Dock Road", Geofence(31.2304, 121.4737, 250.0)),
+        created=T0, nonce=bytes(range(16)),
+        response_key=bytes(nacl.public.PrivateKey(RESPONSE_KEY_SEED).public_key),
+    )
+    request = EnrollmentRequest.create(body, device.sign).countersign(technician)
+    response = EnrollmentResponse(body.device, request.digest, T0 + 60, body.binding.asset)
+    signers = {"seed_hex": SEED_1.hex(),
+               "public_key_hex": device.public_key.hex()}
+    vectors = {
+        "ack-batch": ({"kind": "ack", **signers, "batch_seqs": batch, "stored": list(ack.stored),
+                       "already": list(ack.already), "refused": [[r.index, int(r.reason), r.text] for r in ack.refused]},
+                      ack.encode()),
+        "enrollment-request": ({"kind": "enrollment-request", **signers,
+                                "technician_seed_hex": SEED_2.hex(), "technician_public_key_hex": technician.public_key.hex(),
+                                "device": body.device, "technician": body.technician, "asset": body.binding.asset,
+                                "created": body.created, "body_hex": request.payload.hex(),
+                                "request_digest_hex": request.digest.hex()},
+                               request.encode()),
+        "enrollment-response": ({"kind": "enrollment-response", "seed_hex": SEED_3.hex(),
+                                 "public_key_hex": lender.public_key.hex(), "device": response.device,
+                                 "request_digest_hex": response.request_digest.hex(),
+                                 "registered_at": response.registered_at, "asset": response.asset,
+                                 "note": "without a sealed context: crypto_box_seal is randomized, so no vector can pin it"},
+                                response.sign(lender)),
+    }
+    for name, statement in clocks.items():
+        vectors[name] = ({"kind": "clock", **signers, **{k: v for k, v in (
+            ("synced", statement.synced), ("source", statement.source), ("uptime_ms", statement.uptime_ms),
+            ("system", statement.system)) if v is not None}}, cbor.encode(statement.to_cbor()))
     return vectors
 
 
