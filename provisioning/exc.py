@@ -82,23 +82,23 @@ class TechnicianError(ProvisioningError, ValueError):
     """The technician's profile or key is missing or wrong."""
 
 
-class EnrollmentError(ProvisioningError):
-    """The lender did not enroll the device."""
+class DeviceEnrollmentError(ProvisioningError):
+    """The device is not enrolled: the lender did not enroll it, or its answer cannot be installed on it."""
 
 
-class LenderUnreachableError(EnrollmentError, ConnectionError):
+class LenderUnreachableError(DeviceEnrollmentError, ConnectionError):
     """No answer from the lender; the request is kept for `pledgewatch provision submit`."""
 
 
-class EnrollmentRejectedError(EnrollmentError, PermissionError):
+class EnrollmentRejectedError(DeviceEnrollmentError, PermissionError):
     """The lender answered and refused the enrollment (bad signature, unknown technician, id taken)."""
 
 
-class EnrollmentResponseError(EnrollmentError, ValueError):
+class EnrollmentResponseError(DeviceEnrollmentError, ValueError):
     """The lender's answer is not a valid enrollment response: bad signature, wrong request, undecryptable."""
 
 
-class EnrollmentFileError(EnrollmentError, ValueError):
+class EnrollmentFileError(DeviceEnrollmentError, ValueError):
     """A saved enrollment request or response file cannot be read as one."""
 
 
