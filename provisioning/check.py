@@ -33,7 +33,7 @@ from provisioning.console import Console
 from provisioning.enrollment import send_report
 from provisioning.exc import CheckError, LenderUnreachableError, ProvisioningError
 from provisioning.install import write_file
-from provisioning.technician import TechnicianProfile
+from provisioning.technician import TechnicianProfile, technician_from
 from telemetry.enrollment import CheckResult, InstallationReport
 
 PING = "check.ping"
@@ -305,7 +305,6 @@ def report_and_send(options: CheckOptions, run: CheckRun, agent_config, identity
 
 
 def run_cli(args: argparse.Namespace, console: Console) -> int:
-    from provisioning.cli import technician_from
 
     profile, lender, _ = technician_from(args, required=True)
     options = CheckOptions(args.config, profile, lender, args.modem, args.min_rsrp, args.min_rssi,

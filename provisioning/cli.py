@@ -22,8 +22,13 @@ from pathlib import Path
 
 from durable.exc import DurableError
 from provisioning.console import Console
-from provisioning.exc import ProvisioningError, SetupError, TechnicianError
-from provisioning.technician import DEFAULT_PROFILE, TechnicianProfile, init_profile, load_profile, parse_key
+from provisioning.exc import ProvisioningError, SetupError
+from provisioning.technician import (
+    DEFAULT_PROFILE,
+    init_profile,
+    parse_key,
+    technician_from,
+)
 from telemetry.exc import TelemetryError
 
 
@@ -134,34 +139,6 @@ def _guarded(run, name: str):
     return guarded
 
 
-def technician_from(args: argparse.Namespace, *, required: bool) -> tuple[TechnicianProfile | None, str, bytes]:
-    """(profile or None, lender URI, lender key) from --profile / --lender / --lender-key."""
-    path = args.profile or DEFAULT_PROFILE
-    profile = None
-    try:
-        profile = load_profile(path)
-    except TechnicianError:
-        if required:
-            raise
-    lender = args.lender or (profile.lender if profile else None)
-    key_text = args.lender_key
-    lender_key = parse_key(key_text) if key_text else (profile.lender_key if profile else None)
-    if not lender:
-        raise SetupError("which lender? pass --lender coap://HOST:PORT or set [lender] uri in the technician profile")
-    if lender_key is None:
-        raise SetupError("the lender's enrollment key is not pinned: pass --lender-key HEX (from `pledgewatch lender "
-                         "technicians add`) or run `provision technician init --lender-key HEX`")
-    return profile, lender, lender_key
-
-
-def site_from(args: argparse.Namespace, lender: str, lender_key: bytes):
-    """The site file from --asset-file, or from the lender with --asset."""
-    from provisioning import gateway
-    if args.asset_file is not None:
-        return gateway.load_site(args.asset_file)
-    return asyncio.run(gateway.fetch_site(lender, args.asset, lender_key, timeout=args.timeout))
-
-
 def _technician_init(args: argparse.Namespace, console: Console) -> int:
     lender_key = parse_key(args.lender_key) if args.lender_key else None
     profile, created = init_profile(args.profile, args.technician, lender=args.lender, lender_key=lender_key)
@@ -184,7 +161,7 @@ def _gateway(args: argparse.Namespace, console: Console) -> int:
     if not args.modem and not args.no_modem:
         raise SetupError("name the modem's AT port with --modem PORT (or --no-modem for a gateway without one)")
     profile, lender, lender_key = technician_from(args, required=args.technician is None)
-    site = site_from(args, lender, lender_key)
+    site = gateway.site_from(args, lender, lender_key)
     plan = gateway.GatewayPlan(
         device=args.device_id, binding=site.binding, lender=lender, lender_key=lender_key, config_dir=args.config_dir,
         state_dir=args.state_dir, modem_port=None if args.no_modem else args.modem, sensors=site.sensors,

@@ -24,6 +24,7 @@ Run on the gateway itself. In order:
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -612,3 +613,10 @@ def install_udev_rule(udev_dir: Path, rollback: Rollback) -> str:
 
 def run(plan: GatewayPlan, step: Step = lambda _: None) -> GatewayResult:
     return asyncio.run(provision_gateway(plan, step))
+
+
+def site_from(args: argparse.Namespace, lender: str, lender_key: bytes):
+    """The site file from --asset-file, or from the lender with --asset."""
+    if args.asset_file is not None:
+        return load_site(args.asset_file)
+    return asyncio.run(fetch_site(lender, args.asset, lender_key, timeout=args.timeout))

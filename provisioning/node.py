@@ -37,10 +37,11 @@ from provisioning.console import Console
 from provisioning.enrollment import accept, send
 from provisioning.exc import DeviceCodeError, LenderUnreachableError, SetupError
 from provisioning.flash import STAGING, BoardFiles, Firmware, Flasher
+from provisioning.gateway import site_from
 from provisioning.install import write_file
 from provisioning.rawrepl import RawRepl
 from provisioning.serialport import open_port
-from provisioning.technician import TechnicianProfile
+from provisioning.technician import TechnicianProfile, technician_from
 from telemetry.enrollment import (
     AssetBinding,
     EnrollmentBody,
@@ -239,8 +240,6 @@ def _undo(files: BoardFiles, flasher: Flasher, key_made: bool) -> None:
 
 
 def run_cli(args: argparse.Namespace, console: Console) -> int:
-    from provisioning.cli import site_from, technician_from
-
     profile, lender, lender_key = technician_from(args, required=True)
     site = site_from(args, lender, lender_key)
     settings: dict = {}

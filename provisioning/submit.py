@@ -23,9 +23,16 @@ import asyncio
 from pathlib import Path
 
 from provisioning.console import Console
-from provisioning.enrollment import PendingEnrollment, accept, kind_of_file, read_request, send
+from provisioning.enrollment import (
+    PendingEnrollment,
+    accept,
+    kind_of_file,
+    read_request,
+    send,
+)
 from provisioning.exc import EnrollmentFileError, LenderUnreachableError
 from provisioning.install import Owner, write_file
+from provisioning.technician import technician_from
 
 
 def _gateway_dirs(config_file: Path) -> tuple[Path, Path] | None:
@@ -42,7 +49,6 @@ def _gateway_dirs(config_file: Path) -> tuple[Path, Path] | None:
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from provisioning.cli import technician_from
     from provisioning.gateway import complete_enrollment, restart_agent
 
     try:

@@ -16,6 +16,7 @@ not come from the lender (a spoofed answer on plain CoAP) is refused.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import tomllib
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from durable.exc import KeyFileError
 from durable.keyfile import create_key, read_key
-from provisioning.exc import TechnicianError
+from provisioning.exc import SetupError, TechnicianError
 from provisioning.install import write_file
 from telemetry.identity import Identity
 
@@ -105,3 +106,23 @@ def init_profile(path: str | os.PathLike, technician: str, *, lender: str | None
             lines.append(f'enroll_key = "{lender_key.hex()}"')
     write_file(path, ("\n".join(lines) + "\n").encode(), 0o600)
     return load_profile(path), created
+
+
+def technician_from(args: argparse.Namespace, *, required: bool) -> tuple[TechnicianProfile | None, str, bytes]:
+    """(profile or None, lender URI, lender key) from --profile / --lender / --lender-key."""
+    path = args.profile or DEFAULT_PROFILE
+    profile = None
+    try:
+        profile = load_profile(path)
+    except TechnicianError:
+        if required:
+            raise
+    lender = args.lender or (profile.lender if profile else None)
+    key_text = args.lender_key
+    lender_key = parse_key(key_text) if key_text else (profile.lender_key if profile else None)
+    if not lender:
+        raise SetupError("which lender? pass --lender coap://HOST:PORT or set [lender] uri in the technician profile")
+    if lender_key is None:
+        raise SetupError("the lender's enrollment key is not pinned: pass --lender-key HEX (from `pledgewatch lender "
+                         "technicians add`) or run `provision technician init --lender-key HEX`")
+    return profile, lender, lender_key
