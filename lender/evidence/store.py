@@ -105,7 +105,7 @@ class StoredEnvelope:
 
 
 @dataclass(frozen=True, slots=True)
-class Rejection:
+class QuarantineEntry:
     """Something refused, to be kept in quarantine: the bytes, why, and what could be read of them."""
 
     kind: str                 # 'envelope' (one item of a batch) or 'request' (a whole body)
@@ -204,7 +204,7 @@ class EvidenceStore(Registry, Protocol):
     def insert_envelope(self, envelope: Envelope, *, received_at: float, peer: str) -> bool:
         """Store a verified envelope with its records and gap record; False if (device, seq) is taken."""
 
-    def quarantine(self, rejection: Rejection) -> bool:
+    def quarantine(self, rejection: QuarantineEntry) -> bool:
         """Keep a refused item; False if the quarantine is full and it was only counted."""
 
     def envelopes(self, device: str) -> Iterator[StoredEnvelope]:
@@ -563,7 +563,7 @@ class SQLiteStore:
 
     # --- quarantine ---
 
-    def quarantine(self, rejection: Rejection) -> bool:
+    def quarantine(self, rejection: QuarantineEntry) -> bool:
         raw = bytes(rejection.raw)
         fingerprint = hashlib.sha256(raw).digest()
         now, kind, reason = rejection.received_at, rejection.kind, int(rejection.reason)
