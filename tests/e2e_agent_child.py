@@ -11,13 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from agent.daemon import Agent
-from agent.spool import Spool
-from agent.state import AgentState
-from agent.uplink import Uplink, UplinkConfig
 from drivers.sensor import Sample
 from durable.keyfile import read_key
 from telemetry.identity import Identity
+from tests.kit.agent import QUICK_UPLINK, build_agent
 
 
 class Counter:
@@ -34,11 +31,9 @@ class Counter:
 
 
 async def main(root: Path, context: Path, lender: str, drain: bool) -> None:
-    spool = Spool.open(root / "spool.db")
-    uplink = Uplink(UplinkConfig(lender=lender, security_context=context, batch_interval=0.05,
-                                 backoff_initial=0.05, backoff_cap=0.5, ack_timeout=0.5), spool)
-    agent = Agent(device="gw-e2e", identity=Identity(read_key(root / "device.key")), spool=spool,
-                  state=AgentState.open(root / "state.json"), sensors=[] if drain else [Counter()], uplink=uplink)
+    agent = build_agent(root, device="gw-e2e", identity=Identity(read_key(root / "device.key")),
+                        sensors=[] if drain else [Counter()], lender=lender, security_context=context, uplink=QUICK_UPLINK)
+    spool = agent.spool
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     running = asyncio.create_task(agent.run(stop))

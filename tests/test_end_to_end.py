@@ -10,16 +10,14 @@ import sys
 import time
 from pathlib import Path
 
-from agent.recorder import Recorder
 from agent.spool import Spool
-from agent.state import AgentState
-from agent.uplink import Uplink, UplinkConfig
 from durable.keyfile import create_key
 from hil.processes import LenderProcess, free_udp_port
 from telemetry.chain import check_chain
 from telemetry.envelope import verify
 from telemetry.identity import Identity
 from telemetry.senml import Record
+from tests.kit.agent import QUICK_UPLINK, build_agent
 
 HERE = Path(__file__).parent
 
@@ -45,10 +43,9 @@ def test_ten_thousand_readings_arrive_exactly_once_across_a_lender_outage(tmp_pa
     lender.start()
 
     async def scenario() -> int:
-        spool = Spool.open(tmp_path / "spool.db")
-        recorder = Recorder.start(identity, "gw-e2e", spool, AgentState.open(tmp_path / "state.json"), now=time.time())
-        uplink = Uplink(UplinkConfig(lender=lender.uri, security_context=context, batch_interval=0.05,
-                                     backoff_initial=0.05, backoff_cap=0.5, ack_timeout=0.5), spool)
+        agent = build_agent(tmp_path, device="gw-e2e", identity=identity, lender=lender.uri, security_context=context,
+                            uplink=QUICK_UPLINK, recording=True)  # its parts, without the daemon's loop
+        spool, recorder, uplink = agent.spool, agent.recorder, agent.uplink
         sending = asyncio.create_task(uplink.run())
         for index in range(10_000):
             recorder.record([Record("weight", value=1000 + index % 7, unit="kg", time=1_767_225_600 + index)])

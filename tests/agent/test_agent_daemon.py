@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from agent.daemon import Agent
-from agent.recorder import Recorder
 from agent.spool import Spool
 from agent.state import AgentState
 from drivers.gpio import ContactConfig, ContactSensor
@@ -19,35 +17,10 @@ from drivers.onewire import DS18B20, DS18B20Config
 from durable.keyfile import create_key
 from hil.sim.onewire import OneWireTree
 from telemetry.chain import check_chain
-from telemetry.envelope import GENESIS, verify
+from telemetry.envelope import GENESIS
 from telemetry.identity import Identity
-
-DEVICE = "gw-test-7"
-
-
-def spooled(spool: Spool, identity: Identity):
-    keys = {identity.kid: identity.device_key(DEVICE)}
-    verdicts = [verify(item.raw, keys) for item in spool.peek(max_count=100000, max_bytes=1 << 30)]
-    assert all(v.ok for v in verdicts), [v.detail for v in verdicts if not v.ok]
-    return sorted((v.envelope for v in verdicts), key=lambda e: e.seq)
-
-
-def make_parts(tmp_path: Path):
-    identity = Identity(bytes([5]) * 32)
-    spool = Spool.open(tmp_path / "spool.db")
-    state = AgentState.open(tmp_path / "state.json")
-    return identity, spool, state
-
-
-async def run_for(agent: Agent, seconds: float, during=None) -> None:
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    await asyncio.wait_for(agent.started.wait(), 5)
-    if during is not None:
-        await during()
-    await asyncio.sleep(seconds)
-    stop.set()
-    await asyncio.wait_for(task, 5)
+from telemetry.senml import Record
+from tests.kit.agent import DEVICE, build_agent, running, signed_envelopes
 
 
 def test_agent_signs_every_reading_and_reports_tamper_changes_at_once(tmp_path):
@@ -58,22 +31,22 @@ def test_agent_signs_every_reading_and_reports_tamper_changes_at_once(tmp_path):
     factory.pin(17).drive_low()  # the lid is shut: the switch pulls the pin to ground
     time.sleep(0.05)  # longer than settle_s: the shut state is the debounced one
     temp = DS18B20(DS18B20Config("temp", probe.device_id, base_dir=tree.devices_dir, interval_s=1))
-    identity, spool, state = make_parts(tmp_path)
-    agent = Agent(device=DEVICE, identity=identity, spool=spool, state=state, sensors=[temp, tamper])
+    agent = build_agent(tmp_path, sensors=[temp, tamper])
 
     async def open_the_lid():
         await asyncio.sleep(0.2)
         factory.pin(17).drive_high()  # contact opens (pull-up, open_when="high")
         probe.set_celsius(7.25)
+        await asyncio.sleep(1.6)
 
-    asyncio.run(run_for(agent, 1.6, open_the_lid))
-    envelopes = spooled(spool, identity)
+    asyncio.run(running(agent, open_the_lid))
+    envelopes = signed_envelopes(agent)
     assert check_chain(envelopes).intact
     names = [(r.name, r.value if r.value is not None else r.boolean) for e in envelopes for r in e.records]
     assert ("temp", 4.5) in names and ("temp", 7.25) in names
     # the poll at start saw it shut; the opening was reported as it happened, not at the next poll (60 s)
     assert names.index(("tamper", False)) < names.index(("tamper", True)), names
-    assert state.clean_shutdown
+    assert agent.state.clean_shutdown
 
 
 def test_a_failing_sensor_becomes_a_signed_fault_and_the_others_keep_reporting(tmp_path):
@@ -81,56 +54,48 @@ def test_a_failing_sensor_becomes_a_signed_fault_and_the_others_keep_reporting(t
     good, bad = tree.add_ds18b20(celsius=3.0), tree.add_ds18b20(celsius=3.0)
     bad.crc_error()
     sensors = [DS18B20(DS18B20Config(n, p.device_id, base_dir=tree.devices_dir, interval_s=1)) for n, p in (("good", good), ("bad", bad))]
-    identity, spool, state = make_parts(tmp_path)
-    asyncio.run(run_for(Agent(device=DEVICE, identity=identity, spool=spool, state=state, sensors=sensors), 1.2))
-    records = [r for e in spooled(spool, identity) for r in e.records]
+    agent = build_agent(tmp_path, sensors=sensors)
+    asyncio.run(running(agent, lambda: asyncio.sleep(1.2)))
+    records = [r for e in signed_envelopes(agent) for r in e.records]
     assert any(r.name == "good" and r.value == 3.0 for r in records)
     faults = [r for r in records if r.name == "fault.bad"]
     assert faults and "CRC" in faults[0].string.upper()
 
 
 def test_restart_after_a_power_cut_continues_the_chain_with_a_signed_gap_record(tmp_path):
-    identity, spool, state = make_parts(tmp_path)
-    recorder = Recorder.start(identity, DEVICE, spool, state, now=time.time())
-    first = [recorder.record([]) for _ in range(5)]
-    spool.close()
-    state.close()  # no mark_clean_shutdown: the power went
-    identity, spool, state = make_parts(tmp_path)
-    recorder = Recorder.start(identity, DEVICE, spool, state, now=time.time())
-    after = recorder.record([])
-    envelopes = spooled(spool, identity)
+    agent = build_agent(tmp_path, recording=True)
+    first = [agent.recorder.record([]) for _ in range(5)]
+    agent.spool.close()
+    agent.state.close()  # no mark_clean_shutdown: the power went
+    agent = build_agent(tmp_path, recording=True)
+    after = agent.recorder.record([])
+    envelopes = signed_envelopes(agent)
     gap = [e for e in envelopes if e.gap is not None]
     assert [g.gap.reason for g in gap] == ["power-loss"] and gap[0].boot == 2
     assert after.seq == first[-1].seq + 2 and check_chain(envelopes).intact
 
 
 def test_a_lost_spool_never_reuses_a_seq_and_says_so_in_a_signed_gap_record(tmp_path):
-    identity, spool, state = make_parts(tmp_path)
-    recorder = Recorder.start(identity, DEVICE, spool, state, now=time.time())
-    used = [recorder.record([]).seq for _ in range(3)]
-    spool.ack(used[:1])
-    Agent(device=DEVICE, identity=identity, spool=spool, state=state).checkpoint()
-    state.mark_clean_shutdown()
-    spool.close()
+    agent = build_agent(tmp_path, recording=True)
+    used = [agent.recorder.record([]).seq for _ in range(3)]
+    agent.spool.ack(used[:1])
+    agent.checkpoint()
+    agent.state.mark_clean_shutdown()
+    agent.spool.close()
     for suffix in ("", "-wal", "-shm"):
         Path(str(tmp_path / "spool.db") + suffix).unlink(missing_ok=True)
-    identity, spool, state = make_parts(tmp_path)
-    recorder = Recorder.start(identity, DEVICE, spool, state, now=time.time())
-    (reset,) = spooled(spool, identity)
+    agent = build_agent(tmp_path, recording=True)
+    (reset,) = signed_envelopes(agent)
     assert reset.gap.reason == "spool-reset" and reset.prev == GENESIS
     assert reset.seq > max(used) and reset.gap.first == 2 and reset.gap.last == reset.seq - 1
-    assert recorder.record([]).seq == reset.seq + 1
+    assert agent.recorder.record([]).seq == reset.seq + 1
 
 
 def test_spool_overflow_is_reported_as_one_signed_gap_record(tmp_path):
-    identity = Identity(bytes([5]) * 32)
-    spool = Spool.open(tmp_path / "spool.db", max_bytes=64 * 1024)
-    state = AgentState.open(tmp_path / "state.json")
-    recorder = Recorder.start(identity, DEVICE, spool, state, now=time.time())
-    from telemetry.senml import Record
+    agent = build_agent(tmp_path, spool={"max_bytes": 64 * 1024}, recording=True)
     for index in range(600):  # ~200 B each: well over the bound
-        recorder.record([Record("temp", value=float(index), unit="Cel", time=1767225600 + index)])
-    envelopes = spooled(spool, identity)
+        agent.recorder.record([Record("temp", value=float(index), unit="Cel", time=1767225600 + index)])
+    envelopes = signed_envelopes(agent)
     gaps = [e for e in envelopes if e.gap is not None]
     assert gaps and all(g.gap.reason == "overflow" for g in gaps)
     report = check_chain(envelopes, starts_at_genesis=False)

@@ -7,38 +7,15 @@ import asyncio
 
 from gpiozero.pins.mock import MockFactory
 
-from agent.clock import TrustedClock
-from agent.daemon import Agent
 from agent.health import ModemHealthConfig, ModemHealthMonitor
-from agent.rules import RulesEngine
-from agent.spool import Spool
-from agent.state import AgentState
 from drivers.gpio import ContactConfig, ContactSensor, RunHoursConfig, RunHoursMeter
 from drivers.hotplug import ModemPortWatcher
-from tests.kit.health import DEVICE, IDENTITY, UdevFeed, VirtualClock, signed_envelopes, udev_event, values, wait_until
 from hil.sim.modem import ModemSimulator
+from tests.kit.agent import build_agent, running, signed_envelopes
+from tests.kit.health import UdevFeed, VirtualClock, udev_event, values, wait_until
 
 OTHER_IMEI = "359225051234565"  # a valid Luhn check digit: another modem's IMEI
 OTHER_ICCID = "89490200001234567894"
-
-
-def build_agent(tmp_path, monitor, sensors=()):
-    spool, state = Spool.open(tmp_path / "spool.db"), AgentState.open(tmp_path / "state.json")
-    trusted = TrustedClock(kernel_synced=lambda: True)
-    rules = RulesEngine([], [], start=trusted.now())
-    return Agent(device=DEVICE, identity=IDENTITY, spool=spool, state=state, sensors=list(sensors), rules=rules,
-                 trusted_clock=trusted, modem_health=monitor, rule_tick=0.05)
-
-
-async def running(agent, scenario):
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    try:
-        await asyncio.wait_for(agent.started.wait(), 10)
-        await scenario()
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
 
 
 def hotplug_monitor(port: str, feed: UdevFeed, **settings) -> ModemHealthMonitor:
@@ -66,7 +43,7 @@ def test_a_remove_and_an_add_close_and_reopen_the_port_and_no_reading_of_the_oth
 
     with ModemSimulator("rm520n", link=tmp_path / "modem-at") as sim:
         monitor = hotplug_monitor(sim.path, feed)
-        agent = build_agent(tmp_path, monitor, [door, press])
+        agent = build_agent(tmp_path, sensors=[door, press], assets=[], modem_health=monitor, rule_tick=0.05)
 
         async def scenario() -> None:
             await wait_until(lambda: monitor.probes == 1, what="the first modem status")
@@ -97,7 +74,7 @@ def test_a_remove_and_an_add_close_and_reopen_the_port_and_no_reading_of_the_oth
     assert events == ["remove", "add"]
     assert opens == 2  # closed on remove, reopened on add, by path: the stable symlink
     assert seen["reopened_after_s"] < 8  # the add woke the monitor; its next scheduled probe was 600 s away
-    envelopes = signed_envelopes(agent.spool)
+    envelopes = signed_envelopes(agent)
     assert values(envelopes, "modem.registration") == ["home", "home"]
     assert values(envelopes, "door") == [initial, *toggles]  # the start poll, then every push, in order
     times = [r.time for e in envelopes for r in e.records if r.name == "press"]
@@ -113,7 +90,7 @@ def test_another_modem_behind_the_same_port_raises_the_modem_tamper_alarm(tmp_pa
     link = tmp_path / "modem-at"
     with ModemSimulator("rm520n", link=link) as first:
         monitor = hotplug_monitor(str(link), feed)
-        agent = build_agent(tmp_path, monitor)
+        agent = build_agent(tmp_path, assets=[], modem_health=monitor, rule_tick=0.05)
         second = ModemSimulator("rm520n", link=link, imei=OTHER_IMEI)
 
         async def scenario() -> None:
@@ -131,7 +108,7 @@ def test_another_modem_behind_the_same_port_raises_the_modem_tamper_alarm(tmp_pa
             second.stop()
             feed.close()
 
-    envelopes = signed_envelopes(agent.spool)
+    envelopes = signed_envelopes(agent)
     assert values(envelopes, "modem.imei") == ["867698040123450", OTHER_IMEI]
     assert values(envelopes, "alarm.modem.gateway") == ["raised"]
     detail = values(envelopes, "alarm.modem.gateway.detail")[0]
@@ -146,7 +123,7 @@ def test_a_sim_swap_is_probed_at_once_and_raises_the_sim_tamper_alarm(tmp_path):
     with ModemSimulator("ec25", link=tmp_path / "modem-at") as sim:
         config = ModemHealthConfig(port=sim.path, status_interval_s=600, command_timeout_s=1.0, hotplug=False)
         monitor = ModemHealthMonitor.build(config, clock=clock, wall=clock.wall, sleep=clock.sleep)
-        agent = build_agent(tmp_path, monitor)
+        agent = build_agent(tmp_path, assets=[], modem_health=monitor, rule_tick=0.05)
         seen = {}
 
         enrolled = sim.state.iccid
@@ -161,7 +138,7 @@ def test_a_sim_swap_is_probed_at_once_and_raises_the_sim_tamper_alarm(tmp_path):
         asyncio.run(running(agent, scenario))
 
     assert seen["probed_at"] == 10  # URC_PROBE_GAP_S after the last probe, not the 600 s interval
-    envelopes = signed_envelopes(agent.spool)
+    envelopes = signed_envelopes(agent)
     assert values(envelopes, "modem.iccid") == [enrolled, OTHER_ICCID]
     assert values(envelopes, "alarm.sim.gateway") == ["raised"]
     assert values(envelopes, "alarm.sim.gateway.severity") == ["critical"]

@@ -13,14 +13,10 @@ import asyncio
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from agent.clock import TrustedClock
-from agent.daemon import Agent
 from agent.health import HOUR_S, ModemHealthConfig, ModemHealthMonitor, Recovery
-from agent.rules import RulesEngine
-from agent.spool import Spool
-from agent.state import AgentState
 from hil.sim.modem import ModemSimulator
-from tests.kit.health import DEVICE, IDENTITY, VirtualClock, signed_envelopes, values
+from tests.kit.agent import build_agent, running, signed_envelopes, synced_clock
+from tests.kit.health import VirtualClock, values
 
 POWER_PIN = 5
 
@@ -33,31 +29,12 @@ def monitor_for(sim: ModemSimulator, clock: VirtualClock, factory: MockFactory |
     return ModemHealthMonitor.build(config, pin_factory=factory, clock=clock, wall=clock.wall, sleep=clock.sleep)
 
 
-def agent_for(tmp_path, monitor: ModemHealthMonitor, clock: VirtualClock, *, rules: bool = False) -> Agent:
-    spool, state = Spool.open(tmp_path / "spool.db"), AgentState.open(tmp_path / "state.json")
-    trusted = TrustedClock(kernel_synced=lambda: True)
-    engine = RulesEngine([], [], start=trusted.now()) if rules else None
-    return Agent(device=DEVICE, identity=IDENTITY, spool=spool, state=state, rules=engine, trusted_clock=trusted,
-                 modem_health=monitor, rule_tick=0.05)
-
-
-async def run_agent(agent: Agent, scenario) -> None:
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    try:
-        await asyncio.wait_for(agent.started.wait(), 10)
-        await scenario()
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 15)
-
-
 def test_a_modem_that_stops_answering_climbs_the_ladder_stops_at_the_cap_with_an_alarm_and_recovers(tmp_path):
     factory = MockFactory()
     clock = VirtualClock()
     with ModemSimulator("rm520n", link=tmp_path / "modem") as sim:
         monitor = monitor_for(sim, clock, factory)
-        agent = agent_for(tmp_path, monitor, clock)
+        agent = build_agent(tmp_path, trusted_clock=synced_clock(), modem_health=monitor, rule_tick=0.05)
         pin = factory.pin(POWER_PIN)
         seen: dict[str, object] = {}
 
@@ -85,7 +62,7 @@ def test_a_modem_that_stops_answering_climbs_the_ladder_stops_at_the_cap_with_an
             await clock.next_wakeup()
             seen["healed_plan"] = monitor.last_plan
 
-        asyncio.run(run_agent(agent, scenario))
+        asyncio.run(running(agent, scenario))
         commands = sim.commands()
         reboots = sim.reboots
         monitor.close()
@@ -108,7 +85,7 @@ def test_a_modem_that_stops_answering_climbs_the_ladder_stops_at_the_cap_with_an
     assert seen["gave_up_at"] == times[-1] + 240
     assert seen["healed_plan"].health == "ok"
 
-    envelopes = signed_envelopes(agent.spool)
+    envelopes = signed_envelopes(agent)
     assert values(envelopes, "alarm.modem-down.gateway") == ["raised", "cleared"]
     raised = next(e for e in envelopes if "raised" in values([e], "alarm.modem-down.gateway"))
     cleared = next(e for e in envelopes if "cleared" in values([e], "alarm.modem-down.gateway"))
@@ -130,7 +107,7 @@ def test_a_wrong_apn_day_gets_status_every_interval_an_alarm_and_no_more_resets_
     with ModemSimulator("rm520n", link=tmp_path / "modem") as sim:
         sim.lose_registration(stat=3)  # attach rejected: the modem answers every command, registration denied
         monitor = monitor_for(sim, clock, MockFactory(), status_interval_s=120, max_resets_per_hour=2)
-        agent = agent_for(tmp_path, monitor, clock, rules=True)
+        agent = build_agent(tmp_path, assets=[], modem_health=monitor, rule_tick=0.05)
 
         async def scenario() -> None:
             await clock.parked()
@@ -139,7 +116,7 @@ def test_a_wrong_apn_day_gets_status_every_interval_an_alarm_and_no_more_resets_
             sim.regain_registration()  # the APN is fixed
             await clock.next_wakeup()
 
-        asyncio.run(run_agent(agent, scenario))
+        asyncio.run(running(agent, scenario))
         commands = sim.commands()
         reboots = sim.reboots
         monitor.close()
@@ -152,7 +129,7 @@ def test_a_wrong_apn_day_gets_status_every_interval_an_alarm_and_no_more_resets_
     assert worst_hour <= 2
     assert 3 <= len(resets) <= 8  # a few re-attaches over the day, spaced further and further apart
 
-    envelopes = signed_envelopes(agent.spool)
+    envelopes = signed_envelopes(agent)
     registration = values(envelopes, "modem.registration")
     assert len(registration) == monitor.probes >= day / 120  # status every interval, all day
     assert registration[:-1] == ["denied"] * (len(registration) - 1) and registration[-1] == "home"

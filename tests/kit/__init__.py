@@ -1,5 +1,6 @@
 """Helpers the tests share, imported like any module: ``from tests.kit.<part> import ...``.
 
+    agent       build_agent(): the gateway agent wired for a test (spool, state, uplink, rules), running(), signed_envelopes()
     envelopes   real signed envelopes of a warehouse gateway, for the spool tests
     envelope_file  the pre-built envelope file a crash test's child reads (imports nothing else: it starts fast)
     health      a virtual clock, pyudev events and spool readers for the modem health monitor's tests

@@ -1,4 +1,4 @@
-"""Test kit for the modem health monitor: a virtual clock, udev events made by pyudev, and an agent around a monitor.
+"""Test kit for the modem health monitor: a virtual clock and udev events made by pyudev.
 
 * `VirtualClock` — monotonic seconds that move only when the test advances
   them: `sleep()` parks the caller until `next_wakeup()` jumps to its
@@ -7,7 +7,6 @@
   environment (`pyudev.Devices.from_environment`, what udev hands a RUN
   program), and `UdevFeed`, a monitor with pyudev.Monitor's fileno()/poll()
   contract that delivers them to `drivers.hotplug.ModemPortWatcher`.
-* `signed_envelopes()` — every envelope in a spool, signature verified.
 """
 from __future__ import annotations
 
@@ -21,11 +20,6 @@ from contextlib import contextmanager
 
 import pyudev
 
-from telemetry.envelope import verify
-from telemetry.identity import Identity
-
-DEVICE = "gw-health-1"
-IDENTITY = Identity(bytes([9]) * 32)
 EPOCH = 1_767_571_200.0  # wall time at virtual monotonic 0 (2026-01-05T00:00:00Z)
 
 
@@ -162,14 +156,6 @@ class UdevFeed:
     def close(self) -> None:
         os.close(self._read)
         os.close(self._write)
-
-
-def signed_envelopes(spool) -> list:
-    """Every envelope in `spool`, each signature verified, in seq order."""
-    keys = {IDENTITY.kid: IDENTITY.device_key(DEVICE)}
-    verdicts = [verify(item.raw, keys) for item in spool.peek(max_count=100_000, max_bytes=1 << 28)]
-    assert verdicts and all(v.ok for v in verdicts)
-    return sorted((v.envelope for v in verdicts), key=lambda e: e.seq)
 
 
 def values(envelopes, name: str) -> list:

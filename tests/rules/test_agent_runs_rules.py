@@ -6,50 +6,27 @@ from gpiozero.pins.mock import MockFactory
 
 from agent.assets import Asset
 from agent.clock import TrustedClock
-from agent.daemon import Agent
-from agent.rules import RulesEngine, RulesStateFile, SensorSpec
-from agent.spool import Spool
-from agent.state import AgentState
+from agent.rules import SensorSpec
 from drivers.gpio import ContactConfig, ContactSensor
 from telemetry.chain import check_chain
-from telemetry.envelope import verify
-from telemetry.identity import Identity
+from tests.kit.agent import build_agent, running, signed_envelopes
 
-DEVICE = "gw-rules-1"
-IDENTITY = Identity(bytes([7]) * 32)
 STORE = Asset("cold-store", "stock", ("door",))  # no access hours: every opening is an alarm
 
 
-def envelopes(spool):
-    keys = {IDENTITY.kid: IDENTITY.device_key(DEVICE)}
-    verdicts = [verify(item.raw, keys) for item in spool.peek(max_count=10_000, max_bytes=1 << 26)]
-    assert all(v.ok for v in verdicts)
-    return sorted((v.envelope for v in verdicts), key=lambda e: e.seq)
-
-
 def run_agent(tmp_path, factory, action):
-    spool, state = Spool.open(tmp_path / "spool.db"), AgentState.open(tmp_path / "state.json")
     door = ContactSensor(ContactConfig("door", 17, settle_s=0.01, interval_s=30), pin_factory=factory)
-    clock = TrustedClock(kernel_synced=lambda: True)
-    rules_file = RulesStateFile(tmp_path / "rules.json")
-    rules = RulesEngine([STORE], [SensorSpec("door", "contact", 30)], start=clock.now(), restore=rules_file.load())
-    agent = Agent(device=DEVICE, identity=IDENTITY, spool=spool, state=state, sensors=[door], rules=rules,
-                  trusted_clock=clock, rules_state=rules_file, rule_tick=0.05)
+    agent = build_agent(tmp_path, sensors=[door], assets=[STORE], specs=[SensorSpec("door", "contact", 30)], rule_tick=0.05)
 
     async def scenario():
-        stop = asyncio.Event()
-        task = asyncio.create_task(agent.run(stop))
-        await asyncio.wait_for(agent.started.wait(), 5)
         await asyncio.sleep(0.1)
         action()
         await asyncio.sleep(0.3)
-        stop.set()
-        await asyncio.wait_for(task, 5)
 
-    asyncio.run(scenario())
+    asyncio.run(running(agent, scenario))
     door.close()
-    state.close()
-    return spool, rules
+    agent.state.close()
+    return agent
 
 
 def alarm_states(found):
@@ -60,8 +37,8 @@ def test_a_door_opening_becomes_a_signed_alarm_envelope_and_stays_latched_across
     factory = MockFactory()
     factory.pin(17).drive_low()  # closed
     time.sleep(0.05)
-    spool, rules = run_agent(tmp_path, factory, lambda: factory.pin(17).drive_high())
-    found = envelopes(spool)
+    agent = run_agent(tmp_path, factory, lambda: factory.pin(17).drive_high())
+    found = signed_envelopes(agent)
     assert check_chain(found).intact
     assert alarm_states(found) == [("alarm.door.cold-store", "raised")]
     (alarm,) = [e for e in found if any(r.name == "alarm.door.cold-store" for r in e.records)]
@@ -70,29 +47,25 @@ def test_a_door_opening_becomes_a_signed_alarm_envelope_and_stays_latched_across
     assert opened and opened[0].seq < alarm.seq  # the evidence comes before the alarm in the chain
     manifest = [r for e in found for r in e.records if r.name.startswith("asset.")]
     assert [(r.name, r.string) for r in manifest] == [("asset.cold-store.kind", "stock"), ("asset.cold-store.sensors", "door")]
-    assert spool.stats().alarm_count >= 1
-    spool.close()
+    assert agent.spool.stats().alarm_count >= 1
+    agent.spool.close()
 
     # the agent restarts with the door still open: not raised again; closing it clears once
-    spool, rules = run_agent(tmp_path, factory, lambda: factory.pin(17).drive_low())
-    assert alarm_states(envelopes(spool)) == [("alarm.door.cold-store", "raised"), ("alarm.door.cold-store", "cleared")]
-    assert rules.raised == frozenset()
-    spool.close()
+    agent = run_agent(tmp_path, factory, lambda: factory.pin(17).drive_low())
+    assert alarm_states(signed_envelopes(agent)) == [("alarm.door.cold-store", "raised"), ("alarm.door.cold-store", "cleared")]
+    assert agent.rules.raised == frozenset()
+    agent.spool.close()
 
 
 def test_hours_without_a_lender_ack_raise_connectivity_and_the_uplinks_next_delivered_batch_clears_it(tmp_path):
     """The daemon watches the uplink's last exchange: only a batch the lender acked counts as contact."""
-    from agent.recorder import Recorder
-    from agent.uplink import Exchange, Result, Uplink, UplinkConfig
+    from agent.uplink import Exchange, Result
 
     mono = [0.0]
-    spool, state = Spool.open(tmp_path / "spool.db"), AgentState.open(tmp_path / "state.json")
     clock = TrustedClock(kernel_synced=lambda: True, monotonic=lambda: mono[0], wall=lambda: 1_767_571_200 + mono[0])
-    uplink = Uplink(UplinkConfig(lender="coap://127.0.0.1:9", insecure=True), spool)  # never started: no traffic
-    rules = RulesEngine([], [], start=clock.now())
-    agent = Agent(device=DEVICE, identity=IDENTITY, spool=spool, state=state, uplink=uplink, rules=rules,
-                  trusted_clock=clock, rule_tick=0.01)
-    agent.recorder = Recorder.start(IDENTITY, DEVICE, spool, state, now=clock.now().wall)
+    agent = build_agent(tmp_path, lender="coap://127.0.0.1:9", assets=[], trusted_clock=clock, rule_tick=0.01,
+                        recording=True)  # the uplink is never started: no traffic
+    uplink, rules = agent.uplink, agent.rules
 
     async def scenario():
         ticking = asyncio.create_task(agent._rules_tick())
@@ -109,27 +82,21 @@ def test_hours_without_a_lender_ack_raise_connectivity_and_the_uplinks_next_deli
         ticking.cancel()
 
     asyncio.run(scenario())
-    states = [(r.name, r.string) for e in envelopes(spool) for r in e.records if r.name == "alarm.connectivity.gateway"]
+    states = [(r.name, r.string) for e in signed_envelopes(agent) for r in e.records if r.name == "alarm.connectivity.gateway"]
     assert states == [("alarm.connectivity.gateway", "raised"), ("alarm.connectivity.gateway", "cleared")]
     assert rules.raised == frozenset()
-    spool.close()
-    state.close()
+    agent.spool.close()
+    agent.state.close()
 
 
 def test_the_modem_health_monitors_entry_point_turns_a_swapped_sim_into_a_signed_alarm(tmp_path):
-    from agent.recorder import Recorder
-
-    spool, state = Spool.open(tmp_path / "spool.db"), AgentState.open(tmp_path / "state.json")
-    clock = TrustedClock(kernel_synced=lambda: True)
-    rules_file = RulesStateFile(tmp_path / "rules.json")
-    agent = Agent(device=DEVICE, identity=IDENTITY, spool=spool, state=state, trusted_clock=clock,
-                  rules=RulesEngine([], [], start=clock.now()), rules_state=rules_file)
-    agent.recorder = Recorder.start(IDENTITY, DEVICE, spool, state, now=clock.now().wall)
+    agent = build_agent(tmp_path, assets=[], recording=True)
+    rules_file = agent.rules_state
     agent.modem_identity(imei="356938035643809", iccid="8944500102198304826")
     assert rules_file.load()["modem"]["iccid"] == "8944500102198304826"  # enrolled on disk at once
     agent.modem_identity(imei="356938035643809", iccid="8949226000001234567")
-    sim = [e for e in envelopes(spool) if any(r.name == "alarm.sim.gateway" for r in e.records)]
+    sim = [e for e in signed_envelopes(agent) if any(r.name == "alarm.sim.gateway" for r in e.records)]
     assert len(sim) == 1 and sim[0].alarm
     assert rules_file.load()["modem"] == {"imei": "356938035643809", "iccid": "8944500102198304826"}
-    spool.close()
-    state.close()
+    agent.spool.close()
+    agent.state.close()
