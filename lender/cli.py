@@ -34,6 +34,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+from durable.exc import DurableError
 from durable.sdnotify import notify
 from lender.enrollment.technicians import TechnicianRegistry, lender_identity
 from lender.enrollment import registration
@@ -143,7 +144,7 @@ def _guarded(run):
     def guarded(args: argparse.Namespace) -> int:
         try:
             return run(args)
-        except (LenderError, ValueError) as exc:
+        except (LenderError, DurableError, ValueError) as exc:
             print(f"pledgewatch lender {args.lender_command}: error: {exc}", file=sys.stderr)
             return 2 if isinstance(exc, (ExportFormatError, StoreError)) else 1
         except BrokenPipeError:  # `... | head`

@@ -6,40 +6,38 @@ only know the builtin still catch them. Add new leaves here, never elsewhere.
 """
 from __future__ import annotations
 
+from durable import exc as durable_exc
+
 
 class LenderError(Exception):
     """Base of every error raised by `lender`."""
 
 
-# --- OSCORE security contexts on disk (lender.oscore) ---------------------
+# --- OSCORE security contexts on disk (lender.enrollment.contexts, over durable.oscore) ---
+# Each also subclasses durable's class of the same name, so an `except` for
+# either name catches what the lender raises.
 
-class OscoreContextError(LenderError):
+class OscoreContextError(LenderError, durable_exc.OscoreContextError):
     """An OSCORE security context cannot be created or loaded."""
 
 
-class OscoreContextExistsError(OscoreContextError, FileExistsError):
-    """A context directory already exists. Writing a second context there would
-    restart its sequence numbers under a key that may already have been used
-    (nonce reuse); retire the old directory and enroll the device again."""
+class OscoreContextExistsError(OscoreContextError, durable_exc.OscoreContextExistsError):
+    """A context directory already exists (see `durable.exc.OscoreContextExistsError`)."""
 
 
-class OscoreContextPermissionError(OscoreContextError, PermissionError):
-    """A context directory or one of its files can be read by group or others
-    (directories must be 0700, files 0600), or belongs to another user."""
+class OscoreContextPermissionError(OscoreContextError, durable_exc.OscoreContextPermissionError):
+    """A context directory or one of its files can be read by group or others, or belongs to another user."""
 
 
-class OscoreContextInvalidError(OscoreContextError, ValueError):
-    """Context parameters or files are malformed: an id too long for the
-    algorithm, a short master secret, a device id that is not a safe name,
-    unreadable JSON, or aiocoap refused to load the directory."""
+class OscoreContextInvalidError(OscoreContextError, durable_exc.OscoreContextInvalidError):
+    """Context parameters or files are malformed, or a device id is not a safe directory name."""
 
 
-class OscoreContextInUseError(OscoreContextError, OSError):
-    """Another process (or another object in this one) holds the context's
-    lock: two users of one context would reuse sequence numbers."""
+class OscoreContextInUseError(OscoreContextError, durable_exc.OscoreContextInUseError):
+    """Another process (or another object in this one) holds the context's lock."""
 
 
-# --- evidence storage (lender.store) ----------------------------------------
+# --- evidence storage (lender.evidence.store) ----------------------------------------
 
 class StoreError(LenderError):
     """The lender's evidence store cannot be used."""
@@ -55,7 +53,7 @@ class StoreFormatError(StoreError, ValueError):
     version (its schema version is higher than this program knows)."""
 
 
-# --- device registry (lender.registry) --------------------------------------
+# --- device registry (lender.evidence.registry) --------------------------------------
 
 class RegistryError(LenderError):
     """A device cannot be registered, found or revoked."""

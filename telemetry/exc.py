@@ -39,12 +39,9 @@ class SenMLError(SchemaError):
     """A SenML pack breaks RFC 8428 (name characters, missing value, unknown unit...)."""
 
 
-class IdentityError(TelemetryError):
-    """A device key cannot be created, stored or loaded."""
-
-
-class KeyFilePermissionError(IdentityError, PermissionError):
-    """A private key file is readable by group or others."""
+class IdentityError(TelemetryError, ValueError):
+    """A device key is malformed (a seed or a public key that is not 32 bytes).
+    Key files and their errors belong to `durable.keyfile`."""
 
 
 class SignatureError(WireFormatError):

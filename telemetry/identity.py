@@ -1,23 +1,21 @@
-"""Device identity: an Ed25519 key pair (PyNaCl), its key id, and its key file.
+"""Device identity: an Ed25519 key pair (PyNaCl) built from its 32-byte seed, and its key id.
 
-The private key is stored as its 32-byte seed in a file created with mode 0600
-(exclusive create of a temporary file, fsync, then an atomic link or rename),
-and loading refuses a file that group or others can read. kid = the first 8
-bytes of SHA-256 of the public key. The seed never appears in a repr, a log
-line or an exception message.
+kid = the first 8 bytes of SHA-256 of the public key. The seed never appears
+in a repr, a log line or an exception message, and an `Identity` cannot be
+pickled. Pure: the key file that holds the seed (mode 0600, refused when
+others can read it) is read and written by `durable.keyfile`, so a key file
+becomes an identity with ``Identity(read_key(path))``.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import nacl.exceptions
 import nacl.signing
 
-from telemetry.exc import IdentityError, KeyFilePermissionError
+from telemetry.exc import IdentityError
 
 SEED_BYTES = 32
 
@@ -52,7 +50,7 @@ class DeviceKey:
 
 
 class Identity:
-    """A device's signing key. Create from a 32-byte seed, or with `generate` or `load`."""
+    """A device's signing key. Create from a 32-byte seed (a key file's content), or with `generate`."""
 
     __slots__ = ("_signing_key", "public_key", "kid")
 
@@ -68,62 +66,6 @@ class Identity:
         """A new identity from the operating system's random source."""
         return cls(os.urandom(SEED_BYTES))
 
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> Identity:
-        """Load a key file, refusing one that is not a private regular file of 32 bytes."""
-        path = Path(path)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        except FileNotFoundError as exc:
-            raise IdentityError(f"key file {path} does not exist: create it with `pledgewatch provision gateway`") from exc
-        except OSError as exc:
-            raise IdentityError(f"cannot open key file {path}: {exc.strerror} (a key file must not be a symlink)") from exc
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise IdentityError(f"key file {path} is not a regular file")
-            if info.st_mode & 0o077:
-                raise KeyFilePermissionError(
-                    f"key file {path} has mode {stat.S_IMODE(info.st_mode):04o}; group and others must not read it. "
-                    f"Fix it with: chmod 600 {path}"
-                )
-            seed = os.read(fd, SEED_BYTES + 1)
-        finally:
-            os.close(fd)
-        if len(seed) != SEED_BYTES:
-            raise IdentityError(f"key file {path} holds {len(seed)} bytes; an Ed25519 seed is {SEED_BYTES}")
-        return cls(seed)
-
-    def save(self, path: str | os.PathLike, *, replace: bool = False) -> None:
-        """Write the seed to `path` with mode 0600, atomically; refuse to overwrite unless `replace`."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except OSError as exc:
-            raise IdentityError(f"cannot create key file in {path.parent}: {exc.strerror}") from exc
-        try:
-            try:
-                os.fchmod(fd, 0o600)  # whatever the umask said
-                os.write(fd, bytes(self._signing_key))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if replace:
-                os.replace(tmp, path)
-            else:
-                try:
-                    os.link(tmp, path)  # atomic, and fails if the file exists
-                except FileExistsError as exc:
-                    raise IdentityError(f"key file {path} exists already; keep it, or rotate explicitly") from exc
-        finally:
-            tmp.unlink(missing_ok=True)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
     def sign(self, message: bytes) -> bytes:
         """The 64-byte Ed25519 signature of `message`."""
         return self._signing_key.sign(message).signature
@@ -136,4 +78,4 @@ class Identity:
         return f"Identity(kid={self.kid.hex()})"
 
     def __reduce__(self):
-        raise TypeError("an Identity is not serialisable; save it to a key file instead")
+        raise TypeError("an Identity is not serialisable; keep its seed in a key file (durable.keyfile) instead")

@@ -1,60 +1,43 @@
-"""OSCORE security contexts (RFC 8613) on disk, and the lender's CoAP server's view of them.
+"""The lender's OSCORE contexts: one per enrolled device under a contexts root, and its CoAP server's view of them.
 
 One context pair per device, created at enrollment: a fresh master secret
-(``os.urandom``) and salt, the lender's sender id (empty) and the device's
-sender id (a short integer unique among this lender's devices). Each side is an
-aiocoap ``FilesystemSecurityContext`` directory (mode 0700) holding
+and salt, the lender's sender id (empty) and the device's sender id (a short
+integer unique among this lender's devices). Each side is a context directory
+as `durable.oscore` writes, opens and closes it (the files, and what survives
+a restart, are described there). The lender's side lives at
+``<contexts root>/<device id>/``; the device's side wherever provisioning
+puts it. `LenderCredentials` holds the loaded contexts as the ``CredentialsMap``
+of the lender's aiocoap server, and `protected_site` refuses plain CoAP.
 
-* ``settings.json`` (0600): sender id, recipient id, AEAD algorithm, KDF hash;
-* ``secret.json`` (0600): master secret and salt;
-* ``sequence.json`` (0600, written by aiocoap): the next sender sequence number
-  and the replay window; ``lock`` while a process uses the context.
-
-The lender's side lives at ``<contexts root>/<device id>/``; the device's side
-wherever provisioning puts it (``write_context`` writes either).
-
-What survives a restart (aiocoap 0.4.17, read in ``aiocoap/oscore.py``):
-
-* Sender sequence numbers are *reserved* before use (RFC 8613 Appendix B.1.1):
-  ``sequence.json`` holds a number above every one handed out, written with
-  fsync before the first number past the old reservation is used, in chunks
-  growing 10, 20, 40 ... 10000. After a SIGKILL the process resumes at the
-  reservation, skipping the unused rest; never reusing one. aiocoap does not
-  fsync the directory after its atomic rename, so ``DurableSecurityContext``
-  adds that (a power cut could otherwise bring back the older reservation).
-* The replay window is marked ``"unknown"`` on disk at the first accepted
-  request after loading and written exactly only by a clean close
-  (``close_context``). After a crash the lender answers the device's next
-  request with 4.01 + Echo (Appendix B.1.2); aiocoap's client repeats the
-  request with the Echo value by itself, so the device is never locked out,
-  and an old captured request cannot be replayed because it cannot carry the
-  fresh Echo.
+Errors of `durable.oscore` leave this module as the lender's classes of the
+same name (`lender.exc.OscoreContext*Error`, which subclass durable's).
 """
 from __future__ import annotations
 
-import binascii
 import contextlib
-import errno
 import fcntl
-import json
 import logging
 import os
 import re
 import shutil
-import stat
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import filelock
 from aiocoap import error as coap_error
 from aiocoap import interfaces
 from aiocoap.credentials import CredentialsMap
-from aiocoap.oscore import FilesystemSecurityContext, algorithms
 from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
 from aiocoap.transports.oscore import OSCOREAddress
 
+from durable import exc as durable_exc
+from durable.oscore import (
+    ContextParameters,
+    DurableSecurityContext,
+    close_context,
+    open_context,
+    read_parameters,
+    write_context,
+)
 from lender.coap.routing import Wrapper
 from lender.exc import (
     OscoreContextError,
@@ -66,209 +49,31 @@ from lender.exc import (
 
 log = logging.getLogger(__name__)
 
-ALGORITHM = "AES-CCM-16-64-128"  # aiocoap's default and RFC 8613's mandatory-to-implement AEAD
-KDF_HASH = "sha256"
-MASTER_SECRET_BYTES = 32
-MASTER_SALT_BYTES = 8
 LENDER_SENDER_ID = b""  # one per context, so the lender needs no distinct id per device
-MAX_ID_BYTES = algorithms[ALGORITHM].iv_bytes - 6  # RFC 8613 §5.2: 7 bytes for a 13-byte nonce
-SETTINGS_FILE = "settings.json"
-SECRET_FILE = "secret.json"
-SEQUENCE_FILE = "sequence.json"
 _DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _ALLOCATION_LOCK = ".allocate.lock"
 
 
-@dataclass(frozen=True, slots=True)
-class ContextParameters:
-    """One side's view of an OSCORE context: its own id, its peer's id, and the shared secret and salt."""
+# --- durable's errors under the lender's names ---------------------------------
 
-    sender_id: bytes
-    recipient_id: bytes
-    master_secret: bytes = field(repr=False)
-    master_salt: bytes = field(repr=False)
-
-    def __post_init__(self) -> None:
-        for name in ("sender_id", "recipient_id", "master_secret", "master_salt"):
-            if not isinstance(getattr(self, name), bytes):
-                raise OscoreContextInvalidError(f"OSCORE {name.replace('_', ' ')} must be bytes")
-        for name, value in (("sender id", self.sender_id), ("recipient id", self.recipient_id)):
-            if len(value) > MAX_ID_BYTES:
-                raise OscoreContextInvalidError(
-                    f"OSCORE {name} {value.hex()} is {len(value)} bytes; {ALGORITHM} allows at most {MAX_ID_BYTES}"
-                )
-        if self.sender_id == self.recipient_id:
-            raise OscoreContextInvalidError("OSCORE sender and recipient ids must differ (RFC 8613 §3.3)")
-        if len(self.master_secret) < 16:
-            raise OscoreContextInvalidError(
-                f"OSCORE master secret is {len(self.master_secret)} bytes; use at least 16 (a fresh os.urandom(32))"
-            )
-
-    @classmethod
-    def generate(cls, sender_id: bytes, recipient_id: bytes) -> ContextParameters:
-        """A fresh context: random master secret and salt from the operating system."""
-        return cls(sender_id, recipient_id, os.urandom(MASTER_SECRET_BYTES), os.urandom(MASTER_SALT_BYTES))
-
-    def for_peer(self) -> ContextParameters:
-        """The same context seen from the other end (ids swapped)."""
-        return ContextParameters(self.recipient_id, self.sender_id, self.master_secret, self.master_salt)
+_LENDER_NAMES = (
+    (durable_exc.OscoreContextExistsError, OscoreContextExistsError),
+    (durable_exc.OscoreContextPermissionError, OscoreContextPermissionError),
+    (durable_exc.OscoreContextInvalidError, OscoreContextInvalidError),
+    (durable_exc.OscoreContextInUseError, OscoreContextInUseError),
+)
 
 
-# --- files ---------------------------------------------------------------
-
-def _fsync_dir(directory: str | os.PathLike) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+@contextlib.contextmanager
+def _lender_errors() -> Iterator[None]:
+    """Re-raise an error of `durable.oscore` as the lender's class of the same name."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_private_json(path: Path, data: dict) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # exact, whatever the umask
-        os.write(fd, json.dumps(data, indent=1).encode("ascii") + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_context(directory: str | os.PathLike, params: ContextParameters) -> Path:
-    """Write one side of a context as a new aiocoap context directory (0700, files 0600).
-
-    The directory appears complete or not at all (written aside, then renamed).
-    An existing directory is never overwritten: a second context under an old
-    name would restart sequence numbers that a peer may still hold, and reusing
-    a master secret with a reset sequence number reuses AEAD nonces.
-    """
-    target = Path(directory)
-    if os.path.lexists(target):
-        raise OscoreContextExistsError(f"OSCORE context {target} already exists; refusing to overwrite it")
-    parent = target.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".new", dir=parent))  # mode 0700
-    try:
-        _write_private_json(staging / SETTINGS_FILE, {
-            "sender-id_hex": params.sender_id.hex(),
-            "recipient-id_hex": params.recipient_id.hex(),
-            "algorithm": ALGORITHM,
-            "kdf-hashfun": KDF_HASH,
-        })
-        _write_private_json(staging / SECRET_FILE, {
-            "secret_hex": params.master_secret.hex(),
-            "salt_hex": params.master_salt.hex(),
-        })
-        _fsync_dir(staging)
-        try:
-            os.rename(staging, target)
-        except OSError as exc:
-            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                raise OscoreContextExistsError(
-                    f"OSCORE context {target} appeared while it was being written; refusing to overwrite it"
-                ) from exc
-            raise
-        _fsync_dir(parent)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        yield
+    except OscoreContextError:
         raise
-    return target
-
-
-def check_private(directory: str | os.PathLike) -> None:
-    """Refuse a context that others could read: the directory must be 0700 and its files 0600, all ours."""
-    base = Path(directory)
-    me = os.geteuid()
-    entries = [(base, True)] + [(base / name, False) for name in (SETTINGS_FILE, SECRET_FILE, SEQUENCE_FILE)]
-    for path, is_dir in entries:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            if path.name == SEQUENCE_FILE:
-                continue  # a context that was never used yet
-            raise OscoreContextInvalidError(f"OSCORE context {base}: {path.name} is missing") from None
-        kind_ok = stat.S_ISDIR(st.st_mode) if is_dir else stat.S_ISREG(st.st_mode)
-        if not kind_ok:
-            raise OscoreContextPermissionError(
-                f"OSCORE context {path} must be a plain {'directory' if is_dir else 'file'}, not a link or device"
-            )
-        if st.st_mode & 0o077 or st.st_uid != me:
-            raise OscoreContextPermissionError(
-                f"OSCORE context {path} has mode {stat.S_IMODE(st.st_mode):04o} and owner uid {st.st_uid}; "
-                f"it must be {'0700' if is_dir else '0600'} and owned by uid {me} (chmod it, or re-enroll)"
-            )
-
-
-def read_parameters(directory: str | os.PathLike) -> ContextParameters:
-    """The static parameters of a context directory written by `write_context` (for registries and tools)."""
-    base = Path(directory)
-    try:
-        settings = json.loads((base / SETTINGS_FILE).read_text("ascii"))
-        secret = json.loads((base / SECRET_FILE).read_text("ascii"))
-        return ContextParameters(
-            bytes.fromhex(settings["sender-id_hex"]),
-            bytes.fromhex(settings["recipient-id_hex"]),
-            bytes.fromhex(secret["secret_hex"]),
-            bytes.fromhex(secret["salt_hex"]),
-        )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise OscoreContextInvalidError(f"OSCORE context {base} cannot be read: {exc}") from exc
-
-
-# --- loading and closing ---------------------------------------------------
-
-class DurableSecurityContext(FilesystemSecurityContext):
-    """aiocoap's file-backed context, plus an fsync of the directory after each sequence-file replace.
-
-    aiocoap writes ``sequence.json`` to a temporary file, fsyncs it and renames
-    it over the old one, but does not fsync the directory: after a power cut
-    the rename may be lost and the older, lower sender-sequence reservation
-    come back, which would reuse nonces. (The agent carries the same class.)
-    """
-
-    device_id: str | None = None
-
-    def __init__(self, basedir: str, **kwargs) -> None:
-        try:
-            super().__init__(basedir, **kwargs)
-        except BaseException:
-            # aiocoap takes the lock before loading and keeps it when loading
-            # fails; its __del__ would then crash on the half-built object.
-            if getattr(self, "lockfile", None) is not None:
-                self.lockfile.release()
-                self.lockfile = None
-            raise
-
-    def _store(self) -> None:
-        super()._store()
-        _fsync_dir(self.basedir)
-
-
-def open_context(directory: str | os.PathLike) -> DurableSecurityContext:
-    """Load a context directory for use by this process, after checking its permissions."""
-    base = Path(directory)
-    check_private(base)
-    try:
-        return DurableSecurityContext(os.fspath(base))
-    except filelock.Timeout as exc:
-        raise OscoreContextInUseError(
-            f"OSCORE context {base} is in use by another process or object; one context, one user"
-        ) from exc
-    except (FilesystemSecurityContext.LoadError, ValueError, KeyError, binascii.Error) as exc:
-        raise OscoreContextInvalidError(f"OSCORE context {base} cannot be loaded: {exc}") from exc
-    except OSError as exc:
-        raise OscoreContextError(f"OSCORE context {base} cannot be opened: {exc}") from exc
-
-
-def close_context(context: FilesystemSecurityContext) -> None:
-    """Write the exact sequence number and replay window back and release the lock.
-
-    Without this the state is written only when the object is garbage
-    collected, and a lender that stops without it leaves every replay window
-    "unknown" (one extra Echo round trip per device after the restart).
-    """
-    if getattr(context, "lockfile", None) is not None:
-        context._destroy()  # aiocoap 0.4.17's own shutdown path (also what __del__ runs)
+    except durable_exc.OscoreContextError as exc:
+        ours = next((lender for durable, lender in _LENDER_NAMES if isinstance(exc, durable)), OscoreContextError)
+        raise ours(*exc.args) from exc
 
 
 # --- enrollment --------------------------------------------------------------
@@ -302,7 +107,7 @@ def _used_device_ids(root: Path) -> set[bytes]:
     for entry in root.iterdir():
         if entry.name.startswith(".") or not entry.is_dir():
             continue
-        with contextlib.suppress(OscoreContextInvalidError):
+        with contextlib.suppress(durable_exc.OscoreContextInvalidError):
             used.add(read_parameters(entry).recipient_id)
     return used
 
@@ -327,7 +132,8 @@ def new_device_context(contexts_root: str | os.PathLike, device_id: str) -> Cont
         while _id_bytes(number) in used:
             number += 1
         lender_side = ContextParameters.generate(LENDER_SENDER_ID, _id_bytes(number))
-        write_context(root / device_id, lender_side)
+        with _lender_errors():
+            write_context(root / device_id, lender_side)
     return lender_side.for_peer()
 
 
@@ -345,7 +151,8 @@ def create_context_pair(
         raise OscoreContextExistsError(f"OSCORE context {device_directory} already exists; refusing to overwrite it")
     device_side = new_device_context(contexts_root, device_id)
     try:
-        write_context(device_directory, device_side)
+        with _lender_errors():
+            write_context(device_directory, device_side)
     except BaseException:
         shutil.rmtree(Path(contexts_root) / device_id, ignore_errors=True)
         raise
@@ -381,7 +188,8 @@ class LenderCredentials:
         check_device_id(device_id)
         if device_id in self._contexts:
             return
-        context = open_context(self.root / device_id)
+        with _lender_errors():
+            context = open_context(self.root / device_id)
         context.device_id = device_id
         context.authenticated_claims = [f"device:{device_id}"]
         self._contexts[device_id] = context

@@ -17,7 +17,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from durable.exc import KeyFileExistsError
 from durable.files import atomic_write
+from durable.keyfile import create_key, read_key
 from lender.evidence.registry import iso_time
 from lender.exc import (
     InvalidTechnicianError,
@@ -25,7 +27,6 @@ from lender.exc import (
     UnknownTechnicianError,
 )
 from telemetry.enrollment import valid_id
-from telemetry.exc import IdentityError
 from telemetry.identity import Identity, kid_of
 
 ENROLL_DIR = "enroll"
@@ -40,9 +41,9 @@ def lender_identity(data_dir: str | os.PathLike, *, create: bool = True) -> Iden
     path = enroll_dir(data_dir) / "lender.key"
     if not path.exists() and create:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with contextlib.suppress(IdentityError):
-            Identity.generate().save(path)  # a concurrent creator may win the link: then load theirs
-    return Identity.load(path)
+        with contextlib.suppress(KeyFileExistsError):
+            create_key(path)  # a concurrent creator may win the link: then load theirs
+    return Identity(read_key(path))
 
 
 # --- the technician registry --------------------------------------------------------------------

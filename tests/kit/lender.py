@@ -161,7 +161,7 @@ def free_environment() -> dict:
 
 async def oscore_post(uri: str, context_dir, body: bytes) -> aiocoap.Message:
     """POST `body` to `uri` as a device would: aiocoap client, OSCORE with the device's side of its context."""
-    from lender.enrollment import contexts as oscore  # the on-disk context format the lender writes at registration
+    from durable import oscore  # the on-disk context format the lender writes at registration
 
     security = oscore.open_context(context_dir)
     client = await aiocoap.Context.create_client_context()

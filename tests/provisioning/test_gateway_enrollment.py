@@ -243,6 +243,6 @@ def test_rerunning_gateway_after_a_lost_answer_resends_the_same_request_and_gets
     assert agent_config.load(site.etc / "agent.toml").uplink.security_context == site.etc / "oscore"
     with site.store() as store:
         device = store.device("gw-0001")
-    from lender.enrollment.contexts import read_parameters
+    from durable.oscore import read_parameters
     assert read_parameters(site.etc / "oscore").sender_id == device.oscore_id
     assert not (site.etc / "oscore-parked").exists()

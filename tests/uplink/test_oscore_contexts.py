@@ -15,22 +15,10 @@ from aiocoap.numbers import codes
 
 from agent.exc import SecurityContextError, SecurityContextPermissionError
 from agent.uplink import open_security_context
-from lender.exc import (
-    LenderError,
-    OscoreContextExistsError,
-    OscoreContextInUseError,
-    OscoreContextInvalidError,
-    OscoreContextPermissionError,
-)
-from lender.enrollment.contexts import (
-    LenderCredentials,
-    close_context,
-    create_context_pair,
-    open_context,
-    read_parameters,
-    write_context,
-    ContextParameters,
-)
+from durable.exc import OscoreContextExistsError, OscoreContextInUseError, OscoreContextPermissionError
+from durable.oscore import ContextParameters, close_context, open_context, read_parameters, write_context
+from lender.exc import LenderError, OscoreContextInvalidError
+from lender.enrollment.contexts import LenderCredentials, create_context_pair
 from tests.kit.uplink import DEVICE, AckLender, chain
 from telemetry import cbor
 
