@@ -1,6 +1,7 @@
 """The lender's answer to a batch: which envelopes it stored, which it had already, and which it refused and why.
 
-    {1: [seqs stored now], 2: [seqs already present], 3: [[index in batch, reason code, text], ...]}
+    {1: [seqs stored now], 2: [seqs already present], 3: [[index in batch, reason code, text], ...],
+     ? 4: a fresh lender token (telemetry.freshness), for the device to put into the envelopes it signs next}
 
 The lender builds an `Ack` and encodes it; the agent decodes the same type
 from untrusted bytes, for the batch it sent, and deletes exactly stored ∪
@@ -14,8 +15,9 @@ from dataclasses import dataclass
 
 from telemetry import cbor
 from telemetry.exc import AckFormatError, WireFormatError
+from telemetry.freshness import check_token_shape
 
-STORED, ALREADY, REFUSED = 1, 2, 3   # the ack map's keys
+STORED, ALREADY, REFUSED, TOKEN = 1, 2, 3, 4   # the ack map's keys
 MAX_REASON_TEXT = 200                # characters of text per refused envelope
 
 
@@ -30,6 +32,7 @@ class Reason(enum.IntEnum):
     OVERSIZE = 5
     CONFLICT = 6
     CHAIN = 7
+    BINDING = 8      # bound to an enrollment other than the one this lender holds for the device
 
 
 # Reasons the lender may lift later (enrollment still pending, revocation undone): a device keeps
@@ -68,6 +71,7 @@ class Ack:
     already: tuple[int, ...] = ()
     refused: tuple[Refusal, ...] = ()
     foreign: frozenset[int] = frozenset()   # decoded only: seqs the lender named that were not in the batch
+    token: bytes | None = None              # a fresh lender token (version 2 devices keep the newest)
 
     @property
     def delete(self) -> frozenset[int]:
@@ -76,11 +80,14 @@ class Ack:
 
     def encode(self) -> bytes:
         """The ack map, deterministically encoded."""
-        return cbor.encode({
+        item: dict = {
             STORED: list(self.stored),
             ALREADY: list(self.already),
             REFUSED: [[r.index, int(r.reason), r.text] for r in self.refused],
-        })
+        }
+        if self.token is not None:
+            item[TOKEN] = self.token
+        return cbor.encode(item)
 
     @classmethod
     def decode(cls, body: bytes, batch: Sequence[int]) -> Ack:
@@ -116,9 +123,15 @@ class Ack:
             raise AckFormatError("ack rejects one envelope twice")
         if set(refused_seqs) & (set(stored) | set(already)):
             raise AckFormatError("ack both accepts and rejects the same envelope")
+        token = decoded.get(TOKEN)
+        if token is not None:
+            try:
+                check_token_shape(token)
+            except ValueError as exc:
+                raise AckFormatError(f"ack token (4): {exc}") from None
         sent = set(batch)
         return cls(tuple(s for s in stored if s in sent), tuple(s for s in already if s in sent), tuple(refused),
-                   frozenset((set(stored) | set(already)) - sent))
+                   frozenset((set(stored) | set(already)) - sent), token)
 
 
 def _uint_list(value: object, what: str) -> list[int]:

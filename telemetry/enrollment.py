@@ -46,6 +46,18 @@ _LIMITS = Limits(max_bytes=MAX_REQUEST, max_depth=6, max_items=256)
 REPORT_LIMITS = Limits(max_bytes=MAX_REPORT, max_depth=6, max_items=2048)
 
 
+BINDING_CONTEXT = b"pledgewatch-binding/1"
+
+
+def binding_of(signed_response: bytes) -> bytes:
+    """The enrollment binding a device puts into each envelope: 8 bytes of SHA-256 over the lender's signed response.
+
+    The response names the device, the request and the asset and is signed by
+    one lender's key, so the binding names one enrollment at one lender.
+    """
+    return hashlib.sha256(BINDING_CONTEXT + bytes(signed_response)).digest()[:8]
+
+
 def valid_id(value: object) -> bool:
     """Whether `value` is an id: 1..64 of A-Z a-z 0-9 . _ -, starting with a letter or digit."""
     return isinstance(value, str) and IDENTIFIER.fullmatch(value) is not None

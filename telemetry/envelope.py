@@ -22,13 +22,19 @@ from telemetry.cbor import DEFAULT_LIMITS, Limits
 from telemetry.cose import eddsa_header, parse_sign1, sig_structure
 from telemetry.clock import ClockStatement
 from telemetry.exc import ClockStatementError, OversizeError, SchemaError, WireFormatError
+from telemetry.freshness import check_token_shape
 from telemetry.identity import DeviceKey, Identity
 from telemetry.senml import Record, pack_to_cbor, records_from_cbor
 
-# payload map keys
+# payload map keys; 8..11 are version 2 (an envelope without key 8 is version 1, "legacy: no freshness")
 DEVICE, BOOT, SEQ, PREV, PACK, GAP, CLOCK = 1, 2, 3, 4, 5, 6, 7
-# gap map keys
-GAP_REASON, GAP_FIRST, GAP_LAST, GAP_COUNT = 1, 2, 3, 4
+VERSION, COUNTERS, TOKEN, BINDING = 8, 9, 10, 11
+# gap map keys; 5 and 6 are an overflow's own account: how full the spool was, how many alarms it dropped
+GAP_REASON, GAP_FIRST, GAP_LAST, GAP_COUNT, GAP_QUEUED, GAP_ALARMS_DROPPED = 1, 2, 3, 4, 5, 6
+# counters map keys
+COUNT_ALARMS, COUNT_GAPS = 1, 2
+LEGACY_VERSION, CURRENT_VERSION = 1, 2
+BINDING_BYTES = 8
 
 DIGEST_BYTES = 16
 GENESIS = bytes(DIGEST_BYTES)  # `prev` of a device's first envelope
@@ -57,10 +63,13 @@ class Gap:
     first: int | None = None
     last: int | None = None
     count: int | None = None
+    queued: int | None = None          # overflow: envelopes the spool held when it dropped
+    alarms_dropped: int | None = None  # overflow: alarms among the dropped; never more than 0 by design
 
     def to_cbor(self) -> dict:
         item: dict = {GAP_REASON: str(self.reason.value if isinstance(self.reason, GapReason) else self.reason)}
-        for key, value in ((GAP_FIRST, self.first), (GAP_LAST, self.last), (GAP_COUNT, self.count)):
+        for key, value in ((GAP_FIRST, self.first), (GAP_LAST, self.last), (GAP_COUNT, self.count),
+                           (GAP_QUEUED, self.queued), (GAP_ALARMS_DROPPED, self.alarms_dropped)):
             if value is not None:
                 item[key] = value
         return item
@@ -69,13 +78,45 @@ class Gap:
     def from_cbor(cls, item: object) -> Gap:
         if not isinstance(item, dict) or not isinstance(item.get(GAP_REASON), str):
             raise SchemaError("gap record: expected a map with a text reason (key 1)")
-        values = [item.get(key) for key in (GAP_FIRST, GAP_LAST, GAP_COUNT)]
+        values = [item.get(key) for key in (GAP_FIRST, GAP_LAST, GAP_COUNT, GAP_QUEUED, GAP_ALARMS_DROPPED)]
         if any(v is not None and not _is_uint(v) for v in values):
-            raise SchemaError("gap record: first, last and count must be unsigned integers")
-        first, last, count = values
+            raise SchemaError("gap record: first, last, count, queued and alarms dropped must be unsigned integers")
+        first, last, count, queued, alarms_dropped = values
         if first is not None and last is not None and last < first:
             raise SchemaError(f"gap record: last seq {last} is before first seq {first}")
-        return cls(item[GAP_REASON], first, last, count)
+        return cls(item[GAP_REASON], first, last, count, queued, alarms_dropped)
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """Signed cumulative counts (version 2): alarm envelopes and gap records this device has signed, this one included.
+
+    They never go down along a device's chain; the lender compares them with
+    what it holds, so an alarm that was signed and never arrived is countable
+    even when a gap record claims to cover it.
+    """
+
+    alarms: int
+    gaps: int
+
+    def to_cbor(self) -> dict:
+        return {COUNT_ALARMS: self.alarms, COUNT_GAPS: self.gaps}
+
+    @classmethod
+    def from_cbor(cls, item: object) -> Counters:
+        if not isinstance(item, dict) or set(item) != {COUNT_ALARMS, COUNT_GAPS} \
+                or not all(_is_uint(v) for v in item.values()):
+            raise SchemaError("payload counters (9) must be {1: alarms, 2: gaps}, unsigned integers")
+        return cls(item[COUNT_ALARMS], item[COUNT_GAPS])
+
+    def after(self, records: tuple[Record, ...] | list[Record], gap: Gap | None) -> Counters:
+        """The counters of the next envelope, holding `records` and `gap`, signed after one with these."""
+        return Counters(self.alarms + int(carries_alarm(records)), self.gaps + int(gap is not None))
+
+
+def carries_alarm(records: tuple[Record, ...] | list[Record]) -> bool:
+    """Whether an envelope holding `records` is an alarm envelope (counted in `Counters.alarms`)."""
+    return any(r.name.startswith(alarms.PREFIX) for r in records)
 
 
 def _is_uint(value: object) -> bool:
@@ -99,11 +140,15 @@ class Envelope:
     payload: bytes = field(repr=False)
     signature: bytes = field(repr=False)
     digest: bytes = field(repr=False)
+    version: int = LEGACY_VERSION
+    counters: Counters | None = None
+    token: bytes | None = None       # the newest lender token the device held when it signed
+    binding: bytes | None = None     # the enrollment this device is bound to (telemetry.enrollment.binding_of)
 
     @property
     def alarm(self) -> bool:
         """Alarms and gap records skip the batching delay and are never dropped by the spool."""
-        return self.gap is not None or any(r.name.startswith(alarms.PREFIX) for r in self.records)
+        return self.gap is not None or carries_alarm(self.records)
 
     @property
     def clock_statement(self) -> ClockStatement | None:
@@ -128,8 +173,15 @@ def seal(
     records: tuple[Record, ...] | list[Record] = (),
     gap: Gap | None = None,
     clock: ClockStatement | None = None,
+    counters: Counters | None = None,
+    token: bytes | None = None,
+    binding: bytes | None = None,
 ) -> Envelope:
-    """Build and sign one envelope. Pure: the caller owns the chain state (seq, prev)."""
+    """Build and sign one envelope. Pure: the caller owns the chain state (seq, prev) and the counters.
+
+    With `counters` the envelope is version 2 (and may carry a lender `token`
+    and the enrollment `binding`); without, version 1, as before.
+    """
     if not device or len(device) > MAX_DEVICE_ID:
         raise ValueError(f"device id must be 1..{MAX_DEVICE_ID} characters, got {device!r}")
     if not (_is_uint(boot) and _is_uint(seq)):
@@ -141,6 +193,17 @@ def seal(
         body[GAP] = gap.to_cbor()
     if clock is not None:
         body[CLOCK] = clock.to_cbor()
+    if counters is not None:
+        body[VERSION] = CURRENT_VERSION
+        body[COUNTERS] = counters.to_cbor()
+        if token is not None:
+            body[TOKEN] = check_token_shape(token)
+        if binding is not None:
+            if len(binding) != BINDING_BYTES:
+                raise ValueError(f"binding must be {BINDING_BYTES} bytes")
+            body[BINDING] = binding
+    elif token is not None or binding is not None:
+        raise ValueError("a token or a binding needs a version 2 envelope: give its counters")
     protected = eddsa_header(identity.kid)
     payload = cbor.encode(body)
     signature = identity.sign(sig_structure(protected, payload))
@@ -153,6 +216,8 @@ def seal(
         device=device, boot=boot, seq=seq, prev=prev, records=tuple(records), gap=gap,
         clock=None if clock is None else clock.to_cbor(),
         kid=identity.kid, raw=raw, protected=protected, payload=payload, signature=signature, digest=digest(raw),
+        version=CURRENT_VERSION if counters is not None else LEGACY_VERSION, counters=counters,
+        token=token if counters is not None else None, binding=binding if counters is not None else None,
     )
 
 
@@ -172,16 +237,34 @@ def decode(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> Envelope:
         raise SchemaError(f"payload prev (4) must be {DIGEST_BYTES} bytes")
     if PACK not in body:
         raise SchemaError("payload has no SenML pack (5)")
-    unknown = set(body) - {DEVICE, BOOT, SEQ, PREV, PACK, GAP, CLOCK}
+    version = body.get(VERSION, LEGACY_VERSION)
+    known = {DEVICE, BOOT, SEQ, PREV, PACK, GAP, CLOCK}
+    if VERSION in body:
+        if version != CURRENT_VERSION:
+            raise SchemaError(f"payload version (8) {version!r} is not one this lender reads (1 or 2)")
+        if COUNTERS not in body:
+            raise SchemaError("a version 2 payload must carry its counters (9)")
+        known |= {VERSION, COUNTERS, TOKEN, BINDING}
+    unknown = set(body) - known
     if unknown:
         raise SchemaError(f"payload has unknown keys {sorted(unknown, key=repr)}")
     clock = body.get(CLOCK)
     if clock is not None and not isinstance(clock, dict):
         raise SchemaError("payload clock (7) must be a map")
+    token, binding = body.get(TOKEN), body.get(BINDING)
+    if token is not None:
+        try:
+            check_token_shape(token)
+        except ValueError as exc:
+            raise SchemaError(f"payload token (10): {exc}") from None
+    if binding is not None and (not isinstance(binding, bytes) or len(binding) != BINDING_BYTES):
+        raise SchemaError(f"payload binding (11) must be {BINDING_BYTES} bytes")
     return Envelope(
         device=device, boot=boot, seq=seq, prev=prev, records=records_from_cbor(body[PACK]),
         gap=Gap.from_cbor(body[GAP]) if GAP in body else None, clock=clock, kid=kid,
         raw=bytes(raw), protected=protected, payload=payload, signature=signature, digest=digest(raw),
+        version=version, counters=Counters.from_cbor(body[COUNTERS]) if COUNTERS in body else None,
+        token=token, binding=binding,
     )
 
 

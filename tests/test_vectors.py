@@ -7,7 +7,8 @@ import pytest
 from telemetry import cbor
 from telemetry.ack import Ack
 from telemetry.clock import ClockStatement
-from telemetry.enrollment import REQUEST_AAD, EnrollmentRequest, EnrollmentResponse, signer_verifies
+from telemetry.enrollment import REQUEST_AAD, EnrollmentRequest, EnrollmentResponse, binding_of, signer_verifies
+from telemetry.freshness import issue_token, token_genuine, token_time
 from telemetry.exc import EnrollmentFormatError
 from telemetry.envelope import decode as decode_envelope, verify
 from telemetry.identity import Identity
@@ -16,7 +17,7 @@ from tests.vectors.generate import build, record_json
 
 VECTORS = Path(__file__).parent / "vectors"
 NAMES = sorted(p.stem for p in VECTORS.glob("*.json"))
-KINDS = ("envelope", "gap", "senml", "cose", "ack", "clock", "enrollment-request", "enrollment-response")
+KINDS = ("envelope", "gap", "senml", "cose", "ack", "clock", "enrollment-request", "enrollment-response", "token")
 
 
 def vectors_of(*kinds: str) -> list[str]:
@@ -45,6 +46,13 @@ def test_every_envelope_vector_verifies_with_its_public_key(name):
     envelope = verdict.envelope
     assert (envelope.seq, envelope.boot, envelope.prev.hex()) == (description["seq"], description["boot"], description["prev_hex"])
     assert [record_json(r) for r in envelope.records] == description["records"]
+    assert envelope.version == description.get("version", 1)
+    if envelope.version == 2:
+        assert {"alarms": envelope.counters.alarms, "gaps": envelope.counters.gaps} == description["counters"]
+        assert (envelope.token.hex() if envelope.token else None) == description.get("token_hex")
+        assert (envelope.binding.hex() if envelope.binding else None) == description.get("binding_hex")
+    else:
+        assert envelope.counters is None and envelope.token is None and envelope.binding is None
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -69,6 +77,7 @@ def test_the_ack_vector_decodes_to_its_lists_for_its_batch(name):
     ack = Ack.decode((VECTORS / f"{name}.cbor").read_bytes(), description["batch_seqs"])
     assert list(ack.stored) == description["stored"] and list(ack.already) == description["already"]
     assert [[r.index, r.reason, r.text] for r in ack.refused] == description["refused"]
+    assert ack.token.hex() == description["token_hex"]
     assert ack.encode() == (VECTORS / f"{name}.cbor").read_bytes()
 
 
@@ -103,3 +112,17 @@ def test_the_enrollment_response_vector_verifies_with_the_lender_key_and_answers
     with pytest.raises(EnrollmentFormatError):
         EnrollmentResponse.verify((VECTORS / "enrollment-response.cbor").read_bytes(),
                                   Identity(bytes.fromhex(request["seed_hex"])).public_key)
+
+
+def test_the_token_vector_is_genuine_for_its_device_only_and_carries_the_lender_time():
+    description = json.loads((VECTORS / "lender-token.json").read_text())
+    token, key = (VECTORS / "lender-token.cbor").read_bytes(), bytes.fromhex(description["key_hex"])
+    assert issue_token(key, description["device"], description["lender_time"]) == token
+    assert token_time(token) == description["lender_time"] and token_genuine(key, description["device"], token)
+    assert not token_genuine(key, "another-device", token) and not token_genuine(bytes(32), description["device"], token)
+
+
+def test_the_v2_envelopes_carry_the_binding_of_the_enrollment_response_vector():
+    response = (VECTORS / "enrollment-response.cbor").read_bytes()
+    for name in ("envelope-v2-alarm", "envelope-v2-node"):
+        assert decode_envelope((VECTORS / f"{name}.cbor").read_bytes()).binding == binding_of(response)

@@ -20,8 +20,16 @@ from telemetry import cbor  # noqa: E402
 from telemetry.ack import Ack, Reason, Refusal  # noqa: E402
 from telemetry.clock import ClockStatement  # noqa: E402
 from telemetry.cose import cose_sign1  # noqa: E402
-from telemetry.enrollment import AssetBinding, EnrollmentBody, EnrollmentRequest, EnrollmentResponse, Geofence  # noqa: E402
-from telemetry.envelope import GENESIS, Gap, seal  # noqa: E402
+from telemetry.enrollment import (  # noqa: E402
+    AssetBinding,
+    EnrollmentBody,
+    EnrollmentRequest,
+    EnrollmentResponse,
+    Geofence,
+    binding_of,
+)
+from telemetry.envelope import GENESIS, Counters, Gap, seal  # noqa: E402
+from telemetry.freshness import issue_token  # noqa: E402
 from telemetry.identity import Identity  # noqa: E402
 from telemetry.senml import Record, pack_to_cbor  # noqa: E402
 
@@ -29,6 +37,7 @@ from telemetry.senml import Record, pack_to_cbor  # noqa: E402
 SEED_1 = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
 SEED_2 = bytes.fromhex("4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb")
 SEED_3 = bytes.fromhex("c5aa8df43f9f837bedb7442f31dcb7b166d38535076f094b85ce3a2e0b4458f7")  # RFC 8032 TEST 3: the lender
+TOKEN_KEY = bytes(range(100, 132))     # a lender's token key (a test key)
 RESPONSE_KEY_SEED = bytes(range(32))  # the X25519 key a device makes for one enrollment (a test key)
 T0 = 1767225600  # 2026-01-01T00:00:00Z
 
@@ -62,7 +71,16 @@ def envelope_vector(identity: Identity, seed: bytes, kind: str, **fields) -> tup
     }
     if envelope.gap is not None:
         gap = envelope.gap
-        description["gap"] = {k: v for k, v in (("reason", gap.reason), ("first", gap.first), ("last", gap.last), ("count", gap.count)) if v is not None}
+        description["gap"] = {k: v for k, v in (("reason", gap.reason), ("first", gap.first), ("last", gap.last),
+                                                ("count", gap.count), ("queued", gap.queued),
+                                                ("alarms_dropped", gap.alarms_dropped)) if v is not None}
+    if envelope.version != 1:
+        description["version"] = envelope.version
+        description["counters"] = {"alarms": envelope.counters.alarms, "gaps": envelope.counters.gaps}
+        if envelope.token is not None:
+            description["token_hex"] = envelope.token.hex()
+        if envelope.binding is not None:
+            description["binding_hex"] = envelope.binding.hex()
     return description, envelope.raw
 
 
@@ -135,13 +153,42 @@ def build() -> dict[str, tuple[dict, bytes]]:
         cose,
     )
     vectors.update(contract_vectors(one, two, Identity(SEED_3)))
+    vectors.update(version2_vectors(one, two, vectors["enrollment-response"][1]))
     return vectors
+
+
+def version2_vectors(gateway: Identity, node: Identity, response: bytes) -> dict[str, tuple[dict, bytes]]:
+    """Version 2 envelopes (counters, lender token, enrollment binding) and a lender token."""
+    binding = binding_of(response)
+    token = issue_token(TOKEN_KEY, "gw-test-1", T0 + 100)
+    alarm_records = [
+        Record("alarm.door.stock", string="raised", time=T0 + 130),
+        Record("alarm.door.stock.severity", string="major", time=T0 + 130),
+        Record("alarm.door.stock.sensors", string="door", time=T0 + 130),
+    ]
+    node_token = issue_token(TOKEN_KEY, "node-test-7", T0 + 3000)
+    node_records = [Record("temp", value=4.5, unit="Cel", time=T0 + 3600), Record("batt", value=3.6, unit="V", time=T0 + 3600)]
+    return {
+        "envelope-v2-alarm": envelope_vector(
+            gateway, SEED_1, "envelope", device="gw-test-1", boot=2, seq=17, prev=bytes(range(16, 32)),
+            records=alarm_records, counters=Counters(alarms=3, gaps=1), token=token, binding=binding),
+        "envelope-v2-node": envelope_vector(
+            node, SEED_2, "envelope", device="node-test-7", boot=5, seq=120, prev=bytes(range(16)),
+            records=node_records, counters=Counters(alarms=0, gaps=1), token=node_token, binding=binding),
+        "gap-overflow-v2": envelope_vector(
+            gateway, SEED_1, "gap", device="gw-test-1", boot=2, seq=18, prev=bytes(16),
+            gap=Gap("overflow", first=5, last=9, count=5, queued=100000, alarms_dropped=0),
+            counters=Counters(alarms=3, gaps=2), token=token),
+        "lender-token": ({"kind": "token", "seed_hex": SEED_1.hex(), "public_key_hex": gateway.public_key.hex(),
+                          "key_hex": TOKEN_KEY.hex(), "device": "gw-test-1", "lender_time": T0 + 100}, token),
+    }
 
 
 def contract_vectors(device: Identity, technician: Identity, lender: Identity) -> dict[str, tuple[dict, bytes]]:
     """The messages besides envelopes: the ack, the clock statement, an enrollment request and its response."""
     batch = [1, 2, 3, 4, 9]
-    ack = Ack(stored=(1, 2, 3), already=(4,), refused=(Refusal(4, Reason.CHAIN, "chain: seq 9 does not link to seq 8"),))
+    ack = Ack(stored=(1, 2, 3), already=(4,), refused=(Refusal(4, Reason.CHAIN, "chain: seq 9 does not link to seq 8"),),
+              token=issue_token(TOKEN_KEY, "gw-test-1", T0 + 200))
     clocks = {
         "clock-synced": ClockStatement(True, "ntp", 86_400_000),
         "clock-unsynced": ClockStatement(False, "none", 12_345, T0),
@@ -159,7 +206,8 @@ def contract_vectors(device: Identity, technician: Identity, lender: Identity) -
                "public_key_hex": device.public_key.hex()}
     vectors = {
         "ack-batch": ({"kind": "ack", **signers, "batch_seqs": batch, "stored": list(ack.stored),
-                       "already": list(ack.already), "refused": [[r.index, int(r.reason), r.text] for r in ack.refused]},
+                       "already": list(ack.already), "refused": [[r.index, int(r.reason), r.text] for r in ack.refused],
+                       "token_hex": ack.token.hex()},
                       ack.encode()),
         "enrollment-request": ({"kind": "enrollment-request", **signers,
                                 "technician_seed_hex": SEED_2.hex(), "technician_public_key_hex": technician.public_key.hex(),
