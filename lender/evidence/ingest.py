@@ -32,7 +32,7 @@ from lender.evidence.registry import Device
 from lender.evidence.store import (
     INT64_MAX,
     EvidenceStore,
-    QuarantineEntry,
+    Refused,
     StoredEnvelope,
 )
 from telemetry import cbor
@@ -176,7 +176,7 @@ class Ingest:
     ) -> BatchOutcome:
         """Refuse a whole request and keep its body (at most `max_body` bytes of it) in quarantine."""
         raw = bytes(body[: self.max_body])
-        kept = self.store.quarantine(QuarantineEntry(
+        kept = self.store.quarantine(Refused(
             kind="request", reason=_STATUS_REASON[status], detail=detail, raw=raw, peer=peer,
             received_at=self._clock(), size=len(body) if size is None else size,
         ))
@@ -294,7 +294,7 @@ class Ingest:
 
     def _refuse(self, index: int, reason: Reason, detail: str, raw: bytes, envelope: Envelope | None,
                 peer: str, received_at: float) -> Refusal:
-        kept = self.store.quarantine(QuarantineEntry(
+        kept = self.store.quarantine(Refused(
             kind="envelope", reason=reason, detail=detail, raw=raw, peer=peer, received_at=received_at,
             device=None if envelope is None else envelope.device,
             seq=None if envelope is None else envelope.seq,

@@ -73,6 +73,7 @@ class Device:
     oscore_id: bytes | None = None     # the device's OSCORE sender id (the lender's recipient id)
     status: DeviceStatus = DeviceStatus.ACTIVE
     revoked_at: float | None = None
+    binding: bytes | None = None       # the enrollment its envelopes must name (telemetry.enrollment.binding_of)
     kid: bytes = field(init=False)
 
     def __post_init__(self) -> None:
@@ -102,6 +103,7 @@ class Device:
             "oscore_id_hex": None if self.oscore_id is None else self.oscore_id.hex(),
             "registered_at": iso_time(self.registered_at),
             "revoked_at": iso_time(self.revoked_at),
+            "binding_hex": None if self.binding is None else self.binding.hex(),
         }
 
 

@@ -36,13 +36,13 @@ from lender.exc import (
     StoreUnavailableError,
     UnknownDeviceError,
 )
-from telemetry.envelope import GENESIS, Envelope, GapReason, Reason
+from telemetry.envelope import GENESIS, Envelope, GapReason, Reason, carries_alarm
 
 log = logging.getLogger(__name__)
 
 STORE_FILE = "lender.sqlite3"
 APPLICATION_ID = 0x504C4C44  # "PLLD": marks a file as a pledgewatch lender store
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_QUARANTINE_LIMIT = 256 * 1024 * 1024  # bytes of raw evidence kept before rejections are only counted
 INT64_MAX = (1 << 63) - 1
 
@@ -51,11 +51,13 @@ _SCHEMA = (
     "CREATE TABLE devices (device TEXT PRIMARY KEY, public_key BLOB NOT NULL, kid BLOB NOT NULL UNIQUE,"
     " asset TEXT, oscore_context TEXT, oscore_id BLOB,"
     " status TEXT NOT NULL CHECK (status IN ('active', 'revoked')),"
-    " registered_at REAL NOT NULL, revoked_at REAL) STRICT",
+    " registered_at REAL NOT NULL, revoked_at REAL, binding BLOB) STRICT",
     # One row per stored envelope; raw is the exact bytes received (the evidence).
     "CREATE TABLE envelopes (id INTEGER PRIMARY KEY, device TEXT NOT NULL, seq INTEGER NOT NULL,"
     " boot INTEGER NOT NULL, kid BLOB NOT NULL, digest BLOB NOT NULL, prev BLOB NOT NULL, raw BLOB NOT NULL,"
     " alarm INTEGER NOT NULL, gap_reason TEXT, received_at REAL NOT NULL, peer TEXT NOT NULL,"
+    " version INTEGER NOT NULL DEFAULT 1, alarm_records INTEGER NOT NULL DEFAULT 0,"
+    " alarm_count ANY, gap_count ANY, token BLOB, binding BLOB,"
     " UNIQUE (device, seq)) STRICT",
     # The SenML records of stored envelopes, resolved, for queries. `at` = the
     # record's own time, else the envelope's receive time.
@@ -78,6 +80,29 @@ _SCHEMA = (
     " first_seen REAL NOT NULL, last_seen REAL NOT NULL, PRIMARY KEY (kind, reason)) STRICT, WITHOUT ROWID",
     "INSERT INTO meta (key, value) VALUES ('registry_generation', 0), ('quarantine_bytes', 0)",
 )
+# Numbered migrations: version N's statements take a store at version N-1 to N.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        "ALTER TABLE devices ADD COLUMN binding BLOB",
+        "ALTER TABLE envelopes ADD COLUMN version INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE envelopes ADD COLUMN alarm_records INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE envelopes ADD COLUMN alarm_count ANY",
+        "ALTER TABLE envelopes ADD COLUMN gap_count ANY",
+        "ALTER TABLE envelopes ADD COLUMN token BLOB",
+        "ALTER TABLE envelopes ADD COLUMN binding BLOB",
+        "UPDATE envelopes SET alarm_records = EXISTS (SELECT 1 FROM records r WHERE r.device = envelopes.device"
+        " AND r.seq = envelopes.seq AND r.name LIKE 'alarm.%')",
+    ),
+}
+# Tables new in a version, created alike in a new store and by the migration.
+_NEW_TABLES: dict[int, tuple[str, ...]] = {
+    2: (
+        # A staff member's review of a signed gap record: who, when, and what they found (an audit record).
+        "CREATE TABLE reviews (id INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT NOT NULL, seq INTEGER NOT NULL,"
+        " reviewer TEXT NOT NULL, note TEXT NOT NULL, at REAL NOT NULL) STRICT",
+        "CREATE INDEX reviews_by_gap ON reviews (device, seq)",
+    ),
+}
 
 
 # --- what the store hands out ------------------------------------------------------
@@ -97,6 +122,12 @@ class StoredEnvelope:
     gap_reason: str | None
     received_at: float
     peer: str
+    version: int = 1
+    alarm_records: bool = False      # it holds alarm records (gap records are `alarm` too, but not these)
+    alarm_count: int | None = None   # version 2: the signed counters
+    gap_count: int | None = None
+    token: bytes | None = None
+    binding: bytes | None = None
 
     @property
     def restarts_chain(self) -> bool:
@@ -105,7 +136,7 @@ class StoredEnvelope:
 
 
 @dataclass(frozen=True, slots=True)
-class QuarantineEntry:
+class Refused:
     """Something refused, to be kept in quarantine: the bytes, why, and what could be read of them."""
 
     kind: str                 # 'envelope' (one item of a batch) or 'request' (a whole body)
@@ -182,6 +213,17 @@ class MissingRange:
 
 
 @dataclass(frozen=True, slots=True)
+class Review:
+    """A lender staff member looked at a signed gap record (device, seq) and wrote what they found."""
+
+    device: str
+    seq: int
+    reviewer: str
+    note: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class StoreCounts:
     devices: int
     envelopes: int
@@ -204,7 +246,7 @@ class EvidenceStore(Registry, Protocol):
     def insert_envelope(self, envelope: Envelope, *, received_at: float, peer: str) -> bool:
         """Store a verified envelope with its records and gap record; False if (device, seq) is taken."""
 
-    def quarantine(self, rejection: QuarantineEntry) -> bool:
+    def quarantine(self, rejection: Refused) -> bool:
         """Keep a refused item; False if the quarantine is full and it was only counted."""
 
     def envelopes(self, device: str) -> Iterator[StoredEnvelope]:
@@ -227,6 +269,12 @@ class EvidenceStore(Registry, Protocol):
 
     def counts(self) -> StoreCounts:
         """How much is stored."""
+
+    def add_review(self, review: Review) -> None:
+        """Keep a staff member's review of a signed gap record (an audit record: never changed, never deleted)."""
+
+    def reviews(self, device: str | None = None) -> list[Review]:
+        """The reviews kept, oldest first."""
 
     def close(self) -> None:
         """Release the store."""
@@ -257,8 +305,9 @@ def _wrap(exc: sqlite3.Error, what: str) -> StoreError:
     return StoreUnavailableError(f"{what}: {exc}")
 
 
-_ENVELOPE_COLUMNS = "e.device, e.seq, e.boot, e.kid, e.digest, e.prev, e.raw, e.alarm, e.gap_reason, e.received_at, e.peer"
-_DEVICE_COLUMNS = "device, public_key, registered_at, asset, oscore_context, oscore_id, status, revoked_at"
+_ENVELOPE_COLUMNS = ("e.device, e.seq, e.boot, e.kid, e.digest, e.prev, e.raw, e.alarm, e.gap_reason, e.received_at,"
+                     " e.peer, e.version, e.alarm_records, e.alarm_count, e.gap_count, e.token, e.binding")
+_DEVICE_COLUMNS = "device, public_key, registered_at, asset, oscore_context, oscore_id, status, revoked_at, binding"
 _QUARANTINE_COLUMNS = (
     "id, kind, reason, detail, raw, size, device, seq, kid, batch_index, first_peer, last_peer,"
     " first_seen, last_seen, count"
@@ -266,15 +315,18 @@ _QUARANTINE_COLUMNS = (
 
 
 def _stored(row: tuple) -> StoredEnvelope:
-    device, seq, boot, kid, digest, prev, raw, alarm, gap_reason, received_at, peer = row
-    return StoredEnvelope(device, seq, boot, kid, digest, prev, raw, bool(alarm), gap_reason, received_at, peer)
+    (device, seq, boot, kid, digest, prev, raw, alarm, gap_reason, received_at, peer, version, alarm_records,
+     alarm_count, gap_count, token, binding) = row
+    return StoredEnvelope(device, seq, boot, kid, digest, prev, raw, bool(alarm), gap_reason, received_at, peer,
+                          version, bool(alarm_records), _py_int(alarm_count), _py_int(gap_count), token, binding)
 
 
 def _device(row: tuple) -> Device:
-    device, public_key, registered_at, asset, oscore_context, oscore_id, status, revoked_at = row
+    device, public_key, registered_at, asset, oscore_context, oscore_id, status, revoked_at, binding = row
     return Device(
         device=device, public_key=public_key, registered_at=registered_at, asset=asset,
         oscore_context=oscore_context, oscore_id=oscore_id, status=DeviceStatus(status), revoked_at=revoked_at,
+        binding=binding,
     )
 
 
@@ -335,6 +387,9 @@ class SQLiteStore:
                     raise StoreFormatError(f"{self.path} is an SQLite file of something else, not a lender store")
                 for statement in _SCHEMA:
                     self._conn.execute(statement)
+                for number in sorted(_NEW_TABLES):
+                    for statement in _NEW_TABLES[number]:
+                        self._conn.execute(statement)
                 self._conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             elif application_id != APPLICATION_ID:
@@ -343,6 +398,12 @@ class SQLiteStore:
                 raise StoreFormatError(
                     f"{self.path} has schema version {version}; this program knows up to {SCHEMA_VERSION}: upgrade it"
                 )
+            else:
+                for number in range(version + 1, SCHEMA_VERSION + 1):
+                    log.info("lender store %s: migrating to schema version %d", self.path, number)
+                    for statement in _MIGRATIONS[number] + _NEW_TABLES.get(number, ()):
+                        self._conn.execute(statement)
+                    self._conn.execute(f"PRAGMA user_version={number}")
 
     def close(self) -> None:
         self._conn.close()
@@ -415,9 +476,9 @@ class SQLiteStore:
             with self.transaction():
                 self._conn.execute(
                     "INSERT INTO devices (device, public_key, kid, asset, oscore_context, oscore_id, status,"
-                    " registered_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " registered_at, revoked_at, binding) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (device.device, device.public_key, device.kid, device.asset, device.oscore_context,
-                     device.oscore_id, device.status.value, device.registered_at, device.revoked_at),
+                     device.oscore_id, device.status.value, device.registered_at, device.revoked_at, device.binding),
                 )
                 self._bump_generation()
         except sqlite3.IntegrityError as exc:
@@ -451,15 +512,19 @@ class SQLiteStore:
     def insert_envelope(self, envelope: Envelope, *, received_at: float, peer: str) -> bool:
         if envelope.seq > INT64_MAX or envelope.boot > INT64_MAX:
             raise ValueError("seq and boot above 2**63-1 cannot be stored (ingest refuses them first)")
-        gap = envelope.gap
+        gap, counters = envelope.gap, envelope.counters
         try:
             with self.transaction():
                 inserted = self._conn.execute(
                     "INSERT INTO envelopes (device, seq, boot, kid, digest, prev, raw, alarm, gap_reason,"
-                    " received_at, peer) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " received_at, peer, version, alarm_records, alarm_count, gap_count, token, binding)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (device, seq) DO NOTHING",
                     (envelope.device, envelope.seq, envelope.boot, envelope.kid, envelope.digest, envelope.prev,
-                     envelope.raw, int(envelope.alarm), None if gap is None else gap.reason, received_at, peer),
+                     envelope.raw, int(envelope.alarm), None if gap is None else gap.reason, received_at, peer,
+                     envelope.version, int(carries_alarm(envelope.records)),
+                     None if counters is None else _sql_int(counters.alarms),
+                     None if counters is None else _sql_int(counters.gaps), envelope.token, envelope.binding),
                 ).rowcount
                 if not inserted:
                     return False
@@ -563,7 +628,7 @@ class SQLiteStore:
 
     # --- quarantine ---
 
-    def quarantine(self, rejection: QuarantineEntry) -> bool:
+    def quarantine(self, rejection: Refused) -> bool:
         raw = bytes(rejection.raw)
         fingerprint = hashlib.sha256(raw).digest()
         now, kind, reason = rejection.received_at, rejection.kind, int(rejection.reason)
@@ -612,6 +677,19 @@ class SQLiteStore:
     def quarantine_overflow(self) -> dict[tuple[str, int], int]:
         return {(kind, reason): count for kind, reason, count in
                 self._query("SELECT kind, reason, count FROM quarantine_overflow ORDER BY kind, reason")}
+
+    def add_review(self, review: Review) -> None:
+        try:
+            with self.transaction():
+                self._conn.execute("INSERT INTO reviews (device, seq, reviewer, note, at) VALUES (?, ?, ?, ?, ?)",
+                                   (review.device, review.seq, review.reviewer, review.note, review.at))
+        except sqlite3.Error as exc:
+            raise _wrap(exc, f"cannot keep the review in {self.path}") from exc
+
+    def reviews(self, device: str | None = None) -> list[Review]:
+        where, params = ("WHERE device = ?", (device,)) if device is not None else ("", ())
+        return [Review(*row) for row in self._query(
+            f"SELECT device, seq, reviewer, note, at FROM reviews {where} ORDER BY id", params)]
 
     def counts(self) -> StoreCounts:
         (devices, envelopes, records, quarantined, overflow), = self._query(
