@@ -65,8 +65,17 @@ def test_the_ack_map_is_checked_before_the_node_deletes_anything():
         unhex("a1 01 9f ff"),           # indefinite length
         b"\xff",                          # not CBOR
         unhex("a1 01 81 01 00"),        # trailing bytes
+        unhex("a1 04 4b") + bytes(11),  # a token of 11 bytes
+        unhex("a1 04 4d") + bytes(13),  # a token of 13 bytes
+        unhex("a1 04 6c") + b"a" * 12,  # a token as text
     ):
         raises(AckError, uplink.parse_ack, bad)
+
+
+def test_the_ack_brings_the_lender_token_when_it_has_one():
+    token = unhex("6955b9c8682c98cf055b8413")
+    equal(uplink.parse_ack(unhex("a4 01 81 05 02 80 03 80 04 4c") + token).token, token)
+    equal(uplink.parse_ack(unhex("a1 01 81 05")).token, None)
 
 
 def test_retransmission_timing_follows_rfc_7252_section_4_8():

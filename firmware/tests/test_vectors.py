@@ -46,24 +46,29 @@ def _check_envelope(name, description, raw):
     equal(tohex(key.public_key), description["public_key_hex"], name + " public key")
     equal(tohex(envelope.kid_of(key.public_key)), description["kid_hex"], name + " kid")
     records = _records(description)
-    payload = cbor.encode(
-        {
-            envelope.DEVICE: description["device"],
-            envelope.BOOT: description["boot"],
-            envelope.SEQ: description["seq"],
-            envelope.PREV: unhex(description["prev_hex"]),
-            envelope.PACK: senml.pack(records),
-        }
-        if "gap" not in description
-        else {
-            envelope.DEVICE: description["device"],
-            envelope.BOOT: description["boot"],
-            envelope.SEQ: description["seq"],
-            envelope.PREV: unhex(description["prev_hex"]),
-            envelope.PACK: senml.pack(records),
-            envelope.GAP: envelope.gap_map(description["gap"]),
-        }
-    )
+    body = {
+        envelope.DEVICE: description["device"],
+        envelope.BOOT: description["boot"],
+        envelope.SEQ: description["seq"],
+        envelope.PREV: unhex(description["prev_hex"]),
+        envelope.PACK: senml.pack(records),
+    }
+    if "gap" in description:
+        body[envelope.GAP] = envelope.gap_map(description["gap"])
+    counters = description.get("counters")
+    token = unhex(description["token_hex"]) if "token_hex" in description else None
+    binding = unhex(description["binding_hex"]) if "binding_hex" in description else None
+    if counters is not None:
+        equal(description["version"], envelope.CURRENT_VERSION, name + " version")
+        body[envelope.VERSION] = envelope.CURRENT_VERSION
+        body[envelope.COUNTERS] = {envelope.COUNT_ALARMS: counters["alarms"], envelope.COUNT_GAPS: counters["gaps"]}
+        if token is not None:
+            body[envelope.TOKEN] = token
+        if binding is not None:
+            body[envelope.BINDING] = binding
+    else:
+        assert token is None and binding is None and "version" not in description, name + ": v2 fields without counters"
+    payload = cbor.encode(body)
     equal(tohex(payload), description["payload_hex"], name + " payload")
     sealed = envelope.seal(
         key,
@@ -73,6 +78,9 @@ def _check_envelope(name, description, raw):
         unhex(description["prev_hex"]),
         records,
         gap=description.get("gap"),
+        counters=counters,
+        token=token,
+        binding=binding,
     )
     equal(tohex(sealed), tohex(raw), name + " envelope bytes")
     equal(tohex(envelope.digest(sealed)), description["digest_hex"], name + " chain digest")
@@ -92,6 +100,17 @@ def _check_ack(name, description, raw):
     equal(list(ack.stored), description["stored"], name + " stored")
     equal(list(ack.already), description["already"], name + " already")
     equal([list(r) for r in ack.refused], description["refused"], name + " refused")
+    token = description.get("token_hex")
+    equal(None if ack.token is None else tohex(ack.token), token, name + " token")
+
+
+def _check_token(name, description, raw):
+    # The node never makes a lender token (it has no key): it keeps the newest one an ack brings and echoes it.
+    # So: the shape it accepts (12 bytes), the lender time in the first 4 (big-endian), and an ack carrying it parses.
+    equal(len(raw), envelope.TOKEN_BYTES, name + " length")
+    equal(int.from_bytes(raw[:4], "big"), description["lender_time"], name + " lender time")
+    ack = uplink.parse_ack(cbor.encode({1: [1], 2: [], 3: [], 4: raw}))
+    equal(ack.token, raw, name + " in an ack")
 
 
 def _check_enrollment_signature(name, description, raw):
@@ -110,6 +129,8 @@ def test_every_shared_vector_is_rebuilt_byte_for_byte_by_the_node():
         kind = description["kind"]
         if kind in ("envelope", "gap"):
             _check_envelope(name, description, raw)
+            if "counters" in description:
+                kind += " v2"
         elif kind == "senml":
             pack = senml.pack(_records(description))
             equal(tohex(cbor.encode(pack)), tohex(raw), name)
@@ -119,12 +140,14 @@ def test_every_shared_vector_is_rebuilt_byte_for_byte_by_the_node():
             _check_ack(name, description, raw)
         elif kind == "enrollment-request":
             _check_enrollment_signature(name, description, raw)
+        elif kind == "token":
+            _check_token(name, description, raw)
         elif kind in ("clock", "enrollment-response"):
             equal(tohex(cbor.encode(cbor.decode(raw))), tohex(raw), name)  # not spoken by a node: CBOR round trip
         else:
             raise AssertionError("vector %s has kind %r, which the firmware tests do not know yet" % (name, kind))
         checked[kind] = checked.get(kind, 0) + 1
-    for kind in ("envelope", "gap", "senml", "cose", "ack", "enrollment-request"):
+    for kind in ("envelope", "gap", "envelope v2", "gap v2", "senml", "cose", "ack", "enrollment-request", "token"):
         assert checked.get(kind), "no %s vector was checked: %r" % (kind, checked)
 
 

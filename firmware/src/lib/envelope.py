@@ -1,7 +1,12 @@
 """The node's signed envelope: COSE_Sign1 (RFC 9052 §4.2) over a payload map, byte for byte as telemetry.envelope builds it.
 
     18([ bstr .cbor {1: -8, 4: kid}, {}, bstr .cbor {1: device, 2: boot,
-         3: seq, 4: prev, 5: SenML pack, ?6: gap, ?7: clock}, bstr .size 64 ])
+         3: seq, 4: prev, 5: SenML pack, ?6: gap, ?7: clock,
+         8: 2, 9: {1: alarms, 2: gaps}, ?10: token, ?11: binding}, bstr .size 64 ])
+
+Keys 8..11 make a version 2 envelope (telemetry.envelope): given counters,
+seal writes version 2 with them, and the lender token and enrollment binding
+when the node holds them; without counters it writes version 1, as before.
 
 kid is the first 8 bytes of SHA-256 of the Ed25519 public key, prev the first
 16 bytes of SHA-256 of the device's previous envelope (16 zero bytes for its
@@ -17,7 +22,13 @@ import senml
 ALG_EDDSA = -8
 HDR_ALG, HDR_KID = 1, 4
 DEVICE, BOOT, SEQ, PREV, PACK, GAP, CLOCK = 1, 2, 3, 4, 5, 6, 7
-GAP_REASON, GAP_FIRST, GAP_LAST, GAP_COUNT = 1, 2, 3, 4
+VERSION, COUNTERS, TOKEN, BINDING = 8, 9, 10, 11
+GAP_REASON, GAP_FIRST, GAP_LAST, GAP_COUNT, GAP_QUEUED, GAP_ALARMS_DROPPED = 1, 2, 3, 4, 5, 6
+COUNT_ALARMS, COUNT_GAPS = 1, 2
+CURRENT_VERSION = 2
+TOKEN_BYTES = 12  # telemetry.freshness: lender time (u32, big-endian) + 8 bytes of the lender's MAC
+BINDING_BYTES = 8  # telemetry.enrollment.binding_of
+ALARM_PREFIX = "alarm."
 DIGEST_BYTES = 16
 GENESIS = bytes(DIGEST_BYTES)
 MAX_DEVICE_ID = 64
@@ -64,12 +75,14 @@ def _is_uint(value):
 
 
 def gap_map(gap):
-    """The payload's gap map {1: reason, ?2: first, ?3: last, ?4: count} from a dict with those names."""
+    """The payload's gap map {1: reason, ?2: first, ?3: last, ?4: count, ?5: queued, ?6: alarms dropped}
+    from a dict with the names reason, first, last, count, queued, alarms_dropped."""
     reason = gap.get("reason")
     if not isinstance(reason, str) or not reason:
         raise ValueError("a gap record needs a text reason, got %r" % (gap,))
     item = {GAP_REASON: reason}
-    for name, label in (("first", GAP_FIRST), ("last", GAP_LAST), ("count", GAP_COUNT)):
+    for name, label in (("first", GAP_FIRST), ("last", GAP_LAST), ("count", GAP_COUNT), ("queued", GAP_QUEUED),
+                        ("alarms_dropped", GAP_ALARMS_DROPPED)):
         value = gap.get(name)
         if value is not None:
             if not _is_uint(value):
@@ -78,8 +91,27 @@ def gap_map(gap):
     return item
 
 
-def seal(key, device, boot, seq, prev, records=(), gap=None, clock=None):
-    """Build and sign one envelope; returns its bytes. records are senml record dicts, gap a dict (see gap_map)."""
+def carries_alarm(records):
+    """Whether records make an alarm envelope in the counters' sense (telemetry.envelope.carries_alarm)."""
+    for record in records:
+        if record["name"].startswith(ALARM_PREFIX):
+            return True
+    return False
+
+
+def _fixed_bytes(value, size, what):
+    if not isinstance(value, (bytes, bytearray)) or len(value) != size:
+        raise ValueError("%s must be %d bytes, got %r" % (what, size, value))
+    return bytes(value)
+
+
+def seal(key, device, boot, seq, prev, records=(), gap=None, clock=None, counters=None, token=None, binding=None):
+    """Build and sign one envelope; returns its bytes. records are senml record dicts, gap a dict (see gap_map).
+
+    counters {"alarms": n, "gaps": n} (this envelope included) make it version 2, which may carry the newest
+    lender token held (12 bytes) and the enrollment binding (8 bytes); a token or binding without counters
+    is a ValueError, as in telemetry.
+    """
     if not isinstance(device, str) or not 0 < len(device) <= MAX_DEVICE_ID:
         raise ValueError("device id must be 1..%d characters, got %r" % (MAX_DEVICE_ID, device))
     if not (_is_uint(boot) and _is_uint(seq)):
@@ -91,6 +123,18 @@ def seal(key, device, boot, seq, prev, records=(), gap=None, clock=None):
         body[GAP] = gap_map(gap)
     if clock is not None:
         body[CLOCK] = clock
+    if counters is not None:
+        alarms, gaps = counters.get("alarms"), counters.get("gaps")
+        if not (_is_uint(alarms) and _is_uint(gaps)):
+            raise ValueError("counters must be {alarms, gaps}, unsigned 64-bit integers, got %r" % (counters,))
+        body[VERSION] = CURRENT_VERSION
+        body[COUNTERS] = {COUNT_ALARMS: alarms, COUNT_GAPS: gaps}
+        if token is not None:
+            body[TOKEN] = _fixed_bytes(token, TOKEN_BYTES, "a lender token")
+        if binding is not None:
+            body[BINDING] = _fixed_bytes(binding, BINDING_BYTES, "the enrollment binding")
+    elif token is not None or binding is not None:
+        raise ValueError("a token or a binding needs a version 2 envelope: give its counters")
     protected = cbor.encode({HDR_ALG: ALG_EDDSA, HDR_KID: kid_of(key.public_key)})
     payload = cbor.encode(body)
     signature = key.sign(sig_structure(protected, payload))

@@ -10,7 +10,10 @@ ignored; a RST ends the exchange.
 
 The lender answers 2.04 Changed with the ack map shared with the gateway
 path, {1: [stored seqs], 2: [already-present seqs], 3: [[index, reason code,
-text], ...]}; `parse_ack` checks its shape and refuses anything else.
+text], ...], ?4: a lender token}; `parse_ack` checks its shape and refuses
+anything else. The token (telemetry.freshness: 12 bytes, the lender's time in
+the first 4) is the node's to keep when it is newer than the one it holds and
+to echo in the envelopes it signs next; the node cannot check its MAC.
 """
 
 import os
@@ -24,16 +27,18 @@ ACK_TIMEOUT_MS = 2000
 ACK_RANDOM_FACTOR = 1.5
 MAX_RETRANSMIT = 4
 
-ACK_STORED, ACK_ALREADY, ACK_REFUSED = 1, 2, 3
+ACK_STORED, ACK_ALREADY, ACK_REFUSED, ACK_TOKEN = 1, 2, 3, 4
+TOKEN_BYTES = 12
 
 
 class Ack:
-    __slots__ = ("stored", "already", "refused")
+    __slots__ = ("stored", "already", "refused", "token")
 
-    def __init__(self, stored, already, refused):
+    def __init__(self, stored, already, refused, token=None):
         self.stored = stored
         self.already = already
         self.refused = refused  # [(batch index, reason code, text)]
+        self.token = token  # a fresh lender token (12 bytes), or None
 
     def settled(self):
         """The seqs the lender holds now: stored by this request or before it."""
@@ -68,7 +73,10 @@ def parse_ack(payload):
                 or not isinstance(item[2], str)):
             raise AckError("ack refusal %r is not [index, reason code, text]" % (item,))
         refused.append((item[0], item[1], item[2]))
-    return Ack(stored, already, refused)
+    token = body.get(ACK_TOKEN)
+    if token is not None and (type(token) is not bytes or len(token) != TOKEN_BYTES):
+        raise AckError("ack token (key 4) must be %d bytes, got %r" % (TOKEN_BYTES, token))
+    return Ack(stored, already, refused, token)
 
 
 class Timing:
