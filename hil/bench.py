@@ -417,7 +417,12 @@ class Bench:
 
     def envelopes(self) -> list:
         """The device's envelopes as the lender exported them at the end (`finish()` first), decoded, by seq."""
+        return [envelope for envelope, _ in self.received()]
+
+    def received(self) -> list[tuple]:
+        """(envelope, when the lender stored it: wall seconds) as the lender exported them at the end, by seq."""
         import base64
+        from datetime import datetime
 
         from telemetry.envelope import decode
 
@@ -425,7 +430,9 @@ class Bench:
         if not export.exists():
             raise BenchError("no export yet: call finish() before reading the lender's envelopes")
         rows = [json.loads(line) for line in export.read_text().splitlines() if line.strip()]
-        return sorted((decode(base64.b64decode(row["envelope_b64"])) for row in rows), key=lambda e: e.seq)
+        pairs = [(decode(base64.b64decode(row["envelope_b64"])), datetime.fromisoformat(row["received_at"]).timestamp())
+                 for row in rows]
+        return sorted(pairs, key=lambda pair: pair[0].seq)
 
     def spooled_envelopes(self) -> list:
         """The envelopes waiting in the agent's spool right now, decoded (read-only; the agent keeps running)."""

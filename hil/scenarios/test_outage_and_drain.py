@@ -7,12 +7,35 @@ gateway sampling once a minute builds in 24 hours (8,640 envelopes). When the
 link returns, the agent drains the backlog while it keeps sampling, and the
 lender ends up with every reading exactly once. (The invariant is checked
 before the outage's numbers: when readings are lost, the failure names them.)
+As the link returns a probe goes silent; the report gives the silence
+alarm's end-to-end latency, signed at the gateway to stored at the lender
+(a figure: the tests assert that alarms overtake the backlog, not how fast).
 """
 from __future__ import annotations
+
+import time
 
 import pytest
 
 pytestmark = pytest.mark.needs("agent", "lender", "onewire_sensors", "network_faults")
+
+SILENCE = "alarm.silence.gateway"  # the bench's probes belong to no asset: they are the gateway's
+
+
+def silence_at_lender(bench, state: str) -> bool:
+    return any(r["name"] == SILENCE and r["string"] == state for r in bench.lender.readings(bench.device))
+
+
+def signed_and_stored(bench, name: str) -> tuple[float, float]:
+    """When the agent signed the envelope raising alarm `name`, and when the lender stored it, in this host's wall time.
+
+    The envelope's clock statement carries the agent's uptime (CLOCK_BOOTTIME, which the rig's clock shim
+    leaves alone); the agent runs on this host, so the rig's own reading of both clocks maps it to wall time.
+    """
+    booted_at = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    envelope, stored = next((e, at) for e, at in bench.received()
+                            if any(r.name == name and r.string == "raised" for r in e.records))
+    return booted_at + envelope.clock_statement.uptime_s, stored
 
 
 def test_a_long_outage_is_held_in_the_spool_and_drained_when_the_link_returns(bench, hil_profile):
@@ -27,7 +50,12 @@ def test_a_long_outage_is_held_in_the_spool_and_drained_when_the_link_returns(be
     bench.run_for(outage_s)
     during = bench.sample()
     bench.network.heal()
+    silent = bench.probes[-1]
+    silent.unplug()                                 # silent from now on: its alarm goes out ahead of the backlog
     drain_s = bench.wait_delivered(caught_up_to=during.head_seq, timeout=hil_profile.pick(60.0, 900.0))
+    bench.wait_until(lambda: silence_at_lender(bench, "raised"), timeout=30, what="the silence alarm at the lender")
+    silent.plug()
+    bench.wait_until(lambda: silence_at_lender(bench, "cleared"), timeout=30, what="the silence alarm to clear")
     verdict = bench.finish(drain_timeout=hil_profile.pick(60, 300))
 
     assert during.lender_max_seq == before.lender_max_seq, "something got through a total outage"
@@ -38,3 +66,6 @@ def test_a_long_outage_is_held_in_the_spool_and_drained_when_the_link_returns(be
     bench.note("backlog when the link returned", f"{during.spooled} envelopes")
     bench.note("backlog drained in", f"{drain_s:.1f} s ({during.spooled / max(drain_s, 0.01):.0f} envelopes/s, "
                                      "while sampling on)")
+    signed, stored = signed_and_stored(bench, SILENCE)
+    bench.note("alarm end-to-end latency", f"{stored - signed:.3f} s ({SILENCE}: signed at the gateway, "
+                                           "stored at the lender)")

@@ -1,9 +1,12 @@
 """End to end: simulated sensors → the agent's rules → the uplink → a real lender, while a 50,000-reading backlog drains.
 
 Opening the door out of hours, driving the GNSS out of its fence and silencing
-the temperature probe each give exactly one alarm at the lender, within 2 s
-of the event, while the gateway is still sending a day-sized backlog; then
-`pledgewatch lender status` must show that picture.
+the temperature probe each give exactly one alarm at the lender, and each
+alarm overtakes the queue: the lender stores it while envelopes of the
+day-sized backlog are still to come, and before any reading newer than the
+backlog. Then `pledgewatch lender status` must show that picture. Order, not
+speed: the alarm's end-to-end latency is a figure in the report of HIL
+scenario (b), hil/scenarios/test_outage_and_drain.py.
 """
 import asyncio
 import datetime as dt
@@ -19,12 +22,8 @@ from gpiozero.pins.mock import MockFactory
 
 from agent.assets import Asset, Circle, LatLon, RuleSettings
 from agent.clock import TrustedClock
-from agent.daemon import Agent
-from agent.recorder import SEQ_BLOCK, Recorder
-from agent.rules import RulesEngine, RulesStateFile, SensorSpec
-from agent.spool import Spool
-from agent.state import AgentState
-from agent.uplink import Uplink, UplinkConfig
+from agent.recorder import SEQ_BLOCK
+from agent.rules import SensorSpec
 from drivers.gnss import GnssConfig, GnssReceiver
 from drivers.gpio import ContactConfig, ContactSensor
 from drivers.onewire import DS18B20, DS18B20Config
@@ -36,6 +35,7 @@ from tests.kit.rules import offset
 from telemetry.envelope import seal
 from telemetry.identity import Identity
 from telemetry.senml import Record
+from tests.kit.agent import build_agent
 
 DEVICE = "gw-e2e-1"
 IDENTITY = Identity(bytes([11]) * 32)
@@ -45,6 +45,7 @@ INTERVAL = 0.25  # the door and the GNSS are polled every 0.25 s: three fixes ou
 PROBE_INTERVAL = 1.0  # a DS18B20 conversion takes 750 ms: polled every second
 SILENCE_FACTOR = 3
 EXPECTED = {"alarm.door.cold-store", "alarm.geofence.truck-7", "alarm.silence.cold-store"}
+SPOOL = {"synchronous": "NORMAL"}
 
 
 def start_lender(data):
@@ -59,9 +60,10 @@ def start_lender(data):
     return lender, int(match.group(1))
 
 
-def prefill(spool, state):
+def prefill(directory):
     """A day offline: 50,000 routine readings already signed and spooled, as a previous run left them."""
-    recorder = Recorder.start(IDENTITY, DEVICE, spool, state, now=time.time())
+    agent = build_agent(directory, device=DEVICE, identity=IDENTITY, spool=SPOOL, recording=True)
+    recorder, spool, state = agent.recorder, agent.spool, agent.state
     state.reserve_seqs(recorder.seq + BACKLOG + SEQ_BLOCK)
     seq, prev, batch, t0 = recorder.seq, recorder.prev, [], time.time() - 86_400
     for index in range(BACKLOG):
@@ -75,6 +77,8 @@ def prefill(spool, state):
             spool.append_many(batch)
             batch = []
     state.mark_clean_shutdown()
+    spool.close()
+    state.close()
     return seq
 
 
@@ -87,22 +91,27 @@ class LenderView:
     def stored(self) -> int:
         return self.conn.execute("SELECT count(*) FROM envelopes WHERE device = ?", (DEVICE,)).fetchone()[0]
 
-    def alarms(self, above_seq: int) -> list[tuple[str, str, float]]:
-        """(name, state, received_at) of alarm events past the backlog, in seq order."""
+    def alarms(self, above_seq: int) -> list[tuple[str, str, int]]:
+        """(name, state, seq) of alarm events past the backlog, in seq order."""
         return self.conn.execute(
-            "SELECT r.name, r.string, e.received_at FROM records r JOIN envelopes e ON e.device = r.device AND e.seq = r.seq"
-            " WHERE r.device = ? AND r.seq > ? AND r.name GLOB 'alarm.*' AND r.string IN ('raised', 'cleared')"
-            " ORDER BY r.seq", (DEVICE, above_seq)).fetchall()
+            "SELECT name, string, seq FROM records WHERE device = ? AND seq > ? AND name GLOB 'alarm.*'"
+            " AND string IN ('raised', 'cleared') ORDER BY seq", (DEVICE, above_seq)).fetchall()
+
+    def overtaken(self, seq: int, last_backlog_seq: int) -> tuple[int, int]:
+        """Around envelope `seq`, in the order the lender stored them (its row ids, not clocks): how many
+        backlog envelopes it stored after it, and how many readings newer than the backlog before it."""
+        (position,) = self.conn.execute("SELECT id FROM envelopes WHERE device = ? AND seq = ?", (DEVICE, seq)).fetchone()
+        return self.conn.execute(
+            "SELECT coalesce(sum(seq <= ?2 AND id > ?3), 0), coalesce(sum(seq > ?2 AND alarm = 0 AND id < ?3), 0)"
+            " FROM envelopes WHERE device = ?1", (DEVICE, last_backlog_seq, position)).fetchone()
 
 
-def test_door_gnss_and_silence_alarms_reach_the_lender_within_2_s_while_50000_readings_drain(tmp_path):
+def test_door_gnss_and_silence_alarms_overtake_a_50000_reading_backlog_at_the_lender(tmp_path):
     data = tmp_path / "lender"
     lender, port = start_lender(data)
     feed = NmeaFeed(latitude=DEPOT.lat, longitude=DEPOT.lon, utc=lambda: dt.datetime.now(dt.timezone.utc))
     try:
-        spool = Spool.open(tmp_path / "spool.db", synchronous="NORMAL")
-        state = AgentState.open(tmp_path / "state.json")
-        last_backlog_seq = prefill(spool, state)
+        last_backlog_seq = prefill(tmp_path)
 
         tree = OneWireTree(tmp_path / "w1")
         probe = tree.add_ds18b20(celsius=4.5)
@@ -122,17 +131,15 @@ def test_door_gnss_and_silence_alarms_reach_the_lender_within_2_s_while_50000_re
         # polled faster for the geofence's sake, and a loaded test machine stalling 1 s is not silence
         specs = [SensorSpec(s.name, kind, max(s.interval, 1.0)) for s, kind in zip(sensors, ("ds18b20", "contact", "gnss"))]
         clock = TrustedClock(kernel_synced=lambda: False)  # no NTP here: the GNSS receiver's UTC is the time source
-        uplink = Uplink(UplinkConfig(lender=f"coap://127.0.0.1:{port}", insecure=True, batch_interval=1.0,
-                                     max_batch_bytes=30_000, max_batch_count=500), spool)
         view = LenderView(data)
-        arrivals: dict[str, tuple[float, float, int]] = {}  # name -> (event time, arrival, lender's stored count then)
 
         async def scenario():
-            rules = RulesEngine(assets, specs, RuleSettings(silence_factor=SILENCE_FACTOR, fence_fixes=3), start=clock.now(),
-                                restore=RulesStateFile(tmp_path / "rules.json").load())
-            agent = Agent(device=DEVICE, identity=IDENTITY, spool=spool, state=state, sensors=sensors, uplink=uplink,
-                          rules=rules, trusted_clock=clock, rules_state=RulesStateFile(tmp_path / "rules.json"),
-                          rule_tick=0.1)
+            agent = build_agent(tmp_path, device=DEVICE, identity=IDENTITY, sensors=sensors, spool=SPOOL,
+                                lender=f"coap://127.0.0.1:{port}",
+                                uplink={"batch_interval": 1.0, "max_batch_bytes": 30_000, "max_batch_count": 500},
+                                assets=assets, specs=specs, settings=RuleSettings(silence_factor=SILENCE_FACTOR, fence_fixes=3),
+                                trusted_clock=clock, rule_tick=0.1)
+            spool = agent.spool
             stop = asyncio.Event()
             task = asyncio.create_task(agent.run(stop))
             await asyncio.wait_for(agent.started.wait(), 10)
@@ -147,23 +154,17 @@ def test_door_gnss_and_silence_alarms_reach_the_lender_within_2_s_while_50000_re
             await until(lambda: view.stored() > 2_000 and clock.now().synced, 30)  # draining, and GNSS gave the time
             await asyncio.sleep(1.2)  # a probe reading with a trusted time
 
-            async def event(name, act, after):
+            async def event(act, after):
                 await asyncio.sleep(after)
-                happened = time.time()
                 act()
-
-                def arrived():
-                    return [r for n, s, r in view.alarms(last_backlog_seq) if n == name and s == "raised"]
-
-                await until(arrived, 15)
-                arrivals[name] = (happened, arrived()[0], view.stored())
 
             far = offset(DEPOT, 1_000.0, 0.0)
             await asyncio.gather(  # the slowest to become an alarm (silence: 3 s) first, all while the backlog drains
-                event("alarm.silence.cold-store", probe.unplug, 0.0),
-                event("alarm.door.cold-store", lambda: factory.pin(17).drive_high(), 0.7),
-                event("alarm.geofence.truck-7", lambda: feed.move_to(far.lat, far.lon), 1.4),
+                event(probe.unplug, 0.0),
+                event(lambda: factory.pin(17).drive_high(), 0.7),
+                event(lambda: feed.move_to(far.lat, far.lon), 1.4),
             )
+            await until(lambda: {n for n, s, _ in view.alarms(last_backlog_seq) if s == "raised"} >= EXPECTED, 45)
             await until(lambda: len(spool) == 0 or view.stored() >= last_backlog_seq + 100, 120)  # drained
             await asyncio.sleep(1.0)
             status = subprocess.run([sys.executable, "-m", "pledgewatch", "lender", "status", "--data", str(data), "--json"],
@@ -174,25 +175,18 @@ def test_door_gnss_and_silence_alarms_reach_the_lender_within_2_s_while_50000_re
 
         status = asyncio.run(scenario())
         events = view.alarms(last_backlog_seq)
-        (last_probe_reading,) = view.conn.execute(
-            "SELECT max(time) FROM records WHERE device = ? AND name = 'temp' AND seq > ?", (DEVICE, last_backlog_seq)).fetchone()
+        overtaken = {name: view.overtaken(seq, last_backlog_seq) for name, _, seq in events}
     finally:
         feed.close()
         lender.send_signal(signal.SIGTERM)
         lender.communicate(timeout=20)
 
-    # each event: exactly one alarm, at the lender within 2 s, while the backlog was still arriving
+    # each event: exactly one alarm, and it overtook the queue: stored while backlog envelopes were still to
+    # come, and before every reading sampled after the backlog (those wait behind it; the alarm does not)
     assert sorted((n, s) for n, s, _ in events) == sorted((name, "raised") for name in EXPECTED), events
-    # silence is an event only once k x interval has passed without a sample: measured from then (the time of
-    # the probe's last verified reading at the lender, plus 3 x 1 s), and never later than that after the unplug
-    unplugged = arrivals["alarm.silence.cold-store"][0]
-    arrivals["alarm.silence.cold-store"] = (last_probe_reading + SILENCE_FACTOR * PROBE_INTERVAL,
-                                            *arrivals["alarm.silence.cold-store"][1:])
-    assert last_probe_reading <= unplugged + 0.1
-    print("alarm latencies:", {name: f"{r - h:.2f} s with {n} of {BACKLOG} stored" for name, (h, r, n) in arrivals.items()})
-    for name, (happened, received, stored) in arrivals.items():
-        assert 0 < received - happened < 2.0, f"{name}: {received - happened:.2f} s after the event"
-        assert stored < BACKLOG, f"{name}: the backlog had already drained ({stored} stored)"
+    for name, (backlog_after, newer_before) in overtaken.items():
+        assert backlog_after > 0, f"{name}: stored only once the whole backlog had arrived"
+        assert newer_before == 0, f"{name}: {newer_before} readings newer than the backlog were stored before it"
     # and `lender status` tells the lender exactly that
     assert status.returncode == 0, status.stderr
     by_asset = {s["asset"]: s for s in json.loads(status.stdout)}
