@@ -771,7 +771,6 @@ class AtChannel:
         self._lock = asyncio.Lock()
         self._subscribers: list[Subscription] = []
         self._closed_waiters: list[asyncio.Future[None]] = []
-        self._last_loss: Exception | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -1010,7 +1009,6 @@ class AtChannel:
 
     def _port_lost(self, cause: Exception) -> None:
         self._transport = None
-        self._last_loss = cause
         self._counters.port_closures += 1
         self._protocol.connection_lost()
         log.warning("AT channel: port %s lost: %s", self.config.url, cause)

@@ -25,7 +25,7 @@ import resource
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,7 +135,6 @@ class NetworkFaults:
     def __init__(self, proxy: UdpProxy | None, faults: FaultLog) -> None:
         self.proxy = proxy
         self.faults = faults
-        self._timers: list[threading.Timer] = []
 
     def _need(self) -> UdpProxy:
         if self.proxy is None:
@@ -161,14 +160,6 @@ class NetworkFaults:
         self.proxy.heal()
         self.faults.end("link-impaired")
         self.faults.end("partition")
-
-    @contextlib.contextmanager
-    def impaired(self, impairment: Impairment | None = None, **settings: float) -> Iterator[None]:
-        self.impair(impairment, **settings)
-        try:
-            yield
-        finally:
-            self.heal()
 
     def uploads(self) -> int:
         """Datagrams the agent has sent towards the lender so far (a sign that an upload is under way)."""

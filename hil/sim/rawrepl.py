@@ -19,7 +19,7 @@ as ``\\r\\n``) like a board's raw REPL.
     with RawReplSimulator(tmp_path / "board", link=tmp_path / "ttyACM0") as board:
         ...  # open board.path with pyserial, speak the raw REPL
         board.knobs.corrupt = r"lib/cbor\\.py"   # flash bit rot: that file reads back wrong
-        assert board.executed()[-1].startswith("import hashlib")
+        assert board.received[-1].code.startswith("import hashlib")
 
 From a shell, until Ctrl-C::
 
@@ -159,7 +159,6 @@ class RawReplSimulator:
         self._buffer = bytearray()
         self._worker: _Worker | None = None
         self._script_dir: str | None = None
-        self._modified: dict[str, float] = {}
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -230,10 +229,6 @@ class RawReplSimulator:
     def received(self) -> tuple[ReceivedCode, ...]:
         with self._lock:
             return tuple(self._received)
-
-    def executed(self) -> list[str]:
-        """The text of every code block received so far, in order."""
-        return [r.code for r in self.received]
 
     # -- the pty ----------------------------------------------------------------------
 

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from hil.sim.modem import CommandContext, ModemSimulator, Reply, SimState, error
 
 PSM_ENTER_S = 0.05
-MAX_DATAGRAM = 1500
 
 
 @dataclass(slots=True)
