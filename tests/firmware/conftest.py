@@ -230,7 +230,7 @@ def make_node(tmp_path, compiled_firmware, lender):
         node = NodeUnderTest(tmp_path / f"node-{model}", compiled_firmware, lender.port, model, os.urandom(32),
                              **overrides)
         if register:
-            with lender.evidence.store() as store:
+            with lender.store() as store:
                 registration.register(store, lender.data_dir, NODE_DEVICE, node.public_key, with_oscore=False)
         return node
     return make

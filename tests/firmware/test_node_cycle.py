@@ -17,12 +17,12 @@ STEADY_STATE_AT_BUDGET = 8  # issue 7: AT round trips per steady-state report
 
 
 def stored(lender, device="yard-17"):
-    with lender.evidence.store() as store:
+    with lender.store() as store:
         return list(store.envelopes(device))
 
 
 def readings(lender, seq, device="yard-17"):
-    with lender.evidence.store() as store:
+    with lender.store() as store:
         return {r.name: r for r in store.readings(device) if r.seq == seq}
 
 
@@ -116,7 +116,7 @@ def test_a_power_cut_between_signing_and_storing_never_reuses_a_seq(make_node, l
 
     envelopes = stored(lender)
     assert [e.seq for e in envelopes] == [1, 3]
-    with lender.evidence.store() as store:
+    with lender.store() as store:
         gaps = store.gap_records("yard-17")
         assert [(g.seq, g.reason, g.first, g.last) for g in gaps] == [(3, "power-loss", 2, 2)]
         assert store.quarantined() == [], "no conflict, no chain violation"
@@ -168,7 +168,7 @@ def test_a_tamper_wake_sends_an_alarm_envelope_and_a_tamper_while_awake_is_repor
     assert next_wake["report"] is not None, node.last_log
     assert next_wake["report"]["alarm"] is True
     assert readings(lender, 3)["alarm.tamper"].boolean is True
-    with lender.evidence.store() as store:
+    with lender.store() as store:
         assert [e.alarm for e in store.envelopes("yard-17")] == [True, False, True]
 
 
@@ -196,7 +196,7 @@ def test_an_unregistered_node_keeps_its_envelopes_until_the_lender_knows_it(make
     report = refused["report"]
     assert report["acked"] == [] and report["buffered"] == [1], report
     assert any("4.01" in e for e in report["errors"]), report
-    with lender.evidence.store() as store:
+    with lender.store() as store:
         assert [q.reason for q in store.quarantined()] == [2], "kept in quarantine as from an unknown key"
 
 
@@ -212,5 +212,5 @@ def test_a_node_whose_flash_was_wiped_cannot_overwrite_evidence_and_stops_resend
     assert report["refused"] == [[1, 6]], "reason 6: conflict, the lender holds another seq 1"
     assert report["buffered"] == [], "a refusal that resending cannot change leaves the outbox"
     assert readings(lender, 1)["temp"].value == 20.0, "the stored evidence is untouched"
-    with lender.evidence.store() as store:
+    with lender.store() as store:
         assert [q.reason for q in store.quarantined()] == [6]
