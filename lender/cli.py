@@ -36,8 +36,8 @@ from pathlib import Path
 
 from durable.exc import DurableError
 from durable.sdnotify import notify
-from lender.enrollment.technicians import TechnicianRegistry, lender_identity
 from lender.enrollment import registration
+from lender.enrollment.technicians import TechnicianRegistry, lender_identity
 from lender.evidence import registry
 from lender.evidence.alarms import (
     AlarmRecord,

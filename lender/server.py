@@ -38,6 +38,7 @@ from lender.coap.telemetry import TelemetryResource
 from lender.enrollment import contexts as oscore
 from lender.evidence.ingest import DEFAULT_MAX_BODY, Ingest
 from lender.evidence.store import SQLiteStore
+from lender.evidence.tokens import token_key
 from lender.exc import OscoreContextError, ServeError, StoreError
 from telemetry.numbers import PATH_TELEMETRY
 
@@ -107,7 +108,8 @@ class LenderServer:
         try:
             self._lock_fd = _lock_data_dir(self.data_dir)
             _check_port_free(*self.bind)
-            self._thread = IngestThread(Ingest(self.store, max_body=self.max_body))
+            key = token_key(self.data_dir)
+            self._thread = IngestThread(Ingest(self.store, max_body=self.max_body, token_key=key))
             # One indexed read per request; its own connection keeps it off the ingest thread's queue.
             self._registry_view = SQLiteStore.open(self.data_dir)
             self.credentials = oscore.LenderCredentials.load(self.data_dir / "oscore")
@@ -117,7 +119,7 @@ class LenderServer:
             site.add_resource((".well-known", "core"), WKCResource(site.get_resources_as_linkheader))
             protected = oscore.protected_site(site, self.credentials, insecure=self.insecure)
             routes, prefixes = enrollment_routes(self._thread, self.store, self.data_dir)
-            routes.update(node_routes(self._thread, self.store))
+            routes.update(node_routes(self._thread, self.store, key))
             root = RegistryWatch(PlainRoutes(protected, routes, prefixes), self._refresh)
             try:
                 self._context = await aiocoap.Context.create_server_context(root, bind=self.bind)

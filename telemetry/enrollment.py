@@ -49,13 +49,16 @@ REPORT_LIMITS = Limits(max_bytes=MAX_REPORT, max_depth=6, max_items=2048)
 BINDING_CONTEXT = b"pledgewatch-binding/1"
 
 
-def binding_of(signed_response: bytes) -> bytes:
-    """The enrollment binding a device puts into each envelope: 8 bytes of SHA-256 over the lender's signed response.
+def binding_of(lender_public_key: bytes, device_public_key: bytes, asset: str) -> bytes:
+    """The enrollment binding a device puts into each envelope: this device key, pledged for this asset, at this lender.
 
-    The response names the device, the request and the asset and is signed by
-    one lender's key, so the binding names one enrollment at one lender.
+    8 bytes of SHA-256 over the three. It is the same for every response the
+    lender signs for the same enrollment (a lost answer, a re-provisioned
+    node), and differs at a second lender or for a second asset, so the same
+    signed envelopes cannot serve as evidence in two pledges.
     """
-    return hashlib.sha256(BINDING_CONTEXT + bytes(signed_response)).digest()[:8]
+    return hashlib.sha256(BINDING_CONTEXT + bytes(lender_public_key) + bytes(device_public_key)
+                          + asset.encode("utf-8")).digest()[:8]
 
 
 def valid_id(value: object) -> bool:

@@ -122,7 +122,9 @@ def test_the_token_vector_is_genuine_for_its_device_only_and_carries_the_lender_
     assert not token_genuine(key, "another-device", token) and not token_genuine(bytes(32), description["device"], token)
 
 
-def test_the_v2_envelopes_carry_the_binding_of_the_enrollment_response_vector():
-    response = (VECTORS / "enrollment-response.cbor").read_bytes()
+def test_the_v2_envelopes_carry_the_binding_of_their_key_to_the_lender_and_asset_of_the_enrollment_vectors():
+    lender = bytes.fromhex(json.loads((VECTORS / "enrollment-response.json").read_text())["public_key_hex"])
     for name in ("envelope-v2-alarm", "envelope-v2-node"):
-        assert decode_envelope((VECTORS / f"{name}.cbor").read_bytes()).binding == binding_of(response)
+        description = json.loads((VECTORS / f"{name}.json").read_text())
+        envelope = decode_envelope((VECTORS / f"{name}.cbor").read_bytes())
+        assert envelope.binding == binding_of(lender, bytes.fromhex(description["public_key_hex"]), "loan-2026-117")

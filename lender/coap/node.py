@@ -61,6 +61,7 @@ class NodeResource(LenderResource):
         return response
 
 
-def node_routes(thread: IngestThread, store: EvidenceStore) -> dict[tuple[str, ...], LenderResource]:
+def node_routes(thread: IngestThread, store: EvidenceStore,
+                token_key: bytes | None = None) -> dict[tuple[str, ...], LenderResource]:
     """The plain-CoAP route lender.server puts in front of the OSCORE site: ``/n`` for nodes."""
-    return {PATH_NODE: NodeResource(thread, NodeIngest(store))}
+    return {PATH_NODE: NodeResource(thread, NodeIngest(store, token_key=token_key))}

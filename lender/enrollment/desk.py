@@ -45,6 +45,7 @@ from telemetry.enrollment import (
     EnrollmentRequest,
     EnrollmentResponse,
     InstallationReport,
+    binding_of,
     parse_sign,
     signer_verifies,
     valid_id,
@@ -121,6 +122,9 @@ class EnrollmentDesk:
             return refused
         saved = self._responses() / f"{body.device}.cbor"
         existing = self.registry.device(body.device)
+        if existing is not None and not existing.active:
+            return _refuse(codes.FORBIDDEN, f"device {body.device} was revoked at {iso_time(existing.revoked_at)}; "
+                                            "a revoked device is never enrolled again: enroll a replacement")
         if existing is not None:
             if existing.public_key == body.public_key and saved.exists():
                 stored = saved.read_bytes()
@@ -130,6 +134,9 @@ class EnrollmentDesk:
             if existing.public_key == body.public_key and body.response_key is None:
                 response = EnrollmentResponse(body.device, request.digest, int(existing.registered_at),
                                               existing.asset or "")
+                if existing.binding is None:  # registered by hand (a node), enrolled now: bound from here on
+                    self.registry.bind(body.device, binding_of(self.identity.public_key, body.public_key,
+                                                               existing.asset or ""))
                 return Decision(codes.CREATED, response.sign(self.identity), body.device, signed=True)
             return _refuse(codes.CONFLICT, f"device {body.device} is enrolled already (kid {existing.kid.hex()}, "
                                            f"{existing.status.value}); enroll a replacement under a new device id")
@@ -139,7 +146,22 @@ class EnrollmentDesk:
                                             f"{MAX_AGE_S // 86400}-day window; make a new one")
         if self.registry.device_by_kid(body.kid) is not None:
             return _refuse(codes.CONFLICT, f"the device key {body.kid.hex()} is registered to another device")
+        asset = body.binding.asset
+        if not self.site_path(asset).is_file():
+            return _refuse(codes.FORBIDDEN, f"asset {asset} has no site record at this lender; an enrollment must name "
+                                            f"a pledged asset the lender holds (staff: {self.site_path(asset)})")
+        if body.kind == "gateway":
+            first = next((d for d in self.registry.devices()
+                          if d.active and d.asset == asset and d.oscore_context is not None), None)
+            if first is not None:
+                return _refuse(codes.CONFLICT, f"asset {asset} is pledged already, watched by gateway {first.device} "
+                                               f"(enrolled {iso_time(first.registered_at)}); revoke it before "
+                                               "enrolling another gateway for the asset")
         return self._register(request, now, saved)
+
+    def site_path(self, asset: str) -> Path:
+        """Where the lender's staff keep the site record of a pledged asset."""
+        return enroll_dir(self.data_dir) / "sites" / f"{asset}.toml"
 
     def _register(self, request: EnrollmentRequest, now: float, saved: Path) -> Decision:
         body = request.body
@@ -148,15 +170,16 @@ class EnrollmentDesk:
         try:
             if body.response_key is not None:
                 params = oscore.new_device_context(contexts, body.device)
-            device = Device(device=body.device, public_key=body.public_key, registered_at=now,
-                            asset=body.binding.asset,
-                            oscore_context=f"oscore/{body.device}" if params is not None else None,
-                            oscore_id=params.sender_id if params is not None else None)
             response = EnrollmentResponse(
                 body.device, request.digest, int(now), body.binding.asset,
                 ContextKeys(params.sender_id, params.recipient_id, params.master_secret, params.master_salt)
                 .seal(body.response_key) if params is not None else None)
             signed = response.sign(self.identity)
+            device = Device(device=body.device, public_key=body.public_key, registered_at=now,
+                            asset=body.binding.asset,
+                            oscore_context=f"oscore/{body.device}" if params is not None else None,
+                            oscore_id=params.sender_id if params is not None else None,
+                            binding=binding_of(self.identity.public_key, body.public_key, body.binding.asset))
             record = {"request_b64": _b64(request.encode()), "technician": body.technician, "kind": body.kind,
                       "hardware": dict(body.hardware), "binding": body.binding.to_map(), "enrolled_at": iso_time(now)}
             requests = enroll_dir(self.data_dir) / "requests"
@@ -185,7 +208,7 @@ class EnrollmentDesk:
         """The site file staff keep for `asset` (``DATA/enroll/sites/<asset>.toml``), signed by the enrollment key."""
         if not valid_id(asset):
             return _refuse(codes.BAD_REQUEST, f"asset id {asset!r} is not a valid id")
-        path = enroll_dir(self.data_dir) / "sites" / f"{asset}.toml"
+        path = self.site_path(asset)
         try:
             data = path.read_bytes()
         except FileNotFoundError:

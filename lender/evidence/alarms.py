@@ -18,10 +18,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from lender.evidence.store import Reading, SQLiteStore, explain_gaps
-from telemetry.alarms import GATEWAY, PREFIX, RAISED, STATES, alarm_name, parse_alarm_name
+from telemetry.alarms import (
+    GATEWAY,
+    PREFIX,
+    RAISED,
+    STATES,
+    alarm_name,
+    parse_alarm_name,
+)
 from telemetry.envelope import decode
 from telemetry.exc import WireFormatError
-
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,17 +36,17 @@ from lender.evidence.store import (
     StoredEnvelope,
 )
 from telemetry import cbor
+from telemetry.ack import Ack, Refusal, short_text
 from telemetry.cbor import DEFAULT_LIMITS, Limits
 from telemetry.envelope import GENESIS, Envelope, GapReason, Reason, Verdict, verify
 from telemetry.exc import LimitError, WireFormatError
+from telemetry.freshness import issue_token
 from telemetry.identity import DeviceKey
 
 log = logging.getLogger(__name__)
 
-ACK_STORED, ACK_ALREADY, ACK_REJECTED = 1, 2, 3
 DEFAULT_MAX_BODY = 64 * 1024   # bytes of one batch; the agent's default batch is 16 KiB
 MAX_BATCH_ENVELOPES = 4095     # telemetry's item cap (4096) less the array itself
-MAX_TEXT = 200                 # characters of reason text per refused envelope in an ack
 
 
 class Status(enum.Enum):
@@ -70,15 +70,6 @@ _STATUS_REASON = {
 
 
 @dataclass(frozen=True, slots=True)
-class Refusal:
-    """One envelope of a batch that was not stored: its index in the batch, the reason code and a text."""
-
-    index: int
-    reason: Reason
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
 class BatchOutcome:
     """What happened to one request: its status, a diagnostic for refusals, and the ack's three lists."""
 
@@ -87,14 +78,32 @@ class BatchOutcome:
     stored: tuple[int, ...] = ()
     already: tuple[int, ...] = ()
     refused: tuple[Refusal, ...] = ()
+    token: bytes | None = None    # a fresh lender token for the device that sent the batch
 
     def ack(self) -> bytes:
-        """The ack map for a 2.04 answer, deterministically encoded CBOR."""
-        return cbor.encode({
-            ACK_STORED: list(self.stored),
-            ACK_ALREADY: list(self.already),
-            ACK_REJECTED: [[r.index, int(r.reason), r.text] for r in self.refused],
-        })
+        """The ack map for a 2.04 answer (telemetry.ack), deterministically encoded CBOR."""
+        return Ack(self.stored, self.already, self.refused, token=self.token).encode()
+
+
+def binding_violation(envelope: Envelope, device: Device | None) -> str | None:
+    """Why `envelope` may not be stored for `device` under its enrollment binding, or None.
+
+    A device enrolled here carries this lender's binding in every version 2
+    envelope; one registered by hand has none to carry. An envelope bound to
+    another enrollment (another lender, or an earlier pledge) is never this
+    lender's evidence. Version 1 envelopes carry no binding (legacy; the risk
+    view marks a device that goes back to them).
+    """
+    if device is None or envelope.version < 2:
+        return None
+    if envelope.binding == device.binding:
+        return None
+    if device.binding is None:
+        return (f"{envelope.device} seq {envelope.seq} is bound to enrollment {envelope.binding.hex()}, which this "
+                "lender did not make (the device was registered by hand here)")
+    named = "no enrollment" if envelope.binding is None else f"enrollment {envelope.binding.hex()}"
+    return (f"{envelope.device} seq {envelope.seq} names {named}; this lender enrolled it as "
+            f"{device.binding.hex()}")
 
 
 def chain_violation(envelope: Envelope, before: StoredEnvelope | None, after: StoredEnvelope | None) -> str | None:
@@ -145,10 +154,6 @@ class ActiveKeys(Mapping[bytes, DeviceKey]):
         return len(self._keys)
 
 
-def _short(text: str) -> str:
-    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 3] + "..."
-
-
 class Ingest:
     """Decides and records the fate of every request to ``/t``; one instance per store, one thread at a time."""
 
@@ -159,6 +164,7 @@ class Ingest:
         max_body: int = DEFAULT_MAX_BODY,
         envelope_limits: Limits = DEFAULT_LIMITS,
         clock: Callable[[], float] = time.time,
+        token_key: bytes | None = None,
     ) -> None:
         if max_body < 1:
             raise ValueError("max_body must be positive")
@@ -168,6 +174,7 @@ class Ingest:
         self.body_limits = Limits(max_bytes=max_body, max_depth=1, max_items=MAX_BATCH_ENVELOPES + 1)
         self.keys = ActiveKeys(store)
         self._clock = clock
+        self.token_key = token_key
 
     # --- whole requests ---
 
@@ -224,6 +231,10 @@ class Ingest:
                             f"(stored digest {existing.digest.hex()}, this one {envelope.digest.hex()})",
                             raw, envelope, peer, received_at))
                     continue
+                unbound = binding_violation(envelope, self.store.device(envelope.device))
+                if unbound is not None:
+                    refused.append(self._refuse(index, Reason.BINDING, unbound, raw, envelope, peer, received_at))
+                    continue
                 before = self.store.envelope(envelope.device, envelope.seq - 1) if envelope.seq > 0 else None
                 after = self.store.envelope(envelope.device, envelope.seq + 1) if envelope.seq < INT64_MAX else None
                 problem = chain_violation(envelope, before, after)
@@ -240,7 +251,19 @@ class Ingest:
         if refused:
             log.info("batch from %s: %d stored, %d already present, %d refused (%s)", peer, len(stored),
                      len(already), len(refused), ", ".join(f"#{r.index}: {r.reason.name}" for r in refused[:5]))
-        return BatchOutcome(Status.CHANGED, "", tuple(stored), tuple(already), tuple(refused))
+        return BatchOutcome(Status.CHANGED, "", tuple(stored), tuple(already), tuple(refused),
+                            self._token(sender, verdicts))
+
+    def _token(self, sender: str | None, verdicts: list[Verdict]) -> bytes | None:
+        """A fresh token for the device behind the batch: the OSCORE sender, else the one device its envelopes name."""
+        if self.token_key is None:
+            return None
+        if sender is None:
+            named = {v.envelope.device for v in verdicts if v.ok}
+            if len(named) != 1:
+                return None
+            (sender,) = named
+        return issue_token(self.token_key, sender, self._clock())
 
     # --- steps ---
 
@@ -303,7 +326,7 @@ class Ingest:
         ))
         if not kept:
             log.warning("quarantine full: envelope refused (%s) from %s only counted", reason.name, peer)
-        return Refusal(index, reason, _short(f"{reason.name.lower()}: {detail}"))
+        return Refusal(index, reason, short_text(f"{reason.name.lower()}: {detail}"))
 
 
 def _kind(item: object) -> str:

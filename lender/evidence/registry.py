@@ -128,6 +128,9 @@ class Registry(Protocol):
     def set_revoked(self, device_id: str, at: float) -> Device:
         """Mark the device revoked at `at` (idempotent); raise UnknownDeviceError if absent."""
 
+    def bind(self, device_id: str, binding: bytes) -> Device:
+        """Give a device registered without an enrollment its first enrollment binding (never replaces one)."""
+
 
 def revoke(registry: Registry, device_id: str, *, now: float | None = None) -> Device:
     """Revoke a device: its envelopes are refused from now on (reason 4), its past evidence stays."""

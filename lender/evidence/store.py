@@ -503,6 +503,19 @@ class SQLiteStore:
             raise UnknownDeviceError(f"no device {device_id!r} is registered")
         return device
 
+    def bind(self, device_id: str, binding: bytes) -> Device:
+        try:
+            with self.transaction():
+                self._conn.execute("UPDATE devices SET binding = ? WHERE device = ? AND binding IS NULL",
+                                   (binding, device_id))
+                self._bump_generation()
+        except sqlite3.Error as exc:
+            raise _wrap(exc, f"cannot bind {device_id} in {self.path}") from exc
+        device = self.device(device_id)
+        if device is None:
+            raise UnknownDeviceError(f"no device {device_id!r} is registered")
+        return device
+
     # --- envelopes ---
 
     def envelope(self, device: str, seq: int) -> StoredEnvelope | None:

@@ -6,13 +6,16 @@ import threading
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.kit.lender import Device, batch, enroll
 
 from lender.evidence import registry
-from lender.evidence.ingest import ACK_ALREADY, ACK_REJECTED, ACK_STORED, Ingest, Status, chain_violation
+from lender.evidence.ingest import Ingest, Status, chain_violation
 from lender.evidence.store import SQLiteStore, explain_gaps
 from telemetry import cbor
+from telemetry.ack import ALREADY as ACK_ALREADY
+from telemetry.ack import REFUSED as ACK_REJECTED
+from telemetry.ack import STORED as ACK_STORED
 from telemetry.envelope import GENESIS, Gap, GapReason, Reason, seal
+from tests.kit.lender import Device, batch, enroll
 
 
 @pytest.fixture

@@ -85,6 +85,10 @@ def site(tmp_path):
         '[[sensors]]\nkind = "contact"\nname = "tamper"\npin = 17\npull_up = false\nsettle_s = 0.02\n\n'
         '[uplink]\nbatch_interval = 1.0\nbackoff_initial = 0.2\nbackoff_cap = 1.0\nack_timeout = 0.5\n'
     )
+    # the lender's staff keep the pledged asset's site record: an enrollment must name one
+    lender_sites = data / "enroll" / "sites"
+    lender_sites.mkdir(parents=True, exist_ok=True)
+    (lender_sites / "asset-7781.toml").write_text((tmp_path / "site.toml").read_text())
     now = dt.datetime.now(dt.timezone.utc)
     with ModemSimulator("rm520n", link=tmp_path / "modem", network_time=now) as modem:
         yield Site(tmp_path, lender, profile, modem, tree, probe.device_id)

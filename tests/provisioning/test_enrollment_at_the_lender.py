@@ -23,7 +23,10 @@ from telemetry.identity import Identity
 @pytest.fixture
 def desk(tmp_path):
     with SQLiteStore.open(tmp_path / "lender") as store:
-        yield EnrollmentDesk(tmp_path / "lender", store)
+        desk = EnrollmentDesk(tmp_path / "lender", store)
+        desk.site_path("asset-7781").parent.mkdir(parents=True, exist_ok=True)
+        desk.site_path("asset-7781").write_text('[asset]\nid = "asset-7781"\nsite = "Warehouse 3"\n')
+        yield desk
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import time
 from agent import config as agent_config
 from durable.keyfile import read_key
 from lender.enrollment.technicians import TechnicianRegistry
+from lender.evidence import registry
 from pledgewatch.cli import main as pledgewatch_main
 from telemetry.identity import Identity
 
@@ -93,6 +94,11 @@ def test_a_second_device_id_on_a_provisioned_gateway_needs_rotate(site, capsys):
     assert err.startswith("pledgewatch provision gateway: this gateway is provisioned as gw-0001 already")
     assert "--rotate" in err
     old_key = Identity(read_key(site.etc / "device.key"))
+    # the asset is pledged through gw-0001: a second gateway for it is refused until the lender revokes the first
+    assert site.provision("--rotate", device="gw-0002") == 1
+    assert "asset asset-7781 is pledged already, watched by gateway gw-0001" in capsys.readouterr().err
+    with site.store() as store:
+        registry.revoke(store, "gw-0001")
     assert site.provision("--rotate", device="gw-0002") == 0
     new_key = Identity(read_key(site.etc / "device.key"))
     assert new_key.kid != old_key.kid

@@ -95,7 +95,7 @@ def test_a_failure_is_one_line_even_when_the_cause_spans_lines():
 
 def test_the_asset_binding_can_come_from_the_lender_signed_with_its_enrollment_key(site, capsys):
     sites = site.lender.data / "enroll" / "sites"
-    sites.mkdir(parents=True)
+    sites.mkdir(parents=True, exist_ok=True)
     (sites / "asset-7781.toml").write_text(site.site_file.read_text() + "\n# " + "padding " * 200 + "\n")  # > 1 block
     site.lender.start()
     code = pledgewatch_main(["provision", "gateway", "--device-id", "gw-0001", "--no-modem", "--asset", "asset-7781",

@@ -153,13 +153,14 @@ def build() -> dict[str, tuple[dict, bytes]]:
         cose,
     )
     vectors.update(contract_vectors(one, two, Identity(SEED_3)))
-    vectors.update(version2_vectors(one, two, vectors["enrollment-response"][1]))
+    vectors.update(version2_vectors(one, two, Identity(SEED_3)))
     return vectors
 
 
-def version2_vectors(gateway: Identity, node: Identity, response: bytes) -> dict[str, tuple[dict, bytes]]:
+def version2_vectors(gateway: Identity, node: Identity, lender: Identity) -> dict[str, tuple[dict, bytes]]:
     """Version 2 envelopes (counters, lender token, enrollment binding) and a lender token."""
-    binding = binding_of(response)
+    binding = binding_of(lender.public_key, gateway.public_key, "loan-2026-117")
+    node_binding = binding_of(lender.public_key, node.public_key, "loan-2026-117")
     token = issue_token(TOKEN_KEY, "gw-test-1", T0 + 100)
     alarm_records = [
         Record("alarm.door.stock", string="raised", time=T0 + 130),
@@ -174,7 +175,7 @@ def version2_vectors(gateway: Identity, node: Identity, response: bytes) -> dict
             records=alarm_records, counters=Counters(alarms=3, gaps=1), token=token, binding=binding),
         "envelope-v2-node": envelope_vector(
             node, SEED_2, "envelope", device="node-test-7", boot=5, seq=120, prev=bytes(range(16)),
-            records=node_records, counters=Counters(alarms=0, gaps=1), token=node_token, binding=binding),
+            records=node_records, counters=Counters(alarms=0, gaps=1), token=node_token, binding=node_binding),
         "gap-overflow-v2": envelope_vector(
             gateway, SEED_1, "gap", device="gw-test-1", boot=2, seq=18, prev=bytes(16),
             gap=Gap("overflow", first=5, last=9, count=5, queued=100000, alarms_dropped=0),
