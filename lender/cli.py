@@ -11,8 +11,9 @@
     quarantine what was refused, and why
     export     a device's evidence, one row per envelope with its exact bytes
     verify     re-verify an export offline with only the devices' public keys
-    alarms     alarms raised and cleared, per asset
-    status     per asset: last seen, last verified reading, open alarms, gaps
+    alarms     alarms raised and cleared, per asset, and the lender's own (risks)
+    status     per asset: last seen, last verified reading, open alarms, gaps, risks
+    review     record a staff member's review of a signed gap record
 
 Exit codes: 0 success, 1 a check failed or the operation was refused, 2 bad usage
 or unreadable input.
@@ -55,13 +56,16 @@ from lender.evidence.export import (
 )
 from lender.evidence.ingest import DEFAULT_MAX_BODY
 from lender.evidence.registry import iso_time
-from lender.evidence.store import Reading, SQLiteStore, explain_gaps
+from lender.evidence.risks import MISSED_HEARTBEATS, Judge, device_risks
+from lender.evidence.store import Reading, Review, SQLiteStore, explain_gaps
+from lender.evidence.tokens import token_key
 from lender.exc import (
     ExportFormatError,
     InvalidTechnicianError,
     LenderError,
     StoreError,
 )
+from telemetry.alarms import GATEWAY
 from telemetry.envelope import Reason
 
 DEFAULT_DATA = os.environ.get("PLEDGEWATCH_LENDER_DATA", "/var/lib/pledgewatch/lender")
@@ -126,6 +130,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     status = command("status", _status,
                      "per asset: last seen, last verified reading, open alarms, gaps (lender.evidence.alarms)")
     _alarm_arguments(alarms, status)
+
+    p = command("review", _review, "record that a staff member reviewed a signed gap record (kept as an audit record)")
+    p.add_argument("--device", required=True)
+    p.add_argument("--seq", required=True, type=int, help="the seq of the gap record reviewed")
+    p.add_argument("--by", required=True, metavar="NAME", help="who reviewed it")
+    p.add_argument("--note", required=True, help="what they found (for the record)")
 
     p = command("verify", _verify, "re-verify an export offline: signatures, chain, gaps", data=False)
     p.add_argument("file", type=Path, metavar="FILE", help="an export (jsonl or csv)")
@@ -452,6 +462,26 @@ def _alarm_arguments(alarms: argparse.ArgumentParser, status: argparse.ArgumentP
     alarms.add_argument("--json", action="store_true", help="one JSON object per line")
     status.add_argument("--device", help="only this device")
     status.add_argument("--json", action="store_true", help="a JSON array, one object per asset")
+    for parser in (alarms, status):
+        parser.add_argument("--missed-heartbeats", type=_positive_float, default=MISSED_HEARTBEATS, metavar="N",
+                            help=f"call a device silent after N declared heartbeats without an envelope "
+                                 f"(default {MISSED_HEARTBEATS})")
+
+
+def _judge(args: argparse.Namespace) -> Judge:
+    """The lender's own yardsticks for risks: now, its token key, its site records, its patience."""
+    return Judge(now=time.time(), token_key=token_key(args.data, create=False),
+                 sites_dir=Path(args.data) / "enroll" / "sites", missed_heartbeats=args.missed_heartbeats)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return value
 
 
 def _when(event: AlarmRecord) -> str | None:
@@ -469,17 +499,31 @@ def _alarm_json(event: AlarmRecord) -> dict:
 
 
 def _alarms(args: argparse.Namespace) -> int:
+    judge = _judge(args)
     with SQLiteStore.open(args.data, create=False) as store:
         events = alarm_events(store, args.device, args.asset)
         if args.open:
             events = sorted(open_alarms(events).values(), key=lambda e: (e.device, e.seq))
+        devices = [args.device] if args.device else sorted({d.device for d in store.devices()}
+                                                            | set(store.envelope_devices()))
+        # the lender's own alarms: every risk it sees, raised by the lender, as long as it lasts
+        raised = [(device, risk) for device in devices for risk in device_risks(store, device, judge)]
     for event in events:
         if args.json:
-            print(json.dumps(_alarm_json(event), sort_keys=True))
+            print(json.dumps({**_alarm_json(event), "source": "device"}, sort_keys=True))
         else:
             what = f" {event.value:g} {event.unit or ''}".rstrip() if event.value is not None else ""
             print(f"{event.device} {event.asset}: {event.state.upper():7} {event.name} ({event.severity}) seq {event.seq}"
                   f" at {_when(event)}; sensors {','.join(event.sensors) or '-'};{what} {event.detail}".rstrip())
+    for device, risk in raised if args.asset in (None, GATEWAY) else ():
+        if args.json:
+            print(json.dumps({"source": "lender", "device": device, "asset": GATEWAY, "kind": risk.kind,
+                              "state": "raised", "name": f"risk.{risk.kind}.{device}", **risk.to_json()},
+                             sort_keys=True))
+        else:
+            since = f" since {iso_time(risk.since)}" if risk.since is not None else ""
+            print(f"{device} {GATEWAY}: RAISED  risk.{risk.kind} (lender){since}: {risk.detail}")
+    events = events or raised
     if not events and not args.json:
         print("no alarms" + (" open" if args.open else ""), file=sys.stderr)
     return 0
@@ -500,12 +544,13 @@ def status_json(status: AssetStatus) -> dict:
         "last_reading": _reading_json(status.last_reading),
         "open_alarms": [_alarm_json(a) for a in status.open_alarms],
         "unexplained_gaps": [list(g) for g in status.unexplained_gaps], "explained_gaps": status.explained_gaps,
+        "risks": [r.to_json() for r in status.risks],
     }
 
 
 def _status(args: argparse.Namespace) -> int:
     with SQLiteStore.open(args.data, create=False) as store:
-        statuses = asset_status(store, args.device)
+        statuses = asset_status(store, args.device, _judge(args))
     if args.json:
         print(json.dumps([status_json(s) for s in statuses], sort_keys=True))
         return 0
@@ -528,6 +573,21 @@ def _status(args: argparse.Namespace) -> int:
             print(f"  gaps          {len(s.unexplained_gaps)} unexplained (seqs {ranges}), {s.explained_gaps} explained")
         else:
             print(f"  gaps          none unexplained, {s.explained_gaps} explained by signed gap records")
+        for risk in s.risks:
+            since = f" since {iso_time(risk.since)}" if risk.since is not None else ""
+            print(f"  RISK {risk.kind:<10}{since}: {risk.detail}")
+    return 0
+
+
+def _review(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        if args.seq not in {g.seq for g in store.gap_records(args.device)}:
+            print(f"pledgewatch lender review: {args.device} has no signed gap record at seq {args.seq} "
+                  "(see `pledgewatch lender status`)", file=sys.stderr)
+            return 1
+        review = Review(args.device, args.seq, args.by, args.note, time.time())
+        store.add_review(review)
+    print(f"reviewed {args.device} seq {args.seq} by {args.by} at {iso_time(review.at)}: {args.note}")
     return 0
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from lender.evidence.risks import Judge, Risk, device_risks
 from lender.evidence.store import Reading, SQLiteStore, explain_gaps
 from telemetry.alarms import (
     GATEWAY,
@@ -68,7 +69,8 @@ class AssetStatus:
     open_alarms: tuple[AlarmRecord, ...]
     unexplained_gaps: tuple[tuple[int | None, int], ...]   # missing seq ranges no signed gap record explains
     explained_gaps: int
-    state: str = field(default="OK")           # "OK" | "ALARM" | "GAPS" | "NO DATA"
+    state: str = field(default="OK")           # "OK" | "ALARM" | "RISK" | "GAPS" | "NO DATA"
+    risks: tuple[Risk, ...] = ()               # the lender's own judgement of the device (lender.evidence.risks)
 
 
 def _envelope_facts(store: SQLiteStore, device: str, seq: int, cache: dict) -> tuple[str | None, float | None, float]:
@@ -144,8 +146,23 @@ def _manifest(store: SQLiteStore, device: str) -> dict[str, tuple[str, tuple[str
             for name, fields in assets.items()}
 
 
-def asset_status(store: SQLiteStore, device: str | None = None) -> list[AssetStatus]:
-    """Each asset of each device (the gateway itself included): last seen, last verified reading, open alarms, gaps."""
+def state_of(last_seen: float | None, alarms: tuple, risks: tuple[Risk, ...]) -> str:
+    """OK only with data, no open alarm and no risk; GAPS when the only risks are gaps."""
+    if last_seen is None:
+        return "NO DATA"
+    if alarms:
+        return "ALARM"
+    if any(r.kind != "gap" for r in risks):
+        return "RISK"
+    return "GAPS" if risks else "OK"
+
+
+def asset_status(store: SQLiteStore, device: str | None = None, judge: Judge | None = None) -> list[AssetStatus]:
+    """Each asset of each device (the gateway itself included): last seen, last verified reading, open alarms, risks.
+
+    Without a `judge` (the lender's time, token key and site records) only the
+    risks that need none of them are judged, as of the device's last arrival.
+    """
     devices = [device] if device is not None else sorted({d.device for d in store.devices()} | set(store.envelope_devices()))
     events = alarm_events(store, device)
     opened = open_alarms(events)
@@ -160,6 +177,7 @@ def asset_status(store: SQLiteStore, device: str | None = None) -> list[AssetSta
         findings = explain_gaps(store.missing_ranges(dev), store.gap_records(dev))
         unexplained = tuple((f.missing.first, f.missing.last) for f in findings if not f.explained)
         explained = sum(1 for f in findings if f.explained)
+        risks = tuple(device_risks(store, dev, judge or Judge(now=last[1] if last else 0.0)))
         for name, (kind, sensors) in sorted(assets.items(), key=lambda item: (item[0] == GATEWAY, item[0])):
             reading = None
             if sensors:
@@ -168,7 +186,7 @@ def asset_status(store: SQLiteStore, device: str | None = None) -> list[AssetSta
                 reading = found[0] if found else None
             alarms = tuple(sorted((e for (d, _), e in opened.items() if d == dev and e.asset == name),
                                   key=lambda e: e.seq))
-            state = "NO DATA" if last is None else "ALARM" if alarms else "GAPS" if unexplained else "OK"
             out.append(AssetStatus(dev, name, kind, sensors, last[1] if last else None, last[0] if last else None,
-                                   reading, alarms, unexplained, explained, state))
+                                   reading, alarms, unexplained, explained,
+                                   state_of(last[1] if last else None, alarms, risks), risks))
     return out

@@ -261,8 +261,8 @@ class EvidenceStore(Registry, Protocol):
     def missing_ranges(self, device: str | None = None) -> list[MissingRange]:
         """The seqs missing between stored envelopes (and before the first, if it is not a chain start)."""
 
-    def quarantined(self, limit: int = 100) -> list[QuarantineEntry]:
-        """The most recently seen quarantine entries."""
+    def quarantined(self, limit: int = 100, device: str | None = None) -> list[QuarantineEntry]:
+        """The most recently seen quarantine entries (of one device's envelopes, if given)."""
 
     def quarantine_overflow(self) -> dict[tuple[str, int], int]:
         """Rejections counted but not kept because the quarantine was full, by (kind, reason)."""
@@ -607,6 +607,13 @@ class SQLiteStore:
                         _py_int(total), unit, _py_int(at_time), at)
                 for d, seq, index, name, value, string, boolean, data, total, unit, at_time, at in rows]
 
+    def record_times(self, device: str) -> dict[int, tuple[float, float]]:
+        """seq -> (earliest, latest) time the device put on the records of that envelope (those with a time)."""
+        rows = self._query("SELECT seq, min(time), max(time) FROM records WHERE device = ? AND time IS NOT NULL"
+                           " GROUP BY seq", (device,))
+        return {seq: (float(low), float(high)) for seq, low, high in rows
+                if isinstance(low, (int, float)) and isinstance(high, (int, float))}
+
     def last_received(self, device: str) -> tuple[int, float] | None:
         """The highest stored seq of `device` and when the newest envelope arrived, or None."""
         (seq, received), = self._query("SELECT max(seq), max(received_at) FROM envelopes WHERE device = ?", (device,))
@@ -677,9 +684,10 @@ class SQLiteStore:
             raise _wrap(exc, f"cannot write the quarantine in {self.path}") from exc
         return True
 
-    def quarantined(self, limit: int = 100) -> list[QuarantineEntry]:
-        rows = self._query(f"SELECT {_QUARANTINE_COLUMNS} FROM quarantine ORDER BY last_seen DESC, id DESC LIMIT ?",
-                           (limit,))
+    def quarantined(self, limit: int = 100, device: str | None = None) -> list[QuarantineEntry]:
+        where, params = ("WHERE device = ?", (device,)) if device is not None else ("", ())
+        rows = self._query(f"SELECT {_QUARANTINE_COLUMNS} FROM quarantine {where} ORDER BY last_seen DESC, id DESC"
+                           " LIMIT ?", (*params, limit))
         return [
             QuarantineEntry(i, kind, Reason(reason), detail, raw, size, device, _py_int(seq), kid, index,
                             first_peer, last_peer, first_seen, last_seen, count)

@@ -64,7 +64,11 @@ def batch(envelopes) -> bytes:
 
 
 def ack_of(payload: bytes) -> dict:
-    return cbor.decode(payload)
+    """The ack's three lists (stored, already, refused); its lender token (key 4) is checked where it matters."""
+    ack = cbor.decode(payload)
+    token = ack.pop(4, None)
+    assert token is None or (isinstance(token, bytes) and len(token) == 12), f"malformed lender token {token!r}"
+    return ack
 
 
 def enroll(store: SQLiteStore, data_dir: Path, device: Device, *, oscore: bool = False, **extra):

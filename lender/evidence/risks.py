@@ -1,0 +1,253 @@
+"""The lender's own judgement of a device: the risks it can name from what it holds, whatever the device says.
+
+The borrower controls the gateway: its disk, clock, power and network. What
+they do to hide an event must leave the lender in a named, non-OK state. Each
+`Risk` here is computed at query time from the evidence store (and the
+lender's own records: its token key, its site records, its staff's reviews),
+never from the device's opinion of itself:
+
+* ``silent``     no envelope for more than `missed` declared heartbeats;
+* ``gap``        a gap record the device signed (readings lost, by whose hand the lender cannot tell) that
+                 no staff member reviewed yet, or seqs missing that nothing explains;
+* ``alarm-lost`` the device's signed alarm counter is ahead of the alarm envelopes received, or an
+                 overflow record claims to have dropped an alarm (impossible by design);
+* ``chain``      the chain restarts from genesis, the boot counter or the signed counters go back, a token
+                 older than one already signed, a version 1 envelope after version 2 ones, or a second
+                 envelope for a stored seq (kept in quarantine: a wiped or forked chain);
+* ``clock``      a token this lender did not issue to the device, records dated before the token they carry
+                 or after they arrived;
+* ``rules``      the rules the device declares running differ from the enrolled site record;
+* ``binding``    envelopes bound to another enrollment (refused, kept in quarantine).
+"""
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lender.evidence.store import EvidenceStore, Review, StoredEnvelope, explain_gaps
+from telemetry.ack import Reason
+from telemetry.envelope import GENESIS, GapReason, decode
+from telemetry.exc import WireFormatError
+from telemetry.freshness import token_genuine, token_time
+from telemetry.manifest import DEFAULT_HEARTBEAT_S, HEARTBEAT_S, RULES, rules_digest
+
+KINDS = ("silent", "gap", "alarm-lost", "chain", "clock", "rules", "binding")
+MISSED_HEARTBEATS = 3
+CLOCK_TOLERANCE_S = 120.0   # a record dated this much before its token, or after its arrival, is a lie
+
+
+@dataclass(frozen=True, slots=True)
+class Risk:
+    """Something the lender cannot call OK: its kind (one of `KINDS`), why, since when, and at which seq."""
+
+    kind: str
+    detail: str
+    since: float | None = None
+    seq: int | None = None
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "detail": self.detail, "since": self.since, "seq": self.seq}
+
+
+@dataclass(frozen=True, slots=True)
+class Judge:
+    """What the lender judges with besides the store: now, its token key, its site records, its patience."""
+
+    now: float
+    token_key: bytes | None = None
+    sites_dir: Path | None = None
+    missed_heartbeats: float = MISSED_HEARTBEATS
+
+
+def device_risks(store: EvidenceStore, device: str, judge: Judge) -> list[Risk]:
+    """Every risk the lender sees for `device`, in the order of `KINDS`."""
+    envelopes = list(store.envelopes(device))
+    registered = store.device(device)
+    risks: list[Risk] = []
+    risks += _silence(store, device, envelopes, registered.registered_at if registered else None, judge)
+    risks += _gaps(store, device, envelopes)
+    risks += _lost_alarms(store, device, envelopes)
+    risks += _chain(store, device, envelopes)
+    risks += _clock(store, device, envelopes, judge)
+    if registered is not None and registered.asset:
+        risks += _rules(store, device, registered.asset, judge)
+    risks += _binding(store, device)
+    return risks
+
+
+def _newest_value(store: EvidenceStore, device: str, name: str):
+    found = store.records_named(device, names=(name,), newest_first=True, limit=1)
+    return found[0] if found else None
+
+
+def _silence(store, device: str, envelopes: list[StoredEnvelope], registered_at: float | None,
+             judge: Judge) -> list[Risk]:
+    declared = _newest_value(store, device, HEARTBEAT_S)
+    heartbeat = float(declared.value) if declared is not None and isinstance(declared.value, (int, float)) \
+        and declared.value > 0 else DEFAULT_HEARTBEAT_S
+    last = max((e.received_at for e in envelopes), default=registered_at)
+    if last is None:
+        return []
+    limit = judge.missed_heartbeats * heartbeat
+    if judge.now - last <= limit:
+        return []
+    what = "no envelope" if envelopes else "nothing ever"
+    return [Risk("silent", f"{what} for {_duration(judge.now - last)} (heartbeat {heartbeat:g} s declared; silent "
+                           f"after {judge.missed_heartbeats:g} missed)", last + limit)]
+
+
+def _reviewed(reviews: Iterable[Review]) -> set[int]:
+    return {r.seq for r in reviews}
+
+
+def _gaps(store, device: str, envelopes: list[StoredEnvelope]) -> list[Risk]:
+    reviewed = _reviewed(store.reviews(device))
+    received = {e.seq: e.received_at for e in envelopes}
+    risks = []
+    for record in store.gap_records(device):
+        if record.seq in reviewed:
+            continue
+        span = (f"seqs {record.first}..{record.last}" if record.first is not None and record.last is not None
+                else f"{record.count} reading(s)" if record.count is not None else "readings")
+        risks.append(Risk("gap", f"seq {record.seq} declares {record.reason}: {span} lost; by whose hand the lender "
+                                 "cannot tell (review it: pledgewatch lender review)",
+                          received.get(record.seq), record.seq))
+    for finding in explain_gaps(store.missing_ranges(device), store.gap_records(device)):
+        if not finding.explained:
+            first = "start" if finding.missing.first is None else finding.missing.first
+            risks.append(Risk("gap", f"seqs {first}..{finding.missing.last} missing, and no signed gap record "
+                                     "explains them", received.get(finding.missing.last + 1), finding.missing.last))
+    return risks
+
+
+def _lost_alarms(store, device: str, envelopes: list[StoredEnvelope]) -> list[Risk]:
+    risks = []
+    counted = [e for e in envelopes if e.alarm_count is not None]
+    if counted:
+        first = counted[0]
+        newest = max(counted, key=lambda e: (e.alarm_count, e.seq))
+        expected = newest.alarm_count - (first.alarm_count - int(first.alarm_records))
+        received = sum(1 for e in envelopes if first.seq <= e.seq <= newest.seq and e.alarm_records)
+        if expected > received:
+            risks.append(Risk("alarm-lost", f"{expected - received} alarm(s) signed by the device and never received "
+                                            f"(its counter says {newest.alarm_count} at seq {newest.seq}; "
+                                            f"{received} arrived since seq {first.seq})",
+                              newest.received_at, newest.seq))
+    for e in envelopes:
+        if e.gap_reason == GapReason.OVERFLOW.value:
+            gap = _decoded_gap(e)
+            if gap is not None and gap.alarms_dropped:
+                risks.append(Risk("alarm-lost", f"seq {e.seq}: an overflow record says {gap.alarms_dropped} alarm(s) "
+                                                "were dropped, which the spool never does: the record itself is suspect",
+                                  e.received_at, e.seq))
+    return risks
+
+
+def _decoded_gap(stored: StoredEnvelope):
+    try:
+        return decode(stored.raw).gap
+    except WireFormatError:
+        return None
+
+
+def _chain(store, device: str, envelopes: list[StoredEnvelope]) -> list[Risk]:
+    risks = []
+    for before, after in zip(envelopes, envelopes[1:]):
+        where = f"seq {after.seq}"
+        if after.boot < before.boot:
+            risks.append(Risk("chain", f"{where}: the boot counter goes back ({before.boot} at seq {before.seq}, "
+                                       f"{after.boot} here)", after.received_at, after.seq))
+        if after.prev == GENESIS and after.gap_reason != GapReason.SPOOL_RESET.value:
+            risks.append(Risk("chain", f"{where}: the chain starts again from genesis", after.received_at, after.seq))
+        if after.version < before.version:
+            risks.append(Risk("chain", f"{where}: version {after.version} after version {before.version} "
+                                       "(legacy: no freshness, no counters)", after.received_at, after.seq))
+        for name, old, new in (("alarm", before.alarm_count, after.alarm_count),
+                               ("gap", before.gap_count, after.gap_count)):
+            if old is not None and new is not None and new < old:
+                risks.append(Risk("chain", f"{where}: the signed {name} counter goes back ({old} at seq {before.seq}, "
+                                           f"{new} here): the device's state was rolled back", after.received_at,
+                                  after.seq))
+    tokened = [e for e in envelopes if e.token is not None]
+    for before, after in zip(tokened, tokened[1:]):
+        if token_time(after.token) < token_time(before.token):
+            risks.append(Risk("chain", f"seq {after.seq} carries a lender token older than seq {before.seq}'s: "
+                                       "the device's state was restored from an older copy", after.received_at,
+                              after.seq))
+    forks = [q for q in store.quarantined(1000, device=device) if q.reason in (Reason.CONFLICT, Reason.CHAIN)]
+    if forks:
+        seqs = sorted({q.seq for q in forks if q.seq is not None})
+        shown = ", ".join(map(str, seqs[:8])) + (" ..." if len(seqs) > 8 else "")
+        risks.append(Risk("chain", f"{sum(q.count for q in forks)} envelope(s) that do not fit the stored chain "
+                                   f"(seqs {shown}): a second chain, from a wiped or forked device",
+                          min(q.first_seen for q in forks), seqs[0] if seqs else None))
+    return risks
+
+
+def _clock(store, device: str, envelopes: list[StoredEnvelope], judge: Judge) -> list[Risk]:
+    risks = []
+    times = store.record_times(device)
+    for e in envelopes:
+        low, high = times.get(e.seq, (None, None))
+        if high is not None and high > e.received_at + CLOCK_TOLERANCE_S:
+            risks.append(Risk("clock", f"seq {e.seq} is dated {_duration(high - e.received_at)} after it arrived",
+                              e.received_at, e.seq))
+        if e.token is None:
+            continue
+        if judge.token_key is not None and not token_genuine(judge.token_key, device, e.token):
+            risks.append(Risk("clock", f"seq {e.seq} carries a token this lender did not issue to {device}",
+                              e.received_at, e.seq))
+            continue
+        issued = token_time(e.token)
+        if issued > e.received_at + CLOCK_TOLERANCE_S:
+            risks.append(Risk("clock", f"seq {e.seq} carries a token from after its own arrival", e.received_at, e.seq))
+        if low is not None and low < issued - CLOCK_TOLERANCE_S:
+            risks.append(Risk("clock", f"seq {e.seq} is dated {_duration(issued - low)} before the lender token it "
+                                       "carries: the device's clock is behind the lender's, or lies",
+                              e.received_at, e.seq))
+    return risks
+
+
+def enrolled_rules_digest(sites_dir: Path, asset: str) -> str | None:
+    """The rules digest of the site record the lender holds for `asset`, or None without a readable one."""
+    try:
+        data = tomllib.loads((sites_dir / f"{asset}.toml").read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    assets, rules = data.get("assets", []), data.get("rules", {})
+    if not isinstance(assets, list) or not isinstance(rules, dict):
+        return None
+    return rules_digest(assets, rules)
+
+
+def _rules(store, device: str, asset: str, judge: Judge) -> list[Risk]:
+    if judge.sites_dir is None:
+        return []
+    enrolled = enrolled_rules_digest(judge.sites_dir, asset)
+    declared = _newest_value(store, device, RULES)
+    if enrolled is None or declared is None:
+        return []
+    if declared.string != enrolled:
+        return [Risk("rules", f"the device runs rules {declared.string!r} (manifest at seq {declared.seq}); the site "
+                              f"record of {asset} says {enrolled}: its thresholds, fences or hours were changed",
+                     declared.at, declared.seq)]
+    return []
+
+
+def _binding(store, device: str) -> list[Risk]:
+    refused = [q for q in store.quarantined(1000, device=device) if q.reason == Reason.BINDING]
+    if not refused:
+        return []
+    return [Risk("binding", f"{sum(q.count for q in refused)} envelope(s) bound to another enrollment were refused "
+                            f"(the same key pledged elsewhere?): {refused[0].detail}",
+                 min(q.first_seen for q in refused), refused[0].seq)]
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
