@@ -15,7 +15,12 @@ from telemetry.envelope import GENESIS, Envelope, GapReason
 
 @dataclass(frozen=True, slots=True)
 class ChainProblem:
-    """One thing wrong with a chain. `kind` is 'gap', 'replay', 'conflict', 'broken-link' or 'bad-start'."""
+    """One thing wrong with a chain.
+
+    `kind` is 'gap', 'replay', 'conflict', 'broken-link', 'bad-start', or (checked over the whole chain, not
+    only between neighbours) 'restart' (a link to genesis after the first envelope), 'boot-regression' (the
+    boot counter goes back) and 'counter-regression' (version 2's signed counters go back).
+    """
 
     kind: str
     first: int
@@ -93,4 +98,22 @@ def check_chain(envelopes: Iterable[Envelope], *, starts_at_genesis: bool = True
             problems.append(
                 ChainProblem("broken-link", after, after, f"seq {after} does not link to seq {before} (prev-hash mismatch)")
             )
+    problems += _regressions([by_seq[s] for s in seqs])
     return ChainReport(device, seqs[0], seqs[-1], len(seqs), tuple(problems))
+
+
+def _regressions(chain: list[Envelope]) -> list[ChainProblem]:
+    """What goes backwards anywhere along the chain (in seq order): boot counter, signed counters, a restart."""
+    problems = []
+    for before, after in zip(chain, chain[1:]):
+        if after.boot < before.boot:
+            problems.append(ChainProblem("boot-regression", after.seq, after.seq,
+                                         f"seq {after.seq} has boot {after.boot}, seq {before.seq} had {before.boot}"))
+        restart = after.gap is not None and after.gap.reason == GapReason.SPOOL_RESET.value
+        if after.prev == GENESIS and not restart:
+            problems.append(ChainProblem("restart", after.seq, after.seq, f"seq {after.seq} starts the chain again"))
+        if before.counters is not None and after.counters is not None and (
+                after.counters.alarms < before.counters.alarms or after.counters.gaps < before.counters.gaps):
+            problems.append(ChainProblem("counter-regression", after.seq, after.seq,
+                                         f"seq {after.seq}'s signed counters are below seq {before.seq}'s"))
+    return problems

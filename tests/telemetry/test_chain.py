@@ -4,7 +4,7 @@ import random
 from hypothesis import given, settings, strategies as st
 
 from telemetry.chain import check_chain
-from telemetry.envelope import GENESIS, Gap, seal
+from telemetry.envelope import GENESIS, Counters, Gap, seal
 from telemetry.identity import Identity
 from telemetry.senml import Record
 
@@ -84,3 +84,34 @@ def test_every_missing_seq_is_reported_exactly_once(dropped, rnd):
         assert not span & reported
         reported |= span
     assert reported == dropped - {1, 40}
+
+
+def _linked(specs):
+    """A chain from (boot, counters or None, restart?) per seq, each linked to the one before unless it restarts."""
+    out, prev = [], GENESIS
+    for seq, (boot, counters, restart) in enumerate(specs, 1):
+        envelope = seal(KEY, device="gw-1", boot=boot, seq=seq, prev=GENESIS if restart else prev,
+                        records=[Record("t", value=seq)], counters=None if counters is None else Counters(*counters))
+        out.append(envelope)
+        prev = envelope.digest
+    return out
+
+
+def test_a_boot_counter_that_goes_back_anywhere_is_named_not_only_between_neighbours():
+    envelopes = _linked([(3, None, False), (3, None, False), (2, None, False), (4, None, False)])
+    report = check_chain([envelopes[0], envelopes[2], envelopes[3]])  # seq 2 missing: no neighbour check there
+    assert [p.kind for p in report.problems if p.kind != "gap"] == ["boot-regression"] and not report.intact
+
+
+def test_a_chain_started_again_from_genesis_without_a_spool_reset_is_a_restart():
+    report = check_chain(_linked([(1, None, False), (1, None, False), (1, None, True)]))
+    assert {p.kind for p in report.problems} == {"restart", "broken-link"} and not report.intact
+
+
+def test_signed_counters_going_back_mean_rolled_back_state():
+    report = check_chain(_linked([(1, (2, 0), False), (1, (3, 0), False), (1, (1, 0), False)]))
+    assert [p.kind for p in report.problems] == ["counter-regression"] and report.problems[0].first == 3
+
+
+def test_an_honest_chain_across_reboots_with_rising_counters_is_intact():
+    assert check_chain(_linked([(1, (0, 0), False), (1, (1, 0), False), (2, (1, 1), False), (3, (2, 1), False)])).intact
