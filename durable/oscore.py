@@ -39,7 +39,7 @@ import os
 import shutil
 import stat
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import filelock
@@ -53,9 +53,11 @@ from durable.exc import (
     OscoreContextPermissionError,
 )
 from durable.files import create_private, fsync_dir
+from telemetry.enrollment import ContextKeys
+from telemetry.numbers import OSCORE_ALGORITHM, OSCORE_KDF_HASH
 
-ALGORITHM = "AES-CCM-16-64-128"  # aiocoap's default and RFC 8613's mandatory-to-implement AEAD
-KDF_HASH = "sha256"
+ALGORITHM = OSCORE_ALGORITHM  # aiocoap's default and RFC 8613's mandatory-to-implement AEAD
+KDF_HASH = OSCORE_KDF_HASH
 MASTER_SECRET_BYTES = 32
 MASTER_SALT_BYTES = 8
 MAX_ID_BYTES = algorithms[ALGORITHM].iv_bytes - 6  # RFC 8613 §5.2: 7 bytes for a 13-byte nonce
@@ -65,13 +67,12 @@ SEQUENCE_FILE = "sequence.json"
 
 
 @dataclass(frozen=True, slots=True)
-class ContextParameters:
-    """One side's view of an OSCORE context: its own id, its peer's id, and the shared secret and salt."""
+class ContextParameters(ContextKeys):
+    """One side's view of an OSCORE context, checked: its own id, its peer's id, and the shared secret and salt.
 
-    sender_id: bytes
-    recipient_id: bytes
-    master_secret: bytes = field(repr=False)
-    master_salt: bytes = field(repr=False)
+    The same four values the enrollment response seals for the device
+    (telemetry.enrollment.ContextKeys), with what a usable context needs.
+    """
 
     def __post_init__(self) -> None:
         for name in ("sender_id", "recipient_id", "master_secret", "master_salt"):

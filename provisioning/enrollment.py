@@ -39,7 +39,7 @@ from provisioning.exc import (
 from provisioning.install import write_file
 from telemetry import cbor
 from telemetry.cbor import Limits, Tag
-from telemetry.enrollment import ContextKeys, EnrollmentRequest, EnrollmentResponse
+from telemetry.enrollment import EnrollmentRequest, EnrollmentResponse
 from telemetry.exc import EnrollmentFormatError, WireFormatError
 from telemetry.numbers import PATH_ENROLL, PATH_INSTALLATIONS
 
@@ -129,8 +129,7 @@ def accept(response: bytes, request: EnrollmentRequest, lender_key: bytes,
             raise EnrollmentResponseError("the response holds an OSCORE context but this machine does not have the "
                                           "device's response key: install it on the gateway itself")
         try:
-            keys = ContextKeys.open(answer.sealed_context, response_private)
-            context = oscore.ContextParameters(keys.sender_id, keys.recipient_id, keys.master_secret, keys.master_salt)
+            context = oscore.ContextParameters.open(answer.sealed_context, response_private)
         except (EnrollmentFormatError, OscoreContextError) as exc:
             raise EnrollmentResponseError(str(exc)) from exc
     elif answer.sealed_context is None and request.body.response_key is not None:

@@ -41,7 +41,6 @@ from telemetry.enrollment import (
     REPORT_LIMITS,
     REQUEST_AAD,
     SITE_AAD,
-    ContextKeys,
     EnrollmentRequest,
     EnrollmentResponse,
     InstallationReport,
@@ -172,8 +171,7 @@ class EnrollmentDesk:
                 params = oscore.new_device_context(contexts, body.device)
             response = EnrollmentResponse(
                 body.device, request.digest, int(now), body.binding.asset,
-                ContextKeys(params.sender_id, params.recipient_id, params.master_secret, params.master_salt)
-                .seal(body.response_key) if params is not None else None)
+                params.seal(body.response_key) if params is not None else None)
             signed = response.sign(self.identity)
             device = Device(device=body.device, public_key=body.public_key, registered_at=now,
                             asset=body.binding.asset,
