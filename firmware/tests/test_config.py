@@ -24,6 +24,14 @@ def test_a_minimal_config_gets_the_documented_defaults():
     equal((settings.interval_s, settings.lender_port, settings.lender_path, settings.ack_timeout_ms,
            settings.max_retransmit, settings.outbox_slots, settings.watchdog_ms), (900, 5683, "n", 2000, 4, 48, 8000))
     equal(seed, bytes(32))
+    equal(settings.binding, None, "no binding until provisioning writes one")
+
+
+def test_the_enrollment_binding_is_read_as_its_8_bytes():
+    data = dict(GOOD)
+    data["binding"] = "6c6815785E7805f4"
+    settings, _ = config.load(_provision(data))
+    equal(settings.binding, b"\x6c\x68\x15\x78\x5e\x78\x05\xf4")
 
 
 def test_every_bad_setting_is_named_in_the_error():
@@ -39,6 +47,9 @@ def test_every_bad_setting_is_named_in_the_error():
         ({"coap": {"ack_timeout_ms": "2s"}}, "coap.ack_timeout_ms"),
         ({"sensors": {"i2c": {"scl": 22}}}, "sensors.i2c.sda"),
         ({"sensors": {"battery_divider": 0.5}}, "sensors.battery_divider"),
+        ({"binding": "6c6815785e7805"}, "binding"),
+        ({"binding": "6c6815785e7805zz"}, "binding"),
+        ({"binding": 7}, "binding"),
     )
     for change, name in cases:
         data = dict(GOOD)

@@ -26,7 +26,7 @@ def test_the_file_never_grows_and_a_full_ring_drops_the_oldest_routine_envelope(
     size = os.stat(box.path)[6]
     for seq in (1, 2, 3):
         box.append(seq, b"\xd2r", seq == 2)
-    equal(box.append(4, b"\xd2new", False), [1])
+    equal((box.append(4, b"\xd2new", False), box.alarms_dropped), ([1], 0))
     equal(box.seqs(), [2, 3, 4])
     equal(os.stat(box.path)[6], size)
 
@@ -35,9 +35,12 @@ def test_alarms_survive_a_full_ring_and_a_routine_newcomer_is_the_one_dropped():
     box = _box(2)
     box.append(1, b"\xd2alarm", True)
     box.append(2, b"\xd2alarm", True)
-    equal(box.append(3, b"\xd2routine", False), [3])
+    equal((box.append(3, b"\xd2routine", False), box.alarms_dropped), ([3], 0))
     equal(box.seqs(), [1, 2])
     equal(box.append(4, b"\xd2alarm", True), [1], "only alarms left: the oldest alarm makes room")
+    equal(box.alarms_dropped, 1, "and the overflow gap will say an alarm went")
+    box.remove([2])
+    equal((box.append(5, b"\xd2routine", False), box.alarms_dropped), ([], 0))
 
 
 def test_acked_envelopes_free_their_slots():

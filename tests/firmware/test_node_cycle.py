@@ -214,3 +214,80 @@ def test_a_node_whose_flash_was_wiped_cannot_overwrite_evidence_and_stops_resend
     assert readings(lender, 1)["temp"].value == 20.0, "the stored evidence is untouched"
     with lender.store() as store:
         assert [q.reason for q in store.quarantined()] == [6]
+
+
+def _downlink_tokens(sim) -> list[bytes | None]:
+    """The lender token (ack key 4) of each answer the node received, in order."""
+    import aiocoap
+
+    from telemetry import cbor
+
+    tokens = []
+    for _, direction, data, delivered in nbiot.link(sim).datagrams:
+        if direction != "down" or not delivered:
+            continue
+        message = aiocoap.Message.decode(data)
+        if message.payload:
+            tokens.append(cbor.decode(message.payload).get(4))
+    return tokens
+
+
+def test_every_node_envelope_is_version_2_with_counters_the_newest_lender_token_and_a_heartbeat_after_each_start(
+        make_node, lender):
+    import time
+
+    node = make_node("bc66")
+    held: bytes | None = None
+    expected_tokens = []
+    with ModemSimulator(bc66.MODEL) as sim:
+        plan = [
+            {"reset_cause": PWRON_RESET},                              # seq 1: boot 1, declares the heartbeat
+            {"reset_cause": DEEPSLEEP_RESET},                          # seq 2
+            {"reset_cause": DEEPSLEEP_RESET, "wake_reason": PIN_WAKE, "tamper": 1},  # seq 3: an alarm
+            {"reset_cause": PWRON_RESET},                              # seq 4: boot 2, declares it again
+        ]
+        for cycle in plan:
+            before = len(_downlink_tokens(sim))
+            expected_tokens.append(held)
+            (result,) = node.run(sim.path, [cycle])
+            assert result["report"]["acked"] == [result["report"]["seq"]], result
+            for token in _downlink_tokens(sim)[before:]:
+                # the node keeps a token only when its lender time (first 4 bytes, big-endian) is newer
+                if token is not None and (held is None or token[:4] > held[:4]):
+                    held = token
+            time.sleep(1.05)  # the lender's time moves on: its next token is newer
+    envelopes = [decode_envelope(e.raw) for e in stored(lender)]
+    assert [e.seq for e in envelopes] == [1, 2, 3, 4]
+    assert all(e.version == 2 and e.binding is None for e in envelopes)
+    assert [(e.counters.alarms, e.counters.gaps) for e in envelopes] == [(0, 0), (0, 0), (1, 0), (1, 0)]
+    assert [e.token for e in envelopes] == expected_tokens
+    heartbeats = [[(r.value, r.unit) for r in e.records if r.name == "device.heartbeat_s"] for e in envelopes]
+    assert heartbeats == [[(900, "s")], [], [], [(900, "s")]], "the wake interval, declared once per boot"
+    assert check_chain(envelopes).intact
+
+
+def test_the_enrollment_binding_from_the_config_is_in_every_envelope(make_node, lender):
+    binding = "6c6815785e7805f4"
+    node = make_node("bc66", binding=binding)
+    with ModemSimulator(bc66.MODEL) as sim:
+        (cycle,) = node.run(sim.path, [{"reset_cause": PWRON_RESET}])
+        import aiocoap
+
+        sent = decode_envelope(aiocoap.Message.decode(nbiot.link(sim).sent()[-1]).payload)
+    assert sent.version == 2 and sent.binding == bytes.fromhex(binding)
+    report = cycle["report"]
+    # Registered by hand, so the lender holds no enrollment binding for it: it stores the envelope or refuses
+    # it for the binding (reason 8, final: the node lets it go).
+    assert report["acked"] == [1] or (report["refused"] == [[1, 8]] and report["buffered"] == []), report
+
+
+def test_an_overflow_gap_says_how_full_the_outbox_was_and_that_no_alarm_was_dropped(make_node, lender):
+    node = make_node("bc66", register=False, outbox_slots=2)  # the lender answers 4.01: nothing leaves
+    with ModemSimulator(bc66.MODEL) as sim:
+        cycles = node.run(sim.path, [{"reset_cause": PWRON_RESET}, {"reset_cause": DEEPSLEEP_RESET},
+                                     {"reset_cause": DEEPSLEEP_RESET}, {"reset_cause": DEEPSLEEP_RESET}])
+    reports = [c["report"] for c in cycles]
+    assert reports[2]["dropped"] == [1], reports[2]
+    assert reports[3]["gap"] == {"reason": "overflow", "first": 1, "last": 1, "count": 1, "queued": 2,
+                                 "alarms_dropped": 0}, reports[3]
+    assert reports[3]["counters"] == {"alarms": 0, "gaps": 1}

@@ -5,14 +5,18 @@ One cycle per wake (timer, or the tamper switch):
 1. recover: finish what a power cut interrupted (chainstate.recover);
 2. sample: temperature, tamper switch, battery, tilt and motion; a broken
    sensor costs its record, an alarm (tamper, tilt, motion, a gap to report)
-   makes the envelope an alarm envelope;
-3. sign: reserve the seq in flash, seal the envelope, append it to the outbox,
-   move the chain head (the order that makes seqs single-use, see chainstate);
+   makes the envelope an alarm envelope; the first envelope after a start
+   declares the heartbeat (device.heartbeat_s = the wake interval);
+3. sign: reserve the seq in flash (with the signed counters that include this
+   envelope), seal a version 2 envelope (counters, the newest lender token,
+   the enrollment binding from the config), append it to the outbox, move the
+   chain head (the order that makes seqs single-use, see chainstate);
 4. send: wake the modem (reset line if it is hung), attach, and POST each
    buffered envelope to the lender's node resource, alarms first, oldest
    first, at most max_sends_per_cycle; the ack's stored and already-present
    seqs leave the outbox, permanently refused ones too (the lender keeps them
-   in quarantine), everything else stays for the next cycle;
+   in quarantine), everything else stays for the next cycle; the newest
+   lender token the acks brought is kept in flash for the next envelopes;
 5. sleep: close the socket (the modem then enters PSM on its own, as set up
    once), arm the tamper pin as a wake source, machine.deepsleep.
 
@@ -31,16 +35,18 @@ import time
 import machine
 
 import chainstate
-import config as config_module
 import outbox as outbox_module
 from errors import AckError, ConfigError, DeliveryError, ModemError, NodeError, SensorError, StorageError
 
-# Refusals that sending again cannot change (telemetry.envelope.Reason): malformed, bad signature,
-# oversize, conflict, chain. Unknown key (2) and revoked (4) may change at the lender; they stay.
-PERMANENT_REFUSALS = (1, 3, 5, 6, 7)
+# Refusals that sending again cannot change (telemetry.ack.Reason): malformed, bad signature,
+# oversize, conflict, chain, binding (bound to another enrollment). Unknown key (2) and revoked (4) may
+# change at the lender, and so may a code this firmware does not know: they stay.
+PERMANENT_REFUSALS = (1, 3, 5, 6, 7, 8)
 # Whole-request answers about this one body (not a CBOR envelope, too large, wrong format): final.
 UNSENDABLE = (0x80, 0x8D, 0x8F)  # 4.00, 4.13, 4.15
 CLOCK_VALID_AFTER = 1704067200  # 2024-01-01: an RTC before this has lost its time
+ALARM_PREFIX = "alarm."  # an envelope holding such a record counts in the signed alarm counter
+HEARTBEAT_S = "device.heartbeat_s"  # telemetry.manifest: the longest the node stays silent, its wake interval
 DEFAULT_SLEEP_MS = 900000
 _EPOCH_OFFSET = 946684800 if time.gmtime(0)[0] == 2000 else 0  # ports counting from 2000
 
@@ -81,13 +87,14 @@ class Node:
         if wake_reason is None:
             reason = getattr(machine, "wake_reason", None)
             self.wake_reason = reason() if reason is not None else 0
-        state_dir = config_module.path(root, "state")
+        state_dir = root.rstrip("/") + "/state"
         try:
             os.mkdir(state_dir)
         except OSError:
             pass  # exists
         self.state_dir = state_dir
         self.tamper_latched = False
+        self.started = True
         self.tamper_switch = None
         self.state = None
         self.report = {}  # what this cycle did, for the log line and the tests
@@ -116,6 +123,7 @@ class Node:
         if powered_on or state.fresh:
             state.boot += 1
         self.feed()
+        self.started = powered_on or state.fresh  # a new boot: its first envelope declares the heartbeat
         records, alarm = self.sample(powered_on)
         self.feed()
         seq, raw, alarm = self.seal(state, box, records, alarm)
@@ -123,6 +131,7 @@ class Node:
         report["boot"] = state.boot
         report["payload_bytes"] = len(raw)
         report["alarm"] = alarm
+        del records, raw  # in flash now: the send phase reads each envelope back, one at a time
         self.feed()
         self.send(box)
         report["buffered"] = box.seqs()
@@ -136,7 +145,11 @@ class Node:
         return machine.Pin(number, mode, pull)
 
     def sample(self, powered_on):
-        """The readings of this wake, and whether they make an alarm envelope."""
+        """The readings of this wake, and whether they make an alarm envelope.
+
+        After a start (self.started), the manifest too: device.heartbeat_s, the wake interval, so the lender knows
+        how long this node may stay silent (the first envelope of every boot declares it; ~28 bytes, once).
+        """
         try:
             return self._sample(powered_on)
         finally:
@@ -181,6 +194,8 @@ class Node:
                 alarm = self._motion(records, powered_on) or alarm
             except (SensorError, OSError, ValueError) as error:
                 self._note("accelerometer", error)
+        if self.started:
+            records.append({"name": HEARTBEAT_S, "value": config.interval_s, "unit": "s"})
         if now is not None:
             for record in records:
                 record["time"] = now
@@ -242,24 +257,31 @@ class Node:
 
     def seal(self, state, box, records, alarm):
         gap = state.gap_dict()
-        seq = state.reserve()
+        counted = False
+        for record in records:
+            if record["name"].startswith(ALARM_PREFIX):
+                counted = True
+        seq = state.reserve(counted, gap is not None)
         import ed25519
         import envelope
 
         key = ed25519.SigningKey(self.seed)
-        raw = envelope.seal(key, self.config.device, state.boot, seq, state.prev, records, gap)
+        raw = envelope.seal(key, self.config.device, state.boot, seq, state.prev, records, gap,
+                            counters=state.counters(), token=state.token, binding=self.config.binding)
         del key, ed25519, envelope
         release("ed25519", "ed25519_table", "sha512", "envelope", "senml")
         alarm = alarm or gap is not None
+        held = len(box)
         dropped = box.append(seq, raw, alarm)
         losses = []
         if dropped:
-            losses.append(("overflow", min(dropped), max(dropped), len(dropped)))
+            losses.append(("overflow", min(dropped), max(dropped), len(dropped), held, box.alarms_dropped))
             log("outbox full: dropped seq(s) %r" % (dropped,))
             self.report["dropped"] = dropped
         state.commit(seq, chainstate.digest(raw), gap is not None, losses)
         if gap is not None:
             self.report["gap"] = gap
+        self.report["counters"] = state.counters()
         return seq, raw, alarm
 
     # --- 4. sending ---
@@ -364,6 +386,7 @@ class Node:
         finally:
             if settled:
                 box.remove(settled)
+            self._keep_token()
             try:
                 modem.close(socket)
             except ModemError as error:
@@ -411,6 +434,8 @@ class Node:
         except AckError as error:
             self._note("ack of seq %d" % seq, error)
             return True
+        if ack.token is not None and self.state is not None and self.state.take_token(ack.token):
+            self.report["token_changed"] = True
         if seq in ack.settled():
             settled.append(seq)
             report["acked"].append(seq)
@@ -421,6 +446,16 @@ class Node:
                 if reason in PERMANENT_REFUSALS:
                     settled.append(seq)  # the lender keeps it in quarantine; resending cannot help
         return True
+
+    def _keep_token(self):
+        """Save the newest lender token the acks brought (one flash write per cycle, only when it is newer)."""
+        state = self.state
+        if state is None or not self.report.get("token_changed"):
+            return
+        try:
+            state.save()
+        except StorageError as error:
+            self._note("token", error)
 
     def _set_clock(self, modem):
         try:
@@ -466,7 +501,11 @@ def run(root="/"):
     sleep_ms = DEFAULT_SLEEP_MS
     last_report = None
     try:
+        import config as config_module
+
         config, seed = config_module.load(root)
+        del config_module
+        release("config")  # the Config is plain data: the checking code goes back to the heap
         watchdog = machine.WDT(timeout=config.watchdog_ms)
         sleep_ms = config.interval_s * 1000
         node = Node(root, config, seed, watchdog)

@@ -11,7 +11,9 @@ When every slot is taken, room is made by dropping the oldest *routine*
 envelope; alarms (tamper, gap records) are kept. Only when every slot holds an
 alarm does the oldest alarm go, and a routine newcomer is dropped instead of
 any alarm. `append` returns the dropped seqs so the node can report them as an
-"overflow" gap. Delivery order (`seqs`): alarms first, then oldest first.
+"overflow" gap (and `alarms_dropped` says how many of them were alarms: the
+gap record says so, and the lender flags it). Delivery order (`seqs`): alarms
+first, then oldest first.
 """
 
 import hashlib
@@ -37,6 +39,7 @@ class Outbox:
             raise StorageError("an outbox has 2..1024 slots, got %r" % (slots,))
         self.path = path
         self.damaged = 0
+        self.alarms_dropped = 0  # alarms among the seqs the last append dropped
         self._index = {}  # seq -> (slot, alarm)
         try:
             with open(path, "rb") as file:
@@ -118,6 +121,7 @@ class Outbox:
         if seq in self._index:
             raise StorageError("seq %d is in the outbox already: a seq is never reused" % seq)
         dropped = []
+        self.alarms_dropped = 0
         used = set(slot for slot, _ in self._index.values())
         free = [slot for slot in range(self.slots) if slot not in used]
         if free:
@@ -126,8 +130,9 @@ class Outbox:
             victim = self._victim(alarm)
             if victim is None:
                 return [seq]
-            slot = self._index.pop(victim)[0]
+            slot, victim_alarm = self._index.pop(victim)
             dropped.append(victim)
+            self.alarms_dropped = int(victim_alarm)
         header = struct.pack(_HEADER, _MARK, _ALARM if alarm else 0, seq, len(envelope))
         record = header + _check(header, envelope) + envelope
         try:
