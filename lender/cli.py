@@ -507,7 +507,9 @@ def _alarms(args: argparse.Namespace) -> int:
         devices = [args.device] if args.device else sorted({d.device for d in store.devices()}
                                                             | set(store.envelope_devices()))
         # the lender's own alarms: every risk it sees, raised by the lender, as long as it lasts
-        raised = [(device, risk) for device in devices for risk in device_risks(store, device, judge)]
+        still_open = open_alarms(alarm_events(store, args.device))
+        raised = [(device, risk) for device in devices
+                  for risk in device_risks(store, device, judge, {name for d, name in still_open if d == device})]
     for event in events:
         if args.json:
             print(json.dumps({**_alarm_json(event), "source": "device"}, sort_keys=True))

@@ -177,7 +177,8 @@ def asset_status(store: SQLiteStore, device: str | None = None, judge: Judge | N
         findings = explain_gaps(store.missing_ranges(dev), store.gap_records(dev))
         unexplained = tuple((f.missing.first, f.missing.last) for f in findings if not f.explained)
         explained = sum(1 for f in findings if f.explained)
-        risks = tuple(device_risks(store, dev, judge or Judge(now=last[1] if last else 0.0)))
+        risks = tuple(device_risks(store, dev, judge or Judge(now=last[1] if last else 0.0),
+                                   open_alarms={name for d, name in opened if d == dev}))
         for name, (kind, sensors) in sorted(assets.items(), key=lambda item: (item[0] == GATEWAY, item[0])):
             reading = None
             if sensors:

@@ -17,10 +17,14 @@ never from the device's opinion of itself:
 * ``clock``      a token this lender did not issue to the device, records dated before the token they carry
                  or after they arrived;
 * ``rules``      the rules the device declares running differ from the enrolled site record;
-* ``binding``    envelopes bound to another enrollment (refused, kept in quarantine).
+* ``binding``    envelopes bound to another enrollment (refused, kept in quarantine);
+* ``site``       the lender's own reading of the raw evidence against the site record it holds: the newest
+                 GNSS fix outside the enrolled geofence, or a temperature / humidity / weight outside the
+                 enrolled band for longer than its hold time, while the device raised no alarm for it.
 """
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,7 +37,10 @@ from telemetry.exc import WireFormatError
 from telemetry.freshness import token_genuine, token_time
 from telemetry.manifest import DEFAULT_HEARTBEAT_S, HEARTBEAT_S, RULES, rules_digest
 
-KINDS = ("silent", "gap", "alarm-lost", "chain", "clock", "rules", "binding")
+KINDS = ("silent", "gap", "alarm-lost", "chain", "clock", "rules", "binding", "site")
+EARTH_RADIUS_M = 6_371_000.0
+FENCE_MARGIN_M = 50.0       # a GNSS fix's own error: the lender calls a fix outside only beyond this
+UNITS = {"Cel": ("temperature", 1.0), "%RH": ("humidity", 1.0), "kg": ("weight", 1.0), "g": ("weight", 0.001)}
 MISSED_HEARTBEATS = 3
 CLOCK_TOLERANCE_S = 120.0   # a record dated this much before its token, or after its arrival, is a lie
 
@@ -61,8 +68,8 @@ class Judge:
     missed_heartbeats: float = MISSED_HEARTBEATS
 
 
-def device_risks(store: EvidenceStore, device: str, judge: Judge) -> list[Risk]:
-    """Every risk the lender sees for `device`, in the order of `KINDS`."""
+def device_risks(store: EvidenceStore, device: str, judge: Judge, open_alarms: Iterable[str] = ()) -> list[Risk]:
+    """Every risk the lender sees for `device`, in the order of `KINDS`; `open_alarms`: its alarm names still raised."""
     envelopes = list(store.envelopes(device))
     registered = store.device(device)
     risks: list[Risk] = []
@@ -74,6 +81,8 @@ def device_risks(store: EvidenceStore, device: str, judge: Judge) -> list[Risk]:
     if registered is not None and registered.asset:
         risks += _rules(store, device, registered.asset, judge)
     risks += _binding(store, device)
+    if registered is not None and registered.asset and judge.sites_dir is not None:
+        risks += _site(store, device, registered.asset, judge.sites_dir, set(open_alarms))
     return risks
 
 
@@ -243,6 +252,85 @@ def _binding(store, device: str) -> list[Risk]:
     return [Risk("binding", f"{sum(q.count for q in refused)} envelope(s) bound to another enrollment were refused "
                             f"(the same key pledged elsewhere?): {refused[0].detail}",
                  min(q.first_seen for q in refused), refused[0].seq)]
+
+
+def _site_assets(sites_dir: Path, asset: str) -> list[dict]:
+    try:
+        data = tomllib.loads((sites_dir / f"{asset}.toml").read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return []
+    assets = data.get("assets", [])
+    return [a for a in assets if isinstance(a, dict) and isinstance(a.get("name"), str)] if isinstance(assets, list) else []
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    phi1, phi2 = math.radians(lat1), math.radians(lat2)
+    a = (math.sin((phi2 - phi1) / 2) ** 2
+         + math.cos(phi1) * math.cos(phi2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2)
+    return 2 * EARTH_RADIUS_M * math.asin(min(1.0, math.sqrt(a)))
+
+
+def _site(store, device: str, asset_id: str, sites_dir: Path, open_alarms: set[str]) -> list[Risk]:
+    """Raw readings judged against the site record, where the device raised nothing."""
+    risks = []
+    for asset in _site_assets(sites_dir, asset_id):
+        name = asset["name"]
+        sensors = tuple(s for s in asset.get("sensors", []) if isinstance(s, str))
+        if not sensors:
+            continue
+        fence = asset.get("geofence")
+        if isinstance(fence, dict) and f"alarm.geofence.{name}" not in open_alarms:
+            risks += _outside_fence(store, device, name, sensors, fence)
+        readings = store.records_named(device, names=sensors, newest_first=True, limit=2000)
+        for quantity in ("temperature", "humidity", "weight"):
+            band = asset.get(quantity)
+            if isinstance(band, dict) and f"alarm.{quantity}.{name}" not in open_alarms:
+                risks += _out_of_band(readings, name, quantity, band)
+    return risks
+
+
+def _outside_fence(store, device: str, name: str, sensors: tuple[str, ...], fence: dict) -> list[Risk]:
+    lat0, lon0, radius = (_number(fence.get(k)) for k in ("lat", "lon", "radius_m"))
+    if lat0 is None or lon0 is None or radius is None:
+        return []  # a polygon fence is the device's to judge; the lender checks circles
+    for sensor in sensors:
+        fixes = store.records_named(device, names=(f"{sensor}.lat", f"{sensor}.lon"), newest_first=True, limit=2)
+        by_name = {r.name: r for r in fixes if r.seq == fixes[0].seq} if fixes else {}
+        lat, lon = by_name.get(f"{sensor}.lat"), by_name.get(f"{sensor}.lon")
+        if lat is None or lon is None or _number(lat.value) is None or _number(lon.value) is None:
+            continue
+        distance = _distance_m(lat0, lon0, float(lat.value), float(lon.value))
+        if distance > radius + FENCE_MARGIN_M:
+            return [Risk("site", f"{name}: the newest GNSS fix (seq {lat.seq}) is {distance / 1000:.1f} km from the "
+                                 f"enrolled site, outside its {radius:g} m fence, and the device raised no alarm",
+                         lat.at, lat.seq)]
+    return []
+
+
+def _out_of_band(readings: list, name: str, quantity: str, band: dict) -> list[Risk]:
+    low, high = _number(band.get("low")), _number(band.get("high"))
+    hold = _number(band.get("hold_s")) or 0.0
+    run: list = []
+    for reading in readings:  # newest first
+        unit = UNITS.get(reading.unit or "")
+        if unit is None or unit[0] != quantity or _number(reading.value) is None:
+            continue
+        value = float(reading.value) * unit[1]
+        if (low is not None and value < low) or (high is not None and value > high):
+            run.append((reading, value))
+        else:
+            break
+    if not run or run[0][0].at - run[-1][0].at < hold:
+        return []
+    newest, value = run[0]
+    return [Risk("site", f"{name}: {quantity} {value:g} (seq {newest.seq}) is outside the enrolled band "
+                         f"{low if low is not None else '-'}..{high if high is not None else '-'} for "
+                         f"{_duration(newest.at - run[-1][0].at)}, and the device raised no alarm",
+                 run[-1][0].at, newest.seq)]
 
 
 def _duration(seconds: float) -> str:
