@@ -15,8 +15,9 @@ import pytest
 
 from drivers.at import AtChannel, ChannelConfig, Urc
 from drivers.exc import AtPortError, AtResultError, AtTimeoutError, AtUsageError, CmeError, PortClosedError
+from hil.sim.model import DataPrompt, ModemModel, Reply
 from hil.sim.models import common
-from hil.sim.modem import DataPrompt, ModemModel, ModemSimulator, Reply
+from hil.sim.modem import ModemSimulator
 
 
 def run(coro, limit: float = 20.0):

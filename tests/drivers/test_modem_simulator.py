@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import serial
 
+from hil.sim.model import ModemModel, Reply, SimState, with_state
 from hil.sim.models import MODELS, common
-from hil.sim.modem import ModemModel, ModemSimulator, Reply, SimState, resolve_model, with_state
+from hil.sim.modem import ModemSimulator, resolve_model
 
 ROOT = Path(__file__).resolve().parents[2]
 FINAL_ERROR = re.compile(rb"\r\n(ERROR|\+CM[ES] ERROR: [^\r]*)\r\n$")

@@ -1,12 +1,12 @@
 """hil.sim.models — the simulated modems' data tables, one module per model.
 
-`MODELS` maps a model key (``"rm520n"``) to its `hil.sim.modem.ModemModel`.
+`MODELS` maps a model key (``"rm520n"``) to its `hil.sim.model.ModemModel`.
 To add a model, write ``<key>.py`` defining ``MODEL`` and list it here.
 """
 from __future__ import annotations
 
+from hil.sim.model import ModemModel
 from hil.sim.models import bc66, ec25, rm500q, rm520n, sim7080g, sim7600, sim8200
-from hil.sim.modem import ModemModel
 
 # gateway modems (5G / LTE) and the NB-IoT nodes' modules (whose UDP sockets are real loopback sockets)
 MODELS: dict[str, ModemModel] = {

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import binascii
 
+from hil.sim.model import CommandContext, ModemModel, Reply, SimulatedModem, error
 from hil.sim.models import common, nbiot
-from hil.sim.modem import CommandContext, ModemModel, ModemSimulator, Reply, error
 
 MAX_SOCKETS = 5
 HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
@@ -47,7 +47,7 @@ def _qicfg_dataformat(ctx: CommandContext) -> Reply:
     return Reply()
 
 
-def _qi_arrived(sim: ModemSimulator, entry: nbiot.SimSocket, data: bytes, address: tuple[str, int]) -> None:
+def _qi_arrived(sim: SimulatedModem, entry: nbiot.SimSocket, data: bytes, address: tuple[str, int]) -> None:
     hex_receive = bool(sim.state.extra.get("hex_receive"))
     if entry.options.get("access_mode") == 1:
         body = data.hex().upper() if hex_receive else data.decode("latin-1")
@@ -111,7 +111,7 @@ def _qiclose(ctx: CommandContext) -> Reply:
 
 # --- NSO* (BC95 firmware) ---------------------------------------------------------------
 
-def _nso_arrived(sim: ModemSimulator, entry: nbiot.SimSocket, data: bytes, address: tuple[str, int]) -> None:
+def _nso_arrived(sim: SimulatedModem, entry: nbiot.SimSocket, data: bytes, address: tuple[str, int]) -> None:
     entry.inbox.append((data, address))
     if entry.options.get("receive", True):
         sim.emit_urc(f"+NSONMI:{entry.sid},{len(data)}")

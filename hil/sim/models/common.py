@@ -6,7 +6,7 @@ Models compose these with their vendor's tables (``quectel.py``,
 """
 from __future__ import annotations
 
-from hil.sim.modem import CommandContext, Reply, SimState, error, require
+from hil.sim.model import CommandContext, Reply, SimState, error, require
 
 
 def _imsi(s: SimState) -> tuple[str, ...]:

@@ -1,8 +1,8 @@
 """Quectel EC25 (LTE Cat 4, USB 2c7c:0125) — LTE only; its QENG lacks <CQI> and <tx_power>."""
 from __future__ import annotations
 
+from hil.sim.model import ModemModel
 from hil.sim.models import common, quectel
-from hil.sim.modem import ModemModel
 
 MODEL = ModemModel(
     key="ec25",

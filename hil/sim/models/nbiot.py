@@ -33,7 +33,7 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from hil.sim.modem import CommandContext, ModemSimulator, Reply, SimState, error
+from hil.sim.model import CommandContext, Reply, SimState, SimulatedModem, error
 
 PSM_ENTER_S = 0.05
 
@@ -79,11 +79,11 @@ class UdpLink:
             return False
 
 
-_LINKS: weakref.WeakKeyDictionary[ModemSimulator, UdpLink] = weakref.WeakKeyDictionary()
+_LINKS: weakref.WeakKeyDictionary[SimulatedModem, UdpLink] = weakref.WeakKeyDictionary()
 _LINKS_LOCK = threading.Lock()
 
 
-def link(sim: ModemSimulator) -> UdpLink:
+def link(sim: SimulatedModem) -> UdpLink:
     """The UdpLink of a simulator (made on first use, kept across its reboots)."""
     with _LINKS_LOCK:
         found = _LINKS.get(sim)
@@ -118,7 +118,7 @@ def resolve(host: str, port: int) -> tuple[str, int] | None:
 
 
 def open_socket(ctx: CommandContext, sid: int, peer: tuple[str, int] | None,
-                arrived: Callable[[ModemSimulator, SimSocket, bytes, tuple[str, int]], None],
+                arrived: Callable[[SimulatedModem, SimSocket, bytes, tuple[str, int]], None],
                 **options: object) -> SimSocket:
     """Open a real UDP socket on 127.0.0.1 for modem socket `sid`; `arrived` turns each datagram into URCs."""
     sim, state = ctx.sim, ctx.state
@@ -232,7 +232,7 @@ def at(ctx: CommandContext) -> Reply:
     return Reply()
 
 
-def radio(sim: ModemSimulator, state: SimState, connected: bool) -> None:
+def radio(sim: SimulatedModem, state: SimState, connected: bool) -> None:
     """The RRC connection changes: +CSCON: <mode> when AT+CSCON=1 asked for it (TS 27.007 §10.1.30)."""
     if state.connected != connected and state.extra.get("cscon") == "1":
         sim.emit_urc(f"+CSCON: {1 if connected else 0}")
@@ -261,4 +261,4 @@ def raw_answer(data: bytes) -> Reply:
     The framework's Reply carries text lines; this writes the whole answer
     through the simulator once the (empty) reply is on the wire.
     """
-    return Reply(final=None, action=lambda sim: sim._write(data))  # noqa: SLF001 (no public raw-bytes hook)
+    return Reply(final=None, action=lambda sim: sim.send_raw(data))

@@ -9,7 +9,7 @@ not active, 516 not fixed now).
 """
 from __future__ import annotations
 
-from hil.sim.modem import CommandContext, Reply, SimState, error, require
+from hil.sim.model import CommandContext, Reply, SimState, error, require
 
 BOOT_URCS = ("RDY", "+CFUN: 1", "+CPIN: READY", "+QUSIM: 1", "+QIND: SMS DONE", "+QIND: PB DONE")
 SIM_SWAP_URCS = ("+CPIN: NOT READY", "+QUSIM: 1", "+CPIN: READY", "+QIND: SMS DONE")

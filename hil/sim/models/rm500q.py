@@ -1,8 +1,8 @@
 """Quectel RM500Q-GL (5G sub-6, USB 2c7c:0800) — defaults to EN-DC (NR5G-NSA) on an LTE anchor."""
 from __future__ import annotations
 
+from hil.sim.model import ModemModel
 from hil.sim.models import common, quectel
-from hil.sim.modem import ModemModel
 
 MODEL = ModemModel(
     key="rm500q",

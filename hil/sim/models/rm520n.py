@@ -1,8 +1,8 @@
 """Quectel RM520N-GL (5G sub-6, USB 2c7c:0801) — defaults to NR standalone (NR5G-SA)."""
 from __future__ import annotations
 
+from hil.sim.model import ModemModel
 from hil.sim.models import common, quectel
-from hil.sim.modem import ModemModel
 
 MODEL = ModemModel(
     key="rm520n",

@@ -20,8 +20,16 @@ Sockets are real UDP sockets on 127.0.0.1 (hil.sim.models.nbiot).
 """
 from __future__ import annotations
 
+from hil.sim.model import (
+    CommandContext,
+    DataPrompt,
+    ModemModel,
+    Reply,
+    SimState,
+    SimulatedModem,
+    error,
+)
 from hil.sim.models import common, nbiot
-from hil.sim.modem import CommandContext, DataPrompt, ModemModel, ModemSimulator, Reply, SimState, error
 
 MAX_CID = 12
 CONTEXTS = 4
@@ -48,7 +56,7 @@ def _cnact(ctx: CommandContext) -> Reply:
     return Reply(after=(f"+APP PDP: {index},DEACTIVE",))
 
 
-def _arrived(sim: ModemSimulator, entry: nbiot.SimSocket, data: bytes, address: tuple[str, int]) -> None:
+def _arrived(sim: SimulatedModem, entry: nbiot.SimSocket, data: bytes, address: tuple[str, int]) -> None:
     entry.inbox.append((data, address))
     sim.emit_urc(f"+CADATAIND: {entry.sid}")
 

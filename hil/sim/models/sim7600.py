@@ -1,8 +1,8 @@
 """SIMCom SIM7600E-H (LTE Cat 4, USB 1e0e:9001) — LTE only."""
 from __future__ import annotations
 
+from hil.sim.model import ModemModel
 from hil.sim.models import common, simcom
-from hil.sim.modem import ModemModel
 
 MODEL = ModemModel(
     key="sim7600",

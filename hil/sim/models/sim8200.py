@@ -1,8 +1,8 @@
 """SIMCom SIM8200EA-M2 (5G sub-6, USB 1e0e:9001) — defaults to NR standalone."""
 from __future__ import annotations
 
+from hil.sim.model import ModemModel
 from hil.sim.models import common, simcom
-from hil.sim.modem import ModemModel
 
 MODEL = ModemModel(
     key="sim8200",

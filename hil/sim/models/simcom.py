@@ -8,7 +8,7 @@ AT+CPSI.
 """
 from __future__ import annotations
 
-from hil.sim.modem import CommandContext, Reply, SimState, error, require
+from hil.sim.model import CommandContext, Reply, SimState, error, require
 
 BOOT_URCS = ("RDY", "+CPIN: READY", "SMS DONE", "PB DONE")
 SIM_SWAP_URCS = ("+SIMCARD: NOT AVAILABLE", "+CPIN: READY", "SMS DONE")
