@@ -3,7 +3,8 @@
 Requests (floats travel as {"float64_hex": ...} so no decimal parsing stands between
 the two interpreters; byte strings as hex):
   {"op": "sign", "seed_hex", "message_hex"}          -> {"public_key_hex", "signature_hex"}
-  {"op": "seal", "seed_hex", "device", "boot", "seq", "prev_hex", "records", "gap"?}
+  {"op": "seal", "seed_hex", "device", "boot", "seq", "prev_hex", "records", "gap"?,
+   "counters"?, "token_hex"?, "binding_hex"?}  (counters: a version 2 envelope)
                                                       -> {"envelope_hex"}
   {"op": "chain", "seed_hex", "device", "boot", "first_seq", "reports": [records, ...]}
                                                       -> {"envelopes_hex": [...]} linked from genesis
@@ -45,7 +46,9 @@ def answer(request):
     if op == "seal":
         raw = envelope.seal(
             key, request["device"], request["boot"], request["seq"], unhex(request["prev_hex"]),
-            _records(request["records"]), gap=request.get("gap"),
+            _records(request["records"]), gap=request.get("gap"), counters=request.get("counters"),
+            token=unhex(request["token_hex"]) if "token_hex" in request else None,
+            binding=unhex(request["binding_hex"]) if "binding_hex" in request else None,
         )
         return {"envelope_hex": tohex(raw)}
     if op == "chain":

@@ -71,3 +71,66 @@ def test_an_envelope_too_big_for_a_slot_or_a_reused_seq_is_refused():
     raises(StorageError, box.append, 1, bytes(outbox.MAX_ENVELOPE + 1), False)
     box.append(1, b"\xd2", False)
     raises(StorageError, box.append, 1, b"\xd2", False)
+
+
+def test_an_outbox_of_the_firmware_before_version_2_is_moved_over_whole_and_deleted():
+    import os
+    import struct
+
+    root = fresh_dir("outbox-legacy")
+    legacy = root + "/outbox.bin"
+    with open(legacy, "wb") as file:  # 3 slots of 320 bytes: seq 7 (alarm), a free slot, seq 9
+        for seq, alarm in ((7, True), (None, False), (9, False)):
+            if seq is None:
+                file.write(bytes(outbox.LEGACY_SLOT))
+                continue
+            body = b"\xd2" + bytes([seq]) * 200
+            header = struct.pack(">BBQH", 0xA5, 1 if alarm else 0, seq, len(body))
+            record = header + outbox._check(header, body) + body
+            file.write(record + bytes(outbox.LEGACY_SLOT - len(record)))
+    box = outbox.Outbox(root + "/outbox2.bin", 2, legacy=legacy)
+    equal((box.seqs(), box.is_alarm(7), box.read(9)), ([7, 9], True, b"\xd2" + bytes([9]) * 200))
+    equal(box.slots, 3, "never fewer slots than the old outbox had")
+    raises(OSError, os.stat, legacy)
+    again = outbox.Outbox(root + "/outbox2.bin", 2, legacy=legacy)
+    equal((again.seqs(), again.read(7)), ([7, 9], b"\xd2" + bytes([7]) * 200))
+
+
+def test_a_move_cut_short_by_a_power_cut_is_finished_without_storing_a_seq_twice():
+    import struct
+
+    root = fresh_dir("outbox-legacy-cut")
+    legacy = root + "/outbox.bin"
+    with open(legacy, "wb") as file:
+        for seq in (3, 4):
+            body = b"\xd2" + bytes([seq]) * 10
+            header = struct.pack(">BBQH", 0xA5, 0, seq, len(body))
+            record = header + outbox._check(header, body) + body
+            file.write(record + bytes(outbox.LEGACY_SLOT - len(record)))
+    partial = outbox.Outbox(root + "/outbox2.bin", 4)
+    partial.append(3, b"\xd2" + bytes([3]) * 10, False)  # the cut came after seq 3 was moved
+    box = outbox.Outbox(root + "/outbox2.bin", 4, legacy=legacy)
+    equal(box.seqs(), [3, 4])
+
+
+def test_the_largest_envelope_a_node_can_sign_fits_a_slot():
+    import ed25519
+    import envelope
+
+    key = ed25519.SigningKey(bytes(range(32)))
+    t = 0xFFFFFFFF
+    records = [{"name": "temp", "value": -55.0625, "unit": "Cel", "time": t},
+               {"name": "alarm.tamper", "boolean": True, "time": t},
+               {"name": "batt", "value": 3.6015625, "unit": "V", "time": t},
+               {"name": "alarm.motion", "boolean": True, "time": t},
+               {"name": "alarm.tilt", "value": 179.875, "unit": "deg", "time": t},
+               {"name": "device.heartbeat_s", "value": 7 * 86400, "unit": "s", "time": t}]
+    big = 0xFFFFFFFFFFFFFFFF
+    gap = {"reason": "storage-failure", "first": big - 9, "last": big, "count": 0xFFFFFFFF, "queued": 0xFFFFFFFF,
+           "alarms_dropped": 0xFFFFFFFF}  # more than any one gap carries (queued and dropped: overflows only)
+    raw = envelope.seal(key, "x" * 64, 0xFFFFFFFF, big, bytes(16), records, gap,
+                        counters={"alarms": 0xFFFFFFFF, "gaps": 0xFFFFFFFF}, token=bytes(12), binding=bytes(8))
+    assert len(raw) <= outbox.MAX_ENVELOPE, (len(raw), outbox.MAX_ENVELOPE)
+    box = _box(2)
+    box.append(1, raw, True)
+    equal(box.read(1), raw)

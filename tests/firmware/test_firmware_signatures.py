@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from telemetry.chain import check_chain
-from telemetry.envelope import GENESIS, Gap, seal, verify
+from telemetry.envelope import GENESIS, Counters, Gap, seal, verify
 from telemetry.envelope import decode as decode_envelope
 from telemetry.identity import DeviceKey, Identity
 from telemetry.senml import Record
@@ -94,7 +94,15 @@ envelope_fields = st.fixed_dictionaries({
     "seq": st.integers(0, 2**64 - 1),
     "prev": st.binary(min_size=16, max_size=16),
     "records": packs(),
-    "gap": st.none() | st.builds(Gap, st.sampled_from(["overflow", "power-loss"]), st.none() | st.integers(0, 2**32), st.none(), st.none() | st.integers(1, 1000)),
+    "gap": st.none() | st.builds(Gap, st.sampled_from(["overflow", "power-loss"]), st.none() | st.integers(0, 2**32), st.none(),
+                                 st.none() | st.integers(1, 1000), st.none() | st.integers(0, 2**32 - 1),
+                                 st.none() | st.integers(0, 2**32 - 1)),
+    # version 2: signed counters, and the lender token and enrollment binding when the node holds them
+    "v2": st.none() | st.fixed_dictionaries({
+        "counters": st.builds(Counters, st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1)),
+        "token": st.none() | st.binary(min_size=12, max_size=12),
+        "binding": st.none() | st.binary(min_size=8, max_size=8),
+    }),
 })
 
 
@@ -109,13 +117,21 @@ def test_firmware_envelopes_are_the_gateways_bytes_and_verify_at_the_lender(run_
         }
         if case["gap"] is not None:
             gap = case["gap"]
-            request["gap"] = {k: v for k, v in (("reason", gap.reason), ("first", gap.first), ("count", gap.count)) if v is not None}
+            request["gap"] = {k: v for k, v in (("reason", gap.reason), ("first", gap.first), ("count", gap.count),
+                                                ("queued", gap.queued), ("alarms_dropped", gap.alarms_dropped))
+                              if v is not None}
+        v2 = case["v2"]
+        if v2 is not None:
+            request["counters"] = {"alarms": v2["counters"].alarms, "gaps": v2["counters"].gaps}
+            for name in ("token", "binding"):
+                if v2[name] is not None:
+                    request[name + "_hex"] = v2[name].hex()
         requests.append(request)
     for case, answer in zip(cases, _ask(run_micropython, requests)):
         raw = bytes.fromhex(answer["envelope_hex"])
         identity = Identity(case["seed"])
         expected = seal(identity, device=case["device"], boot=case["boot"], seq=case["seq"], prev=case["prev"],
-                        records=case["records"], gap=case["gap"])
+                        records=case["records"], gap=case["gap"], **(case["v2"] or {}))
         assert raw == expected.raw
         verdict = verify(raw, {identity.kid: DeviceKey(case["device"], identity.public_key)})
         assert verdict.ok, verdict.detail

@@ -24,6 +24,7 @@ command first gives the late answer `late_ms` to arrive and discards it.
 `commands` counts round trips, the figure bench/firmware.py reports.
 """
 
+import binascii
 import time
 
 from errors import CommandError, ModemTimeout
@@ -187,13 +188,15 @@ class AtPort:
 
     # --- commands ---
 
-    def command(self, text, timeout_ms=5000, response=None, data=None, binary=None):
+    def command(self, text, timeout_ms=5000, response=None, data=None, binary=None, hex_tail=None):
         """Send one command line and return its information lines; raise CommandError on an error final.
 
         `response` is the prefix of this command's own answer lines (so an
         answer that looks like a URC, such as +CEREG:, stays an answer);
         `data` is sent after the ``>`` prompt; `binary` names a length-prefixed
-        answer whose bytes go to `self.data`.
+        answer whose bytes go to `self.data`; `hex_tail` (bytes) goes on the line
+        after `text` as upper-case hex, written 32 bytes at a time, so a datagram's
+        hex never has to fit the heap in one piece.
         """
         if self._stale:
             self._discard_late_answer()
@@ -202,7 +205,11 @@ class AtPort:
         self.data = b""
         lines = []
         self.last_lines = lines
-        self.uart.write(text.encode() + b"\r")
+        self.uart.write(text.encode())
+        if hex_tail is not None:
+            for start in range(0, len(hex_tail), 32):
+                self.uart.write(binascii.hexlify(hex_tail[start : start + 32]).upper())
+        self.uart.write(b"\r")
         deadline = time.ticks_add(time.ticks_ms(), timeout_ms)
         waiting_for_prompt = data is not None
         binary_prefix = binary.encode() if binary is not None else None

@@ -117,7 +117,8 @@ class Node:
         """Run one cycle (steps 1 to 4); returns the report. Sleeping is the caller's (main) last step."""
         config, report = self.config, self.report
         state = self.state = chainstate.ChainState(self._file("chain.bin"))
-        box = outbox_module.Outbox(self._file("outbox.bin"), config.outbox_slots)
+        # outbox.bin: the 320-byte slots of firmware before envelope version 2, moved over once
+        box = outbox_module.Outbox(self._file("outbox2.bin"), config.outbox_slots, legacy=self._file("outbox.bin"))
         report["recovery"] = state.recover(box)
         powered_on = self.reset_cause != machine.DEEPSLEEP_RESET
         if powered_on or state.fresh:

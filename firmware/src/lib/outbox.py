@@ -1,9 +1,13 @@
 """The node's outbox: a bounded ring of fixed-size slots in one flash file, holding every envelope not yet acked.
 
-One file of `slots` x 320 bytes, made at full size once, so the outbox never
+One file of `slots` x 512 bytes, made at full size once, so the outbox never
 grows and a full flash can never stop it. A slot is a 16-byte header (mark
 0xA5, flags with bit 0 = alarm, seq u64, length u16, a 4-byte SHA-256 check
-over the header and the envelope) and the envelope. A slot whose mark or check
+over the header and the envelope) and the envelope: up to 496 bytes, above
+the largest envelope a node can sign (~405 bytes: a 64-character device id,
+every alarm record, the heartbeat, a gap record, 64-bit seqs, counters, token
+and binding; a typical version 2 report is ~200). A slot is 8 to a 4 KB flash
+block, so a write never straddles two. A slot whose mark or check
 is wrong is free: a write torn by a power cut costs that one slot (littlefs,
 the ESP32 and RP2040 default, commits a file write atomically anyway).
 
@@ -14,14 +18,20 @@ any alarm. `append` returns the dropped seqs so the node can report them as an
 "overflow" gap (and `alarms_dropped` says how many of them were alarms: the
 gap record says so, and the lender flags it). Delivery order (`seqs`): alarms
 first, then oldest first.
+
+Firmware before envelope version 2 kept 320-byte slots in `outbox.bin`; an
+Outbox given that file as `legacy` moves its envelopes over and deletes it
+(a power cut in between only repeats the move: a seq is never stored twice).
 """
 
 import hashlib
+import os
 import struct
 
 from errors import StorageError
 
-SLOT = 320
+SLOT = 512
+LEGACY_SLOT = 320
 _HEADER = ">BBQH"
 _HEADER_SIZE = struct.calcsize(_HEADER) + 4  # + check
 MAX_ENVELOPE = SLOT - _HEADER_SIZE
@@ -33,37 +43,64 @@ def _check(header, body):
     return hashlib.sha256(header + body).digest()[:4]
 
 
+def _size(path):
+    try:
+        return os.stat(path)[6]
+    except OSError:
+        return 0
+
+
+def _entries(file, count, slot_size):
+    """(slot index, seq, alarm, envelope or None when damaged) of every used slot of an outbox file."""
+    for index in range(count):
+        file.seek(index * slot_size)
+        header = file.read(_HEADER_SIZE)
+        if len(header) < _HEADER_SIZE or header[0] != _MARK:
+            continue
+        _, flags, seq, length = struct.unpack(_HEADER, header[:-4])
+        body = file.read(length) if length <= slot_size - _HEADER_SIZE else b""
+        good = len(body) == length and _check(header[:-4], body) == header[-4:]
+        yield index, seq, bool(flags & _ALARM), body if good else None
+
+
 class Outbox:
-    def __init__(self, path, slots=48):
+    def __init__(self, path, slots=48, legacy=None):
         if not 2 <= slots <= 1024:
             raise StorageError("an outbox has 2..1024 slots, got %r" % (slots,))
         self.path = path
         self.damaged = 0
         self.alarms_dropped = 0  # alarms among the seqs the last append dropped
         self._index = {}  # seq -> (slot, alarm)
-        try:
-            with open(path, "rb") as file:
-                data_slots = self._scan(file)
-        except OSError:
-            data_slots = 0
-        self.slots = max(slots, data_slots)  # never shrink: that would drop evidence
+        data_slots = _size(path) // SLOT
+        if data_slots:
+            try:
+                with open(path, "rb") as file:
+                    for index, seq, alarm, body in _entries(file, data_slots, SLOT):
+                        if body is None:
+                            self.damaged += 1
+                        else:
+                            self._index[seq] = (index, alarm)
+            except OSError as error:
+                raise StorageError("cannot read the outbox %s: %s" % (path, error))
+        legacy_slots = 0 if legacy is None else _size(legacy) // LEGACY_SLOT
+        self.slots = max(slots, data_slots, legacy_slots)  # never shrink: that would drop evidence
         if data_slots < self.slots:
             self._grow(data_slots)
+        if legacy_slots:
+            self._adopt(legacy, legacy_slots)
 
-    def _scan(self, file):
-        count = 0
-        while True:
-            slot = file.read(SLOT)
-            if len(slot) < SLOT:
-                return count
-            mark, flags, seq, length = struct.unpack(_HEADER, slot[: _HEADER_SIZE - 4])
-            if mark == _MARK:
-                body = slot[_HEADER_SIZE : _HEADER_SIZE + length]
-                if length <= MAX_ENVELOPE and _check(slot[: _HEADER_SIZE - 4], body) == slot[_HEADER_SIZE - 4 : _HEADER_SIZE]:
-                    self._index[seq] = (count, bool(flags & _ALARM))
-                else:
-                    self.damaged += 1
-            count += 1
+    def _adopt(self, legacy, count):
+        """Move the envelopes of a legacy outbox file (320-byte slots) into this one, then delete it."""
+        try:
+            with open(legacy, "rb") as file:
+                for _, seq, alarm, body in _entries(file, count, LEGACY_SLOT):
+                    if body is None:
+                        self.damaged += 1
+                    elif seq not in self._index:
+                        self.append(seq, body, alarm)
+            os.remove(legacy)
+        except OSError as error:
+            raise StorageError("cannot move the old outbox %s: %s" % (legacy, error))
 
     def _grow(self, existing):
         try:
@@ -93,13 +130,12 @@ class Outbox:
         try:
             with open(self.path, "rb") as file:
                 file.seek(slot * SLOT)
-                data = file.read(SLOT)
+                header = file.read(_HEADER_SIZE)
+                mark, _, stored_seq, length = struct.unpack(_HEADER, header[:-4]) if len(header) == _HEADER_SIZE else (0, 0, 0, 0)
+                body = file.read(min(length, MAX_ENVELOPE))
         except OSError as error:
             raise StorageError("cannot read the outbox %s: %s" % (self.path, error))
-        header = data[: _HEADER_SIZE - 4]
-        mark, _, stored_seq, length = struct.unpack(_HEADER, header)
-        body = data[_HEADER_SIZE : _HEADER_SIZE + length]
-        if mark != _MARK or stored_seq != seq or _check(header, body) != data[_HEADER_SIZE - 4 : _HEADER_SIZE]:
+        if mark != _MARK or stored_seq != seq or len(body) != length or _check(header[:-4], body) != header[-4:]:
             del self._index[seq]
             self.damaged += 1
             raise StorageError("outbox slot %d (seq %d) is damaged" % (slot, seq))

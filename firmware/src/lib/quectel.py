@@ -44,10 +44,6 @@ API_QI = "qi"
 API_NSO = "nso"
 
 
-def _hex(data):
-    return binascii.hexlify(data).decode().upper()
-
-
 def _unhex(text, length, what):
     if text.startswith('"') and text.endswith('"') and len(text) >= 2:
         text = text[1:-1]
@@ -161,7 +157,7 @@ class Bc66(Cellular):
 
     def send(self, socket, data):
         if self._api() == API_QI:
-            self._retrying_busy("AT+QISEND=%d,%d,%s" % (socket, len(data), _hex(data)))
+            self._retrying_busy("AT+QISEND=%d,%d," % (socket, len(data)), hex_tail=data)
             line = self.port.wait_urc("SEND ", self.network_timeout_ms)
             if line != "SEND OK":
                 raise NetworkError("AT+QISEND: the module said %r" % line)
@@ -169,7 +165,7 @@ class Bc66(Cellular):
         if self._peer is None:
             raise ModemError("AT+NSOST needs the peer: open_udp() first")
         host, port = self._peer
-        lines = self._retrying_busy("AT+NSOST=%d,%s,%d,%d,%s" % (socket, host, port, len(data), _hex(data)))
+        lines = self._retrying_busy("AT+NSOST=%d,%s,%d,%d," % (socket, host, port, len(data)), hex_tail=data)
         for line in lines:
             parts = line.split(",")
             if len(parts) == 2 and parts[0] == str(socket):
