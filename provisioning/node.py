@@ -16,7 +16,9 @@ node's MicroPython raw REPL (provisioning.rawrepl):
    OSCORE context is asked for);
 4. only then is anything installed: the staged firmware renamed into place,
    ``node.key.new`` renamed to ``node.key``, ``node.json`` written
-   (docs/firmware.md has its format). If the lender refuses, the staging
+   (docs/firmware.md has its format) with the enrollment's ``binding``
+   (``telemetry.enrollment.binding_of``: this lender's key, the node's key,
+   the asset), which the node puts into every envelope. If the lender refuses, the staging
    folder and a key made in this run are removed: the node is as it was.
    If the lender cannot be reached, the node is installed and the request
    is saved for ``pledgewatch provision submit``.
@@ -46,6 +48,7 @@ from telemetry.enrollment import (
     AssetBinding,
     EnrollmentBody,
     EnrollmentRequest,
+    binding_of,
     check_id,
 )
 from telemetry.exc import EnrollmentFormatError
@@ -130,13 +133,17 @@ class NodePlan:
             raise SetupError("which modem does the node have? pass --modem-model (bc66, bc95, sim7080g) or "
                              "give modem.model in --node-config")
 
-    def node_config(self) -> dict:
+    def node_config(self, binding: bytes | None = None) -> dict:
+        """node.json: the settings, the lender, the device id and, once enrolled, the enrollment binding."""
         parts = urlsplit(self.lender)
         config = json.loads(json.dumps(self.settings))  # a deep copy
         lender = config.setdefault("lender", {})
         lender["host"] = parts.hostname
         lender["port"] = parts.port or 5683
         config["device"] = self.device
+        config.pop("binding", None)  # only this enrollment's binding, never one given in --node-config
+        if binding is not None:
+            config["binding"] = binding.hex()
         return config
 
 
@@ -196,10 +203,14 @@ def provision_node(plan: NodePlan, console: Console) -> NodeResult:
             request = EnrollmentRequest.create(body, lambda message: _sign_on_node(repl, message))
             request = request.countersign(plan.technician.identity())
             result = NodeResult(plan.device, public_hex, how, "", len(plan_files.send), len(plan_files.unchanged))
+            # The binding depends only on the lender's key, the node's key and the asset, so a node whose
+            # enrollment is still pending gets it now too (`provision submit` never touches the node).
+            binding = binding_of(plan.lender_key, bytes.fromhex(public_hex), plan.binding.asset)
             try:
                 console.step(f"enrolling {plan.device} with the lender at {plan.lender}")
                 response = asyncio.run(send(plan.lender, request, timeout=plan.timeout))
                 answer, _ = accept(response, request, plan.lender_key, None)
+                binding = binding_of(plan.lender_key, bytes.fromhex(public_hex), answer.asset)
                 result.enrollment = "enrolled"
             except LenderUnreachableError as exc:
                 saved = plan.save_request or Path(f"{plan.device}.request.cbor")
@@ -213,7 +224,7 @@ def provision_node(plan: NodePlan, console: Console) -> NodeResult:
             flasher.commit(firmware, plan_files)
             if how != "kept":
                 files.rename(NEW_KEY, NODE_KEY)
-            config = json.dumps(plan.node_config(), indent=1, sort_keys=True).encode()
+            config = json.dumps(plan.node_config(binding), indent=1, sort_keys=True).encode()
             files.write(NODE_CONFIG + ".new", config)
             if files.sha256(NODE_CONFIG + ".new") != hashlib.sha256(config).hexdigest():
                 raise DeviceCodeError(f"{plan.port}: node.json did not read back as written; re-run")
