@@ -134,7 +134,7 @@ class NodePlan:
                              "give modem.model in --node-config")
 
     def node_config(self, binding: bytes | None = None) -> dict:
-        """node.json: the settings, the lender, the device id and, once enrolled, the enrollment binding."""
+        """node.json: the settings, the lender, the device id and the enrollment binding (when given)."""
         parts = urlsplit(self.lender)
         config = json.loads(json.dumps(self.settings))  # a deep copy
         lender = config.setdefault("lender", {})
