@@ -266,19 +266,32 @@ def test_every_node_envelope_is_version_2_with_counters_the_newest_lender_token_
     assert check_chain(envelopes).intact
 
 
-def test_the_enrollment_binding_from_the_config_is_in_every_envelope(make_node, lender):
-    binding = "6c6815785e7805f4"
-    node = make_node("bc66", binding=binding)
+def test_the_enrollment_binding_from_the_config_is_in_every_envelope_and_the_lender_holds_the_node_to_it(
+        make_node, lender):
+    import aiocoap
+
+    binding = bytes.fromhex("6c6815785e7805f4")
+    node = make_node("bc66", binding=binding.hex())
+    with lender.store() as store:
+        store.bind("yard-17", binding)  # what the lender's enrollment desk does for a node it enrolls
+    other = make_node("sim7080g", register=False, binding="0011223344556677")  # the same device, provisioned for another pledge
     with ModemSimulator(bc66.MODEL) as sim:
         (cycle,) = node.run(sim.path, [{"reset_cause": PWRON_RESET}])
-        import aiocoap
-
         sent = decode_envelope(aiocoap.Message.decode(nbiot.link(sim).sent()[-1]).payload)
-    assert sent.version == 2 and sent.binding == bytes.fromhex(binding)
-    report = cycle["report"]
-    # Registered by hand, so the lender holds no enrollment binding for it: it stores the envelope or refuses
-    # it for the binding (reason 8, final: the node lets it go).
-    assert report["acked"] == [1] or (report["refused"] == [[1, 8]] and report["buffered"] == []), report
+    assert sent.version == 2 and sent.binding == binding
+    assert cycle["report"]["acked"] == [1], cycle["report"]
+    assert stored(lender)[0].binding == binding
+    other.public_key = node.public_key
+    (other.root / "node.key").write_bytes(node.seed)
+    (other.root / "state").mkdir()
+    for name in ("chain.bin", "outbox2.bin"):
+        (other.root / "state" / name).write_bytes((node.root / "state" / name).read_bytes())
+    with ModemSimulator(sim7080g.MODEL) as sim:
+        (foreign,) = other.run(sim.path, [{"reset_cause": DEEPSLEEP_RESET}])
+    report = foreign["report"]
+    # reason 8: bound to another enrollment; final, so the node lets it go (the lender keeps it in quarantine)
+    assert report["refused"] == [[2, 8]] and report["buffered"] == [], report
+    assert [e.seq for e in stored(lender)] == [1]
 
 
 def test_an_overflow_gap_says_how_full_the_outbox_was_and_that_no_alarm_was_dropped(make_node, lender):
