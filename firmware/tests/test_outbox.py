@@ -73,21 +73,26 @@ def test_an_envelope_too_big_for_a_slot_or_a_reused_seq_is_refused():
     raises(StorageError, box.append, 1, b"\xd2", False)
 
 
+def _legacy_outbox(path, slots):
+    """An outbox file of the firmware before version 2: 320-byte slots; slots is [(seq, alarm, body) or None]."""
+    import struct
+
+    with open(path, "wb") as file:
+        for slot in slots:
+            record = b""
+            if slot is not None:
+                seq, alarm, body = slot
+                header = struct.pack(">BBQH", 0xA5, 1 if alarm else 0, seq, len(body))
+                record = header + outbox._check(header, body) + body
+            file.write(record + bytes(outbox.LEGACY_SLOT - len(record)))
+
+
 def test_an_outbox_of_the_firmware_before_version_2_is_moved_over_whole_and_deleted():
     import os
-    import struct
 
     root = fresh_dir("outbox-legacy")
     legacy = root + "/outbox.bin"
-    with open(legacy, "wb") as file:  # 3 slots of 320 bytes: seq 7 (alarm), a free slot, seq 9
-        for seq, alarm in ((7, True), (None, False), (9, False)):
-            if seq is None:
-                file.write(bytes(outbox.LEGACY_SLOT))
-                continue
-            body = b"\xd2" + bytes([seq]) * 200
-            header = struct.pack(">BBQH", 0xA5, 1 if alarm else 0, seq, len(body))
-            record = header + outbox._check(header, body) + body
-            file.write(record + bytes(outbox.LEGACY_SLOT - len(record)))
+    _legacy_outbox(legacy, [(7, True, b"\xd2" + bytes([7]) * 200), None, (9, False, b"\xd2" + bytes([9]) * 200)])
     box = outbox.Outbox(root + "/outbox2.bin", 2, legacy=legacy)
     equal((box.seqs(), box.is_alarm(7), box.read(9)), ([7, 9], True, b"\xd2" + bytes([9]) * 200))
     equal(box.slots, 3, "never fewer slots than the old outbox had")
@@ -97,16 +102,9 @@ def test_an_outbox_of_the_firmware_before_version_2_is_moved_over_whole_and_dele
 
 
 def test_a_move_cut_short_by_a_power_cut_is_finished_without_storing_a_seq_twice():
-    import struct
-
     root = fresh_dir("outbox-legacy-cut")
     legacy = root + "/outbox.bin"
-    with open(legacy, "wb") as file:
-        for seq in (3, 4):
-            body = b"\xd2" + bytes([seq]) * 10
-            header = struct.pack(">BBQH", 0xA5, 0, seq, len(body))
-            record = header + outbox._check(header, body) + body
-            file.write(record + bytes(outbox.LEGACY_SLOT - len(record)))
+    _legacy_outbox(legacy, [(3, False, b"\xd2" + bytes([3]) * 10), (4, False, b"\xd2" + bytes([4]) * 10)])
     partial = outbox.Outbox(root + "/outbox2.bin", 4)
     partial.append(3, b"\xd2" + bytes([3]) * 10, False)  # the cut came after seq 3 was moved
     box = outbox.Outbox(root + "/outbox2.bin", 4, legacy=legacy)
