@@ -331,6 +331,7 @@ def _gaps(args: argparse.Namespace) -> int:
     with _open(args) as store:
         missing = store.missing_ranges(args.device)
         records = store.gap_records(args.device)
+        reviews = store.reviews(args.device)
         devices = [args.device] if args.device else sorted(
             {d.device for d in store.devices()} | set(store.envelope_devices()))
     findings = explain_gaps(missing, records)
@@ -346,7 +347,9 @@ def _gaps(args: argparse.Namespace) -> int:
                 "explained_by": None if f.explained_by is None else f.explained_by.seq,
                 "partly_explained_by": [g.seq for g in f.partly_explained_by],
             } for f in mine],
-            "gap_records": [{"seq": g.seq, "reason": g.reason, "first": g.first, "last": g.last, "count": g.count}
+            "gap_records": [{"seq": g.seq, "reason": g.reason, "first": g.first, "last": g.last, "count": g.count,
+                             "reviews": [{"by": r.reviewer, "note": r.note, "at": iso_time(r.at)} for r in reviews
+                                         if (r.device, r.seq) == (device, g.seq)]}
                             for g in records if g.device == device],
         })
     if args.json:
@@ -371,7 +374,9 @@ def _gaps(args: argparse.Namespace) -> int:
         for g in entry["gap_records"]:
             span = f"seqs {g['first']}..{g['last']}" if g["first"] is not None else "seqs not stated"
             count = f", {g['count']} reading(s)" if g["count"] is not None else ""
-            print(f"{device}: signed gap record seq {g['seq']}: {g['reason']}, {span}{count}")
+            reviewed = "; ".join(f"reviewed by {r['by']} at {r['at']}: {r['note']}" for r in g["reviews"])
+            print(f"{device}: signed gap record seq {g['seq']}: {g['reason']}, {span}{count}; "
+                  f"{reviewed or 'NOT REVIEWED (pledgewatch lender review)'}")
     return 0
 
 

@@ -93,9 +93,11 @@ def _newest_value(store: EvidenceStore, device: str, name: str):
 
 def _silence(store, device: str, envelopes: list[StoredEnvelope], registered_at: float | None,
              judge: Judge) -> list[Risk]:
-    declared = _newest_value(store, device, HEARTBEAT_S)
-    heartbeat = float(declared.value) if declared is not None and isinstance(declared.value, (int, float)) \
-        and declared.value > 0 else DEFAULT_HEARTBEAT_S
+    # The shortest interval the device ever declared, not the newest: a borrower who raises heartbeat_s in
+    # agent.toml and restarts (a new manifest) before cutting the power must buy no patience with it.
+    declared = [float(r.value) for r in store.records_named(device, names=(HEARTBEAT_S,))
+                if isinstance(r.value, (int, float)) and math.isfinite(r.value) and r.value > 0]
+    heartbeat = min(declared, default=DEFAULT_HEARTBEAT_S)
     last = max((e.received_at for e in envelopes), default=registered_at)
     if last is None:
         return []
@@ -103,8 +105,8 @@ def _silence(store, device: str, envelopes: list[StoredEnvelope], registered_at:
     if judge.now - last <= limit:
         return []
     what = "no envelope" if envelopes else "nothing ever"
-    return [Risk("silent", f"{what} for {_duration(judge.now - last)} (heartbeat {heartbeat:g} s declared; silent "
-                           f"after {judge.missed_heartbeats:g} missed)", last + limit)]
+    return [Risk("silent", f"{what} for {_duration(judge.now - last)} (heartbeat {heartbeat:g} s, the shortest "
+                           f"declared; silent after {judge.missed_heartbeats:g} missed)", last + limit)]
 
 
 def _reviewed(reviews: Iterable[Review]) -> set[int]:
@@ -137,7 +139,11 @@ def _lost_alarms(store, device: str, envelopes: list[StoredEnvelope]) -> list[Ri
     if counted:
         first = counted[0]
         newest = max(counted, key=lambda e: (e.alarm_count, e.seq))
-        expected = newest.alarm_count - (first.alarm_count - int(first.alarm_records))
+        # The counters start at 0 with the device's chain. When the lender holds nothing older than the first
+        # counted envelope (a spool-reset record over seqs it never got, say), every alarm counted before it is
+        # lost; only older (version 1) envelopes stored below it make its counters a baseline.
+        base = 0 if first is envelopes[0] else first.alarm_count - int(first.alarm_records)
+        expected = newest.alarm_count - base
         received = sum(1 for e in envelopes if first.seq <= e.seq <= newest.seq and e.alarm_records)
         if expected > received:
             risks.append(Risk("alarm-lost", f"{expected - received} alarm(s) signed by the device and never received "
