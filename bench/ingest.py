@@ -17,11 +17,14 @@ from lender.enrollment import registration
 from lender.evidence.ingest import Ingest, Status
 from lender.evidence.store import SQLiteStore
 from telemetry import cbor
-from telemetry.envelope import GENESIS, seal
+from telemetry.envelope import GENESIS, Counters, seal
+from telemetry.freshness import issue_token
 from telemetry.identity import Identity
 from telemetry.senml import Record
 
 BATCH = 100
+TOKEN_KEY = bytes(range(32))
+BINDING = bytes(range(8))
 
 
 def _envelopes(identity: Identity, count: int) -> list[bytes]:
@@ -30,7 +33,9 @@ def _envelopes(identity: Identity, count: int) -> list[bytes]:
     for seq in range(1, count + 1):
         records = [Record("temp", value=20.0 + seq % 40 / 4, unit="Cel", time=now + seq),
                    Record("door", boolean=False, time=now + seq), Record("tamper", boolean=False, time=now + seq)]
-        envelope = seal(identity, device="gw-bench-0001", boot=1, seq=seq, prev=prev, records=records)
+        envelope = seal(identity, device="gw-bench-0001", boot=1, seq=seq, prev=prev, records=records,
+                        counters=Counters(alarms=0, gaps=0), token=issue_token(TOKEN_KEY, "gw-bench-0001", now),
+                        binding=BINDING)
         prev = envelope.digest
         out.append(envelope.raw)
     return out
@@ -56,7 +61,8 @@ def measure(count: int = 20_000) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as directory:
         with SQLiteStore.open(directory) as store:
             registration.register(store, directory, "gw-bench-0001", identity.public_key, with_oscore=False)
-            ingest = Ingest(store)
+            store.bind("gw-bench-0001", BINDING)
+            ingest = Ingest(store, token_key=TOKEN_KEY)  # the lender checks the binding and issues a token per ack
             start = time.perf_counter()
             stored = 0
             for body in bodies:

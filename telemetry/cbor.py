@@ -129,6 +129,20 @@ def encode(obj: object) -> bytes:
     return b"".join(out)
 
 
+def encode_labelled(items: list[tuple[int, object]]) -> bytes:
+    """A map whose keys are distinct integers 0..23 given in ascending order: the same bytes as `encode(dict(items))`,
+    without sorting (a hot path: every envelope payload is one)."""
+    out: list[bytes] = [_head(5, len(items))]
+    last = -1
+    for key, value in items:
+        if not last < key < 24:
+            raise ValueError("encode_labelled takes keys 0..23 in ascending order")
+        last = key
+        out.append(_SMALL_INT_KEYS[key])
+        _encode(value, out)
+    return b"".join(out)
+
+
 _SHORTEST_FLOOR = {24: 24, 25: 0x100, 26: 0x10000, 27: 0x100000000}
 
 

@@ -19,9 +19,14 @@ from dataclasses import dataclass, field
 from telemetry import alarms, cbor
 from telemetry.ack import Reason
 from telemetry.cbor import DEFAULT_LIMITS, Limits
-from telemetry.cose import eddsa_header, parse_sign1, sig_structure
 from telemetry.clock import ClockStatement
-from telemetry.exc import ClockStatementError, OversizeError, SchemaError, WireFormatError
+from telemetry.cose import eddsa_header, parse_sign1, sig_structure
+from telemetry.exc import (
+    ClockStatementError,
+    OversizeError,
+    SchemaError,
+    WireFormatError,
+)
 from telemetry.freshness import check_token_shape
 from telemetry.identity import DeviceKey, Identity
 from telemetry.senml import Record, pack_to_cbor, records_from_cbor
@@ -188,24 +193,24 @@ def seal(
         raise ValueError("boot and seq must be unsigned 64-bit integers")
     if len(prev) != DIGEST_BYTES:
         raise ValueError(f"prev must be {DIGEST_BYTES} bytes")
-    body: dict = {DEVICE: device, BOOT: boot, SEQ: seq, PREV: prev, PACK: pack_to_cbor(records)}
+    body: list[tuple[int, object]] = [(DEVICE, device), (BOOT, boot), (SEQ, seq), (PREV, prev),
+                                      (PACK, pack_to_cbor(records))]
     if gap is not None:
-        body[GAP] = gap.to_cbor()
+        body.append((GAP, gap.to_cbor()))
     if clock is not None:
-        body[CLOCK] = clock.to_cbor()
+        body.append((CLOCK, clock.to_cbor()))
     if counters is not None:
-        body[VERSION] = CURRENT_VERSION
-        body[COUNTERS] = counters.to_cbor()
+        body += [(VERSION, CURRENT_VERSION), (COUNTERS, counters.to_cbor())]
         if token is not None:
-            body[TOKEN] = check_token_shape(token)
+            body.append((TOKEN, check_token_shape(token)))
         if binding is not None:
             if len(binding) != BINDING_BYTES:
                 raise ValueError(f"binding must be {BINDING_BYTES} bytes")
-            body[BINDING] = binding
+            body.append((BINDING, binding))
     elif token is not None or binding is not None:
         raise ValueError("a token or a binding needs a version 2 envelope: give its counters")
     protected = eddsa_header(identity.kid)
-    payload = cbor.encode(body)
+    payload = cbor.encode_labelled(body)  # == cbor.encode(dict(body)): keys 1..11 in order
     signature = identity.sign(sig_structure(protected, payload))
     # == cbor.encode(Tag(18, [protected, {}, payload, signature])), assembled directly (hot path)
     raw = b"".join((

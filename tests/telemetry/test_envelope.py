@@ -115,3 +115,10 @@ def test_any_sealed_envelope_verifies_and_round_trips(seq, boot, prev, device, v
     verdict = verify(envelope.raw, keys)
     assert verdict.ok and verdict.envelope == envelope
     assert decode(envelope.raw).digest == envelope.digest
+
+
+@given(st.dictionaries(st.integers(0, 23), st.one_of(st.integers(-2**63, 2**64 - 1), st.text(max_size=8),
+                                                     st.binary(max_size=8), st.lists(st.integers(-2**63, 2**64 - 1), max_size=3)),
+                       max_size=12))
+def test_the_payload_fast_path_encodes_exactly_as_the_general_encoder(mapping):
+    assert cbor.encode_labelled(sorted(mapping.items())) == cbor.encode(mapping)
