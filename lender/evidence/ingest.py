@@ -214,6 +214,7 @@ class Ingest:
         stored: list[int] = []
         already: list[int] = []
         refused: list[Refusal] = []
+        rows: dict[str, Device | None] = {}  # registry rows, read once per batch
         with self.store.transaction():
             for index, (raw, verdict) in enumerate(zip(items, verdicts)):
                 envelope = verdict.envelope
@@ -231,7 +232,9 @@ class Ingest:
                             f"(stored digest {existing.digest.hex()}, this one {envelope.digest.hex()})",
                             raw, envelope, peer, received_at))
                     continue
-                unbound = binding_violation(envelope, self.store.device(envelope.device))
+                if envelope.device not in rows:
+                    rows[envelope.device] = self.store.device(envelope.device)
+                unbound = binding_violation(envelope, rows[envelope.device])
                 if unbound is not None:
                     refused.append(self._refuse(index, Reason.BINDING, unbound, raw, envelope, peer, received_at))
                     continue
