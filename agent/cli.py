@@ -13,6 +13,7 @@ from agent import config as agent_config
 from agent.clock import TrustedClock
 from agent.daemon import Agent
 from agent.exc import AgentError
+from agent.freshness import TOKEN_FILE, LenderTokens
 from agent.health import ModemHealthMonitor
 from agent.rules import RulesEngine, RulesStateFile, sensor_specs
 from agent.sensors import build_sensors
@@ -73,13 +74,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"pledgewatch agent: {exc}", file=sys.stderr)
         return 2
     clock = TrustedClock()
+    tokens = LenderTokens(config.device.state_dir / TOKEN_FILE, clock=clock)
     rules_state = RulesStateFile(config.device.state_dir / "rules.json")
     kinds = {cls: kind for kind, cls in agent_config.SENSOR_KINDS.items()}
     rules = RulesEngine(config.assets, sensor_specs(config.sensors, kinds), config.rules, start=clock.now(),
                         restore=rules_state.load())
     agent = Agent(device=config.device.id, identity=identity, spool=spool, state=state, sensors=sensors,
-                  uplink=Uplink(config.uplink, spool), rules=rules, trusted_clock=clock, rules_state=rules_state,
-                  modem_health=modem_health)
+                  uplink=Uplink(config.uplink, spool, tokens=tokens), rules=rules, trusted_clock=clock,
+                  rules_state=rules_state, modem_health=modem_health, tokens=tokens,
+                  binding=config.device.binding_bytes, heartbeat_s=config.uplink.heartbeat_s,
+                  rules_digest=config.rules_digest)
     try:
         asyncio.run(serve(agent))
     finally:
@@ -105,6 +109,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "device": config.device.id, "kid": identity.kid.hex(),
             "spooled": stats.count, "spooled_bytes": stats.bytes, "spooled_alarms": stats.alarm_count,
             "head_seq": head.seq if head else None, "boot": state.boot,
+            "binding": config.device.binding,
         }
     if args.json:
         print(json.dumps(info))

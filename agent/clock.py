@@ -18,7 +18,19 @@ unsynchronized: records carry no time, and the envelope's clock statement
 (payload key 7, docs/wire-format.md) says so and gives the time since boot,
 so the lender can still order readings and place them relative to a boot.
 
-    {1: synced (bool), 2: source ("ntp" | "gnss" | "modem" | "none"),
+None of those is authenticated: the borrower runs the LAN and its NTP server,
+can set the kernel clock, and can feed the GNSS antenna or the modem a fake
+cell. One source is: **lender** — the time inside the lender token of each ack
+(telemetry.freshness), MACed by the lender, taken at the ack's arrival on the
+monotonic clock, with the exchange's round trip (and the token's whole
+second) as its error. It ranks above all the others: while the agent holds one
+(within `holdover_s`), a time that disagrees with it by more than
+`lender_tolerance_s` plus that error is overruled, and the trusted wall time
+is the lender's carried forward on the monotonic clock (source "lender"). So
+a gateway clock set to 10:00 while a door opens at 03:00 does not make the
+opening look permitted.
+
+    {1: synced (bool), 2: source ("ntp" | "gnss" | "modem" | "lender" | "none"),
      3: uptime in milliseconds (uint, CLOCK_BOOTTIME), ? 4: the system clock in
      UNIX seconds (int), only when unsynchronized: untrusted, for forensics}
 
@@ -44,7 +56,8 @@ from telemetry.senml import Record
 
 log = logging.getLogger(__name__)
 
-REFERENCE_SOURCES = ("gnss", "modem")  # in order of preference
+REFERENCE_SOURCES = ("gnss", "modem")  # in order of preference (below the lender's time and the kernel's)
+LENDER = "lender"
 # A modem that has not had NITZ answers its power-on default ("80/01/06,00:00:29", read as 2080 by
 # the two-digit year of 27.007, or "70/01/01", "04/01/01"): no real reference lies outside these bounds.
 EARLIEST_PLAUSIBLE = 1_704_067_200  # 2024-01-01T00:00:00Z
@@ -64,6 +77,7 @@ class Instant:
     wall: float
     synced: bool
     source: str = "none"
+    offset: float = 0.0   # trusted wall time minus the system clock (non-zero when a reference overrules it)
 
     @property
     def trusted_wall(self) -> float | None:
@@ -82,6 +96,19 @@ def stamp(records: Iterable[Record], instant: Instant) -> tuple[Record, ...]:
     if instant.synced:
         return records
     return tuple(dataclasses.replace(r, time=None) if r.time is not None else r for r in records)
+
+
+def redate(records: Iterable[Record], instant: Instant) -> tuple[Record, ...]:
+    """Records timed by the system clock (a driver's samples), moved onto the trusted time of `instant`.
+
+    While a reference overrules the system clock (a lender time, a GNSS fix),
+    the trusted wall time is the system clock plus `instant.offset`; records a
+    driver dated with the system clock move by the same offset.
+    """
+    records = tuple(records)
+    if not instant.synced or not instant.offset:
+        return records
+    return tuple(dataclasses.replace(r, time=r.time + instant.offset) if r.time is not None else r for r in records)
 
 
 # --- is the kernel's clock disciplined? ------------------------------------------------------
@@ -140,6 +167,7 @@ class Reference:
     source: str
     utc: float
     at: float
+    error: float = 0.0   # how far `utc` may be off at `at` (the lender's: half the exchange and the token's second)
 
 
 class TrustedClock:
@@ -158,6 +186,7 @@ class TrustedClock:
         recheck_s: float = 30.0,
         holdover_s: float = 86_400.0,
         agree_s: float = 2.0,
+        lender_tolerance_s: float = 120.0,
     ) -> None:
         self._kernel_synced = kernel_synced
         self._monotonic = monotonic
@@ -165,8 +194,10 @@ class TrustedClock:
         self.recheck_s = recheck_s
         self.holdover_s = holdover_s
         self.agree_s = agree_s
+        self.lender_tolerance_s = lender_tolerance_s
         self._kernel: tuple[float, bool] | None = None  # (checked at, answer)
         self._references: dict[str, Reference] = {}
+        self._lender: Reference | None = None
         self._last_source: str | None = None
 
     def reference(self, source: str, utc: float | datetime, *, age_s: float = 0.0) -> bool:
@@ -184,6 +215,20 @@ class TrustedClock:
         self._references[source] = Reference(source, seconds, self._monotonic() - age_s)
         return True
 
+    def lender_time(self, utc: float, *, round_trip: float) -> bool:
+        """The lender's time from an ack's token (whole seconds), the ack having just arrived after `round_trip` s.
+
+        The lender stamped the token somewhere inside the exchange, so its time
+        now lies in [utc, utc + 1 + round_trip]: the middle is taken, with half
+        that width as the error. False (and ignored) if it is not plausible.
+        """
+        if not EARLIEST_PLAUSIBLE <= utc < LATEST_PLAUSIBLE or not 0 <= round_trip < 3600:
+            log.warning("clock: lender time %r (round trip %r s) is not plausible; ignored", utc, round_trip)
+            return False
+        half = (1.0 + round_trip) / 2
+        self._lender = Reference(LENDER, float(utc) + half, self._monotonic(), half)
+        return True
+
     def _kernel_answer(self, mono: float) -> bool:
         if self._kernel is None or mono - self._kernel[0] >= self.recheck_s or mono < self._kernel[0]:
             self._kernel = (mono, bool(self._kernel_synced()))
@@ -198,15 +243,36 @@ class TrustedClock:
             self._last_source = instant.source
         return instant
 
-    def _judge(self, mono: float, wall: float) -> Instant:
+    def _carried(self, ref: Reference | None, mono: float) -> float | None:
+        """`ref`'s time carried forward to `mono`, or None when there is none or it is past its holdover."""
+        if ref is None or not 0 <= mono - ref.at <= self.holdover_s:
+            return None
+        return ref.utc + (mono - ref.at)
+
+    def _referenced(self, mono: float, wall: float, source: str, estimate: float) -> Instant:
+        # The system clock is used when it agrees with the reference (no step in the times),
+        # else the reference carried forward on the monotonic clock.
+        if abs(wall - estimate) <= self.agree_s:
+            return Instant(mono, wall, True, source)
+        return Instant(mono, estimate, True, source, estimate - wall)
+
+    def _unauthenticated(self, mono: float, wall: float) -> Instant:
         if self._kernel_answer(mono):
             return Instant(mono, wall, True, "ntp")
         for source in REFERENCE_SOURCES:
-            ref = self._references.get(source)
-            if ref is None or not 0 <= mono - ref.at <= self.holdover_s:
-                continue
-            estimate = ref.utc + (mono - ref.at)
-            # The system clock is used when it agrees with the reference (no step in the times),
-            # else the reference carried forward on the monotonic clock.
-            return Instant(mono, wall if abs(wall - estimate) <= self.agree_s else estimate, True, source)
+            estimate = self._carried(self._references.get(source), mono)
+            if estimate is not None:
+                return self._referenced(mono, wall, source, estimate)
         return Instant(mono, wall, False, "none")
+
+    def _judge(self, mono: float, wall: float) -> Instant:
+        chosen = self._unauthenticated(mono, wall)
+        lender = self._carried(self._lender, mono)
+        if lender is None:
+            return chosen
+        if chosen.synced and abs(chosen.wall - lender) <= self.lender_tolerance_s + 2 * self._lender.error:
+            return chosen
+        if chosen.synced and self._last_source != LENDER:
+            log.warning("clock: %s time is %+.0f s off the lender's time; the lender's is used", chosen.source,
+                        chosen.wall - lender)
+        return self._referenced(mono, wall, LENDER, lender)

@@ -4,9 +4,9 @@ Every error names the file, the table and key, and what is allowed, so a
 technician can fix a config on site without reading code. The result is a
 tree of frozen dataclasses; nothing downstream re-checks it.
 
-    [device]     id, key_file, state_dir
+    [device]     id, key_file, state_dir, binding (the enrollment's, 16 hex digits; written by provisioning)
     [spool]      max_bytes, synchronous
-    [uplink]     lender, security_context | insecure, batch_interval, ... (agent.uplink.UplinkConfig)
+    [uplink]     lender, security_context | insecure, batch_interval, heartbeat_s, ... (agent.uplink.UplinkConfig)
     [[sensors]]  kind = "ds18b20" | "contact" | "motion" | "run-hours" | "gnss", then that driver's settings
     [rules]      site-wide rule settings (agent.assets.RuleSettings)
     [[assets]]   the pledged assets, each bound to its sensors (agent.assets)
@@ -16,8 +16,9 @@ tree of frozen dataclasses; nothing downstream re-checks it.
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ from drivers.exc import DriverError
 from drivers.gnss import GnssConfig
 from drivers.gpio import ContactConfig, MotionConfig, RunHoursConfig
 from drivers.onewire import DS18B20Config
+from telemetry.envelope import BINDING_BYTES
+from telemetry.manifest import rules_digest
 
 DEFAULT_CONFIG = Path("/etc/pledgewatch/agent.toml")
 REQUIRED = object()
@@ -52,11 +55,25 @@ MODEM_KEYS: dict[str, tuple[type, object]] = {
 }
 
 
+BINDING_HEX = re.compile(r"[0-9a-fA-F]{%d}" % (2 * BINDING_BYTES))
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceSection:
     id: str
     key_file: Path
     state_dir: Path
+    binding: str | None = None   # the enrollment binding (telemetry.enrollment.binding_of), hex
+
+    def __post_init__(self) -> None:
+        if self.binding is not None and not BINDING_HEX.fullmatch(self.binding):
+            raise ValueError(f"binding = {self.binding!r} must be {2 * BINDING_BYTES} hex digits "
+                             "(the enrollment binding `pledgewatch provision` writes)")
+
+    @property
+    def binding_bytes(self) -> bytes | None:
+        """The binding every envelope carries, or None when the device has none configured."""
+        return None if self.binding is None else bytes.fromhex(self.binding)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,10 +92,18 @@ class AgentConfig:
     assets: tuple[Asset, ...] = ()
     rules: RuleSettings = RuleSettings()
     modem: ModemHealthConfig | None = None
+    # [[assets]] and [rules] exactly as tomllib parsed them: what the signed rules digest covers
+    assets_table: tuple[dict, ...] = ()
+    rules_table: dict = field(default_factory=dict)
 
     @property
     def key_file(self) -> Path:
         return self.device.key_file
+
+    @property
+    def rules_digest(self) -> str:
+        """`telemetry.manifest.rules_digest` of [[assets]] and [rules] as written (signed in the manifest)."""
+        return rules_digest(self.assets_table, self.rules_table)
 
 
 def _typed(value: object, kind: type) -> bool:
@@ -144,7 +169,7 @@ def parse(text: str, path: Path) -> AgentConfig:
         raise ConfigError(f"{path}: unknown table(s) {', '.join(unknown)}; "
                           "allowed: device, spool, uplink, sensors, rules, assets, modem")
     device = _section(path, "device", data.get("device", {}), DeviceSection, {
-        "id": (str, REQUIRED), "key_file": (Path, REQUIRED), "state_dir": (Path, REQUIRED),
+        "id": (str, REQUIRED), "key_file": (Path, REQUIRED), "state_dir": (Path, REQUIRED), "binding": (str, None),
     })
     if not 0 < len(device.id) <= 64:
         raise ConfigError(f"{path}: [device] id must be 1..64 characters")
@@ -177,7 +202,7 @@ def parse(text: str, path: Path) -> AgentConfig:
     assets = parse_assets(path, data.get("assets", []), {s.name: kind_of[type(s)] for s in sensors if isinstance(s.name, str)}, rules)
     modem = _section(path, "modem", data["modem"], ModemHealthConfig, MODEM_KEYS) if "modem" in data else None
     return AgentConfig(path=path, device=device, spool=spool, uplink=uplink, sensors=sensors, assets=assets, rules=rules,
-                       modem=modem)
+                       modem=modem, assets_table=tuple(data.get("assets", [])), rules_table=dict(data.get("rules", {})))
 
 
 def load(path: str | Path = DEFAULT_CONFIG) -> AgentConfig:

@@ -7,6 +7,11 @@ uplink, and the modem health monitor (agent.health) when one is given.
 Signing and spooling happen inline in the event loop: an append at
 synchronous=FULL costs ~0.15 ms here (bench/spool.py).
 
+At start it signs its manifest (the assets and their sensors, its heartbeat
+interval and the digest of its rules, telemetry.manifest); whenever
+`heartbeat_s` passes without any envelope signed, it signs a heartbeat
+(`device.heartbeat`, the uptime in seconds), so silence is never normal.
+
 Runs under systemd as Type=notify: READY=1 once the chain is resumed, then
 WATCHDOG=1 at half the watchdog interval while the loop is alive.
 """
@@ -19,11 +24,12 @@ import os
 import time
 from collections.abc import Callable, Sequence
 
-from agent.clock import Instant, TrustedClock, stamp
+from agent.clock import Instant, TrustedClock, redate, stamp
 from agent.exc import SpoolError, StateError
+from agent.freshness import LenderTokens
 from agent.health import ModemHealthMonitor
 from agent.recorder import Recorder
-from agent.rules import Emission, RulesEngine, RulesStateFile
+from agent.rules import Emission, Manifest, RulesEngine, RulesStateFile
 from agent.spool import Spool
 from agent.state import AgentState
 from agent.uplink import Result, Uplink
@@ -32,6 +38,7 @@ from drivers.sensor import Sample, queue_listener, read_isolated
 from durable import sdnotify
 from telemetry.envelope import Envelope, Gap, GapReason
 from telemetry.identity import Identity
+from telemetry.manifest import DEFAULT_HEARTBEAT_S, HEARTBEAT, rules_digest
 from telemetry.senml import Record
 
 log = logging.getLogger(__name__)
@@ -79,6 +86,10 @@ class Agent:
         rules_state: RulesStateFile | None = None,
         rule_tick: float = 1.0,
         modem_health: ModemHealthMonitor | None = None,
+        tokens: LenderTokens | None = None,
+        binding: bytes | None = None,
+        heartbeat_s: float | None = None,
+        rules_digest: str = rules_digest((), {}),
     ) -> None:
         self.device = device
         self.identity = identity
@@ -98,6 +109,14 @@ class Agent:
         self.rule_tick = rule_tick
         # the modem health monitor (agent.health): its status and alarms go through record(), SIM/IMEI to modem_identity()
         self.modem_health = modem_health
+        # freshness and binding (issue 12): the newest lender token and the enrollment binding go into every envelope
+        self.tokens = tokens
+        self.binding = binding
+        # what the manifest declares: the heartbeat interval (the uplink's, by default) and the rules digest
+        if heartbeat_s is None:
+            heartbeat_s = uplink.config.heartbeat_s if uplink is not None else DEFAULT_HEARTBEAT_S
+        self.heartbeat_s = float(heartbeat_s)
+        self.rules_digest = rules_digest
 
     def record(self, records: list[Record], instant: Instant | None = None) -> Envelope | None:
         """Sign and spool one reading; an alarm wakes the uplink at once.
@@ -129,14 +148,21 @@ class Agent:
             self.uplink.wake()
         return envelope
 
+    def record_measured(self, records: list[Record]) -> Envelope | None:
+        """Record readings a driver dated with the system clock, moved onto the trusted time first."""
+        if self.trusted_clock is None:
+            return self.record(records)
+        instant = self.trusted_clock.now()
+        return self.record(list(redate(records, instant)), instant)
+
     async def _poll(self, sensor, stop: asyncio.Event) -> None:
         while not stop.is_set():
             result = await read_isolated(sensor, self.read_timeout)
             if isinstance(result, SensorFault):
                 log.warning("sensor %s: %s", sensor.name, result)
-                self.record([fault_record(sensor.name, result, self.clock())])
+                self.record_measured([fault_record(sensor.name, result, self.clock())])
             elif result:
-                self.record([sample_record(s) for s in result])
+                self.record_measured([sample_record(s) for s in result])
                 self._gnss_time(sensor)
                 self.judge(result)
             with contextlib.suppress(TimeoutError):
@@ -146,7 +172,7 @@ class Agent:
     async def _events(self, queue: asyncio.Queue[Sample]) -> None:
         while True:
             sample = await queue.get()
-            self.record([sample_record(sample)])
+            self.record_measured([sample_record(sample)])
             self.judge([sample])
 
     # --- edge rules ---
@@ -217,6 +243,29 @@ class Agent:
                 self.rules_state.save(self.rules.snapshot())
                 saved = time.monotonic()
 
+    def manifest(self, instant: Instant) -> Manifest:
+        """What the device declares at start: its assets and sensors, heartbeat interval and rules digest."""
+        declared = {"heartbeat_s": self.heartbeat_s, "rules_digest": self.rules_digest}
+        if self.rules is not None:
+            return self.rules.manifest(instant, **declared)
+        return Manifest((), instant, **declared)
+
+    def heartbeat(self) -> Envelope | None:
+        """Sign a heartbeat: `device.heartbeat`, the uptime in seconds (telemetry.manifest)."""
+        instant = self._now()
+        return self.record([Record(HEARTBEAT, value=round(max(0.0, instant.monotonic), 3), unit="s",
+                                   time=instant.trusted_wall)], instant)
+
+    async def _heartbeat(self) -> None:
+        """Sign a heartbeat whenever `heartbeat_s` passes without any envelope signed."""
+        while True:
+            quiet = time.monotonic() - self.recorder.signed_at
+            if quiet < self.heartbeat_s:
+                await asyncio.sleep(self.heartbeat_s - quiet)
+                continue
+            if self.heartbeat() is None:  # not stored (counted as lost): try again a heartbeat later
+                await asyncio.sleep(self.heartbeat_s)
+
     async def _checkpoint(self, every: float = 10.0) -> None:
         """Keep the state's acked watermark at "every seq up to here is acked or reported dropped"."""
         while True:
@@ -239,7 +288,8 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; then stop every task and mark the shutdown clean."""
-        self.recorder = Recorder.start(self.identity, self.device, self.spool, self.state, now=self.clock())
+        self.recorder = Recorder.start(self.identity, self.device, self.spool, self.state, now=self.clock(),
+                                       binding=self.binding, tokens=self.tokens)
         log.info("agent %s: boot %d, resuming after seq %d", self.device, self.recorder.boot, self.recorder.seq)
         events: asyncio.Queue[Sample] = asyncio.Queue()
         listener = queue_listener(events)
@@ -253,10 +303,11 @@ class Agent:
         tasks.append(asyncio.create_task(self._checkpoint(), name="checkpoint"))
         if self.modem_health is not None:
             tasks.append(asyncio.create_task(self.modem_health.run(self.record, self.modem_identity), name="modem health"))
+        instant = self._now()
+        self.emit([self.manifest(instant)], instant)
         if self.rules is not None:
-            instant = self._now()
-            self.emit([self.rules.manifest(instant)], instant)
             tasks.append(asyncio.create_task(self._rules_tick(), name="rules"))
+        tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
         if self.uplink is not None:
             await self.uplink.start()
             tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))

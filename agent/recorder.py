@@ -9,16 +9,29 @@ At start it also tells the lender what it cannot otherwise know, each as a
 signed gap record: the previous run ended without a clean shutdown (power
 loss), or the spool was damaged and moved aside (unacked readings lost). After
 every append it turns the spool's overflow drops into a gap record.
+
+Every envelope is version 2 (telemetry.envelope): it carries the signed
+counters (alarm envelopes and gap records signed so far, this one included),
+the newest lender token the agent holds (agent.freshness) and the enrollment
+binding when the config names one. The counters are kept exactly like the
+seq: the spool stores those of its chain head in the same transaction as each
+append, and the state file reserves them before an envelope carrying higher
+ones is appended (one write per alarm or gap envelope, which are rare), so
+neither a restart, a SIGKILL nor a lost spool ever makes the agent sign lower
+counters than it signed before. (A borrower who restores an older state and
+spool makes them go back with the seq: that is the lender's to see.)
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
-from agent.spool import Spool
+from agent.freshness import LenderTokens
+from agent.spool import REASON_OVERFLOW, Spool
 from agent.state import AgentState
 from telemetry.clock import ClockStatement
-from telemetry.envelope import GENESIS, Envelope, Gap, GapReason, seal
+from telemetry.envelope import GENESIS, Counters, Envelope, Gap, GapReason, seal
 from telemetry.identity import Identity
 from telemetry.senml import Record
 
@@ -31,7 +44,8 @@ class Recorder:
     """Seals readings into envelopes and appends them to the spool; one per device, single-threaded."""
 
     def __init__(self, identity: Identity, device: str, boot: int, spool: Spool, state: AgentState,
-                 seq: int, prev: bytes) -> None:
+                 seq: int, prev: bytes, counters: Counters = Counters(0, 0), *, binding: bytes | None = None,
+                 tokens: LenderTokens | None = None, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.identity = identity
         self.device = device
         self.boot = boot
@@ -39,21 +53,32 @@ class Recorder:
         self.state = state
         self.seq = seq  # the last seq used
         self.prev = prev  # the digest of the last envelope appended
+        self.counters = counters  # the counters of the last envelope appended
+        self.binding = binding  # the enrollment binding every envelope carries (None: not configured)
+        self.tokens = tokens  # the newest lender token, for every envelope (None: none held)
+        self._monotonic = monotonic
+        self.signed_at = monotonic()  # when the last envelope was signed (or the recorder started)
 
     @classmethod
-    def start(cls, identity: Identity, device: str, spool: Spool, state: AgentState, *, now: float) -> Recorder:
+    def start(cls, identity: Identity, device: str, spool: Spool, state: AgentState, *, now: float,
+              binding: bytes | None = None, tokens: LenderTokens | None = None,
+              monotonic: Callable[[], float] = time.monotonic) -> Recorder:
         """Resume the chain after a (re)start and record what the lender must hear about it."""
         run = state.begin_run()
         head = spool.head()
         ceiling = state.seq_ceiling  # -1 before the first reservation
+        options = {"binding": binding, "tokens": tokens, "monotonic": monotonic}
         if head is not None:
-            recorder = cls(identity, device, run.boot, spool, state, head.seq, head.digest)
-        elif ceiling < 0:
-            recorder = cls(identity, device, run.boot, spool, state, 0, GENESIS)  # the very first start
+            counters = Counters(*spool.head_counters())
+            recorder = cls(identity, device, run.boot, spool, state, head.seq, head.digest, counters, **options)
+        elif ceiling < 0:  # the very first start
+            recorder = cls(identity, device, run.boot, spool, state, 0, GENESIS, Counters(*state.counters_ceiling),
+                           **options)
         else:
             # The spool lost its chain head (damaged and moved aside): restart above every
-            # seq that may have been used, from genesis, and say so in a signed gap record.
-            recorder = cls(identity, device, run.boot, spool, state, ceiling, GENESIS)
+            # seq and counter that may have been used, from genesis, and say so in a signed gap record.
+            recorder = cls(identity, device, run.boot, spool, state, ceiling, GENESIS,
+                           Counters(*state.counters_ceiling), **options)
             first = state.acked_watermark + 1
             log.error("the spool lost its chain head; resuming above seq %d with a spool-reset gap record", ceiling)
             recorder.append(gap=Gap(GapReason.SPOOL_RESET.value, first=max(first, 1), last=ceiling))
@@ -68,12 +93,23 @@ class Recorder:
             self.state.reserve_seqs(seq + SEQ_BLOCK)
         return seq
 
+    def _next_counters(self, records: tuple[Record, ...], gap: Gap | None) -> Counters:
+        counters = self.counters.after(records, gap)
+        alarms, gaps = self.state.counters_ceiling
+        if counters.alarms > alarms or counters.gaps > gaps:
+            self.state.reserve_counters(counters.alarms, counters.gaps)
+        return counters
+
     def append(self, records: Iterable[Record] = (), gap: Gap | None = None, clock: ClockStatement | None = None) -> Envelope:
         """Sign one envelope holding `records` (and `gap`, and the clock statement `clock`), append it durably."""
-        envelope = seal(self.identity, device=self.device, boot=self.boot, seq=self._next_seq(), prev=self.prev,
-                        records=tuple(records), gap=gap, clock=clock)
+        records = tuple(records)
+        seq = self._next_seq()
+        envelope = seal(self.identity, device=self.device, boot=self.boot, seq=seq, prev=self.prev,
+                        records=records, gap=gap, clock=clock, counters=self._next_counters(records, gap),
+                        token=self.tokens.token if self.tokens is not None else None, binding=self.binding)
         self.spool.append(envelope)  # raises, leaving the chain where it was, if it could not be stored
-        self.seq, self.prev = envelope.seq, envelope.digest
+        self.seq, self.prev, self.counters = envelope.seq, envelope.digest, envelope.counters
+        self.signed_at = self._monotonic()
         return envelope
 
     def record(self, records: Iterable[Record], clock: ClockStatement | None = None) -> Envelope:
@@ -92,7 +128,9 @@ class Recorder:
             first = min(r.first_seq for r in report.ranges)
             last = max(r.last_seq for r in report.ranges)
             count = sum(r.last_seq - r.first_seq + 1 for r in report.ranges)
-            gap_envelope = self.append(gap=Gap(report.ranges[0].reason, first=first, last=last, count=count))
+            reason = report.ranges[0].reason
+            overflow = {"queued": report.queued, "alarms_dropped": report.alarms_dropped} if reason == REASON_OVERFLOW else {}
+            gap_envelope = self.append(gap=Gap(reason, first=first, last=last, count=count, **overflow))
             log.warning("spool overflow: %d routine readings (seqs %d..%d) dropped; gap record seq %d",
                         count, first, last, gap_envelope.seq)
         self.spool.clear_drops(report)

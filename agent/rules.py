@@ -42,6 +42,7 @@ from agent.clock import Instant
 from agent.exc import StateError
 from agent.state import AtomicJSONStorage
 from drivers.sensor import Sample
+from telemetry import manifest
 from telemetry.alarms import CLEARED, RAISED, SEVERITY, alarm_name, parse_alarm_name
 from telemetry.senml import Record
 
@@ -146,10 +147,13 @@ class DailyUtilization:
 
 @dataclass(frozen=True, slots=True)
 class Manifest:
-    """The assets and the sensors bound to each, signed at every start so the lender knows what watches what."""
+    """What the device declares at every start: the assets and the sensors bound to each, so the lender knows
+    what watches what, and (telemetry.manifest) its heartbeat interval and the digest of the rules it runs."""
 
     assets: tuple[Asset, ...]
     instant: Instant
+    heartbeat_s: float | None = None
+    rules_digest: str | None = None
     alarm = False
 
     def records(self) -> list[Record]:
@@ -157,6 +161,10 @@ class Manifest:
         for asset in self.assets:
             out += [Record(f"asset.{asset.name}.kind", string=asset.kind, time=t),
                     Record(f"asset.{asset.name}.sensors", string=",".join(asset.sensors), time=t)]
+        if self.heartbeat_s is not None:
+            out.append(Record(manifest.HEARTBEAT_S, value=self.heartbeat_s, unit="s", time=t))
+        if self.rules_digest is not None:
+            out.append(Record(manifest.RULES, string=self.rules_digest, time=t))
         return out
 
 
@@ -312,8 +320,8 @@ class RulesEngine:
             self._latches[name] = _Latch(kind, asset)
         return self._latches[name]
 
-    def manifest(self, instant: Instant) -> Manifest:
-        return Manifest(self.assets, instant)
+    def manifest(self, instant: Instant, *, heartbeat_s: float | None = None, rules_digest: str | None = None) -> Manifest:
+        return Manifest(self.assets, instant, heartbeat_s, rules_digest)
 
     # --- helpers ---
 

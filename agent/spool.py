@@ -53,7 +53,7 @@ REASON_OVERFLOW = "overflow"
 REASON_SPOOL_RESET = "spool-reset"
 
 APPLICATION_ID = 0x504C5753  # "PLWS": marks a file as a pledgewatch spool
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _MAX_SEQ = (1 << 63) - 1  # SQLite INTEGER is signed 64-bit
 _WAL_SIZE_LIMIT = 16 * 1024 * 1024  # truncate the -wal back to this after checkpoints
 
@@ -75,6 +75,20 @@ _SCHEMA = (
     "CREATE TABLE refused (seq INTEGER PRIMARY KEY, raw BLOB NOT NULL, alarm INTEGER NOT NULL,"
     " reason INTEGER NOT NULL, text TEXT NOT NULL) STRICT",
 )
+# Numbered migrations: a spool of version N-1 is brought to N by these statements at open, in one
+# transaction; a fresh spool is built by the schema above and then every migration, so both have
+# the same schema text to the letter (ALTER TABLE rewrites the stored CREATE statement).
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    3: (
+        # The signed counters of the envelope at the chain head (version 2 envelopes), kept with it in
+        # the same transaction as each append: the next envelope's counters continue from them.
+        "ALTER TABLE chain_head ADD COLUMN alarms INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE chain_head ADD COLUMN gaps INTEGER NOT NULL DEFAULT 0",
+        # How many envelopes the spool held when an overflow dropped (the gap record's `queued`).
+        "ALTER TABLE drop_log ADD COLUMN queued INTEGER",
+    ),
+}
+_OLDEST_READABLE = 2
 
 # SQLite result codes (primary) that mean "this file is damaged"; anything in
 # _ENVIRONMENT_CODES means "the file may be fine, the surroundings are not".
@@ -111,12 +125,21 @@ class SpoolableEnvelope(Protocol):
     @property
     def alarm(self) -> bool: ...
 
+    # and, on a version 2 envelope, `counters` (alarms, gaps): kept with the chain head (read with getattr)
+
 
 class ChainHead(NamedTuple):
     """Seq and digest of the last envelope appended: the next envelope's prev must equal `digest`."""
 
     seq: int
     digest: bytes
+
+
+class HeadCounters(NamedTuple):
+    """The signed counters of the last envelope appended that carried them (telemetry.envelope.Counters)."""
+
+    alarms: int
+    gaps: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,11 +196,23 @@ class DropReport:
     ranges: tuple[DroppedRange, ...]
     lost_spools: tuple[str, ...]
     _rows: tuple[tuple[int, int | None], ...] = field(repr=False)  # (drop_log id, last_seq), for clear_drops
+    queued: int | None = None   # the most envelopes the spool held at any of these drops (None: not known)
 
     @property
     def count(self) -> int:
         """How many envelopes the ranges name (lost spools come on top, uncounted)."""
         return sum(r.count for r in self.ranges)
+
+    @property
+    def alarms_dropped(self) -> int:
+        """Alarms among the dropped: 0, by construction.
+
+        Overflow deletes only from the `routine` table (`_evict_routine`) or
+        drops an incoming *routine* envelope (`_store_one`); an alarm is stored
+        over the bound instead. No code path drops an alarm, so the honest count
+        is 0; a drop path that could must count here what it dropped.
+        """
+        return 0
 
 
 class _Damage(Exception):
@@ -189,7 +224,7 @@ class Spool:
 
     def __init__(self, *, path: Path, conn: sqlite3.Connection, lock_fd: int, max_bytes: int,
                  synchronous: str, counters: tuple[int, int, int, int], head: ChainHead | None,
-                 recovered_from: Path | None) -> None:
+                 head_counters: HeadCounters | None, recovered_from: Path | None) -> None:
         # Use Spool.open(); the constructor only takes a connection already checked.
         self.path = path
         self.max_bytes = max_bytes
@@ -199,6 +234,7 @@ class Spool:
         self._lock_fd = lock_fd
         self._alarm_count, self._alarm_bytes, self._routine_count, self._routine_bytes = counters
         self._head = head
+        self._head_counters = head_counters
         # True while drop_log may hold rows: lets take_drops, which the agent calls
         # after every append, skip the query in the common case.
         self._drops_pending = conn.execute("SELECT EXISTS (SELECT 1 FROM drop_log)").fetchone()[0] == 1
@@ -235,7 +271,8 @@ class Spool:
                     _install_new(path)
                 counters = _inspect(path)  # cheap on a fresh file; proves the file we made
             conn = _connect(path, level)
-            head = _read_head(conn)
+            _migrate(conn, path)
+            head, head_counters = _read_head(conn)
         except _Damage as damage:
             os.close(lock_fd)
             raise SpoolCorruptError(f"spool {path}: freshly created database fails its check: {damage}") from None
@@ -243,7 +280,7 @@ class Spool:
             os.close(lock_fd)
             raise
         return cls(path=path, conn=conn, lock_fd=lock_fd, max_bytes=max_bytes, synchronous=level,
-                   counters=counters, head=head, recovered_from=recovered_from)
+                   counters=counters, head=head, head_counters=head_counters, recovered_from=recovered_from)
 
     def close(self) -> None:
         """Close the database (checkpointing the WAL) and release the lock."""
@@ -288,6 +325,13 @@ class Spool:
         """Seq and digest of the last envelope appended, kept across acks and restarts."""
         return self._head
 
+    def head_counters(self) -> HeadCounters | None:
+        """The signed counters at the chain head (None while no envelope is appended), kept like the head.
+
+        (0, 0) when the envelopes appended so far carried none (version 1).
+        """
+        return self._head_counters
+
     # --- writing ----------------------------------------------------------
 
     def append(self, envelope: SpoolableEnvelope) -> bool:
@@ -303,9 +347,15 @@ class Spool:
 
         All or nothing: if any envelope is refused (seq not increasing), none is stored.
         """
+        envelopes = list(envelopes)
         batch = [(_checked_seq(e.seq), bytes(e.raw), bytes(e.digest), bool(e.alarm)) for e in envelopes]
         if not batch:
             return 0
+        head_counters = self._head_counters or HeadCounters(0, 0)
+        for envelope in envelopes:
+            signed = getattr(envelope, "counters", None)
+            if signed is not None:
+                head_counters = HeadCounters(signed.alarms, signed.gaps)
         last = self._head.seq if self._head is not None else -1
         for seq, _raw, _digest, _alarm in batch:
             if seq <= last:
@@ -318,9 +368,10 @@ class Spool:
             for seq, raw, digest, alarm in batch:
                 stored += self._store_one(seq, raw, alarm)
             seq, _raw, digest, _alarm = batch[-1]
-            self._conn.execute("INSERT OR REPLACE INTO chain_head (id, seq, digest) VALUES (1, ?, ?)",
-                               (seq, digest))
+            self._conn.execute("INSERT OR REPLACE INTO chain_head (id, seq, digest, alarms, gaps) VALUES (1, ?, ?, ?, ?)",
+                               (seq, digest, *head_counters))
         self._head = ChainHead(seq, digest)
+        self._head_counters = head_counters
         return stored
 
     def _store_one(self, seq: int, raw: bytes, alarm: bool) -> int:
@@ -330,7 +381,7 @@ class Spool:
             if not alarm and self._alarm_bytes + size > self.max_bytes:
                 # Even with every routine envelope gone it would not fit: losing
                 # the newcomer alone loses least.
-                self._record_drops([seq], REASON_OVERFLOW)
+                self._record_drops([seq], REASON_OVERFLOW, queued=len(self))
                 return 0
             self._evict_routine(excess)
         if alarm:
@@ -345,7 +396,7 @@ class Spool:
 
     def _evict_routine(self, excess: int) -> None:
         """Delete routine envelopes oldest first until `excess` bytes are freed (or none is left)."""
-        freed, evicted = 0, []
+        freed, evicted, held = 0, [], len(self)
         while freed < excess and self._routine_count > len(evicted):
             # Small steps: the steady state of a full spool evicts one or two per append.
             chunk = self._conn.execute(
@@ -362,10 +413,13 @@ class Spool:
             self._conn.execute("DELETE FROM routine WHERE seq <= ?", (evicted[-1],))
             self._routine_count -= len(evicted)
             self._routine_bytes -= freed
-            self._record_drops(evicted, REASON_OVERFLOW)
+            self._record_drops(evicted, REASON_OVERFLOW, queued=held)
 
-    def _record_drops(self, seqs: list[int], reason: str) -> None:
-        """Write sorted dropped seqs as exact runs, extending the newest drop_log row when contiguous."""
+    def _record_drops(self, seqs: list[int], reason: str, *, queued: int) -> None:
+        """Write sorted dropped seqs as exact runs, extending the newest drop_log row when contiguous.
+
+        `queued` is how many envelopes the spool held when it dropped them (the most, for an extended row).
+        """
         runs: list[list[int]] = []
         for seq in seqs:
             if runs and seq == runs[-1][1] + 1:
@@ -376,10 +430,11 @@ class Spool:
             "SELECT id, reason, last_seq FROM drop_log ORDER BY id DESC LIMIT 1").fetchone()
         first, last = runs[0]
         if last_row is not None and last_row[1] == reason and last_row[2] is not None and last_row[2] + 1 == first:
-            self._conn.execute("UPDATE drop_log SET last_seq = ? WHERE id = ?", (last, last_row[0]))
+            self._conn.execute("UPDATE drop_log SET last_seq = ?, queued = max(coalesce(queued, 0), ?) WHERE id = ?",
+                               (last, queued, last_row[0]))
             runs = runs[1:]
-        self._conn.executemany("INSERT INTO drop_log (reason, first_seq, last_seq) VALUES (?, ?, ?)",
-                               [(reason, first, last) for first, last in runs])
+        self._conn.executemany("INSERT INTO drop_log (reason, first_seq, last_seq, queued) VALUES (?, ?, ?, ?)",
+                               [(reason, first, last, queued) for first, last in runs])
         self._drops_pending = True
 
     # --- reading and acking ----------------------------------------------
@@ -477,7 +532,7 @@ class Spool:
             return None
         try:
             rows = self._conn.execute(
-                "SELECT id, reason, first_seq, last_seq, detail FROM drop_log ORDER BY id").fetchall()
+                "SELECT id, reason, first_seq, last_seq, detail, queued FROM drop_log ORDER BY id").fetchall()
         except sqlite3.DatabaseError as error:
             raise _runtime_error(self.path, "take_drops", error) from error
         if not rows:
@@ -485,7 +540,7 @@ class Spool:
             return None
         ranges: list[DroppedRange] = []
         lost: list[str] = []
-        for _id, reason, first, last, detail in rows:
+        for _id, reason, first, last, detail, _queued in rows:
             if first is None or last is None:
                 lost.append(detail or "")
             else:
@@ -497,7 +552,9 @@ class Spool:
                 merged[-1] = DroppedRange(merged[-1].first_seq, r.last_seq, r.reason)
             else:
                 merged.append(r)
-        return DropReport(tuple(merged), tuple(lost), tuple((row[0], row[3]) for row in rows))
+        held = [row[5] for row in rows if row[5] is not None]
+        return DropReport(tuple(merged), tuple(lost), tuple((row[0], row[3]) for row in rows),
+                          max(held) if held else None)
 
     def clear_drops(self, report: DropReport) -> None:
         """Forget exactly what `report` named, after the agent appended a gap envelope for it.
@@ -623,17 +680,23 @@ def _wal_header_ok(wal: Path) -> bool:
     return (s0, s1) == struct.unpack(">II", header[24:32])
 
 
-def _expected_schema() -> list[tuple]:
+def _statements(version: int) -> tuple[str, ...]:
+    """Every statement that builds a spool of schema `version`: the first schema, then the migrations up to it."""
+    return _SCHEMA + tuple(s for number in range(_OLDEST_READABLE + 1, version + 1) for s in _MIGRATIONS[number])
+
+
+def _expected_schema(version: int) -> list[tuple]:
     conn = sqlite3.connect(":memory:")
     try:
-        for statement in _SCHEMA:
+        for statement in _statements(version):
             conn.execute(statement)
         return conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY name").fetchall()
     finally:
         conn.close()
 
 
-_EXPECTED_SCHEMA = _expected_schema()
+# The schema of each version this program opens: older ones are migrated at open.
+_EXPECTED_SCHEMA = {version: _expected_schema(version) for version in range(_OLDEST_READABLE, SCHEMA_VERSION + 1)}
 
 
 def _inspect(path: Path) -> tuple[int, int, int, int]:
@@ -674,11 +737,12 @@ def _inspect(path: Path) -> tuple[int, int, int, int]:
             raise _Damage("quick_check: " + "; ".join(str(row[0]) for row in check[:3]))
         if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
             raise _Damage("not a pledgewatch spool (application_id differs)")
-        if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-            raise _Damage(f"unknown spool schema version (expected {SCHEMA_VERSION})")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version not in _EXPECTED_SCHEMA:
+            raise _Damage(f"unknown spool schema version {version} (expected {_OLDEST_READABLE}..{SCHEMA_VERSION})")
         schema = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY name").fetchall()
         if [row for row in schema if row[1] != "sqlite_sequence"] != [
-                row for row in _EXPECTED_SCHEMA if row[1] != "sqlite_sequence"]:
+                row for row in _EXPECTED_SCHEMA[version] if row[1] != "sqlite_sequence"]:
             raise _Damage("the schema is not the spool's")
         if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             raise _Damage("the database is not in WAL mode")
@@ -693,8 +757,9 @@ def _inspect(path: Path) -> tuple[int, int, int, int]:
             if bad:
                 raise _Damage(f"{bad} {table} rows hold values of the wrong type")
             counters += [count, total]
-        heads = conn.execute("SELECT id, seq, digest FROM chain_head").fetchall()
-        if len(heads) > 1 or any(type(s) is not int or type(d) is not bytes for _i, s, d in heads):
+        heads = conn.execute("SELECT * FROM chain_head").fetchall()
+        if len(heads) > 1 or any(type(row[1]) is not int or type(row[2]) is not bytes
+                                 or any(type(n) is not int or n < 0 for n in row[3:]) for row in heads):
             raise _Damage("the chain head row is malformed")
         bad = conn.execute(
             "SELECT count(*) FROM drop_log WHERE typeof(reason) != 'text'"
@@ -728,9 +793,29 @@ def _connect(path: Path, level: str) -> sqlite3.Connection:
         raise _runtime_error(path, "open", error) from error
 
 
-def _read_head(conn: sqlite3.Connection) -> ChainHead | None:
-    row = conn.execute("SELECT seq, digest FROM chain_head WHERE id = 1").fetchone()
-    return ChainHead(row[0], row[1]) if row else None
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring a spool of an older schema (checked by `_inspect`) to this one, in one transaction."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version >= SCHEMA_VERSION:
+        return
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in _MIGRATIONS[number]:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("COMMIT")
+    except sqlite3.DatabaseError as error:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        conn.close()
+        raise _runtime_error(path, f"migrate from schema {version}", error) from error
+    log.info("spool %s: schema %d migrated to %d", path, version, SCHEMA_VERSION)
+
+
+def _read_head(conn: sqlite3.Connection) -> tuple[ChainHead | None, HeadCounters | None]:
+    row = conn.execute("SELECT seq, digest, alarms, gaps FROM chain_head WHERE id = 1").fetchone()
+    return (ChainHead(row[0], row[1]), HeadCounters(row[2], row[3])) if row else (None, None)
 
 
 def _build_fresh(target: Path, note: tuple[str, str] | None) -> None:
@@ -745,7 +830,7 @@ def _build_fresh(target: Path, note: tuple[str, str] | None) -> None:
             conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA:
+            for statement in _statements(SCHEMA_VERSION):
                 conn.execute(statement)
             if note is not None:
                 conn.execute("INSERT INTO drop_log (reason, detail) VALUES (?, ?)", note)

@@ -1,9 +1,10 @@
 """The agent's small state documents, kept in TinyDB and written atomically.
 
 What lives here is small and rarely written: the boot counter, the seq
-ceiling (the highest seq the agent has reserved), the acked watermark, the
-chain head at the last checkpoint, the clean-shutdown flag and a snapshot of
-the configuration. TinyDB suits that (ARCHITECTURE.md); the envelopes
+ceiling (the highest seq the agent has reserved), the counters ceiling (the
+highest signed alarm and gap counters that may have been used), the acked
+watermark, the chain head at the last checkpoint, the clean-shutdown flag, the
+newest lender token and a snapshot of the configuration. TinyDB suits that (ARCHITECTURE.md); the envelopes
 themselves live in the SQLite spool (agent.spool).
 
 TinyDB's own JSONStorage rewrites its file in place, so a power cut mid-write
@@ -16,8 +17,8 @@ read as a smaller counter. A damaged file at open is moved aside
 (`<name>.corrupt-<UTC time>`) with an error log line and `recovered_from` set:
 the agent must then take its floor from elsewhere (the spool's chain head).
 
-Never-decreasing values (boot counter, seq ceiling, acked watermark) refuse
-to go backwards (`StateValueError`).
+Never-decreasing values (boot counter, seq ceiling, counters ceiling, acked
+watermark) refuse to go backwards (`StateValueError`).
 """
 from __future__ import annotations
 
@@ -43,7 +44,9 @@ FORMAT = "pledgewatch-agent-state/1"
 _AGENT, _CONFIG = "agent", "config"
 _DOC = 1  # each table holds one document, id 1
 
-_FRESH = {"boot": 0, "seq_ceiling": -1, "acked_watermark": -1, "chain_head": None, "clean_shutdown": True}
+_FRESH = {"boot": 0, "seq_ceiling": -1, "alarms_ceiling": 0, "gaps_ceiling": 0, "acked_watermark": -1,
+          "chain_head": None, "clean_shutdown": True}
+_COUNTERS = ("boot", "seq_ceiling", "alarms_ceiling", "gaps_ceiling", "acked_watermark")
 
 
 def _canonical(tables: Mapping[str, Any]) -> bytes:
@@ -204,6 +207,25 @@ class AgentState:
         self._put(seq_ceiling=self._checked("seq_ceiling", upto))
 
     @property
+    def counters_ceiling(self) -> tuple[int, int]:
+        """(alarms, gaps): the highest signed counters reserved so far ((0, 0) if none).
+
+        Like the seq ceiling, reserved before an envelope carrying them is
+        appended, so a restart that lost the spool's chain head resumes the
+        counters from here and never signs smaller ones.
+        """
+        return self._values["alarms_ceiling"], self._values["gaps_ceiling"]
+
+    def reserve_counters(self, alarms: int, gaps: int) -> None:
+        """Persist that counters up to (`alarms`, `gaps`) may be signed; never lowers either (no write then)."""
+        for name, value in (("alarms", alarms), ("gaps", gaps)):
+            if type(value) is not int or value < 0:
+                raise StateValueError(f"{name} counter must be a non-negative integer, got {value!r}")
+        held_alarms, held_gaps = self.counters_ceiling
+        if alarms > held_alarms or gaps > held_gaps:
+            self._put(alarms_ceiling=max(alarms, held_alarms), gaps_ceiling=max(gaps, held_gaps))
+
+    @property
     def acked_watermark(self) -> int:
         """The highest seq the lender has acked (-1 if none)."""
         return self._values["acked_watermark"]
@@ -265,8 +287,8 @@ def _validate(tables: dict) -> None:
         return
     if not isinstance(doc, dict):
         raise StateCorruptError("the agent document is not an object")
-    for name in ("boot", "seq_ceiling", "acked_watermark"):
-        if name in doc and (type(doc[name]) is not int or doc[name] < (0 if name == "boot" else -1)):
+    for name in _COUNTERS:
+        if name in doc and (type(doc[name]) is not int or doc[name] < (-1 if name in ("seq_ceiling", "acked_watermark") else 0)):
             raise StateCorruptError(f"{name} is {doc[name]!r}, not a counter")
     if "clean_shutdown" in doc and type(doc["clean_shutdown"]) is not bool:
         raise StateCorruptError("clean_shutdown is not a boolean")

@@ -7,7 +7,12 @@ bytes of one spooled envelope, alarms first, then in seq order, at most
 blocks, RFC 7959, each its own OSCORE request). The lender answers 2.04 with an
 ack map {1: stored seqs, 2: already-present seqs, 3: [[index, reason, text]]};
 the agent deletes exactly stored ∪ already-present and nothing on a timeout or
-error. ``docs/transport.md`` is the normative description.
+error. A fresh lender token in the ack (key 4) goes to the agent's
+`LenderTokens` with the exchange's round trip (agent.freshness): envelopes
+signed after carry it, and the trusted clock takes its time. Routine batches
+go at least every `heartbeat_s` (the lender calls a device silent after a few
+heartbeats without an envelope), however long `batch_interval` is.
+``docs/transport.md`` is the normative description.
 
 Pure policy (the backoff, batch fitting, ack parsing, what to do with each
 answer) is plain code; `Uplink` is the asyncio edge that talks aiocoap. The
@@ -38,6 +43,7 @@ from durable.oscore import DurableSecurityContext, close_context, open_context
 from telemetry import cbor
 from telemetry.exc import AckFormatError
 from telemetry.ack import MAX_REASON_TEXT, Ack, Reason, Refusal
+from telemetry.manifest import DEFAULT_HEARTBEAT_S
 from telemetry.numbers import CONTENT_FORMAT_CBOR, PATH_TELEMETRY
 
 log = logging.getLogger(__name__)
@@ -62,6 +68,7 @@ class UplinkConfig:
     ack_timeout: float = 2.0               # CoAP ACK_TIMEOUT (RFC 7252 §4.8)
     max_retransmit: int = 4                # CoAP MAX_RETRANSMIT
     exchange_deadline: float = 600.0       # give up on one batch (all its blocks) after this
+    heartbeat_s: float = DEFAULT_HEARTBEAT_S  # the longest the agent stays silent (signed in its manifest)
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.lender) if isinstance(self.lender, str) else None
@@ -80,7 +87,8 @@ class UplinkConfig:
             )
         if self.security_context is not None and self.insecure:
             raise UplinkConfigError("uplink: set either security_context or insecure = true, not both")
-        for name in ("batch_interval", "backoff_initial", "backoff_cap", "ack_timeout", "exchange_deadline"):
+        for name in ("batch_interval", "backoff_initial", "backoff_cap", "ack_timeout", "exchange_deadline",
+                     "heartbeat_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise UplinkConfigError(f"uplink {name} must be a positive number of seconds, got {value!r}")
@@ -108,6 +116,11 @@ class UplinkConfig:
     @property
     def telemetry_uri(self) -> str:
         return self.lender.rstrip("/") + "/" + "/".join(PATH_TELEMETRY)
+
+    @property
+    def send_interval(self) -> float:
+        """Seconds between routine batches: `batch_interval`, but never longer than `heartbeat_s`."""
+        return min(self.batch_interval, self.heartbeat_s)
 
 
 # --- the device's OSCORE context -------------------------------------------
@@ -176,6 +189,12 @@ class SpoolLike(Protocol):
     def set_aside(self, rejections: Iterable[Refusal]) -> int: ...
 
 
+class TokenSink(Protocol):
+    """Where the lender's fresh tokens go (agent.freshness.LenderTokens)."""
+
+    def offer(self, token: bytes, *, round_trip: float) -> bool: ...
+
+
 def _bstr_overhead(length: int) -> int:
     return 1 if length < 24 else 2 if length < 0x100 else 3 if length < 0x10000 else 5
 
@@ -239,12 +258,14 @@ class Uplink:
         config: UplinkConfig,
         spool: SpoolLike,
         *,
+        tokens: TokenSink | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         random: Callable[[], float] = random_module.random,
     ) -> None:
         self.config = config
         self.spool = spool
+        self.tokens = tokens
         self.backoff = Backoff(config.backoff_initial, config.backoff_cap, random)
         self.byte_cap = config.max_batch_bytes
         self.count_cap = config.max_batch_count
@@ -335,6 +356,7 @@ class Uplink:
             code=codes.POST, uri=self.config.telemetry_uri, payload=body,
             content_format=CONTENT_FORMAT_CBOR, transport_tuning=self._tuning(),
         )
+        sent_at = self._clock()
         try:
             pending = self._context.request(request).response
             pending.add_done_callback(_consume_outcome)
@@ -353,15 +375,18 @@ class Uplink:
         except Exception as exc:  # a bug or an unexpected library state must not stop the uplink
             log.exception("uplink: unexpected error while sending seqs %d..%d", seqs[0], seqs[-1])
             return self._finish(Exchange(Result.FAILED, seqs, detail=f"unexpected {type(exc).__name__}: {exc}"))
-        return self._finish(self._apply(response, batch, seqs, full))
+        return self._finish(self._apply(response, batch, seqs, full, max(0.0, self._clock() - sent_at)))
 
-    def _apply(self, response: aiocoap.Message, batch: list[Queued], seqs: tuple[int, ...], full: bool) -> Exchange:
+    def _apply(self, response: aiocoap.Message, batch: list[Queued], seqs: tuple[int, ...], full: bool,
+               round_trip: float) -> Exchange:
         code = response.code
         if code == codes.CHANGED:
             try:
                 ack = Ack.decode(response.payload, seqs)
             except AckFormatError as exc:
                 return Exchange(Result.FAILED, seqs, detail=f"malformed ack, nothing deleted: {exc}")
+            if ack.token is not None and self.tokens is not None:
+                self.tokens.offer(ack.token, round_trip=round_trip)
             if ack.foreign:
                 log.warning("uplink: lender acked seqs it was not sent (ignored): %s", sorted(ack.foreign)[:20])
             deleted = self.spool.ack(ack.delete) if ack.delete else 0
@@ -429,10 +454,10 @@ class Uplink:
     def delay_after(self, exchange: Exchange) -> float:
         """How long to wait after `exchange` before the next attempt (advances or resets the backoff)."""
         if exchange.result is Result.IDLE:
-            return self.config.batch_interval
+            return self.config.send_interval
         if exchange.result is Result.DELIVERED:
             self.backoff.reset()
-            return 0.0 if exchange.full or exchange.set_aside and not exchange.deleted else self.config.batch_interval
+            return 0.0 if exchange.full or exchange.set_aside and not exchange.deleted else self.config.send_interval
         if exchange.result is Result.TOO_LARGE:
             return 0.0
         # NO_PROGRESS too: the lender answers but takes none of these yet
@@ -454,7 +479,7 @@ class Uplink:
                 task.cancel()
 
     async def run(self) -> None:
-        """Send forever: at start, every `batch_interval`, at once on `wake()`, backing off on failure."""
+        """Send forever: at start, every `send_interval`, at once on `wake()`, backing off on failure."""
         await self.start()
         due = self._clock()
         while True:

@@ -226,7 +226,7 @@ async def _round_trip(agent_config, spool, recorder, run: CheckRun, timeout: flo
     from telemetry.senml import Record
 
     ping = recorder.record([Record(PING, string="pre-flight", time=clock())])
-    uplink = Uplink(agent_config.uplink, spool)
+    uplink = Uplink(agent_config.uplink, spool, tokens=recorder.tokens)
     try:
         await uplink.start()
     except Exception as exc:
@@ -259,6 +259,7 @@ async def run_checks(options: CheckOptions) -> tuple[CheckRun, object]:
     from agent import config as config_module
     from agent.cli import open_parts
     from agent.exc import AgentError
+    from agent.freshness import TOKEN_FILE, LenderTokens
     from agent.recorder import Recorder
     from agent.sensors import build_sensors
     from telemetry.exc import TelemetryError
@@ -278,7 +279,10 @@ async def run_checks(options: CheckOptions) -> tuple[CheckRun, object]:
     sensors = []
     try:
         sensors = build_sensors(agent_config.sensors, pin_factory=options.pin_factory)
-        recorder = Recorder.start(identity, agent_config.device.id, spool, state, now=options.clock())
+        # signed exactly as the agent signs: bound to the enrollment, carrying the newest lender token
+        tokens = LenderTokens(agent_config.device.state_dir / TOKEN_FILE)
+        recorder = Recorder.start(identity, agent_config.device.id, spool, state, now=options.clock(),
+                                  binding=agent_config.device.binding_bytes, tokens=tokens)
         await _sensor_checks(options, agent_config, sensors, run, recorder)
         if options.tamper is not None:
             await _tamper_check(options, sensors, run, recorder)

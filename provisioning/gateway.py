@@ -21,6 +21,14 @@ Run on the gateway itself. In order:
 5. ``agent.toml`` (0640, root:agent group), ``binding.json``, the
    provisioning journal, the state directory (0700, agent user), and on
    request the systemd unit and the modem's udev rule.
+
+The enrollment binding (``telemetry.enrollment.binding_of``: 8 bytes of a hash
+of the pinned lender key, the device key and the asset) is ``[device]
+binding`` in agent.toml, so every envelope names this one pledge at this one
+lender. It depends on nothing the lender's answer adds, so it is written at
+once, also while the enrollment is pending (the backlog the agent spools
+meanwhile is bound too), and written again from the asset the lender's answer
+names when an answer is accepted.
 """
 from __future__ import annotations
 
@@ -62,6 +70,7 @@ from telemetry.enrollment import (
     AssetBinding,
     EnrollmentBody,
     EnrollmentRequest,
+    binding_of,
     check_id,
     open_sign1,
 )
@@ -227,8 +236,14 @@ def _toml_value(value: object) -> str:
     raise SetupError(f"cannot write {value!r} into agent.toml")
 
 
+def binding_line(binding: str) -> str:
+    """The agent.toml line that binds the agent's envelopes to one enrollment (`binding_of` its response, hex)."""
+    return f"binding = {_toml_value(binding)}   # the enrollment every envelope names"
+
+
 def render_config(device: str, state_dir: Path, lender: str, context: str, sensors: Sequence[Mapping],
-                  uplink: Mapping | None = None, assets: Sequence[Mapping] = (), rules: Mapping | None = None) -> str:
+                  uplink: Mapping | None = None, assets: Sequence[Mapping] = (), rules: Mapping | None = None,
+                  binding: str | None = None) -> str:
     """The agent's config (agent.config's format); paths relative to the config file where they can be."""
     lines = [
         "# Written by `pledgewatch provision gateway`; re-run it to change this file.",
@@ -236,6 +251,10 @@ def render_config(device: str, state_dir: Path, lender: str, context: str, senso
         f"id = {_toml_value(device)}",
         f"key_file = {_toml_value(KEY_FILE)}",
         f"state_dir = {_toml_value(str(state_dir))}",
+    ]
+    if binding is not None:
+        lines.append(binding_line(binding))
+    lines += [
         "",
         "[uplink]",
         f"lender = {_toml_value(lender)}",
@@ -315,6 +334,7 @@ class GatewayResult:
     pending_request: str | None = None
     installed: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    binding: str | None = None   # the enrollment binding written to agent.toml (hex), once enrolled
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -375,11 +395,12 @@ async def provision_gateway(plan: GatewayPlan, step: Step = lambda _: None) -> G
         enrolled = journal is not None and journal.get("enrolled") and journal.get("kid") == identity.kid.hex() \
             and (plan.config_dir / CONTEXT_DIR).is_dir()
         context_name = CONTEXT_DIR
+        result.binding = binding_of(plan.lender_key, identity.public_key, plan.binding.asset).hex()
         if enrolled:
             result.enrollment = "already enrolled"
         else:
             context_name = await _enroll(plan, identity, modem, technician, rollback, result, step)
-        _write_config(plan, context_name, rollback)
+        _write_config(plan, context_name, rollback, result.binding)
         _write_journal(plan, identity, modem, result, rollback, journal)
         if plan.install_systemd:
             result.installed.append(install_unit(plan, rollback))
@@ -461,7 +482,8 @@ async def _enroll(plan: GatewayPlan, identity: Identity, modem: ModemInfo | None
     # sends the same request again and gets the same answer.
     rollback.done()
     result.enrollment = "enrolled"
-    step(f"enrolled {plan.device} for asset {answer.asset}")
+    result.binding = binding_of(plan.lender_key, identity.public_key, answer.asset).hex()
+    step(f"enrolled {plan.device} for asset {answer.asset} (binding {result.binding})")
     return CONTEXT_DIR
 
 
@@ -475,10 +497,10 @@ def _park(plan: GatewayPlan, rollback: Rollback) -> str:
     return PARKED_DIR
 
 
-def _write_config(plan: GatewayPlan, context_name: str, rollback: Rollback) -> None:
+def _write_config(plan: GatewayPlan, context_name: str, rollback: Rollback, binding: str | None) -> None:
     rollback.replaced_file(plan.config_file)
     text = render_config(plan.device, plan.state_dir, plan.lender, context_name, plan.sensors, plan.uplink,
-                         plan.assets, plan.rules)
+                         plan.assets, plan.rules, binding)
     write_file(plan.config_file, text.encode(), 0o640, plan.owner, group_only=True)
     binding = plan.config_dir / BINDING_FILE
     rollback.replaced_file(binding)
@@ -501,7 +523,7 @@ def _write_journal(plan: GatewayPlan, identity: Identity, modem: ModemInfo | Non
         "enrolled": result.enrollment in ("enrolled", "already enrolled"),
         "enrollment": result.enrollment, "technician": plan.technician_name, "binding": plan.binding.to_map(),
         "modem": modem.to_json() if modem else (previous or {}).get("modem"),
-        "lender": plan.lender, "lender_key_hex": plan.lender_key.hex(),
+        "lender": plan.lender, "lender_key_hex": plan.lender_key.hex(), "enrollment_binding": result.binding,
         "provisioned_at": (previous or {}).get("provisioned_at") if result.identity == "kept" else now,
         "updated_at": now,
     }
@@ -533,8 +555,10 @@ def complete_enrollment(config_dir: Path, state_dir: Path, response: bytes, owne
         text = config_file.read_text("utf-8").replace(f'security_context = "{PARKED_DIR}"',
                                                       f'security_context = "{CONTEXT_DIR}"', 1)
         text = text.replace("   # parked until `pledgewatch provision submit` installs the lender's context", "")
+        binding = binding_of(bytes.fromhex(journal["lender_key_hex"]), request.body.public_key, answer.asset).hex()
+        text = _with_binding(text, binding)
         write_file(config_file, text.encode(), 0o640, owner, group_only=True)
-        journal.update(enrolled=True, enrollment="enrolled",
+        journal.update(enrolled=True, enrollment="enrolled", enrollment_binding=binding,
                        enrolled_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         write_file(config_dir / JOURNAL_FILE, json.dumps(journal, indent=1).encode() + b"\n", 0o640, owner,
                    group_only=True)
@@ -542,6 +566,21 @@ def complete_enrollment(config_dir: Path, state_dir: Path, response: bytes, owne
     pending.clear()
     shutil.rmtree(config_dir / PARKED_DIR, ignore_errors=True)
     return answer.asset
+
+
+def _with_binding(text: str, binding: str) -> str:
+    """agent.toml `text` with its [device] binding set to `binding` (replacing one there was)."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip().startswith("[device]")), None)
+    if start is None:
+        raise DeviceEnrollmentError("agent.toml has no [device] table to write the enrollment binding into; "
+                                    "re-run pledgewatch provision gateway")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+    table = [line for line in lines[start + 1:end] if not line.lstrip().startswith("binding")]
+    while table and not table[-1].strip():
+        table.pop()
+    rest = lines[end:]
+    return "\n".join(lines[:start + 1] + table + [binding_line(binding)] + ([""] + rest if rest else [])) + "\n"
 
 
 def restart_agent() -> str:

@@ -1,6 +1,6 @@
 """The clock statement: what a device says, in each envelope it signs, about the time it put on its records.
 
-    7: {1: synced (bool), 2: source ("ntp" | "gnss" | "modem" | "none"),
+    7: {1: synced (bool), 2: source ("ntp" | "gnss" | "modem" | "lender" | "none"),
         3: uptime in ms since boot (uint), ? 4: the system clock in Unix seconds (uint), only when not synced}
 
 A record carries a wall-clock time only while the device's clock is
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from telemetry.exc import ClockStatementError
 
 SYNCED, SOURCE, UPTIME_MS, SYSTEM = 1, 2, 3, 4   # keys of the payload's clock map (7)
-SOURCES = ("ntp", "gnss", "modem", "none")
+SOURCES = ("ntp", "gnss", "modem", "lender", "none")   # "lender": the time of the lender token the device holds
 
 
 def _uint(value: object) -> bool:

@@ -58,6 +58,11 @@ def test_a_valid_config_builds_every_part_with_paths_relative_to_the_file():
     (("[spool]", "[spoool]"), "unknown table(s) spoool"),
     (("name = \"temp\"", "name = \"gnss\""), "gnss used twice"),
     (("[device]", "[device"), "not valid TOML"),
+    (("state_dir = ", 'binding = "1f7b3085"\nstate_dir = '), "binding = '1f7b3085' must be 16 hex digits"),
+    (("state_dir = ", 'binding = "1f7b3085f8c585zz"\nstate_dir = '), "must be 16 hex digits"),
+    (("state_dir = ", "binding = 7\nstate_dir = "), "[device] binding = 7 must be a str"),
+    (("security_context = \"oscore\"", "security_context = \"oscore\"\nheartbeat_s = 0"),
+     "heartbeat_s must be a positive number of seconds, got 0"),
 ])
 def test_each_mistake_names_the_file_the_key_and_what_is_allowed(change, message):
     old, new = change
@@ -65,6 +70,12 @@ def test_each_mistake_names_the_file_the_key_and_what_is_allowed(change, message
     with pytest.raises(ConfigError) as caught:
         parse(GOOD.replace(old, new, 1), PATH)
     assert str(caught.value).startswith(str(PATH)) and message in str(caught.value)
+
+
+def test_the_enrollment_binding_is_optional_and_read_as_the_bytes_every_envelope_carries():
+    assert parse(GOOD, PATH).device.binding_bytes is None
+    bound = parse(GOOD.replace("state_dir = ", 'binding = "1F7B3085f8c585dc"\nstate_dir = ', 1), PATH)
+    assert bound.device.binding_bytes == bytes.fromhex("1f7b3085f8c585dc")
 
 
 def test_a_missing_config_file_is_a_config_error(tmp_path):
@@ -76,7 +87,8 @@ values = st.one_of(st.integers(), st.floats(allow_nan=False), st.text(max_size=1
 
 
 @settings(max_examples=1000)
-@given(st.sampled_from(["id", "key_file", "max_bytes", "synchronous", "lender", "security_context", "kind", "device_id", "url", "name"]), values)
+@given(st.sampled_from(["id", "key_file", "max_bytes", "synchronous", "lender", "security_context", "kind", "device_id", "url",
+                        "name", "binding", "heartbeat_s"]), values)
 def test_any_wrong_value_is_a_config_error_never_a_crash(key, value):
     import tomllib
 
@@ -84,6 +96,8 @@ def test_any_wrong_value_is_a_config_error_never_a_crash(key, value):
     for table in (data["device"], data["spool"], data["uplink"], *data["sensors"]):
         if key in table:
             table[key] = value
+    if key in ("binding", "heartbeat_s"):  # optional keys: set where they belong
+        data["device" if key == "binding" else "uplink"][key] = value
     text = _dump(data)
     try:
         parse(text, PATH)

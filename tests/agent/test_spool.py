@@ -204,6 +204,42 @@ def test_spool_file_is_a_plain_sqlite_database_with_the_documented_schema(spool_
         conn.close()
 
 
+# The schema the previous release (spool schema 2) created, as it wrote it.
+SCHEMA_2 = (
+    "CREATE TABLE alarm (seq INTEGER PRIMARY KEY, raw BLOB NOT NULL) STRICT",
+    "CREATE TABLE routine (seq INTEGER PRIMARY KEY, raw BLOB NOT NULL) STRICT",
+    "CREATE TABLE chain_head (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, digest BLOB NOT NULL) STRICT",
+    "CREATE TABLE drop_log (id INTEGER PRIMARY KEY AUTOINCREMENT, reason TEXT NOT NULL,"
+    " first_seq INTEGER, last_seq INTEGER, detail TEXT) STRICT",
+    "CREATE TABLE refused (seq INTEGER PRIMARY KEY, raw BLOB NOT NULL, alarm INTEGER NOT NULL,"
+    " reason INTEGER NOT NULL, text TEXT NOT NULL) STRICT",
+)
+
+
+def test_a_spool_from_the_previous_release_is_migrated_in_place_and_keeps_every_envelope(spool_path):
+    envelopes = chain(5, alarm_every=2)
+    conn = sqlite3.connect(spool_path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA application_id=0x504C5753")
+    conn.execute("PRAGMA user_version=2")
+    for statement in SCHEMA_2:
+        conn.execute(statement)
+    for e in envelopes:
+        conn.execute(f"INSERT INTO {'alarm' if e.alarm else 'routine'} (seq, raw) VALUES (?, ?)", (e.seq, e.raw))
+    conn.execute("INSERT INTO chain_head (id, seq, digest) VALUES (1, ?, ?)", (4, envelopes[4].digest))
+    conn.execute("INSERT INTO drop_log (reason, first_seq, last_seq) VALUES ('overflow', 7, 9)")
+    conn.close()
+    with Spool.open(spool_path) as spool:
+        assert spool.recovered_from is None  # migrated, not moved aside
+        assert [b.raw for b in spool.peek(100, 1 << 20)] == [e.raw for e in envelopes if e.alarm] + [
+            e.raw for e in envelopes if not e.alarm]
+        assert spool.head() == (4, envelopes[4].digest) and spool.head_counters() == (0, 0)
+        report = spool.take_drops()
+        assert report.ranges == (DroppedRange(7, 9, REASON_OVERFLOW),) and report.queued is None
+    with Spool.open(spool_path) as spool:  # and it opens again as a spool of this release
+        assert spool._conn.execute("PRAGMA user_version").fetchone()[0] == 3 and len(spool) == 5
+
+
 # --- the policy against a model ---------------------------------------------
 
 class SpoolAgainstModel(RuleBasedStateMachine):

@@ -8,17 +8,15 @@ envelope appended, and the database passes SQLite's integrity_check.
 """
 from __future__ import annotations
 
-import os
 import random
-import signal
 import sqlite3
-import subprocess
 import sys
 from pathlib import Path
 
 from agent.spool import Spool
 
 from tests.kit.envelope_file import write_envelope_file
+from tests.kit.crash import killed_after
 from tests.kit.envelopes import chain
 
 HERE = Path(__file__).resolve().parent
@@ -104,24 +102,9 @@ def test_spool_keeps_every_reading_across_sigkill(tmp_path):
     rng = random.Random(20260522)
     acks = 0
     for _ in range(KILLS):
-        proc = subprocess.Popen(
-            [sys.executable, "-I", str(HERE / "spool_crash_child.py"), str(REPO), str(path), str(BOUND),
-             str(envelope_file)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         # Kill at a random report: sometimes still starting up or opening the spool.
-        wanted = 0 if rng.random() < 0.1 else rng.randint(1, 60)
-        lines = []
-        while len(lines) < wanted:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-        os.kill(proc.pid, signal.SIGKILL)
-        lines += proc.stdout.read().splitlines()  # reports written before death count as returned
-        stderr = proc.stderr.read()
-        proc.wait()
-        proc.stdin.close(), proc.stdout.close(), proc.stderr.close()
-        assert proc.returncode == -signal.SIGKILL, stderr.decode(errors="replace")
+        lines = killed_after(rng, [sys.executable, "-I", str(HERE / "spool_crash_child.py"), str(REPO), str(path),
+                                   str(BOUND), str(envelope_file)], most=60)
         ledger.read(lines)
         ledger.check(path)
         acks += any(line.startswith(b"k") for line in lines)

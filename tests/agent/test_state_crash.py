@@ -8,14 +8,12 @@ persisted has gone backwards.
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 from agent.state import AgentState
+from tests.kit.crash import killed_after
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -29,21 +27,8 @@ def test_state_never_goes_backwards_across_sigkill(tmp_path):
     boot, ceiling, acked = 0, -1, -1  # what the child had been told was persisted
     reserved_blocks = 0
     for _ in range(KILLS):
-        proc = subprocess.Popen([sys.executable, "-I", str(HERE / "state_crash_child.py"), str(REPO), str(path)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        wanted = 0 if rng.random() < 0.1 else rng.randint(1, 25)
-        lines = []
-        while len(lines) < wanted:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-        os.kill(proc.pid, signal.SIGKILL)
-        lines += proc.stdout.read().splitlines()
-        stderr = proc.stderr.read()
-        proc.wait()
-        proc.stdout.close(), proc.stderr.close()
-        assert proc.returncode == -signal.SIGKILL, stderr.decode(errors="replace")
+        lines = killed_after(rng, [sys.executable, "-I", str(HERE / "state_crash_child.py"), str(REPO), str(path)],
+                             most=25)
         told_boot, told_ceiling = boot, ceiling
         for line in lines:
             kind, value = line.split()
