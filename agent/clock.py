@@ -58,6 +58,10 @@ log = logging.getLogger(__name__)
 
 REFERENCE_SOURCES = ("gnss", "modem")  # in order of preference (below the lender's time and the kernel's)
 LENDER = "lender"
+# A clock further than this (plus the lender time's own error) from the lender's is overruled. Below the
+# 120 s by which the lender calls a record dated before the token it carries a lie (lender.evidence.risks),
+# so a clock the agent keeps never makes its honest records look like one, even over a slow link.
+LENDER_TOLERANCE_S = 90.0
 # A modem that has not had NITZ answers its power-on default ("80/01/06,00:00:29", read as 2080 by
 # the two-digit year of 27.007, or "70/01/01", "04/01/01"): no real reference lies outside these bounds.
 EARLIEST_PLAUSIBLE = 1_704_067_200  # 2024-01-01T00:00:00Z
@@ -186,7 +190,7 @@ class TrustedClock:
         recheck_s: float = 30.0,
         holdover_s: float = 86_400.0,
         agree_s: float = 2.0,
-        lender_tolerance_s: float = 120.0,
+        lender_tolerance_s: float = LENDER_TOLERANCE_S,
     ) -> None:
         self._kernel_synced = kernel_synced
         self._monotonic = monotonic

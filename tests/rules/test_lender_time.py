@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.assets import Asset
-from agent.clock import Instant, TrustedClock, redate
+from agent.clock import LENDER_TOLERANCE_S, Instant, TrustedClock, redate
 from agent.freshness import LenderTokens
 from agent.rules import SensorSpec
 from drivers.gpio import ContactConfig, ContactSensor
@@ -87,7 +87,7 @@ def test_only_a_clock_off_by_more_than_the_tolerance_and_the_round_trip_is_overr
     clock.lender_time(int(clocks.real), round_trip=round_trip)
     instant = clock.now()
     lender = int(THREE_AM) + (1 + round_trip) / 2
-    tolerance = 120 + 1 + round_trip
+    tolerance = LENDER_TOLERANCE_S + 1 + round_trip
     if abs(error) > tolerance + 1:
         assert instant.source == "lender" and abs(instant.wall - clocks.real) <= 1 + round_trip
         assert abs(instant.offset - (lender - (clocks.real + error))) < 1e-6
