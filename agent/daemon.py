@@ -36,7 +36,7 @@ from agent.uplink import Result, Uplink
 from drivers.exc import SensorFault
 from drivers.sensor import Sample, queue_listener, read_isolated
 from durable import sdnotify
-from telemetry.envelope import Envelope, Gap, GapReason
+from telemetry.envelope import Envelope, Gap, GapReason, carries_alarm
 from telemetry.identity import Identity
 from telemetry.manifest import DEFAULT_HEARTBEAT_S, HEARTBEAT, rules_digest
 from telemetry.senml import Record
@@ -101,6 +101,7 @@ class Agent:
         self.clock = clock
         self.recorder: Recorder | None = None
         self.unstored = 0  # readings the spool could not take since the last gap record
+        self.unstored_alarms = 0  # of which alarms: the gap record says so (alarms_dropped)
         self.started = asyncio.Event()
         # edge rules (agent.rules) and time trust (agent.clock): every sample is judged, alarms go out at once
         self.rules = rules
@@ -127,7 +128,8 @@ class Agent:
         If it cannot be stored — the spool cannot take it, or the state file
         cannot reserve its seq (disk full, card failing) — the reading is
         counted as lost and the agent keeps running; the first append that
-        works again is followed by a signed gap record with the count.
+        works again is followed by a signed gap record with the count, and how
+        many of them were alarms.
         """
         clock = None
         if self.trusted_clock is not None:
@@ -136,11 +138,14 @@ class Agent:
         try:
             envelope = self.recorder.record(records, clock=clock)
             if self.unstored:
-                self.recorder.append(gap=Gap(GapReason.STORAGE_FAILURE.value, count=self.unstored))
-                log.warning("spool works again; %d readings were lost meanwhile (gap record signed)", self.unstored)
-                self.unstored = 0
+                self.recorder.append(gap=Gap(GapReason.STORAGE_FAILURE.value, count=self.unstored,
+                                             alarms_dropped=self.unstored_alarms))
+                log.warning("spool works again; %d readings (%d alarms) were lost meanwhile (gap record signed)",
+                            self.unstored, self.unstored_alarms)
+                self.unstored = self.unstored_alarms = 0
         except (SpoolError, StateError) as exc:
             self.unstored += 1
+            self.unstored_alarms += carries_alarm(records)
             if self.unstored == 1 or self.unstored % 100 == 0:
                 log.error("cannot spool a reading (%d lost so far): %s", self.unstored, exc)
             return None

@@ -19,6 +19,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.exc import SpoolUnavailableError
 from agent.spool import Spool
 from telemetry.envelope import CURRENT_VERSION, Counters, Envelope, carries_alarm, verify
 from telemetry.senml import Record
@@ -93,6 +94,22 @@ def test_a_spool_overflow_says_how_full_it_was_and_that_it_dropped_no_alarm(tmp_
     alarm_seqs = [e.seq for e in envelopes if e.gap is None and e.alarm]
     assert len(alarm_seqs) == 60  # every alarm is still there
     assert_counted_exactly(envelopes)
+
+
+def test_readings_the_spool_could_not_take_are_declared_with_the_alarms_among_them(tmp_path):
+    agent = build_agent(tmp_path, recording=True)
+    store = agent.spool.append
+
+    def disk_full(envelope):
+        raise SpoolUnavailableError("spool: write failed: database or disk is full")
+
+    agent.spool.append = disk_full
+    assert agent.record([reading()]) is None and agent.record([ALARM]) is None
+    agent.spool.append = store  # space again
+    agent.record([reading()])
+    (gap,) = [e.gap for e in signed_envelopes(agent) if e.gap is not None]
+    assert (gap.reason, gap.count, gap.alarms_dropped) == ("storage-failure", 2, 1)
+    assert_counted_exactly(signed_envelopes(agent))
 
 
 def test_signed_counters_survive_sigkill_and_never_decrease(tmp_path):
