@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 from agent.spool import Spool
 from agent.uplink import Result, Uplink, UplinkConfig
-from lender.registry import register
+from lender.enrollment.registration import register
+from lender.evidence.store import SQLiteStore
 from lender.server import LenderServer
-from lender.store import SQLiteStore
 from telemetry.envelope import Reason
 from tests.kit.uplink import DEVICE, GATEWAY, UdpTap, chain
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 async def main(root: Path, port: int) -> None:
-    from lender.oscore import LenderCredentials
+    from lender.enrollment.contexts import LenderCredentials
     from telemetry.envelope import decode
     from tests.kit.uplink import AckLender
 
