@@ -18,7 +18,7 @@ import aiocoap
 import aiocoap.resource as resource
 from aiocoap.numbers import codes
 
-from lender.oscore import LenderCredentials, protected_site
+from lender.enrollment.contexts import LenderCredentials, protected_site
 from telemetry import GENESIS, Envelope, Identity, Record, cbor, seal
 from telemetry.envelope import decode as decode_envelope
 
