@@ -551,7 +551,7 @@ def status_json(status: AssetStatus) -> dict:
         "last_reading": _reading_json(status.last_reading),
         "open_alarms": [_alarm_json(a) for a in status.open_alarms],
         "unexplained_gaps": [list(g) for g in status.unexplained_gaps], "explained_gaps": status.explained_gaps,
-        "risks": [r.to_json() for r in status.risks],
+        "risks": [r.to_json() for r in status.risks], "freshness": status.freshness,
     }
 
 
@@ -565,7 +565,7 @@ def _status(args: argparse.Namespace) -> int:
     for s in statuses:
         print(f"{s.asset} ({s.kind}, {s.device}): {s.state}")
         seen = f"{iso_time(s.last_seen)} ({now - s.last_seen:.0f} s ago), seq {s.last_seq}" if s.last_seen else "never"
-        print(f"  last seen     {seen}")
+        print(f"  last seen     {seen}; freshness: {s.freshness}")
         r = _reading_json(s.last_reading)
         if r is not None:
             when = iso_time(r["time"]) if r["time"] is not None else f"unsynchronized clock, received {iso_time(r['at'])}"

@@ -71,6 +71,7 @@ class AssetStatus:
     explained_gaps: int
     state: str = field(default="OK")           # "OK" | "ALARM" | "RISK" | "GAPS" | "NO DATA"
     risks: tuple[Risk, ...] = ()               # the lender's own judgement of the device (lender.evidence.risks)
+    freshness: str = "none"                    # "lender token" | "legacy: no freshness" (version 1) | "none" yet
 
 
 def _envelope_facts(store: SQLiteStore, device: str, seq: int, cache: dict) -> tuple[str | None, float | None, float]:
@@ -177,6 +178,9 @@ def asset_status(store: SQLiteStore, device: str | None = None, judge: Judge | N
         findings = explain_gaps(store.missing_ranges(dev), store.gap_records(dev))
         unexplained = tuple((f.missing.first, f.missing.last) for f in findings if not f.explained)
         explained = sum(1 for f in findings if f.explained)
+        newest = store.envelope(dev, last[0]) if last else None
+        freshness = ("none" if newest is None else "legacy: no freshness" if newest.version < 2
+                     else "lender token" if newest.token is not None else "none")
         risks = tuple(device_risks(store, dev, judge or Judge(now=last[1] if last else 0.0),
                                    open_alarms={name for d, name in opened if d == dev}))
         for name, (kind, sensors) in sorted(assets.items(), key=lambda item: (item[0] == GATEWAY, item[0])):
@@ -189,5 +193,5 @@ def asset_status(store: SQLiteStore, device: str | None = None, judge: Judge | N
                                   key=lambda e: e.seq))
             out.append(AssetStatus(dev, name, kind, sensors, last[1] if last else None, last[0] if last else None,
                                    reading, alarms, unexplained, explained,
-                                   state_of(last[1] if last else None, alarms, risks), risks))
+                                   state_of(last[1] if last else None, alarms, risks), risks, freshness))
     return out
