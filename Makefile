@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Debian packages the tests use as independent peers: coap-client (libcoap3-bin), socat, udevadm (udev).
-DEBIAN_PACKAGES := libcoap3-bin socat udev
+# Debian packages the tests use as independent peers: coap-client (libcoap3-bin), socat, udevadm (udev);
+# chromium (with a font) for the console's browser tests, driven by Playwright (which cannot fetch its own browser).
+DEBIAN_PACKAGES := libcoap3-bin socat udev chromium fonts-dejavu-core
 
 .PHONY: test hil demo bench system-deps clean
 

@@ -3,6 +3,8 @@
 `pledgewatch lender SUBCOMMAND`, for the lender's collateral-risk staff:
 
     serve      run the CoAP server in the foreground (until SIGINT / SIGTERM)
+    web        run the web console for the lender's staff (lender.console)
+    users      the console's staff accounts: add, remove, list, login-link
     register   register a device's public key (and create its OSCORE context pair)
     revoke     refuse a device's telemetry from now on
     devices    list registered devices (--json for tools)
@@ -24,6 +26,7 @@ import argparse
 import asyncio
 import base64
 import csv
+import functools
 import json
 import os
 import re
@@ -38,7 +41,7 @@ from pathlib import Path
 from durable.exc import DurableError
 from durable.sdnotify import notify
 from lender.enrollment import registration
-from lender.enrollment.technicians import TechnicianRegistry, lender_identity
+from lender.enrollment.technicians import TechnicianRegistry
 from lender.evidence import registry
 from lender.evidence.alarms import (
     AlarmRecord,
@@ -91,6 +94,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="also accept plain CoAP without OSCORE (testing only; warns at start)")
     p.add_argument("--max-body", type=_positive_int, default=DEFAULT_MAX_BODY, metavar="BYTES",
                    help=f"largest batch accepted, block-wise included (default {DEFAULT_MAX_BODY})")
+    p.add_argument("--http", metavar="HOST:PORT",
+                   help="also serve the web console here, in the same process (see `lender web`)")
+    _console_options(p)
 
     p = command("register", _register, "register a device's Ed25519 public key and create its OSCORE context pair")
     p.add_argument("--device", required=True, help="device id (1..64 of A-Z a-z 0-9 . _ -)")
@@ -148,6 +154,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="the report as one JSON object")
 
     _technician_commands(sub, _guarded, DEFAULT_DATA)
+    _console_commands(sub, _guarded, DEFAULT_DATA)
 
 
 def _guarded(run):
@@ -221,6 +228,7 @@ def _serve(args: argparse.Namespace) -> int:
     async def serve() -> None:
         server = LenderServer(args.data, bind=bind, insecure=args.insecure, max_body=args.max_body)
         await server.start()
+        console = await _start_console(args, args.http) if args.http else None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -233,6 +241,8 @@ def _serve(args: argparse.Namespace) -> int:
             await stop.wait()
             _notify("STOPPING=1")
         finally:
+            if console is not None:
+                await console.stop()
             await server.stop()
         print("lender: stopped", flush=True)
 
@@ -600,18 +610,22 @@ def _review(args: argparse.Namespace) -> int:
 
 # --- `pledgewatch lender technicians` --------------------------------------------------------------
 
+def _data_action(actions, guarded: Callable, default_data: str, name: str, run,
+                 help_text: str) -> argparse.ArgumentParser:
+    """One ACTION of a command group (`technicians`, `users`), with its --data option."""
+    p = actions.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("--data", type=Path, default=Path(default_data), metavar="DIR",
+                   help=f"the lender's data directory (default {default_data})")
+    p.set_defaults(run=guarded(run))
+    return p
+
+
 def _technician_commands(sub, guarded: Callable, default_data: str) -> None:
     """Add `lender technicians add|list|revoke` to the lender's sub-command parser."""
     technicians = sub.add_parser("technicians", help="field technicians whose countersignature enrolls devices",
                                  description="field technicians whose countersignature enrolls devices")
     actions = technicians.add_subparsers(dest="technicians_command", required=True, metavar="ACTION")
-
-    def action(name: str, run, help_text: str) -> argparse.ArgumentParser:
-        p = actions.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--data", type=Path, default=Path(default_data), metavar="DIR",
-                       help=f"the lender's data directory (default {default_data})")
-        p.set_defaults(run=guarded(run))
-        return p
+    action = functools.partial(_data_action, actions, guarded, default_data)
 
     p = action("add", _technician_add, "register a technician's Ed25519 public key (prints the lender's enrollment key)")
     p.add_argument("--id", required=True, dest="technician", help="technician id (1..64 of A-Z a-z 0-9 . _ -)")
@@ -651,4 +665,126 @@ def _technician_list(args: argparse.Namespace) -> int:
 def _technician_revoke(args: argparse.Namespace) -> int:
     technician = TechnicianRegistry(args.data).revoke(args.technician)
     print(f"revoked technician {technician.technician} at {iso_time(technician.revoked_at)}")
+    return 0
+
+
+# --- `pledgewatch lender web` and `lender users` (lender.console) -------------------------------------
+
+def _console_commands(sub, guarded: Callable, default_data: str) -> None:
+    """Add `lender web` and `lender users add|remove|list|login-link`."""
+    from lender.console.server import DEFAULT_BIND
+
+    p = sub.add_parser("web", help="run the web console for the lender's staff until SIGINT or SIGTERM",
+                       description="run the web console (portfolio, assets, alarm review, webhooks, /metrics); "
+                                   "prints `console: http://HOST:PORT/` when it listens")
+    p.add_argument("--data", type=Path, default=Path(default_data), metavar="DIR",
+                   help=f"the lender's data directory (default {default_data})")
+    p.add_argument("--bind", default=DEFAULT_BIND, metavar="HOST:PORT", help=f"where to listen (default {DEFAULT_BIND})")
+    _console_options(p)
+    p.set_defaults(run=guarded(_web))
+
+    users = sub.add_parser("users", help="the console's staff accounts", description="the console's staff accounts")
+    actions = users.add_subparsers(dest="users_command", required=True, metavar="ACTION")
+    action = functools.partial(_data_action, actions, guarded, default_data)
+
+    q = action("add", _user_add, "add a staff account; the password is read from standard input (one line)")
+    q.add_argument("--name", required=True)
+    q.add_argument("--role", required=True, choices=("viewer", "operator", "admin"))
+    q = action("remove", _user_remove, "remove a staff account (its sessions end at once)")
+    q.add_argument("--name", required=True)
+    q = action("list", _user_list, "list the staff accounts")
+    q.add_argument("--json", action="store_true")
+    q = action("login-link", _user_link, "print a path that logs a user in once, within 15 minutes")
+    q.add_argument("--name", required=True)
+
+
+def _console_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--webhook", action="append", default=[], metavar="URL",
+                   help="POST events here, signed (repeatable; the key is DATA/webhook.key)")
+    p.add_argument("--tiles", metavar="URL", help="map tiles, e.g. https://tiles.example/{z}/{x}/{y}.png (default: none)")
+    p.add_argument("--public", action="store_true",
+                   help="allow a non-loopback address (only behind TLS: --tls-cert/--tls-key or a TLS proxy)")
+    p.add_argument("--tls-cert", type=Path, metavar="PEM")
+    p.add_argument("--tls-key", type=Path, metavar="PEM")
+    p.add_argument("--forwarded-allow-ips", metavar="IPS",
+                   help="trust X-Forwarded-Proto/-For from these proxy addresses (for Secure cookies behind TLS)")
+
+
+def _console_config(args: argparse.Namespace, bind: str):
+    from lender.console.server import ConsoleConfig, parse_bind
+
+    host, port = parse_bind(bind)
+    return ConsoleConfig(data_dir=args.data, host=host, port=port, webhooks=tuple(getattr(args, "webhook", [])),
+                         tiles=getattr(args, "tiles", None), public=getattr(args, "public", False),
+                         tls_cert=getattr(args, "tls_cert", None), tls_key=getattr(args, "tls_key", None),
+                         forwarded_allow_ips=getattr(args, "forwarded_allow_ips", None))
+
+
+async def _start_console(args: argparse.Namespace, bind: str):
+    from lender.console.server import Console
+
+    console = Console(_console_config(args, bind))
+    await console.start()
+    print(f"console: {console.url}", flush=True)
+    return console
+
+
+def _web(args: argparse.Namespace) -> int:
+    config = _console_config(args, args.bind)  # refuse bad options before anything starts
+
+    async def serve() -> None:
+        from lender.console.server import Console
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        console = Console(config)
+        await console.start()
+        print(f"console: {console.url}", flush=True)
+        _notify("READY=1")
+        try:
+            await stop.wait()
+        finally:
+            _notify("STOPPING=1")
+            await console.stop()
+        print("console: stopped", flush=True)
+
+    asyncio.run(serve())
+    return 0
+
+
+def _accounts(args: argparse.Namespace):
+    from lender.console.accounts import Accounts
+    from lender.console.records import ConsoleRecords
+
+    return Accounts(ConsoleRecords.open(args.data))
+
+
+def _user_add(args: argparse.Namespace) -> int:
+    password = sys.stdin.readline().rstrip("\r\n")
+    user = _accounts(args).add(args.name, args.role, password, now=time.time())
+    print(f"added {user.role} {user.name}")
+    return 0
+
+
+def _user_remove(args: argparse.Namespace) -> int:
+    _accounts(args).remove(args.name, now=time.time())
+    print(f"removed {args.name}; their sessions have ended")
+    return 0
+
+
+def _user_list(args: argparse.Namespace) -> int:
+    users = _accounts(args).users()
+    if args.json:
+        print(json.dumps([{"name": u.name, "role": u.role, "created_at": iso_time(u.created_at)} for u in users]))
+        return 0
+    for u in users:
+        print(f"{u.name:<24} {u.role:<9} since {iso_time(u.created_at)}")
+    return 0
+
+
+def _user_link(args: argparse.Namespace) -> int:
+    token = _accounts(args).login_link(args.name, now=time.time())
+    print(f"/login/once/{token}")
     return 0

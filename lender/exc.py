@@ -97,3 +97,21 @@ class TechnicianExistsError(EnrollmentError, FileExistsError):
 
 class UnknownTechnicianError(EnrollmentError, LookupError):
     """No technician with that id is registered."""
+
+
+# --- the console (lender.console) ---
+
+class ConsoleError(LenderError):
+    """The web console could not do what was asked."""
+
+
+class AccountError(ConsoleError, ValueError):
+    """A staff account cannot be created or changed as asked (bad name, role or password)."""
+
+
+class UnknownAccountError(ConsoleError, LookupError):
+    """No staff account has that name."""
+
+
+class WebhookError(ConsoleError, ValueError):
+    """A webhook endpoint is not usable (a URL that is not http or https)."""

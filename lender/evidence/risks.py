@@ -91,13 +91,18 @@ def _newest_value(store: EvidenceStore, device: str, name: str):
     return found[0] if found else None
 
 
-def _silence(store, device: str, envelopes: list[StoredEnvelope], registered_at: float | None,
-             judge: Judge) -> list[Risk]:
-    # The shortest interval the device ever declared, not the newest: a borrower who raises heartbeat_s in
-    # agent.toml and restarts (a new manifest) before cutting the power must buy no patience with it.
+def declared_heartbeat(store: EvidenceStore, device: str) -> float:
+    """The heartbeat silence is judged on: the shortest interval the device ever declared (default 300 s)."""
+    # The shortest, not the newest: a borrower who raises heartbeat_s in agent.toml and restarts (a new
+    # manifest) before cutting the power must buy no patience with it.
     declared = [float(r.value) for r in store.records_named(device, names=(HEARTBEAT_S,))
                 if isinstance(r.value, (int, float)) and math.isfinite(r.value) and r.value > 0]
-    heartbeat = min(declared, default=DEFAULT_HEARTBEAT_S)
+    return min(declared, default=DEFAULT_HEARTBEAT_S)
+
+
+def _silence(store, device: str, envelopes: list[StoredEnvelope], registered_at: float | None,
+             judge: Judge) -> list[Risk]:
+    heartbeat = declared_heartbeat(store, device)
     last = max((e.received_at for e in envelopes), default=registered_at)
     if last is None:
         return []
