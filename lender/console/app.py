@@ -97,10 +97,14 @@ class Broadcaster:
         with contextlib.suppress(RuntimeError):  # the loop is shutting down
             loop.call_soon_threadsafe(self._fan_out, frozenset(devices))
 
-    def _fan_out(self, devices: frozenset[str]) -> None:
+    def _fan_out(self, devices: frozenset[str] | None) -> None:
         for queue in list(self.queues):
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(devices)
+
+    def close(self) -> None:
+        """End every live stream (the server is stopping; browsers reconnect to the next one)."""
+        self._fan_out(None)
 
 
 @dataclass
@@ -215,7 +219,7 @@ def _refusal(request: Request, refusal: Refusal) -> Response:
 def _environment(tiles: str | None) -> Environment:
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]),
                       trim_blocks=True, lstrip_blocks=True)
-    env.globals.update(age=views.age, utc=views.utc, iso=iso_time, value=views.reading_value, STATES=STATES,
+    env.globals.update(age=views.age, utc=views.utc, iso=iso_time, value=views.shown_value, STATES=STATES,
                        line_chart=drawing.line_chart, bar_chart=drawing.bar_chart, fence_map=drawing.fence_map,
                        tiles=tiles)
     return env
@@ -496,13 +500,19 @@ async def events(request: Request, session: Session) -> Response:
             yield "retry: 3000\n\n"
             while time.time() < deadline:
                 try:
-                    devices = set(await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_S))
+                    notice = await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_S)
                 except TimeoutError:
                     yield ": keep-alive\n\n"
                     continue
+                if notice is None:
+                    return
+                devices = set(notice)
                 await asyncio.sleep(SSE_MIN_INTERVAL_S)
                 while not queue.empty():
-                    devices |= queue.get_nowait()
+                    notice = queue.get_nowait()
+                    if notice is None:
+                        return
+                    devices |= notice
                 stamp = iso_time(time.time())
                 yield f"event: portfolio\ndata: {json.dumps({'devices': len(devices), 'at': stamp})}\n\n"
                 for device in sorted(devices)[:200]:

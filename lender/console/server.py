@@ -26,7 +26,7 @@ from lender.console.app import Broadcaster, ConsoleState, create_app
 from lender.console.live import Watcher
 from lender.console.portfolio import Portfolio
 from lender.console.records import ConsoleRecords
-from lender.console.webhooks import KEY_FILE, Dispatcher, check_url
+from lender.console.webhooks import KEY_FILE, MAX_BACKOFF_S, Dispatcher, check_url
 from lender.evidence.risks import MISSED_HEARTBEATS
 from lender.evidence.store import SQLiteStore
 from lender.exc import ConsoleError
@@ -52,6 +52,7 @@ class ConsoleConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     forwarded_allow_ips: str | None = None
+    webhook_backoff_s: float = MAX_BACKOFF_S   # the longest wait between two tries of one event
 
     def __post_init__(self) -> None:
         for url in self.webhooks:
@@ -110,6 +111,7 @@ class Console:
     watcher: Watcher | None = None
     dispatcher: Dispatcher | None = None
     server: uvicorn.Server | None = None
+    app: object = None
 
     def build(self) -> ConsoleState:
         data = Path(self.config.data_dir)
@@ -117,7 +119,8 @@ class Console:
         ConsoleRecords.open(data).close()
         self.watcher = Watcher(data, self.portfolio, poll_s=self.config.poll_s,
                                missed_heartbeats=self.config.missed_heartbeats, on_change=self._changed)
-        self.dispatcher = Dispatcher(data, self.config.webhooks, webhook_key(data))
+        self.dispatcher = Dispatcher(data, self.config.webhooks, webhook_key(data),
+                                     max_backoff_s=self.config.webhook_backoff_s)
         watcher = self.watcher
         return ConsoleState(data_dir=data, portfolio=self.portfolio, broadcaster=self.broadcaster,
                             metrics_token=metrics_token(data), tiles=self.config.tiles,
@@ -145,7 +148,7 @@ class Console:
     async def start(self) -> None:
         """Build, start the threads, and listen; returns once it listens."""
         state = self.build()
-        app = create_app(state)
+        self.app = app = create_app(state)
         self.broadcaster.loop = asyncio.get_running_loop()
         extra = {}
         if self.config.tls_cert is not None:
@@ -176,6 +179,7 @@ class Console:
             self.dispatcher.stop()
 
     async def stop(self) -> None:
+        self.broadcaster.close()
         if self.server is not None:
             self.server.should_exit = True
             with contextlib.suppress(Exception):

@@ -31,6 +31,12 @@ def reading_value(reading: Reading | None) -> object:
     return next((v for v in (reading.value, reading.string, reading.boolean, reading.sum) if v is not None), None)
 
 
+def shown_value(reading: Reading | None) -> str:
+    """A reading's value for a page: numbers to 7 significant digits (a float's noise is not evidence)."""
+    value = reading_value(reading)
+    return f"{value:.7g}" if isinstance(value, float) else str(value)
+
+
 def reading_json(reading: Reading | None) -> dict | None:
     if reading is None:
         return None

@@ -173,8 +173,9 @@ class Dispatcher:
     """Delivers the outbox to every endpoint in order, with retries and backoff, in a thread of its own."""
 
     def __init__(self, data_dir, urls: Sequence[str], key: bytes, *, poll_s: float = 0.5,
-                 timeout_s: float = TIMEOUT_S) -> None:
+                 timeout_s: float = TIMEOUT_S, max_backoff_s: float = MAX_BACKOFF_S) -> None:
         self.data_dir = data_dir
+        self.max_backoff_s = max_backoff_s
         self.urls = [check_url(u) for u in urls]
         self.key = key
         self.poll_s = poll_s
@@ -228,10 +229,10 @@ class Dispatcher:
                              " delivered_total = delivered_total + 1 WHERE url = ? AND delivered = ?",
                              (event_id, url, delivered))
             else:
-                backoff = min(MAX_BACKOFF_S, 2.0 ** attempts) * random.uniform(0.8, 1.0)
+                backoff = min(self.max_backoff_s, 2.0 ** attempts) * random.uniform(0.8, 1.0)
                 conn.execute("UPDATE cursors SET attempts = attempts + 1, next_attempt = ?, last_error = ?,"
                              " failed_total = failed_total + 1 WHERE url = ?", (now + backoff, error[:500], url))
-                log.warning("webhook %s: event %d not delivered (%s); next try in %.0f s", url, event_id, error,
+                log.warning("webhook %s: event %d not delivered (%s); next try in %.1f s", url, event_id, error,
                             backoff)
         return error is None
 

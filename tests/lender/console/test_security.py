@@ -1,0 +1,154 @@
+"""The console lets nobody in without a login, no state change without its CSRF token, no viewer act, no guesser on."""
+from __future__ import annotations
+
+import re
+import sqlite3
+
+import httpx
+import pytest
+from starlette.routing import Mount, Route
+
+from lender.console.accounts import MAX_FAILURES
+from tests.kit.console import PASSWORD, RunningConsole, add_user
+
+from .conftest import csrf_of, log_in
+
+OPEN_TO_ANYONE = {"/login", "/login/once/{token}"}
+PARAMETERS = {"device": "gw-cold", "asset": "cold-store", "token": "x"}
+
+
+def every_route(console: RunningConsole) -> list[tuple[str, str]]:
+    app = console.console.app
+    found = []
+    for route in app.routes:
+        if isinstance(route, Route):
+            path = route.path.format(**PARAMETERS) if "{" in route.path else route.path
+            found += [(method, path) for method in sorted(route.methods - {"HEAD"})
+                      if route.path not in OPEN_TO_ANYONE]
+        else:
+            assert isinstance(route, Mount) and route.path == "/static", f"unexpected mount {route.path}"
+    return found
+
+
+def test_every_route_refuses_an_anonymous_request(console):
+    routes = every_route(console)
+    assert len(routes) >= 16
+    with httpx.Client(base_url=console.url) as anonymous:
+        for method, path in routes:
+            for accept in ("application/json", "text/html"):
+                answer = anonymous.request(method, path, headers={"accept": accept})
+                if method == "GET" and accept == "text/html" and not path.startswith("/api/"):
+                    assert answer.status_code == 303 and answer.headers["location"].startswith("/login?next="), path
+                else:
+                    assert answer.status_code == 401, (method, path, answer.status_code)
+                assert "gw-cold" not in answer.text or answer.status_code == 303
+
+
+def test_a_forged_or_stale_session_cookie_opens_nothing(console):
+    with httpx.Client(base_url=console.url, cookies={"pw_session": "forged" * 8}) as client:
+        assert client.get("/api/portfolio").status_code == 401
+    client = log_in(console.url, "vera")
+    assert client.get("/api/portfolio").status_code == 200
+    assert client.post("/logout", data={"csrf": csrf_of(client)}).status_code == 303
+    assert client.get("/api/portfolio").status_code == 401
+
+
+def test_a_state_change_without_the_csrf_token_is_refused(console, pledged):
+    client = log_in(console.url, "otto")
+    alarm = {"device": "gw-cold", "alarm": "alarm.door.cold-store", "seq": pledged.gateways["gw-cold"].seq,
+             "note": "called the site"}
+    assert client.post("/alarms/ack", data=alarm).status_code == 403
+    assert client.post("/alarms/ack", data={**alarm, "csrf": "wrong"}).status_code == 403
+    assert client.post("/api/alarms/ack", json=alarm).status_code == 403
+    assert client.post("/api/alarms/ack", json=alarm, headers={"X-CSRF-Token": "wrong"}).status_code == 403
+    token = csrf_of(client)
+    # the right token from another origin is refused too (a page elsewhere posting with the user's cookie)
+    assert client.post("/api/alarms/ack", json=alarm, headers={"X-CSRF-Token": token,
+                                                               "Origin": "http://evil.example"}).status_code == 403
+    assert client.post("/logout").status_code == 403
+    assert not pledged.console_acks()
+    done = client.post("/api/alarms/ack", json=alarm, headers={"X-CSRF-Token": token})
+    assert done.status_code == 201, done.text
+    assert [(a.by, a.note) for a in pledged.console_acks()] == [("otto", "called the site")]
+
+
+def test_a_viewer_reads_everything_and_can_act_on_nothing(console, pledged):
+    client = log_in(console.url, "vera")
+    token = csrf_of(client)
+    assert client.get("/").status_code == 200
+    assert client.get("/assets/gw-cold/cold-store").status_code == 200
+    assert client.get("/devices/gw-cold/evidence.jsonl").status_code == 200
+    ack = client.post("/api/alarms/ack", headers={"X-CSRF-Token": token},
+                      json={"device": "gw-cold", "alarm": "alarm.door.cold-store",
+                            "seq": pledged.gateways["gw-cold"].seq, "note": "n"})
+    assert ack.status_code == 403 and "operator" in ack.json()["error"]
+    review = client.post("/gaps/review", data={"csrf": token, "device": "gw-cold", "seq": 12, "note": "n"})
+    assert review.status_code == 403
+    assert client.get("/admin").status_code == 403
+    assert "Acknowledge" not in client.get("/assets/gw-cold/cold-store").text
+    assert not pledged.console_acks() and not pledged.store.reviews()
+    assert log_in(console.url, "ada").get("/admin").status_code == 200
+
+
+def test_login_is_rate_limited_per_name_and_address_even_for_the_right_password(console):
+    client = httpx.Client(base_url=console.url)
+    form = client.get("/login")
+    token = re.search(r'name="login_token" value="([^"]+)"', form.text).group(1)
+
+    def attempt(name: str, password: str) -> httpx.Response:
+        return client.post("/login", data={"name": name, "password": password, "login_token": token})
+
+    for _ in range(MAX_FAILURES):
+        assert attempt("otto", "guess-guess-guess").status_code == 401
+    refused = attempt("otto", PASSWORD)
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) > 0
+    # the same address trying another name is held back too
+    assert attempt("vera", PASSWORD).status_code == 429
+
+
+def test_sessions_use_hardened_cookies_and_passwords_are_argon2id(console, pledged):
+    client = httpx.Client(base_url=console.url)
+    form = client.get("/login")
+    token = re.search(r'name="login_token" value="([^"]+)"', form.text).group(1)
+    answer = client.post("/login", data={"name": "vera", "password": PASSWORD, "login_token": token})
+    cookie = answer.headers["set-cookie"].lower()
+    assert "pw_session=" in cookie and "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
+    assert answer.headers["content-security-policy"].startswith("default-src 'self'")
+    with sqlite3.connect(pledged.data_dir / "console.sqlite3") as conn:
+        hashes = [h for (h,) in conn.execute("SELECT password_hash FROM users")]
+        stored_ids = [i for (i,) in conn.execute("SELECT id_hash FROM sessions")]
+    assert hashes and all(h.startswith("$argon2id$") for h in hashes)
+    session_id = client.cookies["pw_session"]
+    assert all(session_id.encode() not in bytes(i) for i in stored_ids)  # only its hash is kept
+
+
+def test_a_login_form_from_elsewhere_and_an_open_redirect_are_refused(console):
+    client = httpx.Client(base_url=console.url)
+    assert client.post("/login", data={"name": "vera", "password": PASSWORD, "login_token": "x"}).status_code == 403
+    form = client.get("/login")
+    token = re.search(r'name="login_token" value="([^"]+)"', form.text).group(1)
+    answer = client.post("/login", data={"name": "vera", "password": PASSWORD, "login_token": token,
+                                         "next": "//evil.example/steal"})
+    assert answer.status_code == 303 and answer.headers["location"] == "/"
+
+
+def test_a_login_link_works_once_and_a_removed_user_is_out_at_once(console, pledged):
+    from lender.console.accounts import Accounts
+    from lender.console.records import ConsoleRecords
+
+    add_user(pledged.data_dir, "temp", "viewer")
+    with ConsoleRecords.open(pledged.data_dir) as records:
+        link = Accounts(records).login_link("temp", now=pledged.tick())
+    client = httpx.Client(base_url=console.url)
+    assert client.get(f"/login/once/{link}").status_code == 303
+    assert client.get("/api/me").json()["name"] == "temp"
+    assert httpx.get(f"{console.url}/login/once/{link}").status_code == 401
+    done = pledged.cli("users", "remove", "--name", "temp")
+    assert done.returncode == 0, done.stderr
+    assert client.get("/api/me").status_code == 401
+
+
+@pytest.mark.parametrize("bind", ["0.0.0.0:8080", "192.0.2.1:8080"])
+def test_the_console_will_not_listen_beyond_loopback_without_being_told(pledged, bind):
+    done = pledged.cli("web", "--bind", bind)
+    assert done.returncode == 1 and "not a loopback address" in done.stderr
