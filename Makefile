@@ -36,8 +36,9 @@ test: $(STAMP) system-deps
 hil: $(STAMP) system-deps
 	$(BIN)/pledgewatch hil run --env hil/envs/sim.toml --report reports/hil-long --long
 
+# DEMO_ARGS=--serve keeps the lender and its web console running after the summary, until Ctrl-C
 demo: $(STAMP)
-	$(BIN)/pledgewatch demo
+	$(BIN)/pledgewatch demo $(DEMO_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench core

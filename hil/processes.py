@@ -28,6 +28,7 @@ from hil.exc import BenchError
 
 PLEDGEWATCH = (sys.executable, "-m", "pledgewatch")
 _SERVING = re.compile(r"lender: serving coap://(\S+):(\d+)/t")
+_CONSOLE = re.compile(r"^console: (http\S+)$", re.MULTILINE)
 
 
 def tail(path: Path, lines: int = 30) -> str:
@@ -152,8 +153,10 @@ class LenderProcess(ManagedProcess):
     """`pledgewatch lender serve` on its data directory; `address` once it said it is serving."""
 
     def __init__(self, data: Path, *, bind: str = "127.0.0.1:0", insecure: bool = False, max_body: int | None = None,
-                 log_path: Path) -> None:
+                 log_path: Path, http: str | None = None) -> None:
         argv = [*PLEDGEWATCH, "lender", "serve", "--data", str(data), "--bind", bind]
+        if http is not None:  # the web console in the same process (`console_url` once it serves)
+            argv += ["--http", http]
         if insecure:
             argv.append("--insecure")
         if max_body is not None:
@@ -163,6 +166,7 @@ class LenderProcess(ManagedProcess):
         self.data = Path(data)
         self.insecure = insecure
         self.address: tuple[str, int] | None = None
+        self.console_url: str | None = None
 
     def register(self, device: str, public_key_hex: str, *, asset: str = "hil bench") -> Path | None:
         """Register the gateway's key; returns the device-side OSCORE context directory (None when insecure)."""
@@ -185,9 +189,12 @@ class LenderProcess(ManagedProcess):
         while time.monotonic() < deadline:
             with open(self.log_path, "rb") as log:
                 log.seek(offset)
-                match = _SERVING.search(log.read().decode("utf-8", "replace"))
+                text = log.read().decode("utf-8", "replace")
+            match = _SERVING.search(text)
             if match:
                 self.address = (match.group(1).strip("[]"), int(match.group(2)))
+                console = _CONSOLE.search(text)
+                self.console_url = console.group(1) if console else None
                 return
             if not self.running:
                 break

@@ -11,6 +11,11 @@ arrives; at the end comes one summary line:
 
     demo: received=N verified=N rejected=N gaps=N
 
+The lender also serves its web console (`lender serve --http 127.0.0.1:0`);
+the demo prints its address as `console: http://HOST:PORT/` and a one-time
+login link for an operator account `demo`. With `--serve` the lender and the
+console keep running after the summary until Ctrl-C (`make demo DEMO_ARGS=--serve`).
+
 Ctrl-C stops everything at any moment and leaves no process behind.
 """
 from __future__ import annotations
@@ -33,6 +38,8 @@ DEVICE = "demo-gw-1"
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="how long the agent samples (default %(default)s)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the demo's files in this directory")
+    parser.add_argument("--serve", action="store_true",
+                        help="after the summary, keep the lender and its web console running until Ctrl-C")
     parser.set_defaults(run=cmd_demo)
 
 
@@ -91,7 +98,21 @@ class Printer:
         return f"demo: received={received} verified={counts.envelopes} rejected={rejected} gaps={gaps}"
 
 
-async def _run(root: Path, seconds: float) -> str:
+def console_login(data: Path, console_url: str) -> str:
+    """A one-time login link for an operator account `demo` (made with a random password nobody needs)."""
+    import secrets
+
+    from lender.console.accounts import Accounts
+    from lender.console.records import ConsoleRecords
+
+    with ConsoleRecords.open(data) as records:
+        accounts = Accounts(records)
+        if accounts.user("demo") is None:
+            accounts.add("demo", "operator", secrets.token_urlsafe(24), now=time.time())
+        return console_url.rstrip("/") + "/login/once/" + accounts.login_link("demo", now=time.time())
+
+
+async def _run(root: Path, seconds: float, serve: bool = False) -> str:
     from gpiozero.pins.mock import MockFactory
 
     from agent.daemon import Agent
@@ -109,10 +130,13 @@ async def _run(root: Path, seconds: float) -> str:
     lender_data, gateway = root / "lender", root / "gateway"
     gateway.mkdir(mode=0o700, parents=True)
     identity = Identity(create_key(gateway / "device.key"))
-    lender = LenderProcess(lender_data, log_path=root / "lender.log")
+    lender = LenderProcess(lender_data, log_path=root / "lender.log", http="127.0.0.1:0")
     context = lender.register(DEVICE, identity.public_key.hex(), asset="cold store 2: pallets of frozen fish, contract LN-2026-0042")
     lender.start()
     print(f"lender: serving {lender.uri}/t over OSCORE, data in {lender_data}", flush=True)
+    if lender.console_url:
+        print(f"console: {lender.console_url}", flush=True)
+        print(f"console login, once, within 15 min: {console_login(lender_data, lender.console_url)}", flush=True)
     spool = None
     try:
         tree = OneWireTree(root / "w1")
@@ -148,7 +172,18 @@ async def _run(root: Path, seconds: float) -> str:
         stop.set()
         await running
         printer.poll()
-        return printer.summary()
+        if lender.console_url:
+            print(f"console: {lender.console_url}", flush=True)
+            print(f"console login, once, within 15 min: {console_login(lender_data, lender.console_url)}"
+                  + ("" if serve else "  (the console stops with the demo: `make demo DEMO_ARGS=--serve` keeps it)"),
+                  flush=True)
+        if not serve:
+            return printer.summary()
+        print(printer.summary(), flush=True)
+        print(f"demo: the lender and the console keep running (console: {lender.console_url}); "
+              "Ctrl-C stops them", flush=True)
+        await asyncio.Event().wait()  # until Ctrl-C cancels the task
+        return ""
     finally:
         lender.stop()
         if spool is not None:
@@ -162,7 +197,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not args.verbose:  # the table is the output; the agent's own log lines only with -v
         logging.getLogger("agent").setLevel(logging.WARNING)
     loop = asyncio.new_event_loop()
-    task = loop.create_task(_run(root, args.seconds))
+    task = loop.create_task(_run(root, args.seconds, args.serve))
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, task.cancel)
     try:
@@ -170,7 +205,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 0
     except asyncio.CancelledError:
         print("demo: stopped by the user; everything it started has stopped", file=sys.stderr)
-        return 130
+        return 0 if args.serve else 130
     finally:
         loop.close()
         if args.keep is None:
