@@ -58,6 +58,7 @@ from lender.evidence.export import (
     verify_export,
 )
 from lender.evidence.ingest import DEFAULT_MAX_BODY
+from lender.evidence.log import lender_identity
 from lender.evidence.registry import iso_time
 from lender.evidence.risks import MISSED_HEARTBEATS, Judge, device_risks
 from lender.evidence.store import Reading, Review, SQLiteStore, explain_gaps

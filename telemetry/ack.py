@@ -1,7 +1,9 @@
 """The lender's answer to a batch: which envelopes it stored, which it had already, and which it refused and why.
 
     {1: [seqs stored now], 2: [seqs already present], 3: [[index in batch, reason code, text], ...],
-     ? 4: a fresh lender token (telemetry.freshness), for the device to put into the envelopes it signs next}
+     ? 4: a fresh lender token (telemetry.freshness), for the device to put into the envelopes it signs next,
+     ? 5: [seq, arrival ms, COSE receipt]: the lender logged the batch's newest envelope (gateways; telemetry.receipt),
+     ? 6: [log index, tree size, SHA-256 of the signed checkpoint]: the same, compact (nodes)}
 
 The lender builds an `Ack` and encodes it; the agent decodes the same type
 from untrusted bytes, for the batch it sent, and deletes exactly stored ∪
@@ -16,8 +18,9 @@ from dataclasses import dataclass
 from telemetry import cbor
 from telemetry.exc import AckFormatError, WireFormatError
 from telemetry.freshness import check_token_shape
+from telemetry.receipt import CheckpointReference, DeliveryReceipt
 
-STORED, ALREADY, REFUSED, TOKEN = 1, 2, 3, 4   # the ack map's keys
+STORED, ALREADY, REFUSED, TOKEN, RECEIPT, CHECKPOINT = 1, 2, 3, 4, 5, 6   # the ack map's keys
 MAX_REASON_TEXT = 200                # characters of text per refused envelope
 
 
@@ -72,6 +75,8 @@ class Ack:
     refused: tuple[Refusal, ...] = ()
     foreign: frozenset[int] = frozenset()   # decoded only: seqs the lender named that were not in the batch
     token: bytes | None = None              # a fresh lender token (version 2 devices keep the newest)
+    receipt: DeliveryReceipt | None = None  # the lender logged the newest envelope: the gateway keeps this
+    checkpoint: CheckpointReference | None = None  # the same for a node, by reference
 
     @property
     def delete(self) -> frozenset[int]:
@@ -87,6 +92,10 @@ class Ack:
         }
         if self.token is not None:
             item[TOKEN] = self.token
+        if self.receipt is not None:
+            item[RECEIPT] = self.receipt.to_cbor()
+        if self.checkpoint is not None:
+            item[CHECKPOINT] = self.checkpoint.to_cbor()
         return cbor.encode(item)
 
     @classmethod
@@ -129,9 +138,14 @@ class Ack:
                 check_token_shape(token)
             except ValueError as exc:
                 raise AckFormatError(f"ack token (4): {exc}") from None
+        try:
+            receipt = None if RECEIPT not in decoded else DeliveryReceipt.from_cbor(decoded[RECEIPT])
+            checkpoint = None if CHECKPOINT not in decoded else CheckpointReference.from_cbor(decoded[CHECKPOINT])
+        except WireFormatError as exc:
+            raise AckFormatError(f"ack receipt (5) or checkpoint (6): {exc}") from None
         sent = set(batch)
         return cls(tuple(s for s in stored if s in sent), tuple(s for s in already if s in sent), tuple(refused),
-                   frozenset((set(stored) | set(already)) - sent), token)
+                   frozenset((set(stored) | set(already)) - sent), token, receipt, checkpoint)
 
 
 def _uint_list(value: object, what: str) -> list[int]:

@@ -88,15 +88,20 @@ def _kid_of_header(header: object) -> bytes:
     return kid
 
 
-def parse_sign1(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Sign1:
-    """Parse untrusted bytes as a COSE_Sign1 {1: -8, 4: kid} with an empty unprotected map; SchemaError otherwise."""
+def _sign1_parts(data: bytes, limits: Limits) -> list:
+    """The four items of a tagged COSE_Sign1, not yet checked."""
     outer = cbor.decode(data, limits)
     if not isinstance(outer, Tag) or outer.number != TAG_COSE_SIGN1:
         raise SchemaError("not a COSE_Sign1 message (expected CBOR tag 18)")
     parts = outer.value
     if not isinstance(parts, list) or len(parts) != 4:
         raise SchemaError("COSE_Sign1 must be an array of 4 items")
-    protected, unprotected, payload, signature = parts
+    return parts
+
+
+def parse_sign1(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Sign1:
+    """Parse untrusted bytes as a COSE_Sign1 {1: -8, 4: kid} with an empty unprotected map; SchemaError otherwise."""
+    protected, unprotected, payload, signature = _sign1_parts(data, limits)
     if not isinstance(protected, bytes) or not isinstance(payload, bytes) or not isinstance(signature, bytes):
         raise SchemaError("COSE_Sign1 protected header, payload and signature must be byte strings")
     if unprotected != {}:
@@ -144,3 +149,36 @@ def parse_sign(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[bytes, lis
             raise SchemaError("a signer's protected header is not deterministically encoded")
         signatures.append((kid, entry[2]))
     return value[2], signatures
+
+
+@dataclass(frozen=True, slots=True)
+class Sign1Message:
+    """Any COSE_Sign1, parsed but not checked: the protected header (bytes and map), the unprotected map,
+    the payload (None when detached, RFC 9052 §2) and the signature. Receipts (RFC 9942) are read with it."""
+
+    protected: bytes
+    header: dict
+    unprotected: dict
+    payload: bytes | None
+    signature: bytes
+
+    def signed_by(self, public_key: bytes, payload: bytes | None = None) -> bool:
+        """Whether `public_key` signed this message over its payload, or over `payload` when detached."""
+        content = self.payload if payload is None else payload
+        if content is None:
+            return False
+        return DeviceKey("signer", public_key).verifies(sig_structure(self.protected, content), self.signature)
+
+
+def decode_sign1(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Sign1Message:
+    """Parse untrusted bytes as a tagged COSE_Sign1 with any headers and an attached or detached payload."""
+    protected, unprotected, payload, signature = _sign1_parts(bytes(data), limits)
+    if not isinstance(protected, bytes) or not isinstance(unprotected, dict) or not isinstance(signature, bytes) \
+            or not (payload is None or isinstance(payload, bytes)):
+        raise SchemaError("COSE_Sign1 must be [protected bstr, unprotected map, payload bstr or nil, signature bstr]")
+    if len(signature) != SIGNATURE_BYTES:
+        raise SchemaError(f"an Ed25519 signature is {SIGNATURE_BYTES} bytes, got {len(signature)}")
+    header = cbor.decode(protected, limits) if protected else {}
+    if not isinstance(header, dict):
+        raise SchemaError("the protected header must be a map")
+    return Sign1Message(protected, header, unprotected, payload, signature)

@@ -58,3 +58,11 @@ class AckFormatError(SchemaError):
 
 class ClockStatementError(SchemaError):
     """An envelope's clock statement (payload key 7) is not the map the contract defines."""
+
+
+class ReceiptError(SchemaError):
+    """A signed checkpoint or a COSE receipt is malformed, not signed by the lender's key, or does not prove its entry."""
+
+
+class BundleFormatError(SchemaError):
+    """An evidence bundle is not the JSON document docs/evidence.md defines (its findings are data, not this error)."""

@@ -15,6 +15,12 @@ HEADER_ALG, HEADER_KID = 1, 4   # COSE header labels (RFC 9052 §3.1)
 KID_BYTES = 8                   # a key id is SHA-256(public key)[0:8]
 SIGNATURE_BYTES = 64            # Ed25519
 
+# COSE Receipts (RFC 9942) over the lender's transparency log (docs/evidence.md)
+HEADER_RECEIPTS, HEADER_VDS, HEADER_VDP = 394, 395, 396   # receipts, verifiable data structure, its proofs
+VDS_RFC9162_SHA256 = 1                                     # RFC 9162 §2.1 binary Merkle tree, SHA-256
+VDP_INCLUSION, VDP_CONSISTENCY = -1, -2                    # the proof types of vds 1
+HEADER_CHECKPOINT = -65537      # private use (RFC 9052 §3.1, below -65536): the checkpoint's size, time and device heads
+
 # CoAP resource paths on the lender
 PATH_TELEMETRY = ("t",)                 # gateway batches, under OSCORE
 PATH_NODE = ("n",)                      # one node envelope per request

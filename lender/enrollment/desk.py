@@ -27,11 +27,8 @@ from aiocoap.numbers import codes
 
 from durable.files import atomic_write
 from lender.enrollment import contexts as oscore
-from lender.enrollment.technicians import (
-    TechnicianRegistry,
-    enroll_dir,
-    lender_identity,
-)
+from lender.enrollment.technicians import TechnicianRegistry, enroll_dir
+from lender.evidence.log import lender_identity
 from lender.evidence.registry import Device, check_device_id, iso_time
 from lender.exc import DeviceExistsError
 from telemetry import cose
@@ -50,6 +47,7 @@ from telemetry.enrollment import (
     valid_id,
 )
 from telemetry.exc import EnrollmentFormatError
+from telemetry.logentry import EnrollmentEvidence
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +129,12 @@ class EnrollmentDesk:
                 if answer.request_digest == request.digest:
                     return Decision(codes.CREATED, stored, body.device, signed=True)  # the same request again: the same answer
             if existing.public_key == body.public_key and body.response_key is None:
-                response = EnrollmentResponse(body.device, request.digest, int(existing.registered_at),
-                                              existing.asset or "")
+                signed = EnrollmentResponse(body.device, request.digest, int(existing.registered_at),
+                                            existing.asset or "").sign(self.identity)
                 if existing.binding is None:  # registered by hand (a node), enrolled now: bound from here on
                     self.registry.bind(body.device, binding_of(self.identity.public_key, body.public_key,
-                                                               existing.asset or ""))
-                return Decision(codes.CREATED, response.sign(self.identity), body.device, signed=True)
+                                                               existing.asset or ""), self._evidence(request, signed))
+                return Decision(codes.CREATED, signed, body.device, signed=True)
             return _refuse(codes.CONFLICT, f"device {body.device} is enrolled already (kid {existing.kid.hex()}, "
                                            f"{existing.status.value}); enroll a replacement under a new device id")
         now = self.clock()
@@ -185,7 +183,7 @@ class EnrollmentDesk:
                 folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             atomic_write(requests / f"{body.device}.json", json.dumps(record, indent=1).encode())
             atomic_write(saved, signed)
-            self.registry.add_device(device)
+            self.registry.add_device(device, self._evidence(request, signed))
         except DeviceExistsError as exc:
             self._undo(body.device, params is not None, saved)
             return _refuse(codes.CONFLICT, str(exc))
@@ -195,6 +193,11 @@ class EnrollmentDesk:
         log.info("enrolled %s %s (kid %s) for asset %s, countersigned by technician %s", body.kind, body.device,
                  body.kid.hex(), body.binding.asset, body.technician)
         return Decision(codes.CREATED, signed, body.device, signed=True)
+
+    def _evidence(self, request: EnrollmentRequest, response: bytes) -> EnrollmentEvidence:
+        """What the lender's log keeps of an enrollment, for a third party to check without the lender."""
+        technician = self.technicians.get(request.body.technician)
+        return EnrollmentEvidence(request.encode(), response, technician.public_key)
 
     def _undo(self, device: str, had_context: bool, saved: Path) -> None:
         if had_context:

@@ -3,8 +3,8 @@
 A technician's countersignature is what makes an enrollment request
 acceptable (telemetry.enrollment); technicians live in
 ``DATA/enroll/technicians.json`` (0600), changed under a lock and replaced
-atomically. The enrollment key (``DATA/enroll/lender.key``, 0600) signs
-responses and site files; technicians pin its public key.
+atomically. The enrollment key (``DATA/enroll/lender.key``, 0600, `lender_identity`) signs
+responses, site files and the evidence log's checkpoints; technicians pin its public key.
 """
 from __future__ import annotations
 
@@ -17,9 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from durable.exc import KeyFileExistsError
 from durable.files import atomic_write
-from durable.keyfile import create_key, read_key
+from lender.evidence.log import lender_identity  # noqa: F401 (its home now; re-exported for older callers)
 from lender.evidence.registry import iso_time
 from lender.exc import (
     InvalidTechnicianError,
@@ -27,23 +26,13 @@ from lender.exc import (
     UnknownTechnicianError,
 )
 from telemetry.enrollment import valid_id
-from telemetry.identity import Identity, kid_of
+from telemetry.identity import kid_of
 
 ENROLL_DIR = "enroll"
 
 
 def enroll_dir(data_dir: str | os.PathLike) -> Path:
     return Path(data_dir) / ENROLL_DIR
-
-
-def lender_identity(data_dir: str | os.PathLike, *, create: bool = True) -> Identity:
-    """The lender's enrollment signing key (``DATA/enroll/lender.key``, 0600), made on first use."""
-    path = enroll_dir(data_dir) / "lender.key"
-    if not path.exists() and create:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with contextlib.suppress(KeyFileExistsError):
-            create_key(path)  # a concurrent creator may win the link: then load theirs
-    return Identity(read_key(path))
 
 
 # --- the technician registry --------------------------------------------------------------------

@@ -8,7 +8,12 @@ stored chain (prev-hash link and boot counter wherever a neighbour seq is
 stored; arrival out of order is normal, alarms go first), stores it, and
 answers with an ack:
 
-    {1: [seqs stored now], 2: [seqs already present], 3: [[index, reason code, text], ...]}
+    {1: [seqs stored now], 2: [seqs already present], 3: [[index, reason code, text], ...], ? 4: token,
+     ? 5: a receipt for the newest envelope (gateways), ? 6: a reference to it (nodes)}
+
+Every envelope stored is also an entry of the lender's transparency log
+(lender.evidence.log), in the same transaction; the receipt in the ack proves
+the lender logged the batch's newest envelope (telemetry.receipt).
 
 Reason codes are `telemetry.envelope.Reason` values. Everything refused is
 kept in the quarantine (raw bytes, reason, detail, peer, time): never dropped.
@@ -42,6 +47,7 @@ from telemetry.envelope import GENESIS, Envelope, GapReason, Reason, Verdict, ve
 from telemetry.exc import LimitError, WireFormatError
 from telemetry.freshness import issue_token
 from telemetry.identity import DeviceKey
+from telemetry.receipt import CheckpointReference, DeliveryReceipt
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +85,13 @@ class BatchOutcome:
     already: tuple[int, ...] = ()
     refused: tuple[Refusal, ...] = ()
     token: bytes | None = None    # a fresh lender token for the device that sent the batch
+    receipt: DeliveryReceipt | None = None         # the lender logged the batch's newest envelope (a gateway's ack)
+    checkpoint: CheckpointReference | None = None  # the same, by reference (a node's ack: its downlink is dear)
 
     def ack(self) -> bytes:
         """The ack map for a 2.04 answer (telemetry.ack), deterministically encoded CBOR."""
-        return Ack(self.stored, self.already, self.refused, token=self.token).encode()
+        return Ack(self.stored, self.already, self.refused, token=self.token, receipt=self.receipt,
+                   checkpoint=self.checkpoint).encode()
 
 
 def binding_violation(envelope: Envelope, device: Device | None) -> str | None:
@@ -254,8 +263,22 @@ class Ingest:
         if refused:
             log.info("batch from %s: %d stored, %d already present, %d refused (%s)", peer, len(stored),
                      len(already), len(refused), ", ".join(f"#{r.index}: {r.reason.name}" for r in refused[:5]))
+        receipt, checkpoint = self._receipt(verdicts, stored + already)
         return BatchOutcome(Status.CHANGED, "", tuple(stored), tuple(already), tuple(refused),
-                            self._token(sender, verdicts))
+                            self._token(sender, verdicts), receipt, checkpoint)
+
+    compact_receipts = False   # nodes get a `CheckpointReference`, gateways the receipt itself
+
+    def _receipt(self, verdicts: list[Verdict], delivered: list[int]
+                 ) -> tuple[DeliveryReceipt | None, CheckpointReference | None]:
+        """The ack's proof that the lender logged the newest envelope delivered, when the batch is one device's."""
+        named = {v.envelope.device for v in verdicts if v.ok}
+        if not delivered or len(named) != 1:
+            return None, None
+        (device,) = named
+        if self.compact_receipts:
+            return None, self.store.checkpoint_reference(device, max(delivered))
+        return self.store.delivery_receipt(device, max(delivered)), None
 
     def _token(self, sender: str | None, verdicts: list[Verdict]) -> bytes | None:
         """A fresh token for the device behind the batch: the OSCORE sender, else the one device its envelopes name."""
@@ -345,6 +368,8 @@ COSE_SIGN1_FIRST_BYTE = 0xD2  # CBOR tag 18, the first byte of every envelope
 
 class NodeIngest(Ingest):
     """`Ingest` restricted to node keys, taking one envelope per request (see the module docstring)."""
+
+    compact_receipts = True
 
     def __init__(self, store: EvidenceStore, **options) -> None:
         super().__init__(store, **options)

@@ -21,6 +21,7 @@ from typing import Protocol
 from lender.exc import InvalidDeviceError, UnknownDeviceError
 from telemetry.enrollment import valid_id
 from telemetry.identity import DeviceKey, kid_of
+from telemetry.logentry import EnrollmentEvidence
 
 # A registered device id also names its OSCORE context directory, so it is the
 # safe subset of the wire format's 1..64-character device ids.
@@ -122,14 +123,16 @@ class Registry(Protocol):
     def devices(self) -> list[Device]:
         """Every registered device, by id."""
 
-    def add_device(self, device: Device) -> None:
-        """Register `device`; raise DeviceExistsError if its id or kid is taken."""
+    def add_device(self, device: Device, enrollment: EnrollmentEvidence | None = None) -> None:
+        """Register `device` (with the enrollment that made it, if any: both go into the lender's log); raise
+        DeviceExistsError if its id or kid is taken."""
 
     def set_revoked(self, device_id: str, at: float) -> Device:
         """Mark the device revoked at `at` (idempotent); raise UnknownDeviceError if absent."""
 
-    def bind(self, device_id: str, binding: bytes) -> Device:
-        """Give a device registered without an enrollment its first enrollment binding (never replaces one)."""
+    def bind(self, device_id: str, binding: bytes, enrollment: EnrollmentEvidence | None = None) -> Device:
+        """Give a device registered without an enrollment its first enrollment binding (never replaces one),
+        logging the enrollment that made it."""
 
 
 def revoke(registry: Registry, device_id: str, *, now: float | None = None) -> Device:

@@ -23,11 +23,13 @@ import hashlib
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from lender.evidence.log import LOG_TABLES, EvidenceLog, lender_identity
 from lender.evidence.registry import Device, DeviceStatus, Registry
 from lender.exc import (
     DeviceExistsError,
@@ -37,12 +39,14 @@ from lender.exc import (
     UnknownDeviceError,
 )
 from telemetry.envelope import GENESIS, Envelope, GapReason, Reason, carries_alarm
+from telemetry.logentry import EnrollmentEvidence
+from telemetry.receipt import CheckpointReference, DeliveryReceipt, SignedCheckpoint
 
 log = logging.getLogger(__name__)
 
 STORE_FILE = "lender.sqlite3"
 APPLICATION_ID = 0x504C4C44  # "PLLD": marks a file as a pledgewatch lender store
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_QUARANTINE_LIMIT = 256 * 1024 * 1024  # bytes of raw evidence kept before rejections are only counted
 INT64_MAX = (1 << 63) - 1
 
@@ -57,7 +61,7 @@ _SCHEMA = (
     " boot INTEGER NOT NULL, kid BLOB NOT NULL, digest BLOB NOT NULL, prev BLOB NOT NULL, raw BLOB NOT NULL,"
     " alarm INTEGER NOT NULL, gap_reason TEXT, received_at REAL NOT NULL, peer TEXT NOT NULL,"
     " version INTEGER NOT NULL DEFAULT 1, alarm_records INTEGER NOT NULL DEFAULT 0,"
-    " alarm_count ANY, gap_count ANY, token BLOB, binding BLOB,"
+    " alarm_count ANY, gap_count ANY, token BLOB, binding BLOB, log_index INTEGER,"
     " UNIQUE (device, seq)) STRICT",
     # The SenML records of stored envelopes, resolved, for queries. `at` = the
     # record's own time, else the envelope's receive time.
@@ -93,6 +97,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "UPDATE envelopes SET alarm_records = EXISTS (SELECT 1 FROM records r WHERE r.device = envelopes.device"
         " AND r.seq = envelopes.seq AND r.name LIKE 'alarm.%')",
     ),
+    # the transparency log (lender.evidence.log); `_backfill_log` then logs what the store already held
+    3: ("ALTER TABLE envelopes ADD COLUMN log_index INTEGER",),
 }
 # Tables new in a version, created alike in a new store and by the migration.
 _NEW_TABLES: dict[int, tuple[str, ...]] = {
@@ -102,6 +108,7 @@ _NEW_TABLES: dict[int, tuple[str, ...]] = {
         " reviewer TEXT NOT NULL, note TEXT NOT NULL, at REAL NOT NULL) STRICT",
         "CREATE INDEX reviews_by_gap ON reviews (device, seq)",
     ),
+    3: LOG_TABLES,
 }
 
 
@@ -276,6 +283,12 @@ class EvidenceStore(Registry, Protocol):
     def reviews(self, device: str | None = None) -> list[Review]:
         """The reviews kept, oldest first."""
 
+    def delivery_receipt(self, device: str, seq: int) -> DeliveryReceipt | None:
+        """A receipt that the stored envelope (device, seq) is in the lender's log (for a gateway's ack)."""
+
+    def checkpoint_reference(self, device: str, seq: int) -> CheckpointReference | None:
+        """Where the stored envelope (device, seq) is in the log, and the checkpoint that holds it (for a node's ack)."""
+
     def close(self) -> None:
         """Release the store."""
 
@@ -333,11 +346,14 @@ def _device(row: tuple) -> Device:
 class SQLiteStore:
     """The evidence store and device registry in one SQLite file (WAL). Implements `EvidenceStore`."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, *, quarantine_limit: int) -> None:
+    def __init__(self, path: Path, conn: sqlite3.Connection, *, quarantine_limit: int, log: bool = True) -> None:
         self.path = path
         self._conn = conn
         self._depth = 0
         self.quarantine_limit = quarantine_limit
+        # the transparency log, in this file and these transactions (None: off, for benchmarks that measure it)
+        self.log: EvidenceLog | None = EvidenceLog(conn, lambda: lender_identity(path.parent)) if log else None
+        self._log_ready = False  # the hooks run once `_prepare` made or migrated the log's tables
 
     @classmethod
     def open(
@@ -347,8 +363,12 @@ class SQLiteStore:
         create: bool = True,
         quarantine_limit: int = DEFAULT_QUARANTINE_LIMIT,
         synchronous: str = "FULL",
+        log: bool = True,
     ) -> SQLiteStore:
-        """Open (or, with `create`, create) the store in `data_dir`; the directory is made mode 0700."""
+        """Open (or, with `create`, create) the store in `data_dir`; the directory is made mode 0700.
+
+        `log=False` keeps no transparency log: only `python -m bench evidence` does that, to measure what it costs.
+        """
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")
         data_dir = Path(data_dir)
@@ -367,8 +387,9 @@ class SQLiteStore:
         try:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={synchronous}")
-            store = cls(path, conn, quarantine_limit=quarantine_limit)
+            store = cls(path, conn, quarantine_limit=quarantine_limit, log=log)
             store._prepare()
+            store._log_ready = store.log is not None
         except sqlite3.Error as exc:
             conn.close()
             raise _wrap(exc, f"cannot open the lender store {path}") from exc
@@ -403,6 +424,8 @@ class SQLiteStore:
                     log.info("lender store %s: migrating to schema version %d", self.path, number)
                     for statement in _MIGRATIONS[number] + _NEW_TABLES.get(number, ()):
                         self._conn.execute(statement)
+                    if number == 3:
+                        self._backfill_log()
                     self._conn.execute(f"PRAGMA user_version={number}")
 
     def close(self) -> None:
@@ -432,9 +455,15 @@ class SQLiteStore:
             raise _wrap(exc, f"cannot write to {self.path}") from exc
         self._depth = 1
         try:
+            if self._log_ready:
+                self._in_log(self.log.begin)
             yield
+            if self._log_ready:
+                self._in_log(self.log.seal)  # the new head's checkpoint commits with the entries, or neither does
         except BaseException:
             self._depth = 0
+            if self.log is not None:
+                self.log.abandon()
             with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back by itself (disk full)
                 self._conn.execute("ROLLBACK")
             raise
@@ -442,9 +471,17 @@ class SQLiteStore:
         try:
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            if self.log is not None:
+                self.log.abandon()
             with contextlib.suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
             raise _wrap(exc, f"cannot commit to {self.path}") from exc
+
+    def _in_log(self, step) -> None:
+        try:
+            step()
+        except sqlite3.Error as exc:
+            raise _wrap(exc, f"cannot write the evidence log in {self.path}") from exc
 
     def _query(self, sql: str, params: tuple | list = ()) -> list[tuple]:
         try:
@@ -471,7 +508,7 @@ class SQLiteStore:
     def devices(self) -> list[Device]:
         return [_device(row) for row in self._query(f"SELECT {_DEVICE_COLUMNS} FROM devices ORDER BY device")]
 
-    def add_device(self, device: Device) -> None:
+    def add_device(self, device: Device, enrollment: EnrollmentEvidence | None = None) -> None:
         try:
             with self.transaction():
                 self._conn.execute(
@@ -481,6 +518,11 @@ class SQLiteStore:
                      device.oscore_id, device.status.value, device.registered_at, device.revoked_at, device.binding),
                 )
                 self._bump_generation()
+                if self.log is not None:
+                    self.log.registration(device.device, device.registered_at, device.public_key, device.asset,
+                                          device.binding, enrollment)
+                    if not device.active:
+                        self.log.revocation(device.device, device.revoked_at or device.registered_at)
         except sqlite3.IntegrityError as exc:
             raise DeviceExistsError(
                 f"device {device.device} or its key (kid {device.kid.hex()}) is registered already"
@@ -491,10 +533,12 @@ class SQLiteStore:
     def set_revoked(self, device_id: str, at: float) -> Device:
         try:
             with self.transaction():
-                self._conn.execute(
+                revoked = self._conn.execute(
                     "UPDATE devices SET status = 'revoked', revoked_at = ? WHERE device = ? AND status = 'active'",
                     (at, device_id),
-                )
+                ).rowcount
+                if revoked and self.log is not None:
+                    self.log.revocation(device_id, at)
                 self._bump_generation()
         except sqlite3.Error as exc:
             raise _wrap(exc, f"cannot revoke {device_id} in {self.path}") from exc
@@ -503,11 +547,14 @@ class SQLiteStore:
             raise UnknownDeviceError(f"no device {device_id!r} is registered")
         return device
 
-    def bind(self, device_id: str, binding: bytes) -> Device:
+    def bind(self, device_id: str, binding: bytes, enrollment: EnrollmentEvidence | None = None,
+             *, at: float | None = None) -> Device:
         try:
             with self.transaction():
-                self._conn.execute("UPDATE devices SET binding = ? WHERE device = ? AND binding IS NULL",
-                                   (binding, device_id))
+                bound = self._conn.execute("UPDATE devices SET binding = ? WHERE device = ? AND binding IS NULL",
+                                           (binding, device_id)).rowcount
+                if bound and enrollment is not None and self.log is not None:
+                    self.log.enrollment(device_id, time.time() if at is None else at, binding, enrollment)
                 self._bump_generation()
         except sqlite3.Error as exc:
             raise _wrap(exc, f"cannot bind {device_id} in {self.path}") from exc
@@ -528,19 +575,22 @@ class SQLiteStore:
         gap, counters = envelope.gap, envelope.counters
         try:
             with self.transaction():
+                index = None if self.log is None else self.log.size
                 inserted = self._conn.execute(
                     "INSERT INTO envelopes (device, seq, boot, kid, digest, prev, raw, alarm, gap_reason,"
-                    " received_at, peer, version, alarm_records, alarm_count, gap_count, token, binding)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " received_at, peer, version, alarm_records, alarm_count, gap_count, token, binding, log_index)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT (device, seq) DO NOTHING",
                     (envelope.device, envelope.seq, envelope.boot, envelope.kid, envelope.digest, envelope.prev,
                      envelope.raw, int(envelope.alarm), None if gap is None else gap.reason, received_at, peer,
                      envelope.version, int(carries_alarm(envelope.records)),
                      None if counters is None else _sql_int(counters.alarms),
-                     None if counters is None else _sql_int(counters.gaps), envelope.token, envelope.binding),
+                     None if counters is None else _sql_int(counters.gaps), envelope.token, envelope.binding, index),
                 ).rowcount
                 if not inserted:
                     return False
+                if self.log is not None:
+                    self.log.append_envelope(envelope.device, envelope.seq, received_at, envelope.raw)
                 self._conn.executemany(
                     "INSERT INTO records (device, seq, idx, name, value, string, boolean, data, sum, unit, time, at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -704,6 +754,8 @@ class SQLiteStore:
             with self.transaction():
                 self._conn.execute("INSERT INTO reviews (device, seq, reviewer, note, at) VALUES (?, ?, ?, ?, ?)",
                                    (review.device, review.seq, review.reviewer, review.note, review.at))
+                if self.log is not None:
+                    self.log.review(review.device, review.at, review.seq, review.reviewer, review.note)
         except sqlite3.Error as exc:
             raise _wrap(exc, f"cannot keep the review in {self.path}") from exc
 
@@ -711,6 +763,54 @@ class SQLiteStore:
         where, params = ("WHERE device = ?", (device,)) if device is not None else ("", ())
         return [Review(*row) for row in self._query(
             f"SELECT device, seq, reviewer, note, at FROM reviews {where} ORDER BY id", params)]
+
+    # --- the transparency log (lender.evidence.log) ---
+
+    def delivery_receipt(self, device: str, seq: int) -> DeliveryReceipt | None:
+        row = self._logged_envelope(device, seq)
+        return None if row is None else self.log.delivery_receipt(row[0], seq, row[1])
+
+    def checkpoint_reference(self, device: str, seq: int) -> CheckpointReference | None:
+        row = self._logged_envelope(device, seq)
+        return None if row is None else self.log.checkpoint_reference(row[0])
+
+    def _logged_envelope(self, device: str, seq: int) -> tuple[int, float] | None:
+        if self.log is None or self.log.latest is None:
+            return None
+        rows = self._query("SELECT log_index, received_at FROM envelopes WHERE device = ? AND seq = ?", (device, seq))
+        return rows[0] if rows and rows[0][0] is not None else None
+
+    def checkpoint(self) -> SignedCheckpoint:
+        """The latest signed checkpoint, signing one if the log has none for its current head yet (another
+        process's appends count: the log is read afresh)."""
+        if self.log is None:
+            raise StoreUnavailableError(f"{self.path} was opened without its evidence log")
+        with self.transaction():
+            return self.log.checkpoint_now()
+
+    def _backfill_log(self) -> None:
+        """Migration to schema 3: log what the store held before it kept a log, in the order it happened."""
+        if self.log is None:
+            return
+        events = []  # (lender time, order among simultaneous events, append)
+        for device in self.devices():
+            events.append((device.registered_at, 0, lambda d=device: self.log.registration(
+                d.device, d.registered_at, d.public_key, d.asset, d.binding, None)))
+            if device.revoked_at is not None:
+                events.append((device.revoked_at, 2, lambda d=device: self.log.revocation(d.device, d.revoked_at)))
+        for rowid, device, seq, raw, received_at in self._conn.execute(
+                "SELECT id, device, seq, raw, received_at FROM envelopes ORDER BY id").fetchall():
+            def append(rowid=rowid, device=device, seq=seq, raw=raw, received_at=received_at) -> None:
+                index = self.log.append_envelope(device, seq, received_at, raw)
+                self._conn.execute("UPDATE envelopes SET log_index = ? WHERE id = ?", (index, rowid))
+            events.append((received_at, 1, append))
+        for review in self.reviews():
+            events.append((review.at, 1, lambda r=review: self.log.review(r.device, r.at, r.seq, r.reviewer, r.note)))
+        self.log.load()
+        for _, _, append in sorted(events, key=lambda event: event[:2]):
+            append()
+        self.log.seal()
+        log.info("lender store %s: logged %d earlier envelopes and registry events", self.path, len(events))
 
     def counts(self) -> StoreCounts:
         (devices, envelopes, records, quarantined, overflow), = self._query(

@@ -18,6 +18,7 @@ from lender.coap.node import MAX_NODE_BODY
 from telemetry import cbor
 from telemetry.envelope import GENESIS, Reason, seal
 from telemetry.identity import Identity
+from telemetry.receipt import CheckpointReference
 from telemetry.senml import Record
 
 T0 = 1767225600
@@ -83,10 +84,14 @@ def client(lender):
 
 
 def ack_map(payload: bytes) -> dict:
-    """The ack map without its lender token (key 4), which must be 12 bytes when the lender sends one."""
+    """The ack map without its lender token (key 4), which must be 12 bytes when the lender sends one, and
+    without the checkpoint reference (key 6) a node's ack carries: never the full receipt (key 5)."""
     ack = cbor.decode(payload)
     token = ack.pop(4, None)
     assert token is None or (isinstance(token, bytes) and len(token) == 12), token
+    assert 5 not in ack, "a node's ack carries a checkpoint reference, not a whole receipt"
+    if 6 in ack:
+        CheckpointReference.from_cbor(ack.pop(6))
     return ack
 
 

@@ -25,6 +25,7 @@ from lender.evidence.store import SQLiteStore
 from telemetry import cbor
 from telemetry.envelope import GENESIS, Envelope, Gap, seal
 from telemetry.identity import Identity
+from telemetry.receipt import CheckpointReference, DeliveryReceipt
 from telemetry.senml import Record
 
 PYTHON_BIN = Path(sys.executable).parent
@@ -64,10 +65,15 @@ def batch(envelopes) -> bytes:
 
 
 def ack_of(payload: bytes) -> dict:
-    """The ack's three lists (stored, already, refused); its lender token (key 4) is checked where it matters."""
+    """The ack's three lists (stored, already, refused); its lender token (key 4) and its receipt (5) or
+    checkpoint reference (6) are checked for shape here, and for meaning where it matters."""
     ack = cbor.decode(payload)
     token = ack.pop(4, None)
     assert token is None or (isinstance(token, bytes) and len(token) == 12), f"malformed lender token {token!r}"
+    if 5 in ack:
+        DeliveryReceipt.from_cbor(ack.pop(5))
+    if 6 in ack:
+        CheckpointReference.from_cbor(ack.pop(6))
     return ack
 
 

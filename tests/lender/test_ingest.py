@@ -12,9 +12,11 @@ from lender.evidence.ingest import Ingest, Status, chain_violation
 from lender.evidence.store import SQLiteStore, explain_gaps
 from telemetry import cbor
 from telemetry.ack import ALREADY as ACK_ALREADY
+from telemetry.ack import RECEIPT as ACK_RECEIPT
 from telemetry.ack import REFUSED as ACK_REJECTED
 from telemetry.ack import STORED as ACK_STORED
 from telemetry.envelope import GENESIS, Gap, GapReason, Reason, seal
+from telemetry.receipt import DeliveryReceipt
 from tests.kit.lender import Device, batch, enroll
 
 
@@ -34,9 +36,14 @@ def test_a_batch_is_stored_and_acked_by_seq(ingest, gateway, store):
     envelopes = gateway.chain(5)
     outcome = ingest.batch(batch(envelopes), peer="test")
     assert outcome.status is Status.CHANGED
-    assert cbor.decode(outcome.ack()) == {ACK_STORED: [1, 2, 3, 4, 5], ACK_ALREADY: [], ACK_REJECTED: []}
+    ack = cbor.decode(outcome.ack())
+    receipt = DeliveryReceipt.from_cbor(ack.pop(ACK_RECEIPT))
+    assert ack == {ACK_STORED: [1, 2, 3, 4, 5], ACK_ALREADY: [], ACK_REJECTED: []}
     assert [e.raw for e in store.envelopes("gw-1")] == [e.raw for e in envelopes]
     assert [r.value for r in store.readings("gw-1")] == [e.records[0].value for e in envelopes]
+    # the ack proves the newest envelope is in the lender's log: its registration, then the five
+    checkpoint, index = receipt.verify("gw-1", envelopes[-1].raw, store.log.identity.public_key)
+    assert (receipt.seq, receipt.at, index, checkpoint.tree_size) == (5, 1_800_000_000_000, 5, 6)
 
 
 def test_a_retried_batch_is_stored_once_and_acked_as_already_present(ingest, gateway, store):
