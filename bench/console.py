@@ -39,7 +39,8 @@ REPEAT = 20
 NOW = time.time()
 
 
-def populate(data: Path, devices: int = DEVICES, per_device: int = PER_DEVICE) -> None:
+def populate(data: Path, devices: int = DEVICES, per_device: int = PER_DEVICE, *,
+             asset_name=lambda n: f"asset-{n:05d}") -> None:
     """A lender store with `devices` × `per_device` envelopes, written with SQL in one transaction."""
     from lender.evidence.store import SQLiteStore
 
@@ -52,7 +53,7 @@ def populate(data: Path, devices: int = DEVICES, per_device: int = PER_DEVICE) -
     conn.execute("BEGIN")
     envelope_rows, record_rows, gap_rows, device_rows = [], [], [], []
     for n in range(devices):
-        device, asset = f"gw-{n:05d}", f"asset-{n:05d}"
+        device, asset = f"gw-{n:05d}", asset_name(n)
         public_key = hashlib.sha256(device.encode()).digest()
         device_rows.append((device, public_key, public_key[:8], asset, "active", NOW - 90 * 86400))
         silent = n % 100 == 7
@@ -61,21 +62,24 @@ def populate(data: Path, devices: int = DEVICES, per_device: int = PER_DEVICE) -
         last = NOW - (86400 if silent else rng.uniform(5, 250))
         lat, lon = 53.5 + (n % 100) / 100, 9.9 + (n // 100) / 100
         prev = b"\0" * 16
+        alarm_seq, gap_seq = per_device - 3, min(per_device - 5, 42)
         for seq in range(1, per_device + 1):
             at = last - (per_device - seq) * 300
             digest = hashlib.sha256(f"{device}/{seq}".encode()).digest()[:16]
-            if gap and seq in (40, 41):
+            if gap and seq in (gap_seq - 2, gap_seq - 1):
                 continue
-            gap_reason = "overflow" if gap and seq == 42 else None
-            is_alarm = alarm and seq == per_device - 3
+            gap_reason = "overflow" if gap and seq == gap_seq else None
+            is_alarm = alarm and seq == alarm_seq
+            # the signed counters: alarm envelopes and gap records so far, as an honest agent signs them
+            alarms_so_far, gaps_so_far = int(alarm and seq >= alarm_seq), int(gap and seq >= gap_seq)
             envelope_rows.append((device, seq, 1, public_key[:8], digest, prev, b"\xa0", int(is_alarm or bool(gap_reason)),
-                                  gap_reason, at, "198.51.100.7:5683", 2, int(is_alarm), int(is_alarm), 1 if gap else 0))
+                                  gap_reason, at, "198.51.100.7:5683", 2, int(is_alarm), alarms_so_far, gaps_so_far))
             prev = digest
             if seq == 1:
                 records = [(f"asset.{asset}.kind", None, "stock", None), (f"asset.{asset}.sensors", None, "temp,gnss", None),
                            ("device.heartbeat_s", 300.0, None, "s")]
             elif gap_reason:
-                gap_rows.append((device, seq, "overflow", 40, 41, 2))
+                gap_rows.append((device, seq, "overflow", gap_seq - 2, gap_seq - 1, 2))
                 records = []
             elif is_alarm:
                 name = f"alarm.temperature.{asset}"
@@ -97,8 +101,8 @@ def populate(data: Path, devices: int = DEVICES, per_device: int = PER_DEVICE) -
     conn.close()
     for n in range(0, devices):
         borrower = f"Borrower {n % 40:02d}"
-        (sites / f"asset-{n:05d}.toml").write_text(
-            f'site = "Site {n % 200:03d}"\nborrower = "{borrower}"\n\n[[assets]]\nname = "asset-{n:05d}"\nkind = "stock"\n'
+        (sites / f"{asset_name(n)}.toml").write_text(
+            f'site = "Site {n % 200:03d}"\nborrower = "{borrower}"\n\n[[assets]]\nname = "{asset_name(n)}"\nkind = "stock"\n'
             f'sensors = ["temp", "gnss"]\ntemperature = {{ low = 2.0, high = 8.0, hold_s = 600 }}\n'
             f'geofence = {{ lat = {53.5 + (n % 100) / 100}, lon = {9.9 + (n // 100) / 100}, radius_m = 500 }}\n\n'
             f'[rules]\ntimezone = "Europe/Berlin"\n', "utf-8")

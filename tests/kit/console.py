@@ -83,6 +83,11 @@ class ConsoleLender(PledgeLender):
                              Record(HEARTBEAT_S, value=gateway.heartbeat_s, unit="s", time=t),
                              Record(RULES, string=gateway.rules, time=t)])
 
+    def console_acks(self) -> list:
+        """The acknowledgements the console kept (DATA/console.sqlite3)."""
+        with ConsoleRecords.open(self.data_dir) as records:
+            return records.acks()
+
     def portfolio(self) -> dict[str, Gateway]:
         """One asset per state; returns the gateways by name."""
         self.tick(-600)
