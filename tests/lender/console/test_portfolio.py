@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+import httpx
+
 from lender.console.portfolio import STATES
 from tests.kit.console import PASSWORD, RunningConsole
 from tests.kit.lender import free_environment
@@ -92,3 +94,23 @@ def test_staff_accounts_are_managed_from_the_command_line_with_the_password_on_s
     assert users("remove", "--name", "j.otieno").returncode == 1
     assert json.loads(users("list", "--json").stdout) == []
     assert (data / "console.sqlite3").stat().st_mode & 0o077 == 0
+
+
+def test_prometheus_reads_metrics_with_its_token_and_sees_assets_refusals_and_the_webhook_backlog(pledged):
+    from tests.kit.lender import batch
+
+    pledged.ingest.batch(b"\xff not cbor", peer="203.0.113.9:5683")
+    pledged.ingest.batch(batch([b"\x01\x02"]), peer="203.0.113.9:5683")
+    with RunningConsole(pledged.data_dir, webhooks=("http://127.0.0.1:9/nowhere",)) as console:
+        token = (pledged.data_dir / "metrics.token").read_text().strip()
+        assert (pledged.data_dir / "metrics.token").stat().st_mode & 0o077 == 0
+        assert httpx.get(f"{console.url}/metrics").status_code == 401
+        assert httpx.get(f"{console.url}/metrics", headers={"Authorization": "Bearer nope"}).status_code == 401
+        text = httpx.get(f"{console.url}/metrics", headers={"Authorization": f"Bearer {token}"}).text
+    lines = set(text.splitlines())
+    assert 'pledgewatch_assets{state="ALARM"} 1.0' in lines and 'pledgewatch_assets{state="SILENT"} 1.0' in lines
+    assert 'pledgewatch_refusals_total{kind="request",reason="malformed"} 1.0' in lines
+    assert 'pledgewatch_refusals_total{kind="envelope",reason="malformed"} 1.0' in lines
+    assert 'pledgewatch_devices{status="active"} 4.0' in lines
+    assert any(line.startswith("pledgewatch_envelopes_stored_total ") for line in lines)
+    assert 'pledgewatch_webhook_backlog{endpoint="http://127.0.0.1:9/nowhere"} 0.0' in lines
