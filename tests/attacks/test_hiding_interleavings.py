@@ -48,18 +48,23 @@ interleavings = st.lists(st.sampled_from(SESSIONS + BORROWER), min_size=2, max_s
 
 
 class Ledger:
-    """Every envelope the agent signed, and the alarms its history holds, across forks of its state."""
+    """Every envelope the agent signed, in the order of the state's own past, across the borrower's restores."""
 
     def __init__(self) -> None:
-        self.history: list[bytes] = []              # digests of the alarm envelopes in the current state's past
-        self.descends: dict[bytes, tuple[bytes, ...]] = {}   # envelope digest -> the alarms it descends from
+        self.timeline: list[bytes] = []                     # digests signed in the current state's past, in order
         self.alarms: set[bytes] = set()
+        self.descends: dict[bytes, frozenset[bytes]] = {}   # digest -> the alarm envelopes signed before it, and it
+        self.rolled_back: set[bytes] = set()                # signed in a past a restore threw away
 
     def signed(self, envelope) -> None:
         if envelope.gap is None and any(r.name.startswith("alarm.") for r in envelope.records):
-            self.history.append(envelope.digest)
             self.alarms.add(envelope.digest)
-        self.descends[envelope.digest] = tuple(self.history)
+        self.timeline.append(envelope.digest)
+        self.descends[envelope.digest] = frozenset(d for d in self.timeline if d in self.alarms)
+
+    def restore(self, timeline: list[bytes]) -> None:
+        self.rolled_back |= set(self.timeline) - set(timeline)
+        self.timeline = list(timeline)
 
 
 async def one_session(directory: Path, uri: str, ledger: Ledger, *, alarms: int, drain: bool = False) -> None:
@@ -119,12 +124,13 @@ def test_no_interleaving_of_restarts_restores_spool_deletion_and_outages_hides_a
             elif step[0] == "copy":
                 copy = root / f"copy-{len(copies)}"
                 shutil.copytree(gateway, copy)
-                copies.append((copy, list(ledger.history)))
+                copies.append((copy, list(ledger.timeline)))
             elif step[0] == "restore" and copies:
-                copy, history = copies[step[1] % len(copies)]
+                copy, timeline = copies[step[1] % len(copies)]
                 shutil.rmtree(gateway)
                 shutil.copytree(copy, gateway)
-                ledger.history, destructive = list(history), True
+                ledger.restore(timeline)
+                destructive = True
             elif step[0] == "delete-spool":
                 for suffix in ("", "-wal", "-shm"):
                     path = gateway / f"spool.db{suffix}"
@@ -137,15 +143,18 @@ def test_no_interleaving_of_restarts_restores_spool_deletion_and_outages_hides_a
             judge = Judge(now=time.time(), token_key=token_key(root / "lender", create=False))
             statuses = asset_status(store, DEVICE, judge)
         witnessed = {alarm for digest in held for alarm in ledger.descends.get(digest, ())}
-        missing = witnessed - held
-        forked_away = ledger.alarms - held - witnessed
-        if forked_away:
-            event("an alarm rolled back before anything after it reached the lender (undetectable without hardware)")
+        missing = witnessed - held                       # alarms that evidence the lender holds comes after
+        forked_away = ledger.alarms - held - witnessed   # alarms of a past thrown away before anything after it arrived
         states = {s.state for s in statuses}
         risks = sorted({r.kind for s in statuses for r in s.risks})
+        if forked_away:
+            event("an alarm rolled back before anything after it reached the lender (undetectable without hardware)")
         if missing:
             event("an alarm hidden: " + ", ".join(risks))
             assert "OK" not in states, (f"{len(missing)} alarm(s) the held evidence descends from are missing, "
                                         f"and the lender says {states} (risks {risks})")
+        if held & ledger.rolled_back:   # the lender holds evidence of a past the gateway's state was rolled back from
+            event("a restore past delivered evidence: " + ", ".join(risks))
+            assert "OK" not in states, f"the state was rolled back past delivered evidence; the lender says {states}"
         if not destructive:
             assert not missing and not forked_away and states == {"OK"}, (states, risks)
