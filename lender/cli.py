@@ -11,8 +11,11 @@
     readings   a device's verified readings since a time
     gaps       missing seqs per device, and the signed gap records that explain them
     quarantine what was refused, and why
-    export     a device's evidence, one row per envelope with its exact bytes
-    verify     re-verify an export offline with only the devices' public keys
+    export     a device's evidence: one row per envelope with its exact bytes, or a self-contained bundle
+    verify     re-verify an export with the devices' keys, or a bundle with only the lender's key
+    key        the lender's public key: what a third party pins
+    checkpoint the latest signed checkpoint of the lender's log
+    prove-consistency  prove the log only grew since an older checkpoint, auditing it against the evidence
     alarms     alarms raised and cleared, per asset, and the lender's own (risks)
     status     per asset: last seen, last verified reading, open alarms, gaps, risks
     review     record a staff member's review of a signed gap record
@@ -39,6 +42,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from durable.exc import DurableError
+from durable.files import atomic_write
 from durable.sdnotify import notify
 from lender.enrollment import registration
 from lender.enrollment.technicians import TechnicianRegistry
@@ -52,9 +56,13 @@ from lender.evidence.alarms import (
 )
 from lender.evidence.export import (
     EXPORT_FIELDS,
+    export_bundle,
     export_rows,
+    is_bundle,
     load_keys,
+    parse_lender_key,
     read_export,
+    verify_bundle_file,
     verify_export,
 )
 from lender.evidence.ingest import DEFAULT_MAX_BODY
@@ -71,6 +79,9 @@ from lender.exc import (
 )
 from telemetry.alarms import GATEWAY
 from telemetry.envelope import Reason
+from telemetry.exc import WireFormatError
+from telemetry.merkle import verify_consistency
+from telemetry.receipt import SignedCheckpoint
 
 DEFAULT_DATA = os.environ.get("PLEDGEWATCH_LENDER_DATA", "/var/lib/pledgewatch/lender")
 
@@ -128,10 +139,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=_positive_int, default=50)
     p.add_argument("--json", action="store_true", help="JSON lines, with the raw bytes in base64")
 
-    p = command("export", _export, "a device's evidence: one row per stored envelope, with its exact bytes")
+    p = command("export", _export, "a device's evidence: one row per stored envelope with its exact bytes, or "
+                                   "(--format bundle) its whole record in the lender's log with the proofs")
     p.add_argument("--device", required=True)
-    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    p.add_argument("--format", choices=("jsonl", "csv", "bundle"), default="jsonl",
+                   help="jsonl or csv rows, or a self-contained evidence bundle (docs/evidence.md)")
     p.add_argument("--output", type=Path, metavar="FILE", help="write here instead of standard output")
+
+    p = command("key", _key, "print the lender's public key (hex): what a third party pins to verify its evidence")
+
+    p = command("checkpoint", _checkpoint, "print the latest signed checkpoint of the lender's log")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object: tree_size, root_hex, time, time_ms, devices, heads_root_hex, cose_b64")
+
+    p = command("prove-consistency", _prove_consistency,
+                "prove the lender's log only grew since an older checkpoint, after auditing it against the evidence")
+    p.add_argument("old", type=Path, metavar="OLD",
+                   help="a checkpoint kept earlier: `lender checkpoint --json` output, its COSE bytes, or a bundle")
+    p.add_argument("--json", action="store_true", help="the proof and the findings as one JSON object")
 
     alarms = command("alarms", _alarms, "alarms raised and cleared, per asset (lender.evidence.alarms)")
     status = command("status", _status,
@@ -144,9 +169,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--by", required=True, metavar="NAME", help="who reviewed it")
     p.add_argument("--note", required=True, help="what they found (for the record)")
 
-    p = command("verify", _verify, "re-verify an export offline: signatures, chain, gaps", data=False)
-    p.add_argument("file", type=Path, metavar="FILE", help="an export (jsonl or csv)")
+    p = command("verify", _verify, "re-verify an export offline (signatures, chain, gaps), or an evidence bundle "
+                                   "against the lender's key alone", data=False)
+    p.add_argument("file", type=Path, metavar="FILE", help="an export (jsonl or csv) or an evidence bundle")
     keys = p.add_mutually_exclusive_group()
+    keys.add_argument("--lender-key", metavar="HEX_OR_FILE",
+                      help="verify FILE as an evidence bundle against this lender public key (`lender key` prints it)")
     keys.add_argument("--keys", type=Path, metavar="FILE", help="the devices' keys: `lender devices --json` output")
     keys.add_argument("--data", type=Path, metavar="DIR",
                       help=f"take the keys from this lender's registry (the default, with {DEFAULT_DATA})")
@@ -419,6 +447,8 @@ def _quarantine(args: argparse.Namespace) -> int:
 # --- export and verify ------------------------------------------------------------------------
 
 def _export(args: argparse.Namespace) -> int:
+    if args.format == "bundle":
+        return _export_bundle(args)
     with _open(args) as store:
         if store.device(args.device) is None and args.device not in store.envelope_devices():
             print(f"pledgewatch lender export: no device {args.device!r} in {args.data}", file=sys.stderr)
@@ -443,7 +473,28 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_bundle(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        document, warnings = export_bundle(store, args.device)
+    text = json.dumps(document, indent=1) + "\n"
+    if args.output:
+        atomic_write(args.output, text.encode("utf-8"), 0o644)
+    else:
+        sys.stdout.write(text)
+    for warning in warnings:
+        print(f"pledgewatch lender export: WARNING {warning}", file=sys.stderr)
+    checkpoint = document["checkpoints"][-1]
+    print(f"exported the bundle of {args.device}: {len(document['entries'])} log entries, proven against the "
+          f"checkpoint of {checkpoint['tree_size']} entries", file=sys.stderr)
+    return 1 if warnings else 0
+
+
 def _verify(args: argparse.Namespace) -> int:
+    if args.lender_key is not None:
+        return _verify_bundle(args)
+    if is_bundle(args.file):
+        raise ExportFormatError(f"{args.file} is an evidence bundle: verify it against the lender's public key "
+                                "with --lender-key (`pledgewatch lender key` prints it)")
     if args.keys is not None:
         keys = load_keys(args.keys)
     else:
@@ -467,6 +518,103 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"verify: {'OK' if result['ok'] else 'FAILED'}: {result['rows']} row(s), "
               f"{len(result['failures'])} failure(s)")
     return 0 if result["ok"] else 1
+
+
+def _verify_bundle(args: argparse.Namespace) -> int:
+    report = verify_bundle_file(args.file, parse_lender_key(args.lender_key), allow_gaps=args.allow_gaps)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=1))
+    else:
+        for finding in report.findings:
+            print(f"{'ok  ' if finding.ok else 'FAIL'} {finding.check}: {finding.detail}")
+        seqs = f", seqs {report.first_seq}..{report.last_seq}" if report.first_seq is not None else ""
+        print(f"verify: {'OK' if report.ok else 'FAILED'}: bundle of {report.device}, {report.entries} log entries, "
+              f"{report.envelopes} envelope(s){seqs}; {len(report.failures)} problem(s)")
+    return 0 if report.ok else 1
+
+
+# --- the lender's log: key, checkpoints, consistency --------------------------------------------------
+
+def checkpoint_json(signed: SignedCheckpoint, lender_key: bytes) -> dict:
+    """A signed checkpoint as `lender checkpoint --json` prints it (and `prove-consistency` reads it back)."""
+    checkpoint = signed.checkpoint
+    return {"tree_size": checkpoint.tree_size, "root_hex": checkpoint.root.hex(),
+            "time": iso_time(checkpoint.time_ms / 1000), "time_ms": checkpoint.time_ms,
+            "devices": checkpoint.heads_size, "heads_root_hex": checkpoint.heads_root.hex(),
+            "lender_key_hex": lender_key.hex(), "cose_b64": base64.b64encode(signed.encode()).decode("ascii")}
+
+
+def _key(args: argparse.Namespace) -> int:
+    print(lender_identity(args.data).public_key.hex())
+    return 0
+
+
+def _checkpoint(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        signed = store.checkpoint()
+        key = store.log.identity.public_key
+    shown = checkpoint_json(signed, key)
+    if args.json:
+        print(json.dumps(shown))
+        return 0
+    print(f"tree size   {shown['tree_size']} entries\nroot        {shown['root_hex']}\ntime        {shown['time']}\n"
+          f"devices     {shown['devices']} (heads root {shown['heads_root_hex']})\nlender key  {shown['lender_key_hex']}\n"
+          f"signed      {shown['cose_b64']}")
+    return 0
+
+
+def _read_checkpoint(path: Path, lender_key: bytes) -> SignedCheckpoint:
+    """A checkpoint someone kept: `lender checkpoint --json` output, its COSE bytes, or their base64."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ExportFormatError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        if data.lstrip().startswith(b"{"):
+            shown = json.loads(data)
+            if "checkpoints" in shown:  # an evidence bundle: the checkpoint its entries are proven against
+                shown = shown["checkpoints"][-1]
+            data = base64.b64decode(shown["cose_b64"], validate=True)
+        elif not data.startswith(b"\xd2"):
+            data = base64.b64decode(data.strip(), validate=True)
+        return SignedCheckpoint.decode(data, lender_key)
+    except (ValueError, KeyError, TypeError, WireFormatError) as exc:
+        raise ExportFormatError(f"{path} is not a checkpoint signed by this lender's key: {exc}") from exc
+
+
+def _prove_consistency(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        key = store.log.identity.public_key
+        old = _read_checkpoint(args.old, key)
+        new = store.checkpoint()
+        audit = store.log.audit()
+        problems = list(audit.problems)
+        a, b = old.checkpoint, new.checkpoint
+        path: list[bytes] = []
+        if a.tree_size > b.tree_size:
+            problems.append(f"the old checkpoint signs {a.tree_size} entries, the log now holds {b.tree_size}: "
+                            "entries were deleted")
+        else:
+            path = store.log.consistency_path(a.tree_size, b.tree_size)
+            if not verify_consistency(a.tree_size, b.tree_size, a.root, b.root, path):
+                problems.append(f"the log of {b.tree_size} entries does not extend the old checkpoint's "
+                                f"{a.tree_size}: its first {a.tree_size} entries changed since")
+        receipt = new.consistency_receipt(a.tree_size, path) if not problems and a.tree_size else None
+    result = {"ok": not problems, "old": checkpoint_json(old, key), "new": checkpoint_json(new, key),
+              "path_hex": [h.hex() for h in path], "entries_audited": audit.entries,
+              "checkpoints_audited": audit.checkpoints, "problems": problems,
+              "receipt_b64": None if receipt is None else base64.b64encode(receipt).decode("ascii")}
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        for problem in problems:
+            print(f"FAIL {problem}")
+        if not problems:
+            print(f"the log grew from {a.tree_size} to {b.tree_size} entries without changing a single earlier "
+                  f"entry; audited {audit.entries} entries and {audit.checkpoints} checkpoints against the evidence")
+            print(f"consistency path: {len(path)} hash(es); receipt (RFC 9942, -2): {result['receipt_b64']}")
+        print(f"prove-consistency: {'OK' if not problems else 'FAILED'}: {len(problems)} problem(s)")
+    return 0 if not problems else 1
 
 
 # --- alarms and status ------------------------------------------------------------------------------

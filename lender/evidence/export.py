@@ -1,9 +1,12 @@
-"""Evidence export and offline verification: a device's stored envelopes as rows, and re-verifying such rows.
+"""Evidence export and offline verification: a device's stored envelopes as rows, its evidence bundle, and checking both.
 
 An export has one row per stored envelope with its exact bytes (base64), so
 anyone holding the devices' public keys can check every signature and every
 chain link without the lender's database (`pledgewatch lender export` /
-`pledgewatch lender verify`, docs/lender-guide.md).
+`pledgewatch lender verify`, docs/lender-guide.md). A bundle
+(`--format bundle`) is the device's whole record in the lender's log with the
+proofs that make it checkable against the lender's public key alone
+(telemetry.bundle, docs/evidence.md).
 """
 from __future__ import annotations
 
@@ -17,10 +20,13 @@ from pathlib import Path
 from lender.evidence.registry import iso_time
 from lender.evidence.store import SQLiteStore
 from lender.exc import ExportFormatError
+from telemetry.bundle import FORMAT as BUNDLE_FORMAT
+from telemetry.bundle import BundleEntry, BundleReport, build_bundle, verify_bundle
 from telemetry.chain import check_chain
 from telemetry.envelope import Envelope, verify
-from telemetry.exc import TelemetryError
+from telemetry.exc import BundleFormatError, TelemetryError
 from telemetry.identity import DeviceKey
+from telemetry.merkle import leaf_hash
 
 EXPORT_FIELDS = ("device", "seq", "boot", "kid", "received_at", "alarm", "digest_hex", "prev_hex", "envelope_b64")
 
@@ -136,3 +142,84 @@ def verify_export(rows: Iterable[tuple[int, dict | None]], keys: dict[bytes, Dev
     if rows_seen == 0:
         failures.append("the export holds no rows")
     return {"ok": not failures, "rows": rows_seen, "devices": devices, "failures": failures}
+
+
+# --- evidence bundles (telemetry.bundle, docs/evidence.md) -----------------------------------------
+
+def export_bundle(store: SQLiteStore, device: str) -> tuple[dict, list[str]]:
+    """The device's self-contained evidence bundle against the latest checkpoint, and warnings.
+
+    A warning names an entry whose evidence the store no longer holds as it
+    was logged (edited or deleted afterwards): the bundle still carries what
+    the store holds and the leaf the log recorded, so `lender verify` shows
+    the very same problem to anyone.
+    """
+    latest = store.checkpoint()  # the log read afresh; the heads in memory are this checkpoint's
+    log = store.log
+    proof = log.head_proof(device)
+    if proof is None:
+        raise ExportFormatError(f"the lender's log holds nothing of device {device!r}")
+    size = latest.checkpoint.tree_size
+    entries = [BundleEntry(index, leaf, entry) for index, leaf, entry in log.device_entries(device, size, proof.head.count)]
+    warnings = []
+    for item in entries:
+        if item.entry is None:
+            warnings.append(f"entry {item.index} of {device}: the store no longer holds it (deleted after logging)")
+        elif leaf_hash(item.entry) != item.leaf:
+            warnings.append(f"entry {item.index} of {device}: the store holds other bytes than the log recorded "
+                            "(edited after logging)")
+    indices = [item.index for item in entries]
+    carried = {latest.checkpoint.tree_size: latest}
+    for index in (indices[0], indices[-1]):  # when the device's first and last entries were first signed
+        covering = log.first_checkpoint_covering(index)
+        if covering is not None:
+            carried.setdefault(covering.checkpoint.tree_size, covering)
+    checkpoints = [carried[s] for s in sorted(carried)]
+    consistency = [log.consistency_path(old.checkpoint.tree_size, new.checkpoint.tree_size)
+                   for old, new in zip(checkpoints, checkpoints[1:])]
+    document = build_bundle(device, log.identity.public_key, checkpoints, consistency, entries,
+                            log.multi_proof(indices, size), proof.head, proof.slot, proof.path)
+    return document, warnings
+
+
+def parse_lender_key(text: str) -> bytes:
+    """The lender's public key from 64 hex digits, or from a file holding them (as `lender key` prints)."""
+    candidate = text.strip()
+    if len(candidate) != 64:
+        try:
+            candidate = Path(text).read_text("utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ExportFormatError(f"--lender-key {text!r} is neither 64 hex digits nor a readable file: {exc}") from exc
+    try:
+        key = bytes.fromhex(candidate)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ExportFormatError("the lender's key is 64 hex digits (an Ed25519 public key, as `lender key` prints)")
+    return key
+
+
+def read_bundle(path: Path) -> object:
+    """The JSON document in `path` (a bundle, or something the caller will refuse as one)."""
+    try:
+        return json.loads(Path(path).read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ExportFormatError(f"{path} cannot be read as an evidence bundle (JSON): {exc}") from exc
+
+
+def verify_bundle_file(path: Path, lender_key: bytes, *, allow_gaps: bool) -> BundleReport:
+    """Verify the bundle in `path` against the pinned lender key (telemetry.bundle.verify_bundle)."""
+    try:
+        return verify_bundle(read_bundle(path), lender_key, allow_gaps=allow_gaps)
+    except BundleFormatError as exc:
+        raise ExportFormatError(f"{path}: {exc}") from exc
+
+
+def is_bundle(path: Path) -> bool:
+    """Whether `path` starts like a bundle (a JSON object naming the bundle format), read cheaply."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            head = handle.read(256)
+    except (OSError, UnicodeDecodeError):
+        return False
+    return head.lstrip().startswith("{") and BUNDLE_FORMAT in head

@@ -466,6 +466,9 @@ class SQLiteStore:
                 self.log.abandon()
             with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back by itself (disk full)
                 self._conn.execute("ROLLBACK")
+            if self._log_ready:
+                with contextlib.suppress(sqlite3.Error, StoreError):  # else it is read at the next transaction
+                    self.log.load()
             raise
         self._depth = 0
         try:
