@@ -63,8 +63,9 @@ def populate(data: Path, devices: int = DEVICES, per_device: int = PER_DEVICE, *
         lat, lon = 53.5 + (n % 100) / 100, 9.9 + (n // 100) / 100
         prev = b"\0" * 16
         alarm_seq, gap_seq = per_device - 3, min(per_device - 5, 42)
-        for seq in range(1, per_device + 1):
-            at = last - (per_device - seq) * 300
+        top = per_device + (2 if gap else 0)  # the two seqs a gap record explains are not stored: 10^6 all told
+        for seq in range(1, top + 1):
+            at = last - (top - seq) * 300
             digest = hashlib.sha256(f"{device}/{seq}".encode()).digest()[:16]
             if gap and seq in (gap_seq - 2, gap_seq - 1):
                 continue

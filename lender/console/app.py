@@ -55,7 +55,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from lender.console import drawing, views
-from lender.console.accounts import Accounts, Session, same_token
+from lender.console.accounts import LIFETIME_S, Accounts, Session, same_token
 from lender.console.metrics import CONTENT_TYPE, exposition, registry_for
 from lender.console.portfolio import STATES, Portfolio, read_site
 from lender.console.records import Ack, ConsoleRecords
@@ -493,7 +493,8 @@ async def events(request: Request, session: Session) -> Response:
     broadcaster.loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue(maxsize=64)
     broadcaster.queues.add(queue)
-    deadline = session.created_at + 12 * 3600
+    deadline = session.created_at + LIFETIME_S
+    token = request.cookies.get(SESSION_COOKIE)
 
     async def stream() -> AsyncIterator[str]:
         try:
@@ -502,6 +503,10 @@ async def events(request: Request, session: Session) -> Response:
                 try:
                     notice = await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_S)
                 except TimeoutError:
+                    # a stream lives no longer than its session: logout or a removed account ends it too
+                    alive = await run_in_threadpool(lambda: state.accounts().session(token, now=state.clock()))
+                    if alive is None:
+                        return
                     yield ": keep-alive\n\n"
                     continue
                 if notice is None:

@@ -152,3 +152,18 @@ def test_a_login_link_works_once_and_a_removed_user_is_out_at_once(console, pled
 def test_the_console_will_not_listen_beyond_loopback_without_being_told(pledged, bind):
     done = pledged.cli("web", "--bind", bind)
     assert done.returncode == 1 and "not a loopback address" in done.stderr
+
+
+def test_a_live_stream_ends_with_its_session(console, monkeypatch):
+    from lender.console import app
+
+    monkeypatch.setattr(app, "SSE_KEEPALIVE_S", 0.2)
+    client = log_in(console.url, "vera")
+    token = csrf_of(client)
+    with client.stream("GET", "/events", timeout=10) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        lines = stream.iter_lines()
+        assert next(lines).startswith("retry:")
+        assert client.post("/logout", data={"csrf": token}).status_code == 303
+        rest = list(lines)   # ends by itself once the session is gone
+    assert all(not line.startswith("event:") for line in rest)
