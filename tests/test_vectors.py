@@ -1,4 +1,5 @@
 """The shared wire-format vectors: the generator reproduces every committed byte, and every vector decodes to its description."""
+import base64
 import json
 from pathlib import Path
 
@@ -6,18 +7,23 @@ import pytest
 
 from telemetry import cbor
 from telemetry.ack import Ack
+from telemetry.bundle import verify_bundle
 from telemetry.clock import ClockStatement
 from telemetry.enrollment import REQUEST_AAD, EnrollmentRequest, EnrollmentResponse, binding_of, signer_verifies
 from telemetry.freshness import issue_token, token_genuine, token_time
 from telemetry.exc import EnrollmentFormatError
 from telemetry.envelope import decode as decode_envelope, verify
 from telemetry.identity import Identity
+from telemetry.logentry import EntryKind, LogEntry
+from telemetry.merkle import MerkleTree, leaf_hash
+from telemetry.receipt import Checkpoint, SignedCheckpoint, verify_consistency_receipt, verify_inclusion_receipt
 from telemetry.senml import records_from_cbor
 from tests.vectors.generate import build, record_json
 
 VECTORS = Path(__file__).parent / "vectors"
 NAMES = sorted(p.stem for p in VECTORS.glob("*.json"))
-KINDS = ("envelope", "gap", "senml", "cose", "ack", "clock", "enrollment-request", "enrollment-response", "token")
+KINDS = ("envelope", "gap", "senml", "cose", "ack", "clock", "enrollment-request", "enrollment-response", "token",
+         "log-entry", "checkpoint", "receipt", "bundle")
 
 
 def vectors_of(*kinds: str) -> list[str]:
@@ -78,7 +84,61 @@ def test_the_ack_vector_decodes_to_its_lists_for_its_batch(name):
     assert list(ack.stored) == description["stored"] and list(ack.already) == description["already"]
     assert [[r.index, r.reason, r.text] for r in ack.refused] == description["refused"]
     assert ack.token.hex() == description["token_hex"]
+    if "receipt" in description:  # a gateway's: it proves the envelope was logged, with the lender's key alone
+        shown = description["receipt"]
+        assert (ack.receipt.seq, ack.receipt.at) == (shown["seq"], shown["at_ms"])
+        ack.receipt.verify(shown["device"], bytes.fromhex(shown["envelope_hex"]), bytes.fromhex(description["public_key_hex"]))
+    if "checkpoint" in description:  # a node's: where its envelope is, and which checkpoint holds it
+        shown = description["checkpoint"]
+        assert (ack.checkpoint.index, ack.checkpoint.tree_size, ack.checkpoint.digest.hex()) == (
+            shown["index"], shown["tree_size"], shown["digest_hex"])
     assert ack.encode() == (VECTORS / f"{name}.cbor").read_bytes()
+
+
+@pytest.mark.parametrize("name", vectors_of("log-entry"))
+def test_each_log_entry_vector_has_one_encoding_and_its_leaf(name):
+    description = json.loads((VECTORS / f"{name}.json").read_text())
+    raw = (VECTORS / f"{name}.cbor").read_bytes()
+    entry = LogEntry.decode(raw)
+    assert entry.encode() == raw and leaf_hash(raw).hex() == description["leaf_hex"]
+    assert (entry.kind.name.lower(), entry.device, entry.at) == (
+        description["entry_kind"], description["device"], description["at_ms"])
+    if entry.kind is EntryKind.ENVELOPE:
+        assert entry.body.hex() == description["envelope_hex"]
+
+
+def test_the_checkpoint_vector_is_signed_by_the_lender_over_its_leaves():
+    description = json.loads((VECTORS / "log-checkpoint.json").read_text())
+    raw = (VECTORS / "log-checkpoint.cbor").read_bytes()
+    signed = SignedCheckpoint.decode(raw, bytes.fromhex(description["public_key_hex"]))
+    checkpoint = signed.checkpoint
+    assert (checkpoint.tree_size, checkpoint.time_ms, checkpoint.heads_size) == (
+        description["tree_size"], description["time_ms"], description["devices"])
+    assert checkpoint.root == MerkleTree(bytes.fromhex(h) for h in description["leaves_hex"]).root()
+    assert (checkpoint.root.hex(), checkpoint.heads_root.hex(), signed.digest.hex()) == (
+        description["root_hex"], description["heads_root_hex"], description["digest_hex"])
+
+
+@pytest.mark.parametrize("name", vectors_of("receipt"))
+def test_each_receipt_vector_proves_what_it_says_with_the_lenders_key(name):
+    description = json.loads((VECTORS / f"{name}.json").read_text())
+    raw = (VECTORS / f"{name}.cbor").read_bytes()
+    key = bytes.fromhex(description["public_key_hex"])
+    checkpoint = SignedCheckpoint.decode((VECTORS / "log-checkpoint.cbor").read_bytes(), key).checkpoint
+    if description["proof"] == "inclusion":
+        proven, index = verify_inclusion_receipt(raw, bytes.fromhex(description["entry_hex"]), key)
+        assert (index, proven.root) == (description["index"], checkpoint.root)
+    else:
+        old = Checkpoint(description["old_size"], bytes.fromhex(description["old_root_hex"]), 0, bytes(32), 0)
+        assert verify_consistency_receipt(raw, old, key).root == checkpoint.root
+
+
+def test_the_bundle_vector_verifies_with_the_lenders_key_alone():
+    description = json.loads((VECTORS / "bundle-gateway.json").read_text())
+    report = verify_bundle(description["document"], bytes.fromhex(description["public_key_hex"]))
+    assert report.ok, [f.detail for f in report.failures]
+    assert base64.b64decode(description["document"]["checkpoints"][-1]["cose_b64"]) == (
+        VECTORS / "bundle-gateway.cbor").read_bytes()
 
 
 @pytest.mark.parametrize("name", vectors_of("clock"))

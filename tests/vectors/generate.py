@@ -18,6 +18,7 @@ import nacl.public  # noqa: E402
 
 from telemetry import cbor  # noqa: E402
 from telemetry.ack import Ack, Reason, Refusal  # noqa: E402
+from telemetry.bundle import BundleEntry, build_bundle  # noqa: E402
 from telemetry.clock import ClockStatement  # noqa: E402
 from telemetry.cose import cose_sign1  # noqa: E402
 from telemetry.enrollment import (  # noqa: E402
@@ -31,6 +32,15 @@ from telemetry.enrollment import (  # noqa: E402
 from telemetry.envelope import GENESIS, Counters, Gap, seal  # noqa: E402
 from telemetry.freshness import issue_token  # noqa: E402
 from telemetry.identity import Identity  # noqa: E402
+from telemetry.logentry import (  # noqa: E402
+    DeviceHead,
+    EnrollmentEvidence,
+    EntryKind,
+    LogEntry,
+    Registration,
+)
+from telemetry.merkle import MerkleTree, leaf_hash  # noqa: E402
+from telemetry.receipt import Checkpoint, CheckpointReference, DeliveryReceipt, SignedCheckpoint  # noqa: E402
 from telemetry.senml import Record, pack_to_cbor  # noqa: E402
 
 # RFC 8032 §7.1 TEST 1 and TEST 2 keys: test keys only, never a device's.
@@ -154,6 +164,7 @@ def build() -> dict[str, tuple[dict, bytes]]:
     )
     vectors.update(contract_vectors(one, two, Identity(SEED_3)))
     vectors.update(version2_vectors(one, two, Identity(SEED_3)))
+    vectors.update(evidence_vectors(one, two, Identity(SEED_3)))
     return vectors
 
 
@@ -182,6 +193,89 @@ def version2_vectors(gateway: Identity, node: Identity, lender: Identity) -> dic
             counters=Counters(alarms=3, gaps=2), token=token),
         "lender-token": ({"kind": "token", "seed_hex": SEED_1.hex(), "public_key_hex": gateway.public_key.hex(),
                           "key_hex": TOKEN_KEY.hex(), "device": "gw-test-1", "lender_time": T0 + 100}, token),
+    }
+
+
+def evidence_vectors(gateway: Identity, node: Identity, lender: Identity) -> dict[str, tuple[dict, bytes]]:
+    """The lender's log (docs/evidence.md): entries, a signed checkpoint, receipts, the acks that carry them, a bundle.
+
+    A small log: gw-test-1 enrolled (the enrollment-request and -response
+    vectors, countersigned by the technician whose key is SEED_2), node-test-7
+    registered by hand, three version 2 envelopes of gw-test-1 and one of the
+    node, interleaved as they arrived.
+    """
+    asset = "loan-2026-117"
+    technician = node  # the enrollment-request vector's technician signs with SEED_2
+    request_vector = contract_vectors(gateway, technician, lender)
+    request, response = request_vector["enrollment-request"][1], request_vector["enrollment-response"][1]
+    binding = binding_of(lender.public_key, gateway.public_key, asset)
+    token = issue_token(TOKEN_KEY, "gw-test-1", T0 + 70)
+    prev, envelopes = GENESIS, []
+    for seq in (1, 2, 3):
+        envelope = seal(gateway, device="gw-test-1", boot=1, seq=seq, prev=prev,
+                        records=[Record("temp", value=4.0 + seq / 2, unit="Cel", time=T0 + 100 * seq)],
+                        counters=Counters(alarms=0, gaps=0), token=token, binding=binding)
+        prev = envelope.digest
+        envelopes.append(envelope)
+    node_envelope = seal(node, device="node-test-7", boot=1, seq=1, prev=GENESIS,
+                         records=[Record("temp", value=3.5, unit="Cel", time=T0 + 150)], counters=Counters(0, 0))
+    ms = 1000
+    entries = [
+        LogEntry(EntryKind.REGISTRATION, "gw-test-1", (T0 + 60) * ms, Registration(
+            gateway.public_key, asset, binding, EnrollmentEvidence(request, response, technician.public_key))),
+        LogEntry(EntryKind.REGISTRATION, "node-test-7", (T0 + 90) * ms, Registration(node.public_key, asset)),
+        LogEntry(EntryKind.ENVELOPE, "gw-test-1", (T0 + 101) * ms, envelopes[0].raw),
+        LogEntry(EntryKind.ENVELOPE, "gw-test-1", (T0 + 201) * ms, envelopes[1].raw),
+        LogEntry(EntryKind.ENVELOPE, "node-test-7", (T0 + 202) * ms, node_envelope.raw),
+        LogEntry(EntryKind.ENVELOPE, "gw-test-1", (T0 + 301) * ms, envelopes[2].raw),
+    ]
+    raws = [e.encode() for e in entries]
+    tree = MerkleTree(leaf_hash(raw) for raw in raws)
+    heads = {"gw-test-1": DeviceHead("gw-test-1", 4, 5, 3), "node-test-7": DeviceHead("node-test-7", 2, 4, 1)}
+    heads_tree = MerkleTree(h.leaf for h in heads.values())
+    first = SignedCheckpoint.sign(Checkpoint(1, tree.root(1), (T0 + 60) * ms, MerkleTree(
+        [DeviceHead("gw-test-1", 1, 0, None).leaf]).root(), 1), lender)
+    latest = SignedCheckpoint.sign(Checkpoint(6, tree.root(), (T0 + 302) * ms, heads_tree.root(), 2), lender)
+    mine = [0, 2, 3, 5]
+    document = build_bundle("gw-test-1", lender.public_key, [first, latest], [tree.consistency_path(1)],
+                            [BundleEntry(i, tree.leaf(i), raws[i]) for i in mine], tree.multi_proof(mine),
+                            heads["gw-test-1"], 0, heads_tree.inclusion_path(0))
+    signer = {"seed_hex": SEED_3.hex(), "public_key_hex": lender.public_key.hex()}
+    receipt = latest.inclusion_receipt(5, tree.inclusion_path(5))
+    ack = Ack(stored=(3,), token=issue_token(TOKEN_KEY, "gw-test-1", T0 + 302),
+              receipt=DeliveryReceipt(3, (T0 + 301) * ms, receipt))
+    node_ack = Ack(stored=(1,), token=issue_token(TOKEN_KEY, "node-test-7", T0 + 202),
+                   checkpoint=CheckpointReference(4, 6, latest.digest))
+    return {
+        "log-entry-envelope": ({"kind": "log-entry", **signer, "entry_kind": "envelope", "device": "gw-test-1",
+                                "at_ms": entries[2].at, "envelope_hex": envelopes[0].raw.hex(),
+                                "leaf_hex": tree.leaf(2).hex()}, raws[2]),
+        "log-entry-registration": ({"kind": "log-entry", **signer, "entry_kind": "registration",
+                                    "device": "gw-test-1", "at_ms": entries[0].at, "asset": asset,
+                                    "binding_hex": binding.hex(), "technician_public_key_hex": technician.public_key.hex(),
+                                    "leaf_hex": tree.leaf(0).hex()}, raws[0]),
+        "log-checkpoint": ({"kind": "checkpoint", **signer, "tree_size": 6, "root_hex": tree.root().hex(),
+                            "time_ms": latest.checkpoint.time_ms, "heads_root_hex": heads_tree.root().hex(),
+                            "devices": 2, "leaves_hex": [tree.leaf(i).hex() for i in range(6)],
+                            "digest_hex": latest.digest.hex()}, latest.encode()),
+        "log-receipt-inclusion": ({"kind": "receipt", **signer, "proof": "inclusion", "index": 5, "tree_size": 6,
+                                   "entry_hex": raws[5].hex(), "path_hex": [h.hex() for h in tree.inclusion_path(5)]},
+                                  receipt),
+        "log-receipt-consistency": ({"kind": "receipt", **signer, "proof": "consistency", "old_size": 1,
+                                     "old_root_hex": tree.root(1).hex(), "tree_size": 6,
+                                     "path_hex": [h.hex() for h in tree.consistency_path(1)]},
+                                    latest.consistency_receipt(1, tree.consistency_path(1))),
+        "ack-receipt": ({"kind": "ack", **signer, "batch_seqs": [3], "stored": [3], "already": [], "refused": [],
+                         "token_hex": ack.token.hex(), "receipt": {"seq": 3, "at_ms": (T0 + 301) * ms,
+                                                                   "envelope_hex": envelopes[2].raw.hex(),
+                                                                   "device": "gw-test-1"}}, ack.encode()),
+        "ack-node-checkpoint": ({"kind": "ack", **signer, "batch_seqs": [1], "stored": [1], "already": [],
+                                 "refused": [], "token_hex": node_ack.token.hex(),
+                                 "checkpoint": {"index": 4, "tree_size": 6, "digest_hex": latest.digest.hex()}},
+                                node_ack.encode()),
+        "bundle-gateway": ({"kind": "bundle", **signer, "device": "gw-test-1",
+                            "note": "the .cbor file is the checkpoint the bundle's entries are proven against",
+                            "document": document}, latest.encode()),
     }
 
 
