@@ -113,8 +113,10 @@ def rows_of(statuses: Iterable[AssetStatus], heartbeat_s: float, facts: SiteFact
         if gateway is not None and status is not gateway:
             alarms = tuple(sorted(alarms + gateway.open_alarms, key=lambda a: a.seq))
         name = status.asset if status is not gateway else (registered_asset or status.device)
+        # a device that never signed a manifest: what the site record says the asset is
+        kind = status.kind if status is not gateway else facts.asset(name).get("kind", status.kind)
         out.append(Row(
-            device=status.device, asset=name, kind=status.kind, site=facts.site or (registered_asset or ""),
+            device=status.device, asset=name, kind=str(kind), site=facts.site or (registered_asset or ""),
             borrower=facts.borrower, state=_state(status, alarms), last_seen=status.last_seen,
             last_seq=status.last_seq, heartbeat_s=heartbeat_s, last_reading=status.last_reading,
             open_alarms=alarms, risks=status.risks, revoked=revoked, sensors=status.sensors,
