@@ -9,7 +9,8 @@ Routes (docs/lender-console.md has the JSON API in full):
 | ``GET /`` | viewer | the portfolio (filters: ``state``, ``site``, ``borrower``, ``q``, ``offset``) |
 | ``GET /portfolio/rows`` | viewer | the portfolio's table alone (what live updates fetch) |
 | ``GET /assets/<device>/<asset>`` (+ ``/live``) | viewer | one asset |
-| ``GET /devices/<device>/evidence.jsonl`` | viewer | the device's evidence export (lender.evidence.export) |
+| ``GET /devices/<device>/evidence.bundle.json`` | viewer | the device's evidence bundle (lender.evidence.export) |
+| ``GET /devices/<device>/evidence.jsonl`` | viewer | the device's evidence export, one row per envelope |
 | ``POST /alarms/ack``, ``POST /gaps/review`` | operator | acknowledge an alarm / review a gap record, with a note |
 | ``GET /admin`` | admin | accounts and the audit log |
 | ``GET /events`` | viewer | server-sent events: ``portfolio`` and ``device-<id>`` when they change |
@@ -61,9 +62,10 @@ from lender.console.portfolio import STATES, Portfolio, read_site
 from lender.console.records import Ack, ConsoleRecords
 from lender.console.webhooks import Outbox
 from lender.evidence.alarms import alarm_events, open_alarms
-from lender.evidence.export import export_rows
+from lender.evidence.export import export_bundle, export_rows
 from lender.evidence.registry import iso_time
 from lender.evidence.store import Review, SQLiteStore
+from lender.exc import ExportFormatError
 
 log = logging.getLogger(__name__)
 
@@ -396,6 +398,27 @@ async def evidence(request: Request, session: Session) -> Response:
         "Content-Disposition": f'attachment; filename="{device}.jsonl"'})
 
 
+@requires("viewer")
+async def evidence_bundle(request: Request, session: Session) -> Response:
+    """The device's self-contained evidence bundle (lender.evidence.export.export_bundle): its whole record in the
+    lender's log with the proofs, checked by `pledgewatch lender verify FILE --lender-key KEY` alone."""
+    state: ConsoleState = request.app.state.console
+    device = request.path_params["device"]
+
+    def build() -> tuple[dict, list[str]]:
+        try:
+            return export_bundle(state.store(), device)
+        except ExportFormatError as exc:
+            raise Refusal(404, str(exc)) from exc
+
+    document, warnings = await run_in_threadpool(build)
+    state.records().audit(session.user.name, "export-bundle", device,
+                          f"{len(document['entries'])} log entries" + "".join(f"; WARNING {w}" for w in warnings),
+                          at=state.clock())
+    return Response((json.dumps(document, indent=1) + "\n").encode("utf-8"), media_type="application/json",
+                    headers={"Content-Disposition": f'attachment; filename="{device}.bundle.json"'})
+
+
 # --- actions -------------------------------------------------------------------------------------
 
 async def _fields(request: Request) -> dict:
@@ -609,6 +632,7 @@ def create_app(state: ConsoleState) -> Starlette:
         Route("/assets/{device}/{asset}", asset_page, methods=["GET"]),
         Route("/assets/{device}/{asset}/live", asset_live, methods=["GET"]),
         Route("/devices/{device}/evidence.jsonl", evidence, methods=["GET"]),
+        Route("/devices/{device}/evidence.bundle.json", evidence_bundle, methods=["GET"]),
         Route("/alarms/ack", acknowledge, methods=["POST"]),
         Route("/gaps/review", review_gap, methods=["POST"]),
         Route("/admin", admin, methods=["GET"]),

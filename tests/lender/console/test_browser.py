@@ -9,6 +9,8 @@ reports/hil/): look at them.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,12 @@ def expect(locator):
     return playwright_expect(locator)
 
 
+def lender_key(pledged) -> str:
+    from lender.enrollment.technicians import lender_identity
+
+    return lender_identity(pledged.data_dir).public_key.hex()
+
+
 def log_in(page, console, name: str) -> None:
     page.goto(f"{console.url}/")
     assert "/login" in page.url
@@ -67,7 +75,8 @@ def log_in(page, console, name: str) -> None:
     page.wait_for_selector("table.portfolio")
 
 
-def test_an_operator_reads_the_portfolio_acknowledges_an_alarm_and_sees_a_new_one_arrive_live(page, console, pledged):
+def test_an_operator_reads_the_portfolio_acknowledges_an_alarm_and_sees_a_new_one_arrive_live(page, console, pledged,
+                                                                                            tmp_path):
     log_in(page, console, "otto")
     rows = page.locator("table.portfolio tbody tr")
     assert rows.count() == 4
@@ -100,6 +109,15 @@ def test_an_operator_reads_the_portfolio_acknowledges_an_alarm_and_sees_a_new_on
     shot(page, "asset-acknowledged")
     with page.expect_download() as download:
         page.click("a.download")
+    assert download.value.suggested_filename == "gw-cold.bundle.json"
+    bundle = tmp_path / "gw-cold.bundle.json"
+    download.value.save_as(bundle)
+    verified = subprocess.run([sys.executable, "-m", "pledgewatch", "lender", "verify", str(bundle), "--lender-key",
+                               lender_key(pledged)], capture_output=True, text=True, timeout=60)
+    # the bundle is the log's own: its proofs check against the lender's key alone
+    assert "ok   proof: all" in verified.stdout and "ok   checkpoint:" in verified.stdout, verified.stdout
+    with page.expect_download() as download:
+        page.click("a.download-rows")
     assert download.value.suggested_filename == "gw-cold.jsonl"
 
     page.goto(f"{console.url}/")
