@@ -28,7 +28,12 @@ second) as its error. It ranks above all the others: while the agent holds one
 `lender_tolerance_s` plus that error is overruled, and the trusted wall time
 is the lender's carried forward on the monotonic clock (source "lender"). So
 a gateway clock set to 10:00 while a door opens at 03:00 does not make the
-opening look permitted.
+opening look permitted. Nor does it after a restart with the uplink cut: the
+lender's time is not kept across restarts (the monotonic instant it was taken
+at means nothing to the next run), so a device that holds a lender token but
+has had no lender time since it started says so (`Instant.awaiting_lender`),
+and the access-hours rule permits nothing until an ack brings the lender's
+time again (the borrower runs the NTP server, the GNSS antenna and the cell).
 
     {1: synced (bool), 2: source ("ntp" | "gnss" | "modem" | "lender" | "none"),
      3: uptime in milliseconds (uint, CLOCK_BOOTTIME), ? 4: the system clock in
@@ -82,6 +87,9 @@ class Instant:
     synced: bool
     source: str = "none"
     offset: float = 0.0   # trusted wall time minus the system clock (non-zero when a reference overrules it)
+    # The device holds a lender token (it has heard the lender) but has had no lender time since it started, or
+    # not within the holdover: the wall time is an unauthenticated source's alone, which may permit nothing.
+    awaiting_lender: bool = False
 
     @property
     def trusted_wall(self) -> float | None:
@@ -202,7 +210,16 @@ class TrustedClock:
         self._kernel: tuple[float, bool] | None = None  # (checked at, answer)
         self._references: dict[str, Reference] = {}
         self._lender: Reference | None = None
+        self._token_held = False
         self._last_source: str | None = None
+
+    def hold_token(self) -> None:
+        """The device holds a lender token (agent.freshness, from its file at start): only lender time may permit.
+
+        Until an ack brings the lender's time in this run (or after it is past
+        its holdover), every `Instant` says `awaiting_lender`.
+        """
+        self._token_held = True
 
     def reference(self, source: str, utc: float | datetime, *, age_s: float = 0.0) -> bool:
         """A GNSS or modem time reading, `age_s` seconds old; False (and ignored) if it is not plausible.
@@ -231,6 +248,7 @@ class TrustedClock:
             return False
         half = (1.0 + round_trip) / 2
         self._lender = Reference(LENDER, float(utc) + half, self._monotonic(), half)
+        self._token_held = True
         return True
 
     def _kernel_answer(self, mono: float) -> bool:
@@ -273,7 +291,7 @@ class TrustedClock:
         chosen = self._unauthenticated(mono, wall)
         lender = self._carried(self._lender, mono)
         if lender is None:
-            return chosen
+            return dataclasses.replace(chosen, awaiting_lender=True) if self._token_held else chosen
         if chosen.synced and abs(chosen.wall - lender) <= self.lender_tolerance_s + 2 * self._lender.error:
             return chosen
         if chosen.synced and self._last_source != LENDER:

@@ -34,6 +34,8 @@ class LenderTokens:
         self.path = Path(path)
         self._clock = clock
         self.token: bytes | None = self._load()
+        if self.token is not None and clock is not None:
+            clock.hold_token()  # a device that has heard the lender waits for its time before permitting access
 
     def _load(self) -> bytes | None:
         try:

@@ -25,7 +25,9 @@ Each alarm is latched: it is raised once and cleared once, never raised twice
 without a clear in between. Inside permitted hours an opened door or tamper
 contact is an *event* (`event.door.<asset>` opened/closed), not an alarm.
 Access hours need a trusted wall clock: while the clock is unsynchronized
-every hour counts as outside permitted hours (an opening is an alarm).
+every hour counts as outside permitted hours (an opening is an alarm), and so
+does it while a device that holds a lender token has had no lender time since
+it started (agent.clock: the borrower's NTP cannot permit an opening).
 """
 from __future__ import annotations
 
@@ -67,6 +69,13 @@ def sensor_specs(configs: Iterable[Any], kinds: Mapping[type, str]) -> tuple[Sen
 
 
 # --- what the engine emits ---------------------------------------------------------------------
+
+def _unproven(instant: Instant) -> str:
+    """Why the time of an alarm could not prove permission, for its detail ('' when the clock was trusted)."""
+    if not instant.synced:
+        return " (clock unsynchronized)"
+    return " (no lender time since the agent started)" if instant.awaiting_lender else ""
+
 
 def _times(instant: Instant) -> float | None:
     return instant.trusted_wall
@@ -335,7 +344,7 @@ class RulesEngine:
 
     def _permitted(self, asset: str, instant: Instant) -> bool:
         found = self._by_name.get(asset)
-        if found is None or not instant.synced:
+        if found is None or not instant.synced or instant.awaiting_lender:
             return False  # the gateway has no access hours; an untrusted clock cannot prove permission
         return found.access.permits(instant.wall)
 
@@ -448,7 +457,7 @@ class RulesEngine:
                 latch = self._latch(kind, asset)
                 if is_open and not self._permitted(asset, instant):
                     out += latch.activate(sensor, instant, detail=f"{sensor} opened outside permitted hours"
-                                          + ("" if instant.synced else " (clock unsynchronized)"))
+                                          + _unproven(instant))
                 elif is_open and was_open is not True:
                     out.append(AccessEvent(kind, asset, "opened", instant, (sensor,)))
                 elif not is_open:

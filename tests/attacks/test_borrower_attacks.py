@@ -130,6 +130,22 @@ def test_a_gateway_clock_set_wrong_neither_permits_a_night_opening_nor_dates_evi
     assert {r["seq"] for r in clock} >= {r["seq"] for r in permitted}, (clock, permitted)
 
 
+def test_a_clock_set_wrong_across_a_restart_with_the_uplink_cut_does_not_permit_a_night_opening(site, gateway):
+    """The gateway holds a lender token; the borrower cuts the uplink, sets the clock into the access hours, restarts."""
+    gateway.wait_token()
+    gateway.stop()
+    site.network.partition()               # no ack this run: the lender's time must come from what the gateway holds
+    gateway.start(clock_offset_s=12 * 3600, kernel_synced=True)
+    gateway.door(True)
+    opened = gateway.wait(lambda: [(seq, name, value) for seq, name, value in gateway.spooled_records()
+                                   if name in (DOOR_ALARM, f"event.door.{STOCK}")],
+                          what="the opening signed and spooled")
+    assert opened[0][1:] == (DOOR_ALARM, "raised"), f"the opening looked permitted: {opened}"
+    site.network.heal()
+    gateway.wait_delivered()
+    assert DOOR_ALARM in open_alarm_names(site.status())
+
+
 def test_rules_edited_in_agent_toml_are_named_and_the_lender_judges_the_readings_itself(site):
     gw = site.provision()
     gw.edit_config(lambda text: text.replace("high = 8.0", "high = 40.0"))   # warm stock never alarms now

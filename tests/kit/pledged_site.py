@@ -46,6 +46,7 @@ from hil.sim.onewire import OneWireTree
 from lender.enrollment.technicians import TechnicianRegistry, lender_identity
 from pledgewatch.cli import main as pledgewatch_main
 from provisioning.technician import init_profile
+from telemetry.envelope import decode
 
 ASSET = "asset-7781"
 STOCK = "cold-store"          # the [[assets]] entry the agent's rules judge
@@ -185,6 +186,16 @@ class Gateway:
             return []
         with _read_only(self.spool_file) as conn:
             return [seq for seq, in conn.execute("SELECT seq FROM alarm ORDER BY seq")]
+
+    def spooled_records(self) -> list[tuple[int, str, object]]:
+        """(seq, name, value) of every record in the spool's envelopes, by seq (read-only; the agent may run)."""
+        if not self.spool_file.exists():
+            return []
+        with _read_only(self.spool_file) as conn:
+            raws = [raw for raw, in conn.execute("SELECT raw FROM alarm UNION ALL SELECT raw FROM routine")]
+        envelopes = sorted((decode(raw) for raw in raws), key=lambda e: e.seq)
+        return [(e.seq, r.name, next((v for v in (r.string, r.value, r.boolean) if v is not None), None))
+                for e in envelopes for r in e.records]
 
     def delete_spool(self) -> None:
         """What the borrower does with root: the spool database and its WAL gone (the agent stopped)."""
