@@ -15,6 +15,7 @@
     verify     re-verify an export with the devices' keys, or a bundle with only the lender's key
     key        the lender's public key: what a third party pins
     checkpoint the latest signed checkpoint of the lender's log
+    receipt    a COSE receipt that the lender logged one envelope (for a node's owner, or anyone it concerns)
     prove-consistency  prove the log only grew since an older checkpoint, auditing it against the evidence
     alarms     alarms raised and cleared, per asset, and the lender's own (risks)
     status     per asset: last seen, last verified reading, open alarms, gaps, risks
@@ -80,6 +81,7 @@ from lender.exc import (
 from telemetry.alarms import GATEWAY
 from telemetry.envelope import Reason
 from telemetry.exc import WireFormatError
+from telemetry.logentry import envelope_entry
 from telemetry.merkle import verify_consistency
 from telemetry.receipt import SignedCheckpoint
 
@@ -151,6 +153,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p = command("checkpoint", _checkpoint, "print the latest signed checkpoint of the lender's log")
     p.add_argument("--json", action="store_true",
                    help="one JSON object: tree_size, root_hex, time, time_ms, devices, heads_root_hex, cose_b64")
+
+    p = command("receipt", _receipt, "a COSE receipt (RFC 9942) that the lender logged an envelope, with its entry")
+    p.add_argument("--device", required=True)
+    p.add_argument("--seq", required=True, type=int)
 
     p = command("prove-consistency", _prove_consistency,
                 "prove the lender's log only grew since an older checkpoint, after auditing it against the evidence")
@@ -560,6 +566,23 @@ def _checkpoint(args: argparse.Namespace) -> int:
     print(f"tree size   {shown['tree_size']} entries\nroot        {shown['root_hex']}\ntime        {shown['time']}\n"
           f"devices     {shown['devices']} (heads root {shown['heads_root_hex']})\nlender key  {shown['lender_key_hex']}\n"
           f"signed      {shown['cose_b64']}")
+    return 0
+
+
+def _receipt(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        store.checkpoint()  # the latest head, signed if need be
+        receipt = store.delivery_receipt(args.device, args.seq)
+        envelope = store.envelope(args.device, args.seq)
+        key = store.log.identity.public_key
+    if receipt is None or envelope is None:
+        print(f"pledgewatch lender receipt: {args.device} seq {args.seq} is not in the lender's log", file=sys.stderr)
+        return 1
+    checkpoint, index = receipt.verify(args.device, envelope.raw, key)
+    print(json.dumps({"device": args.device, "seq": args.seq, "index": index, "at_ms": receipt.at,
+                      "tree_size": checkpoint.tree_size, "root_hex": checkpoint.root.hex(), "lender_key_hex": key.hex(),
+                      "entry_b64": base64.b64encode(envelope_entry(args.device, receipt.at, envelope.raw)).decode(),
+                      "receipt_b64": base64.b64encode(receipt.receipt).decode()}))
     return 0
 
 
