@@ -150,7 +150,7 @@ def _manifest(store: SQLiteStore, device: str) -> dict[str, tuple[str, tuple[str
 def state_of(last_seen: float | None, alarms: tuple, risks: tuple[Risk, ...]) -> str:
     """OK only with data, no open alarm and no risk; GAPS when the only risks are gaps."""
     if last_seen is None:
-        return "NO DATA"
+        return "RISK" if risks else "NO DATA"  # a key refused for another binding, a device never heard from
     if alarms:
         return "ALARM"
     if any(r.kind != "gap" for r in risks):
