@@ -178,7 +178,7 @@ def test_the_same_device_key_at_a_second_lender_is_refused_there_and_named(site,
         gateway.wait(lambda: site.status(data=other.data)[0]["risks"], what="the second lender to judge gw-0001")
         status = site.status(data=other.data)
         gateway.stop()
-    assert states(status) == {"NO DATA"}    # nothing of gw-0001 is stored there: every envelope was refused
+    assert states(status) == {"RISK"}    # nothing of gw-0001 is stored there (every envelope was refused): a risk, not OK
     binding, = risks_of(status, "binding")
     assert "bound to another enrollment" in binding["detail"]
     assert {reason for _, reason in gateway.refused()} == {Reason.BINDING}
