@@ -167,7 +167,7 @@ class EvidenceLog:
         self._heads: dict[str, DeviceHead] = {}
         self._slots: dict[str, int] = {}
         self._heads_tree = MerkleTree()
-        self._touched: set[str] = set()
+        self._touched: dict[str, list] = {}       # device -> [entries appended, last index, highest seq] since the seal
         self._appended = False
         self._rows: list[tuple] = []               # log_entries rows not written yet (one executemany per seal)
         self.latest: SignedCheckpoint | None = None
@@ -197,8 +197,9 @@ class EvidenceLog:
         if not self._appended:
             return None
         self._flush()
-        for device in sorted(self._touched):
-            head = self._heads[device]
+        for device, (count, last, seq) in sorted(self._touched.items()):
+            head = self._heads.get(device) or DeviceHead(device, 0, last, None)
+            head = self._heads[device] = DeviceHead(device, head.count + count, last, head.after(last, seq).max_seq)
             slot = self._slots.get(device)
             if slot is None:
                 slot = self._slots[device] = self._heads_tree.append(head.leaf)
@@ -266,9 +267,14 @@ class EvidenceLog:
             if level and level % STRIDE == 0:
                 self._conn.execute("INSERT INTO log_nodes (level, idx, hash) VALUES (?, ?, ?)", (level, position, node))
         self.size = index + 1
-        head = self._heads.get(device) or DeviceHead(device, 0, index, None)
-        self._heads[device] = head.after(index, seq)
-        self._touched.add(device)
+        pending = self._touched.get(device)
+        if pending is None:
+            self._touched[device] = [1, index, seq]
+        else:
+            pending[0] += 1
+            pending[1] = index
+            if seq is not None and (pending[2] is None or seq > pending[2]):
+                pending[2] = seq
         self._appended = True
         return index
 
