@@ -80,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     rules = RulesEngine(config.assets, sensor_specs(config.sensors, kinds), config.rules, start=clock.now(),
                         restore=rules_state.load())
     agent = Agent(device=config.device.id, identity=identity, spool=spool, state=state, sensors=sensors,
-                  uplink=Uplink(config.uplink, spool, tokens=tokens), rules=rules, trusted_clock=clock,
+                  uplink=Uplink(config.uplink, spool, tokens=tokens, receipts=state), rules=rules, trusted_clock=clock,
                   rules_state=rules_state, modem_health=modem_health, tokens=tokens,
                   binding=config.device.binding_bytes, heartbeat_s=config.uplink.heartbeat_s,
                   rules_digest=config.rules_digest)

@@ -3,7 +3,8 @@
 What lives here is small and rarely written: the boot counter, the seq
 ceiling (the highest seq the agent has reserved), the counters ceiling (the
 highest signed alarm and gap counters that may have been used), the acked
-watermark, the chain head at the last checkpoint, the clean-shutdown flag, the
+watermark, the chain head at the last checkpoint, the latest receipt from the
+lender (with the envelope it proves), the clean-shutdown flag, the
 newest lender token and a snapshot of the configuration. TinyDB suits that (ARCHITECTURE.md); the envelopes
 themselves live in the SQLite spool (agent.spool).
 
@@ -22,6 +23,7 @@ watermark) refuse to go backwards (`StateValueError`).
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -37,6 +39,7 @@ from tinydb.table import Document
 
 from agent.exc import StateCorruptError, StateUnavailableError, StateValueError
 from durable.files import atomic_write, fsync_dir
+from telemetry.receipt import DeliveryReceipt
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +254,29 @@ class AgentState:
             raise StateValueError(f"chain head seq {seq} is below the recorded {current[0]}")
         self._put(chain_head={"seq": seq, "digest": bytes(digest).hex()})
 
+    @property
+    def latest_receipt(self) -> tuple[DeliveryReceipt, bytes] | None:
+        """The newest receipt the lender gave (telemetry.receipt) and the bytes of the envelope it proves."""
+        kept = self._values.get("receipt")
+        if not kept:
+            return None
+        return (DeliveryReceipt(kept["seq"], kept["at"], base64.b64decode(kept["receipt"])),
+                base64.b64decode(kept["envelope"]))
+
+    def keep_receipt(self, receipt: DeliveryReceipt, envelope: bytes) -> bool:
+        """Keep `receipt` (for `envelope`, its seq's bytes) if it is for a later seq than the one kept; True if kept.
+
+        One receipt suffices: it proves the lender logged this envelope, and
+        the chain links every earlier one to it.
+        """
+        current = self._values.get("receipt")
+        if current and receipt.seq <= current["seq"]:
+            return False
+        self._put(receipt={"seq": receipt.seq, "at": receipt.at,
+                           "receipt": base64.b64encode(receipt.receipt).decode("ascii"),
+                           "envelope": base64.b64encode(bytes(envelope)).decode("ascii")})
+        return True
+
     # --- configuration snapshot ----------------------------------------------
 
     @property
@@ -300,6 +326,16 @@ def _validate(tables: dict) -> None:
             valid = False
         if not valid:
             raise StateCorruptError("chain_head is malformed")
+    receipt = doc.get("receipt")
+    if receipt is not None:
+        try:
+            valid = (type(receipt["seq"]) is int and type(receipt["at"]) is int
+                     and base64.b64decode(receipt["receipt"], validate=True)
+                     and base64.b64decode(receipt["envelope"], validate=True))
+        except (TypeError, KeyError, ValueError):
+            valid = False
+        if not valid:
+            raise StateCorruptError("the kept receipt is malformed")
     config = tables.get(_CONFIG, {}).get(str(_DOC))
     if config is not None and not (isinstance(config, dict) and isinstance(config.get("snapshot"), dict)):
         raise StateCorruptError("the config snapshot is malformed")

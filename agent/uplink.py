@@ -11,8 +11,12 @@ error. A fresh lender token in the ack (key 4) goes to the agent's
 `LenderTokens` with the exchange's round trip (agent.freshness): envelopes
 signed after carry it, and the trusted clock takes its time. Routine batches
 go at least every `heartbeat_s` (the lender calls a device silent after a few
-heartbeats without an envelope), however long `batch_interval` is.
-``docs/transport.md`` is the normative description.
+heartbeats without an envelope), however long `batch_interval` is. A
+receipt in the ack (key 5, the lender logged the batch's newest envelope)
+goes with that envelope's bytes to a `ReceiptSink` (agent.state keeps the
+latest beside the chain head): with the lender's public key it proves
+delivery even if the lender's store is lost. ``docs/transport.md`` is the
+normative description.
 
 Pure policy (the backoff, batch fitting, ack parsing, what to do with each
 answer) is plain code; `Uplink` is the asyncio edge that talks aiocoap. The
@@ -44,6 +48,7 @@ from telemetry import cbor
 from telemetry.exc import AckFormatError
 from telemetry.ack import MAX_REASON_TEXT, Ack, Reason, Refusal
 from telemetry.manifest import DEFAULT_HEARTBEAT_S
+from telemetry.receipt import DeliveryReceipt
 from telemetry.numbers import CONTENT_FORMAT_CBOR, PATH_TELEMETRY
 
 log = logging.getLogger(__name__)
@@ -195,6 +200,12 @@ class TokenSink(Protocol):
     def offer(self, token: bytes, *, round_trip: float) -> bool: ...
 
 
+class ReceiptSink(Protocol):
+    """Where the lender's receipts go, with the bytes of the envelope each proves (agent.state.AgentState)."""
+
+    def keep_receipt(self, receipt: DeliveryReceipt, envelope: bytes) -> bool: ...
+
+
 def _bstr_overhead(length: int) -> int:
     return 1 if length < 24 else 2 if length < 0x100 else 3 if length < 0x10000 else 5
 
@@ -259,6 +270,7 @@ class Uplink:
         spool: SpoolLike,
         *,
         tokens: TokenSink | None = None,
+        receipts: ReceiptSink | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         random: Callable[[], float] = random_module.random,
@@ -266,6 +278,7 @@ class Uplink:
         self.config = config
         self.spool = spool
         self.tokens = tokens
+        self.receipts = receipts
         self.backoff = Backoff(config.backoff_initial, config.backoff_cap, random)
         self.byte_cap = config.max_batch_bytes
         self.count_cap = config.max_batch_count
@@ -387,6 +400,10 @@ class Uplink:
                 return Exchange(Result.FAILED, seqs, detail=f"malformed ack, nothing deleted: {exc}")
             if ack.token is not None and self.tokens is not None:
                 self.tokens.offer(ack.token, round_trip=round_trip)
+            if ack.receipt is not None and self.receipts is not None:
+                proven = next((item.raw for item in batch if item.seq == ack.receipt.seq), None)
+                if proven is not None:  # a receipt for a seq it was not sent proves nothing the agent can keep
+                    self.receipts.keep_receipt(ack.receipt, proven)
             if ack.foreign:
                 log.warning("uplink: lender acked seqs it was not sent (ignored): %s", sorted(ack.foreign)[:20])
             deleted = self.spool.ack(ack.delete) if ack.delete else 0
