@@ -413,12 +413,15 @@ def _seq(raw: bytes) -> int | None:
 def _registration(device: str, index: int, entry: LogEntry, lender_key: bytes, report: BundleReport) -> _Enrolled:
     body: Registration = entry.body
     if body.enrollment is None:
-        if body.binding is not None:
-            report.fail("enrollment", f"entry {index}: {device}'s registration names a binding without the enrollment "
-                                      "that made it", index)
-        else:
+        if body.binding is None:
             report.note("enrollment", f"{device} was registered by the lender's staff (no technician-countersigned "
                                       "enrollment): its key rests on the lender's log alone", index)
+        elif body.binding != binding_of(lender_key, body.public_key, body.asset):
+            report.fail("enrollment", f"entry {index}: {device}'s registration names binding {body.binding.hex()}, "
+                                      "which is not this lender's for this key and asset", index)
+        else:  # logged when a store from before the log was upgraded: the request and response stayed in files
+            report.note("enrollment", f"{device} is bound to this lender for asset {body.asset}, but the log holds no "
+                                      "enrollment request: its key rests on the lender's log alone", index)
         return _Enrolled(body.public_key, body.asset, body.binding)
     binding = _checked_enrollment(device, index, body.enrollment, body.public_key, body.asset, body.binding,
                                   lender_key, report)

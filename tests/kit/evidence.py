@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 from lender.enrollment.desk import EnrollmentDesk
@@ -38,14 +39,18 @@ class EvidenceLender:
     def __init__(self, data_dir: Path, *, now: float = START) -> None:
         self.data_dir = data_dir
         self.now = now
-        self.store = SQLiteStore.open(data_dir)
-        self.ingest = Ingest(self.store, clock=lambda: self.now, token_key=token_key(data_dir))
         self.technician = Identity.generate()
         TechnicianRegistry(data_dir).add(TECHNICIAN, self.technician.public_key, "Ana", now=now)
         sites = data_dir / "enroll" / "sites"
         sites.mkdir(parents=True, exist_ok=True)
         (sites / f"{ASSET}.toml").write_text(SITE_RECORD, "utf-8")
-        self.desk = EnrollmentDesk(data_dir, self.store, clock=lambda: self.now)
+        self.open()
+
+    def open(self) -> None:
+        """(Re)start the lender on its data directory: the store (migrated if it is older), ingest, the desk."""
+        self.store = SQLiteStore.open(self.data_dir)
+        self.ingest = Ingest(self.store, clock=lambda: self.now, token_key=token_key(self.data_dir))
+        self.desk = EnrollmentDesk(self.data_dir, self.store, clock=lambda: self.now)
 
     @property
     def key(self) -> bytes:
@@ -105,3 +110,16 @@ class EvidenceLender:
         code, out, err = self.cli("verify", path, "--lender-key", self.key.hex(), "--json", *extra)
         assert out, err
         return code, json.loads(out)
+
+
+def downgrade_to_schema_2(data_dir: Path) -> None:
+    """Take a closed lender store back to schema 2, as a lender had it before the log (no log tables, no index)."""
+    conn = sqlite3.connect(data_dir / "lender.sqlite3")
+    try:
+        for table in ("log_entries", "log_nodes", "log_heads", "log_checkpoints"):
+            conn.execute(f"DROP TABLE {table}")
+        conn.execute("ALTER TABLE envelopes DROP COLUMN log_index")
+        conn.execute("PRAGMA user_version = 2")
+        conn.commit()
+    finally:
+        conn.close()

@@ -16,7 +16,7 @@ from telemetry.identity import Identity
 from telemetry.logentry import EntryKind, LogEntry, Registration, envelope_entry
 from telemetry.merkle import leaf_hash
 from telemetry.receipt import SignedCheckpoint, verify_consistency_receipt
-from tests.kit.evidence import EvidenceLender
+from tests.kit.evidence import EvidenceLender, downgrade_to_schema_2
 
 
 @pytest.fixture
@@ -244,3 +244,15 @@ def test_a_file_that_is_no_bundle_is_refused_with_a_reason(lender, tmp_path):
     (tmp_path / "x.json").write_text(json.dumps({"format": "something else"}))
     code, _, err = lender.cli("verify", tmp_path / "x.json", "--lender-key", lender.key.hex())
     assert code == 2 and "not an evidence bundle" in err
+
+
+def test_an_enrolled_device_from_a_store_older_than_the_log_gets_a_bundle_that_verifies(lender, tmp_path):
+    gateway = lender.enroll("gw-1")
+    lender.readings(gateway, 12)
+    lender.close()
+    downgrade_to_schema_2(lender.data_dir)
+    lender.open()   # the upgraded lender logs what the old store held
+    lender.bundle("gw-1", tmp_path / "b.json")
+    code, report = lender.verify(tmp_path / "b.json")
+    assert code == 0, failures(report)
+    assert any("the log holds no enrollment request" in f["detail"] for f in report["findings"])

@@ -2,8 +2,6 @@
 a checkpoint per commit, proofs that agree with RFC 9162, and an audit that sees any later edit of the file."""
 from __future__ import annotations
 
-import sqlite3
-
 import pytest
 
 from lender.evidence import registry
@@ -14,6 +12,7 @@ from lender.exc import StoreUnavailableError
 from telemetry.logentry import EntryKind, LogEntry, at_ms, envelope_entry
 from telemetry.merkle import MerkleTree, inclusion_path, leaf_hash, verify_consistency, verify_inclusion
 from telemetry.envelope import Gap
+from tests.kit.evidence import downgrade_to_schema_2
 from tests.kit.lender import Device, batch, enroll
 
 T = 1_800_000_000.0
@@ -126,13 +125,7 @@ def test_a_store_from_before_the_log_is_logged_when_it_is_opened(data_dir, gatew
     store.add_review(Review("gw-1", 3, "ana", "looked at it", T + 30))
     registry.revoke(store, "gw-1", now=T + 60)
     store.close()
-    conn = sqlite3.connect(data_dir / "lender.sqlite3")  # take it back to schema 2, as a lender had it
-    for table in ("log_entries", "log_nodes", "log_heads", "log_checkpoints"):
-        conn.execute(f"DROP TABLE {table}")
-    conn.execute("ALTER TABLE envelopes DROP COLUMN log_index")
-    conn.execute("PRAGMA user_version = 2")
-    conn.commit()
-    conn.close()
+    downgrade_to_schema_2(data_dir)
     with SQLiteStore.open(data_dir) as migrated:
         kinds = [e.kind for e in migrated.log.entries()]
         assert kinds == [EntryKind.REGISTRATION] + [EntryKind.ENVELOPE] * 5 + [EntryKind.REVIEW, EntryKind.REVOCATION]
