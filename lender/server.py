@@ -8,11 +8,12 @@ Layers, outside in:
 * `RegistryWatch`: before each request, picks up devices registered or
   revoked by another process and loads their OSCORE contexts, so a new
   device is served without a restart.
-* `PlainRoutes` (lender.coap.routing): ``/n`` (nodes), ``/enroll``,
-  ``/installations`` and ``/enroll/sites/`` over plain CoAP; everything else
-  goes to the OSCORE-protected site (lender.enrollment.contexts), unless the
-  lender runs with ``--insecure``.
-* ``/t`` (lender.coap.telemetry) inside the protected site.
+* `PlainRoutes` (lender.coap.routing): ``/n`` (insecure nodes), ``/enroll``,
+  ``/installations`` and ``/enroll/sites/`` over plain CoAP; everything else,
+  and every OSCORE request, goes to the OSCORE-protected site
+  (lender.enrollment.contexts), unless the lender runs with ``--insecure``.
+* ``/t`` (lender.coap.telemetry) and ``/n`` (lender.coap.node, nodes with a
+  context) inside the protected site.
 
 Bad input costs one answer, never the server: every request is answered and
 every refusal is kept in the quarantine (lender.evidence.ingest).
@@ -31,7 +32,7 @@ from aiocoap import interfaces
 from aiocoap.resource import Site, WKCResource
 
 from lender.coap.enroll import enrollment_routes
-from lender.coap.node import node_routes
+from lender.coap.node import node_routes, protected_node_resource
 from lender.coap.resource import IngestThread
 from lender.coap.routing import PlainRoutes, Wrapper
 from lender.coap.telemetry import TelemetryResource
@@ -40,7 +41,7 @@ from lender.evidence.ingest import DEFAULT_MAX_BODY, Ingest
 from lender.evidence.store import SQLiteStore
 from lender.evidence.tokens import token_key
 from lender.exc import OscoreContextError, ServeError, StoreError
-from telemetry.numbers import PATH_TELEMETRY
+from telemetry.numbers import PATH_NODE, PATH_TELEMETRY
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ class LenderServer:
             await self._refresh()
             site = Site()
             site.add_resource(PATH_TELEMETRY, TelemetryResource(self._thread, self.credentials, max_body=self.max_body))
+            site.add_resource(PATH_NODE, protected_node_resource(self._thread, self.store, self.credentials, key))
             site.add_resource((".well-known", "core"), WKCResource(site.get_resources_as_linkheader))
             protected = oscore.protected_site(site, self.credentials, insecure=self.insecure)
             routes, prefixes = enrollment_routes(self._thread, self.store, self.data_dir)

@@ -12,16 +12,21 @@ node's MicroPython raw REPL (provisioning.rawrepl):
    key comes back over the cable;
 3. the enrollment request is signed *on the node* (the laptop sends the
    bytes to sign, the node returns the signature), countersigned with the
-   technician's key and sent to the lender (nodes send plain CoAP, so no
-   OSCORE context is asked for);
+   technician's key and sent to the lender. It asks for an OSCORE context,
+   sealed to a one-time X25519 key this laptop makes: MicroPython has no
+   X25519, so the laptop opens the sealed context and writes the node's side
+   over the cable, as it handles the node's other files (docs/decisions.md);
 4. only then is anything installed: the staged firmware renamed into place,
-   ``node.key.new`` renamed to ``node.key``, ``node.json`` written
-   (docs/firmware.md has its format) with the enrollment's ``binding``
-   (``telemetry.enrollment.binding_of``: this lender's key, the node's key,
-   the asset), which the node puts into every envelope. If the lender refuses, the staging
-   folder and a key made in this run are removed: the node is as it was.
-   If the lender cannot be reached, the node is installed and the request
-   is saved for ``pledgewatch provision submit``.
+   ``node.key.new`` renamed to ``node.key``, ``node.oscore`` (the node's side
+   of the context, `node_context_file`) written and read back, ``node.json``
+   written (docs/firmware.md has its format) with the enrollment's
+   ``binding`` (``telemetry.enrollment.binding_of``: this lender's key, the
+   node's key, the asset), which the node puts into every envelope. If the
+   lender refuses, the staging folder and a key made in this run are
+   removed: the node is as it was. If the lender cannot be reached, the node
+   is installed without a context (its envelopes wait in its outbox) and the
+   request is saved for ``pledgewatch provision submit``, with the one-time
+   key beside it (``*.response.key``, 0600) to open the answer.
 """
 from __future__ import annotations
 
@@ -30,10 +35,13 @@ import asyncio
 import hashlib
 import json
 import os
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
+
+import nacl.public
 
 from provisioning.console import Console
 from provisioning.enrollment import accept, send
@@ -46,6 +54,7 @@ from provisioning.serialport import open_port
 from provisioning.technician import TechnicianProfile, technician_from
 from telemetry.enrollment import (
     AssetBinding,
+    ContextKeys,
     EnrollmentBody,
     EnrollmentRequest,
     binding_of,
@@ -58,6 +67,20 @@ DEFAULT_FIRMWARE = ROOT / "firmware" / "src"
 NODE_CONFIG = "node.json"
 NODE_KEY = "node.key"
 NEW_KEY = "node.key.new"
+NODE_CONTEXT = "node.oscore"
+CONTEXT_HEADER_BYTES = 512  # the firmware keeps its sequence record behind it (firmware/src/lib/oscore.py)
+
+
+def node_context_file(keys: ContextKeys) -> bytes:
+    """``node.oscore`` as a fresh node holds it: the header around the context map (docs/firmware.md), no record yet.
+
+    Magic "PWO1", the map's length (u16), `ContextKeys.encode()`, the first 4 bytes of its SHA-256, zeros to 512.
+    """
+    body = b"PWO1" + struct.pack(">H", len(keys.encode())) + keys.encode()
+    header = body + hashlib.sha256(body).digest()[:4]
+    if len(header) > CONTEXT_HEADER_BYTES:
+        raise SetupError(f"an OSCORE context of {len(header)} bytes does not fit node.oscore's header")
+    return header + bytes(CONTEXT_HEADER_BYTES - len(header))
 
 # Runs on the node. Keeps the key object in _pw_key for signing; prints only "<how> <public key hex>".
 _KEY_CODE = """
@@ -198,18 +221,23 @@ def provision_node(plan: NodePlan, console: Console) -> NodeResult:
                 hardware["unique_id"] = unique_id.strip()
             if "modem" in plan.settings:
                 hardware["modem_model"] = str(plan.settings["modem"].get("model"))
+            # The laptop opens the context for the node. A node that has one keeps it (its sequence record
+            # lives in it): re-provisioning asks for none, and the lender answers the same key without one.
+            response_key = None if files.exists(NODE_CONTEXT) else nacl.public.PrivateKey.generate()
             body = EnrollmentBody(plan.device, "node", bytes.fromhex(public_hex), plan.technician.technician,
-                                  hardware, plan.binding, int(time.time()), os.urandom(16))
+                                  hardware, plan.binding, int(time.time()), os.urandom(16),
+                                  None if response_key is None else bytes(response_key.public_key))
             request = EnrollmentRequest.create(body, lambda message: _sign_on_node(repl, message))
             request = request.countersign(plan.technician.identity())
             result = NodeResult(plan.device, public_hex, how, "", len(plan_files.send), len(plan_files.unchanged))
             # The binding depends only on the lender's key, the node's key and the asset, so a node whose
             # enrollment is still pending gets it now too (`provision submit` never touches the node).
             binding = binding_of(plan.lender_key, bytes.fromhex(public_hex), plan.binding.asset)
+            context = None
             try:
                 console.step(f"enrolling {plan.device} with the lender at {plan.lender}")
                 response = asyncio.run(send(plan.lender, request, timeout=plan.timeout))
-                answer, _ = accept(response, request, plan.lender_key, None)
+                answer, context = accept(response, request, plan.lender_key, response_key)
                 binding = binding_of(plan.lender_key, bytes.fromhex(public_hex), answer.asset)
                 result.enrollment = "enrolled"
             except LenderUnreachableError as exc:
@@ -219,16 +247,21 @@ def provision_node(plan: NodePlan, console: Console) -> NodeResult:
                 result.pending_request = str(saved)
                 result.notes.append(f"{exc}: the request is saved in {saved}; when there is a network: "
                                     f"pledgewatch provision submit {saved}")
+                if response_key is not None:
+                    key_file = saved.with_name(saved.name.removesuffix(".cbor") + ".response.key")
+                    write_file(key_file, bytes(response_key), 0o600)
+                    result.notes.append(f"the one-time key that opens the lender's answer is in {key_file}; until "
+                                        f"the node has its OSCORE context ({NODE_CONTEXT}) its envelopes wait in "
+                                        "its outbox")
             key_made = False  # the lender has (or will have) this key: keep it, so a re-run resumes with it
             console.step("installing on the node")
             flasher.commit(firmware, plan_files)
             if how != "kept":
                 files.rename(NEW_KEY, NODE_KEY)
-            config = json.dumps(plan.node_config(binding), indent=1, sort_keys=True).encode()
-            files.write(NODE_CONFIG + ".new", config)
-            if files.sha256(NODE_CONFIG + ".new") != hashlib.sha256(config).hexdigest():
-                raise DeviceCodeError(f"{plan.port}: node.json did not read back as written; re-run")
-            files.rename(NODE_CONFIG + ".new", NODE_CONFIG)
+            if context is not None:
+                console.step(f"writing the node's OSCORE context (sender id {context.sender_id.hex()})")
+                _install(files, NODE_CONTEXT, node_context_file(context))
+            _install(files, NODE_CONFIG, json.dumps(plan.node_config(binding), indent=1, sort_keys=True).encode())
         except BaseException:
             _undo(files, flasher, key_made)
             raise
@@ -239,11 +272,20 @@ def provision_node(plan: NodePlan, console: Console) -> NodeResult:
         port.close()
 
 
+def _install(files: BoardFiles, name: str, data: bytes) -> None:
+    """Write `name` on the node beside itself, read it back, then rename it into place."""
+    files.write(name + ".new", data)
+    if files.sha256(name + ".new") != hashlib.sha256(data).hexdigest():
+        raise DeviceCodeError(f"{name} did not read back from the node as written; re-run")
+    files.rename(name + ".new", name)
+
+
 def _undo(files: BoardFiles, flasher: Flasher, key_made: bool) -> None:
     """Leave the node as it was: no staging folder, no key made in this run (best effort: the port may be gone)."""
     try:
         flasher.discard()
         files.remove(NODE_CONFIG + ".new")
+        files.remove(NODE_CONTEXT + ".new")
         if key_made:
             files.remove(NEW_KEY)
     except Exception:

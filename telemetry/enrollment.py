@@ -304,11 +304,17 @@ class ContextKeys:
     master_secret: bytes = field(repr=False)
     master_salt: bytes = field(repr=False)
 
+    def encode(self) -> bytes:
+        """The CBOR map {1: sender id, 2: recipient id, 3: master secret, 4: master salt, 5: AEAD, 6: KDF hash}.
+
+        What `seal` encrypts, and what a node keeps in the header of its node.oscore (docs/firmware.md).
+        """
+        return cbor.encode({1: self.sender_id, 2: self.recipient_id, 3: self.master_secret,
+                            4: self.master_salt, 5: OSCORE_ALGORITHM, 6: OSCORE_KDF_HASH})
+
     def seal(self, response_key: bytes) -> bytes:
         """CBOR-encoded and sealed to the device's one-time X25519 key: only that device can open it."""
-        plain = cbor.encode({1: self.sender_id, 2: self.recipient_id, 3: self.master_secret,
-                             4: self.master_salt, 5: OSCORE_ALGORITHM, 6: OSCORE_KDF_HASH})
-        return nacl.public.SealedBox(nacl.public.PublicKey(response_key)).encrypt(plain)
+        return nacl.public.SealedBox(nacl.public.PublicKey(response_key)).encrypt(self.encode())
 
     @classmethod
     def open(cls, sealed: bytes, response_private: nacl.public.PrivateKey) -> ContextKeys:

@@ -58,6 +58,7 @@ class GapReason(str, enum.Enum):
     POWER_LOSS = "power-loss"      # the device restarted without a clean shutdown
     SPOOL_RESET = "spool-reset"    # the spool was corrupt and moved aside; unacked readings lost
     STORAGE_FAILURE = "storage-failure"  # the spool could not store readings (disk full, failing card)
+    REFUSED = "refused"            # a node let go envelopes the lender refused for good in an authenticated ack
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ import os
 
 import coap
 import uplink
+from ack import parse_ack
 from check import equal, raises, unhex
 from errors import AckError, CoapError
 
@@ -25,7 +26,7 @@ def test_a_piggybacked_answer_decodes_with_its_token_code_and_payload():
     message = coap.decode(datagram)
     equal((message.type, message.code, message.message_id, message.token), (coap.ACK, coap.CHANGED, 0x1234, b"\xaa\xbb\xcc\xdd"))
     equal(message.option(coap.CONTENT_FORMAT), b"\x3c")
-    equal(uplink.parse_ack(message.payload).settled(), [1])
+    equal(parse_ack(message.payload).settled(), [1])
 
 
 def test_every_format_error_of_rfc_7252_section_3_is_refused():
@@ -55,7 +56,7 @@ def test_random_datagrams_are_either_decoded_or_refused_never_a_crash():
 
 
 def test_the_ack_map_is_checked_before_the_node_deletes_anything():
-    equal(uplink.parse_ack(unhex("a3 01 82 01 02 02 81 03 03 81 83 00 07 63 626164")).refused, [(0, 7, "bad")])
+    equal(parse_ack(unhex("a3 01 82 01 02 02 81 03 03 81 83 00 07 63 626164")).refused, [(0, 7, "bad")])
     for bad in (
         unhex("83 01 02 03"),           # an array, not a map
         unhex("a1 01 81 20"),           # a negative seq
@@ -69,13 +70,13 @@ def test_the_ack_map_is_checked_before_the_node_deletes_anything():
         unhex("a1 04 4d") + bytes(13),  # a token of 13 bytes
         unhex("a1 04 6c") + b"a" * 12,  # a token as text
     ):
-        raises(AckError, uplink.parse_ack, bad)
+        raises(AckError, parse_ack, bad)
 
 
 def test_the_ack_brings_the_lender_token_when_it_has_one():
     token = unhex("6955b9c8682c98cf055b8413")
-    equal(uplink.parse_ack(unhex("a4 01 81 05 02 80 03 80 04 4c") + token).token, token)
-    equal(uplink.parse_ack(unhex("a1 01 81 05")).token, None)
+    equal(parse_ack(unhex("a4 01 81 05 02 80 03 80 04 4c") + token).token, token)
+    equal(parse_ack(unhex("a1 01 81 05")).token, None)
 
 
 def test_retransmission_timing_follows_rfc_7252_section_4_8():

@@ -7,7 +7,7 @@ import cbor
 import ed25519
 import envelope
 import senml
-import uplink
+from ack import parse_ack
 from check import equal, tohex, unhex
 
 VECTORS = __file__[: __file__.rfind("/")] + "/../../tests/vectors"
@@ -96,7 +96,7 @@ def _check_cose(name, description, raw):
 
 
 def _check_ack(name, description, raw):
-    ack = uplink.parse_ack(raw)
+    ack = parse_ack(raw)
     equal(list(ack.stored), description["stored"], name + " stored")
     equal(list(ack.already), description["already"], name + " already")
     equal([list(r) for r in ack.refused], description["refused"], name + " refused")
@@ -109,7 +109,7 @@ def _check_token(name, description, raw):
     # So: the shape it accepts (12 bytes), the lender time in the first 4 (big-endian), and an ack carrying it parses.
     equal(len(raw), envelope.TOKEN_BYTES, name + " length")
     equal(int.from_bytes(raw[:4], "big"), description["lender_time"], name + " lender time")
-    ack = uplink.parse_ack(cbor.encode({1: [1], 2: [], 3: [], 4: raw}))
+    ack = parse_ack(cbor.encode({1: [1], 2: [], 3: [], 4: raw}))
     equal(ack.token, raw, name + " in an ack")
 
 

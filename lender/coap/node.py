@@ -1,34 +1,52 @@
-"""The lender's node resource ``/n``: NB-IoT nodes POST one signed envelope each, over plain CoAP.
+"""The lender's node resource ``/n``: NB-IoT nodes POST one signed envelope each, under OSCORE.
 
-A node's firmware has no OSCORE (MicroPython has none yet), so its requests
-arrive unprotected; what makes them trustworthy is the envelope's own Ed25519
-signature. Hence the rules, all enforced here:
+Two routes serve it:
 
-* ``/n`` is served only to plain CoAP (a `lender.coap.routing.PlainRoutes` entry in
-  front of the OSCORE-protected site, which gets every other request unchanged);
-* an envelope verifies only against the keys of *nodes* (`lender.evidence.ingest.NodeIngest`);
-  everything else is exactly the gateway path's (same verification, chain
-  check, de-duplication by (device, seq), quarantine, ack map).
+* `ProtectedNodeResource`, inside the OSCORE-protected site: the request came
+  through the node's own context (created at enrollment; the node's side is
+  in its ``node.oscore``), so the answer — the ack that lets the node free its
+  outbox — is authenticated and encrypted back to it. The envelope must be
+  signed by the key of the device whose context protected the request: over
+  OSCORE a device delivers its own envelopes only (anything else is refused
+  4.01 and quarantined).
+* `NodeResource`, a plain-CoAP route (`lender.coap.routing.PlainRoutes`) in
+  front of the protected site, for nodes that run with ``"insecure": true``:
+  an envelope verifies there only against the keys of nodes registered
+  without an OSCORE context (`lender.evidence.ingest.NodeIngest`), so a node
+  that has a context cannot be answered in clear.
 
-The body is a single envelope (the COSE_Sign1 bytes, CBOR tag 18), not the
-gateway's array: two bytes fewer on an NB-IoT uplink billed per byte, and a
-node sends one envelope per request anyway. Bodies over `MAX_NODE_BODY` get
-4.13 with Size1; a Block1 upload too (a node never needs one).
+Everything else is the gateway path's (verification, chain check,
+de-duplication by (device, seq), quarantine, the ack map). The body is a
+single envelope (the COSE_Sign1 bytes, CBOR tag 18), not the gateway's array:
+two bytes fewer on an uplink billed per byte, and a node sends one envelope
+per request anyway. Bodies over `MAX_NODE_BODY` get 4.13 with Size1; a Block1
+upload too (a node never needs one).
 
 What plain CoAP leaves open (docs/firmware.md): integrity and origin of the
-*evidence* are protected by the signature; confidentiality is not (readings
-travel in clear), and the *ack* is not authenticated (a forged ack can make a
-node drop envelopes from its outbox before they arrived; the node's 32-bit
-random token and message id make that an on-path attack).
+*evidence* are protected by the signature; confidentiality is not, and the
+*ack* is not authenticated (a forged ack can make an insecure node drop an
+envelope from its outbox before it arrived).
 """
 from __future__ import annotations
 
 import aiocoap
+from aiocoap import error as coap_error
 
 from lender.coap.blocks import TooLarge
 from lender.coap.resource import IngestThread, LenderResource, outcome_message, peer_of
-from lender.evidence.ingest import MAX_NODE_BODY, NodeIngest, Status
+from lender.enrollment.contexts import LenderCredentials
+from lender.evidence.ingest import (
+    COSE_SIGN1_FIRST_BYTE,
+    MAX_NODE_BODY,
+    BatchOutcome,
+    Ingest,
+    NodeIngest,
+    Status,
+)
 from lender.evidence.store import EvidenceStore
+from telemetry import cbor
+from telemetry.envelope import decode as decode_envelope
+from telemetry.exc import WireFormatError
 from telemetry.numbers import PATH_NODE
 
 
@@ -54,14 +72,68 @@ class NodeResource(LenderResource):
                 self._ingest.refuse_request, Status.UNSUPPORTED_FORMAT,
                 f"content-format {int(request.opt.content_format)} is not application/cbor (60)", body, peer=peer)
         else:
-            outcome = await self.in_thread(self._ingest.envelope, body, peer=peer)
+            outcome = await self.in_thread(self._envelope, request, body, peer)
         response = outcome_message(outcome)
         if outcome.status is Status.TOO_LARGE:
             response.opt.size1 = MAX_NODE_BODY
         return response
 
+    def _envelope(self, request: aiocoap.Message, body: bytes, peer: str) -> BatchOutcome:
+        """In the ingest thread: one envelope from a plain-CoAP request, checked against the keys of nodes."""
+        return self._ingest.envelope(body, peer=peer)
+
+
+class ProtectedNodeIngest(Ingest):
+    """`Ingest` for ``/n`` under OSCORE: every active key (the OSCORE sender narrows it), and a node's compact ack
+    (a checkpoint reference, not the receipt: a node's downlink is dear)."""
+
+    compact_receipts = True
+
+
+class ProtectedNodeResource(NodeResource):
+    """``/n`` inside the OSCORE site: one envelope, signed by the device whose context protected the request."""
+
+    def __init__(self, thread: IngestThread, credentials: LenderCredentials, ingest: ProtectedNodeIngest) -> None:
+        super().__init__(thread, ingest)  # type: ignore[arg-type]  # refuse_request is all NodeResource uses of it
+        self._protected = ingest
+        self._credentials = credentials
+
+    async def respond(self, request: aiocoap.Message) -> aiocoap.Message:
+        if self._credentials.device_of(request) is None:  # only with --insecure does plain CoAP get this far
+            raise coap_error.Unauthorized("/n inside the protected site takes OSCORE requests only")
+        return await super().respond(request)
+
+    def _envelope(self, request: aiocoap.Message, body: bytes, peer: str) -> BatchOutcome:
+        ingest = self._protected
+        sender = self._credentials.device_of(request)
+        assert sender is not None
+        if len(body) > MAX_NODE_BODY:
+            return ingest.refuse_request(
+                Status.TOO_LARGE, f"body of {len(body)} bytes is over the node path's {MAX_NODE_BODY}-byte cap", body,
+                peer=peer)
+        if not body or body[0] != COSE_SIGN1_FIRST_BYTE:
+            return ingest.refuse_request(
+                Status.BAD_REQUEST, "body must be one envelope: a COSE_Sign1 message (CBOR tag 18)", body, peer=peer)
+        device = ingest.store.device(sender)
+        try:
+            kid = decode_envelope(body).kid
+        except WireFormatError:
+            kid = None  # the ingest refuses it as malformed, with the reason
+        if device is not None and kid is not None and kid != device.kid:
+            return ingest.refuse_request(
+                Status.UNAUTHORIZED, f"the envelope is signed by key {kid.hex()}, not by {sender}'s ({device.kid.hex()}), "
+                                     f"whose OSCORE context protected the request: a device delivers its own envelopes only",
+                body, peer=peer)
+        return ingest.batch(cbor.encode([bytes(body)]), peer=peer, sender=sender)
+
 
 def node_routes(thread: IngestThread, store: EvidenceStore,
                 token_key: bytes | None = None) -> dict[tuple[str, ...], LenderResource]:
-    """The plain-CoAP route lender.server puts in front of the OSCORE site: ``/n`` for nodes."""
+    """The plain-CoAP route lender.server puts in front of the OSCORE site: ``/n`` for insecure nodes."""
     return {PATH_NODE: NodeResource(thread, NodeIngest(store, token_key=token_key))}
+
+
+def protected_node_resource(thread: IngestThread, store: EvidenceStore, credentials: LenderCredentials,
+                            token_key: bytes | None = None) -> ProtectedNodeResource:
+    """The ``/n`` lender.server adds to the OSCORE-protected site."""
+    return ProtectedNodeResource(thread, credentials, ProtectedNodeIngest(store, token_key=token_key))

@@ -15,12 +15,14 @@ from pathlib import Path
 import nacl.signing
 import pytest
 
+from durable.oscore import ContextParameters, read_parameters
 from lender.enrollment import registration
-from lender.server import LenderServer
 from lender.evidence.store import SQLiteStore
+from lender.server import LenderServer
+from provisioning.node import NODE_CONTEXT, node_context_file
 
 ROOT = Path(__file__).resolve().parents[2]
-FIRMWARE = ROOT / "firmware"
+FIRMWARE = Path("/tmp/fwprobe") if "FWPROBE" in os.environ else ROOT / "firmware"
 SOURCES = FIRMWARE / "src"
 # A device-sized heap. An ESP32 without PSRAM leaves MicroPython ~110 KB of heap, an RP2040
 # ~190 KB; objects on this 64-bit host are up to twice their size on those 32-bit chips, and
@@ -184,7 +186,8 @@ def lender(tmp_path):
 class NodeUnderTest:
     """A provisioned node (root folder with node.json and node.key) and the way to run its cycles under MicroPython."""
 
-    def __init__(self, root: Path, mpy: Path, lender_port: int, model: str, seed: bytes, **overrides) -> None:
+    def __init__(self, root: Path, mpy: Path, lender_port: int, model: str, seed: bytes,
+                 context: ContextParameters | None = None, **overrides) -> None:
         self.root = root
         self.mpy = mpy
         self.seed = seed
@@ -205,8 +208,13 @@ class NodeUnderTest:
                 self.config.setdefault(section, {}).update(values)
             else:
                 self.config[section] = values
+        if context is None:
+            self.config["insecure"] = True  # plain CoAP, as a node without node.oscore may only speak when told to
         (root / "node.json").write_text(json.dumps(self.config))
         (root / "node.key").write_bytes(seed)
+        self.context = context
+        if context is not None:
+            (root / NODE_CONTEXT).write_bytes(node_context_file(context))
 
     def run(self, uart_path: str, cycles: list[dict], heapsize: str = HEAPSIZE) -> list[dict]:
         """Run these cycles in one MicroPython process (the board persists between them); one result each."""
@@ -220,17 +228,37 @@ class NodeUnderTest:
         assert result.returncode == 0 and len(lines) == len(cycles), (
             f"the node harness failed under MicroPython:\n{result.stdout}\n{result.stderr}")
         self.last_log = result.stderr
-        return [json.loads(line) for line in lines]
+        done = [json.loads(line) for line in lines]
+        crashed = [c for c in done if c["report"] is None and not c["power_cut"] and "cycle failed" in result.stderr]
+        assert not crashed, f"a cycle failed under MicroPython:\n{result.stdout}\n{result.stderr}"
+        return done
+
+
+def register_node(lender, device: str, public_key: bytes, *, oscore: bool = True) -> ContextParameters | None:
+    """Register a node at the lender; with `oscore`, its context pair too, returning the node's side."""
+    with lender.store() as store:
+        registration.register(store, lender.data_dir, device, public_key, with_oscore=oscore)
+    if not oscore:
+        return None
+    return read_parameters(lender.data_dir / registration.DEVICE_CONTEXTS_DIR / device)
 
 
 @pytest.fixture
 def make_node(tmp_path, compiled_firmware, lender):
-    """make_node(model, **config overrides): a node provisioned for `lender` and registered there as a node."""
-    def make(model: str, register: bool = True, **overrides) -> NodeUnderTest:
-        node = NodeUnderTest(tmp_path / f"node-{model}", compiled_firmware, lender.port, model, os.urandom(32),
-                             **overrides)
+    """make_node(model, register=True, insecure=False, **config overrides): a node provisioned for `lender`.
+
+    By default it is registered there with an OSCORE context whose node side is its node.oscore; `insecure`
+    registers it without one and sets "insecure": true (plain CoAP); an unregistered node gets a context the
+    lender does not know.
+    """
+    def make(model: str, register: bool = True, insecure: bool = False, **overrides) -> NodeUnderTest:
+        seed = os.urandom(32)
+        public_key = bytes(nacl.signing.SigningKey(seed).verify_key)
+        context = None
         if register:
-            with lender.store() as store:
-                registration.register(store, lender.data_dir, NODE_DEVICE, node.public_key, with_oscore=False)
-        return node
+            context = register_node(lender, NODE_DEVICE, public_key, oscore=not insecure)
+        elif not insecure:
+            context = ContextParameters.generate(b"\x01", b"")
+        return NodeUnderTest(tmp_path / f"node-{model}", compiled_firmware, lender.port, model, seed, context,
+                             **overrides)
     return make

@@ -1,5 +1,6 @@
 """The node's whole cycle under MicroPython — wake, sample, sign, send, ack, sleep — against simulated NB-IoT modems
-(behind real pseudo-terminals) whose UDP sockets reach the real lender over 127.0.0.1."""
+(behind real pseudo-terminals) whose UDP sockets reach the real lender over 127.0.0.1, under OSCORE unless a test says
+"insecure"."""
 from __future__ import annotations
 
 import pytest
@@ -10,6 +11,7 @@ from telemetry.chain import check_chain
 from telemetry.envelope import GapReason, verify
 from telemetry.envelope import decode as decode_envelope
 from telemetry.identity import DeviceKey
+from tests.kit import oscore as kit_oscore
 
 DEEPSLEEP_RESET, PWRON_RESET, PIN_WAKE = 4, 1, 2
 MODELS = {"bc66": bc66.MODEL, "bc95": bc66.BC95, "sim7080g": sim7080g.MODEL}
@@ -34,9 +36,11 @@ def test_a_node_wakes_samples_signs_sends_and_sleeps_and_the_lender_verifies_eve
                                             {"reset_cause": DEEPSLEEP_RESET, "celsius": -0.0625}])
         commands = sim.commands()
         state = sim.state
+        air = nbiot.link(sim)
     for cycle in (first, steady):
         report = cycle["report"]
         assert report["errors"] == [], report
+        assert report["oscore"] is True and report["forged"] == report["unprotected"] == 0, report
         assert report["acked"] == [report["seq"]] and report["buffered"] == [], report
         assert cycle["sleep_ms"] == 900_000 and cycle["wake_pins"] == [[4, 5]], cycle  # tamper pin 4 wakes on WAKE_HIGH (open)
         assert cycle["watchdog_on"] and not cycle["watchdog_overdue"], cycle
@@ -67,10 +71,19 @@ def test_a_node_wakes_samples_signs_sends_and_sleeps_and_the_lender_verifies_eve
     elif model == "bc66":
         assert 'AT+QICFG="dataformat",1,1' in setup and state.extra.get("qsclk") == "1"
     else:
-        assert any(c.startswith("AT+NSOST=") for c in commands)
+        assert any(c.startswith("AT+NSOSTF=") and ",0x400," in c for c in commands), commands
     if model != "sim7080g":
         # +CSCON URCs (enabled once): the radio connected for the report, and was released before sleep.
         assert "AT+CSCON=1" in setup and steady["report"]["radio_modes"] == [1, 0], steady["report"]
+    # Release Assistance released the radio after each cycle's ack, not the network's inactivity timer.
+    assert air.rrc.releases() == ["no-more-data" if model == "sim7080g" else "rai"] * 2, air.rrc.episodes
+    assert not air.rrc.connected
+
+    # On the air: every request OSCORE-protected (no visible path or payload), its sequence number new each time.
+    opened = [kit_oscore.open_request(node.context, d) for d in air.sent()]
+    assert all(not o.outer.opt.uri_path and o.inner.opt.uri_path == ("n",) for o in opened)
+    assert [o.sequence for o in opened] == sorted({o.sequence for o in opened})
+    assert [decode_envelope(o.inner.payload).seq for o in opened] == [1, 2]
 
 
 def test_a_lost_ack_is_retransmitted_then_buffered_and_delivered_in_the_next_cycle(make_node, lender):
@@ -190,12 +203,23 @@ def test_motion_and_tilt_raise_alarms_and_a_broken_temperature_sensor_costs_only
 
 
 def test_an_unregistered_node_keeps_its_envelopes_until_the_lender_knows_it(make_node, lender):
-    node = make_node("bc66", register=False)
+    node = make_node("bc66", register=False)  # a context the lender never made
     with ModemSimulator(bc66.MODEL) as sim:
         (refused,) = node.run(sim.path, [{"reset_cause": PWRON_RESET}])
     report = refused["report"]
+    # The lender cannot open the request: its unprotected 4.01 is no lender's word, and deletes nothing.
     assert report["acked"] == [] and report["buffered"] == [1], report
+    assert report["unprotected"] == 1 and any("unprotected answer 4.01" in e for e in report["errors"]), report
+
+
+def test_an_insecure_unregistered_node_is_quarantined_as_an_unknown_key(make_node, lender):
+    node = make_node("bc66", register=False, insecure=True)
+    with ModemSimulator(bc66.MODEL) as sim:
+        (refused,) = node.run(sim.path, [{"reset_cause": PWRON_RESET}])
+    report = refused["report"]
+    assert report["oscore"] is False and report["acked"] == [] and report["buffered"] == [1], report
     assert any("4.01" in e for e in report["errors"]), report
+    assert "insecure" in node.last_log and "WARNING" in node.last_log, "plain CoAP is warned about at every start"
     with lender.store() as store:
         assert [q.reason for q in store.quarantined()] == [2], "kept in quarantine as from an unknown key"
 
@@ -204,31 +228,37 @@ def test_a_node_whose_flash_was_wiped_cannot_overwrite_evidence_and_stops_resend
     node = make_node("bc66")
     with ModemSimulator(bc66.MODEL) as sim:
         node.run(sim.path, [{"reset_cause": PWRON_RESET, "celsius": 20.0}])
-        for item in (node.root / "state").iterdir():  # a technician wipes the flash but keeps key and id
+        for item in (node.root / "state").iterdir():  # a technician wipes the flash but keeps key, id and context
             item.unlink()
-        (wiped,) = node.run(sim.path, [{"reset_cause": PWRON_RESET, "celsius": 30.0}])
+        (wiped, after) = node.run(sim.path, [{"reset_cause": PWRON_RESET, "celsius": 30.0},
+                                             {"reset_cause": DEEPSLEEP_RESET}])
     report = wiped["report"]
     assert report["seq"] == 1 and report["acked"] == [], report
+    assert report["errors"] == [], "node.oscore keeps its sequence record: no nonce is reused, the lender opens it"
     assert report["refused"] == [[1, 6]], "reason 6: conflict, the lender holds another seq 1"
     assert report["buffered"] == [], "a refusal that resending cannot change leaves the outbox"
+    assert report["gap_noted"] is True
+    # ... and the node says so: its next envelope is a signed gap record naming the refused seq.
+    assert after["report"]["gap"] == {"reason": GapReason.REFUSED.value, "first": 1, "last": 1, "count": 1}
     assert readings(lender, 1)["temp"].value == 20.0, "the stored evidence is untouched"
     with lender.store() as store:
-        assert [q.reason for q in store.quarantined()] == [6]
+        assert sorted(q.reason for q in store.quarantined()) == [6, 7], "seq 1 conflicts; seq 2 cannot link to it"
 
 
-def _downlink_tokens(sim) -> list[bytes | None]:
-    """The lender token (ack key 4) of each answer the node received, in order."""
-    import aiocoap
-
+def _downlink_tokens(sim, context) -> list[bytes | None]:
+    """The lender token (ack key 4) of each answer the node received, in order (opened with the node's context)."""
     from telemetry import cbor
 
     tokens = []
+    request = None
     for _, direction, data, delivered in nbiot.link(sim).datagrams:
+        if direction == "up":
+            request = data
         if direction != "down" or not delivered:
             continue
-        message = aiocoap.Message.decode(data)
-        if message.payload:
-            tokens.append(cbor.decode(message.payload).get(4))
+        answer = kit_oscore.open_response(context, request, data)
+        if answer.payload:
+            tokens.append(cbor.decode(answer.payload).get(4))
     return tokens
 
 
@@ -247,11 +277,11 @@ def test_every_node_envelope_is_version_2_with_counters_the_newest_lender_token_
             {"reset_cause": PWRON_RESET},                              # seq 4: boot 2, declares it again
         ]
         for cycle in plan:
-            before = len(_downlink_tokens(sim))
+            before = len(_downlink_tokens(sim, node.context))
             expected_tokens.append(held)
             (result,) = node.run(sim.path, [cycle])
             assert result["report"]["acked"] == [result["report"]["seq"]], result
-            for token in _downlink_tokens(sim)[before:]:
+            for token in _downlink_tokens(sim, node.context)[before:]:
                 # the node keeps a token only when its lender time (first 4 bytes, big-endian) is newer
                 if token is not None and (held is None or token[:4] > held[:4]):
                     held = token
@@ -268,7 +298,7 @@ def test_every_node_envelope_is_version_2_with_counters_the_newest_lender_token_
 
 def test_the_enrollment_binding_from_the_config_is_in_every_envelope_and_the_lender_holds_the_node_to_it(
         make_node, lender):
-    import aiocoap
+    from provisioning.node import NODE_CONTEXT
 
     binding = bytes.fromhex("6c6815785e7805f4")
     node = make_node("bc66", binding=binding.hex())
@@ -277,12 +307,13 @@ def test_the_enrollment_binding_from_the_config_is_in_every_envelope_and_the_len
     other = make_node("sim7080g", register=False, binding="0011223344556677")  # the same device, provisioned for another pledge
     with ModemSimulator(bc66.MODEL) as sim:
         (cycle,) = node.run(sim.path, [{"reset_cause": PWRON_RESET}])
-        sent = decode_envelope(aiocoap.Message.decode(nbiot.link(sim).sent()[-1]).payload)
+        sent = decode_envelope(kit_oscore.open_request(node.context, nbiot.link(sim).sent()[-1]).inner.payload)
     assert sent.version == 2 and sent.binding == binding
     assert cycle["report"]["acked"] == [1], cycle["report"]
     assert stored(lender)[0].binding == binding
     other.public_key = node.public_key
     (other.root / "node.key").write_bytes(node.seed)
+    (other.root / NODE_CONTEXT).write_bytes((node.root / NODE_CONTEXT).read_bytes())  # its context, record and all
     (other.root / "state").mkdir()
     for name in ("chain.bin", "outbox2.bin"):
         (other.root / "state" / name).write_bytes((node.root / "state" / name).read_bytes())

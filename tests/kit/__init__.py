@@ -5,6 +5,7 @@
     envelope_file  the pre-built envelope file a crash test's child reads (imports nothing else: it starts fast)
     health      a virtual clock, pyudev events and spool readers for the modem health monitor's tests
     lender      simulated devices, batches, a lender on 127.0.0.1, an independent CoAP client
+    oscore      an OSCORE of the tests' own (cryptography): open a node's requests and the lender's answers, forge answers
     pledge      a version 2 gateway that signs like the agent, and a lender on disk that judges it (the risk tests)
     pledged_site  real processes for the borrower's attacks: a lender serving, a gateway provisioned to it, the agent
                 as a child (agentshim/: its GPIO from a file, a kernel said synced, the rig's clock shim)

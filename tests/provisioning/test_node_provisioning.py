@@ -11,7 +11,9 @@ import pytest
 from hil.sim.rawrepl import find_micropython
 from lender.enrollment.technicians import TechnicianRegistry
 from pledgewatch.cli import main as pledgewatch_main
+from durable.oscore import read_parameters
 from provisioning.flash import Firmware
+from provisioning.node import node_context_file
 
 from .conftest import FIRMWARE_SOURCE
 
@@ -55,7 +57,11 @@ def test_a_node_is_flashed_keyed_on_the_node_configured_and_enrolled(node_site, 
     public_key = bytes(nacl.signing.SigningKey(seed).verify_key)
     with site.store() as store:
         device = store.device("node-0042")
-    assert device.public_key == public_key and device.asset == "asset-7781" and device.oscore_context is None
+    assert device.public_key == public_key and device.asset == "asset-7781" and device.oscore_context == "oscore/node-0042"
+    # the node's side of the OSCORE context the lender made: written by the laptop, which opened the sealed answer
+    lender_side = read_parameters(site.lender.data / "oscore" / "node-0042")
+    assert files["node.oscore"] == node_context_file(lender_side.for_peer())
+    assert "node.oscore.new" not in files and not any(lender_side.master_secret.hex() in c.code for c in board.received)
     # only the public key crossed the cable: the seed never appears in what the node printed
     assert not any(seed.hex() in code.code for code in board.received)
     record = json.loads((site.lender.data / "enroll" / "requests" / "node-0042.json").read_text())
@@ -65,6 +71,12 @@ def test_a_node_is_flashed_keyed_on_the_node_configured_and_enrolled(node_site, 
                             "print(c.device, c.lender_host, c.lender_port, c.modem_model, c.tamper_pin, len(seed))"],
                            cwd=board.root, env=dict(os.environ, MICROPYPATH="lib"), capture_output=True, text=True)
     assert check.stdout.split() == ["node-0042", "127.0.0.1", str(site.lender.port), "bc66", "4", "32"], check.stderr
+    # ... and so does its OSCORE loader: the ids the lender allocated
+    check = subprocess.run([find_micropython(), "-c", "import oscorekeys\nk = oscorekeys.load('node.oscore')\n"
+                            "print('%s|%s|%d|%d' % (k[0].hex(), k[1].hex(), len(k[2]), len(k[4])))"],
+                           cwd=board.root, env=dict(os.environ, MICROPYPATH="lib"), capture_output=True, text=True)
+    expected = f"{lender_side.recipient_id.hex()}|{lender_side.sender_id.hex()}|16|13"
+    assert check.stdout.strip() == expected, check.stdout + check.stderr
 
 
 def test_reprovisioning_a_node_keeps_its_key_and_sends_no_unchanged_file(node_site, tmp_path, capsys):
@@ -72,11 +84,13 @@ def test_reprovisioning_a_node_keeps_its_key_and_sends_no_unchanged_file(node_si
     site.lender.start()
     assert provision_node(site, board, tmp_path) == 0
     seed = (board.root / "node.key").read_bytes()
+    context = (board.root / "node.oscore").read_bytes()
     capsys.readouterr()
     assert provision_node(site, board, tmp_path, "--json") == 0
     result = json.loads(capsys.readouterr().out)
     assert result["key"] == "kept" and result["files_sent"] == 0 and result["enrollment"] == "enrolled"
     assert (board.root / "node.key").read_bytes() == seed
+    assert (board.root / "node.oscore").read_bytes() == context, "the node keeps its context and sequence record"
 
 
 def test_a_node_not_answering_the_raw_repl_is_one_line_and_untouched(node_site, tmp_path, capsys):
@@ -119,6 +133,9 @@ def test_a_node_provisioned_offline_is_enrolled_later_with_submit(node_site, tmp
     out = capsys.readouterr().out
     assert ", pending" in out and "pledgewatch provision submit" in out
     assert "node.key" in board_files(board) and "node.json" in board_files(board)
+    assert "node.oscore" not in board_files(board), "no context until the lender answers"
+    key_file = tmp_path / "node-0042.request.response.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600 and len(key_file.read_bytes()) == 32
     site.lender.start()
     assert pledgewatch_main(["provision", "submit", str(tmp_path / "node-0042.request.cbor"),
                              "--config", str(tmp_path / "no-gateway.toml"), "--profile", str(site.profile.path)]) == 0

@@ -9,8 +9,10 @@ socket commands, behind one interface the node's cycle uses:
     wake()                    the modem answers AT (a reset pulse if it is hung)
     attach(timeout_ms)        registered and able to send
     open_udp(host, port) -> socket
-    send(socket, data)
+    send(socket, data, last=False)   last: the cycle's last exchange (Release Assistance)
     receive(socket, timeout_ms) -> bytes or None
+    release()                 after the last ack: Release Assistance, where the
+                              module gives it as a command rather than with a send
     close(socket)
 
 Registration is +CEREG (TS 27.007 §10.1.22): <stat> 1 (home) or 5 (roaming)
@@ -187,6 +189,9 @@ class Cellular:
 
     def attach(self, timeout_ms=None):
         self.wait_registered(timeout_ms)
+
+    def release(self):
+        """Release Assistance after the cycle's last ack, for modules that give it as a command (default: none)."""
 
     def network_time(self):
         """UTC unix seconds from the network clock (AT+CCLK?), for a node whose RTC lost its time."""

@@ -52,7 +52,7 @@ _MAGIC_V1 = b"PWC1"
 _FORMAT_V1 = ">4sIIQQ16sQBQQI"
 _SIZE_V1 = struct.calcsize(_FORMAT_V1)
 NO_TOKEN = bytes(12)
-GAP_REASONS = ("", "overflow", "power-loss", "storage-failure")
+GAP_REASONS = ("", "overflow", "power-loss", "storage-failure", "refused")
 GENESIS = bytes(16)
 
 

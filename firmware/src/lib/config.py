@@ -62,6 +62,13 @@ def _number(section, key, where, default, low, high):
     return float(value)
 
 
+def _flag(section, key, where, default):
+    value = section.get(key, default)
+    if value is not True and value is not False:
+        raise ConfigError("%s must be true or false, got %r" % (_where(where, key), value))
+    return value
+
+
 def _section(section, key, where, required=False):
     value = section.get(key)
     if value is None:
@@ -86,6 +93,7 @@ class Config:
     outbox_slots: int
     max_sends: int
     binding: "bytes | None"
+    insecure: bool
     lender_host: str
     lender_port: int
     lender_path: str
@@ -93,6 +101,7 @@ class Config:
     max_retransmit: int
     response_timeout_ms: "int | None"
     modem_model: str
+    rai: bool
     uart: int
     baudrate: int
     uart_tx: "int | None"
@@ -136,6 +145,8 @@ def _read(config, data):
     if binding is not None and (len(binding) != 2 * BINDING_BYTES or any(c not in _HEX for c in binding)):
         raise ConfigError("binding must be %d hex digits (the enrollment's binding), got %r" % (2 * BINDING_BYTES, binding))
     config.binding = None if binding is None else binascii.unhexlify(binding)
+    # Plain CoAP (no node.oscore): only when asked for by name, and warned about at every start (node.run).
+    config.insecure = _flag(data, "insecure", "", False)
 
     lender = _section(data, "lender", "", required=True) or {}
     config.lender_host = _required_text(lender, "host", "lender.")
@@ -151,6 +162,7 @@ def _read(config, data):
     config.modem_model = _required_text(modem, "model", "modem.")
     if config.modem_model not in MODELS:
         raise ConfigError("modem.model must be one of %s, got %r" % (", ".join(MODELS), config.modem_model))
+    config.rai = _flag(modem, "rai", "modem.", True)  # Release Assistance with the cycle's last exchange
     config.uart = _int(modem, "uart", "modem.", 1, 0, 9)
     config.baudrate = _int(modem, "baudrate", "modem.", 9600, 1200, 3000000)
     config.uart_tx = _optional_int(modem, "tx", "modem.", 0, 255)
@@ -194,7 +206,7 @@ def path(root, name):
 
 
 def load(root):
-    """(Config, 32-byte seed) from root/node.json and root/node.key."""
+    """(Config, 32-byte seed) from root/node.json and root/node.key (root/node.oscore is the uplink's to read)."""
     try:
         with open(path(root, "node.json")) as file:
             text = file.read()

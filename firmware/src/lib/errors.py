@@ -61,3 +61,7 @@ class AckError(NodeError):
 
 class DeliveryError(NodeError):
     """No answer from the lender after every retransmission (RFC 7252 §4.2), or it reset the exchange."""
+
+
+class OscoreError(NodeError):
+    """An OSCORE message that does not verify (RFC 8613 §8.4: wrong context, changed, replayed), or that cannot be made."""

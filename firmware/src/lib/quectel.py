@@ -29,6 +29,23 @@ module report its radio connection (+CSCON: <mode>), kept for the node's log
 sleep (QSCLK=1; BC95 firmware sleeps without it and answers ERROR, which is
 fine), PSM with the configured T3412/T3324 and eDRX off, so the module sleeps
 between reports on its own once the socket is closed.
+
+Release Assistance Indication (3GPP Rel-14; TS 24.301 §9.9.4.25): without it
+the radio stays connected after the last exchange until the network's
+inactivity timer (typically 10-20 s) runs out. The cycle's last datagram
+(`send(..., last=True)`) carries it:
+
+* "qi": AT+QNBIOTRAI=<rai> (Quectel BC66 AT Commands Manual, "AT+QNBIOTRAI
+  NB-IoT Release Assistance Indication") sets it for what is sent next: 2
+  (one uplink packet, one downlink packet expected: the network releases the
+  connection once the ack is delivered) before the last datagram, 0 before
+  any other, sent only when it changes;
+* "nso": AT+NSOSTF (Quectel BC95 AT Commands Manual, "AT+NSOSTF SendTo
+  Command with Flags") sends the last datagram with flag 0x400, release after
+  the next message has been replied to, in place of AT+NSOST: no extra round
+  trip.
+
+A module that answers ERROR to either goes on without it for the cycle.
 """
 
 import binascii
@@ -42,6 +59,9 @@ QI_CONNECT_ID = 0
 NSO_SOCKETS = 7
 API_QI = "qi"
 API_NSO = "nso"
+RAI_NONE = 0
+RAI_ONE_REPLY = 2  # AT+QNBIOTRAI: one uplink packet, one downlink packet expected
+NSO_RELEASE_AFTER_REPLY = "0x400"  # AT+NSOSTF <flag>: release after the next message has been replied to
 
 
 def _unhex(text, length, what):
@@ -60,12 +80,14 @@ class Bc66(Cellular):
 
     URCS = ("+CEREG:", "RDY", "+QIURC:", "+QIOPEN:", "+NSONMI:", "SEND OK", "SEND FAIL", "+CSCON:")
 
-    def __init__(self, port, socket_api=None, busy_retries=3, busy_pause_ms=500, local_port=0, **options):
+    def __init__(self, port, socket_api=None, busy_retries=3, busy_pause_ms=500, local_port=0, rai=True, **options):
         super().__init__(port, **options)
         self.socket_api = socket_api
         self.busy_retries = busy_retries
         self.busy_pause_ms = busy_pause_ms
         self.local_port = local_port
+        self.rai = rai
+        self._rai_set = None  # what AT+QNBIOTRAI holds as far as this run knows
         self._peer = None
 
     def setup(self, settings):
@@ -155,8 +177,19 @@ class Bc66(Cellular):
             raise ModemGarbage("unexpected %r after AT+QIOPEN" % line)
         return integer(parts[1], "+QIOPEN <err>")
 
-    def send(self, socket, data):
+    def _qi_rai(self, last):
+        wanted = RAI_ONE_REPLY if last else RAI_NONE
+        if not self.rai or wanted == self._rai_set:
+            return
+        try:
+            self.command("AT+QNBIOTRAI=%d" % wanted)
+            self._rai_set = wanted
+        except CommandError:
+            self.rai = False  # this firmware has no RAI: the inactivity timer releases the radio
+
+    def send(self, socket, data, last=False):
         if self._api() == API_QI:
+            self._qi_rai(last)
             self._retrying_busy("AT+QISEND=%d,%d," % (socket, len(data)), hex_tail=data)
             line = self.port.wait_urc("SEND ", self.network_timeout_ms)
             if line != "SEND OK":
@@ -165,7 +198,17 @@ class Bc66(Cellular):
         if self._peer is None:
             raise ModemError("AT+NSOST needs the peer: open_udp() first")
         host, port = self._peer
-        lines = self._retrying_busy("AT+NSOST=%d,%s,%d,%d," % (socket, host, port, len(data)), hex_tail=data)
+        lines = None
+        if last and self.rai:
+            try:
+                lines = self._retrying_busy("AT+NSOSTF=%d,%s,%d,%s,%d," % (socket, host, port, NSO_RELEASE_AFTER_REPLY,
+                                                                           len(data)), hex_tail=data)
+            except CommandError as error:
+                if error.code == UPLINK_BUSY:
+                    raise
+                self.rai = False  # no AT+NSOSTF on this firmware: send it plainly
+        if lines is None:
+            lines = self._retrying_busy("AT+NSOST=%d,%s,%d,%d," % (socket, host, port, len(data)), hex_tail=data)
         for line in lines:
             parts = line.split(",")
             if len(parts) == 2 and parts[0] == str(socket):

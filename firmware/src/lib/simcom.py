@@ -18,10 +18,15 @@ TCP/IP Application Note (§5.1.1 "Build an ordinary TCP/UDP connection"):
 * AT+CPSMS=1,,,<T3412>,<T3324> (TS 27.007 §7.38) enables PSM and
   AT+CPSMSTATUS=1 the +CPSMSTATUS: "ENTER PSM" / "EXIT PSM" URCs, which the
   driver keeps (`psm_status`) for the node's log.
+* Release Assistance: AT+CASEND has no RAI flag, so once the cycle's last ack
+  has arrived `release()` sends AT+CNMPSD ("no more PS data", 3GPP TS 27.007
+  §10.1.41): the module asks the network to release the radio connection at
+  once instead of after its inactivity timer. ERROR (firmware without it)
+  leaves the release to the timer.
 """
 
 from cellular import Cellular, fields, integer, quoted
-from errors import ModemGarbage, ModemTimeout, NetworkError
+from errors import CommandError, ModemGarbage, ModemTimeout, NetworkError
 
 PDP = 0
 CID = 0
@@ -34,9 +39,10 @@ class Sim7080(Cellular):
 
     URCS = ("+CEREG:", "RDY", "+CADATAIND:", "+CASTATE:", "+APP PDP:", "+CPSMSTATUS:", "NORMAL POWER DOWN")
 
-    def __init__(self, port, apn=None, **options):
+    def __init__(self, port, apn=None, rai=True, **options):
         super().__init__(port, **options)
         self.apn = apn
+        self.rai = rai
         self.psm_status = None
 
     def setup(self, settings):
@@ -104,8 +110,17 @@ class Sim7080(Cellular):
                 return integer(parts[1], "+CAOPEN <result>")
         raise ModemGarbage("AT+CAOPEN answered no +CAOPEN line: %r" % (lines,))
 
-    def send(self, socket, data):
+    def send(self, socket, data, last=False):
         self.command("AT+CASEND=%d,%d" % (socket, len(data)), self.network_timeout_ms, data=data)
+
+    def release(self):
+        """Release Assistance after the cycle's last ack: AT+CNMPSD (see the module docstring)."""
+        if not self.rai:
+            return
+        try:
+            self.command("AT+CNMPSD")
+        except CommandError:
+            self.rai = False
 
     def receive(self, socket, timeout_ms):
         """One datagram, or None if none was announced within timeout_ms."""

@@ -8,75 +8,57 @@ the timeout in its config). An empty ACK means a separate response follows
 it. Datagrams that are not CoAP, or not about this exchange, are counted and
 ignored; a RST ends the exchange.
 
-The lender answers 2.04 Changed with the ack map shared with the gateway
-path, {1: [stored seqs], 2: [already-present seqs], 3: [[index, reason code,
-text], ...], ?4: a lender token}; `parse_ack` checks its shape and refuses
-anything else. The token (telemetry.freshness: 12 bytes, the lender's time in
-the first 4) is the node's to keep when it is newer than the one it holds and
-to echo in the envelopes it signs next; the node cannot check its MAC.
+The lender answers 2.04 Changed with the ack map (the `ack` module reads it).
+
+With an OSCORE context (oscore.Context) every request is protected (RFC 8613
+§8.1): the inner message is the POST with its Uri-Path, Content-Format and
+the envelope, the outer one a POST to no path with the OSCORE option and the
+ciphertext. An answer counts only once it verifies (§8.4): a response that
+fails (another context, a changed byte, a replayed Partial IV, an answer to
+another request) is counted in `forged` and the wait goes on for the real
+one; an unprotected answer is no answer either: the wait goes on until the
+current timeout (no more retransmissions), and only then is it returned,
+marked unauthenticated, for the node to log and to act on as nothing more
+than "the lender cannot be reached this cycle". A verified 4.01 carrying an
+Echo option (RFC 9175 §2.4: the lender lost its replay window) is answered
+by the same request once more, with the Echo value inside and a new sequence
+number.
+
+`post(payload, last=True)` tells the modem driver that this exchange is the
+cycle's last, so it can send Release Assistance with it (see the drivers).
 """
 
 import os
 import time
 
-import cbor
 import coap
-from errors import AckError, CoapError, DeliveryError, ModemGarbage
+from errors import CoapError, DeliveryError, ModemGarbage, OscoreError
 
 ACK_TIMEOUT_MS = 2000
 ACK_RANDOM_FACTOR = 1.5
 MAX_RETRANSMIT = 4
 
-ACK_STORED, ACK_ALREADY, ACK_REFUSED, ACK_TOKEN = 1, 2, 3, 4
-TOKEN_BYTES = 12
+OSCORE_OPTION = 9  # RFC 8613 §2
+ECHO_OPTION = 252  # RFC 9175 §2.2.1
+UNAUTHORIZED = 0x81  # 4.01
 
 
-class Ack:
-    __slots__ = ("stored", "already", "refused", "token")
+class Answer:
+    """The lender's answer to one POST: its (inner) code, options and payload, and whether OSCORE authenticated it."""
 
-    def __init__(self, stored, already, refused, token=None):
-        self.stored = stored
-        self.already = already
-        self.refused = refused  # [(batch index, reason code, text)]
-        self.token = token  # a fresh lender token (12 bytes), or None
+    __slots__ = ("code", "options", "payload", "authenticated")
 
-    def settled(self):
-        """The seqs the lender holds now: stored by this request or before it."""
-        return self.stored + self.already
+    def __init__(self, code, options, payload, authenticated):
+        self.code = code
+        self.options = options
+        self.payload = payload
+        self.authenticated = authenticated
 
-
-def _uints(value, what):
-    if not isinstance(value, list) or len(value) > 4096:
-        raise AckError("ack %s must be a list of seqs, got %r" % (what, value))
-    for item in value:
-        if type(item) is not int or item < 0:
-            raise AckError("ack %s holds %r, not a seq" % (what, item))
-    return value
-
-
-def parse_ack(payload):
-    """The Ack in a 2.04 payload; AckError if it is not the ack map."""
-    try:
-        body = cbor.decode(payload, max_bytes=4096, max_depth=4, max_items=512)
-    except ValueError as error:
-        raise AckError("ack is not CBOR this node accepts: %s" % error)
-    if not isinstance(body, dict):
-        raise AckError("ack must be a CBOR map, got %s" % type(body).__name__)
-    stored = _uints(body.get(ACK_STORED, []), "stored (key 1)")
-    already = _uints(body.get(ACK_ALREADY, []), "already present (key 2)")
-    refused = []
-    items = body.get(ACK_REFUSED, [])
-    if not isinstance(items, list):
-        raise AckError("ack refusals (key 3) must be a list, got %r" % (items,))
-    for item in items:
-        if (not isinstance(item, list) or len(item) != 3 or type(item[0]) is not int or type(item[1]) is not int
-                or not isinstance(item[2], str)):
-            raise AckError("ack refusal %r is not [index, reason code, text]" % (item,))
-        refused.append((item[0], item[1], item[2]))
-    token = body.get(ACK_TOKEN)
-    if token is not None and (type(token) is not bytes or len(token) != TOKEN_BYTES):
-        raise AckError("ack token (key 4) must be %d bytes, got %r" % (TOKEN_BYTES, token))
-    return Ack(stored, already, refused, token)
+    def option(self, number):
+        for item, value in self.options:
+            if item == number:
+                return value
+        return None
 
 
 class Timing:
@@ -98,33 +80,60 @@ class Timing:
 
 
 class Uplink:
-    """Confirmable POSTs over one modem socket; counts what happened for the node's report."""
+    """Confirmable POSTs over one modem socket, OSCORE-protected when given a context; counts what happened."""
 
-    def __init__(self, modem, socket, path, timing, message_id=None, random_bytes=os.urandom):
+    def __init__(self, modem, socket, path, timing, message_id=None, random_bytes=os.urandom, context=None):
         self.modem = modem
         self.socket = socket
         self.path = path
         self.timing = timing
+        self.context = context
         self._random = random_bytes
         start = random_bytes(2)
         self.message_id = (start[0] << 8 | start[1]) if message_id is None else message_id
         self.transmissions = 0
         self.ignored = 0
+        self.forged = 0  # answers that failed OSCORE verification
+        self.unprotected = 0  # answers without OSCORE to a protected request
+        self.echoes = 0  # requests repeated with the lender's Echo value
 
     def _next_message_id(self):
         self.message_id = (self.message_id + 1) & 0xFFFF
         return self.message_id
 
-    def post(self, payload):
-        """POST payload (application/cbor); return the response Message. DeliveryError if the lender never answers."""
+    def post(self, payload, last=False):
+        """POST payload (application/cbor); the lender's Answer. DeliveryError if the lender never answers."""
+        echo = None
+        while True:
+            answer = self._exchange(payload, echo, last)
+            if (echo is not None or not answer.authenticated or answer.code != UNAUTHORIZED
+                    or answer.option(ECHO_OPTION) is None):
+                return answer
+            echo = answer.option(ECHO_OPTION)  # RFC 9175 §2.4: once more, proving freshness
+            self.echoes += 1
+
+    def _request(self, payload, echo):
+        """(datagram for a message id and token to fill in, the OSCORE request or None)."""
+        inner = coap.request(coap.POST, 0, b"", self.path, payload, coap.CBOR)
+        if self.context is None:
+            return inner.options, payload, None
+        if echo is not None:
+            inner.options.append((ECHO_OPTION, echo))
+        plain = coap.encode(inner)
+        option, ciphertext, request = self.context.protect(bytes([coap.POST]) + plain[4:])
+        return [(OSCORE_OPTION, option)], ciphertext, request
+
+    def _exchange(self, payload, echo, last):
         message_id = self._next_message_id()
         token = self._random(4)  # RFC 7252 §5.3.1: 32 random bits against off-path forged answers
-        datagram = coap.encode(coap.request(coap.POST, message_id, token, self.path, payload, coap.CBOR))
+        options, body, request = self._request(payload, echo)
+        datagram = coap.encode(coap.Message(coap.CON, coap.POST, message_id, token, options, body))
+        del options, body
         timeout = self.timing.first_timeout_ms(self._random(1)[0])
         for _ in range(self.timing.max_retransmit + 1):
-            self.modem.send(self.socket, datagram)
+            self.modem.send(self.socket, datagram, last)
             self.transmissions += 1
-            answer = self._await(message_id, token, timeout)
+            answer = self._await(message_id, token, timeout, request)
             if answer is not None:
                 return answer
             timeout *= 2
@@ -147,34 +156,68 @@ class Uplink:
             except CoapError:
                 self.ignored += 1
 
-    def _await(self, message_id, token, timeout_ms):
-        """The response to (message_id, token), or None when timeout_ms passed without one."""
+    def _open(self, message, request):
+        """The Answer in a response message, or None when it fails OSCORE verification (counted as forged)."""
+        context = self.context
+        if request is None or context is None:
+            return Answer(message.code, message.options, message.payload, False)
+        option = message.option(OSCORE_OPTION)
+        if option is None:
+            self.unprotected += 1
+            return Answer(message.code, message.options, message.payload, False)
+        try:
+            plain = context.unprotect(option, message.payload, request)
+            if not plain:
+                raise OscoreError("an empty OSCORE plaintext has no code")
+            inner = coap.decode(bytes([0x40, plain[0], 0, 0]) + plain[1:])
+        except (OscoreError, CoapError):
+            self.forged += 1
+            return None
+        return Answer(inner.code, inner.options, inner.payload, True)
+
+    def _take(self, message, request):
+        """The Answer in a response (None when it fails verification); a confirmable one is acknowledged."""
+        answer = self._open(message, request)
+        if answer is not None and message.type == coap.CON:
+            self.modem.send(self.socket, coap.empty_ack(message.message_id))
+        return answer
+
+    def _await(self, message_id, token, timeout_ms, request):
+        """The answer to (message_id, token), or None when timeout_ms passed without one.
+
+        Under OSCORE an unprotected answer does not end the wait: it is returned only if no verified one
+        arrives before the timeout (and then the exchange is over: retransmitting brings the same answer).
+        """
         deadline = time.ticks_add(time.ticks_ms(), timeout_ms)
+        fallback = None
         for message in self._datagrams(deadline):
             if message.message_id == message_id and message.type == coap.RST:
                 raise DeliveryError("the lender reset CoAP message %d" % message_id)
-            if message.message_id == message_id and message.type == coap.ACK:
-                if message.code != coap.EMPTY:
-                    if message.token == token:
-                        return message  # piggybacked response (RFC 7252 §5.2.1)
-                    self.ignored += 1
-                    continue
-                return self._separate(token)
-            if message.token == token and message.type in (coap.CON, coap.NON) and message.code >> 5 in (2, 4, 5):
-                return self._acknowledge(message)
-            self.ignored += 1
-        return None
+            if message.message_id == message_id and message.type == coap.ACK and message.code == coap.EMPTY:
+                return self._separate(token, request)
+            if message.token != token or not (
+                    (message.type == coap.ACK and message.message_id == message_id)
+                    or (message.type in (coap.CON, coap.NON) and message.code >> 5 in (2, 4, 5))):
+                self.ignored += 1
+                continue
+            answer = self._take(message, request)
+            if answer is not None and (answer.authenticated or request is None):
+                return answer
+            fallback = answer or fallback
+        return fallback
 
-    def _separate(self, token):
+    def _separate(self, token, request):
         """After an empty ACK: wait for the separate response carrying our token (RFC 7252 §5.2.2)."""
         deadline = time.ticks_add(time.ticks_ms(), self.timing.response_timeout_ms)
+        fallback = None
         for message in self._datagrams(deadline):
             if message.token == token and message.type in (coap.CON, coap.NON) and message.code >> 5 in (2, 4, 5):
-                return self._acknowledge(message)
+                answer = self._take(message, request)
+                if answer is not None and (answer.authenticated or request is None):
+                    return answer
+                fallback = answer or fallback
+                continue
             self.ignored += 1
+        if fallback is not None:
+            return fallback
         raise DeliveryError("the lender acknowledged but sent no response within %d ms" % self.timing.response_timeout_ms)
-
-    def _acknowledge(self, message):
-        if message.type == coap.CON:
-            self.modem.send(self.socket, coap.empty_ack(message.message_id))
-        return message

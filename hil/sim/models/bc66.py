@@ -18,6 +18,14 @@ socket API, as the real modules' firmware does:
 Both: AT+CPSMS (TS 27.007 §7.38), AT+CEDRXS (§7.40), AT+CSCON? (§10.1.30), and
 +CME ERROR: 159 (uplink busy) on a send when the link's busy_sends knob is set.
 Sockets are real UDP sockets on 127.0.0.1 (hil.sim.models.nbiot).
+
+Release Assistance (the radio connection is modelled in hil.sim.models.nbiot):
+"bc66" takes AT+QNBIOTRAI=<rai> (BC66 AT Commands Manual: 0 no information,
+1 one uplink packet and no downlink expected, 2 one uplink and one downlink
+packet expected), which applies to every send until changed; "bc95" takes
+AT+NSOSTF=<s>,<ip>,<port>,<flag>,<length>,<hex> (BC95 AT Commands Manual:
+flag 0x200 release after this message, 0x400 release after its reply) and
+AT+CNMPSD (TS 27.007 §10.1.41).
 """
 from __future__ import annotations
 
@@ -88,7 +96,8 @@ def _qisend(ctx: CommandContext) -> Reply:
     busy = nbiot.busy(ctx)
     if busy is not None:
         return busy
-    nbiot.send_datagram(ctx, entry, data, entry.peer)
+    rai = ctx.state.extra.get("qnbiotrai", "0")
+    nbiot.send_datagram(ctx, entry, data, entry.peer, {"1": "uplink", "2": "downlink"}.get(str(rai)))
     return Reply(after=("SEND OK",))
 
 
@@ -129,9 +138,24 @@ def _nsocr(ctx: CommandContext) -> Reply:
     return Reply((str(entry.sid),))
 
 
-def _nsost(ctx: CommandContext) -> Reply:
-    sid, host, port = int(ctx.match.group(1)), ctx.match.group(2), int(ctx.match.group(3))
-    length, data = int(ctx.match.group(4)), _unhex(ctx.match.group(5))
+NSO_RELEASE = {0x200: "uplink", 0x400: "downlink"}  # AT+NSOSTF <flag>: release after this message / its reply
+
+
+def _nsostf(ctx: CommandContext) -> Reply:
+    """AT+NSOSTF: AT+NSOST with a <flag> (0x100 exception data, 0x200 / 0x400 Release Assistance)."""
+    try:
+        flag = int(ctx.match.group(4), 0)
+    except ValueError:
+        return error()
+    if flag not in (0, 0x100, 0x200, 0x400):
+        return error()
+    return _nsost(ctx, (ctx.match.group(1), ctx.match.group(2), ctx.match.group(3), ctx.match.group(5),
+                        ctx.match.group(6)), NSO_RELEASE.get(flag))
+
+
+def _nsost(ctx: CommandContext, groups: tuple[str, ...] | None = None, release: nbiot.Release | None = None) -> Reply:
+    sid_text, host, port_text, length_text, data_text = groups or ctx.match.groups()
+    sid, port, length, data = int(sid_text), int(port_text), int(length_text), _unhex(data_text)
     entry = nbiot.sockets(ctx.state).get(sid)
     if entry is None or data is None or len(data) != length or not 0 < length <= 512:
         return error()
@@ -140,7 +164,7 @@ def _nsost(ctx: CommandContext) -> Reply:
     busy = nbiot.busy(ctx)
     if busy is not None:
         return busy
-    nbiot.send_datagram(ctx, entry, data, (host, port))
+    nbiot.send_datagram(ctx, entry, data, (host, port), release)
     return Reply((f"{sid},{length}",))
 
 
@@ -190,12 +214,14 @@ MODEL = ModemModel(
     ati=("Quectel_Ltd", "Quectel_BC66", "Revision: BC66NBR01A10"),
     answers={
         **_FAMILY_ANSWERS,
+        "AT+QNBIOTRAI?": lambda s: (f"+QNBIOTRAI: {s.extra.get('qnbiotrai', '0')}",),
         "AT+QIOPEN=?": ('+QIOPEN: (1-3),(0-4),("TCP","UDP"),"<IP_address>/<domain_name>",(1-65535),(0-65535),(0,1)',),
         'AT+QICFG="DATAFORMAT"': lambda s: (f'+QICFG: "dataformat",{int(bool(s.extra.get("hex_send")))},'
                                             f'{int(bool(s.extra.get("hex_receive")))}',),
     },
     handlers=_FAMILY_HANDLERS + (
         (r"AT\+QSCLK=([012])", nbiot.setting("qsclk", ("0", "1", "2"))),
+        (r"AT\+QNBIOTRAI=([012])", nbiot.setting("qnbiotrai", ("0", "1", "2"))),
         (r'AT\+QICFG="dataformat",(\d),(\d)', _qicfg_dataformat),
         (r'AT\+QIOPEN=(\d+),(\d+),"(TCP|UDP)","([^"]+)",(\d+)(?:,(\d+)(?:,(\d+))?)?', _qiopen),
         (r"AT\+QISEND=(\d+),(\d+),(\"?[0-9A-Za-z]*\"?)", _qisend),
@@ -216,6 +242,8 @@ BC95 = ModemModel(
     handlers=_FAMILY_HANDLERS + (
         (r"AT\+NSOCR=(\w+),(\d+),(\d+)(?:,([01]))?", _nsocr),
         (r"AT\+NSOST=(\d+),([^,]+),(\d+),(\d+),([0-9A-Fa-f]*)", _nsost),
+        (r"AT\+NSOSTF=(\d+),([^,]+),(\d+),(0x[0-9A-Fa-f]+|\d+),(\d+),([0-9A-Fa-f]*)", _nsostf),
+        (r"AT\+CNMPSD", nbiot.no_more_data),
         (r"AT\+NSORF=(\d+),(\d+)", _nsorf),
         (r"AT\+NSOCL=(\d+)", _nsocl),
     ),

@@ -15,7 +15,23 @@ the modem). Its knobs are faults of the air interface, one line each::
     link.busy_sends = 1        # the next send answers +CME ERROR: 159 (uplink busy)
 
 and it records every datagram (`link.datagrams`: (time.monotonic(), "up" or
-"down", bytes, delivered)) for tests to assert.
+"down", bytes, delivered)) for tests to assert. An on-path attacker is one
+knob too: ``link.forge = f`` calls ``f(datagram)`` for each uplink datagram,
+and whatever bytes it returns reach the node as a downlink datagram at once,
+before anything the lender answers (recorded as "forged").
+
+The radio connection (RRC, TS 36.331) is modelled as a cell runs it, in
+`link.rrc`: connected by the first datagram either way (+CSCON: 1 when
+AT+CSCON=1 asked for it), kept while datagrams flow, released when the
+network's inactivity timer (``link.rrc.inactivity_s``, 20 s by default: real
+cells use 10-20 s) runs out after the last one, or at once by Release
+Assistance: a datagram sent with "release after this uplink" (AT+NSOSTF flag
+0x200, AT+QNBIOTRAI=1), "release after the reply" (flag 0x400,
+AT+QNBIOTRAI=2: released when the next downlink datagram has arrived), or
+AT+CNMPSD (no more data: released now). Closing a socket releases nothing.
+Every connection is kept as an episode (connected, released, why), so tests
+and the bench read radio-on time from it (`Rrc.radio_on_s`); an episode still
+open is counted to where its inactivity timer will end it.
 
 PSM (TS 27.007 §7.38 +CPSMS): a model that enables it goes to sleep
 `PSM_ENTER_S` after its last socket closes; with +CPSMSTATUS reporting on
@@ -32,10 +48,41 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from hil.sim.model import CommandContext, Reply, SimState, SimulatedModem, error
 
 PSM_ENTER_S = 0.05
+INACTIVITY_S = 20.0  # a typical network RRC inactivity timer (10-20 s)
+
+Release = Literal["uplink", "downlink"]  # Release Assistance: after this uplink datagram, or after the reply to it
+
+
+@dataclass(slots=True)
+class Rrc:
+    """The RRC connection between a simulated modem and the cell, with every connected episode (see module docstring)."""
+
+    inactivity_s: float = INACTIVITY_S
+    connected_since: float | None = None
+    last_activity: float = 0.0
+    release_on_downlink: bool = False
+    episodes: list[tuple[float, float, str]] = field(default_factory=list)  # (connected, released, why)
+    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
+
+    @property
+    def connected(self) -> bool:
+        return self.connected_since is not None
+
+    def radio_on_s(self) -> float:
+        """Seconds connected, all episodes; an open one is counted to where its inactivity timer will end it."""
+        total = sum(released - connected for connected, released, _ in self.episodes)
+        if self.connected_since is not None:
+            total += self.last_activity + self.inactivity_s - self.connected_since
+        return total
+
+    def releases(self) -> list[str]:
+        """Why each finished episode ended: "rai", "no-more-data", "inactivity"."""
+        return [why for _, _, why in self.episodes]
 
 
 @dataclass(slots=True)
@@ -45,7 +92,9 @@ class UdpLink:
     drop_downlink: int = 0
     drop_uplink: int = 0
     busy_sends: int = 0
+    forge: Callable[[bytes], bytes | None] | None = None
     datagrams: list[tuple[float, str, bytes, bool]] = field(default_factory=list)
+    rrc: Rrc = field(default_factory=Rrc)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record(self, direction: str, data: bytes, delivered: bool) -> None:
@@ -101,6 +150,7 @@ class SimSocket:
     peer: tuple[str, int] | None = None
     inbox: list[tuple[bytes, tuple[str, int]]] = field(default_factory=list)
     options: dict[str, object] = field(default_factory=dict)
+    arrived: Callable[[SimulatedModem, SimSocket, bytes, tuple[str, int]], None] | None = None
 
 
 def sockets(state: SimState) -> dict[int, SimSocket]:
@@ -126,7 +176,7 @@ def open_socket(ctx: CommandContext, sid: int, peer: tuple[str, int] | None,
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     sock.setblocking(False)
-    entry = SimSocket(sid, sock, peer, options=dict(options))
+    entry = SimSocket(sid, sock, peer, options=dict(options), arrived=arrived)
     sockets(state)[sid] = entry
     loop = asyncio.get_running_loop()
 
@@ -145,8 +195,8 @@ def open_socket(ctx: CommandContext, sid: int, peer: tuple[str, int] | None,
         link(sim).record("down", data, not lost)
         if lost:
             return
-        radio(sim, state, True)
         arrived(sim, entry, data, (str(address[0]), int(address[1])))
+        activity(sim, state, "down")
 
     loop.add_reader(sock.fileno(), readable)
     return entry
@@ -166,18 +216,70 @@ def close_socket(ctx: CommandContext, sid: int) -> bool:
         return False
     _forget(asyncio.get_running_loop(), entry.sock)
     if not sockets(ctx.state):
-        radio(ctx.sim, ctx.state, False)  # a real cell releases RRC a few seconds later; here at once
-        schedule_psm(ctx)
+        schedule_psm(ctx)  # the radio connection is the cell's: its inactivity timer or RAI releases it
     return True
 
 
-def send_datagram(ctx: CommandContext, entry: SimSocket, data: bytes, peer: tuple[str, int]) -> None:
-    """The node's datagram goes out on the real socket (unless the link loses it)."""
-    lost = link(ctx.sim).take_uplink_loss()
-    link(ctx.sim).record("up", data, not lost)
-    radio(ctx.sim, ctx.state, True)
+def send_datagram(ctx: CommandContext, entry: SimSocket, data: bytes, peer: tuple[str, int],
+                  release: Release | None = None) -> None:
+    """The node's datagram goes out on the real socket (unless the link loses it), with Release Assistance if given."""
+    air = link(ctx.sim)
+    lost = air.take_uplink_loss()
+    air.record("up", data, not lost)
+    activity(ctx.sim, ctx.state, "up")
     if not lost:
         entry.sock.sendto(data, peer)
+    forged = air.forge(bytes(data)) if air.forge is not None else None
+    if forged is not None and entry.arrived is not None:
+        air.record("forged", forged, True)
+        entry.arrived(ctx.sim, entry, forged, peer)
+    if release == "uplink":
+        release_radio(ctx.sim, ctx.state, "rai")
+    elif release == "downlink":
+        air.rrc.release_on_downlink = True
+
+
+# --- the radio connection (RRC) ------------------------------------------------------
+
+def activity(sim: SimulatedModem, state: SimState, direction: str) -> None:
+    """A datagram crossed the air: connect if idle, restart the inactivity timer, honour an armed release."""
+    rrc = link(sim).rrc
+    now = time.monotonic()
+    if rrc.connected_since is None:
+        rrc.connected_since = now
+        radio(sim, state, True)
+    rrc.last_activity = now
+    if direction == "down" and rrc.release_on_downlink:
+        release_radio(sim, state, "rai")
+        return
+    if rrc.timer is not None:
+        rrc.timer.cancel()
+
+    def expire() -> None:
+        if rrc.connected_since is not None and time.monotonic() - rrc.last_activity >= rrc.inactivity_s - 0.01:
+            release_radio(sim, state, "inactivity", at=rrc.last_activity + rrc.inactivity_s)
+    rrc.timer = asyncio.get_running_loop().call_later(rrc.inactivity_s, expire)
+
+
+def release_radio(sim: SimulatedModem, state: SimState, why: str, at: float | None = None) -> None:
+    """The cell releases the connection (+CSCON: 0 if asked for); a no-op when idle."""
+    rrc = link(sim).rrc
+    rrc.release_on_downlink = False
+    if rrc.timer is not None:
+        rrc.timer.cancel()
+        rrc.timer = None
+    if rrc.connected_since is None:
+        return
+    rrc.episodes.append((rrc.connected_since, time.monotonic() if at is None else at, why))
+    rrc.connected_since = None
+    if sim.state is state:  # a modem that rebooted since has no connection to report
+        radio(sim, state, False)
+
+
+def no_more_data(ctx: CommandContext) -> Reply:
+    """AT+CNMPSD (TS 27.007 §10.1.41): no more PS data for now; the network releases the connection at once."""
+    release_radio(ctx.sim, ctx.state, "no-more-data")
+    return Reply()
 
 
 def busy(ctx: CommandContext) -> Reply | None:

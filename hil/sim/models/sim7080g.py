@@ -15,6 +15,8 @@ TCP/IP Application Note (§5.1.1):
 * AT+CACLOSE=<cid>.
 * AT+CPSMS (TS 27.007 §7.38) and AT+CPSMSTATUS=1: +CPSMSTATUS: "ENTER PSM" /
   "EXIT PSM" (hil.sim.models.nbiot).
+* AT+CNMPSD (TS 27.007 §10.1.41, no more PS data): the network releases the
+  radio connection at once (AT+CASEND has no Release Assistance flag).
 
 Sockets are real UDP sockets on 127.0.0.1 (hil.sim.models.nbiot).
 """
@@ -140,6 +142,7 @@ MODEL = ModemModel(
         (r"AT\+CASEND=(\d+),(\d+)(?:,\d+)?", _casend),
         (r"AT\+CARECV=(\d+),(\d+)", _carecv),
         (r"AT\+CACLOSE=(\d+)", _caclose),
+        (r"AT\+CNMPSD", nbiot.no_more_data),
     ) + common.HANDLERS,
     boot_urcs=("RDY", "+CFUN: 1", "+CPIN: READY", "SMS Ready"),
     initial_state={"rat": "LTE", "band": 8, "earfcn": 3740, "mcc": "262", "mnc": "02", "operator_long": "Vodafone.de",
