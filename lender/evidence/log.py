@@ -36,6 +36,7 @@ from pathlib import Path
 from durable.exc import KeyFileExistsError
 from durable.keyfile import create_key, read_key
 from lender.exc import StoreFormatError
+from telemetry.exc import ReceiptError
 from telemetry.identity import Identity
 from telemetry.logentry import (
     DeviceHead,
@@ -333,7 +334,11 @@ class EvidenceLog:
             if slot != self._slots[device]:
                 raise StoreFormatError(f"the evidence log's device heads are damaged (slot {slot} of {device})")
         row = self._conn.execute("SELECT signed FROM log_checkpoints ORDER BY tree_size DESC LIMIT 1").fetchone()
-        self.latest = None if row is None else SignedCheckpoint.decode(row[0], self.identity.public_key)
+        try:
+            self.latest = None if row is None else SignedCheckpoint.decode(row[0], self.identity.public_key)
+        except ReceiptError as exc:
+            raise StoreFormatError(f"the evidence log's latest checkpoint is not signed by the lender's key "
+                                   f"({LENDER_KEY} replaced?): {exc}") from exc
         self._loaded = True
 
     def _stored_size(self) -> int:

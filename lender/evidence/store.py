@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from durable.exc import DurableError
 from lender.evidence.log import LOG_TABLES, EvidenceLog, lender_identity
 from lender.evidence.registry import Device, DeviceStatus, Registry
 from lender.exc import (
@@ -485,6 +486,8 @@ class SQLiteStore:
             step()
         except sqlite3.Error as exc:
             raise _wrap(exc, f"cannot write the evidence log in {self.path}") from exc
+        except DurableError as exc:  # the signing key: nothing is stored unless its checkpoint can be signed
+            raise StoreUnavailableError(f"cannot sign the evidence log's checkpoint: {exc}") from exc
 
     def _query(self, sql: str, params: tuple | list = ()) -> list[tuple]:
         try:
