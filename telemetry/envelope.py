@@ -21,6 +21,7 @@ from telemetry.ack import Reason
 from telemetry.cbor import DEFAULT_LIMITS, Limits
 from telemetry.clock import ClockStatement
 from telemetry.cose import eddsa_header, parse_sign1, sig_structure
+from telemetry.enrollment import valid_id
 from telemetry.exc import (
     ClockStatementError,
     OversizeError,
@@ -188,8 +189,9 @@ def seal(
     With `counters` the envelope is version 2 (and may carry a lender `token`
     and the enrollment `binding`); without, version 1, as before.
     """
-    if not device or len(device) > MAX_DEVICE_ID:
-        raise ValueError(f"device id must be 1..{MAX_DEVICE_ID} characters, got {device!r}")
+    if not valid_id(device):
+        raise ValueError(f"device id must be 1..{MAX_DEVICE_ID} of A-Z a-z 0-9 . _ - starting with a letter or "
+                         f"digit, got {device!r}")
     if not (_is_uint(boot) and _is_uint(seq)):
         raise ValueError("boot and seq must be unsigned 64-bit integers")
     if len(prev) != DIGEST_BYTES:
@@ -235,8 +237,11 @@ def decode(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> Envelope:
     if not isinstance(body, dict):
         raise SchemaError("payload must be a map")
     device, boot, seq, prev = body.get(DEVICE), body.get(BOOT), body.get(SEQ), body.get(PREV)
-    if not isinstance(device, str) or not 0 < len(device) <= MAX_DEVICE_ID:
-        raise SchemaError(f"payload device id (1) must be text of 1..{MAX_DEVICE_ID} characters")
+    if not valid_id(device):
+        # the registry's pattern: an id that reaches a log line, a terminal or a file name is plain text
+        shown = repr(device)[:80] if isinstance(device, str) else f"of type {type(device).__name__}"
+        raise SchemaError(f"payload device id (1) {shown} is not an id: 1..{MAX_DEVICE_ID} of A-Z a-z 0-9 . _ - "
+                          "starting with a letter or digit")
     if not _is_uint(boot) or not _is_uint(seq):
         raise SchemaError("payload boot (2) and seq (3) must be unsigned integers")
     if not isinstance(prev, bytes) or len(prev) != DIGEST_BYTES:

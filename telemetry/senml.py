@@ -3,10 +3,12 @@
 `encode_pack` compacts with base values (RFC 8428 §4.1) by a fixed rule that
 the firmware reproduces byte for byte (docs/wire-format.md); `decode_pack`
 resolves base values (§4.6) and checks names (§4.5.1), units (§12.1 and the
-RFC 8798 secondary units) and value types, raising `SenMLError` on any breach.
+RFC 8798 secondary units), value types and that every resolved number is
+finite (no NaN, no ±infinity), raising `SenMLError` on any breach.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -178,6 +180,9 @@ def records_from_cbor(pack: object) -> tuple[Record, ...]:
         time = _field(item, T, float, index)
         if time is not None or base_time is not None:
             time = (base_time or 0) + (time or 0)
+        update_time = _field(item, UT, float, index)
+        for label, number in (("value", value), ("sum", total), ("time", time), ("update time", update_time)):
+            _check_finite(number, label, index)
         records.append(
             Record(
                 name=name,
@@ -188,7 +193,15 @@ def records_from_cbor(pack: object) -> tuple[Record, ...]:
                 sum=total,
                 unit=_field(item, U, str, index) or base_unit,
                 time=time,
-                update_time=_field(item, UT, float, index),
+                update_time=update_time,
             )
         )
     return tuple(records)
+
+
+def _check_finite(number: int | float | None, label: str, index: int) -> None:
+    """A resolved number must be finite: NaN and ±infinity mean nothing as a reading or a time, and a store
+    cannot keep them (SQLite turns NaN into NULL), so they are refused here, where the envelope is decoded."""
+    if type(number) is float and not math.isfinite(number):
+        raise SenMLError(f"SenML record {index}: {label} is {number!r}, not a finite number (resolved with its base "
+                         "values); a reading or a time must be finite")

@@ -17,6 +17,7 @@ from telemetry.ack import REFUSED as ACK_REJECTED
 from telemetry.ack import STORED as ACK_STORED
 from telemetry.envelope import GENESIS, Gap, GapReason, Reason, seal
 from telemetry.receipt import DeliveryReceipt
+from telemetry.senml import Record
 from tests.kit.lender import Device, batch, enroll
 
 
@@ -262,3 +263,23 @@ def test_two_writers_retrying_the_same_batches_at_once_store_each_envelope_once(
     assert sorted(stored) == list(range(1, 61))  # each seq stored exactly once, by exactly one writer
     assert all(not o.refused for outcomes in results.values() for o in outcomes)
     assert store.counts().envelopes == 60
+
+
+@pytest.mark.parametrize("poison", [
+    {"time": float("nan")}, {"value": float("nan")}, {"value": float("inf")}, {"value": float("-inf")},
+])
+def test_a_poisoned_alarm_is_refused_alone_and_the_rest_of_its_batch_is_stored(ingest, gateway, store, poison):
+    # a NaN time once made SQLite's NOT NULL fail: the whole batch answered 5.03, forever, and since alarms go
+    # first, one poisoned alarm wedged the gateway's uplink
+    good = gateway.chain(3)
+    gateway.seq += 1
+    fields = {"boolean": True, "time": 1_800_000_000.0} if "value" not in poison else {"time": 1_800_000_000.0}
+    poisoned = seal(gateway.identity, device="gw-1", boot=1, seq=gateway.seq, prev=gateway.prev,
+                    records=[Record("alarm.tamper", **{**fields, **poison})])
+    outcome = ingest.batch(batch([poisoned, *good]), peer="test")
+    assert outcome.status is Status.CHANGED
+    assert outcome.stored == (1, 2, 3)
+    (refusal,) = outcome.refused
+    assert (refusal.index, refusal.reason) == (0, Reason.MALFORMED) and "not a finite number" in refusal.text
+    (kept,) = store.quarantined()
+    assert kept.raw == poisoned.raw and kept.reason is Reason.MALFORMED

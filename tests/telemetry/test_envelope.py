@@ -1,4 +1,6 @@
 """The signed envelope: what it says, who can verify it, and what a forgery looks like."""
+import re
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -74,6 +76,9 @@ def test_a_truncated_envelope_is_malformed_with_a_clear_reason():
     (lambda p: [p[0], {}, cbor.encode({1: "gw", 2: 1, 3: 1, 4: GENESIS}), p[3]], "no SenML pack"),
     (lambda p: [p[0], {}, cbor.encode({1: "gw", 2: 1, 3: 1, 4: GENESIS, 5: [], 99: 0}), p[3]], "unknown keys"),
     (lambda p: [p[0], {}, cbor.encode({1: "gw", 2: 1, 3: 1, 4: GENESIS, 5: [{0: "bad name!", 2: 1}]}), p[3]], "name"),
+    (lambda p: [p[0], {}, cbor.encode({1: "gw\n\x1b[32mINFO", 2: 1, 3: 1, 4: GENESIS, 5: []}), p[3]], "not an id"),
+    (lambda p: [p[0], {}, cbor.encode({1: "-gw", 2: 1, 3: 1, 4: GENESIS, 5: []}), p[3]], "not an id"),
+    (lambda p: [p[0], {}, cbor.encode({1: "g" * 65, 2: 1, 3: 1, 4: GENESIS, 5: []}), p[3]], "not an id"),
 ])
 def test_structural_defects_are_named(mangle, message):
     parts = cbor.decode(sample().raw).value
@@ -95,8 +100,9 @@ def test_alarm_records_make_the_envelope_an_alarm():
 
 
 def test_seal_refuses_arguments_that_would_make_a_bad_envelope():
-    with pytest.raises(ValueError):
-        seal(GATEWAY, device="", boot=1, seq=1, prev=GENESIS)
+    for device in ("", "gw 1", "gw\n1", "." + "g" * 10, "g" * 65):
+        with pytest.raises(ValueError):
+            seal(GATEWAY, device=device, boot=1, seq=1, prev=GENESIS)
     with pytest.raises(ValueError):
         seal(GATEWAY, device="gw", boot=1, seq=-1, prev=GENESIS)
     with pytest.raises(ValueError):
@@ -106,8 +112,8 @@ def test_seal_refuses_arguments_that_would_make_a_bad_envelope():
 @settings(max_examples=1000)
 @given(
     seq=st.integers(0, 2**64 - 1), boot=st.integers(0, 2**64 - 1), prev=st.binary(min_size=16, max_size=16),
-    device=st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FFF), min_size=1, max_size=64),
-    value=st.floats(allow_nan=False) | st.integers(-(2**63), 2**63),
+    device=st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z"),
+    value=st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**63), 2**63),
 )
 def test_any_sealed_envelope_verifies_and_round_trips(seq, boot, prev, device, value):
     keys = {GATEWAY.kid: GATEWAY.device_key(device)}
@@ -122,3 +128,16 @@ def test_any_sealed_envelope_verifies_and_round_trips(seq, boot, prev, device, v
                        max_size=12))
 def test_the_payload_fast_path_encodes_exactly_as_the_general_encoder(mapping):
     assert cbor.encode_labelled(sorted(mapping.items())) == cbor.encode(mapping)
+
+
+@settings(max_examples=300)
+@given(device=st.text(min_size=1, max_size=70))
+def test_a_device_id_off_the_registry_pattern_is_malformed_at_decode_and_its_text_comes_back_escaped(device):
+    parts = cbor.decode(sample().raw).value
+    parts[2] = cbor.encode({1: device, 2: 1, 3: 1, 4: GENESIS, 5: []})
+    verdict = verify(cbor.encode(Tag(18, parts)), KEYS)
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", device):
+        assert verdict.reason is not Reason.MALFORMED
+    else:
+        assert verdict.reason is Reason.MALFORMED and "not an id" in verdict.detail
+        assert verdict.detail.isprintable(), verdict.detail  # no newline, no escape sequence reaches a log line

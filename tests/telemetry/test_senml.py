@@ -1,10 +1,12 @@
 """SenML packs: base-value compaction on the way out, resolution and validation on the way in (RFC 8428)."""
+import math
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from telemetry import cbor
 from telemetry.exc import SenMLError
-from telemetry.senml import BN, BT, BU, BV, BS, N, S, T, U, UNITS, V, Record, check_name, pack_to_cbor, records_from_cbor
+from telemetry.senml import BN, BT, BU, BV, BS, N, S, T, U, UNITS, UT, V, Record, check_name, pack_to_cbor, records_from_cbor
 
 names = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9\-:./_]{0,20}\Z")
 numbers = st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**53), 2**53)
@@ -99,3 +101,25 @@ def test_newer_senml_versions_and_must_understand_fields_are_refused():
 def test_a_pack_mixing_timed_and_untimed_records_is_refused_at_encode():
     with pytest.raises(ValueError, match="time"):
         pack_to_cbor([Record("a", value=1, time=5), Record("b", value=1)])
+
+
+@settings(max_examples=400)
+@given(label=st.sampled_from([V, S, T, UT, BV, BS, BT]),
+       number=st.sampled_from([math.nan, math.inf, -math.inf]) | st.floats(allow_nan=True, allow_infinity=True),
+       name=names)
+def test_a_number_that_is_not_finite_once_resolved_is_refused(label, number, name):
+    item = {N: name, label: number}
+    if label not in (V, S):
+        item[V] = 1.0  # a record carries a value besides the number under test
+    if label in (BV, BS):
+        item[{BV: V, BS: S}[label]] = 0.5
+    if math.isfinite(number):
+        records_from_cbor(cbor.decode(cbor.encode([item])))
+        return
+    with pytest.raises(SenMLError, match="not a finite number"):
+        records_from_cbor(cbor.decode(cbor.encode([item])))
+
+
+def test_a_sum_of_finite_base_and_value_that_overflows_is_refused():
+    with pytest.raises(SenMLError, match="value is inf"):
+        records_from_cbor([{BV: 1.5e308, N: "x", V: 1.5e308}])
