@@ -66,3 +66,11 @@ class ReceiptError(SchemaError):
 
 class BundleFormatError(SchemaError):
     """An evidence bundle is not the JSON document docs/evidence.md defines (its findings are data, not this error)."""
+
+
+class CommandError(SchemaError):
+    """Bytes that should be a lender's command are not one signed by the lender's key, or not well formed."""
+
+
+class CommandRefused(CommandError):
+    """A genuine command this device must not apply: for another device, not newer than the last applied, or expired."""

@@ -9,6 +9,7 @@ from telemetry import cbor
 from telemetry.ack import Ack
 from telemetry.bundle import verify_bundle
 from telemetry.clock import ClockStatement
+from telemetry.command import Command, accept
 from telemetry.enrollment import REQUEST_AAD, EnrollmentRequest, EnrollmentResponse, binding_of, signer_verifies
 from telemetry.freshness import issue_token, token_genuine, token_time
 from telemetry.exc import EnrollmentFormatError
@@ -23,7 +24,7 @@ from tests.vectors.generate import build, record_json
 VECTORS = Path(__file__).parent / "vectors"
 NAMES = sorted(p.stem for p in VECTORS.glob("*.json"))
 KINDS = ("envelope", "gap", "senml", "cose", "ack", "clock", "enrollment-request", "enrollment-response", "token",
-         "log-entry", "checkpoint", "receipt", "bundle")
+         "log-entry", "checkpoint", "receipt", "bundle", "command")
 
 
 def vectors_of(*kinds: str) -> list[str]:
@@ -188,3 +189,17 @@ def test_the_v2_envelopes_carry_the_binding_of_their_key_to_the_lender_and_asset
         description = json.loads((VECTORS / f"{name}.json").read_text())
         envelope = decode_envelope((VECTORS / f"{name}.cbor").read_bytes())
         assert envelope.binding == binding_of(lender, bytes.fromhex(description["public_key_hex"]), "loan-2026-117")
+
+
+@pytest.mark.parametrize("name", vectors_of("command"))
+def test_every_command_vector_verifies_with_the_lenders_key_alone(name):
+    description = json.loads((VECTORS / f"{name}.json").read_text())
+    raw = (VECTORS / f"{name}.cbor").read_bytes()
+    command = Command.verify(raw, bytes.fromhex(description["public_key_hex"]))
+    assert (command.device, command.seq, str(command.kind)) == (description["device"], description["seq"],
+                                                                description["command_kind"])
+    assert (command.issued, command.expires) == (description["issued"], description["expires"])
+    assert command.payload().hex() == description["payload_hex"]
+    assert command.digest.hex() == description["digest_hex"]
+    assert accept(raw, bytes.fromhex(description["public_key_hex"]), description["device"], command.seq - 1,
+                  command.issued) == command

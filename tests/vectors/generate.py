@@ -20,6 +20,7 @@ from telemetry import cbor  # noqa: E402
 from telemetry.ack import Ack, Reason, Refusal  # noqa: E402
 from telemetry.bundle import BundleEntry, build_bundle  # noqa: E402
 from telemetry.clock import ClockStatement  # noqa: E402
+from telemetry.command import Command, Configure, Inspect, Permit  # noqa: E402
 from telemetry.cose import cose_sign1  # noqa: E402
 from telemetry.enrollment import (  # noqa: E402
     AssetBinding,
@@ -165,6 +166,26 @@ def build() -> dict[str, tuple[dict, bytes]]:
     vectors.update(contract_vectors(one, two, Identity(SEED_3)))
     vectors.update(version2_vectors(one, two, Identity(SEED_3)))
     vectors.update(evidence_vectors(one, two, Identity(SEED_3)))
+    vectors.update(command_vectors(Identity(SEED_3)))
+    return vectors
+
+
+def command_vectors(lender: Identity) -> dict[str, tuple[dict, bytes]]:
+    """The lender's signed commands (telemetry.command): an inspection, a permit and a configuration for gw-test-1."""
+    signer = {"seed_hex": SEED_3.hex(), "public_key_hex": lender.public_key.hex()}
+    commands = {
+        "command-inspect": Command("gw-test-1", 1, T0 + 400, T0 + 700, Inspect(bytes(range(16)), ("loan-2026-117",))),
+        "command-permit": Command("gw-test-1", 2, T0 + 500, T0 + 86_400, Permit(
+            "loan-2026-117", T0 + 3600, T0 + 7200, "release of goods, contract C-2026-0042", ("door",))),
+        "command-configure": Command("gw-test-1", 3, T0 + 600, T0 + 86_400, Configure(
+            2, b'[rules]\nheartbeat_s = 900\n')),
+    }
+    vectors = {}
+    for name, command in commands.items():
+        signed = command.sign(lender)
+        vectors[name] = ({"kind": "command", **signer, "device": command.device, "seq": command.seq,
+                          "command_kind": str(command.kind), "issued": command.issued, "expires": command.expires,
+                          "payload_hex": command.payload().hex(), "digest_hex": signed.digest.hex()}, signed.raw)
     return vectors
 
 
