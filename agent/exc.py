@@ -79,6 +79,13 @@ class SecurityContextPermissionError(SecurityContextError, PermissionError):
     others (it must be 0700 with 0600 files, owned by the agent's user)."""
 
 
+class DatagramAnswerError(UplinkError, ValueError):
+    """An answer to one datagram attempt (agent.datagram) is unusable: it does
+    not unprotect under the device's OSCORE context (an unprotected 4.01
+    "Replay detected", a forgery), or its Block2 continuation does not fit.
+    The attempt counts as unanswered."""
+
+
 # --- configuration (agent.config) ------------------------------------------
 
 class ConfigError(AgentError, ValueError):

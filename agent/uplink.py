@@ -18,20 +18,36 @@ latest beside the chain head): with the lender's public key it proves
 delivery even if the lender's store is lost. ``docs/transport.md`` is the
 normative description.
 
+On a bad link the uplink measures and adapts (`agent.link` holds the
+measurements; ``docs/transport.md``, "Lossy links", the decision): a batch that
+fits one datagram goes as *attempts* -- NON requests, each its own token
+(`agent.datagram`), resent on the uplink's own schedule from the measured
+round trip -- and while the link loses datagrams every batch fits one
+datagram and up to `max_in_flight` batches are in flight at once. A larger
+batch on a clean link goes as one confirmable block-wise exchange, as
+before. Alarms always go at once as their own small exchange, resent every
+round trip until answered, never behind a batch in flight or a backoff wait.
+A failed exchange backs off only when the lender has not been heard from
+since it began (unreachable); while other exchanges still get answers (lossy
+but alive) the uplink keeps going.
+
 Pure policy (the backoff, batch fitting, ack parsing, what to do with each
 answer) is plain code; `Uplink` is the asyncio edge that talks aiocoap. The
-clock, the sleep and the random source are injectable so tests drive time.
+clock, the sleep and the random source are injectable so tests drive time
+(the attempts' own timers run on the event loop's clock, like aiocoap's
+retransmission timers).
 """
 from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import logging
 import os
 import random as random_module
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -41,7 +57,9 @@ from aiocoap import error as coap_error
 from aiocoap.numbers import codes
 from aiocoap.numbers.constants import TransportTuning
 
+from agent.datagram import DatagramChannel
 from agent.exc import SecurityContextError, SecurityContextPermissionError, UplinkConfigError
+from agent.link import LinkModel
 from durable.exc import OscoreContextError, OscoreContextPermissionError
 from durable.oscore import DurableSecurityContext, close_context, open_context
 from telemetry import cbor
@@ -54,6 +72,7 @@ from telemetry.numbers import CONTENT_FORMAT_CBOR, PATH_TELEMETRY
 log = logging.getLogger(__name__)
 
 MIN_BATCH_BYTES = 256          # a 4.13 never shrinks the cap below this
+DATAGRAM_BYTES = 1024          # the largest body that goes without Block1 (aiocoap's 1 KiB blocks)
 
 
 # --- configuration -------------------------------------------------------
@@ -72,8 +91,9 @@ class UplinkConfig:
     backoff_cap: float = 300.0
     ack_timeout: float = 2.0               # CoAP ACK_TIMEOUT (RFC 7252 §4.8)
     max_retransmit: int = 4                # CoAP MAX_RETRANSMIT
-    exchange_deadline: float = 600.0       # give up on one batch (all its blocks) after this
+    exchange_deadline: float = 600.0       # give up on one batch (all its blocks, all its attempts) after this
     heartbeat_s: float = DEFAULT_HEARTBEAT_S  # the longest the agent stays silent (signed in its manifest)
+    max_in_flight: int = 4                 # batches in flight at once on a lossy link (alarms come on top)
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.lender) if isinstance(self.lender, str) else None
@@ -97,7 +117,8 @@ class UplinkConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise UplinkConfigError(f"uplink {name} must be a positive number of seconds, got {value!r}")
-        for name, least in (("max_batch_bytes", MIN_BATCH_BYTES), ("max_batch_count", 1), ("max_retransmit", 0)):
+        for name, least in (("max_batch_bytes", MIN_BATCH_BYTES), ("max_batch_count", 1), ("max_retransmit", 0),
+                            ("max_in_flight", 1)):
             value = getattr(self, name)
             if type(value) is not int or value < least:
                 raise UplinkConfigError(f"uplink {name} must be an integer >= {least}, got {value!r}")
@@ -183,6 +204,9 @@ class Queued(Protocol):
     @property
     def raw(self) -> bytes: ...
 
+    @property
+    def alarm(self) -> bool: ...
+
 
 class SpoolLike(Protocol):
     """The spool's side of the contract: a batch alarms-first, and deletion of exactly the acked seqs."""
@@ -250,6 +274,10 @@ class Exchange:
     detail: str = ""
     full: bool = False             # the batch hit a cap: more is probably queued
     retry_after: float | None = None   # a 5.03's Max-Age (RFC 7252 §5.9.3.4): wait at least this long
+    no_answer: bool = False        # nothing came back (timeouts, network errors): the link's fault, not the lender's
+    started: float | None = None   # when it began, on the event loop's clock (agent.link's time)
+    alarm: bool = False            # an alarm's own exchange
+    attempts: int = 0              # datagram attempts sent (0 for a block-wise exchange: aiocoap retransmits those)
 
 
 # --- the asyncio edge ------------------------------------------------------------
@@ -259,6 +287,11 @@ def _consume_outcome(future: asyncio.Future) -> None:
     # aiocoap; fetch its exception so asyncio does not log it as never retrieved.
     if not future.cancelled():
         future.exception()
+
+
+def _request_tag(number: int) -> bytes:
+    """A batch's Request-Tag (RFC 9175): its number, 1 to 8 bytes."""
+    return (number % (1 << 64)).to_bytes(8, "big").lstrip(b"\0") or b"\0"
 
 
 class Uplink:
@@ -290,6 +323,18 @@ class Uplink:
         self._security: DurableSecurityContext | None = None
         self._lender_proven = False   # a batch was delivered since the last isolation step
         self._suspect: int | None = None  # refused alone before the lender was proven: skipped until it is
+        # the lossy-link path (agent.link, agent.datagram): measurements, attempts, batches in flight
+        self.link = LinkModel.for_timeout(config.ack_timeout)
+        self._datagrams: aiocoap.Context | None = None   # the attempts' own client context (socket)
+        self._channel: DatagramChannel | None = None
+        self._busy: dict[int, int] = {}                  # seq -> bytes, of every envelope in flight
+        self._flights: set[asyncio.Task] = set()         # routine exchanges in flight
+        self._alarm_flights: set[asyncio.Task] = set()   # alarms' own exchanges in flight
+        self._tags = itertools.count(1)
+        self._due = 0.0                                  # the next routine batch not before this (unless full)
+        self._hold_until: float | None = None           # backing off: no routine batch before this
+        self._alarm_backoff = Backoff(config.backoff_initial, config.backoff_cap, random)
+        self._alarm_hold_until: float | None = None     # the lender refused an alarm: the next not before this
 
     async def start(self) -> None:
         """Load the OSCORE context and open the CoAP client (warns on every start when insecure)."""
@@ -305,16 +350,28 @@ class Uplink:
             self._security = open_security_context(self.config.security_context)
         try:
             self._context = await aiocoap.Context.create_client_context()
+            self._datagrams = await aiocoap.Context.create_client_context()
         except BaseException:
+            if self._context is not None:
+                await self._context.shutdown()
+                self._context = None
             if self._security is not None:
                 close_context(self._security)
                 self._security = None
             raise
         if self._security is not None:
             self._context.client_credentials[self.config.lender.rstrip("/") + "/*"] = self._security
+        self._channel = DatagramChannel(self._datagrams, self.config.telemetry_uri, self._security)
 
     async def close(self) -> None:
         """Stop the CoAP client and write the OSCORE sequence number back exactly."""
+        flights = [*self._flights, *self._alarm_flights]
+        for task in flights:
+            task.cancel()
+        await asyncio.gather(*flights, return_exceptions=True)
+        datagrams, self._datagrams, self._channel = self._datagrams, None, None
+        if datagrams is not None:
+            await datagrams.shutdown()
         context, self._context = self._context, None
         if context is not None:
             await context.shutdown()
@@ -330,20 +387,33 @@ class Uplink:
         await self.close()
 
     def wake(self) -> None:
-        """An alarm was appended: send at once, ahead of any backlog, even during a backoff wait."""
+        """An alarm was appended: send it at once as its own exchange, even during a backoff wait or a batch in flight."""
         self._wake.set()
 
     # --- one exchange ---
 
-    def _next_batch(self) -> list[Queued]:
+    def _routine_cap(self) -> int:
+        """The byte cap of the next routine batch: one datagram while the link is lossy, else `byte_cap`."""
+        return min(self.byte_cap, DATAGRAM_BYTES) if self.link.lossy else self.byte_cap
+
+    def _next_batch(self, *, alarms: bool = False, max_bytes: int | None = None) -> list[Queued]:
+        """The next batch not already in flight: queued alarms only (`alarms`), or the spool's order (alarms first)."""
+        cap = self.byte_cap if max_bytes is None else max_bytes
         suspect = self._suspect if not self._lender_proven else None
-        items = self.spool.peek(self.count_cap + (suspect is not None), self.byte_cap)
-        items = [item for item in items if item.seq != suspect][: self.count_cap]
-        return fit_batch(items, self.byte_cap)
+        busy = self._busy
+        items = self.spool.peek(self.count_cap + len(busy) + 1, 2 * cap + sum(busy.values()))
+        items = [item for item in items if item.seq not in busy and item.seq != suspect]
+        if alarms:
+            items = list(itertools.takewhile(lambda item: item.alarm, items))
+        return fit_batch(items[: self.count_cap], cap)
+
+    def _fills(self, batch: Sequence[Queued], cap: int) -> bool:
+        """Whether `batch` hit a cap (count, or over 3/4 of `cap` bytes): more is probably queued."""
+        return len(batch) >= self.count_cap or len(encode_batch([item.raw for item in batch])) > cap * 3 // 4
 
     def _tuning(self) -> TransportTuning:
         tuning = TransportTuning()
-        tuning.ACK_TIMEOUT = self.config.ack_timeout
+        tuning.ACK_TIMEOUT = self.link.rto   # the measured RTO (the configured ack_timeout until measured)
         tuning.MAX_RETRANSMIT = self.config.max_retransmit
         return tuning
 
@@ -356,20 +426,49 @@ class Uplink:
         self.spool.set_aside(rejections)
 
     async def send_once(self) -> Exchange:
-        """Send one batch and apply the lender's answer. Never raises for network or lender trouble."""
+        """Send one batch -- the queued alarms if any, else routine envelopes -- and apply the lender's answer.
+
+        A batch that fits one datagram goes as attempts (`_fly`); a larger one
+        as one block-wise exchange (`_blockwise`). Never raises for network or
+        lender trouble.
+        """
         if self._context is None:
             raise RuntimeError("Uplink.start() must be awaited before sending")
-        batch = self._next_batch()
+        alarms = self._next_batch(alarms=True, max_bytes=DATAGRAM_BYTES)
+        if alarms:
+            return await self._exchange(alarms, alarm=True)
+        batch = self._next_batch(max_bytes=self._routine_cap())
         if not batch:
             return self._finish(Exchange(Result.IDLE))
+        return await self._exchange(batch)
+
+    async def _exchange(self, batch: list[Queued], *, alarm: bool = False) -> Exchange:
         seqs = tuple(item.seq for item in batch)
         body = encode_batch([item.raw for item in batch])
-        full = len(batch) >= self.count_cap or len(body) > self.byte_cap * 3 // 4
+        cap = DATAGRAM_BYTES if alarm else self._routine_cap()
+        full = len(batch) >= self.count_cap or len(body) > cap * 3 // 4
+        started = asyncio.get_running_loop().time()
+        for item in batch:
+            self._busy[item.seq] = len(item.raw)
+        try:
+            if len(body) <= DATAGRAM_BYTES:
+                exchange = await self._fly(batch, seqs, body, full, alarm=alarm)
+            else:
+                exchange = await self._blockwise(batch, seqs, body, full)
+        finally:
+            for seq in seqs:
+                self._busy.pop(seq, None)
+        return self._finish(replace(exchange, started=started, alarm=alarm))
+
+    async def _blockwise(self, batch: list[Queued], seqs: tuple[int, ...], body: bytes, full: bool) -> Exchange:
+        """One confirmable exchange, Block1 when over one block: aiocoap retransmits each block (ACK_TIMEOUT = RTO)."""
+        tuning = self._tuning()
         request = aiocoap.Message(
             code=codes.POST, uri=self.config.telemetry_uri, payload=body,
-            content_format=CONTENT_FORMAT_CBOR, transport_tuning=self._tuning(),
+            content_format=CONTENT_FORMAT_CBOR, transport_tuning=tuning,
         )
-        sent_at = self._clock()
+        loop = asyncio.get_running_loop()
+        sent_at, began = self._clock(), loop.time()
         try:
             pending = self._context.request(request).response
             pending.add_done_callback(_consume_outcome)
@@ -379,16 +478,97 @@ class Uplink:
             # leave the agent deaf to SIGTERM.
             done, _ = await asyncio.wait({pending}, timeout=self.config.exchange_deadline)
             if not done:
-                return self._finish(Exchange(Result.FAILED, seqs, detail=(
-                    f"no answer within exchange_deadline = {self.config.exchange_deadline} s")))
+                self.link.timed_out()
+                return Exchange(Result.FAILED, seqs, no_answer=True, detail=(
+                    f"no answer within exchange_deadline = {self.config.exchange_deadline} s"))
             response = pending.result()
         except (coap_error.Error, OSError) as exc:
+            self.link.timed_out()
             cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
-            return self._finish(Exchange(Result.FAILED, seqs, detail=f"no answer: {type(exc).__name__}: {exc}{cause}"))
+            return Exchange(Result.FAILED, seqs, no_answer=True, detail=f"no answer: {type(exc).__name__}: {exc}{cause}")
         except Exception as exc:  # a bug or an unexpected library state must not stop the uplink
             log.exception("uplink: unexpected error while sending seqs %d..%d", seqs[0], seqs[-1])
-            return self._finish(Exchange(Result.FAILED, seqs, detail=f"unexpected {type(exc).__name__}: {exc}"))
-        return self._finish(self._apply(response, batch, seqs, full, max(0.0, self._clock() - sent_at)))
+            return Exchange(Result.FAILED, seqs, detail=f"unexpected {type(exc).__name__}: {exc}")
+        took, now = loop.time() - began, loop.time()
+        blocks = -(-len(body) // DATAGRAM_BYTES)
+        if took < tuning.ACK_TIMEOUT:         # sooner than one timeout: no block can have been retransmitted
+            self.link.answered(took / blocks, now)
+        else:
+            self.link.heard(now)
+            if self.link.srtt is not None and took > blocks * self.link.srtt + tuning.ACK_TIMEOUT:
+                self.link.timed_out()         # slower than its round trips by a timeout: a block was resent
+        return self._apply(response, batch, seqs, full, max(0.0, self._clock() - sent_at))
+
+    async def _fly(self, batch: list[Queued], seqs: tuple[int, ...], body: bytes, full: bool, *,
+                   alarm: bool) -> Exchange:
+        """One batch in one datagram, as attempts on the uplink's own schedule (agent.datagram, agent.link).
+
+        An attempt goes now; the next after one RTO (an alarm: after one
+        smoothed round trip), or twice the last gap when nothing at all was
+        heard from the lender since the previous attempt (the link may be down;
+        an alarm's gap grows to `backoff_cap`, a batch's to the maximum RTO).
+        Every attempt keeps listening until the exchange ends, so a late answer
+        still counts. A batch makes 1 + `max_retransmit` attempts; an alarm
+        keeps going until answered. Either ends unanswered at `exchange_deadline`.
+        """
+        loop = asyncio.get_running_loop()
+        tag = _request_tag(next(self._tags))
+        limit = None if alarm else 1 + self.config.max_retransmit
+        began = loop.time()
+        deadline = began + self.config.exchange_deadline
+        ceiling = self.config.backoff_cap if alarm else self.link.max_rto
+        pending: dict[asyncio.Future, float] = {}    # attempt -> when it was sent
+        unexpired: dict[asyncio.Future, float] = {}  # attempt -> when its timeout passes (for the loss estimate)
+        sent, gap, last_sent, next_send = 0, 0.0, began, began
+        answer: tuple[aiocoap.Message, float] | None = None
+        error: BaseException | None = None
+        try:
+            while answer is None:
+                now = loop.time()
+                for attempt, expires in list(unexpired.items()):
+                    if now >= expires:
+                        del unexpired[attempt]
+                        self.link.timed_out()
+                more = limit is None or sent < limit
+                if now >= deadline or (not more and now >= next_send):
+                    break
+                if more and now >= next_send:
+                    live = self.link.resend_spacing if alarm else self.link.rto
+                    gap = live if sent == 0 or self.link.heard_since(last_sent) else min(ceiling, max(live, gap * 2))
+                    attempt = asyncio.ensure_future(self._channel.post(
+                        body, content_format=CONTENT_FORMAT_CBOR, tag=tag))
+                    attempt.add_done_callback(_consume_outcome)
+                    pending[attempt], unexpired[attempt] = now, now + self.link.rto
+                    self.link.sent()
+                    sent, last_sent, next_send = sent + 1, now, now + gap
+                    continue
+                wake_at = min(next_send, deadline, *unexpired.values())
+                if not pending:
+                    await asyncio.sleep(max(0.0, wake_at - now))
+                    continue
+                done, _ = await asyncio.wait(set(pending), timeout=max(0.0, wake_at - now),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                for attempt in done:
+                    sent_at = pending.pop(attempt)
+                    counted = unexpired.pop(attempt, None) is None
+                    if attempt.exception() is None:
+                        rtt = loop.time() - sent_at
+                        self.link.answered(rtt, loop.time())
+                        answer = (attempt.result(), rtt)
+                        break
+                    error = attempt.exception()   # a network error, or an answer that does not unprotect
+                    if not counted:
+                        self.link.timed_out()
+        finally:
+            for attempt in pending:
+                attempt.cancel()
+        if answer is None:
+            detail = f"no answer to {sent} attempt(s) in {loop.time() - began:.1f} s"
+            if error is not None:
+                detail += f" (last error: {type(error).__name__}: {error})"
+            return Exchange(Result.FAILED, seqs, no_answer=True, detail=detail, attempts=sent)
+        response, rtt = answer
+        return replace(self._apply(response, batch, seqs, full, rtt), attempts=sent)
 
     def _apply(self, response: aiocoap.Message, batch: list[Queued], seqs: tuple[int, ...], full: bool,
                round_trip: float) -> Exchange:
@@ -461,21 +641,38 @@ class Uplink:
             self._lender_proven = True
             self.count_cap = self.config.max_batch_count
         if exchange.result is Result.FAILED:
-            log.warning("uplink: batch of %d not delivered, kept in the spool: %s", len(exchange.sent), exchange.detail)
+            what = "alarm" if exchange.alarm else "batch"
+            if self._alive_after(exchange):
+                log.info("uplink: %s of %d not answered on a lossy link, kept in the spool and sent again "
+                         "(the lender answers other attempts): %s", what, len(exchange.sent), exchange.detail)
+            else:
+                log.warning("uplink: %s of %d not delivered, kept in the spool: %s", what, len(exchange.sent),
+                            exchange.detail)
         elif exchange.result in (Result.TOO_LARGE, Result.REFUSED):
             log.warning("uplink: %s", exchange.detail)
         return exchange
 
+    def _alive_after(self, exchange: Exchange) -> bool:
+        """An exchange that got no answer while the lender answered others since it began: a lossy link, not a dead one."""
+        return exchange.no_answer and exchange.started is not None and self.link.heard_since(exchange.started)
+
     # --- scheduling ---
 
     def delay_after(self, exchange: Exchange) -> float:
-        """How long to wait after `exchange` before the next attempt (advances or resets the backoff)."""
+        """How long to wait after `exchange` before the next routine batch (advances or resets the backoff).
+
+        No answer while the lender was heard from meanwhile (lossy but alive):
+        no wait and no backoff step. No answer from a silent lender, or an
+        answer that took nothing: the exponential backoff.
+        """
         if exchange.result is Result.IDLE:
             return self.config.send_interval
         if exchange.result is Result.DELIVERED:
             self.backoff.reset()
             return 0.0 if exchange.full or exchange.set_aside and not exchange.deleted else self.config.send_interval
         if exchange.result is Result.TOO_LARGE:
+            return 0.0
+        if self._alive_after(exchange):
             return 0.0
         # NO_PROGRESS too: the lender answers but takes none of these yet
         # (device not enrolled): retry, but ever more slowly.
@@ -484,32 +681,127 @@ class Uplink:
             delay = max(delay, min(float(exchange.retry_after), self.config.backoff_cap))
         return delay
 
-    async def _wait(self, delay: float) -> None:
-        if self._wake.is_set():
-            return
-        sleeper = asyncio.ensure_future(self._sleep(delay))
-        waker = asyncio.ensure_future(self._wake.wait())
+    def _window(self) -> int:
+        """Routine batches allowed in flight: `max_in_flight` on a lossy link that answers; else one (NSTART = 1)."""
+        return self.config.max_in_flight if self.link.lossy and not self.backoff.failures else 1
+
+    def _holding(self, now: float) -> bool:
+        return self._hold_until is not None and now < self._hold_until
+
+    def _settle(self, exchange: Exchange) -> None:
+        """After a routine exchange in `run`: when the next batch may go, and whether to hold off (backoff)."""
+        now = self._clock()
+        if exchange.result is not Result.DELIVERED and self._holding(now):
+            return  # batches that were in flight together fail together: one backoff step per silent spell
+        delay = self.delay_after(exchange)
+        self._due = now + delay
+        if exchange.result is Result.DELIVERED:
+            self._hold_until = None
+        elif delay > 0:
+            self._hold_until = self._due
+
+    def _settle_alarm(self, exchange: Exchange) -> None:
+        """After an alarm's exchange: answered, the backlog resumes at once; refused, the next alarm waits a backoff."""
+        now = self._clock()
+        if exchange.result is Result.DELIVERED:
+            self.backoff.reset()
+            self._alarm_backoff.reset()
+            self._hold_until = self._alarm_hold_until = None
+            self._due = now
+        elif not exchange.no_answer and exchange.result is not Result.TOO_LARGE:
+            delay = self._alarm_backoff.next_delay()
+            if exchange.retry_after is not None:
+                delay = max(delay, min(float(exchange.retry_after), self.config.backoff_cap))
+            self._alarm_hold_until = now + delay
+        # no answer at all: the exchange itself already resent on its schedule; the next one goes at once
+
+    def _launch(self, batch: list[Queued], *, alarm: bool = False) -> None:
+        seqs = [item.seq for item in batch]
+        for item in batch:
+            self._busy[item.seq] = len(item.raw)
+        flights = self._alarm_flights if alarm else self._flights
+        task = asyncio.ensure_future(self._in_flight(batch, alarm=alarm))
+        flights.add(task)
+
+        def ended(task: asyncio.Task) -> None:
+            flights.discard(task)
+            for seq in seqs:
+                self._busy.pop(seq, None)
+            self._wake.set()
+
+        task.add_done_callback(ended)
+
+    async def _in_flight(self, batch: list[Queued], *, alarm: bool) -> None:
         try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            exchange = await self._exchange(batch, alarm=alarm)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the spool failed under us: keep the uplink alive and try again later
+            log.exception("uplink: sending failed")
+            exchange = self._finish(Exchange(Result.FAILED, tuple(item.seq for item in batch), detail="spool error",
+                                             alarm=alarm))
+        if alarm:
+            self._settle_alarm(exchange)
+        else:
+            self._settle(exchange)
+
+    def _launch_alarms(self, now: float) -> float | None:
+        """Every queued alarm not in flight goes now in its own exchange; returns when to look again, if held."""
+        held = self._alarm_hold_until is not None and now < self._alarm_hold_until
+        while len(self._alarm_flights) < self.config.max_in_flight:
+            batch = self._next_batch(alarms=True, max_bytes=min(self.byte_cap, DATAGRAM_BYTES))
+            if not batch:
+                return None
+            if held:
+                return self._alarm_hold_until
+            self._launch(batch, alarm=True)
+        return None
+
+    async def _wait(self, delay: float | None) -> None:
+        """Until `delay` passes (None: no timer) or something changes (`wake()`, an exchange ended)."""
+        if self._wake.is_set() or delay is not None and delay <= 0:
+            return
+        waiters = {asyncio.ensure_future(self._wake.wait())}
+        if delay is not None:
+            waiters.add(asyncio.ensure_future(self._sleep(delay)))
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (sleeper, waker):
+            for task in waiters:
                 task.cancel()
 
     async def run(self) -> None:
-        """Send forever: at start, every `send_interval`, at once on `wake()`, backing off on failure."""
+        """Send forever: alarms at once, routine batches every `send_interval` (at once while full), backing off on failure.
+
+        One routine exchange at a time on a clean link; up to `max_in_flight`
+        on a lossy one that answers; alarms on top, each its own exchange.
+        """
         await self.start()
-        due = self._clock()
-        while True:
-            now = self._clock()
-            if not self._wake.is_set() and now < due:
-                await self._wait(due - now)
-                continue
-            self._wake.clear()
-            try:
-                exchange = await self.send_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the spool failed under us: keep the uplink alive and try again later
-                log.exception("uplink: sending failed")
-                exchange = self._finish(Exchange(Result.FAILED, detail="spool error"))
-            due = self._clock() + self.delay_after(exchange)
+        self._due = self._clock()
+        try:
+            while True:
+                self._wake.clear()
+                now = self._clock()
+                looks = [self._launch_alarms(now)]
+                if self._holding(now):
+                    looks.append(self._hold_until)
+                elif len(self._flights) < self._window():
+                    cap = self._routine_cap()
+                    batch = self._next_batch(max_bytes=cap)
+                    if batch and (now >= self._due or self._fills(batch, cap)):
+                        if not self._fills(batch, cap):   # a partial batch: the next one an interval later
+                            self._due = now + self.config.send_interval
+                        self._launch(batch)
+                        continue
+                    if not batch and not self._flights and now >= self._due:  # idle: look again an interval later
+                        self._finish(Exchange(Result.IDLE))
+                        self._due = now + self.config.send_interval
+                    if batch or not self._flights:  # else the next exchange to end looks again
+                        looks.append(self._due)
+                looks = [t for t in looks if t is not None]
+                await self._wait(min(looks) - now if looks else None)
+        finally:
+            flights = [*self._flights, *self._alarm_flights]
+            for task in flights:
+                task.cancel()
+            await asyncio.gather(*flights, return_exceptions=True)

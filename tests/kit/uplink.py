@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,7 @@ class AckLender:
     reject: dict[int, tuple[int, str]] = field(default_factory=dict)   # seq -> (reason code, text)
     answers: deque = field(default_factory=deque)     # queued whole-batch answers: a Code, a Message, or 2.04 body bytes
     refuse_seqs: set[int] = field(default_factory=set)  # a batch holding one of these gets 4.00
+    pad_ack: Callable[[list[int]], bytes] | None = None   # extra bytes under ack key 99 (ignored by the agent): long acks
     stored: dict[int, bytes] = field(default_factory=dict)
     batches: list[Batch] = field(default_factory=list)
     port: int = 0
@@ -136,6 +138,8 @@ class AckLender:
                 self.stored[seq] = raw
                 stored.append(seq)
         ack = {1: stored, 2: already, 3: rejected}
+        if self.pad_ack is not None:
+            ack[99] = self.pad_ack([decode_envelope(raw).seq for raw in items])
         return aiocoap.Message(code=codes.CHANGED, payload=cbor.encode(ack), content_format=60)
 
 
@@ -154,9 +158,11 @@ class UdpTap:
     def __init__(self, upstream_port: int) -> None:
         self.upstream = ("127.0.0.1", upstream_port)
         self.requests: list[bytes] = []
+        self.request_times: list[float] = []   # when each request arrived (the event loop's clock)
         self.responses: list[bytes] = []
         self.drop_requests = False
         self.drop_responses = False
+        self.drop_next_responses = 0            # drop this many responses, then pass them again
         self.port = 0
         self._front: asyncio.DatagramTransport | None = None
         self._backs: dict[tuple, asyncio.DatagramTransport] = {}
@@ -172,6 +178,7 @@ class UdpTap:
         class Front(asyncio.DatagramProtocol):
             def datagram_received(self, data, addr):
                 tap.requests.append(data)
+                tap.request_times.append(loop.time())
                 if not tap.drop_requests:
                     loop.create_task(tap._forward(data, addr))
 
@@ -187,7 +194,9 @@ class UdpTap:
             class Back(asyncio.DatagramProtocol):
                 def datagram_received(self, data, addr):
                     tap.responses.append(data)
-                    if not tap.drop_responses and tap._front is not None:
+                    if tap.drop_next_responses > 0:
+                        tap.drop_next_responses -= 1
+                    elif not tap.drop_responses and tap._front is not None:
                         tap._front.sendto(data, client)
 
             back, _ = await asyncio.get_running_loop().create_datagram_endpoint(Back, remote_addr=self.upstream)
