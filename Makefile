@@ -4,8 +4,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the tests use as independent peers: coap-client (libcoap3-bin), socat, udevadm (udev);
-# chromium (with a font) for the console's browser tests, driven by Playwright (which cannot fetch its own browser).
-DEBIAN_PACKAGES := libcoap3-bin socat udev chromium fonts-dejavu-core
+# chromium (with a font) for the console's browser tests, driven by Playwright (which cannot fetch its own browser);
+# postgresql for the lender's PostgreSQL store (tests start a throwaway server of their own, tests/kit/postgres.py).
+DEBIAN_PACKAGES := libcoap3-bin socat udev chromium fonts-dejavu-core postgresql
 
 .PHONY: test hil demo bench system-deps clean
 

@@ -19,6 +19,9 @@ from telemetry.envelope import GENESIS, Gap, GapReason, Reason, seal
 from telemetry.receipt import DeliveryReceipt
 from telemetry.senml import Record
 from tests.kit.lender import Device, batch, enroll
+from tests.kit.stores import another
+
+pytestmark = pytest.mark.backends
 
 
 @pytest.fixture
@@ -212,8 +215,8 @@ def test_a_repeated_refusal_counts_up_instead_of_filling_the_quarantine(ingest, 
     assert entry.count == 5
 
 
-def test_a_full_quarantine_counts_what_it_cannot_keep(data_dir):
-    with SQLiteStore.open(data_dir, quarantine_limit=100) as small:
+def test_a_full_quarantine_counts_what_it_cannot_keep(data_dir, store):
+    with another(store, data_dir, quarantine_limit=100) as small:
         ingest = Ingest(small)
         for n in range(10):
             ingest.batch(bytes([0xFF]) + bytes([n]) * 30, peer="flooder")
@@ -250,7 +253,7 @@ def test_two_writers_retrying_the_same_batches_at_once_store_each_envelope_once(
     results: dict[str, list] = {}
 
     def writer(name: str) -> None:
-        with SQLiteStore.open(data_dir) as own:  # its own connection, like a second lender process
+        with another(store, data_dir) as own:  # its own connection, like a second lender process
             ingest = Ingest(own)
             results[name] = [ingest.batch(body, peer=name) for body in bodies for _ in range(2)]
 

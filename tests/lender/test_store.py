@@ -1,4 +1,4 @@
-"""The lender's SQLite evidence store: what it refuses to open, how it protects its file, what it keeps."""
+"""The lender's evidence store, SQLite and PostgreSQL alike: what it refuses to open, how it protects its file, what it keeps."""
 from __future__ import annotations
 
 import sqlite3
@@ -12,8 +12,12 @@ from lender.evidence.ingest import Ingest
 from lender.evidence.registry import Device as RegisteredDevice
 from lender.evidence.store import STORE_FILE, SQLiteStore
 from telemetry.envelope import Gap
+from tests.kit.stores import another, failing_record_insert, set_schema_version
+
+pytestmark = pytest.mark.backends
 
 
+@pytest.mark.backends("sqlite")
 def test_the_store_file_and_directory_are_private(data_dir, store):
     assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
     assert stat.S_IMODE((data_dir / STORE_FILE).stat().st_mode) == 0o600
@@ -37,9 +41,9 @@ def test_a_file_that_is_not_sqlite_is_refused_as_damaged(tmp_path):
 
 
 def test_a_store_from_a_newer_version_is_refused(data_dir, store):
-    store._conn.execute("PRAGMA user_version = 99")
+    set_schema_version(store, 99)
     with pytest.raises(StoreFormatError, match="schema version 99"):
-        SQLiteStore.open(data_dir)
+        another(store, data_dir)
 
 
 def test_opening_a_missing_store_for_reading_says_where_it_looked(tmp_path):
@@ -76,12 +80,60 @@ def test_a_batch_that_fails_half_way_leaves_nothing_half_written(data_dir, store
     device = Device("gw-a")
     enroll(store, data_dir, device)
     envelopes = device.chain(5)
-    # a real SQLite failure in the middle of the batch's transaction, after two envelopes went in
-    store._conn.execute("CREATE TEMP TRIGGER fail_at_three BEFORE INSERT ON records WHEN NEW.seq = 3"
-                        " BEGIN SELECT RAISE(ABORT, 'simulated write failure'); END")
     ingest = Ingest(store)
-    with pytest.raises(StoreUnavailableError, match="simulated write failure"):
-        ingest.batch(batch(envelopes), peer="t")
-    assert store.counts().envelopes == 0 and store.counts().records == 0
-    store._conn.execute("DROP TRIGGER fail_at_three")
+    # a real database failure in the middle of the batch's transaction, after two envelopes went in
+    with failing_record_insert(store, seq=3) as message:
+        with pytest.raises(StoreUnavailableError, match=message):
+            ingest.batch(batch(envelopes), peer="t")
+        assert store.counts().envelopes == 0 and store.counts().records == 0
+        assert store.checkpoint().checkpoint.tree_size == 1  # the registration alone: no entry of the batch
     assert ingest.batch(batch(envelopes), peer="t").stored == (1, 2, 3, 4, 5)
+    assert store.log.audit().ok
+
+
+# --- PostgreSQL only: what a shared database adds ----------------------------------------------
+
+def test_a_postgresql_database_of_something_else_is_refused_untouched(postgres, tmp_path):
+    import psycopg
+
+    from lender.evidence.postgres import PostgresStore
+
+    url = postgres.database()
+    with psycopg.connect(url, autocommit=True) as other:
+        other.execute("CREATE TABLE accounts (id integer)")
+    with pytest.raises(StoreFormatError, match="something else"):
+        PostgresStore.open(url, tmp_path)
+    with psycopg.connect(url) as other:
+        assert other.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall() == [
+            ("accounts",)]
+
+
+def test_postgresql_migrations_are_numbered_and_applied_only_by_migrate(postgres, tmp_path, monkeypatch):
+    from lender.evidence import postgres as backend
+
+    url = postgres.database()
+    backend.PostgresStore.open(url, tmp_path).close()  # an empty database gets the whole schema at once
+    monkeypatch.setitem(backend.MIGRATIONS, 2, ("a later version", ("ALTER TABLE devices ADD COLUMN note text",)))
+    monkeypatch.setattr(backend, "SCHEMA_VERSION", 2)
+    with pytest.raises(StoreFormatError, match="lender migrate"):
+        backend.PostgresStore.open(url, tmp_path)
+    with backend.PostgresStore(url, tmp_path, quarantine_limit=1) as store:
+        assert store.migrate() == [2]
+        assert store.migrate() == []  # re-run: nothing left to do
+    with backend.PostgresStore.open(url, tmp_path) as store:
+        assert store.schema_version() == 2
+
+
+def test_envelopes_go_to_the_partition_of_their_arrival_month_made_when_first_needed(postgres, tmp_path):
+    from lender.evidence.postgres import PostgresStore
+
+    with PostgresStore.open(postgres.database(), tmp_path) as store:
+        device = Device("gw-a")
+        enroll(store, tmp_path, device)
+        later = 4102444800.0 + 86400 * 40  # February 2100: no partition is made that far ahead
+        Ingest(store, clock=lambda: later).batch(batch(device.chain(3)), peer="t")
+        assert "envelopes_2100_02" in store.partitions()
+        rows = store.connection().execute(
+            "SELECT tableoid::regclass::text, count(*) FROM envelopes GROUP BY 1").fetchall()
+        assert rows == [("envelopes_2100_02", 3)]
+        assert [e.seq for e in store.envelopes("gw-a")] == [1, 2, 3] and store.log.audit().ok
