@@ -1,4 +1,9 @@
-"""COSE with EdDSA, one copy: Sig_structures, COSE_Sign1 and COSE_Sign (RFC 9052), deterministically encoded.
+"""COSE, one copy: Sig_structures, COSE_Sign1 and COSE_Sign (RFC 9052), deterministically encoded.
+
+A COSE_Sign1 signer is EdDSA (-8) or ES256 (-7, a TPM's P-256 key): its
+protected header is {1: alg, 4: kid} and the key the kid names must be of that
+algorithm (`telemetry.identity`). COSE_Sign (enrollment requests, installation
+reports) is EdDSA only for now.
 
 Every signed pledgewatch message is one of these two. Verification always uses
 the protected header and payload bytes as received, never a re-encoding.
@@ -13,9 +18,10 @@ from dataclasses import dataclass
 from telemetry import cbor
 from telemetry.cbor import DEFAULT_LIMITS, Limits, Tag
 from telemetry.exc import SchemaError, SignatureError
-from telemetry.identity import DeviceKey, Identity, kid_of
+from telemetry.identity import DeviceKey, Signer, algorithm_name, kid_of
 from telemetry.numbers import (
     ALG_EDDSA,
+    ALG_ES256,
     HEADER_ALG,
     HEADER_KID,
     KID_BYTES,
@@ -29,10 +35,18 @@ _HEADER_LIMITS = Limits(max_bytes=64, max_depth=2, max_items=8)
 MAX_SIGNERS = 4
 
 
+SIGN1_ALGORITHMS = (ALG_EDDSA, ALG_ES256)
+
+
 @functools.lru_cache(maxsize=64)
+def signer_header(kid: bytes, algorithm: int = ALG_EDDSA) -> bytes:
+    """A signer's protected header, encoded: {1: alg (-8 EdDSA or -7 ES256), 4: kid}."""
+    return cbor.encode({HEADER_ALG: algorithm, HEADER_KID: kid})
+
+
 def eddsa_header(kid: bytes) -> bytes:
-    """A signer's protected header, encoded: {1: -8 (EdDSA), 4: kid}."""
-    return cbor.encode({HEADER_ALG: ALG_EDDSA, HEADER_KID: kid})
+    """An EdDSA signer's protected header, encoded: {1: -8, 4: kid}."""
+    return signer_header(kid, ALG_EDDSA)
 
 
 def sig_structure(protected: bytes, payload: bytes, external_aad: bytes = b"") -> bytes:
@@ -50,42 +64,45 @@ def signer_structure(signer_protected: bytes, payload: bytes, external_aad: byte
     return cbor.encode(["Signature", b"", signer_protected, external_aad, payload])
 
 
-def cose_sign1(identity: Identity, protected: dict, unprotected: dict, payload: bytes) -> bytes:
+def cose_sign1(identity: Signer, protected: dict, unprotected: dict, payload: bytes) -> bytes:
     """A tagged COSE_Sign1 with any headers, signed by `identity` (the cose-wg conformance vector uses it)."""
     protected_bytes = cbor.encode(protected) if protected else b""
     signature = identity.sign(sig_structure(protected_bytes, payload))
     return cbor.encode(Tag(TAG_COSE_SIGN1, [protected_bytes, unprotected, payload, signature]))
 
 
-def sign1(identity: Identity, payload: bytes, external_aad: bytes = b"") -> bytes:
-    """COSE_Sign1 by `identity` with the EdDSA header and an empty unprotected map."""
-    protected = eddsa_header(identity.kid)
+def sign1(identity: Signer, payload: bytes, external_aad: bytes = b"") -> bytes:
+    """COSE_Sign1 by `identity` with its signer header ({1: alg, 4: kid}) and an empty unprotected map."""
+    protected = signer_header(identity.kid, identity.algorithm)
     signature = identity.sign(sig_structure(protected, payload, external_aad))
     return cbor.encode(Tag(TAG_COSE_SIGN1, [protected, {}, payload, signature]))
 
 
 @dataclass(frozen=True, slots=True)
 class Sign1:
-    """A parsed COSE_Sign1 with an EdDSA signer: the key id and the exact bytes, signature not yet checked."""
+    """A parsed COSE_Sign1 with an EdDSA or ES256 signer: the key id and the exact bytes, signature not yet checked."""
 
     kid: bytes
     protected: bytes
     payload: bytes
     signature: bytes
+    algorithm: int = ALG_EDDSA
 
     def signed_bytes(self, external_aad: bytes = b"") -> bytes:
         return sig_structure(self.protected, self.payload, external_aad)
 
 
-def _kid_of_header(header: object) -> bytes:
-    if not isinstance(header, dict) or header.get(HEADER_ALG) != ALG_EDDSA:
-        raise SchemaError("protected header must name algorithm EdDSA (1: -8)")
+def _signer_of_header(header: object, algorithms: tuple[int, ...] = SIGN1_ALGORITHMS) -> tuple[bytes, int]:
+    """(kid, alg) of a signer's protected header map {1: alg, 4: kid}."""
+    if not isinstance(header, dict) or header.get(HEADER_ALG) not in algorithms:
+        names = " or ".join(f"{algorithm_name(a)} (1: {a})" for a in algorithms)
+        raise SchemaError(f"protected header must name algorithm {names}")
     kid = header.get(HEADER_KID)
     if not isinstance(kid, bytes) or len(kid) != KID_BYTES:
         raise SchemaError(f"protected header must carry an {KID_BYTES}-byte key id (4)")
     if set(header) != {HEADER_ALG, HEADER_KID}:
         raise SchemaError(f"protected header has unexpected labels {sorted(set(header) - {HEADER_ALG, HEADER_KID}, key=repr)}")
-    return kid
+    return kid, header[HEADER_ALG]
 
 
 def _sign1_parts(data: bytes, limits: Limits) -> list:
@@ -100,26 +117,29 @@ def _sign1_parts(data: bytes, limits: Limits) -> list:
 
 
 def parse_sign1(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Sign1:
-    """Parse untrusted bytes as a COSE_Sign1 {1: -8, 4: kid} with an empty unprotected map; SchemaError otherwise."""
+    """Parse untrusted bytes as a COSE_Sign1 {1: -8 or -7, 4: kid} with an empty unprotected map; SchemaError otherwise."""
     protected, unprotected, payload, signature = _sign1_parts(data, limits)
     if not isinstance(protected, bytes) or not isinstance(payload, bytes) or not isinstance(signature, bytes):
         raise SchemaError("COSE_Sign1 protected header, payload and signature must be byte strings")
     if unprotected != {}:
         raise SchemaError("COSE_Sign1 unprotected header must be an empty map")
     if len(signature) != SIGNATURE_BYTES:
-        raise SchemaError(f"an Ed25519 signature is {SIGNATURE_BYTES} bytes, got {len(signature)}")
-    kid = _kid_of_header(cbor.decode(protected, limits))
-    return Sign1(kid, protected, payload, signature)
+        raise SchemaError(f"an Ed25519 or ES256 signature is {SIGNATURE_BYTES} bytes, got {len(signature)}")
+    kid, algorithm = _signer_of_header(cbor.decode(protected, limits))
+    return Sign1(kid, protected, payload, signature, algorithm)
 
 
 def open_sign1(data: bytes, public_key: bytes, external_aad: bytes = b"", limits: Limits = DEFAULT_LIMITS) -> bytes:
     """The payload of a COSE_Sign1 that `public_key` signed over `external_aad`; SchemaError / SignatureError otherwise."""
     message = parse_sign1(bytes(data), limits)
-    if message.protected != eddsa_header(message.kid):
+    if message.protected != signer_header(message.kid, message.algorithm):
         raise SchemaError("the protected header is not deterministically encoded")
     if message.kid != kid_of(public_key):
         raise SignatureError(f"signed by key {message.kid.hex()}, not by the expected key {kid_of(public_key).hex()}")
-    if not DeviceKey("signer", public_key).verifies(message.signed_bytes(external_aad), message.signature):
+    key = DeviceKey("signer", public_key)
+    if key.algorithm != message.algorithm:
+        raise SignatureError(f"the header names {algorithm_name(message.algorithm)}, the key is {key.algorithm_name}")
+    if not key.verifies(message.signed_bytes(external_aad), message.signature):
         raise SignatureError("the signature does not verify")
     return message.payload
 
@@ -144,7 +164,7 @@ def parse_sign(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[bytes, lis
         if not isinstance(entry, list) or len(entry) != 3 or entry[1] != {} or not isinstance(entry[0], bytes) \
                 or not isinstance(entry[2], bytes) or len(entry[2]) != SIGNATURE_BYTES:
             raise SchemaError("each COSE_Signature must be [protected, {}, 64-byte signature]")
-        kid = _kid_of_header(cbor.decode(entry[0], _HEADER_LIMITS))
+        kid, _ = _signer_of_header(cbor.decode(entry[0], _HEADER_LIMITS), (ALG_EDDSA,))
         if entry[0] != eddsa_header(kid):
             raise SchemaError("a signer's protected header is not deterministically encoded")
         signatures.append((kid, entry[2]))
@@ -167,7 +187,10 @@ class Sign1Message:
         content = self.payload if payload is None else payload
         if content is None:
             return False
-        return DeviceKey("signer", public_key).verifies(sig_structure(self.protected, content), self.signature)
+        key = DeviceKey("signer", public_key)
+        if self.header.get(HEADER_ALG, key.algorithm) != key.algorithm:
+            return False  # an EdDSA key never vouches for a message whose header names another algorithm
+        return key.verifies(sig_structure(self.protected, content), self.signature)
 
 
 def decode_sign1(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Sign1Message:
@@ -177,7 +200,7 @@ def decode_sign1(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Sign1Message:
             or not (payload is None or isinstance(payload, bytes)):
         raise SchemaError("COSE_Sign1 must be [protected bstr, unprotected map, payload bstr or nil, signature bstr]")
     if len(signature) != SIGNATURE_BYTES:
-        raise SchemaError(f"an Ed25519 signature is {SIGNATURE_BYTES} bytes, got {len(signature)}")
+        raise SchemaError(f"an Ed25519 or ES256 signature is {SIGNATURE_BYTES} bytes, got {len(signature)}")
     header = cbor.decode(protected, limits) if protected else {}
     if not isinstance(header, dict):
         raise SchemaError("the protected header must be a map")

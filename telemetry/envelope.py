@@ -1,9 +1,9 @@
 """The signed envelope: COSE_Sign1 (RFC 9052 §4.2) over a payload holding one SenML pack.
 
-    18([ bstr .cbor {1: -8, 4: kid},      # protected: alg EdDSA, key id
+    18([ bstr .cbor {1: alg, 4: kid},     # protected: alg EdDSA (-8) or ES256 (-7), key id
          {},                              # unprotected: empty
          bstr .cbor {1: device, 2: boot, 3: seq, 4: prev, 5: pack, ?6: gap, ?7: clock},
-         bstr .size 64 ])                 # Ed25519 over Sig_structure
+         bstr .size 64 ])                 # Ed25519, or ES256 r || s, over Sig_structure
 
 The signature covers ["Signature1", protected, h'', payload] (RFC 9052 §4.4).
 Verification always uses the protected and payload bytes as received, never
@@ -20,7 +20,7 @@ from telemetry import alarms, cbor
 from telemetry.ack import Reason
 from telemetry.cbor import DEFAULT_LIMITS, Limits
 from telemetry.clock import ClockStatement
-from telemetry.cose import eddsa_header, parse_sign1, sig_structure
+from telemetry.cose import parse_sign1, sig_structure, signer_header
 from telemetry.enrollment import valid_id
 from telemetry.exc import (
     ClockStatementError,
@@ -29,7 +29,8 @@ from telemetry.exc import (
     WireFormatError,
 )
 from telemetry.freshness import check_token_shape
-from telemetry.identity import DeviceKey, Identity
+from telemetry.identity import DeviceKey, Signer, algorithm_name
+from telemetry.numbers import ALG_EDDSA
 from telemetry.senml import Record, pack_to_cbor, records_from_cbor
 
 # payload map keys; 8..11 are version 2 (an envelope without key 8 is version 1, "legacy: no freshness")
@@ -151,6 +152,7 @@ class Envelope:
     counters: Counters | None = None
     token: bytes | None = None       # the newest lender token the device held when it signed
     binding: bytes | None = None     # the enrollment this device is bound to (telemetry.enrollment.binding_of)
+    algorithm: int = ALG_EDDSA       # the protected header's alg: EdDSA (-8) or ES256 (-7)
 
     @property
     def alarm(self) -> bool:
@@ -171,7 +173,7 @@ class Envelope:
 
 
 def seal(
-    identity: Identity,
+    identity: Signer,
     *,
     device: str,
     boot: int,
@@ -212,7 +214,7 @@ def seal(
             body.append((BINDING, binding))
     elif token is not None or binding is not None:
         raise ValueError("a token or a binding needs a version 2 envelope: give its counters")
-    protected = eddsa_header(identity.kid)
+    protected = signer_header(identity.kid, identity.algorithm)
     payload = cbor.encode_labelled(body)  # == cbor.encode(dict(body)): keys 1..11 in order
     signature = identity.sign(sig_structure(protected, payload))
     # == cbor.encode(Tag(18, [protected, {}, payload, signature])), assembled directly (hot path)
@@ -226,6 +228,7 @@ def seal(
         kid=identity.kid, raw=raw, protected=protected, payload=payload, signature=signature, digest=digest(raw),
         version=CURRENT_VERSION if counters is not None else LEGACY_VERSION, counters=counters,
         token=token if counters is not None else None, binding=binding if counters is not None else None,
+        algorithm=identity.algorithm,
     )
 
 
@@ -275,7 +278,7 @@ def decode(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> Envelope:
         gap=Gap.from_cbor(body[GAP]) if GAP in body else None, clock=clock, kid=kid,
         raw=bytes(raw), protected=protected, payload=payload, signature=signature, digest=digest(raw),
         version=version, counters=Counters.from_cbor(body[COUNTERS]) if COUNTERS in body else None,
-        token=token, binding=binding,
+        token=token, binding=binding, algorithm=message.algorithm,
     )
 
 
@@ -295,8 +298,10 @@ class Verdict:
 def verify(raw: bytes, keys: Mapping[bytes, DeviceKey], limits: Limits = DEFAULT_LIMITS) -> Verdict:
     """Decode and verify one envelope against the known device keys (by kid).
 
-    The key must belong to the device the payload names: a device cannot sign
-    for another. Never raises for bad input: the verdict says what is wrong.
+    The key must belong to the device the payload names (a device cannot sign
+    for another) and be of the algorithm the header names (an ES256 header is
+    never checked against an Ed25519 key, nor the reverse). Never raises for
+    bad input: the verdict says what is wrong.
     """
     try:
         envelope = decode(raw, limits)
@@ -312,6 +317,9 @@ def verify(raw: bytes, keys: Mapping[bytes, DeviceKey], limits: Limits = DEFAULT
             f"kid {envelope.kid.hex()} belongs to device {key.device!r}, not {envelope.device!r}",
             envelope,
         )
+    if key.algorithm != envelope.algorithm:
+        return Verdict(Reason.BAD_SIGNATURE, f"kid {envelope.kid.hex()} is an {key.algorithm_name} key, the envelope "
+                       f"names {algorithm_name(envelope.algorithm)}", envelope)
     if not key.verifies(envelope.signed_bytes(), envelope.signature):
         return Verdict(Reason.BAD_SIGNATURE, f"signature of {envelope.device} seq {envelope.seq} does not verify", envelope)
     return Verdict(Reason.OK, "verified", envelope)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from telemetry import cbor
 from telemetry.cbor import Limits
 from telemetry.exc import SchemaError, WireFormatError
+from telemetry.identity import ED25519_PUBLIC_BYTES, P256_PUBLIC_BYTES
 from telemetry.merkle import leaf_hash
 
 MAX_ENTRY = 64 * 1024
@@ -93,8 +94,10 @@ class Registration:
     def from_cbor(cls, body: object) -> Registration:
         if not isinstance(body, dict) or not {1, 2} <= set(body) <= {1, 2, 3, 4, 5, 6}:
             raise SchemaError("a registration body is {1: public key, 2: asset, ?3: binding, ?4..6: enrollment}")
-        if not isinstance(body[1], bytes) or len(body[1]) != 32 or not isinstance(body[2], str):
-            raise SchemaError("a registration names a 32-byte public key (1) and an asset text (2)")
+        if not isinstance(body[1], bytes) or len(body[1]) not in (ED25519_PUBLIC_BYTES, P256_PUBLIC_BYTES) \
+                or not isinstance(body[2], str):
+            raise SchemaError("a registration names a public key (1: 32 bytes Ed25519, or a 65-byte P-256 point) "
+                              "and an asset text (2)")
         return cls(body[1], body[2], _binding(body.get(3)), _enrollment(body, required=False))
 
 

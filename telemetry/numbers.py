@@ -10,10 +10,12 @@ CONTENT_FORMAT_CBOR = 60        # application/cbor (RFC 7049 §7.3): every pledg
 
 TAG_COSE_SIGN1 = 18             # RFC 9052 §4.2: one signer (envelopes, enrollment responses, site files)
 TAG_COSE_SIGN = 98              # RFC 9052 §4.1: several signers (enrollment requests, installation reports)
-ALG_EDDSA = -8                  # RFC 9053 §2.2
+ALG_EDDSA = -8                  # RFC 9053 §2.2: Ed25519 (software keys, nodes)
+ALG_ES256 = -7                  # RFC 9053 §2.1: ECDSA P-256 with SHA-256 (TPM 2.0 keys: no TPM signs Ed25519)
+ALGORITHM_NAMES = {ALG_EDDSA: "EdDSA", ALG_ES256: "ES256"}  # how the registry and the CLI name them
 HEADER_ALG, HEADER_KID = 1, 4   # COSE header labels (RFC 9052 §3.1)
 KID_BYTES = 8                   # a key id is SHA-256(public key)[0:8]
-SIGNATURE_BYTES = 64            # Ed25519
+SIGNATURE_BYTES = 64            # Ed25519, and ES256 as r || s, 32 bytes each (RFC 9053 §2.1)
 
 # COSE Receipts (RFC 9942) over the lender's transparency log (docs/evidence.md)
 HEADER_RECEIPTS, HEADER_VDS, HEADER_VDP = 394, 395, 396   # receipts, verifiable data structure, its proofs

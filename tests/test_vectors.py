@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from telemetry import cbor
-from telemetry.ack import Ack
+from telemetry.ack import Ack, Reason
 from telemetry.bundle import verify_bundle
 from telemetry.clock import ClockStatement
 from telemetry.command import Command, accept
@@ -19,7 +19,7 @@ from telemetry.logentry import EntryKind, LogEntry
 from telemetry.merkle import MerkleTree, leaf_hash
 from telemetry.receipt import Checkpoint, SignedCheckpoint, verify_consistency_receipt, verify_inclusion_receipt
 from telemetry.senml import records_from_cbor
-from tests.vectors.generate import build, record_json
+from tests.vectors.generate import build, identity_of, record_json
 
 VECTORS = Path(__file__).parent / "vectors"
 NAMES = sorted(p.stem for p in VECTORS.glob("*.json"))
@@ -46,8 +46,9 @@ def test_the_generator_reproduces_the_committed_bytes(name):
 @pytest.mark.parametrize("name", [n for n in NAMES if json.loads((VECTORS / f"{n}.json").read_text())["kind"] in ("envelope", "gap")])
 def test_every_envelope_vector_verifies_with_its_public_key(name):
     description = json.loads((VECTORS / f"{name}.json").read_text())
-    identity = Identity(bytes.fromhex(description["seed_hex"]))
+    identity = identity_of(description)
     assert identity.public_key.hex() == description["public_key_hex"]
+    assert envelope_algorithm(description) == identity.algorithm
     verdict = verify((VECTORS / f"{name}.cbor").read_bytes(), {identity.kid: identity.device_key(description["device"])})
     assert verdict.ok, verdict.detail
     envelope = verdict.envelope
@@ -65,9 +66,33 @@ def test_every_envelope_vector_verifies_with_its_public_key(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_every_vector_names_its_signer_and_kind(name):
     description = json.loads((VECTORS / f"{name}.json").read_text())
-    identity = Identity(bytes.fromhex(description["seed_hex"]))
+    identity = identity_of(description)
     assert identity.public_key.hex() == description["public_key_hex"]
     assert description["kind"] in KINDS
+
+
+def envelope_algorithm(description: dict) -> int:
+    """The alg an envelope vector's protected header names."""
+    return cbor.decode(bytes.fromhex(description["protected_hex"]))[1]
+
+
+def test_both_signature_algorithms_have_envelope_vectors_and_eddsa_ones_stay_eddsa():
+    algorithms: dict[int, list[str]] = {}
+    for name in vectors_of("envelope", "gap"):
+        description = json.loads((VECTORS / f"{name}.json").read_text())
+        algorithms.setdefault(envelope_algorithm(description), []).append(name)
+        assert (description.get("alg") == "ES256") == (envelope_algorithm(description) == -7), name
+    assert set(algorithms) == {-8, -7}
+    assert all(n.startswith(("envelope-es256", "gap-es256")) for n in algorithms[-7])
+
+
+@pytest.mark.parametrize("name", vectors_of("envelope", "gap"))
+def test_an_envelope_vector_never_verifies_under_a_key_of_the_other_algorithm(name):
+    description = json.loads((VECTORS / f"{name}.json").read_text())
+    raw = (VECTORS / f"{name}.cbor").read_bytes()
+    other = Identity(bytes(32)) if description.get("alg") == "ES256" else identity_of({"alg": "ES256", "seed_hex": "01" * 32})
+    under_its_kid = {decode_envelope(raw).kid: other.device_key(description["device"])}
+    assert verify(raw, under_its_kid).reason is Reason.BAD_SIGNATURE
 
 
 def test_the_senml_vector_is_the_deterministic_pack_its_envelope_signs():

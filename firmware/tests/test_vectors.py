@@ -123,11 +123,24 @@ def _check_enrollment_signature(name, description, raw):
     equal(tohex(key.sign(message)), tohex(signer[2]), name + " device signature")
 
 
+# The node signs EdDSA only. An ES256 envelope (COSE alg -7) is a TPM gateway's: the node never makes or
+# checks one, so it reads the alg its protected header names and leaves it out, counted, never by failing
+# to verify it (the CBOR of every envelope, ES256 included, is still round-tripped below).
+ALG_EDDSA = -8
+
+
+def _header_alg(raw):
+    return cbor.decode(cbor.decode(raw).value[0])[1]
+
+
 def test_every_shared_vector_is_rebuilt_byte_for_byte_by_the_node():
     checked = {}
     for name, description, raw in _vectors():
         kind = description["kind"]
-        if kind in ("envelope", "gap"):
+        if kind in ("envelope", "gap") and _header_alg(raw) != ALG_EDDSA:
+            equal(description.get("alg"), "ES256", name + " alg")
+            kind = "not the node's: ES256"
+        elif kind in ("envelope", "gap"):
             _check_envelope(name, description, raw)
             if "counters" in description:
                 kind += " v2"
@@ -149,7 +162,8 @@ def test_every_shared_vector_is_rebuilt_byte_for_byte_by_the_node():
         else:
             raise AssertionError("vector %s has kind %r, which the firmware tests do not know yet" % (name, kind))
         checked[kind] = checked.get(kind, 0) + 1
-    for kind in ("envelope", "gap", "envelope v2", "gap v2", "senml", "cose", "ack", "enrollment-request", "token"):
+    for kind in ("envelope", "gap", "envelope v2", "gap v2", "senml", "cose", "ack", "enrollment-request", "token",
+                 "not the node's: ES256"):
         assert checked.get(kind), "no %s vector was checked: %r" % (kind, checked)
 
 

@@ -1,9 +1,11 @@
 """Builds the shared wire-format test vectors: `python tests/vectors/generate.py` rewrites them.
 
 Each vector is NAME.cbor (the exact bytes) and NAME.json (seed_hex, public_key_hex,
-kind, and the decoded fields). tests/test_vectors.py checks that this generator
-still reproduces the committed files byte for byte, so an encoding change can
-never slip through unnoticed; the firmware suite checks the same files.
+kind, and the decoded fields; "alg": "ES256" when its signer is a P-256 key, whose
+seed_hex is then the private scalar and public_key_hex the uncompressed point).
+tests/test_vectors.py checks that this generator still reproduces the committed
+files byte for byte, so an encoding change can never slip through unnoticed;
+the firmware suite checks the same files.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from telemetry.enrollment import (  # noqa: E402
 )
 from telemetry.envelope import GENESIS, Counters, Gap, seal  # noqa: E402
 from telemetry.freshness import issue_token  # noqa: E402
-from telemetry.identity import Identity  # noqa: E402
+from telemetry.identity import Identity, P256Identity  # noqa: E402
 from telemetry.logentry import (  # noqa: E402
     DeviceHead,
     EnrollmentEvidence,
@@ -48,6 +50,8 @@ from telemetry.senml import Record, pack_to_cbor  # noqa: E402
 SEED_1 = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
 SEED_2 = bytes.fromhex("4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed4fb8a6fb")
 SEED_3 = bytes.fromhex("c5aa8df43f9f837bedb7442f31dcb7b166d38535076f094b85ce3a2e0b4458f7")  # RFC 8032 TEST 3: the lender
+# RFC 6979 §A.2.5: the P-256 test key, standing in for a gateway's TPM key (ES256 signatures are deterministic here)
+P256_SECRET = bytes.fromhex("c9afa9d845ba75166b5c215767b1d6934e50c3db36e89b127b8a622b120f6721")
 TOKEN_KEY = bytes(range(100, 132))     # a lender's token key (a test key)
 RESPONSE_KEY_SEED = bytes(range(32))  # the X25519 key a device makes for one enrollment (a test key)
 T0 = 1767225600  # 2026-01-01T00:00:00Z
@@ -63,10 +67,17 @@ def record_json(record: Record) -> dict:
     return out
 
 
-def envelope_vector(identity: Identity, seed: bytes, kind: str, **fields) -> tuple[dict, bytes]:
+def identity_of(description: dict) -> Identity | P256Identity:
+    """The signer a vector's description names: an Ed25519 seed, or a P-256 secret when its "alg" is ES256."""
+    secret = bytes.fromhex(description["seed_hex"])
+    return P256Identity(secret) if description.get("alg") == "ES256" else Identity(secret)
+
+
+def envelope_vector(identity: Identity | P256Identity, seed: bytes, kind: str, **fields) -> tuple[dict, bytes]:
     envelope = seal(identity, **fields)
     description = {
         "kind": kind,
+        **({"alg": "ES256"} if isinstance(identity, P256Identity) else {}),
         "seed_hex": seed.hex(),
         "public_key_hex": identity.public_key.hex(),
         "kid_hex": identity.kid.hex(),
@@ -167,7 +178,24 @@ def build() -> dict[str, tuple[dict, bytes]]:
     vectors.update(version2_vectors(one, two, Identity(SEED_3)))
     vectors.update(evidence_vectors(one, two, Identity(SEED_3)))
     vectors.update(command_vectors(Identity(SEED_3)))
+    vectors.update(es256_vectors(P256Identity(P256_SECRET), Identity(SEED_3)))
     return vectors
+
+
+def es256_vectors(gateway: P256Identity, lender: Identity) -> dict[str, tuple[dict, bytes]]:
+    """Envelopes a TPM gateway signs: ES256 (-7) over the same payload as EdDSA's. Nodes never sign these."""
+    binding = binding_of(lender.public_key, gateway.public_key, "loan-2026-117")
+    token = issue_token(TOKEN_KEY, "gw-tpm-1", T0 + 100)
+    records = [Record("temp", value=21.5, unit="Cel", time=T0), Record("door", boolean=False, time=T0)]
+    first = envelope_vector(gateway, P256_SECRET, "envelope", device="gw-tpm-1", boot=1, seq=1, prev=GENESIS,
+                            records=records, counters=Counters(alarms=0, gaps=0), binding=binding)
+    return {
+        "envelope-es256-first": first,
+        "gap-es256-power-loss": envelope_vector(
+            gateway, P256_SECRET, "gap", device="gw-tpm-1", boot=2, seq=2, prev=bytes.fromhex(first[0]["digest_hex"]),
+            gap=Gap("power-loss"), records=[Record("uptime", value=0, unit="s", time=T0 + 7200)],
+            counters=Counters(alarms=0, gaps=1), token=token, binding=binding),
+    }
 
 
 def command_vectors(lender: Identity) -> dict[str, tuple[dict, bytes]]:
