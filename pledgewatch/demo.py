@@ -581,8 +581,7 @@ async def _send_forgery(gateway: Gateway, view: Lender) -> tuple[int, str]:
     from telemetry.identity import Identity
     from telemetry.senml import Record
 
-    head = gateway.spool_head()
-    stored = view.store.envelope(DEVICE, head)
+    stored = view.store.envelope(DEVICE, view.max_seq())  # the newest the lender holds: the forger's template
     last = decode(stored.raw)
     other = Identity.generate()
     impostor = SimpleNamespace(kid=last.kid, sign=other.sign, algorithm=getattr(other, "algorithm", None))
