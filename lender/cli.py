@@ -37,6 +37,7 @@ import re
 import signal
 import sys
 import time
+import tomllib
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -66,6 +67,7 @@ from lender.evidence.export import (
     verify_bundle_file,
     verify_export,
 )
+from lender.evidence.commands import CommandDesk, IssuedCommand
 from lender.evidence.ingest import DEFAULT_MAX_BODY
 from lender.evidence.log import lender_identity
 from lender.evidence.registry import iso_time
@@ -79,6 +81,7 @@ from lender.exc import (
     StoreError,
 )
 from telemetry.alarms import GATEWAY
+from telemetry.command import Configure, Permit
 from telemetry.envelope import Reason
 from telemetry.exc import WireFormatError
 from telemetry.logentry import envelope_entry
@@ -174,6 +177,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seq", required=True, type=int, help="the seq of the gap record reviewed")
     p.add_argument("--by", required=True, metavar="NAME", help="who reviewed it")
     p.add_argument("--note", required=True, help="what they found (for the record)")
+
+    _command_commands(command)
 
     p = command("verify", _verify, "re-verify an export offline (signatures, chain, gaps), or an evidence bundle "
                                    "against the lender's key alone", data=False)
@@ -777,6 +782,124 @@ def _review(args: argparse.Namespace) -> int:
         review = Review(args.device, args.seq, args.by, args.note, time.time())
         store.add_review(review)
     print(f"reviewed {args.device} seq {args.seq} by {args.by} at {iso_time(review.at)}: {args.note}")
+    return 0
+
+
+# --- signed commands to devices (lender.evidence.commands) ---------------------------------------
+
+def _command_commands(command: Callable) -> None:
+    """Add `lender inspect|permit|configure|commands`."""
+    by = {"default": os.environ.get("USER") or "cli", "metavar": "NAME",
+          "help": "the staff member issuing it, kept in the audit (default $USER)"}
+    p = command("inspect", _inspect, "ask a device for a signed snapshot of its sensors now, and wait for it")
+    p.add_argument("device", metavar="DEVICE")
+    p.add_argument("--asset", action="append", default=[], metavar="A", help="only this asset's sensors (repeatable)")
+    p.add_argument("--wait", type=float, default=30.0, metavar="S", help="seconds to wait for the snapshot (default 30)")
+    p.add_argument("--by", **by)
+    p.add_argument("--json", action="store_true", help="the command, round trip and snapshot as one JSON object")
+
+    p = command("permit", _permit, "let the borrower open an asset in a window (openings are events, not alarms)")
+    p.add_argument("asset", metavar="ASSET")
+    p.add_argument("--from", dest="start", required=True, type=_time_arg, metavar="ISO")
+    p.add_argument("--until", required=True, type=_time_arg, metavar="ISO")
+    p.add_argument("--reason", required=True, metavar="TEXT", help="why, e.g. 'release of goods, contract C-17'")
+    p.add_argument("--input", action="append", default=[], dest="inputs", metavar="SENSOR",
+                   help="only openings of this input (repeatable; default every input)")
+    p.add_argument("--by", **by)
+
+    p = command("configure", _configure, "send a device a new rules and sampling configuration (TOML)")
+    p.add_argument("device", metavar="DEVICE")
+    p.add_argument("file", type=Path, metavar="FILE", help="the [rules] / [sampling] document")
+    p.add_argument("--by", **by)
+
+    p = command("commands", _commands, "every command issued, and what each device signed about it")
+    p.add_argument("--device", help="only this device")
+    p.add_argument("--json", action="store_true", help="a JSON array")
+
+
+def _desk(store: SQLiteStore, args: argparse.Namespace) -> CommandDesk:
+    return CommandDesk(store, lender_identity(args.data))
+
+
+def _issued_json(command: IssuedCommand, state: str) -> dict:
+    return {"device": command.device, "seq": command.seq, "kind": command.kind, "state": state,
+            "issuer": command.issuer, "issued": iso_time(command.issued_at), "expires": iso_time(command.expires),
+            "delivered": iso_time(command.delivered_at), "digest_hex": command.digest.hex(),
+            "nonce_hex": command.nonce.hex() if command.nonce else None}
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        desk = _desk(store, args)
+        issued = desk.inspect(args.device, args.by, tuple(args.asset))
+        if not args.json:
+            print(f"inspect {args.device} seq {issued.seq} nonce {issued.nonce.hex()}: waiting up to {args.wait:g} s",
+                  file=sys.stderr)
+        deadline = time.monotonic() + args.wait
+        answer = desk.snapshot(issued)
+        while answer is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            answer = desk.snapshot(issued)
+        if answer is None:
+            print(f"pledgewatch lender inspect: no snapshot from {args.device} within {args.wait:g} s "
+                  f"(seq {issued.seq} stays pending until {iso_time(issued.expires)})", file=sys.stderr)
+            return 3
+        envelope = store.envelope(args.device, answer.seq)
+        readings = [r for r in store.readings(args.device) if r.seq == answer.seq]
+    round_trip_ms = (envelope.received_at - issued.issued_at) * 1000
+    snapshot = [_reading_json(r) for r in readings]
+    if args.json:
+        print(json.dumps({**_issued_json(issued, answer.outcome), "envelope_seq": answer.seq,
+                          "round_trip_ms": round(round_trip_ms, 1), "detail": answer.detail, "snapshot": snapshot},
+                         sort_keys=True, default=str))
+    else:
+        print(f"{args.device} {answer.outcome} inspection seq {issued.seq} in {round_trip_ms:.0f} ms "
+              f"(signed envelope seq {answer.seq}){': ' + answer.detail if answer.detail else ''}")
+        for r in snapshot:
+            print(f"  {r['name']} = {r['value']}{' ' + r['unit'] if r['unit'] else ''}")
+    return 0 if answer.outcome == "applied" else 1
+
+
+def _permit(args: argparse.Namespace) -> int:
+    permit = Permit(args.asset, int(args.start), int(args.until), args.reason, tuple(args.inputs))
+    with _open(args) as store:
+        devices = [d for d in store.devices() if d.asset == args.asset and d.status == "active"]
+        if not devices:
+            print(f"pledgewatch lender permit: no active device watches asset {args.asset!r}", file=sys.stderr)
+            return 1
+        desk = _desk(store, args)
+        for device in devices:
+            issued = desk.issue(device.device, permit, args.by)
+            print(f"permit for {args.asset} on {device.device}: seq {issued.seq}, "
+                  f"{iso_time(permit.start)} .. {iso_time(permit.until)} ({args.reason})")
+    return 0
+
+
+def _configure(args: argparse.Namespace) -> int:
+    document = args.file.read_bytes()
+    try:
+        tomllib.loads(document.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{args.file} is not a TOML document: {exc}") from exc
+    with _open(args) as store:
+        desk = _desk(store, args)
+        version = 1 + sum(c.kind == "configure" for c in store.issued_commands(args.device))
+        body = Configure(version, document)
+        issued = desk.issue(args.device, body, args.by)
+    print(f"configure {args.device}: seq {issued.seq}, version {version}, digest {body.digest.hex()}")
+    return 0
+
+
+def _commands(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        rows = _desk(store, args).audit(args.device)
+    if args.json:
+        print(json.dumps([{**_issued_json(c, state), "answer_seq": a.seq if a else None,
+                           "detail": a.detail if a else None} for c, state, a in rows], sort_keys=True))
+        return 0
+    for c, state, answer in rows:
+        said = f" (envelope seq {answer.seq}{': ' + answer.detail if answer and answer.detail else ''})" if answer else ""
+        print(f"{c.device} #{c.seq} {c.kind:<10} {state:<9} by {c.issuer} at {iso_time(c.issued_at)}{said}")
     return 0
 
 

@@ -24,12 +24,13 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from durable.exc import DurableError
+from lender.evidence.commands import COMMAND_TABLES, IssuedCommand
 from lender.evidence.log import LOG_TABLES, EvidenceLog, lender_identity
 from lender.evidence.registry import Device, DeviceStatus, Registry
 from lender.exc import (
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 
 STORE_FILE = "lender.sqlite3"
 APPLICATION_ID = 0x504C4C44  # "PLLD": marks a file as a pledgewatch lender store
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DEFAULT_QUARANTINE_LIMIT = 256 * 1024 * 1024  # bytes of raw evidence kept before rejections are only counted
 INT64_MAX = (1 << 63) - 1
 
@@ -100,6 +101,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     # the transparency log (lender.evidence.log); `_backfill_log` then logs what the store already held
     3: ("ALTER TABLE envelopes ADD COLUMN log_index INTEGER",),
+    4: (),  # the lender's commands (lender.evidence.commands): a new table only
 }
 # Tables new in a version, created alike in a new store and by the migration.
 _NEW_TABLES: dict[int, tuple[str, ...]] = {
@@ -110,6 +112,7 @@ _NEW_TABLES: dict[int, tuple[str, ...]] = {
         "CREATE INDEX reviews_by_gap ON reviews (device, seq)",
     ),
     3: LOG_TABLES,
+    4: COMMAND_TABLES,
 }
 
 
@@ -769,6 +772,40 @@ class SQLiteStore:
         where, params = ("WHERE device = ?", (device,)) if device is not None else ("", ())
         return [Review(*row) for row in self._query(
             f"SELECT device, seq, reviewer, note, at FROM reviews {where} ORDER BY id", params)]
+
+    # --- the lender's commands (lender.evidence.commands) ---
+
+    def add_command(self, device: str, make: Callable[[int], IssuedCommand]) -> IssuedCommand:
+        """Keep the command `make(seq)` builds for the device's next command seq, in one transaction."""
+        try:
+            with self.transaction():
+                (last,), = self._conn.execute("SELECT coalesce(max(seq), 0) FROM commands WHERE device = ?",
+                                              (device,)).fetchall()
+                command = make(last + 1)
+                self._conn.execute(
+                    "INSERT INTO commands (device, seq, kind, issued_at, expires, issuer, raw, digest, nonce)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (command.device, command.seq, command.kind, command.issued_at, command.expires, command.issuer,
+                     command.raw, command.digest, command.nonce))
+        except sqlite3.Error as exc:
+            raise _wrap(exc, f"cannot keep the command in {self.path}") from exc
+        return command
+
+    def issued_commands(self, device: str | None = None) -> list[IssuedCommand]:
+        """The commands kept, by device and seq."""
+        where, params = ("WHERE device = ?", (device,)) if device is not None else ("", ())
+        return [IssuedCommand(*row) for row in self._query(
+            "SELECT device, seq, kind, issued_at, expires, issuer, raw, digest, nonce, delivered_at FROM commands"
+            f" {where} ORDER BY device, seq", params)]
+
+    def mark_delivered(self, device: str, seq: int, at: float) -> None:
+        """Note when a command was first handed to its device."""
+        try:
+            with self.transaction():
+                self._conn.execute("UPDATE commands SET delivered_at = ? WHERE device = ? AND seq = ?"
+                                   " AND delivered_at IS NULL", (at, device, seq))
+        except sqlite3.Error as exc:
+            raise _wrap(exc, f"cannot write to {self.path}") from exc
 
     # --- the transparency log (lender.evidence.log) ---
 
