@@ -29,6 +29,7 @@ PATH_NODE = ("n",)                      # one node envelope per request
 PATH_ENROLL = ("enroll",)               # enrollment requests (plain CoAP: no context yet)
 PATH_SITES = ("enroll", "sites")        # GET /enroll/sites/<asset>: the lender's signed site file
 PATH_INSTALLATIONS = ("installations",)  # installation reports
+PATH_COMMANDS = ("c",)                  # gateways fetch the lender's pending signed commands, under OSCORE
 
 # The OSCORE suite every context uses (RFC 8613): its AEAD (mandatory to implement) and HKDF hash
 OSCORE_ALGORITHM = "AES-CCM-16-64-128"
