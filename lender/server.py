@@ -31,17 +31,20 @@ import aiocoap
 from aiocoap import interfaces
 from aiocoap.resource import Site, WKCResource
 
+from lender.coap.commands import CommandResource
 from lender.coap.enroll import enrollment_routes
 from lender.coap.node import node_routes, protected_node_resource
 from lender.coap.resource import IngestThread
 from lender.coap.routing import PlainRoutes, Wrapper
 from lender.coap.telemetry import TelemetryResource
 from lender.enrollment import contexts as oscore
+from lender.evidence.commands import CommandDesk
 from lender.evidence.ingest import DEFAULT_MAX_BODY, Ingest
+from lender.evidence.log import lender_identity
 from lender.evidence.store import SQLiteStore
 from lender.evidence.tokens import token_key
 from lender.exc import OscoreContextError, ServeError, StoreError
-from telemetry.numbers import PATH_NODE, PATH_TELEMETRY
+from telemetry.numbers import PATH_COMMANDS, PATH_NODE, PATH_TELEMETRY
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,8 @@ class LenderServer:
             site = Site()
             site.add_resource(PATH_TELEMETRY, TelemetryResource(self._thread, self.credentials, max_body=self.max_body))
             site.add_resource(PATH_NODE, protected_node_resource(self._thread, self.store, self.credentials, key))
+            site.add_resource(PATH_COMMANDS, CommandResource(self._thread, self.credentials, CommandDesk(
+                self.store, lender_identity(self.data_dir))))
             site.add_resource((".well-known", "core"), WKCResource(site.get_resources_as_linkheader))
             protected = oscore.protected_site(site, self.credentials, insecure=self.insecure)
             routes, prefixes = enrollment_routes(self._thread, self.store, self.data_dir)
