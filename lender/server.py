@@ -41,7 +41,8 @@ from lender.enrollment import contexts as oscore
 from lender.evidence.commands import CommandDesk
 from lender.evidence.ingest import DEFAULT_MAX_BODY, Ingest
 from lender.evidence.log import lender_identity
-from lender.evidence.store import SQLiteStore
+from lender.evidence.store import EvidenceStore
+from lender.evidence.stores import open_store
 from lender.evidence.tokens import token_key
 from lender.exc import OscoreContextError, ServeError, StoreError
 from telemetry.numbers import PATH_COMMANDS, PATH_NODE, PATH_TELEMETRY
@@ -85,7 +86,13 @@ class RegistryWatch(Wrapper):
 # --- the server -------------------------------------------------------------------------------
 
 class LenderServer:
-    """The lender's CoAP endpoint over one data directory: `await start()`, serve, `await stop()`."""
+    """The lender's CoAP endpoint over one data directory: `await start()`, serve, `await stop()`.
+
+    With `store_url` (``postgresql://…``) the evidence and the OSCORE state
+    live in PostgreSQL (lender.enrollment.shared), and several servers may
+    serve the same store at once: `reuse_port` lets one join the others on
+    their port (the kernel's SO_REUSEPORT group; lender.workers starts them).
+    """
 
     def __init__(
         self,
@@ -94,13 +101,17 @@ class LenderServer:
         bind: tuple[str, int] = ("127.0.0.1", DEFAULT_PORT),
         insecure: bool = False,
         max_body: int = DEFAULT_MAX_BODY,
+        store_url: str | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.store_url = store_url
+        self.reuse_port = reuse_port
         self.bind = bind
         self.insecure = insecure
         self.max_body = max_body
-        self.store: SQLiteStore | None = None
-        self._registry_view: SQLiteStore | None = None  # a second connection, read in the event loop
+        self.store: EvidenceStore | None = None
+        self._registry_view: EvidenceStore | None = None  # a second connection, read in the event loop
         self.credentials: oscore.LenderCredentials | None = None
         self._thread: IngestThread | None = None
         self._context: aiocoap.Context | None = None
@@ -108,15 +119,17 @@ class LenderServer:
         self._lock_fd: int | None = None
 
     async def start(self) -> None:
-        self.store = SQLiteStore.open(self.data_dir)
+        self.store = open_store(self.data_dir, self.store_url)
         try:
-            self._lock_fd = _lock_data_dir(self.data_dir)
-            _check_port_free(*self.bind)
+            if self.store_url is None:  # one SQLite lender per directory; a shared store has several
+                self._lock_fd = _lock_data_dir(self.data_dir)
+            if not self.reuse_port:
+                check_port_free(*self.bind)
             key = token_key(self.data_dir)
             self._thread = IngestThread(Ingest(self.store, max_body=self.max_body, token_key=key))
             # One indexed read per request; its own connection keeps it off the ingest thread's queue.
-            self._registry_view = SQLiteStore.open(self.data_dir)
-            self.credentials = oscore.LenderCredentials.load(self.data_dir / "oscore")
+            self._registry_view = open_store(self.data_dir, self.store_url)
+            self.credentials = self._credentials()
             await self._refresh()
             site = Site()
             site.add_resource(PATH_TELEMETRY, TelemetryResource(self._thread, self.credentials, max_body=self.max_body))
@@ -136,6 +149,13 @@ class LenderServer:
         except BaseException:
             await self.stop()
             raise
+
+    def _credentials(self):
+        if self.store_url is None:
+            return oscore.LenderCredentials.load(self.data_dir / "oscore")
+        from lender.enrollment.shared import SharedCredentials  # psycopg only with a PostgreSQL store
+
+        return SharedCredentials.load(self.store_url, self.data_dir / "oscore")
 
     @property
     def address(self) -> tuple[str, int]:
@@ -204,7 +224,7 @@ def _lock_data_dir(data_dir: Path) -> int:
     return fd
 
 
-def _check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int) -> None:
     """Refuse a port another socket holds. aiocoap binds with SO_REUSEPORT, so a second lender on the same
     port would otherwise start quietly and take a share of the devices' requests."""
     if port == 0:

@@ -51,7 +51,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -60,6 +60,7 @@ import psycopg
 from psycopg import conninfo
 
 from durable.exc import DurableError
+from lender.evidence.commands import IssuedCommand
 from lender.evidence.log import EvidenceLog, lender_identity
 from lender.evidence.registry import Device, DeviceStatus
 from lender.evidence.store import (
@@ -87,7 +88,7 @@ from telemetry.receipt import CheckpointReference, DeliveryReceipt, SignedCheckp
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 WRITER_LOCK = 0x504C4C44_57524954   # "PLLD" "WRIT": one writing transaction at a time (the log's one order)
 MIGRATION_LOCK = 0x504C4C44_4D494752  # "PLLD" "MIGR": one migrating process at a time
 CONNECT_TIMEOUT = 5                 # seconds: a worker whose database is down answers 5.03 quickly
@@ -191,6 +192,11 @@ MIGRATIONS: dict[int, tuple[str, tuple[str, ...]]] = {
           RETURN oscore_strike(p_device, p_number, p_epoch);
         END $$""",
     )),
+    2: ("the lender's commands (lender.evidence.commands)", (
+        "CREATE TABLE commands (device text NOT NULL, seq bigint NOT NULL, kind text NOT NULL,"
+        " issued_at double precision NOT NULL, expires bigint NOT NULL, issuer text NOT NULL, raw bytea NOT NULL,"
+        " digest bytea NOT NULL, nonce bytea, delivered_at double precision, PRIMARY KEY (device, seq))",
+    )),
 }
 
 # The tables a copy (lender migrate --from DIR) and its verification walk, in SQLite's names.
@@ -246,6 +252,34 @@ _DEVICE_COLUMNS = "device, public_key, registered_at, asset, oscore_context, osc
 _QUARANTINE_COLUMNS = ("id, kind, reason, detail, raw, size, device, seq, kid, batch_index, first_peer, last_peer,"
                        " first_seen, last_seen, count")
 _READING_COLUMNS = "device, seq, idx, name, value, value_int, string, boolean, data, sum, sum_int, unit, time, time_int, at"
+
+
+def _again_if_reconnected(owner, work, *, retry: bool = True):
+    """`work(connection)`, once more on a new connection if the old one turned out dead (a restarted server).
+
+    A connection learns that its server went away only when it is next used;
+    what failed on it did nothing, so a read or the start of a transaction is
+    tried once more at once instead of failing the request that found out.
+    """
+    conn = owner.connection()
+    try:
+        return work(conn)
+    except psycopg.OperationalError:
+        if not retry or not conn.broken:
+            raise
+    return work(owner.connection())
+
+
+def _locked(conn: psycopg.Connection) -> psycopg.Connection:
+    """Begin a transaction on `conn` holding the writer lock (the caller ends it: COMMIT, or ROLLBACK on failure)."""
+    conn.execute("BEGIN")  # by hand (the connection is in autocommit mode): COMMIT or ROLLBACK end it
+    try:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
+    except BaseException:
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("ROLLBACK")
+        raise
+    return conn
 
 
 def _columns(rows: list[tuple], width: int) -> list[list]:
@@ -467,7 +501,7 @@ class PostgresStore:
         try:
             if self._pending:
                 self._flush_pending()
-            return self.connection().execute(sql, params).fetchall()
+            return _again_if_reconnected(self, lambda conn: conn.execute(sql, params).fetchall(), retry=not self._depth)
         except psycopg.Error as exc:
             raise _wrap(exc, f"cannot read {self.path}") from exc
 
@@ -486,21 +520,25 @@ class PostgresStore:
             finally:
                 self._depth -= 1
             return
-        conn = self.connection()
         self._depth = 1
         self._logged = {}
         self._tx_envelopes.clear()
         self._tx_devices.clear()
         self._pending = _Pending()
         try:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
+            conn = _again_if_reconnected(self, _locked)
+            try:
                 if self._log_ready:
                     self._in_log(self.log.begin)
                 yield
                 self._flush_pending()
                 if self._log_ready:
                     self._in_log(self.log.seal)  # the new head's checkpoint commits with the entries, or neither does
+            except BaseException:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")  # an ack is sent only after this returned
         except BaseException as exc:
             self._partitions = None  # a partition made in this transaction is gone with it
             self._logged = {}
@@ -849,6 +887,40 @@ class PostgresStore:
         return [Review(*row) for row in self._query(
             f"SELECT device, seq, reviewer, note, at FROM reviews {where} ORDER BY id", params)]
 
+    # --- the lender's commands (lender.evidence.commands) --------------------------------------
+
+    def add_command(self, device: str, make: Callable[[int], IssuedCommand]) -> IssuedCommand:
+        """Keep the command `make(seq)` builds for the device's next command seq, in one transaction."""
+        try:
+            with self.transaction():
+                (last,), = self._execute("SELECT coalesce(max(seq), 0) FROM commands WHERE device = %s",
+                                         (device,)).fetchall()
+                command = make(last + 1)
+                self._execute(
+                    "INSERT INTO commands (device, seq, kind, issued_at, expires, issuer, raw, digest, nonce)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    (command.device, command.seq, command.kind, command.issued_at, command.expires, command.issuer,
+                     command.raw, command.digest, command.nonce))
+        except psycopg.Error as exc:
+            raise _wrap(exc, f"cannot keep the command in {self.path}") from exc
+        return command
+
+    def issued_commands(self, device: str | None = None) -> list[IssuedCommand]:
+        """The commands kept, by device and seq."""
+        where, params = ("WHERE device = %s", (device,)) if device is not None else ("", ())
+        return [IssuedCommand(*row) for row in self._query(
+            "SELECT device, seq, kind, issued_at, expires, issuer, raw, digest, nonce, delivered_at FROM commands"
+            f" {where} ORDER BY device, seq", params)]
+
+    def mark_delivered(self, device: str, seq: int, at: float) -> None:
+        """Note when a command was first handed to its device."""
+        try:
+            with self.transaction():
+                self._execute("UPDATE commands SET delivered_at = %s WHERE device = %s AND seq = %s"
+                              " AND delivered_at IS NULL", (at, device, seq))
+        except psycopg.Error as exc:
+            raise _wrap(exc, f"cannot write to {self.path}") from exc
+
     # --- the transparency log -----------------------------------------------------------------
 
     def delivery_receipt(self, device: str, seq: int) -> DeliveryReceipt | None:
@@ -882,3 +954,126 @@ class PostgresStore:
             " (SELECT count(*) FROM records), (SELECT count(*) FROM quarantine),"
             " (SELECT coalesce(sum(count), 0) FROM quarantine_overflow)")
         return StoreCounts(devices, envelopes, records, quarantined, int(overflow))
+
+
+# --- the OSCORE state every worker shares ---------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class OscoreRow:
+    """The lender's side of one device's OSCORE context as the database keeps it (static part)."""
+
+    device: str
+    sender_id: bytes
+    recipient_id: bytes
+    master_secret: bytes
+    master_salt: bytes
+    algorithm: str
+    kdf: str
+
+
+class OscoreStateTable:
+    """Each device's OSCORE context in the store's database: any worker, on any host, can serve any device.
+
+    What must never be lost or duplicated lives in the row of the device
+    (``oscore_contexts``) and changes only by one atomic statement:
+
+    * the lender's **sender sequence numbers**: `reserve` hands a worker a
+      block of numbers no other worker ever gets (committed synchronously
+      before the first is used), so two workers can never protect with the
+      same nonce; a killed worker's unused numbers are skipped, never reused;
+    * the device's **replay window** (RFC 8613 §7.4, 32 wide): `strike`
+      accepts a request's number once across every worker, under the row's
+      lock. Window updates commit without waiting for the disk: any ack the
+      lender sends follows a synchronous commit that carries them to disk too,
+      and a server crash that lost some changes the window's *epoch* — the
+      server's start time, stamped on every window — so the first request
+      after a restart finds its window unknown and is asked for an Echo
+      (Appendix B.1.2) instead of risking a replay.
+
+    One connection (autocommit), used by one thread: the worker's event loop,
+    where aiocoap unprotects requests.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: psycopg.Connection | None = None
+        self.epoch = ""
+
+    def connection(self) -> psycopg.Connection:
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken:
+            return conn
+        self.close()
+        try:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                                   application_name="pledgewatch-oscore")
+            conn.execute("SET synchronous_commit = off")  # window updates: see the class docstring
+            (self.epoch,), = conn.execute("SELECT pg_postmaster_start_time()::text").fetchall()
+        except psycopg.Error as exc:
+            raise StoreUnavailableError(f"cannot reach the OSCORE state in {redacted(self.url)}: "
+                                        f"{str(exc).strip() or type(exc).__name__}") from exc
+        self._conn = conn
+        return conn
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _run(self, sql: str, params: tuple = ()) -> list[tuple]:
+        try:
+            return _again_if_reconnected(self, lambda conn: conn.execute(sql, params).fetchall())
+        except psycopg.Error as exc:
+            raise StoreUnavailableError(f"OSCORE state in {redacted(self.url)}: "
+                                        f"{str(exc).strip() or type(exc).__name__}") from exc
+
+    def row(self, device: str) -> OscoreRow | None:
+        rows = self._run("SELECT device, sender_id, recipient_id, master_secret, master_salt, algorithm, kdf"
+                         " FROM oscore_contexts WHERE device = %s", (device,))
+        return OscoreRow(*rows[0]) if rows else None
+
+    def rows(self) -> list[OscoreRow]:
+        return [OscoreRow(*row) for row in self._run(
+            "SELECT device, sender_id, recipient_id, master_secret, master_salt, algorithm, kdf FROM oscore_contexts"
+            " ORDER BY device")]
+
+    def add(self, row: OscoreRow, sender_next: int) -> bool:
+        """Keep a context the lender made on disk; False if the device has one here already (never replaced)."""
+        added = self._run(
+            "INSERT INTO oscore_contexts (device, sender_id, recipient_id, master_secret, master_salt, algorithm, kdf,"
+            " sender_next, imported_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (device) DO NOTHING"
+            " RETURNING device",
+            (row.device, row.sender_id, row.recipient_id, row.master_secret, row.master_salt, row.algorithm, row.kdf,
+             sender_next, time.time()))
+        return bool(added)
+
+    def reserve(self, device: str, count: int) -> int:
+        """The first of `count` sender sequence numbers that are this caller's alone (durable before use)."""
+        try:
+            conn = self.connection()
+            with conn.transaction():
+                conn.execute("SET LOCAL synchronous_commit = on")
+                rows = conn.execute("UPDATE oscore_contexts SET sender_next = sender_next + %s WHERE device = %s"
+                                    " RETURNING sender_next - %s", (count, device, count)).fetchall()
+        except psycopg.Error as exc:
+            raise StoreUnavailableError(f"cannot reserve OSCORE sequence numbers for {device}: {exc}") from exc
+        if not rows:
+            raise StoreUnavailableError(f"no OSCORE context of {device} in {redacted(self.url)}")
+        return rows[0][0]
+
+    def strike(self, device: str, number: int) -> str:
+        """Accept a request's sequence number once: 'ok', 'replay', 'unknown' (no window this epoch) or 'missing'."""
+        self.connection()  # the epoch is the one of the server this connection reaches
+        return self._run("SELECT oscore_strike(%s, %s, %s)", (device, number, self.epoch))[0][0]
+
+    def restart_window(self, device: str, number: int) -> str:
+        """A request an Echo proved fresh starts the window of this epoch (or, if another worker did, is struck)."""
+        self.connection()
+        return self._run("SELECT oscore_restart_window(%s, %s, %s)", (device, number, self.epoch))[0][0]
+
+    def window_known(self, device: str) -> bool:
+        """Whether the device's window belongs to this epoch (another worker may have restarted it meanwhile)."""
+        self.connection()
+        rows = self._run("SELECT window_epoch = %s FROM oscore_contexts WHERE device = %s", (self.epoch, device))
+        return bool(rows and rows[0][0])

@@ -87,6 +87,7 @@ class PostgresServer:
             os.chown(path, self.user.pw_uid, self.user.pw_gid)
 
     def start(self) -> PostgresServer:
+        """Create the cluster (the first time) and start the server; after `kill`, start it again on its port."""
         self._own(self.root)
         os.chmod(self.root, 0o700)
         if not self.data.exists():
