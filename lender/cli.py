@@ -2,7 +2,8 @@
 
 `pledgewatch lender SUBCOMMAND`, for the lender's collateral-risk staff:
 
-    serve      run the CoAP server in the foreground (until SIGINT / SIGTERM)
+    serve      run the CoAP server in the foreground (until SIGINT / SIGTERM); --workers N over PostgreSQL
+    migrate    apply the store's schema migrations; --from DIR --to URL moves a SQLite lender into PostgreSQL
     web        run the web console for the lender's staff (lender.console)
     users      the console's staff accounts: add, remove, list, login-link
     register   register a device's public key (and create its OSCORE context pair)
@@ -72,12 +73,14 @@ from lender.evidence.ingest import DEFAULT_MAX_BODY
 from lender.evidence.log import lender_identity
 from lender.evidence.registry import iso_time
 from lender.evidence.risks import MISSED_HEARTBEATS, Judge, device_risks
-from lender.evidence.store import Reading, Review, SQLiteStore, explain_gaps
+from lender.evidence.store import EvidenceStore, Reading, Review, SQLiteStore, explain_gaps
+from lender.evidence.stores import is_store_url, open_store
 from lender.evidence.tokens import token_key
 from lender.exc import (
     ExportFormatError,
     InvalidTechnicianError,
     LenderError,
+    ServeError,
     StoreError,
 )
 from telemetry.alarms import GATEWAY
@@ -89,6 +92,9 @@ from telemetry.merkle import verify_consistency
 from telemetry.receipt import SignedCheckpoint
 
 DEFAULT_DATA = os.environ.get("PLEDGEWATCH_LENDER_DATA", "/var/lib/pledgewatch/lender")
+# A postgresql:// URL: the evidence in PostgreSQL instead of DATA/lender.sqlite3 (a password belongs in ~/.pgpass
+# or PGPASSWORD, not in the URL, which shows in the process list).
+DEFAULT_STORE = os.environ.get("PLEDGEWATCH_LENDER_STORE") or None
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -101,6 +107,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         if data:
             p.add_argument("--data", type=Path, default=Path(DEFAULT_DATA), metavar="DIR",
                            help=f"the lender's data directory (default {DEFAULT_DATA}, or $PLEDGEWATCH_LENDER_DATA)")
+            p.add_argument("--store", default=DEFAULT_STORE, metavar="URL",
+                           help="keep the evidence in PostgreSQL at this postgresql:// URL instead of DATA's SQLite "
+                                "file (or $PLEDGEWATCH_LENDER_STORE); DATA still holds the lender's keys")
         p.set_defaults(run=_guarded(run))
         return p
 
@@ -113,7 +122,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help=f"largest batch accepted, block-wise included (default {DEFAULT_MAX_BODY})")
     p.add_argument("--http", metavar="HOST:PORT",
                    help="also serve the web console here, in the same process (see `lender web`)")
+    p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                   help="worker processes on the one port (SO_REUSEPORT; needs --store postgresql://...)")
     _console_options(p)
+
+    p = command("migrate", _migrate, "bring the store's schema up to this program's version; with --from DIR "
+                                     "--to URL, copy a SQLite lender into PostgreSQL and verify the copy")
+    p.add_argument("--from", dest="source", type=Path, metavar="DIR",
+                   help="the SQLite lender's data directory to copy (stop the lender serving it first)")
+    p.add_argument("--to", dest="target", metavar="URL", help="the PostgreSQL store to copy it into")
+    p.add_argument("--json", action="store_true", help="the copy's verification as one JSON object")
 
     p = command("register", _register, "register a device's Ed25519 public key and create its OSCORE context pair")
     p.add_argument("--device", required=True, help="device id (1..64 of A-Z a-z 0-9 . _ -)")
@@ -251,8 +269,8 @@ def _time_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _open(args: argparse.Namespace, *, create: bool = False) -> SQLiteStore:
-    return SQLiteStore.open(args.data, create=create)
+def _open(args: argparse.Namespace, *, create: bool = False) -> EvidenceStore:
+    return open_store(args.data, getattr(args, "store", None), create=create)
 
 
 # --- serve -------------------------------------------------------------------------------------
@@ -264,9 +282,12 @@ def _serve(args: argparse.Namespace) -> int:
     )
 
     bind = parse_bind(args.bind)
+    if args.workers > 1:
+        return _serve_workers(args, bind)
 
     async def serve() -> None:
-        server = LenderServer(args.data, bind=bind, insecure=args.insecure, max_body=args.max_body)
+        server = LenderServer(args.data, bind=bind, insecure=args.insecure, max_body=args.max_body,
+                              store_url=args.store)
         await server.start()
         console = await _start_console(args, args.http) if args.http else None
         stop = asyncio.Event()
@@ -276,7 +297,7 @@ def _serve(args: argparse.Namespace) -> int:
         try:
             mode = "plain CoAP and OSCORE (insecure)" if args.insecure else "OSCORE only"
             print(f"lender: serving coap://{_hostport(*server.address)}/t, {mode}, "
-                  f"{len(server.credentials)} OSCORE context(s), data in {args.data}", flush=True)
+                  f"{len(server.credentials)} OSCORE context(s), data in {_where(args)}", flush=True)
             _notify("READY=1")
             await stop.wait()
             _notify("STOPPING=1")
@@ -290,6 +311,44 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_workers(args: argparse.Namespace, bind: tuple[str, int]) -> int:
+    """`serve --workers N`: N processes on one port over the PostgreSQL store (lender.workers), until SIGTERM."""
+    import logging
+    import threading
+
+    from lender.workers import WorkerConfig, WorkerGroup
+
+    if not is_store_url(args.store):
+        raise ServeError("--workers needs --store postgresql://...: a SQLite store has one writer, one lender")
+    if args.http:
+        raise ServeError("--http serves the console from one process; with --workers run `lender web` beside them")
+    config = WorkerConfig(args.data, args.store, bind, args.insecure, args.max_body,
+                          logging.getLogger().getEffectiveLevel())
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    group = WorkerGroup(config, args.workers).start()
+    try:
+        mode = "plain CoAP and OSCORE (insecure)" if args.insecure else "OSCORE only"
+        print(f"lender: serving coap://{_hostport(*group.address)}/t with {args.workers} workers, {mode}, "
+              f"{group.contexts} OSCORE context(s), data in {_where(args)}", flush=True)
+        _notify("READY=1")
+        stop.wait()
+        _notify("STOPPING=1")
+    finally:
+        group.stop()
+    print(f"lender: stopped ({group.restarts} worker restart(s))", flush=True)
+    return 0
+
+
+def _where(args: argparse.Namespace) -> str:
+    if getattr(args, "store", None):
+        from lender.evidence.postgres import redacted
+
+        return f"{redacted(args.store)} (keys in {args.data})"
+    return str(args.data)
+
+
 def _notify(state: str) -> None:
     try:
         notify(state)
@@ -299,6 +358,77 @@ def _notify(state: str) -> None:
 
 def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# --- migrate -----------------------------------------------------------------------------------
+
+def _migrate(args: argparse.Namespace) -> int:
+    if (args.source is None) != (args.target is None):
+        raise ServeError("lender migrate: give both --from DIR and --to postgresql://... (or neither)")
+    if args.source is None:
+        if not args.store:  # SQLite migrates in place whenever it is opened
+            with _open(args, create=True) as store:
+                print(f"lender store {store.path}: schema up to date")
+            return 0
+        from lender.evidence.postgres import SCHEMA_VERSION, PostgresStore
+
+        with PostgresStore(args.store, args.data, quarantine_limit=1) as store:
+            applied = store.migrate()
+            print(f"lender store {store.path}: schema version {SCHEMA_VERSION}"
+                  + (f" (applied {', '.join(map(str, applied))})" if applied else ", nothing to apply"))
+        return 0
+    return _migrate_copy(args)
+
+
+def _migrate_copy(args: argparse.Namespace) -> int:
+    """Copy the SQLite lender in --from into the PostgreSQL store at --to, then verify; safe to run again."""
+    from lender.evidence.postgres import PostgresStore, redacted
+    from lender.evidence.transfer import copy_store, verify_copy
+    from lender.server import SERVE_LOCK, lock_data_dir
+
+    if not is_store_url(args.target):
+        raise ServeError(f"--to takes a postgresql:// URL, got {str(args.target)[:40]!r}")
+    lock = lock_data_dir(args.source)  # no lender may serve the directory while it moves
+    try:
+        with PostgresStore.open(args.target, args.source) as target:
+            copied = copy_store(args.source, target)
+            devices = [d.device for d in target.devices() if d.oscore_context]
+            moved = _adopt_contexts(args.target, args.source, devices)
+            report = verify_copy(args.source, target)
+    finally:
+        os.close(lock)
+    result = {"ok": report.ok, "from": str(args.source), "to": redacted(args.target),
+              "added": copied.added, "oscore_contexts_moved": moved,
+              "counts": {name: {"source": a, "target": b} for name, (a, b) in report.counts.items()},
+              "log": {"tree_size": report.tree_size, "root_hex": report.root.hex(),
+                      "entries_audited": report.entries_audited},
+              "problems": report.problems}
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        for name, (mine, theirs) in report.counts.items():
+            print(f"{name:<20} source {mine:>9}  target {theirs:>9}  (added now {copied.added.get(name, 0)})")
+        print(f"log: root {report.root.hex() or '-'} at {report.tree_size} entries, the same in the target; "
+              f"{report.entries_audited} entries audited against the copied evidence")
+        print(f"OSCORE contexts moved to the database now: {moved}")
+        for problem in report.problems:
+            print(f"FAIL {problem}")
+        print(f"migrate: {'OK' if report.ok else 'FAILED'}: {args.source} -> {redacted(args.target)} "
+              f"(serve with --data {args.source} --store URL; {SERVE_LOCK} stays with the directory)")
+    return 0 if report.ok else 1
+
+
+def _adopt_contexts(url: str, data: Path, devices: list[str]) -> int:
+    """Move the lender's side of these devices' OSCORE contexts from DATA/oscore into the shared store."""
+    from lender.enrollment.shared import adopt_directory
+    from lender.evidence.postgres import OscoreStateTable
+
+    table = OscoreStateTable(url)
+    try:
+        return sum(adopt_directory(table, device, Path(data) / "oscore" / device) for device in devices
+                   if (Path(data) / "oscore" / device).is_dir())
+    finally:
+        table.close()
 
 
 # --- registry ----------------------------------------------------------------------------------
@@ -311,6 +441,8 @@ def _register(args: argparse.Namespace) -> int:
             with_oscore=not args.no_oscore, device_context=args.oscore_out,
         )
     device = done.device
+    if done.device_context is not None and args.store:  # every worker, on every host, serves it from the database
+        _adopt_contexts(args.store, args.data, [device.device])
     print(f"registered {device.device}: kid {device.kid.hex()}, asset {device.asset or '-'}")
     if done.device_context is not None:
         print(f"OSCORE: lender side {Path(args.data) / device.oscore_context}, "
@@ -692,7 +824,7 @@ def _alarm_json(event: AlarmRecord) -> dict:
 
 def _alarms(args: argparse.Namespace) -> int:
     judge = _judge(args)
-    with SQLiteStore.open(args.data, create=False) as store:
+    with _open(args) as store:
         events = alarm_events(store, args.device, args.asset)
         if args.open:
             events = sorted(open_alarms(events).values(), key=lambda e: (e.device, e.seq))
@@ -743,7 +875,7 @@ def status_json(status: AssetStatus) -> dict:
 
 
 def _status(args: argparse.Namespace) -> int:
-    with SQLiteStore.open(args.data, create=False) as store:
+    with _open(args) as store:
         statuses = asset_status(store, args.device, _judge(args))
     if args.json:
         print(json.dumps([status_json(s) for s in statuses], sort_keys=True))

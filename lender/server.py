@@ -122,7 +122,7 @@ class LenderServer:
         self.store = open_store(self.data_dir, self.store_url)
         try:
             if self.store_url is None:  # one SQLite lender per directory; a shared store has several
-                self._lock_fd = _lock_data_dir(self.data_dir)
+                self._lock_fd = lock_data_dir(self.data_dir)
             if not self.reuse_port:
                 check_port_free(*self.bind)
             key = token_key(self.data_dir)
@@ -213,7 +213,7 @@ class LenderServer:
         await self.stop()
 
 
-def _lock_data_dir(data_dir: Path) -> int:
+def lock_data_dir(data_dir: Path) -> int:
     """Hold an exclusive lock on the data directory: one lender serves one directory."""
     fd = os.open(data_dir / SERVE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:

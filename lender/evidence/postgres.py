@@ -456,7 +456,7 @@ class PostgresStore:
                 self._load_partitions()
                 now = time.time()
                 for months in range(PARTITIONS_AHEAD + 1):
-                    self._ensure_partition(month_bounds(now)[0].timestamp() + months * 31 * 86400)
+                    self.ensure_partition(month_bounds(now)[0].timestamp() + months * 31 * 86400)
         except psycopg.Error as exc:
             raise _wrap(exc, f"cannot migrate the lender store {self.path}") from exc
         return applied
@@ -573,7 +573,7 @@ class PostgresStore:
                 self._partitions.add(datetime.datetime(int(year), int(month), 1,
                                                        tzinfo=datetime.timezone.utc).timestamp())
 
-    def _ensure_partition(self, at: float) -> None:
+    def ensure_partition(self, at: float) -> None:
         """Make the month partitions of `envelopes` and `records` that hold `at` (under the writer lock)."""
         start, end = month_bounds(at)
         if self._partitions is None:
@@ -705,7 +705,7 @@ class PostgresStore:
                 envelope.raw, envelope.alarm, None if gap is None else gap.reason, received_at, peer, envelope.version,
                 carries_alarm(envelope.records), None if counters is None else counters.alarms,
                 None if counters is None else counters.gaps, envelope.token, envelope.binding)
-            self._ensure_partition(received_at)
+            self.ensure_partition(received_at)
             pending = self._pending
             pending.keys.append((envelope.device, envelope.seq, received_at))
             pending.envelopes.append((
