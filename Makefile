@@ -5,15 +5,18 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the tests use as independent peers: coap-client (libcoap3-bin), socat, udevadm (udev);
 # chromium (with a font) for the console's browser tests, driven by Playwright (which cannot fetch its own browser);
-# postgresql for the lender's PostgreSQL store (tests start a throwaway server of their own, tests/kit/postgres.py).
-DEBIAN_PACKAGES := libcoap3-bin socat udev chromium fonts-dejavu-core postgresql
+# postgresql for the lender's PostgreSQL store (tests start a throwaway server of their own, tests/kit/postgres.py);
+# swtpm (a software TPM 2.0, started per test session by tests/tpm), tpm2-tools, and libtss2-dev that tpm2-pytss builds against.
+DEBIAN_PACKAGES := libcoap3-bin socat udev chromium fonts-dejavu-core postgresql swtpm swtpm-tools tpm2-tools libtss2-dev
 
 .PHONY: test hil demo bench system-deps clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml | system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q -e '.[tpm]' \
+	  || echo "note: tpm2-pytss did not build (it needs libtss2-dev); the TPM tests will skip"
 	touch $@
 
 # Best effort: installs the Debian peers when running as root with apt; tests that

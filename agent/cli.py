@@ -22,9 +22,9 @@ from agent.state import AgentState
 from agent.uplink import Uplink
 from drivers.exc import DriverError
 from durable.exc import DurableError
-from durable.keyfile import read_key
+from durable.keystore import open_device_key
 from telemetry.exc import TelemetryError
-from telemetry.identity import Identity
+from telemetry.identity import Signer
 
 log = logging.getLogger("pledgewatch.agent")
 
@@ -40,9 +40,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     status.set_defaults(run=cmd_status)
 
 
-def open_parts(config: agent_config.AgentConfig) -> tuple[Identity, Spool, AgentState]:
-    """The identity, spool and state the config names (the state dir is created 0700 if missing)."""
-    identity = Identity(read_key(config.device.key_file))
+def open_parts(config: agent_config.AgentConfig) -> tuple[Signer, Spool, AgentState]:
+    """The signing key, spool and state the config names (the state dir is created 0700 if missing).
+
+    The key is the seed file, or the TPM key that `device.keystore` beside it describes (durable.keystore)."""
+    key_file = Path(config.device.key_file)
+    identity = open_device_key(key_file.parent, key_file=key_file.name)
     config.device.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     spool = Spool.open(config.device.state_dir / "spool.db", max_bytes=config.spool.max_bytes,
                        synchronous=config.spool.synchronous)

@@ -38,6 +38,28 @@ class KeyFileUnavailableError(KeyFileError, OSError):
     """The key file cannot be opened, or a new one cannot be written (permissions of the directory, disk full)."""
 
 
+# --- where a device's signing key lives (durable.keystore) --------------------
+
+class KeyStoreError(DurableError):
+    """A device key store cannot be opened, or its key cannot be created or used."""
+
+
+class KeyStoreConfigError(KeyStoreError, ValueError):
+    """The key store description is unusable: an unknown kind, a bad TCTI string or persistent handle."""
+
+
+class TpmUnavailableError(KeyStoreError, OSError):
+    """No TPM answers: no /dev/tpmrm0 or /dev/tpm0, the TCTI cannot connect, or tpm2-pytss is not installed."""
+
+
+class TpmRefusedError(KeyStoreError, PermissionError):
+    """The TPM refuses: it is in dictionary-attack lockout, or the owner hierarchy has a password set."""
+
+
+class TpmKeyMismatchError(KeyStoreError, ValueError):
+    """The TPM's key at the handle is not the key this gateway was provisioned with (another TPM, a replaced key)."""
+
+
 # --- OSCORE security contexts on disk (durable.oscore) ------------------------
 
 class OscoreContextError(DurableError):

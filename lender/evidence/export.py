@@ -25,7 +25,7 @@ from telemetry.bundle import BundleEntry, BundleReport, build_bundle, verify_bun
 from telemetry.chain import check_chain
 from telemetry.envelope import Envelope, verify
 from telemetry.exc import BundleFormatError, TelemetryError
-from telemetry.identity import DeviceKey
+from telemetry.identity import DeviceKey, algorithm_named
 from telemetry.merkle import leaf_hash
 
 EXPORT_FIELDS = ("device", "seq", "boot", "kid", "received_at", "alarm", "digest_hex", "prev_hex", "envelope_b64")
@@ -58,10 +58,13 @@ def load_keys(path: Path) -> dict[bytes, DeviceKey]:
     keys = {}
     for number, entry in enumerate(entries, 1):
         try:
-            key = DeviceKey(entry["device"], bytes.fromhex(entry["public_key_hex"]))
-        except (TypeError, KeyError, ValueError, TelemetryError) as exc:
+            algorithm = entry.get("algorithm")  # files from before ES256 have none: the key's encoding names it
+            key = DeviceKey(entry["device"], bytes.fromhex(entry["public_key_hex"]),
+                            None if algorithm is None else algorithm_named(algorithm))
+        except (AttributeError, TypeError, KeyError, ValueError, TelemetryError) as exc:
             raise ExportFormatError(
-                f"keys file {path}, entry {number}: needs device and a 64-hex-digit public_key_hex ({exc})") from exc
+                f"keys file {path}, entry {number}: needs device and a public_key_hex (64 hex digits for Ed25519, "
+                f"130 for P-256) agreeing with its algorithm ({exc})") from exc
         keys[key.kid] = key
     return keys
 

@@ -20,7 +20,15 @@ from typing import Protocol
 
 from lender.exc import InvalidDeviceError, UnknownDeviceError
 from telemetry.enrollment import valid_id
-from telemetry.identity import DeviceKey, kid_of
+from telemetry.exc import IdentityError
+from telemetry.identity import (
+    ED25519_PUBLIC_BYTES,
+    P256_PUBLIC_BYTES,
+    DeviceKey,
+    algorithm_name,
+    algorithm_of,
+    kid_of,
+)
 from telemetry.logentry import EnrollmentEvidence
 
 # A registered device id also names its OSCORE context directory, so it is the
@@ -34,6 +42,19 @@ class DeviceStatus(str, enum.Enum):
     REVOKED = "revoked"
 
 
+class KeyStorage(str, enum.Enum):
+    """Where the lender knows the device's signing key lives: what it can prove, not what it was told.
+
+    A key is `software` (a seed file: whoever copies the gateway's disk can
+    sign as it) unless the enrollment proved it TPM-resident (TPM2_Certify by
+    an attestation key under an endorsement key certified by a TPM maker): a
+    P-256 key a technician merely says is in a TPM is still `software` here.
+    """
+
+    SOFTWARE = "software"
+    TPM_ATTESTED = "tpm-attested"
+
+
 def check_device_id(device_id: object) -> str:
     """Return `device_id` if it can be registered (1..64 of A-Z a-z 0-9 . _ -, starting alphanumeric)."""
     if not valid_id(device_id):
@@ -45,14 +66,27 @@ def check_device_id(device_id: object) -> str:
 
 
 def parse_public_key(text: str) -> bytes:
-    """An Ed25519 public key from its 64 hex digits (as `pledgewatch provision` prints it)."""
+    """A public key from its hex (as `pledgewatch provision` prints it): 64 digits for Ed25519, 130 for a
+    P-256 key (the uncompressed point 04 || X || Y)."""
     try:
         key = bytes.fromhex(text.strip())
     except ValueError as exc:
         raise InvalidDeviceError(f"public key {text!r} is not hex") from exc
-    if len(key) != 32:
-        raise InvalidDeviceError(f"an Ed25519 public key is 32 bytes (64 hex digits), got {len(key)} bytes")
+    check_public_key(key, "the public key")
     return key
+
+
+def check_public_key(key: object, whose: str) -> int:
+    """The COSE algorithm of a public key the registry can hold (Ed25519, or a point on P-256); InvalidDeviceError otherwise."""
+    try:
+        DeviceKey("check", key)
+        return algorithm_of(key)
+    except IdentityError as exc:
+        size = f"{len(key)} bytes" if isinstance(key, bytes) else type(key).__name__
+        raise InvalidDeviceError(
+            f"{whose} must be an Ed25519 key ({ED25519_PUBLIC_BYTES} bytes, {2 * ED25519_PUBLIC_BYTES} hex digits) or "
+            f"a P-256 point ({P256_PUBLIC_BYTES} bytes starting 04, {2 * P256_PUBLIC_BYTES} hex digits), got {size}"
+        ) from exc
 
 
 def iso_time(seconds: float | None) -> str | None:
@@ -75,13 +109,18 @@ class Device:
     status: DeviceStatus = DeviceStatus.ACTIVE
     revoked_at: float | None = None
     binding: bytes | None = None       # the enrollment its envelopes must name (telemetry.enrollment.binding_of)
+    key_storage: KeyStorage = KeyStorage.SOFTWARE
+    algorithm: str | None = None       # `EdDSA` or `ES256`: follows from the key's encoding; when given, must agree
     kid: bytes = field(init=False)
 
     def __post_init__(self) -> None:
         check_device_id(self.device)
-        if not isinstance(self.public_key, bytes) or len(self.public_key) != 32:
-            raise InvalidDeviceError(f"device {self.device}: an Ed25519 public key is 32 bytes")
+        algorithm = algorithm_name(check_public_key(self.public_key, f"device {self.device}'s public key"))
+        if self.algorithm not in (None, algorithm):
+            raise InvalidDeviceError(f"device {self.device}: its key is an {algorithm} key, not {self.algorithm!r}")
+        object.__setattr__(self, "algorithm", algorithm)
         object.__setattr__(self, "status", DeviceStatus(self.status))
+        object.__setattr__(self, "key_storage", KeyStorage(self.key_storage))
         object.__setattr__(self, "kid", kid_of(self.public_key))
 
     @property
@@ -105,6 +144,8 @@ class Device:
             "registered_at": iso_time(self.registered_at),
             "revoked_at": iso_time(self.revoked_at),
             "binding_hex": None if self.binding is None else self.binding.hex(),
+            "algorithm": self.algorithm,
+            "key_storage": self.key_storage.value,
         }
 
 

@@ -91,6 +91,7 @@ def test_register_list_and_revoke_a_device(data_dir, tmp_path, device):
     (row,) = json.loads(lender("devices", "--data", data_dir, "--json").stdout)
     assert row["device"] == "gw-7" and row["public_key_hex"] == key and row["status"] == "active"
     assert row["kid"] == device.identity.kid.hex() and row["asset"] == "loan 42 forklift"
+    assert (row["algorithm"], row["key_storage"]) == ("EdDSA", "software")
     again = lender("register", "--data", data_dir, "--device", "gw-7", "--public-key", key, check=False)
     assert again.returncode == 1 and "registered already" in again.stderr
     assert "revoked gw-7" in lender("revoke", "--data", data_dir, "--device", "gw-7").stdout
