@@ -83,3 +83,11 @@ def test_the_registry_takes_p256_points_and_refuses_what_is_not_one():
             parse_public_key(bad)
     with pytest.raises(InvalidDeviceError, match="ES256 key"):
         Device(device="gw-tpm-1", public_key=key, registered_at=0.0, algorithm="EdDSA")
+
+
+def test_an_es256_gateways_evidence_bundle_verifies_with_nothing_but_the_lenders_key(lender, tmp_path):
+    gateway = register_es256(lender)
+    lender.deliver(gateway, *[gateway.reading(4.0 + i) for i in range(4)])
+    lender.bundle("gw-tpm-1", tmp_path / "bundle.json")
+    code, report = lender.verify(tmp_path / "bundle.json")
+    assert code == 0, report
