@@ -135,7 +135,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     p = command("register", _register, "register a device's Ed25519 public key and create its OSCORE context pair")
     p.add_argument("--device", required=True, help="device id (1..64 of A-Z a-z 0-9 . _ -)")
-    p.add_argument("--public-key", required=True, metavar="HEX", help="the device's Ed25519 public key, 64 hex digits")
+    p.add_argument("--public-key", required=True, metavar="HEX",
+                   help="the device's public key: Ed25519, 64 hex digits; or P-256 (a TPM key), 130 hex digits 04||X||Y")
     p.add_argument("--asset", help="the pledged asset this device watches (free text, e.g. a contract reference)")
     p.add_argument("--oscore-out", type=Path, metavar="DIR",
                    help="where to write the device's side of the OSCORE context (default DATA/device-contexts/DEVICE)")
@@ -145,7 +146,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--device", required=True)
 
     p = command("devices", _devices, "list the registered devices")
-    p.add_argument("--json", action="store_true", help="a JSON array (device, kid, public_key_hex, status, ...)")
+    p.add_argument("--json", action="store_true",
+                   help="a JSON array (device, kid, public_key_hex, status, ..., algorithm, key_storage)")
 
     p = command("readings", _readings, "a device's verified readings")
     p.add_argument("--device", required=True)
@@ -465,8 +467,9 @@ def _devices(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([d.to_json() for d in devices], indent=1))
         return 0
-    rows = [("DEVICE", "KID", "STATUS", "ASSET", "REGISTERED")] + [
-        (d.device, d.kid.hex(), d.status.value, d.asset or "-", iso_time(d.registered_at)) for d in devices]
+    rows = [("DEVICE", "KID", "KEY", "STATUS", "ASSET", "REGISTERED")] + [
+        (d.device, d.kid.hex(), f"{d.algorithm}/{d.key_storage.value}", d.status.value, d.asset or "-",
+         iso_time(d.registered_at)) for d in devices]
     _print_table(rows)
     return 0
 

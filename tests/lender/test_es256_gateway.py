@@ -91,3 +91,9 @@ def test_an_es256_gateways_evidence_bundle_verifies_with_nothing_but_the_lenders
     lender.bundle("gw-tpm-1", tmp_path / "bundle.json")
     code, report = lender.verify(tmp_path / "bundle.json")
     assert code == 0, report
+
+
+def test_the_devices_table_shows_each_key_as_algorithm_and_storage(lender):
+    register_es256(lender)
+    code, out, _ = lender.cli("devices")
+    assert code == 0 and "KEY" in out.splitlines()[0] and "ES256/software" in out
