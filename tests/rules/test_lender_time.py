@@ -14,7 +14,7 @@ import time
 from datetime import datetime, timezone
 
 from gpiozero.pins.mock import MockFactory
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from agent.assets import Asset
@@ -81,17 +81,19 @@ def test_an_implausible_lender_time_is_ignored():
 
 @settings(max_examples=200, deadline=None)
 @given(error=st.floats(-30 * 86_400, 30 * 86_400), round_trip=st.floats(0, 30))
+@example(error=98.0, round_trip=5.0).via("the boundary is measured from the middle of the lender's window")
 def test_only_a_clock_off_by_more_than_the_tolerance_and_the_round_trip_is_overruled(error, round_trip):
     clocks = Clocks(system_error=error)
     clock = clocks.clock()
     clock.lender_time(int(clocks.real), round_trip=round_trip)
     instant = clock.now()
-    lender = int(THREE_AM) + (1 + round_trip) / 2
+    lender = int(THREE_AM) + (1 + round_trip) / 2  # the middle of where the lender's time can lie
     tolerance = LENDER_TOLERANCE_S + 1 + round_trip
-    if abs(error) > tolerance + 1:
+    off = clocks.real + error - lender            # how far the system clock is from that estimate
+    if abs(off) > tolerance + 1:
         assert instant.source == "lender" and abs(instant.wall - clocks.real) <= 1 + round_trip
         assert abs(instant.offset - (lender - (clocks.real + error))) < 1e-6
-    elif abs(error) < tolerance - 1:
+    elif abs(off) < tolerance - 1:
         assert instant.source == "ntp" and instant.wall == clocks.real + error and instant.offset == 0
 
 
