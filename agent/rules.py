@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -257,8 +257,11 @@ class RulesEngine:
         *,
         start: Instant,
         restore: Mapping | None = None,
+        permits: Callable[[str, float, str | None], bool] | None = None,
     ) -> None:
         self.assets = tuple(assets)
+        # the lender's signed permits in force (agent.commands.CommandInbox.permitted): access windows beside the hours
+        self.permits = permits
         self.settings = settings
         self.sensors = {s.name: s for s in sensors}
         unknown = sorted({name for a in self.assets for name in a.sensors} - set(self.sensors))
@@ -342,10 +345,12 @@ class RulesEngine:
                 best = name
         return best
 
-    def _permitted(self, asset: str, instant: Instant) -> bool:
+    def _permitted(self, asset: str, instant: Instant, sensor: str | None = None) -> bool:
         found = self._by_name.get(asset)
         if found is None or not instant.synced or instant.awaiting_lender:
             return False  # the gateway has no access hours; an untrusted clock cannot prove permission
+        if self.permits is not None and self.permits(asset, instant.wall, sensor):
+            return True
         return found.access.permits(instant.wall)
 
     # --- the entry points ---
@@ -455,7 +460,7 @@ class RulesEngine:
             for asset in self.bound[sensor]:
                 kind = self._contact_kind(asset, sensor)
                 latch = self._latch(kind, asset)
-                if is_open and not self._permitted(asset, instant):
+                if is_open and not self._permitted(asset, instant, sensor):
                     out += latch.activate(sensor, instant, detail=f"{sensor} opened outside permitted hours"
                                           + _unproven(instant))
                 elif is_open and was_open is not True:
@@ -475,7 +480,7 @@ class RulesEngine:
                 continue
             for asset in self.bound[sensor]:
                 latch = self._latch(self._contact_kind(asset, sensor), asset)
-                if sensor not in latch.active and not self._permitted(asset, instant):
+                if sensor not in latch.active and not self._permitted(asset, instant, sensor):
                     out += latch.activate(sensor, instant, detail=f"{sensor} still open after permitted hours")
         return out
 

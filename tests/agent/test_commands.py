@@ -1,0 +1,133 @@
+"""The gateway's command inbox: only genuine, new, unexpired commands for it are applied, once, and survive SIGKILL."""
+import os
+import random
+import signal
+import time
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.assets import Asset
+from agent.commands import CommandInbox, rules_validator
+from agent.rules import AccessEvent, RulesEngine, SensorSpec
+from telemetry.command import Command, Configure, Inspect, Outcome, Permit, config_digest, inspection_nonce
+from telemetry.identity import Identity
+from tests.kit.rules import HOUR, T0, alarms, at, hours, sample
+
+LENDER = Identity(bytes(range(32)))
+BORROWER = Identity(bytes(range(1, 33)))
+STORE = Asset("cold-store", "stock", ("door",), access=hours("mon-fri 07:00-18:00"))
+SAT = 5 * 24 * HOUR
+
+
+def signed(seq, body, *, device="gw-1", signer=LENDER, expires=T0 + 30 * 24 * 3600):
+    return Command(device, seq, T0, expires, body).sign(signer).raw
+
+
+def inbox(path, now=T0 + 60.0, **options):
+    return CommandInbox(path, "gw-1", LENDER.public_key, clock=lambda: now, **options)
+
+
+def test_an_inspection_is_answered_with_its_nonce_and_applied_once(tmp_path):
+    box = inbox(tmp_path)
+    answer = box.receive(signed(1, Inspect(b"\x07" * 16, ("cold-store",))))
+    assert answer.outcome is Outcome.APPLIED and inspection_nonce(answer.records) == b"\x07" * 16
+    assert box.receive(signed(1, Inspect(b"\x07" * 16))) is None  # the same command again: a replay
+    assert inbox(tmp_path).last_seq == 1
+
+
+def test_forged_misaddressed_and_expired_commands_change_nothing(tmp_path):
+    box = inbox(tmp_path)
+    permit = Permit("cold-store", T0, T0 + 3600, "release of goods")
+    assert box.receive(signed(1, permit, signer=BORROWER)) is None
+    assert box.receive(signed(1, permit, device="gw-2")) is None
+    assert box.receive(signed(1, permit, expires=T0 + 1)) is None
+    assert (box.last_seq, box.permits) == (0, ())
+    assert not (tmp_path / "commands.json").exists()
+
+
+def test_a_permit_turns_a_saturday_opening_into_an_event_inside_its_window_and_an_alarm_after(tmp_path):
+    box = inbox(tmp_path, now=T0 + SAT)
+    window = Permit("cold-store", int(T0 + SAT + 10 * HOUR), int(T0 + SAT + 12 * HOUR), "release of goods, C-17")
+    answer = box.receive(signed(1, window))
+    assert {r.name for r in answer.records} >= {"command.permit.asset", "command.permit.from", "command.permit.until"}
+    restarted = inbox(tmp_path, now=T0 + SAT)  # the permit survives a restart of the agent
+    rules = RulesEngine([STORE], [SensorSpec("door", "contact", 7 * 24 * HOUR)], start=at(0),
+                        permits=restarted.permitted)
+    inside = rules.observe([sample("door", True, SAT + 10.5 * HOUR)], at(SAT + 10.5 * HOUR))
+    inside += rules.observe([sample("door", False, SAT + 10.6 * HOUR)], at(SAT + 10.6 * HOUR))
+    assert [(e.name, e.state) for e in inside if isinstance(e, AccessEvent)] == [
+        ("event.door.cold-store", "opened"), ("event.door.cold-store", "closed")]
+    assert alarms(inside) == []
+    after = rules.observe([sample("door", True, SAT + 12.5 * HOUR)], at(SAT + 12.5 * HOUR))
+    assert alarms(after) == [("alarm.door.cold-store", "raised")]
+
+
+def test_a_configuration_is_applied_with_its_digest_and_a_bad_one_is_refused_keeping_the_old(tmp_path):
+    box = inbox(tmp_path, validate=rules_validator({"door": "contact"}))
+    good = b'[rules]\n\n[[assets]]\nname = "cold-store"\nkind = "stock"\nsensors = ["door"]\n'
+    answer = box.receive(signed(1, Configure(1, good)))
+    assert answer.outcome is Outcome.APPLIED
+    assert [r.data for r in answer.records if r.name == "command.config"] == [config_digest(good)]
+    bad = b'[device]\nid = "someone-else"\n'
+    refused = box.receive(signed(2, Configure(2, bad)))
+    assert refused.outcome is Outcome.REFUSED
+    assert "not the lender's to set" in next(r.string for r in refused.records if r.name == "command.detail")
+    kept = inbox(tmp_path)
+    assert (kept.config, kept.last_seq) == (good, 2)
+
+
+@st.composite
+def deliveries(draw):
+    events = []
+    for _ in range(draw(st.integers(1, 30))):
+        events.append((draw(st.integers(1, 10)), draw(st.sampled_from(
+            ["valid", "valid", "expired", "forged", "other-device", "restart"]))))
+    return events
+
+
+@settings(max_examples=60, deadline=None)
+@given(deliveries())
+def test_random_deliveries_and_restarts_never_apply_a_command_twice_out_of_order_or_unverified(tmp_path_factory, events):
+    path = tmp_path_factory.mktemp("inbox")
+    box, applied = inbox(path), []
+    for seq, how in events:
+        if how == "restart":
+            box = inbox(path)
+            continue
+        raw = signed(seq, Inspect(bytes(8)), device="gw-2" if how == "other-device" else "gw-1",
+                     signer=BORROWER if how == "forged" else LENDER, expires=T0 + 30 if how == "expired" else T0 + 10**6)
+        answer = box.receive(raw)
+        if answer is not None:
+            assert how == "valid"
+            applied.append(answer.command.seq)
+    assert applied == sorted(set(applied))
+    assert inbox(path).last_seq == (applied[-1] if applied else 0)
+
+
+def document(version: int) -> bytes:
+    return (f"# version {version}\n[rules]\n\n[[assets]]\nname = \"cold-store\"\nkind = \"stock\"\n"
+            f"sensors = [\"door\"]\n" + "# padding\n" * 200).encode()
+
+
+def test_sigkill_during_configuration_applies_leaves_exactly_one_complete_configuration(tmp_path):
+    rng, reached = random.Random(15), set()
+    for attempt in range(100):
+        path = tmp_path / str(attempt)
+        path.mkdir()
+        child = os.fork()
+        if child == 0:  # the agent, applying configurations as fast as it can until it is killed
+            try:
+                box = inbox(path)
+                for seq in range(1, 10_000):
+                    box.receive(signed(seq, Configure(seq, document(seq))))
+            finally:
+                os._exit(0)
+        time.sleep(rng.uniform(0.0, 0.1))
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        box = inbox(path)
+        assert box.config == (document(box.last_seq) if box.last_seq else None)
+        assert box.previous_config == (document(box.last_seq - 1) if box.last_seq > 1 else None)
+        reached.add(box.last_seq)
+    assert len(reached) > 1 and max(reached) > 0, f"no kill landed while configurations were applied: {sorted(reached)}"
