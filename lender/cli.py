@@ -880,12 +880,16 @@ def status_json(status: AssetStatus) -> dict:
 def _status(args: argparse.Namespace) -> int:
     with _open(args) as store:
         statuses = asset_status(store, args.device, _judge(args))
+        registered = {d.device: d for d in store.devices()}
+    keys = {s.device: {"algorithm": d.algorithm, "key_storage": d.key_storage.value} if d else
+            {"algorithm": None, "key_storage": None} for s in statuses for d in [registered.get(s.device)]}
     if args.json:
-        print(json.dumps([status_json(s) for s in statuses], sort_keys=True))
+        print(json.dumps([{**status_json(s), **keys[s.device]} for s in statuses], sort_keys=True))
         return 0
     now = time.time()
     for s in statuses:
         print(f"{s.asset} ({s.kind}, {s.device}): {s.state}")
+        print(f"  key           {keys[s.device]['algorithm'] or 'unregistered'}, {keys[s.device]['key_storage'] or '-'}")
         seen = f"{iso_time(s.last_seen)} ({now - s.last_seen:.0f} s ago), seq {s.last_seq}" if s.last_seen else "never"
         print(f"  last seen     {seen}; freshness: {s.freshness}")
         r = _reading_json(s.last_reading)

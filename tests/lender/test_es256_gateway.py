@@ -97,3 +97,14 @@ def test_the_devices_table_shows_each_key_as_algorithm_and_storage(lender):
     register_es256(lender)
     code, out, _ = lender.cli("devices")
     assert code == 0 and "KEY" in out.splitlines()[0] and "ES256/software" in out
+
+
+def test_lender_status_names_each_assets_key_storage(lender):
+    gateway = lender.enroll("gw-soft-1")
+    lender.deliver(gateway, gateway.manifest(), gateway.reading())
+    code, out, err = lender.cli("status", "--json")
+    assert code == 0, err
+    rows = [r for r in json.loads(out) if r["device"] == "gw-soft-1"]
+    assert rows and {(r["algorithm"], r["key_storage"]) for r in rows} == {("EdDSA", "software")}
+    code, out, _ = lender.cli("status")
+    assert "key           EdDSA, software" in out
