@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from agent.clock import Instant, TrustedClock, redate, stamp
+from agent.commands import CommandInbox
 from agent.exc import SpoolError, StateError
 from agent.freshness import LenderTokens
 from agent.health import ModemHealthMonitor
@@ -36,6 +37,7 @@ from agent.uplink import Result, Uplink
 from drivers.exc import SensorFault
 from drivers.sensor import Sample, queue_listener, read_isolated
 from durable import sdnotify
+from telemetry.command import Inspect, Outcome
 from telemetry.envelope import Envelope, Gap, GapReason, carries_alarm
 from telemetry.identity import Identity
 from telemetry.manifest import DEFAULT_HEARTBEAT_S, HEARTBEAT, rules_digest
@@ -159,6 +161,36 @@ class Agent:
             return self.record(records)
         instant = self.trusted_clock.now()
         return self.record(list(redate(records, instant)), instant)
+
+    async def command(self, inbox: CommandInbox, raw: bytes) -> Envelope | None:
+        """Act on one command from the lender and sign what was done; for an inspection, with a snapshot.
+
+        The snapshot reads every sensor of the named assets (all sensors when
+        none are named, or when the gateway has no rules) now, and goes into the
+        same envelope as the inspection's nonce. A command the inbox refused
+        unverified changes nothing and signs nothing.
+        """
+        applied = inbox.receive(raw)
+        if applied is None:
+            return None
+        records = list(applied.records)
+        body = applied.command.body
+        if isinstance(body, Inspect) and applied.outcome is Outcome.APPLIED:
+            wanted = None
+            if body.assets and self.rules is not None:
+                wanted = {name for asset in self.rules.assets if asset.name in body.assets for name in asset.sensors}
+            for sensor in self.sensors:
+                if wanted is not None and sensor.name not in wanted:
+                    continue
+                result = await read_isolated(sensor, self.read_timeout)
+                if isinstance(result, SensorFault):
+                    records.append(fault_record(sensor.name, result, self.clock()))
+                elif result:
+                    records += [sample_record(s) for s in result]
+        envelope = self.record_measured(records)
+        if envelope is not None and self.uplink is not None:
+            self.uplink.wake()
+        return envelope
 
     async def _poll(self, sensor, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -1,4 +1,5 @@
 """The gateway's command inbox: only genuine, new, unexpired commands for it are applied, once, and survive SIGKILL."""
+import asyncio
 import os
 import random
 import signal
@@ -10,8 +11,11 @@ from hypothesis import strategies as st
 from agent.assets import Asset
 from agent.commands import CommandInbox, rules_validator
 from agent.rules import AccessEvent, RulesEngine, SensorSpec
+from drivers.onewire import DS18B20, DS18B20Config
+from hil.sim.onewire import OneWireTree
 from telemetry.command import Command, Configure, Inspect, Outcome, Permit, config_digest, inspection_nonce
 from telemetry.identity import Identity
+from tests.kit.agent import build_agent, signed_envelopes
 from tests.kit.rules import HOUR, T0, alarms, at, hours, sample
 
 LENDER = Identity(bytes(range(32)))
@@ -131,3 +135,18 @@ def test_sigkill_during_configuration_applies_leaves_exactly_one_complete_config
         assert box.previous_config == (document(box.last_seq - 1) if box.last_seq > 1 else None)
         reached.add(box.last_seq)
     assert len(reached) > 1 and max(reached) > 0, f"no kill landed while configurations were applied: {sorted(reached)}"
+
+
+def test_the_agent_answers_an_inspection_with_a_signed_snapshot_carrying_the_nonce(tmp_path):
+    tree = OneWireTree(tmp_path / "w1")
+    probe = tree.add_ds18b20(celsius=4.5)
+    temp = DS18B20(DS18B20Config("temp", probe.device_id, base_dir=tree.devices_dir, interval_s=3600))
+    (tmp_path / "agent").mkdir()
+    agent = build_agent(tmp_path / "agent", sensors=[temp], recording=True)
+    box = CommandInbox(tmp_path / "agent", agent.device, LENDER.public_key, clock=lambda: T0 + 60.0)
+    probe.set_celsius(6.75)
+    envelope = asyncio.run(agent.command(box, signed(1, Inspect(b"\x09" * 16), device=agent.device)))
+    assert asyncio.run(agent.command(box, signed(1, Inspect(b"\x09" * 16), device=agent.device))) is None
+    (signed_snapshot,) = [e for e in signed_envelopes(agent) if e.seq == envelope.seq]
+    assert inspection_nonce(signed_snapshot.records) == b"\x09" * 16
+    assert ("temp", 6.75) in [(r.name, r.value) for r in signed_snapshot.records]
