@@ -306,6 +306,43 @@ def outcome_records(command: Command, outcome: Outcome, at: float, *, detail: st
     return records
 
 
+MAX_FETCH_ANSWER = 1024   # bytes of commands in one /c answer; the gateway asks again for the rest
+_FETCH_LIMITS = Limits(max_bytes=32, max_depth=2, max_items=4)
+_ANSWER_LIMITS = Limits(max_bytes=MAX_FETCH_ANSWER + 64, max_depth=2, max_items=64)
+
+
+def encode_fetch(last_applied: int) -> bytes:
+    """The body a gateway POSTs to /c: {1: the last command seq it applied}."""
+    return cbor.encode({1: _uint(last_applied, "last applied seq")})
+
+
+def decode_fetch(body: bytes) -> int:
+    """The last applied seq in a /c request body; CommandError if it is not {1: uint}."""
+    try:
+        fields = cbor.decode(bytes(body), _FETCH_LIMITS)
+    except WireFormatError as exc:
+        raise CommandError(f"a /c request is not CBOR: {exc}") from exc
+    if not isinstance(fields, dict) or set(fields) != {1}:
+        raise CommandError("a /c request is {1: last applied command seq}")
+    return _uint(fields[1], "last applied seq")
+
+
+def encode_commands(commands: Sequence[bytes]) -> bytes:
+    """A /c answer: the commands' exact signed bytes, oldest first."""
+    return cbor.encode(list(commands))
+
+
+def decode_commands(payload: bytes) -> list[bytes]:
+    """The commands in a /c answer (each still to be verified by the device); CommandError if malformed."""
+    try:
+        items = cbor.decode(bytes(payload), _ANSWER_LIMITS)
+    except WireFormatError as exc:
+        raise CommandError(f"a /c answer is not CBOR: {exc}") from exc
+    if not isinstance(items, list) or not all(isinstance(i, bytes) for i in items):
+        raise CommandError("a /c answer is a CBOR array of byte strings")
+    return items
+
+
 def inspection_nonce(records: Sequence[Record]) -> bytes | None:
     """The nonce of the inspection that a signed envelope's records answer, if they answer one."""
     for record in records:

@@ -5,11 +5,11 @@ import aiocoap
 import pytest
 from aiocoap.numbers import codes
 
-from lender.coap.commands import CommandResource, decode_commands, encode_fetch
+from lender.coap.commands import CommandResource
 from lender.coap.resource import IngestThread
 from lender.evidence.commands import CommandDesk
 from lender.evidence.log import lender_identity
-from telemetry.command import accept
+from telemetry.command import accept, decode_commands, encode_fetch
 from tests.kit.evidence import EvidenceLender
 
 

@@ -5,12 +5,11 @@ import aiocoap
 from aiocoap.numbers import codes
 
 from durable.oscore import close_context, open_context
-from lender.coap.commands import decode_commands, encode_fetch
 from lender.enrollment.registration import DEVICE_CONTEXTS_DIR
 from lender.evidence.commands import CommandDesk
 from lender.evidence.log import lender_identity
 from lender.evidence.store import SQLiteStore
-from telemetry.command import accept
+from telemetry.command import accept, decode_commands, encode_fetch
 from tests.kit.lender import Device, LenderThread, enroll
 
 
