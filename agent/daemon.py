@@ -92,6 +92,8 @@ class Agent:
         binding: bytes | None = None,
         heartbeat_s: float | None = None,
         rules_digest: str = rules_digest((), {}),
+        commands: CommandInbox | None = None,
+        command_poll: float = 5.0,
     ) -> None:
         self.device = device
         self.identity = identity
@@ -120,6 +122,9 @@ class Agent:
             heartbeat_s = uplink.config.heartbeat_s if uplink is not None else DEFAULT_HEARTBEAT_S
         self.heartbeat_s = float(heartbeat_s)
         self.rules_digest = rules_digest
+        # the lender's signed commands (agent.commands): fetched from /c every `command_poll` s (Observe is not served yet)
+        self.commands = commands
+        self.command_poll = command_poll
 
     def record(self, records: list[Record], instant: Instant | None = None) -> Envelope | None:
         """Sign and spool one reading; an alarm wakes the uplink at once.
@@ -191,6 +196,13 @@ class Agent:
         if envelope is not None and self.uplink is not None:
             self.uplink.wake()
         return envelope
+
+    async def _fetch_commands(self) -> None:
+        """Poll the lender's /c and act on each pending command in order (the inbox refuses repeats)."""
+        while True:
+            for raw in await self.uplink.fetch_commands(self.commands.last_seq):
+                await self.command(self.commands, raw)
+            await asyncio.sleep(self.command_poll)
 
     async def _poll(self, sensor, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -348,6 +360,8 @@ class Agent:
         if self.uplink is not None:
             await self.uplink.start()
             tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
+            if self.commands is not None:
+                tasks.append(asyncio.create_task(self._fetch_commands(), name="commands"))
         _notify_systemd("READY=1")
         self.started.set()
         try:

@@ -65,6 +65,7 @@ from durable.oscore import DurableSecurityContext, close_context, open_context
 from telemetry import cbor
 from telemetry.exc import AckFormatError
 from telemetry.ack import MAX_REASON_TEXT, Ack, Reason, Refusal
+from telemetry.command import decode_commands, encode_fetch
 from telemetry.manifest import DEFAULT_HEARTBEAT_S
 from telemetry.receipt import DeliveryReceipt
 from telemetry.numbers import CONTENT_FORMAT_CBOR, PATH_TELEMETRY
@@ -385,6 +386,29 @@ class Uplink:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    async def fetch_commands(self, last_applied: int) -> list[bytes]:
+        """The lender's pending commands above `last_applied`: POST /c under this uplink's OSCORE context.
+
+        Each is still to be verified (agent.commands.CommandInbox). A failed
+        exchange (silence, an error answer, a malformed one) is logged and
+        gives none: the next poll asks again, so nothing is missed in order.
+        """
+        if self._context is None:
+            return []
+        uri = self.config.lender.rstrip("/") + "/c"
+        request = aiocoap.Message(code=codes.POST, uri=uri, payload=encode_fetch(last_applied),
+                                  content_format=CONTENT_FORMAT_CBOR)
+        try:
+            async with asyncio.timeout(max(self.config.ack_timeout * 4, 2.0)):
+                response = await self._context.request(request).response
+            if response.code != codes.CONTENT:
+                log.warning("uplink: /c answered %s: %s", response.code, response.payload[:200].decode("utf-8", "replace"))
+                return []
+            return decode_commands(response.payload)
+        except (TimeoutError, coap_error.Error, ValueError) as exc:
+            log.warning("uplink: cannot fetch commands from %s: %s", uri, exc)
+            return []
 
     def wake(self) -> None:
         """An alarm was appended: send it at once as its own exchange, even during a backoff wait or a batch in flight."""
