@@ -7,10 +7,12 @@ import json
 import logging
 import signal
 import sys
+import time
 from pathlib import Path
 
 from agent import config as agent_config
 from agent.clock import TrustedClock
+from agent.commands import CommandInbox, rules_validator
 from agent.daemon import Agent
 from agent.exc import AgentError
 from agent.freshness import TOKEN_FILE, LenderTokens
@@ -80,13 +82,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     tokens = LenderTokens(config.device.state_dir / TOKEN_FILE, clock=clock)
     rules_state = RulesStateFile(config.device.state_dir / "rules.json")
     kinds = {cls: kind for kind, cls in agent_config.SENSOR_KINDS.items()}
-    rules = RulesEngine(config.assets, sensor_specs(config.sensors, kinds), config.rules, start=clock.now(),
-                        restore=rules_state.load())
+    sensor_kinds = {s.name: kinds[type(s)] for s in config.sensors}
+    inbox = None
+    settings, assets = config.rules, config.assets
+    if config.device.lender_key is not None:  # the lender's signed commands (agent.commands)
+        inbox = CommandInbox(config.device.state_dir, config.device.id, bytes.fromhex(config.device.lender_key),
+                             validate=rules_validator(sensor_kinds), clock=time.time)
+        settings, assets = inbox.configured(sensor_kinds) or (settings, assets)
+    rules = RulesEngine(assets, sensor_specs(config.sensors, kinds), settings, start=clock.now(),
+                        restore=rules_state.load(), permits=inbox.permitted if inbox is not None else None)
     agent = Agent(device=config.device.id, identity=identity, spool=spool, state=state, sensors=sensors,
                   uplink=Uplink(config.uplink, spool, tokens=tokens, receipts=state), rules=rules, trusted_clock=clock,
                   rules_state=rules_state, modem_health=modem_health, tokens=tokens,
                   binding=config.device.binding_bytes, heartbeat_s=config.uplink.heartbeat_s,
-                  rules_digest=config.rules_digest)
+                  rules_digest=config.rules_digest, commands=inbox)
     try:
         asyncio.run(serve(agent))
     finally:

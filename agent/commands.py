@@ -111,6 +111,14 @@ class CommandInbox:
     def config_digest(self) -> bytes | None:
         return None if self.config is None else config_digest(self.config)
 
+    def configured(self, sensor_kinds: Mapping[str, str]):
+        """(RuleSettings, assets) of the lender's configuration in force, or None without one (the local config rules)."""
+        if self.config is None:
+            return None
+        data = tomllib.loads(self.config.decode("utf-8"))
+        rules = parse_rules(self.path, data.get("rules", {}))
+        return rules, tuple(parse_assets(self.path, data.get("assets", []), sensor_kinds, rules))
+
     def permitted(self, asset: str, at: float, sensor: str | None = None) -> bool:
         """Whether a lender's permit in force covers an opening of `sensor` on `asset` at `at`."""
         return any(p.covers(asset, at, sensor) for p in self.permits)

@@ -4,7 +4,8 @@ Every error names the file, the table and key, and what is allowed, so a
 technician can fix a config on site without reading code. The result is a
 tree of frozen dataclasses; nothing downstream re-checks it.
 
-    [device]     id, key_file, state_dir, binding (the enrollment's, 16 hex digits; written by provisioning)
+    [device]     id, key_file, state_dir, binding (the enrollment's, 16 hex digits; written by provisioning),
+                 lender_key (64 hex digits: the lender key its signed commands must carry; without it, no commands)
     [spool]      max_bytes, synchronous
     [uplink]     lender, security_context | insecure, batch_interval, heartbeat_s, ... (agent.uplink.UplinkConfig)
     [[sensors]]  kind = "ds18b20" | "contact" | "motion" | "run-hours" | "gnss", then that driver's settings
@@ -64,11 +65,15 @@ class DeviceSection:
     key_file: Path
     state_dir: Path
     binding: str | None = None   # the enrollment binding (telemetry.enrollment.binding_of), hex
+    lender_key: str | None = None  # the lender's enrollment public key, hex: pinned for its signed commands
 
     def __post_init__(self) -> None:
         if self.binding is not None and not BINDING_HEX.fullmatch(self.binding):
             raise ValueError(f"binding = {self.binding!r} must be {2 * BINDING_BYTES} hex digits "
                              "(the enrollment binding `pledgewatch provision` writes)")
+        if self.lender_key is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", self.lender_key):
+            raise ValueError(f"lender_key = {self.lender_key!r} must be 64 hex digits (the lender's public key, "
+                             "`pledgewatch lender key`)")
 
     @property
     def binding_bytes(self) -> bytes | None:
@@ -170,6 +175,7 @@ def parse(text: str, path: Path) -> AgentConfig:
                           "allowed: device, spool, uplink, sensors, rules, assets, modem")
     device = _section(path, "device", data.get("device", {}), DeviceSection, {
         "id": (str, REQUIRED), "key_file": (Path, REQUIRED), "state_dir": (Path, REQUIRED), "binding": (str, None),
+        "lender_key": (str, None),
     })
     if not 0 < len(device.id) <= 64:
         raise ConfigError(f"{path}: [device] id must be 1..64 characters")

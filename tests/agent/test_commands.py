@@ -5,16 +5,20 @@ import random
 import signal
 import time
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.assets import Asset
 from agent.commands import CommandInbox, rules_validator
+from agent.config import parse
+from agent.exc import ConfigError
 from agent.rules import AccessEvent, RulesEngine, SensorSpec
 from drivers.onewire import DS18B20, DS18B20Config
 from hil.sim.onewire import OneWireTree
 from telemetry.command import Command, Configure, Inspect, Outcome, Permit, config_digest, inspection_nonce
 from telemetry.identity import Identity
+from tests.agent.test_agent_config import GOOD, PATH
 from tests.kit.agent import build_agent, signed_envelopes
 from tests.kit.rules import HOUR, T0, alarms, at, hours, sample
 
@@ -150,3 +154,19 @@ def test_the_agent_answers_an_inspection_with_a_signed_snapshot_carrying_the_non
     (signed_snapshot,) = [e for e in signed_envelopes(agent) if e.seq == envelope.seq]
     assert inspection_nonce(signed_snapshot.records) == b"\x09" * 16
     assert ("temp", 6.75) in [(r.name, r.value) for r in signed_snapshot.records]
+
+
+def test_the_config_pins_the_lenders_key_for_commands_and_refuses_a_malformed_one():
+    key = LENDER.public_key.hex()
+    text = GOOD.replace("[device]\n", f'[device]\nlender_key = "{key}"\n', 1)
+    assert parse(text, PATH).device.lender_key == key
+    with pytest.raises(ConfigError, match="lender_key"):
+        parse(GOOD.replace("[device]\n", '[device]\nlender_key = "abc"\n', 1), PATH)
+
+
+def test_the_lenders_configuration_in_force_gives_the_rules_at_start(tmp_path):
+    box = inbox(tmp_path, validate=rules_validator({"door": "contact"}))
+    assert box.configured({"door": "contact"}) is None
+    box.receive(signed(1, Configure(1, b'[rules]\n\n[[assets]]\nname = "yard"\nkind = "stock"\nsensors = ["door"]\n')))
+    settings, assets = inbox(tmp_path).configured({"door": "contact"})
+    assert [a.name for a in assets] == ["yard"]
