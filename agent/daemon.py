@@ -126,7 +126,7 @@ class Agent:
         self.commands = commands
         self.command_poll = command_poll
 
-    def record(self, records: list[Record], instant: Instant | None = None) -> Envelope | None:
+    def record(self, records: list[Record], instant: Instant | None = None, *, urgent: bool = False) -> Envelope | None:
         """Sign and spool one reading; an alarm wakes the uplink at once.
 
         With a trusted clock, the envelope carries its clock statement and the
@@ -143,7 +143,7 @@ class Agent:
             instant = instant or self.trusted_clock.now()
             records, clock = list(stamp(records, instant)), instant.statement()
         try:
-            envelope = self.recorder.record(records, clock=clock)
+            envelope = self.recorder.record(records, clock=clock, urgent=urgent)
             if self.unstored:
                 self.recorder.append(gap=Gap(GapReason.STORAGE_FAILURE.value, count=self.unstored,
                                              alarms_dropped=self.unstored_alarms))
@@ -156,16 +156,16 @@ class Agent:
             if self.unstored == 1 or self.unstored % 100 == 0:
                 log.error("cannot spool a reading (%d lost so far): %s", self.unstored, exc)
             return None
-        if envelope.alarm and self.uplink is not None:
+        if (envelope.alarm or urgent) and self.uplink is not None:
             self.uplink.wake()
         return envelope
 
-    def record_measured(self, records: list[Record]) -> Envelope | None:
+    def record_measured(self, records: list[Record], *, urgent: bool = False) -> Envelope | None:
         """Record readings a driver dated with the system clock, moved onto the trusted time first."""
         if self.trusted_clock is None:
-            return self.record(records)
+            return self.record(records, urgent=urgent)
         instant = self.trusted_clock.now()
-        return self.record(list(redate(records, instant)), instant)
+        return self.record(list(redate(records, instant)), instant, urgent=urgent)
 
     async def command(self, inbox: CommandInbox, raw: bytes) -> Envelope | None:
         """Act on one command from the lender and sign what was done; for an inspection, with a snapshot.
@@ -192,10 +192,7 @@ class Agent:
                     records.append(fault_record(sensor.name, result, self.clock()))
                 elif result:
                     records += [sample_record(s) for s in result]
-        envelope = self.record_measured(records)
-        if envelope is not None and self.uplink is not None:
-            self.uplink.wake()
-        return envelope
+        return self.record_measured(records, urgent=True)  # the answer overtakes the backlog, as alarms do
 
     async def _fetch_commands(self) -> None:
         """Poll the lender's /c and act on each pending command in order (the inbox refuses repeats)."""

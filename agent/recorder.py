@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from agent.freshness import LenderTokens
 from agent.spool import REASON_OVERFLOW, Spool
@@ -39,6 +40,31 @@ log = logging.getLogger(__name__)
 
 SEQ_BLOCK = 1000  # seqs reserved per state write: one fsync'd state write per 1,000 envelopes
 
+
+
+@dataclass(frozen=True, slots=True)
+class Urgent:
+    """An envelope the spool keeps in its alarm lane though it holds no alarm: a lender's inspection answer,
+    which must overtake the backlog. Its signed counters are the envelope's own (it is not counted as an alarm)."""
+
+    envelope: Envelope
+    alarm = True
+
+    @property
+    def seq(self) -> int:
+        return self.envelope.seq
+
+    @property
+    def raw(self) -> bytes:
+        return self.envelope.raw
+
+    @property
+    def digest(self) -> bytes:
+        return self.envelope.digest
+
+    @property
+    def counters(self) -> Counters | None:
+        return self.envelope.counters
 
 class Recorder:
     """Seals readings into envelopes and appends them to the spool; one per device, single-threaded."""
@@ -100,21 +126,23 @@ class Recorder:
             self.state.reserve_counters(counters.alarms, counters.gaps)
         return counters
 
-    def append(self, records: Iterable[Record] = (), gap: Gap | None = None, clock: ClockStatement | None = None) -> Envelope:
-        """Sign one envelope holding `records` (and `gap`, and the clock statement `clock`), append it durably."""
+    def append(self, records: Iterable[Record] = (), gap: Gap | None = None, clock: ClockStatement | None = None,
+               *, urgent: bool = False) -> Envelope:
+        """Sign one envelope holding `records` (and `gap`, and the clock statement `clock`), append it durably;
+        `urgent`: in the spool's alarm lane (sent first, never dropped) though it holds no alarm."""
         records = tuple(records)
         seq = self._next_seq()
         envelope = seal(self.identity, device=self.device, boot=self.boot, seq=seq, prev=self.prev,
                         records=records, gap=gap, clock=clock, counters=self._next_counters(records, gap),
                         token=self.tokens.token if self.tokens is not None else None, binding=self.binding)
-        self.spool.append(envelope)  # raises, leaving the chain where it was, if it could not be stored
+        self.spool.append(Urgent(envelope) if urgent else envelope)  # raises, leaving the chain as it was, if not stored
         self.seq, self.prev, self.counters = envelope.seq, envelope.digest, envelope.counters
         self.signed_at = self._monotonic()
         return envelope
 
-    def record(self, records: Iterable[Record], clock: ClockStatement | None = None) -> Envelope:
+    def record(self, records: Iterable[Record], clock: ClockStatement | None = None, *, urgent: bool = False) -> Envelope:
         """Seal and spool readings, then report any overflow the append caused."""
-        envelope = self.append(records, clock=clock)
+        envelope = self.append(records, clock=clock, urgent=urgent)
         self.report_drops()
         return envelope
 

@@ -18,6 +18,7 @@ from drivers.onewire import DS18B20, DS18B20Config
 from hil.sim.onewire import OneWireTree
 from telemetry.command import Command, Configure, Inspect, Outcome, Permit, config_digest, inspection_nonce
 from telemetry.identity import Identity
+from telemetry.senml import Record
 from tests.agent.test_agent_config import GOOD, PATH
 from tests.kit.agent import build_agent, signed_envelopes
 from tests.kit.rules import HOUR, T0, alarms, at, hours, sample
@@ -141,15 +142,18 @@ def test_sigkill_during_configuration_applies_leaves_exactly_one_complete_config
     assert len(reached) > 1 and max(reached) > 0, f"no kill landed while configurations were applied: {sorted(reached)}"
 
 
-def test_the_agent_answers_an_inspection_with_a_signed_snapshot_carrying_the_nonce(tmp_path):
+def test_the_agent_answers_an_inspection_with_a_signed_snapshot_that_overtakes_the_backlog(tmp_path):
     tree = OneWireTree(tmp_path / "w1")
     probe = tree.add_ds18b20(celsius=4.5)
     temp = DS18B20(DS18B20Config("temp", probe.device_id, base_dir=tree.devices_dir, interval_s=3600))
     (tmp_path / "agent").mkdir()
     agent = build_agent(tmp_path / "agent", sensors=[temp], recording=True)
     box = CommandInbox(tmp_path / "agent", agent.device, LENDER.public_key, clock=lambda: T0 + 60.0)
+    for _ in range(5):  # a backlog the snapshot must overtake
+        agent.record([Record("temp", value=4.5, unit="Cel")])
     probe.set_celsius(6.75)
     envelope = asyncio.run(agent.command(box, signed(1, Inspect(b"\x09" * 16), device=agent.device)))
+    assert agent.spool.peek(1, 1 << 20)[0].seq == envelope.seq  # sent first, as alarms are
     assert asyncio.run(agent.command(box, signed(1, Inspect(b"\x09" * 16), device=agent.device))) is None
     (signed_snapshot,) = [e for e in signed_envelopes(agent) if e.seq == envelope.seq]
     assert inspection_nonce(signed_snapshot.records) == b"\x09" * 16
