@@ -1,8 +1,13 @@
-"""The lender's inspection answered by a running gateway over real CoAP with OSCORE, within 2 s on loopback."""
+"""The lender's commands to a running gateway over real CoAP with OSCORE: an inspection within 2 s, a permit."""
 import asyncio
 import time
 
+from gpiozero.pins.mock import MockFactory
+
+from agent.assets import Asset
 from agent.commands import CommandInbox
+from agent.rules import SensorSpec
+from drivers.gpio import ContactConfig, ContactSensor
 from drivers.onewire import DS18B20, DS18B20Config
 from hil.sim.onewire import OneWireTree
 from lender.enrollment import registration
@@ -10,9 +15,9 @@ from lender.enrollment.registration import DEVICE_CONTEXTS_DIR
 from lender.evidence.commands import CommandDesk
 from lender.evidence.log import lender_identity
 from lender.evidence.store import SQLiteStore
-from telemetry.command import inspection_nonce
+from telemetry.command import Permit, inspection_nonce
 from telemetry.envelope import decode
-from tests.kit.agent import DEVICE, IDENTITY, QUICK_UPLINK, build_agent, running
+from tests.kit.agent import DEVICE, IDENTITY, QUICK_UPLINK, build_agent, running, stored_at_lender
 from tests.kit.lender import LenderThread
 
 
@@ -47,3 +52,49 @@ def test_a_gateway_answers_an_inspection_over_oscore_within_two_seconds(tmp_path
     assert inspection_nonce(snapshot.records) == issued.nonce
     assert ("temp", 6.25) in [(r.name, r.value) for r in snapshot.records]
     assert inbox.last_seq == issued.seq
+
+
+def test_a_permit_from_the_lender_turns_a_door_opening_into_an_event_and_after_its_window_an_alarm(tmp_path):
+    data, home = tmp_path / "lender", tmp_path / "agent"
+    home.mkdir()
+    with SQLiteStore.open(data) as store:
+        registration.register(store, data, DEVICE, IDENTITY.public_key, with_oscore=True, asset="cold-store")
+    factory = MockFactory()
+    door = ContactSensor(ContactConfig("door", 17, settle_s=0.01, interval_s=60), pin_factory=factory)
+    factory.pin(17).drive_low()  # shut
+    time.sleep(0.05)
+    store_asset = Asset("cold-store", "stock", ("door",))  # no access hours: every opening is an alarm
+    with LenderThread(data) as lender:
+        inbox = CommandInbox(home, DEVICE, lender_identity(data).public_key, clock=time.time)
+        agent = build_agent(home, sensors=[door], assets=[store_asset], specs=[SensorSpec("door", "contact", 60)],
+                            lender=f"coap://127.0.0.1:{lender.port}",
+                            security_context=data / DEVICE_CONTEXTS_DIR / DEVICE, uplink=QUICK_UPLINK,
+                            commands=inbox, command_poll=0.1)
+        agent.rules.permits = inbox.permitted
+
+        async def release_of_goods():
+            now = int(time.time())
+            with SQLiteStore.open(data) as store:
+                CommandDesk(store, lender_identity(data)).issue(
+                    DEVICE, Permit("cold-store", now - 1, now + 3, "release of goods, C-17"), "staff-li")
+            while not inbox.permits:
+                await asyncio.sleep(0.05)
+            factory.pin(17).drive_high()   # opened inside the window
+            await asyncio.sleep(0.3)
+            factory.pin(17).drive_low()
+            await asyncio.sleep(max(0.0, now + 3.2 - time.time()))
+            factory.pin(17).drive_high()   # opened after it
+            await asyncio.sleep(0.3)
+            factory.pin(17).drive_low()
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                names = {r.name: r.string for e in stored_at_lender(data) for r in e.records if r.string}
+                if "alarm.door.cold-store" in names and "command.permit.asset" in names:
+                    break
+                await asyncio.sleep(0.1)
+
+        asyncio.run(running(agent, release_of_goods, timeout=30))
+    states = [(r.name, r.string) for e in stored_at_lender(data) for r in e.records
+              if r.name in ("event.door.cold-store", "alarm.door.cold-store")]
+    assert states[:2] == [("event.door.cold-store", "opened"), ("event.door.cold-store", "closed")], states
+    assert ("alarm.door.cold-store", "raised") in states[2:], states
