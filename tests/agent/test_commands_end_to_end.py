@@ -5,7 +5,7 @@ import time
 from gpiozero.pins.mock import MockFactory
 
 from agent.assets import Asset
-from agent.commands import CommandInbox
+from agent.commands import CommandInbox, rules_validator
 from agent.rules import SensorSpec
 from drivers.gpio import ContactConfig, ContactSensor
 from drivers.onewire import DS18B20, DS18B20Config
@@ -15,7 +15,7 @@ from lender.enrollment.registration import DEVICE_CONTEXTS_DIR
 from lender.evidence.commands import CommandDesk
 from lender.evidence.log import lender_identity
 from lender.evidence.store import SQLiteStore
-from telemetry.command import Permit, inspection_nonce
+from telemetry.command import Configure, Permit, config_digest, inspection_nonce
 from telemetry.envelope import decode
 from tests.kit.agent import DEVICE, IDENTITY, QUICK_UPLINK, build_agent, running, stored_at_lender
 from tests.kit.lender import LenderThread
@@ -98,3 +98,35 @@ def test_a_permit_from_the_lender_turns_a_door_opening_into_an_event_and_after_i
               if r.name in ("event.door.cold-store", "alarm.door.cold-store")]
     assert states[:2] == [("event.door.cold-store", "opened"), ("event.door.cold-store", "closed")], states
     assert ("alarm.door.cold-store", "raised") in states[2:], states
+
+
+def test_a_configuration_is_applied_and_reported_and_a_bad_one_refused_with_its_errors_keeping_the_old(tmp_path):
+    data, home = tmp_path / "lender", tmp_path / "agent"
+    home.mkdir()
+    with SQLiteStore.open(data) as store:
+        registration.register(store, data, DEVICE, IDENTITY.public_key, with_oscore=True)
+    good = b'[rules]\n\n[[assets]]\nname = "yard"\nkind = "stock"\nsensors = ["door"]\n'
+    bad = b'[rules]\n\n[[assets]]\nname = "yard"\nkind = "stock"\nsensors = ["no-such-sensor"]\n'
+    with LenderThread(data) as lender:
+        inbox = CommandInbox(home, DEVICE, lender_identity(data).public_key, clock=time.time,
+                             validate=rules_validator({"door": "contact"}))
+        agent = build_agent(home, lender=f"coap://127.0.0.1:{lender.port}",
+                            security_context=data / DEVICE_CONTEXTS_DIR / DEVICE, uplink=QUICK_UPLINK,
+                            commands=inbox, command_poll=0.1)
+
+        async def configure():
+            with SQLiteStore.open(data) as store:
+                desk = CommandDesk(store, lender_identity(data))
+                issued = [desk.issue(DEVICE, Configure(1, good), "staff-li"),
+                          desk.issue(DEVICE, Configure(2, bad), "staff-li")]
+                deadline = time.time() + 10
+                while time.time() < deadline and any(desk.snapshot(c) is None for c in issued):
+                    await asyncio.sleep(0.05)
+                return [desk.snapshot(c) for c in issued]
+
+        applied, refused = asyncio.run(running(agent, configure))
+    assert applied.outcome == "applied" and refused.outcome == "refused"
+    assert "no-such-sensor" in refused.detail
+    assert inbox.config == good and inbox.last_seq == 2
+    config_records = [r.data for e in stored_at_lender(data) for r in e.records if r.name == "command.config"]
+    assert config_records[0] == config_digest(good)
