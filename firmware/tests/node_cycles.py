@@ -15,9 +15,12 @@ real main, minus the final deepsleep):
     battery_uv    the battery ADC reading in microvolts at the pin
     acceleration  [x, y, z] in mg; shake: the LIS3DH latched motion
     power_cut     "after_sign": the power fails once the envelope is signed, before it is stored
+    power_cut_at_write  n: the power fails during the n-th write to a file under root (flash) in this cycle,
+                  after a random part of it (torn_bytes: how much, else random) reached the file
     tamper_during_cycle: the switch opens while the node is awake (after sampling)
 
-Printed per cycle: "CYCLE " + JSON {report, sleep_ms, power_cut, watchdog_overdue, reset_pulses, wake_pins}.
+Printed per cycle: "CYCLE " + JSON {report, sleep_ms, power_cut, watchdog_overdue, reset_pulses, wake_pins,
+writes} (writes: how many writes to flash the cycle made, up to the cut).
 """
 
 import gc
@@ -40,6 +43,8 @@ class PowerCut(BaseException):
 
 def cut_after_sign(box, seq, envelope, alarm=False):
     raise PowerCut()
+
+
 
 
 # What survives a deep sleep: the board (flash, pins, devices) and this harness. Everything the
@@ -67,6 +72,8 @@ def run_cycle(index, cycle):
     board.set_adc(BATTERY_PIN, cycle.get("battery_uv", 1800000) * 65535 // 3300000)
     if cycle.get("power_cut") == "after_sign":
         outbox.Outbox.append = cut_after_sign
+    if flash is not None:
+        flash.arm(cycle.get("power_cut_at_write"), cycle.get("torn_bytes"))
     if cycle.get("tamper_during_cycle"):
         original_sample = node.Node.sample
 
@@ -91,8 +98,17 @@ def run_cycle(index, cycle):
         "watchdog_overdue": board.watchdog_overdue(),
         "reset_writes": pulses,
         "wake_pins": sorted(board.wake_pins.items()),
+        "writes": None if flash is None else flash.writes,
     }
 
+
+# Counting and cutting flash writes costs heap: only a plan that cuts at a write gets it (flashcut.py).
+flash = None
+if any("power_cut_at_write" in cycle for cycle in plan["cycles"]):
+    import flashcut
+
+    flash = flashcut.install(root, PowerCut)
+    SURVIVORS.add("flashcut")
 
 for index, cycle in enumerate(plan["cycles"]):
     for name in [name for name in sys.modules if name not in SURVIVORS]:

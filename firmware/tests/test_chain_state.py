@@ -59,6 +59,16 @@ def test_a_torn_write_costs_one_slot_and_the_older_record_still_holds():
     equal((after.generation, after.head_seq, after.next_seq, after.pending), (2, 1, 2, 0))
 
 
+def test_a_first_save_cut_short_leaves_a_fresh_node_not_a_refusal_to_sign():
+    # Found by the power-cut test (tests/firmware/test_node_oscore.py): the first save of a new node torn.
+    root, state, _ = _state_and_box()
+    with open(root + "/chain.bin", "wb") as file:
+        file.write(bytes(chainstate.SLOT) + b"PWC2\x00\x00\x00\x01\x00\x00")
+    again = chainstate.ChainState(root + "/chain.bin")
+    assert again.fresh
+    equal(again.reserve(), 1)
+
+
 def test_both_slots_damaged_is_an_error_not_a_silent_restart_from_seq_1():
     root, state, _ = _state_and_box()
     state.reserve()
@@ -151,3 +161,48 @@ def test_a_record_written_before_envelope_version_2_is_read_and_carries_on_from_
     equal(state.reserve(gap=True), 12)
     again = chainstate.ChainState(root + "/chain.bin")
     equal((again.generation, again.next_seq, again.counters()), (8, 13, {"alarms": 0, "gaps": 1}))
+
+
+def test_a_record_written_before_oscore_is_read_with_no_outbox_victim():
+    import hashlib
+    import struct
+
+    root = fresh_dir("chain-v2")
+    body = struct.pack(">4sIIQQ16sQBQQIIIII12s", b"PWC2", 4, 2, 9, 8, b"Q" * 16, 0, 0, 0, 0, 0, 0, 0, 1, 0, b"T" * 12)
+    with open(root + "/chain.bin", "wb") as file:
+        file.write(body + hashlib.sha256(body).digest()[:4] + bytes(2 * chainstate.SLOT - len(body) - 4))
+    state = chainstate.ChainState(root + "/chain.bin")
+    equal((state.generation, state.next_seq, state.token, state.victim), (4, 9, b"T" * 12, None))
+    equal(state.reserve(), 9)
+    equal(chainstate.ChainState(root + "/chain.bin").next_seq, 10)
+
+
+def _full_box(root):
+    box = outbox.Outbox(root + "/outbox.bin", 2)
+    box.append(1, b"\xd2one", False)
+    box.append(2, b"\xd2two", False)
+    return box
+
+
+def test_an_append_that_overwrote_the_oldest_envelope_before_the_power_failed_is_reported_as_an_overflow():
+    # Found by the power-cut test (tests/firmware/test_node_oscore.py): the drop was only in memory until the commit.
+    root = fresh_dir("victim")
+    state, box = chainstate.ChainState(root + "/chain.bin"), _full_box(root)
+    state.next_seq = 3
+    seq = state.reserve(victim=box.victim(False))
+    equal(state.victim, (1, 0, 2))
+    equal(box.append(seq, b"\xd2three", False), [1])  # seq 1 overwritten; the power fails before commit()
+    after = chainstate.ChainState(root + "/chain.bin")
+    equal(after.recover(outbox.Outbox(root + "/outbox.bin", 2)), "recovered")
+    equal(after.gap_dict(), {"reason": "overflow", "first": 1, "last": 1, "count": 1, "queued": 2,
+                             "alarms_dropped": 0})
+
+
+def test_a_full_outbox_whose_append_never_happened_reports_no_overflow():
+    root = fresh_dir("victim-kept")
+    state, box = chainstate.ChainState(root + "/chain.bin"), _full_box(root)
+    state.next_seq = 3
+    state.reserve(victim=box.victim(False))  # the power fails before the append: seq 1 is still there
+    after = chainstate.ChainState(root + "/chain.bin")
+    equal(after.recover(outbox.Outbox(root + "/outbox.bin", 2)), "lost")
+    equal(after.gap_dict(), {"reason": "power-loss", "first": 3, "last": 3, "count": 1})

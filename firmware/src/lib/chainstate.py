@@ -25,18 +25,29 @@ envelope lost to the cut stays counted (the lender sees it as signed and
 never received), and a torn save leaves the previous record, whose counters
 match the seqs it had reserved.
 
+A full outbox makes room by overwriting its oldest routine envelope; the
+reservation names that victim too (`reserve(victim=...)`), so a power cut
+between the append and the commit cannot drop it silently: `recover` notes
+an "overflow" gap for it when it is gone from the outbox (overwritten, or its
+slot torn), and none when the append never happened.
+
+A node's very first save cut short leaves one torn slot beside an empty one:
+nothing was handed out yet, so that is a fresh node, not a lost record.
+
 The lender token (telemetry.freshness) is the newest an ack brought, by the
 lender time in its first 4 bytes (big-endian); `take_token` keeps only newer
 ones. Rolling chain.bin back to an older copy rolls the token back with it,
 which the lender sees.
 
-Layout "PWC2" (big-endian, 128-byte slots): magic, generation u32, boot u32,
+Layout "PWC3" (big-endian, 128-byte slots): magic, generation u32, boot u32,
 next_seq u64, head_seq u64, prev 16 bytes, pending u64 (0: none), gap reason
 u8 (0: none), gap first u64, gap last u64, gap count u32, gap queued u32 (0:
 unknown), gap alarms dropped u32, alarms u32, gaps u32, token 12 bytes (zeros:
-none), check 4 bytes. A "PWC1" record (firmware before envelope version 2: no
-counters, no token) is read as counters 0 and no token, and rewritten as
-PWC2 at the next save.
+none), outbox victim u64 (0: none), victim is an alarm u8, envelopes the
+outbox held u32, check 4 bytes. A "PWC2" record (firmware before OSCORE) is
+read with no victim; a "PWC1" record (before envelope version 2: no counters,
+no token) as counters 0 and no token; either is rewritten as PWC3 at the next
+save.
 """
 
 import hashlib
@@ -44,10 +55,13 @@ import struct
 
 from errors import StorageError
 
-MAGIC = b"PWC2"
+MAGIC = b"PWC3"
 SLOT = 128
-_FORMAT = ">4sIIQQ16sQBQQIIIII12s"
+_FORMAT = ">4sIIQQ16sQBQQIIIII12sQBI"
 _SIZE = struct.calcsize(_FORMAT)
+_MAGIC_V2 = b"PWC2"
+_FORMAT_V2 = ">4sIIQQ16sQBQQIIIII12s"
+_SIZE_V2 = struct.calcsize(_FORMAT_V2)
 _MAGIC_V1 = b"PWC1"
 _FORMAT_V1 = ">4sIIQQ16sQBQQI"
 _SIZE_V1 = struct.calcsize(_FORMAT_V1)
@@ -69,19 +83,23 @@ def _check(body):
 
 
 def _unpack(slot):
-    """(fields, generation) of a valid slot (a PWC1 one widened to PWC2's), or None when it is empty or damaged."""
+    """(fields, generation) of a valid slot (an older layout widened to PWC3's), or None when empty or damaged."""
     magic = slot[:4]
     if magic == MAGIC:
         size, layout = _SIZE, _FORMAT
+    elif magic == _MAGIC_V2:
+        size, layout = _SIZE_V2, _FORMAT_V2
     elif magic == _MAGIC_V1:
         size, layout = _SIZE_V1, _FORMAT_V1
     else:
         return None
     if len(slot) < size + 4 or _check(slot[:size]) != slot[size : size + 4]:
         return None
-    fields = struct.unpack(layout, slot[:size])
+    fields: list = list(struct.unpack(layout, slot[:size]))
     if magic == _MAGIC_V1:
-        fields = fields[:11] + (0, 0, 0, 0, NO_TOKEN)
+        fields += [0, 0, 0, 0, NO_TOKEN]  # no counters, no token
+    if magic != MAGIC:
+        fields += [0, 0, 0]  # no outbox victim pending
     return fields, struct.unpack(">I", slot[4:8])[0]
 
 
@@ -98,6 +116,7 @@ class ChainState:
         self.alarms = 0  # alarm envelopes signed (or reserved for signing) so far
         self.gaps = 0  # gap records likewise
         self.token = None  # the newest lender token an ack brought (12 bytes)
+        self.victim = None  # (seq, alarm, envelopes held) the pending append may overwrite in a full outbox
         self.fresh = True  # no valid record was found: a node's first start
         self._load()
 
@@ -109,16 +128,24 @@ class ChainState:
             return  # no file yet: a fresh node
         best = None
         newest = -1
+        empty = 0
         for index in (0, 1):
-            fields = _unpack(data[index * SLOT : (index + 1) * SLOT])
-            if fields is not None and fields[1] > newest:
+            slot = data[index * SLOT : (index + 1) * SLOT]
+            fields = _unpack(slot)
+            if fields is None:
+                empty += not slot.strip(b"\x00")
+            elif fields[1] > newest:
                 best, newest = fields[0], fields[1]
         if best is None:
-            if data.strip(b"\x00"):
+            # Every cycle saves at least twice (reserve, commit), into alternate slots, before anything else: so an
+            # empty slot beside a damaged one is a node's very first save cut short, before any seq was handed out.
+            if not empty:
                 raise StorageError("both slots of %s are damaged: the chain state is lost" % self.path)
             return
         (_, self.generation, self.boot, self.next_seq, self.head_seq, self.prev, self.pending,
-         reason, first, last, count, queued, dropped, self.alarms, self.gaps, token) = best
+         reason, first, last, count, queued, dropped, self.alarms, self.gaps, token, victim, victim_alarm,
+         victim_queued) = best
+        self.victim = (victim, victim_alarm, victim_queued) if victim else None
         self.gap = [GAP_REASONS[reason], first, last, count, queued, dropped] if 0 < reason < len(GAP_REASONS) else None
         self.token = None if token == NO_TOKEN else token
         self.fresh = False
@@ -130,9 +157,10 @@ class ChainState:
         else:
             reason = GAP_REASONS.index(self.gap[0])
             first, last, count, queued, dropped = self.gap[1:]
+        victim, victim_alarm, victim_queued = self.victim or (0, 0, 0)
         body = struct.pack(_FORMAT, MAGIC, self.generation, self.boot, self.next_seq, self.head_seq,
                            bytes(self.prev), self.pending, reason, first, last, count, queued, dropped,
-                           self.alarms, self.gaps, self.token or NO_TOKEN)
+                           self.alarms, self.gaps, self.token or NO_TOKEN, victim, victim_alarm, victim_queued)
         record = body + _check(body)
         record += bytes(SLOT - len(record))
         try:
@@ -168,6 +196,10 @@ class ChainState:
         if not self.pending:
             return None
         seq, self.pending = self.pending, 0
+        victim, self.victim = self.victim, None
+        if victim is not None and not outbox.has(victim[0]):
+            # the append overwrote it (or tore its slot) before the commit could say so
+            self.note_gap("overflow", victim[0], victim[0], 1, victim[2], victim[1])
         if outbox.has(seq):
             self.head_seq = seq
             self.prev = digest(outbox.read(seq))
@@ -175,14 +207,17 @@ class ChainState:
         self.note_gap("power-loss", seq, seq, 1)
         return "lost"
 
-    def reserve(self, alarm=False, gap=False):
+    def reserve(self, alarm=False, gap=False, victim=None):
         """The next seq, saved as used before anything is signed with it, with the counters that include it.
 
-        alarm: the envelope holds an alarm.* record; gap: it is a gap record (telemetry.envelope.Counters).
+        alarm: the envelope holds an alarm.* record; gap: it is a gap record (telemetry.envelope.Counters);
+        victim: (seq, alarm, envelopes held) the append will overwrite in a full outbox (Outbox.victim), saved too,
+        so a power cut between the append and the commit cannot drop it without its overflow gap (recover).
         """
         seq = self.next_seq
         self.next_seq = seq + 1
         self.pending = seq
+        self.victim = victim
         if alarm:
             self.alarms += 1
         if gap:
@@ -211,6 +246,7 @@ class ChainState:
         self.head_seq = seq
         self.prev = digest
         self.pending = 0
+        self.victim = None  # what the append dropped is in losses
         if gap_reported:
             self.gap = None
         for loss in losses:

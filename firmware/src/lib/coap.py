@@ -95,7 +95,7 @@ def encode(message):
     if message.payload:
         out.append(_PAYLOAD_MARKER)
         out.extend(message.payload)
-    return bytes(out)
+    return out  # a bytearray: no second copy of a datagram on a small heap
 
 
 def request(code, message_id, token, path, payload=b"", content_format=None, confirmable=True):

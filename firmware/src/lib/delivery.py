@@ -19,12 +19,24 @@ Loaded for the phase and forgotten after it (runtime.release). In order:
 """
 
 import json
-import os
 import time
 
+# What every exchange needs is loaded with this module, before the modem's chatter: long-lived code packed
+# together, not scattered among the modem session's short-lived strings (a fragmented heap fails the large
+# receive buffers first). oscore too, as soon as the context is found (_context, before the modem is woken).
+import ack as acks
+import coap
 import machine
-
-from errors import AckError, ConfigError, DeliveryError, ModemError, NodeError, OscoreError, StorageError
+import uplink
+from errors import (
+    AckError,
+    ConfigError,
+    DeliveryError,
+    ModemError,
+    NodeError,
+    OscoreError,
+    StorageError,
+)
 from runtime import EPOCH_OFFSET, log, release, unix_time
 
 # Refusals that sending again cannot change (telemetry.ack.Reason): malformed, bad signature,
@@ -92,8 +104,8 @@ def send(node, box):
     report["at_commands"] = 0
     if not len(box):
         return
-    context = _context(node)
-    if context is None and not node.config.insecure:
+    context = _context(node)  # False: nothing may be sent; None: plain CoAP ("insecure": true, no node.oscore)
+    if context is False:
         return
     try:
         uart = _uart(node)
@@ -115,28 +127,32 @@ def send(node, box):
 
 
 def _context(node):
-    """The OSCORE context (node.oscore), or None: then plain CoAP if the config is insecure, else no sending."""
+    """The OSCORE context (node.oscore), or None: then plain CoAP only if the config is insecure and there is no
+    node.oscore at all (the report says "oscore": false); a context that is there but unusable stops the sending."""
+    import oscore  # first: the key derivation's code, released below, then leaves its space at the top
+    import oscorekeys
+
     report = node.report
+    report["oscore"] = False
     path = node.root.rstrip("/") + "/" + CONTEXT_FILE
     try:
-        os.stat(path)
-    except OSError:
-        report["oscore"] = False
+        keys = oscorekeys.load(path)
+    except StorageError as error:
+        node._note("OSCORE context", error)
+        return False
+    finally:
+        release("oscorekeys")  # the master secret and the derivation are not needed again this cycle
+    if keys is None:
         if not node.config.insecure:
             node._note("send", ConfigError("no %s (the OSCORE context provisioning writes): the envelopes stay in "
                                            "the outbox; provision the node, or set \"insecure\": true" % CONTEXT_FILE))
+            return False
         return None
-    import oscore
-    import oscorekeys
-
     try:
-        context = oscore.Context(path, oscorekeys.load(path))
+        context = oscore.Context(path, keys)
     except (StorageError, OscoreError) as error:
-        report["oscore"] = False
         node._note("OSCORE context", error)
-        return None
-    finally:
-        release("oscorekeys")  # the master secret and the derivation are not needed again this cycle
+        return False
     report["oscore"] = True
     return context
 
@@ -156,7 +172,6 @@ def _send(node, box, port, context):
     if unix_time() is None:
         _set_clock(node, modem)
     socket = modem.open_udp(config.lender_host, config.lender_port)
-    import uplink
 
     settled = []
     link = None
@@ -169,7 +184,13 @@ def _send(node, box, port, context):
         try:
             for index, seq in enumerate(seqs):
                 node.feed()
-                if not _deliver(node, box, link, seq, settled, index == len(seqs) - 1):
+                try:
+                    if not _deliver(node, box, link, seq, settled, index == len(seqs) - 1):
+                        break
+                except MemoryError as error:
+                    # A heap too fragmented for this exchange: what was acked stays acked (settled below), the
+                    # rest waits for the next cycle, which starts from a fresh heap.
+                    node._note("delivery of seq %d" % seq, error)
                     break
         finally:
             report["transmissions"] = link.transmissions
@@ -203,9 +224,6 @@ def _deliver(node, box, link, seq, settled, last):
 
     Only an authenticated ack that names seq settles it (plain CoAP, when the config is insecure, has no other).
     """
-    import ack as acks
-    import coap
-
     report = node.report
     try:
         raw = box.read(seq)

@@ -135,7 +135,8 @@ class Node:
         for record in records:
             if record["name"].startswith(ALARM_PREFIX):
                 counted = True
-        seq = state.reserve(counted, gap is not None)
+        alarm = alarm or gap is not None
+        seq = state.reserve(counted, gap is not None, box.victim(alarm))
         import ed25519
         import envelope
 
@@ -144,7 +145,6 @@ class Node:
                             counters=state.counters(), token=state.token, binding=self.config.binding)
         del key, ed25519, envelope
         release("ed25519", "ed25519_table", "sha512", "envelope", "senml", "cbor")
-        alarm = alarm or gap is not None
         held = len(box)
         dropped = box.append(seq, raw, alarm)
         losses = []

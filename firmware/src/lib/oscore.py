@@ -69,57 +69,69 @@ def _bstr(data):
 
 # --- AES-CCM (RFC 3610, M = 8, L = 2) -------------------------------------------------
 
-def _pad(buffer):
-    short = len(buffer) % 16
-    if short:
-        buffer.extend(bytes(16 - short))
-
-
 def _xor_into(target, source):
     for index in range(len(target)):
         target[index] ^= source[index]
 
 
 def _tag(key, nonce, message, aad):
-    """The CBC-MAC T (8 bytes) over B_0, the length-prefixed AAD and the message, zero-padded (RFC 3610 §2.2)."""
+    """The CBC-MAC T (8 bytes) over B_0, the length-prefixed AAD and the message, zero-padded (RFC 3610 §2.2).
+
+    Block by block through one CBC cipher (it keeps the chaining value between calls) and one 16-byte buffer: a
+    small heap never has to find one block the size of the message.
+    """
     if len(message) > 0xFFFF or len(aad) >= 0xFF00:
         raise OscoreError("AES-CCM with L = 2 takes at most 65535 bytes and an AAD below 65280")
-    buffer = bytearray([(0x40 if aad else 0) | ((TAG_BYTES - 2) // 2) << 3 | 1])
-    buffer.extend(nonce)
-    buffer.extend(struct.pack(">H", len(message)))
+    cbc = aes(key, 2, bytes(16))
+    block = bytearray(16)
+    block[0] = (0x40 if aad else 0) | ((TAG_BYTES - 2) // 2) << 3 | 1
+    block[1:14] = nonce
+    block[14] = len(message) >> 8
+    block[15] = len(message) & 0xFF
+    cbc.encrypt(block, block)
     if aad:
-        buffer.extend(struct.pack(">H", len(aad)))
-        buffer.extend(aad)
-        _pad(buffer)
-    buffer.extend(message)
-    _pad(buffer)
-    aes(key, 2, bytes(16)).encrypt(buffer, buffer)  # CBC with a zero IV: its last block is the MAC
-    return buffer[-16 : -16 + TAG_BYTES]
+        _mac_blocks(cbc, block, struct.pack(">H", len(aad)) + aad)
+    _mac_blocks(cbc, block, message)
+    return block[:TAG_BYTES]
 
 
-def _keystream(key, nonce, length):
-    """S_0 || S_1 || ...: the counter blocks A_i = flags 1, nonce, i (RFC 3610 §2.3) through AES-ECB."""
-    blocks = (length + 15) // 16 + 1
-    stream = bytearray(16 * blocks)
-    for index in range(blocks):
-        start = 16 * index
-        stream[start] = 1
-        stream[start + 1 : start + 14] = nonce
-        stream[start + 14] = index >> 8
-        stream[start + 15] = index & 0xFF
-    aes(key, 1).encrypt(stream, stream)
-    return stream
+def _mac_blocks(cbc, block, data):
+    """Feed data, zero-padded to whole blocks, through the CBC cipher; block ends as the last cipher block."""
+    for start in range(0, len(data), 16):
+        chunk = data[start : start + 16]
+        block[: len(chunk)] = chunk
+        for index in range(len(chunk), 16):
+            block[index] = 0
+        cbc.encrypt(block, block)
+
+
+def _crypt(key, nonce, data, tag):
+    """CTR (RFC 3610 §2.3): data XOR S_1, S_2, ... in place (a bytearray or memoryview), and the tag XOR S_0."""
+    ecb = aes(key, 1)
+    counter = bytearray(16)
+    stream = bytearray(16)
+    counter[0] = 1
+    counter[1:14] = nonce
+    for index in range((len(data) + 15) // 16 + 1):
+        counter[14] = index >> 8
+        counter[15] = index & 0xFF
+        ecb.encrypt(counter, stream)
+        if index:
+            part = data[16 * (index - 1) : 16 * index]
+            _xor_into(part, stream)
+        else:
+            _xor_into(tag, stream)
 
 
 def ccm_encrypt(key, nonce, plaintext, aad):
-    """The ciphertext and its 8-byte tag (RFC 3610 §2.2-2.4)."""
-    tag = _tag(key, nonce, plaintext, aad)
-    stream = _keystream(key, nonce, len(plaintext))
-    out = bytearray(plaintext)
-    _xor_into(out, memoryview(stream)[16:])
-    _xor_into(tag, stream)
-    out.extend(tag)
-    return bytes(out)
+    """The ciphertext and its 8-byte tag (RFC 3610 §2.2-2.4), in one buffer of the exact size."""
+    length = len(plaintext)
+    out = bytearray(length + TAG_BYTES)
+    out[:length] = plaintext
+    out[length:] = _tag(key, nonce, plaintext, aad)
+    view = memoryview(out)
+    _crypt(key, nonce, view[:length], view[length:])
+    return out
 
 
 def ccm_decrypt(key, nonce, data, aad):
@@ -127,18 +139,17 @@ def ccm_decrypt(key, nonce, data, aad):
     if len(data) < TAG_BYTES:
         raise OscoreError("an AES-CCM ciphertext is at least its %d-byte tag" % TAG_BYTES)
     length = len(data) - TAG_BYTES
-    stream = _keystream(key, nonce, length)
-    plain = bytearray(memoryview(data)[:length])
-    _xor_into(plain, memoryview(stream)[16:])
-    expected = _tag(key, nonce, plain, aad)
-    _xor_into(expected, stream)
+    plain = bytearray(data)
+    view = memoryview(plain)
+    received = view[length:]
+    _crypt(key, nonce, view[:length], received)  # the received tag, decrypted: T as the sender computed it
+    expected = _tag(key, nonce, view[:length], aad)
     difference = 0
-    received = memoryview(data)[length:]
     for index in range(TAG_BYTES):
         difference |= expected[index] ^ received[index]
     if difference:
         raise OscoreError("the OSCORE message does not verify (wrong context, or changed on the way)")
-    return bytes(plain)
+    return bytes(view[:length])
 
 
 # --- the pieces of RFC 8613 §5 and §6 ------------------------------------------------

@@ -86,9 +86,14 @@ def _parse_header(header):
 
 
 def load(path):
-    """(sender id, recipient id, sender key, recipient key, common IV) of the context in path; StorageError if unusable."""
+    """(sender id, recipient id, sender key, recipient key, common IV) of the context in path; None when there is no
+    such file; StorageError when it is there but unusable."""
     try:
-        with open(path, "rb") as file:
+        file = open(path, "rb")
+    except OSError:
+        return None
+    try:
+        with file:
             header = file.read(HEADER_BYTES)
     except OSError as error:
         raise StorageError("cannot read %s: %s" % (path, error))

@@ -40,7 +40,9 @@ _ALARM = 0x01
 
 
 def _check(header, body):
-    return hashlib.sha256(header + body).digest()[:4]
+    digest = hashlib.sha256(header)
+    digest.update(body)
+    return digest.digest()[:4]
 
 
 def _size(path):
@@ -50,17 +52,24 @@ def _size(path):
         return 0
 
 
-def _entries(file, count, slot_size):
-    """(slot index, seq, alarm, envelope or None when damaged) of every used slot of an outbox file."""
+def _entries(file, count, slot_size, bodies=False):
+    """(slot index, seq, alarm, good, envelope if `bodies` and good) of every used slot of an outbox file.
+
+    Every slot is read into one buffer: checking a full outbox allocates nothing per slot, so the index it builds
+    is not scattered among freed envelopes (a fragmented heap fails the signer's tables later in the cycle).
+    """
+    slot = bytearray(slot_size)
+    view = memoryview(slot)
     for index in range(count):
         file.seek(index * slot_size)
-        header = file.read(_HEADER_SIZE)
-        if len(header) < _HEADER_SIZE or header[0] != _MARK:
+        got = file.readinto(slot)
+        if got < _HEADER_SIZE or slot[0] != _MARK:
             continue
-        _, flags, seq, length = struct.unpack(_HEADER, header[:-4])
-        body = file.read(length) if length <= slot_size - _HEADER_SIZE else b""
-        good = len(body) == length and _check(header[:-4], body) == header[-4:]
-        yield index, seq, bool(flags & _ALARM), body if good else None
+        _, flags, seq, length = struct.unpack(_HEADER, view[: _HEADER_SIZE - 4])
+        end = _HEADER_SIZE + length
+        good = end <= min(got, slot_size) and _check(view[: _HEADER_SIZE - 4], view[_HEADER_SIZE:end]) == bytes(
+            view[_HEADER_SIZE - 4 : _HEADER_SIZE])
+        yield index, seq, bool(flags & _ALARM), good, bytes(view[_HEADER_SIZE:end]) if good and bodies else None
 
 
 class Outbox:
@@ -75,11 +84,11 @@ class Outbox:
         if data_slots:
             try:
                 with open(path, "rb") as file:
-                    for index, seq, alarm, body in _entries(file, data_slots, SLOT):
-                        if body is None:
-                            self.damaged += 1
-                        else:
+                    for index, seq, alarm, good, _ in _entries(file, data_slots, SLOT):
+                        if good:
                             self._index[seq] = (index, alarm)
+                        else:
+                            self.damaged += 1
             except OSError as error:
                 raise StorageError("cannot read the outbox %s: %s" % (path, error))
         legacy_slots = 0 if legacy is None else _size(legacy) // LEGACY_SLOT
@@ -93,8 +102,8 @@ class Outbox:
         """Move the envelopes of a legacy outbox file (320-byte slots) into this one, then delete it."""
         try:
             with open(legacy, "rb") as file:
-                for _, seq, alarm, body in _entries(file, count, LEGACY_SLOT):
-                    if body is None:
+                for _, seq, alarm, good, body in _entries(file, count, LEGACY_SLOT, bodies=True):
+                    if not good:
                         self.damaged += 1
                     elif seq not in self._index:
                         self.append(seq, body, alarm)
@@ -140,6 +149,13 @@ class Outbox:
             self.damaged += 1
             raise StorageError("outbox slot %d (seq %d) is damaged" % (slot, seq))
         return body
+
+    def victim(self, alarm):
+        """(seq, alarm, envelopes held) that appending an envelope (alarm or not) would overwrite; None if none."""
+        if len(self._index) < self.slots:
+            return None
+        seq = self._victim(alarm)
+        return None if seq is None else (seq, int(self._index[seq][1]), len(self._index))
 
     def _victim(self, alarm):
         """(seq to drop, or None when the newcomer itself must go) for a full outbox."""

@@ -228,14 +228,20 @@ class Bc66(Cellular):
             line = self.port.wait_urc("+QIURC:", timeout_ms)
         except ModemTimeout:
             return None
-        parts = fields(line, "+QIURC:")
+        # Split off the head only: the hex data (twice the datagram) is not copied into a list of fields.
+        cut = -1
+        for _ in range(3):
+            cut = line.find(",", cut + 1)
+            if cut < 0:
+                break
+        parts = fields(line if cut < 0 else line[:cut], "+QIURC:")
         kind = parts[0].strip('"')
         if kind in ("closed", "pdpdeact"):
             raise NetworkError("the module reports %r while waiting for data" % line)
         if kind != "recv" or len(parts) < 2 or integer(parts[1], "+QIURC <connectID>") != socket:
             raise ModemGarbage("unexpected URC %r while waiting for data" % line)
-        if len(parts) >= 4:
-            return _unhex(parts[3], integer(parts[2], "+QIURC <length>"), "+QIURC recv")
+        if cut >= 0:
+            return _unhex(line[cut + 1 :].strip(), integer(parts[2], "+QIURC <length>"), "+QIURC recv")
         lines = self.command("AT+QIRD=%d,512" % socket, response="+QIRD:")
         for index, item in enumerate(lines):
             if item.startswith("+QIRD:"):

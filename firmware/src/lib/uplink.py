@@ -119,8 +119,9 @@ class Uplink:
             return inner.options, payload, None
         if echo is not None:
             inner.options.append((ECHO_OPTION, echo))
-        plain = coap.encode(inner)
-        option, ciphertext, request = self.context.protect(bytes([coap.POST]) + plain[4:])
+        plain = coap.encode(inner)  # header (token-less, message id 0) + options + payload
+        plain[3] = coap.POST  # the plaintext is the code, then the options and payload (RFC 8613 §5.3)
+        option, ciphertext, request = self.context.protect(memoryview(plain)[3:])
         return [(OSCORE_OPTION, option)], ciphertext, request
 
     def _exchange(self, payload, echo, last):
