@@ -23,8 +23,10 @@ pytestmark = pytest.mark.needs("agent", "lender", "onewire_sensors", "network_fa
 SILENCE = "alarm.silence.gateway"  # the bench's probes belong to no asset: they are the gateway's
 
 
-def silence_spooled(bench) -> bool:
-    return any(r.name == SILENCE and r.string == "raised" for e in bench.spooled_envelopes() for r in e.records)
+def spooled_silence_seq(bench) -> int | None:
+    """The seq of the spooled envelope raising the silence alarm, once there is one."""
+    return next((e.seq for e in bench.spooled_envelopes()
+                 if any(r.name == SILENCE and r.string == "raised" for r in e.records)), None)
 
 
 def lender_status(bench) -> list[dict]:
@@ -41,7 +43,9 @@ def test_a_borrower_who_deletes_the_spool_over_an_unsent_alarm_leaves_the_lender
     bench.network.partition()
     probe = bench.probes[-1]
     probe.unplug()
-    bench.wait_until(lambda: silence_spooled(bench), timeout=20, what="the silence alarm signed and spooled")
+    bench.wait_until(lambda: spooled_silence_seq(bench) is not None, timeout=20,
+                     what="the silence alarm signed and spooled")
+    alarm_seq = spooled_silence_seq(bench)
     bench.agent.stop()
     for suffix in ("", "-wal", "-shm"):
         (bench.state_dir / f"spool.db{suffix}").unlink(missing_ok=True)
@@ -49,7 +53,8 @@ def test_a_borrower_who_deletes_the_spool_over_an_unsent_alarm_leaves_the_lender
     probe.plug()
     bench.agent.start()
     bench.network.heal()
-    bench.wait_delivered(timeout=30)
+    # the restarted agent's spool starts empty: wait for what it signs after the lost alarm, not for its new head
+    bench.wait_delivered(caught_up_to=alarm_seq + 1, timeout=30)
     after = lender_status(bench)
 
     assert {s["state"] for s in before} == {"OK"}, before
