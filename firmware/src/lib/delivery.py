@@ -19,6 +19,7 @@ Loaded for the phase and forgotten after it (runtime.release). In order:
 """
 
 import json
+import os
 import time
 
 # What every exchange needs is loaded with this module, before the modem's chatter: long-lived code packed
@@ -129,12 +130,20 @@ def send(node, box):
 def _context(node):
     """The OSCORE context (node.oscore), or None: then plain CoAP only if the config is insecure and there is no
     node.oscore at all (the report says "oscore": false); a context that is there but unusable stops the sending."""
-    import oscore  # first: the key derivation's code, released below, then leaves its space at the top
-    import oscorekeys
-
     report = node.report
     report["oscore"] = False
     path = node.root.rstrip("/") + "/" + CONTEXT_FILE
+    try:
+        os.stat(path)
+    except OSError:
+        if not node.config.insecure:
+            node._note("send", ConfigError("no %s (the OSCORE context provisioning writes): the envelopes stay in "
+                                           "the outbox; provision the node, or set \"insecure\": true" % CONTEXT_FILE))
+            return False
+        return None
+    import oscore  # first: the key derivation's code, released below, then leaves its space at the top
+    import oscorekeys
+
     try:
         keys = oscorekeys.load(path)
     except StorageError as error:
@@ -143,11 +152,8 @@ def _context(node):
     finally:
         release("oscorekeys")  # the master secret and the derivation are not needed again this cycle
     if keys is None:
-        if not node.config.insecure:
-            node._note("send", ConfigError("no %s (the OSCORE context provisioning writes): the envelopes stay in "
-                                           "the outbox; provision the node, or set \"insecure\": true" % CONTEXT_FILE))
-            return False
-        return None
+        node._note("OSCORE context", StorageError("%s cannot be opened" % CONTEXT_FILE))
+        return False
     try:
         context = oscore.Context(path, keys)
     except (StorageError, OscoreError) as error:

@@ -104,7 +104,16 @@ class Bc66(Cellular):
         self.socket_api = self._probe_socket_api()
         if self.socket_api == API_QI:
             self.command('AT+QICFG="dataformat",1,1')
+            if not self.rai:
+                self._qi_rai_off()  # the module may keep an RAI setting from an earlier configuration
         return {"socket_api": self.socket_api}
+
+    def _qi_rai_off(self):
+        try:
+            self.command("AT+QNBIOTRAI=%d" % RAI_NONE)
+            self._rai_set = RAI_NONE
+        except CommandError:
+            pass
 
     def radio_modes(self):
         """The RRC connection modes (1 connected, 0 idle) the module reported since the last call (+CSCON URCs)."""

@@ -80,6 +80,16 @@ class Rrc:
             total += self.last_activity + self.inactivity_s - self.connected_since
         return total
 
+    def expire(self) -> None:
+        """End an open connection where its inactivity timer will (a test skipping the wait); the URC is not sent."""
+        if self.connected_since is not None:
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            self.episodes.append((self.connected_since, self.last_activity + self.inactivity_s, "inactivity"))
+            self.connected_since = None
+            self.release_on_downlink = False
+
     def releases(self) -> list[str]:
         """Why each finished episode ended: "rai", "no-more-data", "inactivity"."""
         return [why for _, _, why in self.episodes]
