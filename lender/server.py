@@ -24,6 +24,7 @@ import fcntl
 import logging
 import os
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 5683
 UDP_DATAGRAM_MAX = 65536      # read whole datagrams (aiocoap reads 4096 bytes and drops the rest silently)
 SERVE_LOCK = "serve.lock"     # held by the one lender serving a data directory
+SWITCH_INTERVAL = 0.0005      # seconds a thread may hold the GIL while another waits, with a PostgreSQL store
 
 
 def parse_bind(text: str) -> tuple[str, int]:
@@ -120,6 +122,10 @@ class LenderServer:
 
     async def start(self) -> None:
         self.store = open_store(self.data_dir, self.store_url)
+        if self.store_url is not None:
+            # every store call is a round trip that releases the GIL; the 5 ms default switch interval would let the
+            # event loop's decryption hold it that long each time the ingest thread's answer arrives
+            sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         try:
             if self.store_url is None:  # one SQLite lender per directory; a shared store has several
                 self._lock_fd = lock_data_dir(self.data_dir)

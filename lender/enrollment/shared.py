@@ -40,6 +40,7 @@ import hmac
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import filelock
@@ -68,6 +69,8 @@ log = logging.getLogger(__name__)
 SENDER_BLOCK = 32          # sender sequence numbers a worker reserves at a time
 RETIRE_GAP = 1 << 30       # how far a retired directory's next number is set past the database's first
 MOVED_MARK = "moved-to"    # key in a retired directory's sequence file
+MISS_HOLD = 1.0            # seconds before a kid found in no row is looked up again
+MISSES_KEPT = 10_000
 
 
 class _WindowUnknown(Exception):
@@ -167,14 +170,23 @@ class SharedSecurityContext(CanProtect, CanUnprotect, SecurityContextUtils):
 
 
 class _Index(CredentialsMap):
-    """aiocoap's credentials map, finding a request's context by its kid in one dict look-up, not a scan."""
+    """aiocoap's credentials map, finding a request's context by its kid in one dict look-up, not a scan.
+
+    A kid it does not know is looked up in the database (`lookup`): a device
+    registered a moment ago on another host is served at once, without
+    waiting for the registry poll.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.by_kid: dict[bytes, SharedSecurityContext] = {}
+        self.lookup = lambda kid: None
 
     def find_oscore(self, unprotected):
-        context = self.by_kid.get(unprotected.get(COSE_KID))
+        kid = unprotected.get(COSE_KID)
+        context = self.by_kid.get(kid)
+        if context is None and isinstance(kid, bytes):
+            context = self.lookup(kid)
         if context is None or unprotected.get(COSE_KID_CONTEXT) != context.id_context:
             raise KeyError("no OSCORE context for this kid")
         return context
@@ -228,7 +240,9 @@ class SharedCredentials:
         self.table = table
         self.root = Path(contexts_root)
         self.map = _Index()
+        self.map.lookup = self._unknown_kid
         self._contexts: dict[str, SharedSecurityContext] = {}
+        self._missed: dict[bytes, float] = {}   # kids looked up in vain, and when: at most one read per second each
 
     @classmethod
     def load(cls, url: str, contexts_root: str | os.PathLike) -> SharedCredentials:
@@ -254,11 +268,33 @@ class SharedCredentials:
             raise OscoreContextError(f"device {device_id}: the shared OSCORE state is unavailable: {exc}") from exc
         self._install(row)
 
-    def _install(self, row: OscoreRow) -> None:
+    def _unknown_kid(self, kid: bytes) -> SharedSecurityContext | None:
+        now = time.monotonic()
+        if now - self._missed.get(kid, -MISS_HOLD) < MISS_HOLD:
+            return None
+        try:
+            row = self.table.row_by_kid(kid)
+            if row is None:  # registered here a moment ago (enrollment, register): its context is still on disk
+                device = self.table.device_with_oscore_id(kid)
+                if device is not None and (self.root / device).is_dir():
+                    adopt_directory(self.table, device, self.root / device)
+                    row = self.table.row(device)
+        except (StoreError, OscoreContextError) as exc:
+            log.error("OSCORE request with an unknown kid %s: %s", kid.hex(), exc)
+            row = None
+        if row is None:
+            if len(self._missed) >= MISSES_KEPT:
+                self._missed.clear()
+            self._missed[kid] = now
+            return None
+        return self._install(row)
+
+    def _install(self, row: OscoreRow) -> SharedSecurityContext:
         context = SharedSecurityContext(self.table, row)
         self._contexts[row.device] = context
         self.map[f":device:{row.device}"] = context
         self.map.by_kid[row.recipient_id] = context
+        return context
 
     def remove(self, device_id: str) -> None:
         context = self._contexts.pop(device_id, None)

@@ -181,10 +181,54 @@ class EvidenceLog:
 
     # --- the store's transaction hooks ---
 
-    def begin(self) -> None:
-        """A write transaction started: catch up with entries another connection appended since."""
-        if not self._loaded or self._stored_size() != self.size:
+    def begin(self, stored_size: int | None = None) -> None:
+        """A write transaction started: catch up with entries another connection appended since.
+
+        `stored_size`: the number of entries the file holds, when the store read it already (in the round trip
+        that took its write lock); else it is read here.
+        """
+        if not self._loaded:
             self.load()
+            return
+        stored = self._stored_size() if stored_size is None else stored_size
+        if stored != self.size:
+            self._catch_up(stored)
+
+    def _catch_up(self, stored: int) -> None:
+        """Take up what other writers appended since this log's last commit, rather than reading it all again.
+
+        With several writers (lender.evidence.postgres: workers take turns) a
+        writer finds the log grown at nearly every turn; reading the right
+        edge, every device head and the heads tree afresh each time would cost
+        it more than its own appends. The new leaves extend the right edge,
+        the heads they moved (``last_index`` at or past the old size) replace
+        theirs, new devices take the next slots. Anything unexpected (fewer
+        rows than the size says, a head in another slot) reads the log whole.
+        """
+        old = self.size
+        rows = self._conn.execute("SELECT idx, leaf FROM log_entries WHERE idx >= ? ORDER BY idx", (old,)).fetchall()
+        if stored < old or len(rows) != stored - old or any(index != old + n for n, (index, _) in enumerate(rows)):
+            self.load()
+            return
+        for index, leaf in rows:
+            for level, position, node in push(self._frontier, index, leaf):
+                self._recent[(level, position)] = node
+        self.size = stored
+        for device, slot, count, last_index, max_seq in self._conn.execute(
+                "SELECT device, slot, count, last_index, max_seq FROM log_heads WHERE last_index >= ? ORDER BY slot",
+                (old,)).fetchall():
+            head = DeviceHead(device, count, last_index, max_seq)
+            known = self._slots.get(device)
+            if known is None and slot == len(self._heads_tree):
+                self._slots[device] = self._heads_tree.append(head.leaf)
+            elif known == slot:
+                self._heads_tree.set(slot, head.leaf)
+            else:
+                self.load()
+                return
+            self._heads[device] = head
+        self.latest = self._latest_checkpoint()
+        self._prune()
 
     def abandon(self) -> None:
         """The transaction rolled back: what is in memory may be ahead of the file; read it again next time."""
@@ -333,13 +377,16 @@ class EvidenceLog:
             self._slots[device] = self._heads_tree.append(head.leaf)
             if slot != self._slots[device]:
                 raise StoreFormatError(f"the evidence log's device heads are damaged (slot {slot} of {device})")
+        self.latest = self._latest_checkpoint()
+        self._loaded = True
+
+    def _latest_checkpoint(self) -> SignedCheckpoint | None:
         row = self._conn.execute("SELECT signed FROM log_checkpoints ORDER BY tree_size DESC LIMIT 1").fetchone()
         try:
-            self.latest = None if row is None else SignedCheckpoint.decode(row[0], self.identity.public_key)
+            return None if row is None else SignedCheckpoint.decode(row[0], self.identity.public_key)
         except ReceiptError as exc:
             raise StoreFormatError(f"the evidence log's latest checkpoint is not signed by the lender's key "
                                    f"({LENDER_KEY} replaced?): {exc}") from exc
-        self._loaded = True
 
     def _stored_size(self) -> int:
         self._flush()

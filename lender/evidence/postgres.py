@@ -94,6 +94,8 @@ MIGRATION_LOCK = 0x504C4C44_4D494752  # "PLLD" "MIGR": one migrating process at 
 CONNECT_TIMEOUT = 5                 # seconds: a worker whose database is down answers 5.03 quickly
 PREFETCH = 64                       # seqs read ahead of a batch's first envelope (its neighbours for the chain check)
 PARTITIONS_AHEAD = 2                # months of partitions made ahead of the current one
+DEVICE_CACHE = 100_000              # registry rows kept between registry changes
+REGISTRY_CHANNEL = "pledgewatch_registry"  # NOTIFY channel of registry changes (LISTENed by every connection)
 
 # Version N's statements take a database at version N-1 to N; 1 is the whole schema of SQLite's version 3.
 MIGRATIONS: dict[int, tuple[str, tuple[str, ...]]] = {
@@ -270,16 +272,23 @@ def _again_if_reconnected(owner, work, *, retry: bool = True):
     return work(owner.connection())
 
 
-def _locked(conn: psycopg.Connection) -> psycopg.Connection:
-    """Begin a transaction on `conn` holding the writer lock (the caller ends it: COMMIT, or ROLLBACK on failure)."""
-    conn.execute("BEGIN")  # by hand (the connection is in autocommit mode): COMMIT or ROLLBACK end it
+def _locked(conn: psycopg.Connection) -> tuple[psycopg.Connection, int]:
+    """Begin a transaction on `conn` holding the writer lock; return it and the log's size as the lock found it.
+
+    One round trip (the connection is in autocommit mode: BEGIN by hand; the
+    caller ends it, COMMIT or ROLLBACK on failure).
+    """
     try:
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITER_LOCK,))
+        cursor = conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITER_LOCK:d});"
+                              " SELECT coalesce(max(idx) + 1, 0) FROM log_entries")
+        while cursor.nextset():
+            pass
+        (size,), = cursor.fetchall()
     except BaseException:
         with contextlib.suppress(psycopg.Error):
             conn.execute("ROLLBACK")
         raise
-    return conn
+    return conn, size
 
 
 def _columns(rows: list[tuple], width: int) -> list[list]:
@@ -368,7 +377,9 @@ class PostgresStore:
         self._conn: psycopg.Connection | None = None
         self._depth = 0
         self._tx_envelopes: dict[tuple[str, int], StoredEnvelope | None] = {}
-        self._tx_devices: dict[str, Device | None] = {}
+        self._generation: int | None = None   # the registry generation last read (None: never; no rows kept)
+        self._registry_dirty = True
+        self._devices: dict[str, Device | None] = {}
         self._pending = _Pending()
         self._logged: dict[tuple[str, int], tuple[int, float]] = {}  # the last commit's (device, seq) -> (index, at)
         self._partitions: set[float] | None = None   # lower bounds (Unix seconds) of the month partitions; None: read
@@ -475,12 +486,16 @@ class PostgresStore:
             if self.log is not None:
                 self.log.abandon()  # read afresh: the server may have lost nothing, but we cannot know
         try:
-            self._conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
-                                         application_name="pledgewatch-lender")
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT,
+                                   application_name="pledgewatch-lender")
+            conn.add_notify_handler(self._registry_changed)
+            conn.execute(f"LISTEN {REGISTRY_CHANNEL}")
         except psycopg.Error as exc:
             raise StoreUnavailableError(f"cannot connect to the lender store {self.path}: "
                                         f"{str(exc).strip() or type(exc).__name__}") from exc
-        return self._conn
+        self._conn = conn
+        self._registry_changed()  # what changed while this store had no connection is unknown
+        return conn
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -511,8 +526,13 @@ class PostgresStore:
     # --- transactions -------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        """An exclusive write transaction: all or nothing, and no other writer (any process, any host) in between."""
+    def transaction(self, *, pipelined: bool = True) -> Iterator[None]:
+        """An exclusive write transaction: all or nothing, and no other writer (any process, any host) in between.
+
+        Pipelined (psycopg's pipeline mode), a statement whose result nobody
+        reads does not wait for the server: only reads and the commit do.
+        `pipelined=False` for callers that read row counts (lender.evidence.transfer).
+        """
         if self._depth:
             self._depth += 1
             try:
@@ -523,25 +543,27 @@ class PostgresStore:
         self._depth = 1
         self._logged = {}
         self._tx_envelopes.clear()
-        self._tx_devices.clear()
         self._pending = _Pending()
         try:
-            conn = _again_if_reconnected(self, _locked)
+            conn, size = _again_if_reconnected(self, _locked)
             try:
-                if self._log_ready:
-                    self._in_log(self.log.begin)
-                yield
-                self._flush_pending()
-                if self._log_ready:
-                    self._in_log(self.log.seal)  # the new head's checkpoint commits with the entries, or neither does
+                with conn.pipeline() if pipelined else contextlib.nullcontext():
+                    if self._log_ready:
+                        self._in_log(lambda: self.log.begin(size))
+                    yield
+                    self._flush_pending()
+                    if self._log_ready:
+                        self._in_log(self.log.seal)  # the new head's checkpoint commits with the entries, or neither
+                    conn.execute("COMMIT")
+                # leaving the pipeline waited for every result, the commit's last: an ack is sent only after this
             except BaseException:
                 with contextlib.suppress(psycopg.Error):
                     conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")  # an ack is sent only after this returned
         except BaseException as exc:
             self._partitions = None  # a partition made in this transaction is gone with it
             self._logged = {}
+            self._devices.clear()
             if self.log is not None:
                 self.log.abandon()  # read again at the next transaction (another writer may have appended)
             if isinstance(exc, psycopg.Error):
@@ -550,7 +572,6 @@ class PostgresStore:
         finally:
             self._depth = 0
             self._tx_envelopes.clear()
-            self._tx_devices.clear()
             self._pending = _Pending()
 
     def _in_log(self, step) -> None:
@@ -595,18 +616,47 @@ class PostgresStore:
     # --- registry -----------------------------------------------------------------------------
 
     def registry_generation(self) -> int:
-        return self._query("SELECT value FROM pledgewatch_meta WHERE key = 'registry_generation'")[0][0]
+        """The registry's generation; read from the database only when a change was announced since the last read.
+
+        Every registry change notifies ``REGISTRY_CHANNEL`` at its commit, and
+        every connection listens: a check for a notification already received
+        is a local read, so ingest (which asks once per batch) and the server
+        (once per request) cost the database nothing while the registry stands.
+        """
+        conn = self.connection()
+        if self._generation is not None and not self._registry_dirty and not self._depth:
+            try:
+                conn.pgconn.consume_input()
+                while conn.pgconn.notifies() is not None:
+                    self._registry_dirty = True
+            except psycopg.Error:
+                self._registry_dirty = True
+            if not self._registry_dirty:
+                return self._generation
+        self._registry_dirty = False
+        generation = self._query("SELECT value FROM pledgewatch_meta WHERE key = 'registry_generation'")[0][0]
+        if generation != self._generation:  # registry rows read before are valid while this number stands
+            self._devices.clear()
+            self._generation = generation
+        return generation
+
+    def _registry_changed(self, notify: object = None) -> None:
+        self._registry_dirty = True
 
     def _bump_generation(self) -> None:
         self._execute("UPDATE pledgewatch_meta SET value = value + 1 WHERE key = 'registry_generation'")
+        self._execute(f"NOTIFY {REGISTRY_CHANNEL}")  # sent to every listening connection when this commits
 
     def device(self, device_id: str) -> Device | None:
-        if self._depth and device_id in self._tx_devices:
-            return self._tx_devices[device_id]
+        """The device's row; kept while the registry generation last read stands (ingest reads it every batch)."""
+        if device_id in self._devices:
+            return self._devices[device_id]
         rows = self._query(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device = %s", (device_id,))
         found = _device(rows[0]) if rows else None
-        if self._depth:
-            self._tx_devices[device_id] = found
+        if self._generation is not None:
+            if len(self._devices) >= DEVICE_CACHE:
+                self._devices.clear()
+            self._devices[device_id] = found
         return found
 
     def device_by_kid(self, kid: bytes) -> Device | None:
@@ -630,6 +680,7 @@ class PostgresStore:
                     raise DeviceExistsError(
                         f"device {device.device} or its key (kid {device.kid.hex()}) is registered already")
                 self._bump_generation()
+                self._devices.clear()
                 if self.log is not None:
                     self.log.registration(device.device, device.registered_at, device.public_key, device.asset,
                                           device.binding, enrollment)
@@ -647,6 +698,7 @@ class PostgresStore:
                 if revoked and self.log is not None:
                     self.log.revocation(device_id, at)
                 self._bump_generation()
+                self._devices.clear()
         except psycopg.Error as exc:
             raise _wrap(exc, f"cannot revoke {device_id} in {self.path}") from exc
         device = self.device(device_id)
@@ -663,6 +715,7 @@ class PostgresStore:
                 if bound and enrollment is not None and self.log is not None:
                     self.log.enrollment(device_id, time.time() if at is None else at, binding, enrollment)
                 self._bump_generation()
+                self._devices.clear()
         except psycopg.Error as exc:
             raise _wrap(exc, f"cannot bind {device_id} in {self.path}") from exc
         device = self.device(device_id)
@@ -1032,6 +1085,17 @@ class OscoreStateTable:
         rows = self._run("SELECT device, sender_id, recipient_id, master_secret, master_salt, algorithm, kdf"
                          " FROM oscore_contexts WHERE device = %s", (device,))
         return OscoreRow(*rows[0]) if rows else None
+
+    def row_by_kid(self, recipient_id: bytes) -> OscoreRow | None:
+        """The context a request with this kid (the device's sender id) belongs to, if any."""
+        rows = self._run("SELECT device, sender_id, recipient_id, master_secret, master_salt, algorithm, kdf"
+                         " FROM oscore_contexts WHERE recipient_id = %s", (recipient_id,))
+        return OscoreRow(*rows[0]) if rows else None
+
+    def device_with_oscore_id(self, recipient_id: bytes) -> str | None:
+        """The registered device whose OSCORE sender id this is (its context may not be in the table yet)."""
+        rows = self._run("SELECT device FROM devices WHERE oscore_id = %s", (recipient_id,))
+        return rows[0][0] if rows else None
 
     def rows(self) -> list[OscoreRow]:
         return [OscoreRow(*row) for row in self._run(

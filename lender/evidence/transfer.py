@@ -26,7 +26,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lender.evidence.postgres import PostgresStore, month_bounds
+from lender.evidence.postgres import REGISTRY_CHANNEL, PostgresStore, month_bounds
 from lender.evidence.store import STORE_FILE, SQLiteStore
 
 CHUNK = 2000
@@ -84,7 +84,7 @@ def copy_store(data_dir: str | Path, target: PostgresStore) -> CopyReport:
     source = _source(Path(data_dir))
     report = CopyReport()
     try:
-        with target.transaction():
+        with target.transaction(pipelined=False):
             conn = target.connection()
 
             def copy(name: str, select: str, insert: str, convert=lambda row: row) -> int:
@@ -185,7 +185,8 @@ def copy_store(data_dir: str | Path, target: PostgresStore) -> CopyReport:
             conn.execute("SELECT setval('envelope_ids', greatest((SELECT count(*) FROM envelope_keys), 1))")
             (generation,), = source.execute("SELECT value FROM meta WHERE key = 'registry_generation'").fetchall()
             conn.execute("UPDATE pledgewatch_meta SET value = greatest(value, %s) + 1 WHERE key = 'registry_generation'",
-                         (generation,))  # running workers read the registry afresh
+                         (generation,))
+            conn.execute(f"NOTIFY {REGISTRY_CHANNEL}")  # running workers read the registry afresh
             conn.execute("UPDATE pledgewatch_meta SET value = (SELECT coalesce(sum(length(raw)), 0) FROM quarantine)"
                          " WHERE key = 'quarantine_bytes'")
     finally:

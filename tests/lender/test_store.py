@@ -138,3 +138,21 @@ def test_envelopes_go_to_the_partition_of_their_arrival_month_made_when_first_ne
             "SELECT tableoid::regclass::text, count(*) FROM envelopes GROUP BY 1").fetchall()
         assert rows == [("envelopes_2100_02", 3)]
         assert [e.seq for e in store.envelopes("gw-a")] == [1, 2, 3] and store.log.audit().ok
+
+
+def test_writers_taking_turns_keep_one_log_each_catching_up_with_what_the_other_appended(data_dir, store):
+    gateways = [Device("gw-a"), Device("gw-b"), Device("gw-c")]
+    for gateway in gateways:
+        enroll(store, data_dir, gateway)
+    with another(store, data_dir) as other:
+        ingests = [Ingest(store), Ingest(other)]
+        for turn in range(7):  # every turn finds the log grown by the other writer (a new device on turn 6)
+            gateway = gateways[2] if turn == 6 else gateways[turn % 2]
+            assert ingests[turn % 2].batch(batch(gateway.chain(3)), peer="t").stored
+        heads = [s.checkpoint().checkpoint for s in (store, other)]
+        with another(store, data_dir) as fresh:  # reads the whole log from the database
+            truth = fresh.checkpoint().checkpoint
+            assert fresh.log.audit().ok
+        for head in heads:
+            assert (head.tree_size, head.root, head.heads_root, head.heads_size) == (
+                truth.tree_size, truth.root, truth.heads_root, truth.heads_size)
