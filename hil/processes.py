@@ -177,10 +177,16 @@ class LenderProcess(ManagedProcess):
         run_cli(args)
         return None if self.insecure else self.data / "device-contexts" / device
 
-    def register_node(self, device: str, public_key_hex: str) -> None:
-        """Register an NB-IoT node: no OSCORE context (nodes POST signed envelopes to /n over plain CoAP)."""
-        run_cli(["lender", "register", "--data", str(self.data), "--device", device, "--public-key", public_key_hex,
-                 "--asset", "hil bench node", "--no-oscore"])
+    def register_node(self, device: str, public_key_hex: str) -> Path | None:
+        """Register an NB-IoT node with its OSCORE context (nodes POST to /n under OSCORE); returns the node's side
+        (``DATA/device-contexts/<device>``, what `hil.node.SimulatedNode` writes into its node.oscore), None when
+        the lender is insecure (the node then runs with "insecure": true)."""
+        args = ["lender", "register", "--data", str(self.data), "--device", device, "--public-key", public_key_hex,
+                "--asset", "hil bench node"]
+        if self.insecure:
+            args.append("--no-oscore")
+        run_cli(args)
+        return None if self.insecure else self.data / "device-contexts" / device
 
     def start(self, timeout: float = 30.0) -> None:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0

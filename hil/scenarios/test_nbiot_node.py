@@ -2,7 +2,8 @@
 
 The node wakes, samples, signs and sends one envelope per cycle through its
 simulated modem (real UDP on 127.0.0.1, through the rig's proxy) to the
-lender's node resource. Its days bring what a node's days bring: acks lost on
+lender's node resource, under OSCORE (the context the lender made when the
+bench registered the node), the radio released after each ack. Its days bring what a node's days bring: acks lost on
 the air (the envelope stays in the outbox and goes with the next cycle), a
 power cut right after signing (before the envelope reached flash), a tamper
 wake, a cycle with no link at all. At the end its outbox is empty and the
@@ -41,6 +42,10 @@ def test_an_nbiot_node_under_micropython_keeps_every_envelope_through_lost_acks_
         assert offline["report"]["buffered"], offline["report"]
     final, = bench.run_node(name, [{"reset_cause": DEEPSLEEP_RESET, "celsius": 4.0}])
     assert final["report"]["buffered"] == [], final["report"]
+
+    node = bench.nodes[name]
+    assert node.context is not None and all(r["oscore"] for r in node.reports), "OSCORE throughout"
+    assert all(r["forged"] == 0 for r in node.reports if "forged" in r)
 
     bench.finish(drain_timeout=30)
     verdict = bench.result.node_invariants[name]
