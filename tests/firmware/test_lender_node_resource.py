@@ -1,5 +1,6 @@
-"""The lender's node resource /n over real CoAP on 127.0.0.1: plain CoAP, node keys only, the gateway path's verification,
-de-duplication, quarantine and acks — and nothing else opened to plain CoAP."""
+"""The lender's node resource /n over real CoAP on 127.0.0.1: plain CoAP for nodes without a context (node keys only,
+the gateway path's verification, de-duplication, quarantine and acks, nothing else opened to plain CoAP), and under
+OSCORE for nodes with one (a node's compact ack; its own envelopes only)."""
 from __future__ import annotations
 
 import os
@@ -171,3 +172,45 @@ def test_any_body_gets_an_answer_and_the_lender_keeps_serving(lender, client, bo
     assert answer.code in (codes.CHANGED, codes.BAD_REQUEST, codes.UNAUTHORIZED, codes.REQUEST_ENTITY_TOO_LARGE), answer
     if answer.code == codes.CHANGED:
         assert cbor.decode(answer.payload)[1] == []
+
+
+def oscore_post(lender, device: str, payload: bytes) -> aiocoap.Message:
+    """POST payload to /n through `device`'s OSCORE context (its node side, as registration wrote it), with aiocoap."""
+    import asyncio
+
+    from durable.oscore import close_context, open_context
+
+    async def post() -> aiocoap.Message:
+        context = await aiocoap.Context.create_client_context()
+        security = open_context(lender.data_dir / registration.DEVICE_CONTEXTS_DIR / device)
+        context.client_credentials[f"coap://127.0.0.1:{lender.port}/*"] = security
+        try:
+            request = aiocoap.Message(code=codes.POST, uri=f"coap://127.0.0.1:{lender.port}/n", payload=payload,
+                                      content_format=60)
+            return await asyncio.wait_for(context.request(request).response, 10)
+        finally:
+            await context.shutdown()
+            close_context(security)
+    return asyncio.run(post())
+
+
+def test_a_node_with_a_context_delivers_under_oscore_and_gets_a_nodes_compact_ack(lender):
+    node = Signer("yard-7")
+    enroll(lender, node, oscore=True)
+    raw = node.next()
+    answer = oscore_post(lender, "yard-7", raw)
+    assert answer.code == codes.CHANGED and ack_map(answer.payload) == {1: [1], 2: [], 3: []}
+    assert ack_map(oscore_post(lender, "yard-7", raw).payload) == {1: [], 2: [1], 3: []}
+    with lender.store() as store:
+        assert [e.seq for e in store.envelopes("yard-7")] == [1]
+
+
+def test_under_oscore_a_device_delivers_its_own_envelopes_only(lender):
+    node, other = Signer("yard-8"), Signer("yard-9")
+    enroll(lender, node, oscore=True)
+    enroll(lender, other, oscore=True)
+    answer = oscore_post(lender, "yard-8", other.next())  # yard-9's envelope through yard-8's context
+    assert answer.code == codes.UNAUTHORIZED and b"its own envelopes" in answer.payload
+    with lender.store() as store:
+        assert list(store.envelopes("yard-9")) == [] and [q.reason for q in store.quarantined()] == [
+            Reason.UNKNOWN_KEY]
