@@ -44,8 +44,10 @@ from urllib.parse import urlsplit
 import nacl.public
 
 from provisioning.console import Console
-from provisioning.enrollment import accept, send
-from provisioning.exc import DeviceCodeError, LenderUnreachableError, SetupError
+from durable.exc import KeyFileError
+from durable.keyfile import read_key
+from provisioning.enrollment import accept, read_request, send
+from provisioning.exc import DeviceCodeError, EnrollmentFileError, LenderUnreachableError, SetupError
 from provisioning.flash import STAGING, BoardFiles, Firmware, Flasher
 from provisioning.gateway import site_from
 from provisioning.install import write_file
@@ -180,9 +182,10 @@ class NodeResult:
     files_unchanged: int
     pending_request: str | None = None
     notes: list[str] = field(default_factory=list)
+    binding: bytes | None = field(default=None, repr=False)  # the enrollment's, once the lender answered
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "binding"}
 
 
 def _sign_on_node(repl: RawRepl, message: bytes) -> bytes:
@@ -221,38 +224,20 @@ def provision_node(plan: NodePlan, console: Console) -> NodeResult:
                 hardware["unique_id"] = unique_id.strip()
             if "modem" in plan.settings:
                 hardware["modem_model"] = str(plan.settings["modem"].get("model"))
-            # The laptop opens the context for the node. A node that has one keeps it (its sequence record
-            # lives in it): re-provisioning asks for none, and the lender answers the same key without one.
-            response_key = None if files.exists(NODE_CONTEXT) else nacl.public.PrivateKey.generate()
-            body = EnrollmentBody(plan.device, "node", bytes.fromhex(public_hex), plan.technician.technician,
-                                  hardware, plan.binding, int(time.time()), os.urandom(16),
-                                  None if response_key is None else bytes(response_key.public_key))
-            request = EnrollmentRequest.create(body, lambda message: _sign_on_node(repl, message))
-            request = request.countersign(plan.technician.identity())
             result = NodeResult(plan.device, public_hex, how, "", len(plan_files.send), len(plan_files.unchanged))
             # The binding depends only on the lender's key, the node's key and the asset, so a node whose
             # enrollment is still pending gets it now too (`provision submit` never touches the node).
             binding = binding_of(plan.lender_key, bytes.fromhex(public_hex), plan.binding.asset)
-            context = None
-            try:
-                console.step(f"enrolling {plan.device} with the lender at {plan.lender}")
-                response = asyncio.run(send(plan.lender, request, timeout=plan.timeout))
-                answer, context = accept(response, request, plan.lender_key, response_key)
+            has_context = files.exists(NODE_CONTEXT)
+            earlier = None if has_context else _answered(plan, bytes.fromhex(public_hex))
+            if earlier is not None:  # an enrollment made offline, submitted since: install what the lender sent
+                answer, context = earlier
+                console.step(f"{plan.device} was enrolled from its saved request: installing the lender's answer")
                 binding = binding_of(plan.lender_key, bytes.fromhex(public_hex), answer.asset)
                 result.enrollment = "enrolled"
-            except LenderUnreachableError as exc:
-                saved = plan.save_request or Path(f"{plan.device}.request.cbor")
-                write_file(saved, request.encode(), 0o600)
-                result.enrollment = "pending"
-                result.pending_request = str(saved)
-                result.notes.append(f"{exc}: the request is saved in {saved}; when there is a network: "
-                                    f"pledgewatch provision submit {saved}")
-                if response_key is not None:
-                    key_file = saved.with_name(saved.name.removesuffix(".cbor") + ".response.key")
-                    write_file(key_file, bytes(response_key), 0o600)
-                    result.notes.append(f"the one-time key that opens the lender's answer is in {key_file}; until "
-                                        f"the node has its OSCORE context ({NODE_CONTEXT}) its envelopes wait in "
-                                        "its outbox")
+            else:
+                context = _enroll(plan, repl, public_hex, hardware, has_context, result, console)
+                binding = result.binding or binding
             key_made = False  # the lender has (or will have) this key: keep it, so a re-run resumes with it
             console.step("installing on the node")
             flasher.commit(firmware, plan_files)
@@ -270,6 +255,64 @@ def provision_node(plan: NodePlan, console: Console) -> NodeResult:
         return result
     finally:
         port.close()
+
+
+def _pending_files(plan: NodePlan) -> tuple[Path, Path, Path]:
+    """(the saved request, the lender's answer `provision submit` writes beside it, the one-time key beside it)."""
+    saved = plan.save_request or Path(f"{plan.device}.request.cbor")
+    stem = saved.name.removesuffix(".cbor")
+    return saved, saved.with_name(stem + ".response.cbor"), saved.with_name(stem + ".response.key")
+
+
+def _answered(plan: NodePlan, public_key: bytes):
+    """(answer, the node's context) of this node's request made offline and submitted since, or None."""
+    saved, response, key_file = _pending_files(plan)
+    if not (saved.exists() and response.exists() and key_file.exists()):
+        return None
+    request = read_request(saved)
+    if request.body.public_key != public_key:
+        return None  # another node's request, or this node's key rotated since
+    try:
+        response_private = nacl.public.PrivateKey(read_key(key_file))
+    except KeyFileError as exc:
+        raise EnrollmentFileError(f"{key_file}: {exc}") from exc
+    return accept(response.read_bytes(), request, plan.lender_key, response_private)
+
+
+def _enroll(plan: NodePlan, repl: RawRepl, public_hex: str, hardware: dict, has_context: bool, result: NodeResult,
+            console: Console):
+    """Sign a request on the node, countersign it and send it; the node's OSCORE context from the answer, or None.
+
+    The laptop opens the context for the node (MicroPython has no X25519). A node that has one keeps it (its
+    sequence record lives in it): re-provisioning asks for none, and the lender answers the same key without one.
+    Offline, the request is saved with the one-time key beside it (0600) for `provision submit`.
+    """
+    response_key = None if has_context else nacl.public.PrivateKey.generate()
+    body = EnrollmentBody(plan.device, "node", bytes.fromhex(public_hex), plan.technician.technician,
+                          hardware, plan.binding, int(time.time()), os.urandom(16),
+                          None if response_key is None else bytes(response_key.public_key))
+    request = EnrollmentRequest.create(body, lambda message: _sign_on_node(repl, message))
+    request = request.countersign(plan.technician.identity())
+    try:
+        console.step(f"enrolling {plan.device} with the lender at {plan.lender}")
+        response = asyncio.run(send(plan.lender, request, timeout=plan.timeout))
+    except LenderUnreachableError as exc:
+        saved, _, key_file = _pending_files(plan)
+        write_file(saved, request.encode(), 0o600)
+        result.enrollment = "pending"
+        result.pending_request = str(saved)
+        result.notes.append(f"{exc}: the request is saved in {saved}; when there is a network: "
+                            f"pledgewatch provision submit {saved}")
+        if response_key is not None:
+            write_file(key_file, bytes(response_key), 0o600)
+            result.notes.append(f"the one-time key that opens the lender's answer is in {key_file}; until the node "
+                                f"has its OSCORE context ({NODE_CONTEXT}) its envelopes wait in its outbox: once "
+                                "submitted, run this command again with the node on the cable")
+        return None
+    answer, context = accept(response, request, plan.lender_key, response_key)
+    result.binding = binding_of(plan.lender_key, bytes.fromhex(public_hex), answer.asset)
+    result.enrollment = "enrolled"
+    return context
 
 
 def _install(files: BoardFiles, name: str, data: bytes) -> None:

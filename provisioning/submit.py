@@ -8,7 +8,9 @@ Two kinds of file:
   again is the same request), sent to the lender, and the signed answer
   checked against the pinned lender key. On the gateway that made it, the
   answer is installed at once; anywhere else it is written beside the
-  request as ``*.response.cbor`` to carry to the gateway;
+  request as ``*.response.cbor`` to carry to the gateway (a node's: for
+  ``provision node`` to install from the same folder, with the one-time key
+  it saved beside the request);
 * a response: installed on this gateway (it must answer this gateway's
   pending request), which switches the agent from its parked context to the
   lender's, and restarts the agent under systemd.
@@ -96,9 +98,13 @@ def run(args: argparse.Namespace, console: Console) -> int:
         return 0
     out = args.file.with_name(args.file.name.removesuffix(".cbor") + ".response.cbor")
     write_file(out, response, 0o600)
+    if request.body.kind == "node":  # the laptop that made the request holds its one-time key (provisioning.node)
+        then = (f"with the node on the cable, run `pledgewatch provision node` for {answer.device} again from this "
+                f"folder: it writes the node's OSCORE context from {out.name}")
+    else:
+        then = f"copy {out} to the gateway and run there: pledgewatch provision submit {out.name}"
     console.result(
         {"device": answer.device, "enrolled": True, "installed": False, "response": str(out)},
-        [f"{answer.device} enrolled for asset {answer.asset}",
-         f"copy {out} to the gateway and run there: pledgewatch provision submit {out.name}"],
+        [f"{answer.device} enrolled for asset {answer.asset}", then],
     )
     return 0

@@ -142,3 +142,9 @@ def test_a_node_provisioned_offline_is_enrolled_later_with_submit(node_site, tmp
     with site.store() as store:
         device = store.device("node-0042")
     assert device.public_key == bytes(nacl.signing.SigningKey((board.root / "node.key").read_bytes()).verify_key)
+    assert "provision node" in capsys.readouterr().out
+    # Back at the node: the same command installs the context the lender sealed into its answer.
+    assert provision_node(site, board, tmp_path) == 0, capsys.readouterr().err
+    lender_side = read_parameters(site.lender.data / "oscore" / "node-0042")
+    assert (board.root / "node.oscore").read_bytes() == node_context_file(lender_side.for_peer())
+    assert "enrolled" in capsys.readouterr().out
