@@ -328,7 +328,7 @@ class Uplink:
         self.link = LinkModel.for_timeout(config.ack_timeout)
         self._datagrams: aiocoap.Context | None = None   # the attempts' own client context (socket)
         self._channel: DatagramChannel | None = None
-        self._busy: dict[int, int] = {}                  # seq -> bytes, of every envelope in flight
+        self._busy: dict[int, Queued] = {}               # every envelope in flight, by seq
         self._flights: set[asyncio.Task] = set()         # routine exchanges in flight
         self._alarm_flights: set[asyncio.Task] = set()   # alarms' own exchanges in flight
         self._tags = itertools.count(1)
@@ -336,6 +336,8 @@ class Uplink:
         self._hold_until: float | None = None           # backing off: no routine batch before this
         self._alarm_backoff = Backoff(config.backoff_initial, config.backoff_cap, random)
         self._alarm_hold_until: float | None = None     # the lender refused an alarm: the next not before this
+        self._lossy_said = False                         # what the log last said about the link
+        self._alarms_maybe = True                        # an alarm may be queued and not in flight: look
 
     async def start(self) -> None:
         """Load the OSCORE context and open the CoAP client (warns on every start when insecure)."""
@@ -412,6 +414,7 @@ class Uplink:
 
     def wake(self) -> None:
         """An alarm was appended: send it at once as its own exchange, even during a backoff wait or a batch in flight."""
+        self._alarms_maybe = True
         self._wake.set()
 
     # --- one exchange ---
@@ -425,10 +428,19 @@ class Uplink:
         cap = self.byte_cap if max_bytes is None else max_bytes
         suspect = self._suspect if not self._lender_proven else None
         busy = self._busy
-        items = self.spool.peek(self.count_cap + len(busy) + 1, 2 * cap + sum(busy.values()))
+        if alarms:   # alarms come first in the spool's order: skip only those in flight, read no further than needed
+            if not self._alarms_maybe:
+                return []
+            busy = {seq: item for seq, item in busy.items() if item.alarm}
+            count = min(self.count_cap, cap // 64 + 1)
+        else:
+            count = self.count_cap
+        items = self.spool.peek(count + len(busy) + (suspect is not None),
+                                cap + sum(len(item.raw) for item in busy.values()))
         items = [item for item in items if item.seq not in busy and item.seq != suspect]
         if alarms:
             items = list(itertools.takewhile(lambda item: item.alarm, items))
+            self._alarms_maybe = bool(items)
         return fit_batch(items[: self.count_cap], cap)
 
     def _fills(self, batch: Sequence[Queued], cap: int) -> bool:
@@ -458,7 +470,7 @@ class Uplink:
         """
         if self._context is None:
             raise RuntimeError("Uplink.start() must be awaited before sending")
-        alarms = self._next_batch(alarms=True, max_bytes=DATAGRAM_BYTES)
+        alarms = self._next_batch(alarms=True, max_bytes=min(self.byte_cap, DATAGRAM_BYTES))
         if alarms:
             return await self._exchange(alarms, alarm=True)
         batch = self._next_batch(max_bytes=self._routine_cap())
@@ -473,7 +485,7 @@ class Uplink:
         full = len(batch) >= self.count_cap or len(body) > cap * 3 // 4
         started = asyncio.get_running_loop().time()
         for item in batch:
-            self._busy[item.seq] = len(item.raw)
+            self._busy[item.seq] = item
         try:
             if len(body) <= DATAGRAM_BYTES:
                 exchange = await self._fly(batch, seqs, body, full, alarm=alarm)
@@ -661,6 +673,15 @@ class Uplink:
 
     def _finish(self, exchange: Exchange) -> Exchange:
         self.last_exchange = exchange
+        if self.link.lossy != self._lossy_said:
+            self._lossy_said = self.link.lossy
+            figures = (f"round-trip loss {self.link.loss:.0%}, SRTT {self.link.srtt or 0:.2f} s, "
+                       f"RTO {self.link.rto:.2f} s")
+            if self.link.lossy:
+                log.info("uplink: the link is lossy (%s): batches fit one datagram, up to %d in flight",
+                         figures, self.config.max_in_flight)
+            else:
+                log.info("uplink: the link is clean again (%s): batches up to %d bytes", figures, self.byte_cap)
         if exchange.result is Result.DELIVERED and exchange.deleted:
             self._lender_proven = True
             self.count_cap = self.config.max_batch_count
@@ -742,7 +763,7 @@ class Uplink:
     def _launch(self, batch: list[Queued], *, alarm: bool = False) -> None:
         seqs = [item.seq for item in batch]
         for item in batch:
-            self._busy[item.seq] = len(item.raw)
+            self._busy[item.seq] = item
         flights = self._alarm_flights if alarm else self._flights
         task = asyncio.ensure_future(self._in_flight(batch, alarm=alarm))
         flights.add(task)
@@ -765,6 +786,7 @@ class Uplink:
             exchange = self._finish(Exchange(Result.FAILED, tuple(item.seq for item in batch), detail="spool error",
                                              alarm=alarm))
         if alarm:
+            self._alarms_maybe = True   # not delivered, or more alarms came meanwhile: look again
             self._settle_alarm(exchange)
         else:
             self._settle(exchange)

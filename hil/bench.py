@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from durable.keyfile import create_key
-from hil import invariant
+from hil import invariant, measure
 from hil.env import Environment
 from hil.exc import BenchError, FaultError
 from hil.faults import AgentPower, ClockJump, DiskFull, FaultLog, FaultRecord, ModemFaults, NetworkFaults, PowerRelay
@@ -82,6 +82,8 @@ class ScenarioResult:
     notes: dict[str, str] = field(default_factory=dict)
     logs: dict[str, str] = field(default_factory=dict)   # part -> log path
     drained_after_s: float | None = None
+    fault_delivery: list[measure.FaultDelivery] = field(default_factory=list)   # delivery while each fault lasted
+    alarms: list[measure.AlarmDelivery] = field(default_factory=list)           # signed -> stored, after finish()
 
     def to_json(self) -> dict:
         return {
@@ -94,6 +96,8 @@ class ScenarioResult:
             "node_invariants": {name: report.to_json() for name, report in self.node_invariants.items()},
             "agent_starts": self.agent_starts, "power_cuts": self.power_cuts, "proxy": self.proxy,
             "notes": self.notes, "logs": self.logs, "drained_after_s": self.drained_after_s,
+            "fault_delivery": [f.to_json() for f in self.fault_delivery],
+            "alarms": [a.to_json() for a in self.alarms], "alarm_latency": measure.latency_summary(self.alarms),
         }
 
 
@@ -362,6 +366,26 @@ class Bench:
         return self.wait_until(lambda: (self.sample().lender_max_seq or 0) >= target, timeout=timeout,
                                what=f"the lender to catch up to seq {target}")
 
+    def delivery_during(self, kind: str = "link-impaired") -> measure.Delivery:
+        """Envelopes produced and delivered during the latest fault of `kind` (up to now, if it still lasts)."""
+        fault = next((f for f in reversed(self.faults.records()) if f.kind == kind and not f.instant), None)
+        if fault is None:
+            raise BenchError(f"no {kind!r} fault was injected in this scenario")
+        now = self.observer.sample()       # recorded: the window's end is on the timeline
+        end = now.at if fault.end is None else min(fault.end, now.at)
+        delivery = measure.delivery_during(self.observer.samples(), fault.start, end)
+        if delivery is None:
+            raise BenchError("the timeline has no readings of the agent and the lender to measure delivery with")
+        return delivery
+
+    def alarm_deliveries(self, start: float | None = None, end: float | None = None) -> list[measure.AlarmDelivery]:
+        """The alarms signed between `start` and `end` (wall seconds; default all), with when the lender stored each.
+
+        After `finish()` (it reads the lender's export).
+        """
+        return [a for a in self.result.alarms
+                if (start is None or a.signed_at >= start) and (end is None or a.signed_at <= end)]
+
     def note(self, key: str, value: object) -> None:
         """A fact for the report (e.g. how long the drain took)."""
         self.result.notes[key] = str(value)
@@ -399,6 +423,7 @@ class Bench:
             log.warning("%s", exc)
         self.agent.stop()
         self.result.invariant = self.verdict()
+        self.result.alarms = measure.alarm_deliveries(self.received(), measure.booted_at())
         for name, node in self.nodes.items():
             self.result.node_invariants[name] = self.verdict(device=name, head_seq=node.head_seq, spooled=node.buffered)
         for report in (self.result.invariant, *self.result.node_invariants.values()):
@@ -479,6 +504,7 @@ class Bench:
             self.disk.release()
         self.faults.end_all()
         self.result.faults = self.faults.records()
+        self.result.fault_delivery = measure.delivery_per_fault(self.result.faults, self.result.samples)
         self.result.ended = time.time()
         if self.agent is not None:
             self.result.agent_starts = self.agent.starts

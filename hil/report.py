@@ -8,9 +8,12 @@
 
 Per scenario: the verdict (with the invariant's message when it failed), the
 faults injected and when, readings produced / delivered / reported lost in
-signed gap records / lost without explanation, and a timeline plot of the
-agent's backlog, the readings produced and delivered, with the faults drawn
-over it. The SVG is written by hand (no plotting library): plain shapes a
+signed gap records / lost without explanation, delivery *during* each fault
+(delivered per minute, and as a share of what was produced meanwhile), every
+alarm's latency from the gateway's signature to the lender's store
+(`hil.measure`), and a timeline plot of the agent's backlog, the readings
+produced and delivered, with the faults drawn over it (each band labelled
+with its delivery per minute) and each alarm as a bar from signed to stored. The SVG is written by hand (no plotting library): plain shapes a
 browser or an image viewer shows as is.
 """
 from __future__ import annotations
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hil.bench import ScenarioResult
+from hil.measure import latency_summary
 from hil.processes import tail
 
 # fault kind -> (colour, label); intervals are bands, instants are vertical lines
@@ -121,6 +125,13 @@ def timeline_svg(result: ScenarioResult, *, width: int = 900, height: int = 340)
         out.append(f'<rect x="{start:.1f}" y="{top}" width="{max(end - start, 1.5):.1f}" height="{plot_h}" '
                    f'fill="{colour}" fill-opacity="0.16"><title>{html.escape(label)}: '
                    f'{html.escape(fault.detail)}</title></rect>')
+        during = next((f.delivery for f in result.fault_delivery
+                       if f.kind == fault.kind and abs(f.delivery.start - fault.start) < 1e-6), None)
+        if during is not None:
+            share = "" if during.fraction is None else f" ({during.fraction:.0%})"
+            out.append(f'<text x="{(start + end) / 2:.1f}" y="{top + 22}" text-anchor="middle" fill="{colour}" '
+                       f'font-weight="bold" class="during">{during.per_minute:.0f}/min{share}<title>delivered while '
+                       f'{html.escape(label)}: {html.escape(during.describe())}</title></text>')
     # grid and axes
     value = 0.0
     while value <= y_top + 1e-9:
@@ -154,6 +165,12 @@ def timeline_svg(result: ScenarioResult, *, width: int = 900, height: int = 340)
             path = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
             out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="1.8">'
                        f'<title>{html.escape(label)}</title></polyline>')
+    # alarms: a bar from signed at the gateway to stored at the lender, near the top
+    for alarm in result.alarms:
+        x1, x2 = x(max(alarm.signed_at, t0)), x(min(alarm.stored_at, t_end))
+        out.append(f'<line x1="{x1:.1f}" x2="{max(x2, x1 + 1.5):.1f}" y1="{top + 8}" y2="{top + 8}" stroke="#9b1d64" '
+                   f'stroke-width="4" class="alarm"><title>{html.escape(alarm.name)} {html.escape(alarm.state or "")} '
+                   f'(seq {alarm.seq}): {alarm.latency:.2f} s from signed to stored</title></line>')
     # instant faults on top
     for fault in result.faults:
         if not fault.instant:
@@ -166,6 +183,11 @@ def timeline_svg(result: ScenarioResult, *, width: int = 900, height: int = 340)
     # legend: series, then the fault kinds that occur
     legend_y = height - 14
     lx = left
+    if result.alarms:
+        out.append(f'<line x1="{lx}" x2="{lx + 18}" y1="{legend_y - 4}" y2="{legend_y - 4}" stroke="#9b1d64" '
+                   f'stroke-width="4"/>')
+        out.append(f'<text x="{lx + 22}" y="{legend_y}">alarm (signed to stored)</text>')
+        lx += 26 + 6 * len("alarm (signed to stored)")
     for _, colour, label in SERIES:
         out.append(f'<line x1="{lx}" x2="{lx + 18}" y1="{legend_y - 4}" y2="{legend_y - 4}" stroke="{colour}" stroke-width="2"/>')
         out.append(f'<text x="{lx + 22}" y="{legend_y}">{html.escape(label)}</text>')
@@ -246,6 +268,53 @@ pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.85em; 
 """
 
 
+def _delivery_table(result: ScenarioResult) -> str:
+    if not result.fault_delivery:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(FAULT_STYLE.get(f.kind, ('', f.kind))[1])}</td><td>{html.escape(f.detail)}</td>"
+        f"<td class='num'>{f.delivery.seconds:.0f} s</td><td class='num'>{f.delivery.produced}</td>"
+        f"<td class='num'>{f.delivery.delivered}</td><td class='num'>{f.delivery.per_minute:.0f}</td>"
+        f"<td class='num'>{'—' if f.delivery.fraction is None else f'{f.delivery.fraction:.0%}'}</td></tr>"
+        for f in result.fault_delivery)
+    return ("<table><tr><th>during</th><th>detail</th><th>lasted</th><th>produced</th><th>delivered</th>"
+            "<th>delivered per minute</th><th>delivered / produced</th></tr>" + rows + "</table>")
+
+
+MAX_ALARM_ROWS = 40
+
+
+def _alarm_table(result: ScenarioResult) -> str:
+    if not result.alarms:
+        return ""
+    summary = latency_summary(result.alarms)
+    head = (f"<p>Alarms, signed at the gateway to stored at the lender: {summary['count']}, "
+            f"p50 {summary['p50_s']:.2f} s, p99 {summary['p99_s']:.2f} s, max {summary['max_s']:.2f} s.</p>")
+    shown = sorted(result.alarms, key=lambda a: -a.latency)[:MAX_ALARM_ROWS]
+    rows = "".join(f"<tr><td class='num'>{a.seq}</td><td>{html.escape(a.name)}</td><td>{html.escape(a.state or '')}</td>"
+                   f"<td class='num'>{_fmt_offset(a.signed_at, result.started).strip()}</td>"
+                   f"<td class='num'>{a.latency:.2f} s</td></tr>" for a in shown)
+    more = "" if len(result.alarms) <= MAX_ALARM_ROWS else f"<p>(the {MAX_ALARM_ROWS} slowest shown)</p>"
+    return (head + "<table><tr><th>seq</th><th>alarm</th><th>state</th><th>signed at</th><th>latency</th></tr>"
+            + rows + "</table>" + more)
+
+
+def _during_text(result: ScenarioResult | None) -> str:
+    """Delivery during the faults, for the summary: '31/min (94 %)' per fault, or ''."""
+    if result is None:
+        return ""
+    return "; ".join(f"{FAULT_STYLE.get(f.kind, ('', f.kind))[1]} {f.delivery.per_minute:.0f}/min"
+                     + ("" if f.delivery.fraction is None else f" ({f.delivery.fraction:.0%})")
+                     for f in result.fault_delivery)
+
+
+def _alarm_text(result: ScenarioResult | None) -> str:
+    if result is None or not result.alarms:
+        return ""
+    summary = latency_summary(result.alarms)
+    return f"{summary['count']}, p99 {summary['p99_s']:.2f} s"
+
+
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in name).strip("-")[:80] or "scenario"
 
@@ -266,7 +335,7 @@ def _html(run: HilRun, svgs: dict[str, str]) -> str:
         "exactly once, the chain verifies, and every gap is explained by a signed gap record.</p>",
         "<table><tr><th>scenario</th><th>result</th><th>time</th><th>faults</th><th>envelopes produced</th>"
         "<th>stored at the lender</th><th>readings delivered</th><th>readings lost in signed gaps</th>"
-        "<th>lost, unexplained</th><th>alarms</th></tr>",
+        "<th>lost, unexplained</th><th>alarms</th><th>delivered during faults</th><th>alarm latency</th></tr>",
     ]
     for o in run.outcomes:
         c = counts(o.result)
@@ -276,7 +345,8 @@ def _html(run: HilRun, svgs: dict[str, str]) -> str:
             f"</td><td class='{o.outcome}'>{o.outcome}</td>"
             f"<td class='num'>{o.duration_s:.1f} s</td><td class='num'>{faults}</td><td class='num'>{c['produced']}</td>"
             f"<td class='num'>{c['delivered']}</td><td class='num'>{c['readings']}</td>"
-            f"<td class='num'>{c['lost_in_gaps']}</td><td class='num'>{c['lost']}</td><td class='num'>{c['alarms']}</td></tr>")
+            f"<td class='num'>{c['lost_in_gaps']}</td><td class='num'>{c['lost']}</td><td class='num'>{c['alarms']}</td>"
+            f"<td>{html.escape(_during_text(o.result))}</td><td>{html.escape(_alarm_text(o.result))}</td></tr>")
     parts.append("</table>")
     for o in run.outcomes:
         parts.append(f"<h2 id='{_slug(o.name)}'>{html.escape(o.label)} — <span class='{o.outcome}'>{o.outcome}</span></h2>")
@@ -314,6 +384,8 @@ def _html(run: HilRun, svgs: dict[str, str]) -> str:
                 f"<tr><td class='num'>{g.seq}</td><td>{html.escape(g.reason)}</td>"
                 f"<td>{'' if g.first is None else f'{g.first}..{g.last}'}</td><td class='num'>{'' if g.count is None else g.count}</td></tr>"
                 for g in result.invariant.gaps) + "</table>")
+        parts.append(_delivery_table(result))
+        parts.append(_alarm_table(result))
         rows = _fault_rows(result)
         if rows:
             parts.append("<table><tr><th>at</th><th>fault</th><th>lasted</th><th>detail</th></tr>" + "".join(
@@ -339,13 +411,14 @@ def _markdown(run: HilRun) -> str:
     lines = [f"# HIL run on bench `{run.env_name}` ({run.profile})", "",
              f"Environment `{run.env_path}`; {len(run.outcomes)} scenario(s); "
              f"{'FAILED' if run.failed else 'all passed or skipped'}.", "",
-             "| scenario | result | time | faults | produced | delivered | lost in signed gaps | lost unexplained |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| scenario | result | time | faults | produced | delivered | lost in signed gaps | lost unexplained "
+             "| delivered during faults | alarms, latency |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
     for o in run.outcomes:
         c = counts(o.result)
         faults = len(o.result.faults) if o.result else ""
         lines.append(f"| {o.label} | {o.outcome} | {o.duration_s:.1f} s | {faults} | {c['produced']} | {c['delivered']} | "
-                     f"{c['lost_in_gaps']} | {c['lost']} |")
+                     f"{c['lost_in_gaps']} | {c['lost']} | {_during_text(o.result)} | {_alarm_text(o.result)} |")
     for o in run.outcomes:
         if o.outcome in ("failed", "error", "xfailed", "skipped"):
             lines += ["", f"## {o.label}: {o.outcome}", "", f"`{o.nodeid}`", "", o.message]
@@ -374,6 +447,8 @@ def _junit(run: HilRun) -> bytes:
                 ET.SubElement(case_props, "property", name=key, value=str(value))
             ET.SubElement(case_props, "property", name="faults",
                           value="; ".join(f"{r[0]} {r[1]} ({r[2]})" for r in _fault_rows(o.result)))
+            ET.SubElement(case_props, "property", name="delivered_during_faults", value=_during_text(o.result))
+            ET.SubElement(case_props, "property", name="alarm_latency", value=_alarm_text(o.result))
         if o.outcome == "failed":
             ET.SubElement(case, "failure", message=o.message[:2000]).text = o.details
         elif o.outcome == "error":

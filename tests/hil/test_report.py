@@ -2,6 +2,7 @@
 Markdown summary a person can read, and JUnit XML a CI server can."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
@@ -11,6 +12,7 @@ import pytest
 from hil.bench import ScenarioResult
 from hil.faults import FaultRecord
 from hil.invariant import GapSummary, InvariantReport
+from hil.measure import AlarmDelivery, Delivery, FaultDelivery
 from hil.observer import Sample
 from hil.report import HilRun, ScenarioOutcome, timeline_svg, write_report
 
@@ -58,6 +60,46 @@ def test_the_timeline_puts_lines_and_fault_bands_where_the_numbers_say():
     cut = [line for line in svg.iter(f"{SVG}line") if line.find(f"{SVG}title") is not None][0]
     assert abs(float(cut.get("x1")) - (left + 35 / 40 * width)) < 1.0
     assert "power cut" in timeline_svg(outage_result()) and "agent down" in timeline_svg(outage_result())
+
+
+def lossy_result() -> ScenarioResult:
+    """The outage result with delivery during its partition measured and two alarms, one slow."""
+    result = outage_result()
+    result.fault_delivery = [FaultDelivery("partition", "no link for 20 s", Delivery(T0 + 10, T0 + 30, 100, 0))]
+    result.alarms = [AlarmDelivery(120, "alarm.silence.gateway", "raised", T0 + 12, T0 + 30.5),
+                     AlarmDelivery(160, "alarm.silence.gateway", "cleared", T0 + 32, T0 + 32.4)]
+    return result
+
+
+def test_each_fault_band_says_its_delivery_and_each_alarm_is_a_bar_from_signed_to_stored():
+    svg = ET.fromstring(timeline_svg(lossy_result()))
+    frame = [r for r in svg.iter(f"{SVG}rect") if r.get("fill") == "none"][0]
+    left, width = float(frame.get("x")), float(frame.get("width"))
+    [during] = [t for t in svg.iter(f"{SVG}text") if t.get("class") == "during"]
+    assert during.text == "0/min (0%)" and abs(float(during.get("x")) - (left + 0.5 * width)) < 1.0  # mid-band
+    assert "0 delivered in 20 s" in during.find(f"{SVG}title").text
+    bars = [line for line in svg.iter(f"{SVG}line") if line.get("class") == "alarm"]
+    assert len(bars) == 2
+    slow = bars[0]
+    assert abs(float(slow.get("x1")) - (left + 12 / 40 * width)) < 1.0
+    assert abs(float(slow.get("x2")) - (left + 30.5 / 40 * width)) < 1.0
+    assert "18.50 s from signed to stored" in slow.find(f"{SVG}title").text
+
+
+def test_the_page_and_summary_show_delivery_during_faults_and_alarm_latency(tmp_path):
+    run = HilRun(env_name="sim", env_path="hil/envs/sim.toml", profile="short", started=T0, ended=T0 + 50, outcomes=[
+        ScenarioOutcome("hil/scenarios/test_c.py::test_flaky", "test_flaky", "passed", 40.0, result=lossy_result(),
+                        title="Scenario (c): a flaky link")])
+    index = write_report(run, tmp_path / "report")
+    page = index.read_text()
+    assert "delivered per minute" in page and "p99 18.50 s" in page and "alarm.silence.gateway" in page
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert "| no link 0/min (0%) | 2, p99 18.50 s |" in summary
+    result = json.loads((tmp_path / "report" / "results.json").read_text())["scenarios"][0]["result"]
+    assert result["fault_delivery"][0]["per_minute"] == 0.0 and result["alarm_latency"]["p99_s"] == 18.5
+    props = {p.get("name"): p.get("value") for p in ET.parse(tmp_path / "report" / "junit.xml").getroot()
+             .find("testcase/properties")}
+    assert props["alarm_latency"] == "2, p99 18.50 s" and props["delivered_during_faults"] == "no link 0/min (0%)"
 
 
 def test_a_timeline_without_samples_is_still_a_valid_picture():
