@@ -24,9 +24,10 @@ def test_the_demo_prints_the_console_and_a_login_that_works_and_serve_keeps_it_u
     try:
         consoles = [m.group(1) for m in map(re.compile(r"^console: (http://127\.0\.0\.1:\d+/)$").match, lines) if m]
         links = [m.group(1) for m in map(re.compile(r"^console login, once, within 15 min: (\S+)").match, lines) if m]
-        assert len(consoles) == 2 and consoles[0] == consoles[1], lines
-        assert len(links) == 2 and links[0] != links[1]
-        assert re.match(r"^demo: received=\d+ verified=\d+ rejected=0 gaps=0$", lines[-2]), lines[-2]
+        assert consoles and len(set(consoles)) == 1, lines   # one console, named as the demo ends
+        assert links, lines
+        # the story's summary: the forgery refused, the borrower's deleted spool a gap
+        assert any(re.match(r"^demo: received=\d+ verified=\d+ rejected=1 gaps=1$", line) for line in lines), lines
         with httpx.Client(base_url=consoles[0], follow_redirects=False) as client:
             assert client.get("/api/portfolio").status_code == 401
             assert client.get(links[-1]).status_code == 303
