@@ -18,12 +18,13 @@ on other hosts) write one database at once. What that takes
   partitions on ``received_at``), and a primary key of a partitioned table
   must hold the partition key, so uniqueness lives in the small unpartitioned
   key table, written in the same transaction.
-* **Few round trips.** A batch's envelope rows go out at the commit as one
-  statement per table (``INSERT … SELECT * FROM unnest(…)``), the log's
-  entries as one multi-row insert. Reads inside the transaction (the chain
-  check's neighbours, registry rows) come from one range read per device and
-  stay valid because no other writer runs until the commit; the receipt for
-  an envelope just stored needs no read.
+* **Few round trips** (each wakes another process, and its answer waits for
+  the GIL): the writer lock and the log's size in one statement; the chain
+  check's neighbours in one range read per device, kept between transactions
+  while the log's size shows that no other writer came in; the writes in
+  pipeline mode, a batch's rows as one multi-row insert per table; registry
+  rows kept until a ``NOTIFY`` announces a change; the receipt for an
+  envelope just stored needs no read.
 * **Numbered migrations** (`MIGRATIONS`, ``pledgewatch_schema``), applied by
   ``pledgewatch lender migrate --store URL`` and checked at every open: an
   older schema is refused with that instruction, a newer one as from a newer
@@ -95,6 +96,7 @@ CONNECT_TIMEOUT = 5                 # seconds: a worker whose database is down a
 PREFETCH = 64                       # seqs read ahead of a batch's first envelope (its neighbours for the chain check)
 PARTITIONS_AHEAD = 2                # months of partitions made ahead of the current one
 DEVICE_CACHE = 100_000              # registry rows kept between registry changes
+ENVELOPES_KEPT = 50_000             # stored envelopes (or their absence) kept known between transactions
 REGISTRY_CHANNEL = "pledgewatch_registry"  # NOTIFY channel of registry changes (LISTENed by every connection)
 
 # Version N's statements take a database at version N-1 to N; 1 is the whole schema of SQLite's version 3.
@@ -123,7 +125,6 @@ MIGRATIONS: dict[int, tuple[str, tuple[str, ...]]] = {
         " at double precision NOT NULL, received_at double precision NOT NULL) PARTITION BY RANGE (received_at)",
         "CREATE INDEX records_by_envelope ON records (device, seq, idx)",
         "CREATE INDEX records_by_time ON records (device, at)",
-        "CREATE INDEX records_by_name ON records (device, name, seq)",
         "CREATE TABLE gap_records (device text NOT NULL, seq bigint NOT NULL, reason text NOT NULL,"
         " first_seq numeric, last_seq numeric, count numeric, PRIMARY KEY (device, seq))",
         "CREATE TABLE quarantine (id bigserial PRIMARY KEY, kind text NOT NULL CHECK (kind IN ('envelope', 'request')),"
@@ -291,9 +292,12 @@ def _locked(conn: psycopg.Connection) -> tuple[psycopg.Connection, int]:
     return conn, size
 
 
-def _columns(rows: list[tuple], width: int) -> list[list]:
-    """Rows as one list per column: the parameters of an ``INSERT … SELECT * FROM unnest(…)`` (one statement)."""
-    return [list(column) for column in zip(*rows)] if rows else [[] for _ in range(width)]
+def _insert_rows(conn: psycopg.Connection, table: str, columns: str, rows: list[tuple]) -> None:
+    """All `rows` in one statement (``VALUES (…), (…), …``): one message to the server, its values dumped in C."""
+    if rows:
+        group = "(" + ", ".join(["%s"] * len(rows[0])) + ")"
+        conn.execute(f"INSERT INTO {table} ({columns}) VALUES " + ", ".join([group] * len(rows)),
+                     [value for row in rows for value in row])
 
 
 def _stored(row: tuple) -> StoredEnvelope:
@@ -376,7 +380,8 @@ class PostgresStore:
         self.quarantine_limit = quarantine_limit
         self._conn: psycopg.Connection | None = None
         self._depth = 0
-        self._tx_envelopes: dict[tuple[str, int], StoredEnvelope | None] = {}
+        self._tx_envelopes: dict[tuple[str, int], StoredEnvelope | None] = {}  # read or written by our transactions
+        self._known_size = -1   # the log's size at our last commit: the same at our next lock, nobody else wrote
         self._generation: int | None = None   # the registry generation last read (None: never; no rows kept)
         self._registry_dirty = True
         self._devices: dict[str, Device | None] = {}
@@ -542,10 +547,12 @@ class PostgresStore:
             return
         self._depth = 1
         self._logged = {}
-        self._tx_envelopes.clear()
         self._pending = _Pending()
+        committed = False
         try:
             conn, size = _again_if_reconnected(self, _locked)
+            if size != self._known_size or len(self._tx_envelopes) > ENVELOPES_KEPT:
+                self._tx_envelopes.clear()  # another writer came in between: what we read before may have changed
             try:
                 with conn.pipeline() if pipelined else contextlib.nullcontext():
                     if self._log_ready:
@@ -556,6 +563,7 @@ class PostgresStore:
                         self._in_log(self.log.seal)  # the new head's checkpoint commits with the entries, or neither
                     conn.execute("COMMIT")
                 # leaving the pipeline waited for every result, the commit's last: an ack is sent only after this
+                committed = True
             except BaseException:
                 with contextlib.suppress(psycopg.Error):
                     conn.execute("ROLLBACK")
@@ -571,7 +579,10 @@ class PostgresStore:
             raise
         finally:
             self._depth = 0
-            self._tx_envelopes.clear()
+            # the envelopes read and written stay known while no other writer appends to the log (its size tells)
+            self._known_size = self.log.size if committed and self._log_ready else -1
+            if not committed:
+                self._tx_envelopes.clear()
             self._pending = _Pending()
 
     def _in_log(self, step) -> None:
@@ -787,23 +798,11 @@ class PostgresStore:
         if not pending:
             return
         conn = self.connection()
-        conn.execute("INSERT INTO envelope_keys (device, seq, received_at)"
-                     " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::float8[])", _columns(pending.keys, 3))
-        conn.execute(f"INSERT INTO envelopes ({_ENVELOPE_COLUMNS}, log_index) SELECT * FROM unnest("
-                     "%s::text[], %s::bigint[], %s::bigint[], %s::bytea[], %s::bytea[], %s::bytea[], %s::bytea[],"
-                     " %s::boolean[], %s::text[], %s::float8[], %s::text[], %s::integer[], %s::boolean[],"
-                     " %s::numeric[], %s::numeric[], %s::bytea[], %s::bytea[], %s::bigint[])",
-                     _columns(pending.envelopes, 18))
-        if pending.records:
-            conn.execute("INSERT INTO records (device, seq, idx, name, value, value_int, string, boolean, data, sum,"
-                         " sum_int, unit, time, time_int, at, received_at) SELECT * FROM unnest("
-                         "%s::text[], %s::bigint[], %s::integer[], %s::text[], %s::float8[], %s::numeric[], %s::text[],"
-                         " %s::boolean[], %s::bytea[], %s::float8[], %s::numeric[], %s::text[], %s::float8[],"
-                         " %s::numeric[], %s::float8[], %s::float8[])", _columns(pending.records, 16))
-        if pending.gaps:
-            conn.execute("INSERT INTO gap_records (device, seq, reason, first_seq, last_seq, count)"
-                         " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::text[], %s::numeric[], %s::numeric[],"
-                         " %s::numeric[])", _columns(pending.gaps, 6))
+        _insert_rows(conn, "envelope_keys", "device, seq, received_at", pending.keys)
+        _insert_rows(conn, "envelopes", f"{_ENVELOPE_COLUMNS}, log_index", pending.envelopes)
+        _insert_rows(conn, "records", "device, seq, idx, name, value, value_int, string, boolean, data, sum, sum_int,"
+                                      " unit, time, time_int, at, received_at", pending.records)
+        _insert_rows(conn, "gap_records", "device, seq, reason, first_seq, last_seq, count", pending.gaps)
 
     def envelopes(self, device: str) -> Iterator[StoredEnvelope]:
         for row in self._query(f"SELECT {_ENVELOPE_COLUMNS} FROM envelopes WHERE device = %s ORDER BY seq", (device,)):
