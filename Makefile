@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # swtpm (a software TPM 2.0, started per test session by tests/tpm), tpm2-tools, and libtss2-dev that tpm2-pytss builds against.
 DEBIAN_PACKAGES := libcoap3-bin socat udev chromium fonts-dejavu-core postgresql swtpm swtpm-tools tpm2-tools libtss2-dev
 
-.PHONY: test hil demo bench system-deps clean
+.PHONY: test hil fuzz demo bench system-deps clean
 
 $(STAMP): pyproject.toml | system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ test: $(STAMP) system-deps
 # the long HIL scenarios (~80 min): a compressed day, a day-long outage, 15 min of flaky link, 100 power cuts
 hil: $(STAMP) system-deps
 	$(BIN)/pledgewatch hil run --env hil/envs/sim.toml --report reports/hil-long --long
+
+# the lender's fuzzer at 10^7 inputs (make test runs 10^5), a new seed each run: for nightly use (~1 h)
+fuzz: $(STAMP)
+	$(BIN)/python -m tests.kit.fuzz --inputs 10000000
 
 # DEMO_ARGS=--serve keeps the lender and its web console running after the summary, until Ctrl-C
 demo: $(STAMP)

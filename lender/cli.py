@@ -83,6 +83,7 @@ from lender.exc import (
     ServeError,
     StoreError,
 )
+from lender.untrusted import escape_logs, shown
 from telemetry.alarms import GATEWAY
 from telemetry.command import Configure, Permit
 from telemetry.envelope import Reason
@@ -160,9 +161,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="only this device")
     p.add_argument("--json", action="store_true")
 
-    p = command("quarantine", _quarantine, "refused envelopes and requests, newest first")
+    p = command("quarantine", _quarantine, "refused envelopes and requests, newest first, and the counts by kind and "
+                                           "reason")
     p.add_argument("--limit", type=_positive_int, default=50)
     p.add_argument("--json", action="store_true", help="JSON lines, with the raw bytes in base64")
+    p.add_argument("--counts", action="store_true", help="only the counts by kind and reason (with --json: one array)")
 
     p = command("export", _export, "a device's evidence: one row per stored envelope with its exact bytes, or "
                                    "(--format bundle) its whole record in the lender's log with the proofs")
@@ -284,6 +287,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
 
     bind = parse_bind(args.bind)
+    escape_logs()  # a line written from an attacker's bytes stays one line that says what it is
     if args.workers > 1:
         return _serve_workers(args, bind)
 
@@ -567,9 +571,19 @@ def _gaps(args: argparse.Namespace) -> int:
 
 def _quarantine(args: argparse.Namespace) -> int:
     with _open(args) as store:
-        entries = store.quarantined(args.limit)
+        entries = [] if args.counts else store.quarantined(args.limit)
         overflow = store.quarantine_overflow()
-        counts = store.counts()
+        tally = store.quarantine_tally()
+    rows = [{"kind": kind, "reason": reason, "reason_name": Reason(reason).name.lower(),
+             "refused": tally.get((kind, reason), (0, 0))[1] + overflow.get((kind, reason), 0),
+             "kept": tally.get((kind, reason), (0, 0))[0], "counted_only": overflow.get((kind, reason), 0)}
+            for kind, reason in sorted(set(tally) | set(overflow))]
+    if args.counts:
+        if args.json:
+            print(json.dumps(rows))
+            return 0
+        _print_refusal_counts(rows)
+        return 0
     if args.json:
         for q in entries:
             print(json.dumps({
@@ -580,14 +594,26 @@ def _quarantine(args: argparse.Namespace) -> int:
                 "raw_b64": base64.b64encode(q.raw).decode("ascii"),
             }))
         return 0
-    for q in entries:
+    for q in entries:  # every field that came from outside is escaped: a device id, a peer, a decoder's complaint
         what = f"{q.device} seq {q.seq}" if q.device is not None else f"{q.size}-byte {q.kind}"
-        print(f"{iso_time(q.last_seen)}  {q.reason.name.lower():<13} x{q.count:<4} {what} from {q.last_peer}: {q.detail}")
-    print(f"{counts.quarantined} quarantined item(s) in all", file=sys.stderr)
-    for (kind, reason), count in overflow.items():
-        print(f"quarantine was full: {count} more {kind}(s) refused as {Reason(reason).name.lower()} were only "
-              "counted", file=sys.stderr)
+        print(f"{iso_time(q.last_seen)}  {q.reason.name.lower():<13} x{q.count:<4} {shown(what)} from "
+              f"{shown(q.last_peer)}: {shown(q.detail, 500)}")
+    if entries:
+        print()
+    _print_refusal_counts(rows)
     return 0
+
+
+def _print_refusal_counts(rows: list[dict]) -> None:
+    """The refusals by kind and reason: how many, how many distinct items the quarantine keeps, how many it only
+    counted (junk beyond the sample, or anything once the quarantine was full)."""
+    if not rows:
+        print("nothing refused")
+        return
+    print(f"{'kind':<9} {'reason':<13} {'refused':>12} {'kept':>8} {'counted only':>13}")
+    for row in rows:
+        print(f"{row['kind']:<9} {row['reason_name']:<13} {row['refused']:>12,} {row['kept']:>8,} "
+              f"{row['counted_only']:>13,}")
 
 
 # --- export and verify ------------------------------------------------------------------------

@@ -2,9 +2,11 @@
 
 Layers, outside in:
 
-* aiocoap's UDP transport and message layer. Its receive buffer is raised to
-  a whole UDP datagram so that an oversize single-datagram body gets 4.13,
-  not a silently truncated read.
+* The datagram gate (lender.coap.gate): per-source budgets in front of
+  aiocoap, so a flood is dropped unread; it reads whole UDP datagrams (an
+  oversize single-datagram body gets 4.13, not a silently truncated read) and
+  bounds aiocoap's de-duplication cache.
+* aiocoap's UDP transport and message layer.
 * `RegistryWatch`: before each request, picks up devices registered or
   revoked by another process and loads their OSCORE contexts, so a new
   device is served without a restart.
@@ -15,11 +17,20 @@ Layers, outside in:
 * ``/t`` (lender.coap.telemetry) and ``/n`` (lender.coap.node, nodes with a
   context) inside the protected site.
 
+Work runs in two bounded lanes (lender.coap.resource): the ingest thread, the
+evidence's one writer, for authenticated requests, and the strangers' lane
+(lender.coap.screen), with its own store connection, for everything anyone
+may send. A full lane answers 5.03 with Max-Age.
+
 Bad input costs one answer, never the server: every request is answered and
-every refusal is kept in the quarantine (lender.evidence.ingest).
+every refusal goes to the quarantine's policy (lender.evidence.refusals),
+whose counts this server flushes and whose log summary it writes, once a
+second at most (`_housekeeping`).
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import fcntl
 import logging
 import os
@@ -29,19 +40,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiocoap
+import aiocoap.pipe
 from aiocoap import interfaces
 from aiocoap.resource import Site, WKCResource
 
+from lender.coap import gate
 from lender.coap.commands import CommandResource
 from lender.coap.enroll import enrollment_routes
 from lender.coap.node import node_routes, protected_node_resource
-from lender.coap.resource import IngestThread
+from lender.coap.resource import Busy, IngestThread
+from lender.coap.screen import StrangersLane
 from lender.coap.routing import PlainRoutes, Wrapper
 from lender.coap.telemetry import TelemetryResource
 from lender.enrollment import contexts as oscore
 from lender.evidence.commands import CommandDesk
-from lender.evidence.ingest import DEFAULT_MAX_BODY, Ingest
+from lender.evidence.ingest import DEFAULT_MAX_BODY, Ingest, NodeIngest
 from lender.evidence.log import lender_identity
+from lender.evidence.refusals import Refusals
 from lender.evidence.store import EvidenceStore
 from lender.evidence.stores import open_store
 from lender.evidence.tokens import token_key
@@ -53,7 +68,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 5683
 UDP_DATAGRAM_MAX = 65536      # read whole datagrams (aiocoap reads 4096 bytes and drops the rest silently)
 SERVE_LOCK = "serve.lock"     # held by the one lender serving a data directory
-SWITCH_INTERVAL = 0.0005      # seconds a thread may hold the GIL while another waits, with a PostgreSQL store
+SWITCH_INTERVAL = 0.0005      # seconds a thread may hold the GIL while another waits
 
 
 def parse_bind(text: str) -> tuple[str, int]:
@@ -105,8 +120,10 @@ class LenderServer:
         max_body: int = DEFAULT_MAX_BODY,
         store_url: str | None = None,
         reuse_port: bool = False,
+        gate_policy: gate.GatePolicy = gate.GatePolicy(),
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.gate = gate.DatagramGate(gate_policy)
         self.store_url = store_url
         self.reuse_port = reuse_port
         self.bind = bind
@@ -116,42 +133,52 @@ class LenderServer:
         self._registry_view: EvidenceStore | None = None  # a second connection, read in the event loop
         self.credentials: oscore.LenderCredentials | None = None
         self._thread: IngestThread | None = None
+        self._strangers: StrangersLane | None = None
+        self._housekeeping_task: asyncio.Task | None = None
         self._context: aiocoap.Context | None = None
         self._generation: int | None = None
         self._lock_fd: int | None = None
 
     async def start(self) -> None:
         self.store = open_store(self.data_dir, self.store_url)
-        if self.store_url is not None:
-            # every store call is a round trip that releases the GIL; the 5 ms default switch interval would let the
-            # event loop's decryption hold it that long each time the ingest thread's answer arrives
-            sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
+        # Every store call (a PostgreSQL round trip, an fsync) and every datagram read releases the GIL; with the
+        # 5 ms default switch interval, a lane busy on a flood's junk would make the event loop wait that long to
+        # get it back after each one (measured: honest acks at 200+ ms under flood, datagrams dropped by the kernel)
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
         try:
             if self.store_url is None:  # one SQLite lender per directory; a shared store has several
                 self._lock_fd = lock_data_dir(self.data_dir)
             if not self.reuse_port:
                 check_port_free(*self.bind)
             key = token_key(self.data_dir)
-            self._thread = IngestThread(Ingest(self.store, max_body=self.max_body, token_key=key))
+            refusals = Refusals()
+            self._thread = IngestThread(Ingest(self.store, max_body=self.max_body, token_key=key, refusals=refusals))
+            strangers_store = open_store(self.data_dir, self.store_url)  # the strangers' lane's own connection
+            self._strangers = StrangersLane(
+                strangers_store, Ingest(strangers_store, max_body=self.max_body, token_key=key, refusals=refusals),
+                NodeIngest(strangers_store, token_key=key, refusals=refusals), per_device=self.gate.policy.device)
             # One indexed read per request; its own connection keeps it off the ingest thread's queue.
             self._registry_view = open_store(self.data_dir, self.store_url)
             self.credentials = self._credentials()
             await self._refresh()
             site = Site()
-            site.add_resource(PATH_TELEMETRY, TelemetryResource(self._thread, self.credentials, max_body=self.max_body))
+            site.add_resource(PATH_TELEMETRY, TelemetryResource(self._thread, self.credentials, max_body=self.max_body,
+                                                                strangers=self._strangers))
             site.add_resource(PATH_NODE, protected_node_resource(self._thread, self.store, self.credentials, key))
             site.add_resource(PATH_COMMANDS, CommandResource(self._thread, self.credentials, CommandDesk(
                 self.store, lender_identity(self.data_dir))))
             site.add_resource((".well-known", "core"), WKCResource(site.get_resources_as_linkheader))
-            protected = oscore.protected_site(site, self.credentials, insecure=self.insecure)
-            routes, prefixes = enrollment_routes(self._thread, self.store, self.data_dir)
-            routes.update(node_routes(self._thread, self.store, key))
+            protected = oscore.protected_site(gate.TrustAuthenticated(site, self.gate, self.credentials.device_of),
+                                              self.credentials, insecure=self.insecure)
+            routes, prefixes = enrollment_routes(self._strangers, self.data_dir)
+            routes.update(node_routes(self._thread, self.store, key, self._strangers))
             root = RegistryWatch(PlainRoutes(protected, routes, prefixes), self._refresh)
             try:
                 self._context = await aiocoap.Context.create_server_context(root, bind=self.bind)
             except OSError as exc:
                 raise ServeError(f"cannot listen on {self.bind[0]}:{self.bind[1]}: {exc.strerror or exc}") from exc
-            _read_whole_datagrams(self._context)
+            gate.install(self._context, self.gate, max_datagram=UDP_DATAGRAM_MAX)
+            self._housekeeping_task = asyncio.create_task(self._housekeeping())
         except BaseException:
             await self.stop()
             raise
@@ -167,11 +194,37 @@ class LenderServer:
     def address(self) -> tuple[str, int]:
         """The (host, port) the server listens on: the real port when it was started with port 0."""
         if self._context is not None:
-            for transport in _udp_transports(self._context):
+            for transport, _, _ in gate.udp_transports(self._context):
                 sock = transport.get_extra_info("socket")
                 if sock is not None:
                     return self.bind[0], sock.getsockname()[1]
         return self.bind
+
+    async def answer(self, datagram: bytes, source: tuple[str, int] = ("127.0.0.1", 5683)) -> aiocoap.Message | None:
+        """What this server answers the request in `datagram` from `source`, past the datagram gate and aiocoap's
+        message layer (None for anything that is no request: unparsable, an ACK, a response). The in-process
+        entry point of the lender's fuzzer (tests/kit/fuzz.py): the same resources, lanes and store."""
+        try:
+            request = aiocoap.Message.decode(datagram, gate.remote(self._context, *source))
+        except Exception:  # unparsable (aiocoap raises more than UnparsableMessage): ignored, as the gate does
+            return None
+        if not request.code.is_request():
+            return None
+        answers: list[aiocoap.Message] = []
+
+        def on_event(event) -> bool:
+            if event.message is not None:
+                answers.append(event.message)
+            return False
+
+        pipe = aiocoap.pipe.Pipe(request, log)
+        pipe.on_event(on_event)
+        with_errors = aiocoap.pipe.error_to_message(pipe, log)  # an exception becomes a 5.00, as aiocoap serves it
+        try:
+            await self._context.serversite.render_to_pipe(with_errors)
+        except Exception as exc:
+            with_errors.add_exception(exc)
+        return answers[0] if answers else None
 
     async def _refresh(self) -> None:
         """Pick up registry changes made by other processes (register, revoke)."""
@@ -192,14 +245,44 @@ class LenderServer:
                               device.device, exc)
         self._generation = generation
 
+    async def _housekeeping(self) -> None:
+        """Once a second: junk counted since the last flush goes to the store (in the ingest thread, unless it is
+        busy), the refusals' log summary and the gate's drops are written when their window is over."""
+        dropped_since = asyncio.get_running_loop().time()
+        while True:
+            await asyncio.sleep(1.0)
+            ingest = self._thread.ingest
+            ingest.refusals.tick()
+            if ingest.refusals.flush_due():
+                with contextlib.suppress(Busy, StoreError):
+                    await self._thread.call(ingest.flush_refusals)
+            now = asyncio.get_running_loop().time()
+            if now - dropped_since >= ingest.refusals.log_window_s:
+                dropped, hosts = self.gate.take_dropped()
+                quieted = self.gate.chatter.take_quieted()
+                if dropped or quieted:
+                    log.warning("datagram gate: %d datagrams over their sender's budget dropped unread in the last "
+                                "%.0f s%s; %d of aiocoap's lines about single datagrams not logged", dropped,
+                                now - dropped_since, "; most from " + ", ".join(f"{host} ({count})" for host, count
+                                                                             in hosts) if hosts else "", quieted)
+                dropped_since = now
+
     async def stop(self) -> None:
-        """Stop answering, persist the OSCORE contexts' state, and close the store."""
+        """Stop answering, persist the OSCORE contexts' state, write the refusals counted, and close the store."""
+        task, self._housekeeping_task = self._housekeeping_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         context, self._context = self._context, None
         if context is not None:
             await context.shutdown()
         if self.credentials is not None:
             self.credentials.close()
             self.credentials = None
+        strangers, self._strangers = self._strangers, None
+        if strangers is not None:
+            strangers.close()  # flushes the refusals counted (its connection writes them)
+            strangers.store.close()
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.close()
@@ -244,25 +327,3 @@ def check_port_free(host: str, port: int) -> None:
             probe.bind(address)
         except OSError as exc:
             raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-
-
-def _udp_transports(context: aiocoap.Context) -> list:
-    """The datagram transports under an aiocoap context (token manager -> message manager -> UDP interface)."""
-    found = []
-    for token_manager in context.request_interfaces:
-        message_interface = getattr(getattr(token_manager, "token_interface", None), "message_interface", None)
-        transport = getattr(message_interface, "transport", None)
-        if transport is not None:
-            found.append(transport)
-    return found
-
-
-def _read_whole_datagrams(context: aiocoap.Context) -> None:
-    """Raise aiocoap's receive buffer to a whole UDP datagram (it reads 4096 bytes and ignores MSG_TRUNC)."""
-    raised = 0
-    for transport in _udp_transports(context):
-        if hasattr(transport, "max_size"):
-            transport.max_size = UDP_DATAGRAM_MAX
-            raised += 1
-    if not raised:
-        log.warning("could not raise the CoAP receive buffer: datagrams over 4096 bytes will be read truncated")

@@ -161,7 +161,7 @@ def _gateway(args: argparse.Namespace, console: Console) -> int:
     if not args.modem and not args.no_modem:
         raise SetupError("name the modem's AT port with --modem PORT (or --no-modem for a gateway without one)")
     profile, lender, lender_key = technician_from(args, required=args.technician is None)
-    site = gateway.site_from(args, lender, lender_key)
+    site = gateway.site_from(args, lender, lender_key, profile if args.technician is None else None)
     plan = gateway.GatewayPlan(
         device=args.device_id, binding=site.binding, lender=lender, lender_key=lender_key, config_dir=args.config_dir,
         state_dir=args.state_dir, modem_port=None if args.no_modem else args.modem, sensors=site.sensors,

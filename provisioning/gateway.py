@@ -54,7 +54,7 @@ from drivers.modem import open_modem
 from durable import oscore
 from durable.exc import DurableError
 from durable.keyfile import create_key, read_key
-from provisioning.enrollment import PendingEnrollment, accept, get, send
+from provisioning.enrollment import PendingEnrollment, accept, post, send
 from provisioning.exc import (
     DeviceEnrollmentError,
     IdentityExistsError,
@@ -66,13 +66,13 @@ from provisioning.install import Owner, Rollback, chown_tree, ensure_dir, write_
 from provisioning.serialport import check_port
 from provisioning.technician import TechnicianProfile
 from telemetry.enrollment import (
-    SITE_AAD,
     AssetBinding,
     EnrollmentBody,
     EnrollmentRequest,
+    SiteRequest,
     binding_of,
     check_id,
-    open_sign1,
+    open_site,
 )
 from telemetry.exc import EnrollmentFormatError
 from telemetry.identity import Identity
@@ -169,15 +169,20 @@ def load_site(path: str | os.PathLike) -> SiteFile:
     return parse_site(text, str(path), json_format=path.suffix == ".json")
 
 
-async def fetch_site(lender: str, asset: str, lender_key: bytes, *, timeout: float = 20.0) -> SiteFile:
-    """The site file the lender keeps for `asset`, checked against the pinned lender key."""
-    response = await get(lender, PATH_SITES + (asset,), timeout=timeout)
+async def fetch_site(lender: str, asset: str, lender_key: bytes, technician: TechnicianProfile, *,
+                     timeout: float = 20.0) -> SiteFile:
+    """The site file the lender keeps for `asset`, asked for with the technician's key (the lender hands site
+    files to registered technicians only), opened with the request's one-time key, checked against the pinned
+    lender key."""
+    response_key = nacl.public.PrivateKey.generate()
+    request = SiteRequest(technician.technician, asset, int(time.time()), bytes(response_key.public_key))
+    response = await post(lender, PATH_SITES, request.sign(technician.identity()), timeout=timeout)
     if response.code != codes.CONTENT:
-        text = response.payload.decode("utf-8", "replace").strip()
-        raise SetupError(f"the lender has no asset binding for {asset} ({response.code.dotted}: {text}); "
-                         "use --asset-file")
+        text = response.payload.decode("utf-8", "replace").strip()[:300]
+        raise SetupError(f"the lender has no asset binding for {asset} ({response.code.dotted}: {text!r}) for "
+                         f"technician {technician.technician}; use --asset-file")
     try:
-        data = open_sign1(response.payload, lender_key, SITE_AAD)
+        data = open_site(response.payload, response_key, lender_key)
     except EnrollmentFormatError as exc:
         raise SetupError(f"the asset binding for {asset} is not signed by the pinned lender key ({exc})") from exc
     site = parse_site(data.decode("utf-8"), f"the lender's site file for {asset}")
@@ -654,8 +659,11 @@ def run(plan: GatewayPlan, step: Step = lambda _: None) -> GatewayResult:
     return asyncio.run(provision_gateway(plan, step))
 
 
-def site_from(args: argparse.Namespace, lender: str, lender_key: bytes):
-    """The site file from --asset-file, or from the lender with --asset."""
+def site_from(args: argparse.Namespace, lender: str, lender_key: bytes, technician: TechnicianProfile | None):
+    """The site file from --asset-file, or from the lender with --asset (asked with the technician's key)."""
     if args.asset_file is not None:
         return load_site(args.asset_file)
-    return asyncio.run(fetch_site(lender, args.asset, lender_key, timeout=args.timeout))
+    if technician is None:
+        raise SetupError("the lender hands site files only to registered technicians, signed with their key: "
+                         "use your technician profile (--profile) to fetch --asset, or give --asset-file")
+    return asyncio.run(fetch_site(lender, args.asset, lender_key, technician, timeout=args.timeout))

@@ -337,7 +337,7 @@ def _undo(files: BoardFiles, flasher: Flasher, key_made: bool) -> None:
 
 def run_cli(args: argparse.Namespace, console: Console) -> int:
     profile, lender, lender_key = technician_from(args, required=True)
-    site = site_from(args, lender, lender_key)
+    site = site_from(args, lender, lender_key, profile)
     settings: dict = {}
     if args.node_config is not None:
         try:

@@ -12,8 +12,12 @@ enrollment key over the device id, the SHA-256 of the request body, the time,
 the asset, and the device's side of its OSCORE context sealed to the
 request's one-time X25519 response key (libsodium ``crypto_box_seal``).
 
-Site files are the lender's TOML for one asset, COSE_Sign1 with `SITE_AAD`;
-installation reports are COSE_Sign by the device and the technician over
+Site files are the lender's TOML for one asset, COSE_Sign1 with `SITE_AAD`,
+handed only to a registered technician who asks with a `SiteRequest` (a
+COSE_Sign1 by the technician's key with `SITE_REQUEST_AAD`, naming a one-time
+X25519 response key), sealed to that response key (`seal_site` / `open_site`):
+a site's address, geofence, sensors and access hours are never served in
+clear. Installation reports are COSE_Sign by the device and the technician over
 the pre-flight results, with `REPORT_AAD`. `docs/decisions.md`
 ("Enrollment") has the reasons; `tests/vectors/` pins the bytes.
 """
@@ -37,6 +41,7 @@ REQUEST_AAD = b"pledgewatch-enroll-request/1"
 RESPONSE_AAD = b"pledgewatch-enroll-response/1"
 REPORT_AAD = b"pledgewatch-installation-report/1"
 SITE_AAD = b"pledgewatch-site/1"
+SITE_REQUEST_AAD = b"pledgewatch-site-request/1"
 MAX_REQUEST = 4096
 MAX_REPORT = 16384
 MAX_SITE = 32768
@@ -362,6 +367,71 @@ class EnrollmentResponse:
                 or not isinstance(fields[4], str) or not isinstance(fields.get(5, b""), bytes):
             raise EnrollmentFormatError("the response payload has a field of the wrong type")
         return cls(fields[1], fields[2], fields[3], fields[4], fields.get(5))
+
+
+# --- site files -----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class SiteRequest:
+    """A technician asks for the site file of `asset`, at `created`, to be sealed to `response_key` (X25519).
+
+    Signed (COSE_Sign1, `SITE_REQUEST_AAD`) by the technician's key: the
+    lender answers only a registered, active technician whose signature
+    verifies, and only to the response key that signature covers, so a
+    stranger learns nothing, and a request replayed by one gets an answer only
+    the technician can open.
+    """
+
+    technician: str
+    asset: str
+    created: int
+    response_key: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        check_id(self.technician, "technician id")
+        check_id(self.asset, "asset id")
+        if type(self.created) is not int or self.created < 0:
+            raise EnrollmentFormatError("a site request's time must be unsigned integer seconds")
+        if not isinstance(self.response_key, bytes) or len(self.response_key) != 32:
+            raise EnrollmentFormatError("a site request's response key must be 32 bytes (X25519)")
+
+    def payload(self) -> bytes:
+        return cbor.encode({1: self.technician, 2: self.asset, 3: self.created, 4: self.response_key})
+
+    def sign(self, technician: Identity) -> bytes:
+        return cose.sign1(technician, self.payload(), SITE_REQUEST_AAD)
+
+    @classmethod
+    def parse(cls, data: bytes) -> tuple[SiteRequest, cose.Sign1]:
+        """The request and its COSE_Sign1 (kid, signature), the signature not checked yet: `verify` does."""
+        try:
+            message = cose.parse_sign1(data, _LIMITS)
+            fields = cbor.decode(message.payload, _LIMITS)
+        except WireFormatError as exc:
+            raise EnrollmentFormatError(f"not a site request: {exc}") from exc
+        if not isinstance(fields, dict) or set(fields) != {1, 2, 3, 4}:
+            raise EnrollmentFormatError("a site request's payload must be a map with keys 1..4")
+        return cls(fields[1], fields[2], fields[3], fields[4]), message
+
+    @staticmethod
+    def verify(message: cose.Sign1, technician_public_key: bytes) -> bool:
+        """Whether `technician_public_key` made the request's signature."""
+        return message.kid == kid_of(technician_public_key) and DeviceKey("technician", technician_public_key).verifies(
+            message.signed_bytes(SITE_REQUEST_AAD), message.signature)
+
+
+def seal_site(signed_site: bytes, response_key: bytes) -> bytes:
+    """The lender's answer to a site request: the signed site file sealed to the request's response key."""
+    return nacl.public.SealedBox(nacl.public.PublicKey(response_key)).encrypt(signed_site)
+
+
+def open_site(sealed: bytes, response_private: nacl.public.PrivateKey, lender_public_key: bytes) -> bytes:
+    """The site file's TOML bytes from the lender's sealed answer, its signature checked against the pinned key."""
+    try:
+        signed = nacl.public.SealedBox(response_private).decrypt(sealed)
+    except nacl.exceptions.CryptoError as exc:
+        raise EnrollmentFormatError(f"the answer is not sealed to this request's response key: {exc}") from exc
+    return open_sign1(signed, lender_public_key, SITE_AAD, Limits(max_bytes=MAX_SITE + 256, max_depth=2, max_items=8))
 
 
 # --- installation reports --------------------------------------------------------------------

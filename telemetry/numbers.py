@@ -27,7 +27,7 @@ HEADER_CHECKPOINT = -65537      # private use (RFC 9052 §3.1, below -65536): th
 PATH_TELEMETRY = ("t",)                 # gateway batches, under OSCORE
 PATH_NODE = ("n",)                      # one node envelope per request
 PATH_ENROLL = ("enroll",)               # enrollment requests (plain CoAP: no context yet)
-PATH_SITES = ("enroll", "sites")        # GET /enroll/sites/<asset>: the lender's signed site file
+PATH_SITES = ("enroll", "sites")        # POST a technician's signed site request: the signed site file, sealed to it
 PATH_INSTALLATIONS = ("installations",)  # installation reports
 PATH_COMMANDS = ("c",)                  # gateways fetch the lender's pending signed commands, under OSCORE
 

@@ -13,7 +13,10 @@ Two routes serve it:
   front of the protected site, for nodes that run with ``"insecure": true``:
   an envelope verifies there only against the keys of nodes registered
   without an OSCORE context (`lender.evidence.ingest.NodeIngest`), so a node
-  that has a context cannot be answered in clear.
+  that has a context cannot be answered in clear. Anyone can send to it, so
+  its requests are screened in the strangers' lane (lender.coap.screen):
+  junk is answered there, and only an envelope a registered key signed
+  reaches the ingest thread.
 
 Everything else is the gateway path's (verification, chain check,
 de-duplication by (device, seq), quarantine, the ack map). The body is a
@@ -34,6 +37,7 @@ from aiocoap import error as coap_error
 
 from lender.coap.blocks import TooLarge
 from lender.coap.resource import IngestThread, LenderResource, outcome_message, peer_of
+from lender.coap.screen import StrangersLane
 from lender.enrollment.contexts import LenderCredentials
 from lender.evidence.ingest import (
     COSE_SIGN1_FIRST_BYTE,
@@ -56,9 +60,12 @@ class NodeResource(LenderResource):
     path = PATH_NODE
     resource_type = "pledgewatch.node"
 
-    def __init__(self, thread: IngestThread, ingest: NodeIngest) -> None:
+    authenticated = False  # requests here come from anyone (ProtectedNodeResource: through a device's context)
+
+    def __init__(self, thread: IngestThread, ingest: NodeIngest, strangers: StrangersLane | None = None) -> None:
         super().__init__(thread)
         self._ingest = ingest
+        self._strangers = strangers  # where unauthenticated requests are screened (None: straight to `thread`)
 
     async def respond(self, request: aiocoap.Message) -> aiocoap.Message:
         self.require_post(request)
@@ -67,12 +74,18 @@ class NodeResource(LenderResource):
                            "no block-wise upload", cap=MAX_NODE_BODY, size=MAX_NODE_BODY + 1)
         peer = peer_of(request)
         body = request.payload
+        strangers = self._strangers
         if not self.is_cbor(request):
-            outcome = await self.in_thread(
-                self._ingest.refuse_request, Status.UNSUPPORTED_FORMAT,
-                f"content-format {int(request.opt.content_format)} is not application/cbor (60)", body, peer=peer)
+            lane, ingest = (strangers, strangers.node_ingest) if strangers is not None else (self.thread, self._ingest)
+            outcome = await self.in_lane(
+                lane, ingest.refuse_request, Status.UNSUPPORTED_FORMAT,
+                f"content-format {int(request.opt.content_format)} is not application/cbor (60)", body, peer=peer,
+                attributable=self.authenticated)
         else:
-            outcome = await self.in_thread(self._envelope, request, body, peer)
+            outcome = None if strangers is None else await self.in_lane(
+                strangers, strangers.screen_envelope, body, peer=peer)
+            if outcome is None:
+                outcome = await self.in_thread(self._envelope, request, body, peer)
         response = outcome_message(outcome)
         if outcome.status is Status.TOO_LARGE:
             response.opt.size1 = MAX_NODE_BODY
@@ -89,9 +102,15 @@ class ProtectedNodeIngest(Ingest):
 
     compact_receipts = True
 
+    def __init__(self, store: EvidenceStore, **options) -> None:
+        super().__init__(store, **options)
+        self.max_kept = MAX_NODE_BODY
+
 
 class ProtectedNodeResource(NodeResource):
     """``/n`` inside the OSCORE site: one envelope, signed by the device whose context protected the request."""
+
+    authenticated = True
 
     def __init__(self, thread: IngestThread, credentials: LenderCredentials, ingest: ProtectedNodeIngest) -> None:
         super().__init__(thread, ingest)  # type: ignore[arg-type]  # refuse_request is all NodeResource uses of it
@@ -110,10 +129,11 @@ class ProtectedNodeResource(NodeResource):
         if len(body) > MAX_NODE_BODY:
             return ingest.refuse_request(
                 Status.TOO_LARGE, f"body of {len(body)} bytes is over the node path's {MAX_NODE_BODY}-byte cap", body,
-                peer=peer)
+                peer=peer, attributable=True)
         if not body or body[0] != COSE_SIGN1_FIRST_BYTE:
             return ingest.refuse_request(
-                Status.BAD_REQUEST, "body must be one envelope: a COSE_Sign1 message (CBOR tag 18)", body, peer=peer)
+                Status.BAD_REQUEST, "body must be one envelope: a COSE_Sign1 message (CBOR tag 18)", body, peer=peer,
+                attributable=True)
         device = ingest.store.device(sender)
         try:
             kid = decode_envelope(body).kid
@@ -123,17 +143,20 @@ class ProtectedNodeResource(NodeResource):
             return ingest.refuse_request(
                 Status.UNAUTHORIZED, f"the envelope is signed by key {kid.hex()}, not by {sender}'s ({device.kid.hex()}), "
                                      f"whose OSCORE context protected the request: a device delivers its own envelopes only",
-                body, peer=peer)
+                body, peer=peer, attributable=True)
         return ingest.batch(cbor.encode([bytes(body)]), peer=peer, sender=sender)
 
 
-def node_routes(thread: IngestThread, store: EvidenceStore,
-                token_key: bytes | None = None) -> dict[tuple[str, ...], LenderResource]:
-    """The plain-CoAP route lender.server puts in front of the OSCORE site: ``/n`` for insecure nodes."""
-    return {PATH_NODE: NodeResource(thread, NodeIngest(store, token_key=token_key))}
+def node_routes(thread: IngestThread, store: EvidenceStore, token_key: bytes | None = None,
+                strangers: StrangersLane | None = None) -> dict[tuple[str, ...], LenderResource]:
+    """The plain-CoAP route lender.server puts in front of the OSCORE site: ``/n`` for insecure nodes, screened
+    in `strangers` (whose `Ingest` the refusals' policy comes from)."""
+    refusals = {} if strangers is None else {"refusals": strangers.node_ingest.refusals}
+    return {PATH_NODE: NodeResource(thread, NodeIngest(store, token_key=token_key, **refusals), strangers)}
 
 
 def protected_node_resource(thread: IngestThread, store: EvidenceStore, credentials: LenderCredentials,
                             token_key: bytes | None = None) -> ProtectedNodeResource:
-    """The ``/n`` lender.server adds to the OSCORE-protected site."""
-    return ProtectedNodeResource(thread, credentials, ProtectedNodeIngest(store, token_key=token_key))
+    """The ``/n`` lender.server adds to the OSCORE-protected site (with the ingest thread's refusals' policy)."""
+    return ProtectedNodeResource(thread, credentials, ProtectedNodeIngest(store, token_key=token_key,
+                                                                          refusals=thread.ingest.refusals))

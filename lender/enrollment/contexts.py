@@ -25,6 +25,8 @@ from pathlib import Path
 
 from aiocoap import error as coap_error
 from aiocoap import interfaces
+from aiocoap import oscore as aiocoap_oscore
+from aiocoap.numbers.types import CON
 from aiocoap.credentials import CredentialsMap
 from aiocoap.oscore_sitewrapper import OscoreSiteWrapper
 from aiocoap.transports.oscore import OSCOREAddress
@@ -230,6 +232,25 @@ class _OscoreRequired(Wrapper):
         await self.inner.render_to_pipe(pipe)
 
 
+class _MalformedOscoreRefused(Wrapper):
+    """A request whose OSCORE option cannot be decoded gets 4.02 Bad Option (RFC 8613 §8.2), as aiocoap answers
+    one that fails later. aiocoap's wrapper lets that decoder's errors out (a DecodeError, an IndexError on some
+    options): each would be a 5.00 and an ERROR with a traceback in the log, per datagram anyone sends."""
+
+    async def render_to_pipe(self, pipe) -> None:
+        request = pipe.request
+        if request.opt.oscore is not None:
+            try:
+                aiocoap_oscore.verify_start(request)
+            except aiocoap_oscore.NotAProtectedMessage:
+                pass
+            except Exception:
+                if request.mtype == CON:
+                    raise coap_error.BadOption("the OSCORE option cannot be decoded") from None
+                return  # a NON request: nothing to answer
+        await self.inner.render_to_pipe(pipe)
+
+
 def protected_site(site: interfaces.Resource, credentials: LenderCredentials, *, insecure: bool = False):
     """The resource tree to serve: OSCORE-protected, and plain CoAP refused with 4.01 unless `insecure`.
 
@@ -242,5 +263,5 @@ def protected_site(site: interfaces.Resource, credentials: LenderCredentials, *,
             "insecure = true: plain CoAP requests are accepted without OSCORE; anyone on the path can read, "
             "alter or inject telemetry requests (envelope signatures are still checked)"
         )
-        return OscoreSiteWrapper(site, credentials.map)
-    return OscoreSiteWrapper(_OscoreRequired(site), credentials.map)
+        return _MalformedOscoreRefused(OscoreSiteWrapper(site, credentials.map))
+    return _MalformedOscoreRefused(OscoreSiteWrapper(_OscoreRequired(site), credentials.map))

@@ -41,10 +41,11 @@ from telemetry.enrollment import (
     EnrollmentRequest,
     EnrollmentResponse,
     InstallationReport,
+    SiteRequest,
     binding_of,
     parse_sign,
+    seal_site,
     signer_verifies,
-    valid_id,
 )
 from telemetry.exc import EnrollmentFormatError
 from telemetry.logentry import EnrollmentEvidence
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 
 MAX_AGE_S = 30 * 86400      # a request carried around offline is accepted for 30 days
 MAX_FUTURE_S = 86400        # and up to a day "from the future" (a gateway clock before its first sync)
+MAX_SITE_REQUEST_AGE_S = 86400  # a site request is made at the site, online: a day either way covers a laptop's clock
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,19 +207,36 @@ class EnrollmentDesk:
         saved.unlink(missing_ok=True)
         (enroll_dir(self.data_dir) / "requests" / f"{device}.json").unlink(missing_ok=True)
 
-    def site(self, asset: str) -> Decision:
-        """The site file staff keep for `asset` (``DATA/enroll/sites/<asset>.toml``), signed by the enrollment key."""
-        if not valid_id(asset):
-            return _refuse(codes.BAD_REQUEST, f"asset id {asset!r} is not a valid id")
-        path = self.site_path(asset)
+    def site(self, data: bytes) -> Decision:
+        """The site file staff keep for the asset a technician's signed `SiteRequest` names
+        (``DATA/enroll/sites/<asset>.toml``), signed by the enrollment key and sealed to the request's response
+        key: only a registered, active technician gets it, and only they can read it."""
         try:
-            data = path.read_bytes()
+            request, message = SiteRequest.parse(data)
+        except EnrollmentFormatError as exc:
+            return _refuse(codes.BAD_REQUEST, f"not a site request: {exc}")
+        technician = self.technicians.get(request.technician)
+        if technician is None or not technician.active:
+            return _refuse(codes.FORBIDDEN, f"technician {request.technician} is not a registered, active technician "
+                                            "at this lender: site files go to registered technicians only")
+        if not SiteRequest.verify(message, technician.public_key):
+            return _refuse(codes.UNAUTHORIZED, f"the site request is not signed with the key registered for "
+                                               f"technician {request.technician} (kid {technician.kid.hex()})")
+        now = self.clock()
+        if not now - MAX_SITE_REQUEST_AGE_S <= request.created <= now + MAX_SITE_REQUEST_AGE_S:
+            return _refuse(codes.FORBIDDEN, f"the site request was made at {iso_time(request.created)}, more than a "
+                                            "day from the lender's time; make a new one")
+        path = self.site_path(request.asset)
+        try:
+            site = path.read_bytes()
         except FileNotFoundError:
-            return _refuse(codes.NOT_FOUND, f"the lender has no site file for asset {asset} "
+            return _refuse(codes.NOT_FOUND, f"the lender has no site file for asset {request.asset} "
                                             f"(staff: put it in {path.parent}/)")
-        if len(data) > MAX_SITE:
-            return _refuse(codes.INTERNAL_SERVER_ERROR, f"the site file for {asset} is over {MAX_SITE} bytes")
-        return Decision(codes.CONTENT, cose.sign1(self.identity, data, SITE_AAD), asset, signed=True)
+        if len(site) > MAX_SITE:
+            return _refuse(codes.INTERNAL_SERVER_ERROR, f"the site file for {request.asset} is over {MAX_SITE} bytes")
+        log.info("site file of %s handed to technician %s (sealed to their request)", request.asset, request.technician)
+        return Decision(codes.CONTENT, seal_site(cose.sign1(self.identity, site, SITE_AAD), request.response_key),
+                        request.asset)
 
     def report(self, data: bytes) -> Decision:
         """Check and keep one signed installation report."""

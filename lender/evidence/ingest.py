@@ -15,8 +15,12 @@ Every envelope stored is also an entry of the lender's transparency log
 (lender.evidence.log), in the same transaction; the receipt in the ack proves
 the lender logged the batch's newest envelope (telemetry.receipt).
 
-Reason codes are `telemetry.envelope.Reason` values. Everything refused is
-kept in the quarantine (raw bytes, reason, detail, peer, time): never dropped.
+Reason codes are `telemetry.envelope.Reason` values. What is refused goes to
+lender.evidence.refusals: a refusal a registered device's key vouches for (a
+valid signature, or the request's OSCORE context) is kept in the quarantine
+(raw bytes, reason, detail, peer, time) in space junk may not take; junk is
+sampled and counted. What is kept of a refused body is capped per route
+(`max_kept`: the body cap of ``/t``, a node envelope's on ``/n``).
 
 `NodeIngest` is the same for NB-IoT nodes on ``/n``: one envelope per request,
 verified only against the keys of nodes (active devices registered without an
@@ -33,6 +37,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
+from lender.evidence.refusals import Refusals
 from lender.evidence.registry import Device
 from lender.evidence.store import (
     INT64_MAX,
@@ -43,6 +48,7 @@ from lender.evidence.store import (
 from telemetry import cbor
 from telemetry.ack import Ack, Refusal, short_text
 from telemetry.cbor import DEFAULT_LIMITS, Limits
+from telemetry.cose import parse_sign1
 from telemetry.envelope import GENESIS, Envelope, GapReason, Reason, Verdict, verify
 from telemetry.exc import LimitError, WireFormatError
 from telemetry.freshness import issue_token
@@ -174,11 +180,14 @@ class Ingest:
         envelope_limits: Limits = DEFAULT_LIMITS,
         clock: Callable[[], float] = time.time,
         token_key: bytes | None = None,
+        refusals: Refusals | None = None,
     ) -> None:
         if max_body < 1:
             raise ValueError("max_body must be positive")
         self.store = store
         self.max_body = max_body
+        self.max_kept = max_body  # bytes of a refused body kept in the quarantine, at most
+        self.refusals = refusals if refusals is not None else Refusals()
         self.envelope_limits = envelope_limits
         self.body_limits = Limits(max_bytes=max_body, max_depth=1, max_items=MAX_BATCH_ENVELOPES + 1)
         self.keys = ActiveKeys(store)
@@ -188,34 +197,41 @@ class Ingest:
     # --- whole requests ---
 
     def refuse_request(
-        self, status: Status, detail: str, body: bytes, *, peer: str, size: int | None = None
+        self, status: Status, detail: str, body: bytes, *, peer: str, size: int | None = None,
+        attributable: bool = False,
     ) -> BatchOutcome:
-        """Refuse a whole request and keep its body (at most `max_body` bytes of it) in quarantine."""
-        raw = bytes(body[: self.max_body])
-        kept = self.store.quarantine(Refused(
-            kind="request", reason=_STATUS_REASON[status], detail=detail, raw=raw, peer=peer,
-            received_at=self._clock(), size=len(body) if size is None else size,
+        """Refuse a whole request; its body (at most `max_kept` bytes of it) goes to the quarantine's policy
+        (`attributable`: the request came through a registered device's OSCORE context)."""
+        self.refusals.record(self.store, Refused(
+            kind="request", reason=_STATUS_REASON[status], detail=detail, raw=bytes(body[: self.max_kept]), peer=peer,
+            received_at=self._clock(), size=len(body) if size is None else size, attributable=attributable,
         ))
-        if not kept:
-            log.warning("quarantine full: request from %s refused (%s) and only counted", peer, detail)
-        log.info("refused a request from %s with %s: %s", peer, status.value, detail)
+        self.refusals.note(f"a request ({status.value})", peer, _STATUS_REASON[status].name.lower(), detail)
         return BatchOutcome(status, detail)
+
+    def flush_refusals(self) -> int:
+        """Write the junk refusals counted since the last flush to the store's counts (in the store's thread)."""
+        return self.refusals.flush(self.store)
 
     def batch(self, body: bytes, *, peer: str, sender: str | None = None) -> BatchOutcome:
         """Process one POSTed batch from `peer`; `sender` is the OSCORE-authenticated device, if any."""
+        vouched = sender is not None  # the request came through a registered device's OSCORE context
         if len(body) > self.max_body:
             return self.refuse_request(
-                Status.TOO_LARGE, f"body of {len(body)} bytes is over the {self.max_body}-byte cap", body, peer=peer)
+                Status.TOO_LARGE, f"body of {len(body)} bytes is over the {self.max_body}-byte cap", body, peer=peer,
+                attributable=vouched)
         items = self._items(body)
         if isinstance(items, str):
-            return self.refuse_request(Status.BAD_REQUEST, items, body, peer=peer)
+            return self.refuse_request(Status.BAD_REQUEST, items, body, peer=peer, attributable=vouched)
         if sender is not None:
             device = self.store.device(sender)
             if device is None:
                 return self.refuse_request(
-                    Status.UNAUTHORIZED, f"device {sender} has an OSCORE context but is not registered", body, peer=peer)
+                    Status.UNAUTHORIZED, f"device {sender} has an OSCORE context but is not registered", body, peer=peer,
+                    attributable=vouched)
             if not device.active:
-                return self.refuse_request(Status.FORBIDDEN, f"device {sender} is revoked", body, peer=peer)
+                return self.refuse_request(Status.FORBIDDEN, f"device {sender} is revoked", body, peer=peer,
+                                           attributable=vouched)
         self.keys.refresh()
         verdicts = [self._verdict(raw) for raw in items]  # CPU-bound: outside the write transaction
         whole = None if sender is not None else self._single_bad_device(verdicts)
@@ -228,7 +244,8 @@ class Ingest:
             for index, (raw, verdict) in enumerate(zip(items, verdicts)):
                 envelope = verdict.envelope
                 if not verdict.ok:
-                    refused.append(self._refuse(index, verdict.reason, verdict.detail, raw, envelope, peer, received_at))
+                    refused.append(self._refuse(index, verdict.reason, verdict.detail, raw, envelope, peer, received_at,
+                                                vouched or self._signed_by_a_registered_key(raw)))
                     continue
                 existing = self.store.envelope(envelope.device, envelope.seq)
                 if existing is not None:
@@ -239,33 +256,64 @@ class Ingest:
                             index, Reason.CONFLICT,
                             f"{envelope.device} seq {envelope.seq} is stored already with other bytes "
                             f"(stored digest {existing.digest.hex()}, this one {envelope.digest.hex()})",
-                            raw, envelope, peer, received_at))
+                            raw, envelope, peer, received_at, True))
                     continue
                 if envelope.device not in rows:
                     rows[envelope.device] = self.store.device(envelope.device)
                 unbound = binding_violation(envelope, rows[envelope.device])
                 if unbound is not None:
-                    refused.append(self._refuse(index, Reason.BINDING, unbound, raw, envelope, peer, received_at))
+                    refused.append(self._refuse(index, Reason.BINDING, unbound, raw, envelope, peer, received_at, True))
                     continue
                 before = self.store.envelope(envelope.device, envelope.seq - 1) if envelope.seq > 0 else None
                 after = self.store.envelope(envelope.device, envelope.seq + 1) if envelope.seq < INT64_MAX else None
                 problem = chain_violation(envelope, before, after)
                 if problem is not None:
-                    refused.append(self._refuse(index, Reason.CHAIN, problem, raw, envelope, peer, received_at))
+                    refused.append(self._refuse(index, Reason.CHAIN, problem, raw, envelope, peer, received_at, True))
                 elif self.store.insert_envelope(envelope, received_at=received_at, peer=peer):
                     stored.append(envelope.seq)
                 else:  # cannot happen inside the exclusive transaction; said plainly if a backend breaks that
                     already.append(envelope.seq)
         if whole is not None:
             status, detail = whole
-            log.info("refused a request from %s with %s: %s", peer, status.value, detail)
+            self.refusals.note(f"a request ({status.value})", peer, _STATUS_REASON[status].name.lower(), detail)
             return BatchOutcome(status, detail, refused=tuple(refused))
         if refused:
-            log.info("batch from %s: %d stored, %d already present, %d refused (%s)", peer, len(stored),
-                     len(already), len(refused), ", ".join(f"#{r.index}: {r.reason.name}" for r in refused[:5]))
+            self.refusals.note(
+                f"{len(refused)} of a batch's {len(items)} envelopes", peer, refused[0].reason.name.lower(),
+                f"{len(stored)} stored, {len(already)} already present; "
+                + ", ".join(f"#{r.index}: {r.reason.name}" for r in refused[:5]))
         receipt, checkpoint = self._receipt(verdicts, stored + already)
         return BatchOutcome(Status.CHANGED, "", tuple(stored), tuple(already), tuple(refused),
                             self._token(sender, verdicts), receipt, checkpoint)
+
+    def refuse_unvouched(self, body: bytes, *, peer: str) -> BatchOutcome | None:
+        """The answer to an unauthenticated batch that no registered key vouches for, decided without the
+        evidence's writer (the strangers' lane runs this on a store connection of its own); None when a key
+        vouches for any of its envelopes (a valid signature): then the batch goes to `batch` in the ingest thread.
+        For junk the answer is the one `batch` would give."""
+        if len(body) > self.max_body:
+            return self.refuse_request(
+                Status.TOO_LARGE, f"body of {len(body)} bytes is over the {self.max_body}-byte cap", body, peer=peer)
+        items = self._items(body)
+        if isinstance(items, str):
+            return self.refuse_request(Status.BAD_REQUEST, items, body, peer=peer)
+        self.keys.refresh()
+        verdicts = [self._verdict(raw) for raw in items]
+        if any(verdict.ok or self._signed_by_a_registered_key(raw) for raw, verdict in zip(items, verdicts)):
+            return None
+        received_at = self._clock()
+        refused = tuple(self._refuse(index, verdict.reason, verdict.detail, raw, verdict.envelope, peer, received_at,
+                                     False) for index, (raw, verdict) in enumerate(zip(items, verdicts)))
+        whole = self._single_bad_device(verdicts)
+        if whole is not None:
+            status, detail = whole
+            self.refusals.note(f"a request ({status.value})", peer, _STATUS_REASON[status].name.lower(), detail)
+            return BatchOutcome(status, detail, refused=refused)
+        if refused:
+            self.refusals.note(f"{len(refused)} of a batch's {len(items)} envelopes", peer,
+                               refused[0].reason.name.lower(), ", ".join(f"#{r.index}: {r.reason.name}"
+                                                                         for r in refused[:5]))
+        return BatchOutcome(Status.CHANGED, "", refused=refused)
 
     compact_receipts = False   # nodes get a `CheckpointReference`, gateways the receipt itself
 
@@ -342,17 +390,32 @@ class Ingest:
         return None
 
     def _refuse(self, index: int, reason: Reason, detail: str, raw: bytes, envelope: Envelope | None,
-                peer: str, received_at: float) -> Refusal:
-        kept = self.store.quarantine(Refused(
-            kind="envelope", reason=reason, detail=detail, raw=raw, peer=peer, received_at=received_at,
+                peer: str, received_at: float, attributable: bool) -> Refusal:
+        self.refusals.record(self.store, Refused(
+            kind="envelope", reason=reason, detail=detail, raw=bytes(raw[: self.max_kept]), peer=peer,
+            received_at=received_at, size=len(raw),
             device=None if envelope is None else envelope.device,
             seq=None if envelope is None else envelope.seq,
             kid=None if envelope is None else envelope.kid,
-            batch_index=index,
+            batch_index=index, attributable=attributable,
         ))
-        if not kept:
-            log.warning("quarantine full: envelope refused (%s) from %s only counted", reason.name, peer)
         return Refusal(index, reason, short_text(f"{reason.name.lower()}: {detail}"))
+
+    def _signed_by_a_registered_key(self, raw: bytes) -> bool:
+        """Whether the key of a registered device, active or revoked, signed `raw` (however its payload is
+        wrong): then its refusal is evidence (a signed NaN, an envelope signed after revocation, a key signing
+        for another device), not junk. Costs one signature check only when the kid is registered."""
+        try:
+            message = parse_sign1(raw, self.envelope_limits)
+        except WireFormatError:
+            return False
+        holder = self.store.device_by_kid(message.kid)
+        if holder is None:
+            return False
+        try:
+            return holder.key().verifies(message.signed_bytes(), message.signature)
+        except Exception:  # a key of another algorithm than the message names: not its signature
+            return False
 
 
 def _kind(item: object) -> str:
@@ -373,6 +436,7 @@ class NodeIngest(Ingest):
 
     def __init__(self, store: EvidenceStore, **options) -> None:
         super().__init__(store, **options)
+        self.max_kept = MAX_NODE_BODY
         # nodes: active devices registered without an OSCORE context
         self.keys = ActiveKeys(store, admits=lambda device: device.oscore_context is None)
 
@@ -389,6 +453,15 @@ class NodeIngest(Ingest):
 
     def envelope(self, body: bytes, *, peer: str) -> BatchOutcome:
         """Process the body of one POST to /n: a single envelope."""
+        refused = self._not_one_envelope(body, peer)
+        return refused if refused is not None else self.batch(cbor.encode([bytes(body)]), peer=peer)
+
+    def screen_envelope(self, body: bytes, *, peer: str) -> BatchOutcome | None:
+        """`envelope`'s answer when no registered key vouches for the body (see `refuse_unvouched`), else None."""
+        refused = self._not_one_envelope(body, peer)
+        return refused if refused is not None else self.refuse_unvouched(cbor.encode([bytes(body)]), peer=peer)
+
+    def _not_one_envelope(self, body: bytes, peer: str) -> BatchOutcome | None:
         if len(body) > MAX_NODE_BODY:
             return self.refuse_request(
                 Status.TOO_LARGE, f"body of {len(body)} bytes is over the node path's {MAX_NODE_BODY}-byte cap", body,
@@ -397,4 +470,4 @@ class NodeIngest(Ingest):
             return self.refuse_request(
                 Status.BAD_REQUEST, "body must be one envelope: a COSE_Sign1 message (CBOR tag 18), not an array "
                                     "(arrays of envelopes go to /t)", body, peer=peer)
-        return self.batch(cbor.encode([bytes(body)]), peer=peer)
+        return None

@@ -24,7 +24,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -50,6 +50,9 @@ STORE_FILE = "lender.sqlite3"
 APPLICATION_ID = 0x504C4C44  # "PLLD": marks a file as a pledgewatch lender store
 SCHEMA_VERSION = 4
 DEFAULT_QUARANTINE_LIMIT = 256 * 1024 * 1024  # bytes of raw evidence kept before rejections are only counted
+# Refusals no device's key vouches for (junk) are kept only while the quarantine is below this share of its
+# limit: the rest stays free for refusals a key vouches for (forks, conflicts, chain violations, revoked keys).
+JUNK_SHARE = 0.25
 INT64_MAX = (1 << 63) - 1
 
 _SCHEMA = (
@@ -161,6 +164,9 @@ class Refused:
     seq: int | None = None
     kid: bytes | None = None
     batch_index: int | None = None
+    # a registered device's key vouches for it (a valid signature, or the OSCORE context that protected the
+    # request): evidence, kept up to the whole limit; anything else only up to JUNK_SHARE of it
+    attributable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +264,10 @@ class EvidenceStore(Registry, Protocol):
         """Store a verified envelope with its records and gap record; False if (device, seq) is taken."""
 
     def quarantine(self, rejection: Refused) -> bool:
-        """Keep a refused item; False if the quarantine is full and it was only counted."""
+        """Keep a refused item; False if the quarantine is full (for junk: `JUNK_SHARE` of it) and it was only counted."""
+
+    def count_refusals(self, counts: Mapping[tuple[str, int], tuple[int, float, float]]) -> None:
+        """Count refusals that were not kept (junk sampled out), by (kind, reason): (how many, first, last seen)."""
 
     def envelopes(self, device: str) -> Iterator[StoredEnvelope]:
         """A device's stored envelopes by seq."""
@@ -276,7 +285,10 @@ class EvidenceStore(Registry, Protocol):
         """The most recently seen quarantine entries (of one device's envelopes, if given)."""
 
     def quarantine_overflow(self) -> dict[tuple[str, int], int]:
-        """Rejections counted but not kept because the quarantine was full, by (kind, reason)."""
+        """Rejections counted but not kept (the quarantine was full, or junk was sampled out), by (kind, reason)."""
+
+    def quarantine_tally(self) -> dict[tuple[str, int], tuple[int, int]]:
+        """Per (kind, reason): the distinct items kept, and how many refusals they stand for (their counts)."""
 
     def counts(self) -> StoreCounts:
         """How much is stored."""
@@ -295,6 +307,12 @@ class EvidenceStore(Registry, Protocol):
 
     def close(self) -> None:
         """Release the store."""
+
+
+def quarantine_room(limit: int, rejection: Refused) -> int:
+    """The bytes the quarantine may hold in all once `rejection` is kept: the limit for what a key vouches for,
+    `JUNK_SHARE` of it for junk (so junk never takes the space evidence of an attack needs)."""
+    return limit if rejection.attributable else int(limit * JUNK_SHARE)
 
 
 # --- SQLite ---------------------------------------------------------------------------
@@ -721,13 +739,8 @@ class SQLiteStore:
                 if repeated:
                     return True
                 used = self._conn.execute("SELECT value FROM meta WHERE key = 'quarantine_bytes'").fetchone()[0]
-                if used + len(raw) > self.quarantine_limit:
-                    self._conn.execute(
-                        "INSERT INTO quarantine_overflow (kind, reason, count, first_seen, last_seen)"
-                        " VALUES (?, ?, 1, ?, ?) ON CONFLICT (kind, reason) DO UPDATE SET count = count + 1,"
-                        " last_seen = max(last_seen, excluded.last_seen)",
-                        (kind, reason, now, now),
-                    )
+                if used + len(raw) > quarantine_room(self.quarantine_limit, rejection):
+                    self._count_overflow(kind, reason, 1, now, now)
                     return False
                 self._conn.execute(
                     "INSERT INTO quarantine (kind, reason, detail, raw, fingerprint, size, device, seq, kid,"
@@ -742,6 +755,26 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise _wrap(exc, f"cannot write the quarantine in {self.path}") from exc
         return True
+
+    def _count_overflow(self, kind: str, reason: int, count: int, first: float, last: float) -> None:
+        self._conn.execute(
+            "INSERT INTO quarantine_overflow (kind, reason, count, first_seen, last_seen)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, reason) DO UPDATE SET count = count + excluded.count,"
+            " first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen)",
+            (kind, reason, count, first, last),
+        )
+
+    def count_refusals(self, counts: Mapping[tuple[str, int], tuple[int, float, float]]) -> None:
+        try:
+            with self.transaction():
+                for (kind, reason), (count, first, last) in counts.items():
+                    self._count_overflow(kind, int(reason), count, first, last)
+        except sqlite3.Error as exc:
+            raise _wrap(exc, f"cannot count refusals in {self.path}") from exc
+
+    def quarantine_tally(self) -> dict[tuple[str, int], tuple[int, int]]:
+        return {(kind, reason): (items, count) for kind, reason, items, count in self._query(
+            "SELECT kind, reason, count(*), sum(count) FROM quarantine GROUP BY kind, reason ORDER BY kind, reason")}
 
     def quarantined(self, limit: int = 100, device: str | None = None) -> list[QuarantineEntry]:
         where, params = ("WHERE device = ?", (device,)) if device is not None else ("", ())

@@ -19,6 +19,8 @@ from pathlib import Path
 import aiocoap
 from aiocoap.numbers import codes
 
+from lender.coap.gate import GatePolicy
+from lender.coap.limits import Rate
 from lender.enrollment import registration
 from lender.server import LenderServer
 from lender.evidence.store import SQLiteStore
@@ -30,6 +32,10 @@ from telemetry.senml import Record
 
 PYTHON_BIN = Path(sys.executable).parent
 BASE_TIME = 1767225600
+# The functional tests send everything from 127.0.0.1, faster than the datagram gate lets one stranger
+# (lender.coap.gate); the tests of floods and budgets use the lender's own policy.
+ONE_BUSY_HOST = GatePolicy(stranger=Rate(per_s=20_000.0, burst=20_000.0), strangers=Rate(per_s=20_000.0, burst=20_000.0),
+                           device=Rate(per_s=20_000.0, burst=20_000.0))
 
 
 @dataclass

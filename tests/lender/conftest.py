@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lender.evidence.stores import open_store
-from tests.kit.lender import LenderThread, RawCoap
+from tests.kit.lender import ONE_BUSY_HOST, LenderThread, RawCoap
 from tests.kit.stores import BACKENDS
 
 
@@ -62,7 +62,7 @@ def store(data_dir, store_url):
 @pytest.fixture
 def lender(data_dir, store):
     """A running lender (plain CoAP allowed) over the `store` fixture's data directory."""
-    with LenderThread(data_dir, insecure=True) as running:
+    with LenderThread(data_dir, insecure=True, gate_policy=ONE_BUSY_HOST) as running:
         yield running
 
 

@@ -18,6 +18,7 @@ from aiocoap.numbers import codes
 from tests.kit.lender import PYTHON_BIN, Device, RawCoap, ack_of, batch, enroll, free_environment, oscore_post
 
 from lender.evidence.ingest import Ingest
+from lender.evidence.refusals import Refusals
 from telemetry.envelope import Gap, GapReason, seal
 
 PLEDGEWATCH = str(PYTHON_BIN / "pledgewatch")
@@ -212,6 +213,22 @@ def test_quarantine_lists_refused_envelopes_with_their_reason(store, data_dir, d
     (row,) = [json.loads(line) for line in lender("quarantine", "--data", data_dir, "--json").stdout.splitlines()]
     assert row["reason"] == 2 and row["reason_name"] == "unknown_key" and row["last_peer"] == "10.1.2.3:5683"
     assert base64.b64decode(row["raw_b64"]) == forged.raw
+
+
+def test_quarantine_counts_refusals_by_kind_and_reason_and_escapes_what_came_from_outside(store, data_dir, device):
+    enroll(store, data_dir, device)
+    ingest = Ingest(store, refusals=Refusals(samples_per_minute=3))
+    for n in range(10):  # junk: three kept, the rest only counted
+        ingest.batch(b"\xff" + bytes([n]), peer="203.0.113.9:40000")
+    ingest.flush_refusals()
+    forged = seal(Device("x").identity, device="gw-7", boot=1, seq=1, prev=bytes(16))
+    ingest.batch(batch([forged]), peer="198.51.100.1:5683\n\x1b[32mINFO stored")
+    counts = json.loads(lender("quarantine", "--data", data_dir, "--json", "--counts").stdout)
+    assert {(c["kind"], c["reason_name"]): (c["refused"], c["kept"], c["counted_only"]) for c in counts} == {
+        ("request", "malformed"): (10, 3, 7), ("envelope", "unknown_key"): (1, 1, 0)}
+    out = lender("quarantine", "--data", data_dir).stdout
+    assert "request   malformed               10        3             7" in out
+    assert "\x1b" not in out and "\\x1b[32mINFO stored" in out  # the peer's text, escaped: one line, no colour
 
 
 # --- export and offline verification ----------------------------------------------------------

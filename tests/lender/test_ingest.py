@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lender.evidence import registry
-from lender.evidence.ingest import Ingest, Status, chain_violation
+from lender.evidence.ingest import MAX_NODE_BODY, Ingest, NodeIngest, Status, chain_violation
+from lender.evidence.refusals import Refusals
 from lender.evidence.store import SQLiteStore, explain_gaps
 from telemetry import cbor
 from telemetry.ack import ALREADY as ACK_ALREADY
@@ -215,15 +216,48 @@ def test_a_repeated_refusal_counts_up_instead_of_filling_the_quarantine(ingest, 
     assert entry.count == 5
 
 
-def test_a_full_quarantine_counts_what_it_cannot_keep(data_dir, store):
-    with another(store, data_dir, quarantine_limit=100) as small:
+def test_junk_fills_a_quarter_of_the_quarantine_and_is_counted_beyond(data_dir, store):
+    with another(store, data_dir, quarantine_limit=400) as small:
         ingest = Ingest(small)
         for n in range(10):
             ingest.batch(bytes([0xFF]) + bytes([n]) * 30, peer="flooder")
         counts = small.counts()
-        assert counts.quarantined == 3  # 3 x 31 bytes fit in 100
+        assert counts.quarantined == 3  # 3 x 31 bytes fit in a quarter of 400
         assert counts.quarantine_overflow == 7
         assert small.quarantine_overflow() == {("request", int(Reason.MALFORMED)): 7}
+
+
+def test_space_junk_cannot_take_stays_for_refusals_a_key_vouches_for(data_dir, store, gateway):
+    with another(store, data_dir, quarantine_limit=4000) as small:
+        ingest = Ingest(small, refusals=Refusals(samples_per_minute=1000))  # every piece of junk offered to the store
+        for n in range(200):  # junk, until its quarter is full and it is only counted
+            ingest.batch(bytes([0xFF]) + bytes([n]) * 60, peer="flooder")
+        assert small.counts().quarantine_overflow > 150
+        first = gateway.chain(3)
+        ingest.batch(batch(first), peer="gateway")
+        forked = Device("gw-1", identity=gateway.identity)  # the same key signs another past for seqs 1..3
+        forks = [forked.next(value=99.0) for _ in range(3)]
+        outcome = ingest.batch(batch(forks), peer="gateway")
+        assert [r.reason for r in outcome.refused] == [Reason.CONFLICT] * 3
+        kept = {q.raw for q in small.quarantined(1000) if q.reason is Reason.CONFLICT}
+        assert kept == {e.raw for e in forks}, "every signed fork is kept while junk is only counted"
+
+
+def test_junk_beyond_the_sample_is_counted_and_reaches_the_store_when_flushed(store):
+    ingest = Ingest(store, refusals=Refusals(samples_per_minute=5))
+    for n in range(50):
+        ingest.batch(bytes([0xFF]) + n.to_bytes(2, "big"), peer="flooder")
+    assert store.counts().quarantined == 5 and store.quarantine_overflow() == {}
+    assert ingest.flush_refusals() == 45
+    assert store.quarantine_overflow() == {("request", int(Reason.MALFORMED)): 45}
+
+
+def test_a_refused_node_body_keeps_at_most_the_node_cap(store):
+    ingest = NodeIngest(store)
+    outcome = ingest.envelope(bytes([0xD2]) + bytes(60_000), peer="flooder")
+    assert outcome.status is Status.TOO_LARGE
+    (entry,) = store.quarantined()
+    assert len(entry.raw) == MAX_NODE_BODY and entry.size == 60_001
 
 
 def test_gaps_and_signed_gap_records_are_kept_and_matched(ingest, gateway, store):
