@@ -276,6 +276,28 @@ class HonestProbe:
         self._thread.join(self.timeout + 10)
         return self.samples
 
+    @staticmethod
+    def post_once(uri: str, device: ProbeDevice, bodies: list[bytes], *, timeout: float = 10.0) -> list:
+        """POST each body to `device`'s path over its OSCORE context, one after the other; the responses."""
+        import aiocoap
+        from aiocoap.numbers import codes
+
+        from durable import oscore
+
+        async def post() -> list:
+            client = await aiocoap.Context.create_client_context()
+            security = oscore.open_context(device.context)
+            client.client_credentials[f"{uri}/{device.path}"] = security
+            try:
+                return [await asyncio.wait_for(client.request(aiocoap.Message(
+                    code=codes.POST, uri=f"{uri}/{device.path}", payload=body, content_format=60)).response, timeout)
+                    for body in bodies]
+            finally:
+                await client.shutdown()
+                oscore.close_context(security)
+
+        return asyncio.run(post())
+
     async def _run(self) -> None:
         import aiocoap
         from aiocoap.numbers import codes

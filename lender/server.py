@@ -135,6 +135,7 @@ class LenderServer:
         self._thread: IngestThread | None = None
         self._strangers: StrangersLane | None = None
         self._housekeeping_task: asyncio.Task | None = None
+        self._gate_window = 0.0  # when the gate's current summary window began (event loop time)
         self._context: aiocoap.Context | None = None
         self._generation: int | None = None
         self._lock_fd: int | None = None
@@ -248,7 +249,7 @@ class LenderServer:
     async def _housekeeping(self) -> None:
         """Once a second: junk counted since the last flush goes to the store (in the ingest thread, unless it is
         busy), the refusals' log summary and the gate's drops are written when their window is over."""
-        dropped_since = asyncio.get_running_loop().time()
+        self._gate_window = asyncio.get_running_loop().time()
         while True:
             await asyncio.sleep(1.0)
             ingest = self._thread.ingest
@@ -256,16 +257,20 @@ class LenderServer:
             if ingest.refusals.flush_due():
                 with contextlib.suppress(Busy, StoreError):
                     await self._thread.call(ingest.flush_refusals)
-            now = asyncio.get_running_loop().time()
-            if now - dropped_since >= ingest.refusals.log_window_s:
-                dropped, hosts = self.gate.take_dropped()
-                quieted = self.gate.chatter.take_quieted()
-                if dropped or quieted:
-                    log.warning("datagram gate: %d datagrams over their sender's budget dropped unread in the last "
-                                "%.0f s%s; %d of aiocoap's lines about single datagrams not logged", dropped,
-                                now - dropped_since, "; most from " + ", ".join(f"{host} ({count})" for host, count
-                                                                             in hosts) if hosts else "", quieted)
-                dropped_since = now
+            if asyncio.get_running_loop().time() - self._gate_window >= ingest.refusals.log_window_s:
+                self._log_gate_summary()
+
+    def _log_gate_summary(self) -> None:
+        """What the gate dropped and quieted since the last summary, in one line (nothing if nothing)."""
+        now = asyncio.get_running_loop().time()
+        dropped, hosts = self.gate.take_dropped()
+        quieted = self.gate.chatter.take_quieted()
+        if dropped or quieted:
+            most = "; most from " + ", ".join(f"{host} ({count})" for host, count in hosts) if hosts else ""
+            log.warning("datagram gate: %d datagrams over their sender's budget dropped unread in the last %.0f s%s; "
+                        "%d of aiocoap's lines about single datagrams not logged", dropped, now - self._gate_window,
+                        most, quieted)
+        self._gate_window = now
 
     async def stop(self) -> None:
         """Stop answering, persist the OSCORE contexts' state, write the refusals counted, and close the store."""
@@ -273,6 +278,8 @@ class LenderServer:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+            self._thread.ingest.refusals.tick(final=True)
+            self._log_gate_summary()
         context, self._context = self._context, None
         if context is not None:
             await context.shutdown()

@@ -10,7 +10,7 @@ from telemetry.ack import Ack, Reason
 from telemetry.bundle import verify_bundle
 from telemetry.clock import ClockStatement
 from telemetry.command import Command, accept
-from telemetry.enrollment import REQUEST_AAD, EnrollmentRequest, EnrollmentResponse, binding_of, signer_verifies
+from telemetry.enrollment import REQUEST_AAD, EnrollmentRequest, EnrollmentResponse, SiteRequest, binding_of, signer_verifies
 from telemetry.freshness import issue_token, token_genuine, token_time
 from telemetry.exc import EnrollmentFormatError
 from telemetry.envelope import decode as decode_envelope, verify
@@ -24,7 +24,7 @@ from tests.vectors.generate import build, identity_of, record_json
 VECTORS = Path(__file__).parent / "vectors"
 NAMES = sorted(p.stem for p in VECTORS.glob("*.json"))
 KINDS = ("envelope", "gap", "senml", "cose", "ack", "clock", "enrollment-request", "enrollment-response", "token",
-         "log-entry", "checkpoint", "receipt", "bundle", "command")
+         "log-entry", "checkpoint", "receipt", "bundle", "command", "site-request")
 
 
 def vectors_of(*kinds: str) -> list[str]:
@@ -198,6 +198,15 @@ def test_the_enrollment_response_vector_verifies_with_the_lender_key_and_answers
     with pytest.raises(EnrollmentFormatError):
         EnrollmentResponse.verify((VECTORS / "enrollment-response.cbor").read_bytes(),
                                   Identity(bytes.fromhex(request["seed_hex"])).public_key)
+
+
+def test_the_site_request_vector_is_signed_by_its_technician_and_names_its_asset_and_response_key():
+    description = json.loads((VECTORS / "site-request.json").read_text())
+    request, message = SiteRequest.parse((VECTORS / "site-request.cbor").read_bytes())
+    assert (request.technician, request.asset, request.created, request.response_key.hex()) == (
+        description["technician"], description["asset"], description["created"], description["response_key_hex"])
+    assert SiteRequest.verify(message, bytes.fromhex(description["public_key_hex"]))
+    assert not SiteRequest.verify(message, Identity.generate().public_key)
 
 
 def test_the_token_vector_is_genuine_for_its_device_only_and_carries_the_lender_time():

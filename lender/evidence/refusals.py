@@ -116,8 +116,9 @@ class Refusals:
         with self._lock:
             summary = self._roll_window()
             self.total += 1
-            if len(self._peers) < PEERS_TRACKED or peer in self._peers:
-                self._peers[peer] += 1
+            host = _host(peer)
+            if len(self._peers) < PEERS_TRACKED or host in self._peers:
+                self._peers[host] += 1
             if self._logged < self.log_lines:
                 self._logged += 1
                 emit = (what, peer, reason, detail)
@@ -129,16 +130,17 @@ class Refusals:
             what, peer, reason, detail = emit
             log.info("refused %s from %s (%s): %s", shown(what), shown(peer), shown(reason), shown(detail, 300))
 
-    def tick(self) -> None:
-        """Log the window's summary when it is over (call periodically: a quiet lender still says what it refused)."""
+    def tick(self, *, final: bool = False) -> None:
+        """Log the window's summary when it is over (call periodically: a quiet lender still says what it refused);
+        `final`: now, however short the window (the lender stops)."""
         with self._lock:
-            summary = self._roll_window()
+            summary = self._roll_window(final)
         if summary:
             log.warning("%s", summary)
 
-    def _roll_window(self) -> str | None:
+    def _roll_window(self, final: bool = False) -> str | None:
         now = self._clock()
-        if now - self._window_start < self.log_window_s:
+        if now - self._window_start < self.log_window_s and not final:
             return None
         unlogged = sum(self._unlogged.values())
         summary = None
@@ -152,3 +154,10 @@ class Refusals:
         self._unlogged.clear()
         self._peers.clear()
         return summary
+
+
+def _host(peer: str) -> str:
+    """The host of a peer as lender.coap names it ("203.0.113.9:40000", "[2001:db8::1]:5683 (OSCORE)")."""
+    address = peer.partition(" ")[0]
+    host, colon, port = address.rpartition(":")
+    return host.strip("[]") if colon and port.isdigit() else address

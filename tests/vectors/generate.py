@@ -30,6 +30,7 @@ from telemetry.enrollment import (  # noqa: E402
     EnrollmentRequest,
     EnrollmentResponse,
     Geofence,
+    SiteRequest,
     binding_of,
 )
 from telemetry.envelope import GENESIS, Counters, Gap, seal  # noqa: E402
@@ -346,6 +347,8 @@ def contract_vectors(device: Identity, technician: Identity, lender: Identity) -
     )
     request = EnrollmentRequest.create(body, device.sign).countersign(technician)
     response = EnrollmentResponse(body.device, request.digest, T0 + 60, body.binding.asset)
+    site_request = SiteRequest("tech-ana", body.binding.asset, T0 + 30,
+                               bytes(nacl.public.PrivateKey(RESPONSE_KEY_SEED).public_key))
     signers = {"seed_hex": SEED_1.hex(),
                "public_key_hex": device.public_key.hex()}
     vectors = {
@@ -365,6 +368,12 @@ def contract_vectors(device: Identity, technician: Identity, lender: Identity) -
                                  "registered_at": response.registered_at, "asset": response.asset,
                                  "note": "without a sealed context: crypto_box_seal is randomized, so no vector can pin it"},
                                 response.sign(lender)),
+        "site-request": ({"kind": "site-request", "seed_hex": SEED_2.hex(), "public_key_hex": technician.public_key.hex(),
+                          "technician": site_request.technician, "asset": site_request.asset,
+                          "created": site_request.created, "response_key_hex": site_request.response_key.hex(),
+                          "note": "the answer is the site file (COSE_Sign1, pledgewatch-site/1) sealed to the "
+                                  "response key: crypto_box_seal is randomized, so no vector can pin it"},
+                         site_request.sign(technician)),
     }
     for name, statement in clocks.items():
         vectors[name] = ({"kind": "clock", **signers, **{k: v for k, v in (
