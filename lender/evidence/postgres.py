@@ -52,7 +52,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -75,7 +75,6 @@ from lender.evidence.store import (
     Review,
     StoreCounts,
     StoredEnvelope,
-    quarantine_room,
 )
 from lender.exc import (
     DeviceExistsError,
@@ -98,6 +97,7 @@ PREFETCH = 64                       # seqs read ahead of a batch's first envelop
 PARTITIONS_AHEAD = 2                # months of partitions made ahead of the current one
 DEVICE_CACHE = 100_000              # registry rows kept between registry changes
 ENVELOPES_KEPT = 50_000             # stored envelopes (or their absence) kept known between transactions
+STATEMENT_PARAMS = 50               # values per statement that psycopg still caches (MAX_CACHED_STATEMENT_PARAMS)
 REGISTRY_CHANNEL = "pledgewatch_registry"  # NOTIFY channel of registry changes (LISTENed by every connection)
 
 # Version N's statements take a database at version N-1 to N; 1 is the whole schema of SQLite's version 3.
@@ -294,11 +294,21 @@ def _locked(conn: psycopg.Connection) -> tuple[psycopg.Connection, int]:
 
 
 def _insert_rows(conn: psycopg.Connection, table: str, columns: str, rows: list[tuple]) -> None:
-    """All `rows` in one statement (``VALUES (…), (…), …``): one message to the server, its values dumped in C."""
-    if rows:
-        group = "(" + ", ".join(["%s"] * len(rows[0])) + ")"
-        conn.execute(f"INSERT INTO {table} ({columns}) VALUES " + ", ".join([group] * len(rows)),
-                     [value for row in rows for value in row])
+    """`rows` as multi-row inserts (``VALUES (…), (…), …``) of at most `STATEMENT_PARAMS` values each.
+
+    psycopg parses a statement's placeholders once and keeps it prepared only
+    up to that many parameters; past it, every call parses the text again
+    (a third of the ingest thread's time for a batch in one statement).
+    """
+    if not rows:
+        return
+    width = len(rows[0])
+    per = max(1, STATEMENT_PARAMS // width)
+    group = "(" + ", ".join(["%s"] * width) + ")"
+    for start in range(0, len(rows), per):
+        chunk = rows[start:start + per]
+        conn.execute(f"INSERT INTO {table} ({columns}) VALUES " + ", ".join([group] * len(chunk)),
+                     [value for row in chunk for value in row])
 
 
 def _stored(row: tuple) -> StoredEnvelope:
@@ -341,13 +351,14 @@ class _LogSQL:
         return self._store.connection().execute(self._sql(sql), params)
 
     def executemany(self, sql: str, rows: list) -> None:
-        """One statement for all rows (``VALUES (…), (…), …``): the log's appends of a commit in one go."""
-        if not rows:
-            return
+        """Multi-row inserts (the log's appends of a commit) in as few statements as psycopg keeps prepared."""
         head, _, values = self._sql(sql).partition(" VALUES ")
-        group, _, rest = values.partition(")")
-        many = f"{head} VALUES " + ", ".join([group + ")"] * len(rows)) + rest
-        self._store.connection().execute(many, [value for row in rows for value in row])
+        table, _, columns = head.removeprefix("INSERT INTO ").partition(" (")
+        if not head.startswith("INSERT INTO ") or values.count(")") != 1 or not values.endswith(")"):
+            with self._store.connection().cursor() as cursor:  # not a plain insert: as the log wrote it
+                cursor.executemany(self._sql(sql), rows)
+            return
+        _insert_rows(self._store.connection(), table, columns.removesuffix(")"), rows)
 
 
 @dataclass(slots=True)
@@ -887,8 +898,13 @@ class PostgresStore:
                     return True
                 (used,), = self._execute(
                     "SELECT value FROM pledgewatch_meta WHERE key = 'quarantine_bytes'").fetchall()
-                if used + len(raw) > quarantine_room(self.quarantine_limit, rejection):
-                    self._count_overflow(kind, reason, 1, now, now)
+                if used + len(raw) > self.quarantine_limit:
+                    self._execute(
+                        "INSERT INTO quarantine_overflow (kind, reason, count, first_seen, last_seen)"
+                        " VALUES (%s, %s, 1, %s, %s) ON CONFLICT (kind, reason) DO UPDATE SET"
+                        " count = quarantine_overflow.count + 1,"
+                        " last_seen = greatest(quarantine_overflow.last_seen, excluded.last_seen)",
+                        (kind, reason, now, now))
                     return False
                 self._execute(
                     "INSERT INTO quarantine (kind, reason, detail, raw, fingerprint, size, device, seq, kid,"
@@ -902,27 +918,6 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise _wrap(exc, f"cannot write the quarantine in {self.path}") from exc
         return True
-
-    def _count_overflow(self, kind: str, reason: int, count: int, first: float, last: float) -> None:
-        self._execute(
-            "INSERT INTO quarantine_overflow (kind, reason, count, first_seen, last_seen)"
-            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (kind, reason) DO UPDATE SET"
-            " count = quarantine_overflow.count + excluded.count,"
-            " first_seen = least(quarantine_overflow.first_seen, excluded.first_seen),"
-            " last_seen = greatest(quarantine_overflow.last_seen, excluded.last_seen)",
-            (kind, reason, count, first, last))
-
-    def count_refusals(self, counts: Mapping[tuple[str, int], tuple[int, float, float]]) -> None:
-        try:
-            with self.transaction():
-                for (kind, reason), (count, first, last) in counts.items():
-                    self._count_overflow(kind, int(reason), count, first, last)
-        except psycopg.Error as exc:
-            raise _wrap(exc, f"cannot count refusals in {self.path}") from exc
-
-    def quarantine_tally(self) -> dict[tuple[str, int], tuple[int, int]]:
-        return {(kind, reason): (int(items), int(count)) for kind, reason, items, count in self._query(
-            "SELECT kind, reason, count(*), sum(count) FROM quarantine GROUP BY kind, reason ORDER BY kind, reason")}
 
     def quarantined(self, limit: int = 100, device: str | None = None) -> list[QuarantineEntry]:
         where, params = ("WHERE device = %s", (device,)) if device is not None else ("", ())
