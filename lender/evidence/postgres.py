@@ -52,7 +52,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -75,6 +75,7 @@ from lender.evidence.store import (
     Review,
     StoreCounts,
     StoredEnvelope,
+    quarantine_room,
 )
 from lender.exc import (
     DeviceExistsError,
@@ -898,13 +899,8 @@ class PostgresStore:
                     return True
                 (used,), = self._execute(
                     "SELECT value FROM pledgewatch_meta WHERE key = 'quarantine_bytes'").fetchall()
-                if used + len(raw) > self.quarantine_limit:
-                    self._execute(
-                        "INSERT INTO quarantine_overflow (kind, reason, count, first_seen, last_seen)"
-                        " VALUES (%s, %s, 1, %s, %s) ON CONFLICT (kind, reason) DO UPDATE SET"
-                        " count = quarantine_overflow.count + 1,"
-                        " last_seen = greatest(quarantine_overflow.last_seen, excluded.last_seen)",
-                        (kind, reason, now, now))
+                if used + len(raw) > quarantine_room(self.quarantine_limit, rejection):
+                    self._count_overflow(kind, reason, 1, now, now)
                     return False
                 self._execute(
                     "INSERT INTO quarantine (kind, reason, detail, raw, fingerprint, size, device, seq, kid,"
@@ -918,6 +914,27 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise _wrap(exc, f"cannot write the quarantine in {self.path}") from exc
         return True
+
+    def _count_overflow(self, kind: str, reason: int, count: int, first: float, last: float) -> None:
+        self._execute(
+            "INSERT INTO quarantine_overflow (kind, reason, count, first_seen, last_seen)"
+            " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (kind, reason) DO UPDATE SET"
+            " count = quarantine_overflow.count + excluded.count,"
+            " first_seen = least(quarantine_overflow.first_seen, excluded.first_seen),"
+            " last_seen = greatest(quarantine_overflow.last_seen, excluded.last_seen)",
+            (kind, reason, count, first, last))
+
+    def count_refusals(self, counts: Mapping[tuple[str, int], tuple[int, float, float]]) -> None:
+        try:
+            with self.transaction():
+                for (kind, reason), (count, first, last) in counts.items():
+                    self._count_overflow(kind, int(reason), count, first, last)
+        except psycopg.Error as exc:
+            raise _wrap(exc, f"cannot count refusals in {self.path}") from exc
+
+    def quarantine_tally(self) -> dict[tuple[str, int], tuple[int, int]]:
+        return {(kind, reason): (int(items), int(count)) for kind, reason, items, count in self._query(
+            "SELECT kind, reason, count(*), sum(count) FROM quarantine GROUP BY kind, reason ORDER BY kind, reason")}
 
     def quarantined(self, limit: int = 100, device: str | None = None) -> list[QuarantineEntry]:
         where, params = ("WHERE device = %s", (device,)) if device is not None else ("", ())
