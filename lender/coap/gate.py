@@ -62,7 +62,7 @@ HOSTS = 16384                 # stranger buckets kept (least recently used forgo
 TRUSTED_HOSTS = 4096
 READ_BATCH = 64               # datagrams read per wake-up of the event loop, at most
 ADMIT_BATCH = 8               # admitted datagrams per wake-up, at most (each costs aiocoap ~100 µs)
-DEDUPLICATION_ENTRIES = 8192  # aiocoap's request de-duplication cache, bounded
+DEDUPLICATION_ENTRIES = 4096  # aiocoap's request de-duplication cache, bounded (~3 KiB an entry, with its answer)
 # The socket's receive buffer: a burst (or a few 63 KiB datagrams, ~128 KiB of kernel memory each) must not
 # overflow it while the event loop is busy, or the kernel drops honest datagrams before the gate sees them.
 # Linux caps it at net.core.rmem_max (212992 on a stock Debian: raise it, docs/lender-guide.md).
