@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lender.exc import ServeError
+from lender.untrusted import escape_logs
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def _worker_main(config: WorkerConfig, index: int, ready) -> None:
 
     logging.basicConfig(level=config.log_level, stream=sys.stderr,
                         format=f"%(asctime)s %(levelname)s worker-{index} %(name)s: %(message)s")
+    escape_logs()  # a line written from an attacker's bytes stays one line that says what it is (lender.untrusted)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which stops us by SIGTERM
 
     async def serve() -> None:
