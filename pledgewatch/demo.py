@@ -560,7 +560,7 @@ async def _provision(gateway: Gateway, profile, lender_key: bytes, uplink_uri: s
     from provisioning import gateway as provision
     from provisioning.install import Owner
 
-    site = await provision.fetch_site(uplink_uri, ASSET, lender_key, timeout=10)
+    site = await provision.fetch_site(uplink_uri, ASSET, lender_key, profile, timeout=10)
     plan = provision.GatewayPlan(
         device=DEVICE, binding=site.binding, lender=uplink_uri, lender_key=lender_key,
         config_dir=gateway.config_dir, state_dir=gateway.state_dir, modem_port=modem_port, sensors=site.sensors,
