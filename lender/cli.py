@@ -510,7 +510,7 @@ def _readings(args: argparse.Namespace) -> int:
             }))
         return 0
     table = [("TIME", "SEQ", "NAME", "VALUE", "UNIT")]
-    table += [(iso_time(r.at), r.seq, r.name, _reading_value(r), r.unit or "") for r in rows]
+    table += [(iso_time(r.at), r.seq, r.name, shown(_reading_value(r), 200), r.unit or "") for r in rows]  # signed text
     _print_table(table)
     print(f"{len(rows)} reading(s) of {args.device}, every one from a verified envelope", file=sys.stderr)
     return 0
@@ -554,7 +554,7 @@ def _gaps(args: argparse.Namespace) -> int:
             span = (f"seqs ..{m['last']} (the chain's start never arrived)" if m["first"] is None
                     else f"seqs {m['first']}..{m['last']} ({m['count']} missing)")
             if m["explained"]:
-                why = f"explained by signed gap record seq {m['explained_by']} ({reasons[(device, m['explained_by'])]})"
+                why = f"explained by signed gap record seq {m['explained_by']} ({shown(reasons[(device, m['explained_by'])])})"
             elif m["partly_explained_by"]:
                 why = "partly explained by signed gap record(s) seq " + ", ".join(map(str, m["partly_explained_by"]))
             else:
@@ -564,7 +564,7 @@ def _gaps(args: argparse.Namespace) -> int:
             span = f"seqs {g['first']}..{g['last']}" if g["first"] is not None else "seqs not stated"
             count = f", {g['count']} reading(s)" if g["count"] is not None else ""
             reviewed = "; ".join(f"reviewed by {r['by']} at {r['at']}: {r['note']}" for r in g["reviews"])
-            print(f"{device}: signed gap record seq {g['seq']}: {g['reason']}, {span}{count}; "
+            print(f"{device}: signed gap record seq {g['seq']}: {shown(g['reason'])}, {span}{count}; "
                   f"{reviewed or 'NOT REVIEWED (pledgewatch lender review)'}")
     return 0
 
@@ -869,7 +869,7 @@ def _alarms(args: argparse.Namespace) -> int:
         else:
             what = f" {event.value:g} {event.unit or ''}".rstrip() if event.value is not None else ""
             print(f"{event.device} {event.asset}: {event.state.upper():7} {event.name} ({event.severity}) seq {event.seq}"
-                  f" at {_when(event)}; sensors {','.join(event.sensors) or '-'};{what} {event.detail}".rstrip())
+                  f" at {_when(event)}; sensors {','.join(event.sensors) or '-'};{what} {shown(event.detail)}".rstrip())
     for device, risk in raised if args.asset in (None, GATEWAY) else ():
         if args.json:
             print(json.dumps({"source": "lender", "device": device, "asset": GATEWAY, "kind": risk.kind,
@@ -877,7 +877,7 @@ def _alarms(args: argparse.Namespace) -> int:
                              sort_keys=True))
         else:
             since = f" since {iso_time(risk.since)}" if risk.since is not None else ""
-            print(f"{device} {GATEWAY}: RAISED  risk.{risk.kind} (lender){since}: {risk.detail}")
+            print(f"{device} {GATEWAY}: RAISED  risk.{risk.kind} (lender){since}: {shown(risk.detail)}")
     events = events or raised
     if not events and not args.json:
         print("no alarms" + (" open" if args.open else ""), file=sys.stderr)
@@ -921,12 +921,13 @@ def _status(args: argparse.Namespace) -> int:
         r = _reading_json(s.last_reading)
         if r is not None:
             when = iso_time(r["time"]) if r["time"] is not None else f"unsynchronized clock, received {iso_time(r['at'])}"
-            print(f"  last reading  {r['name']} = {r['value']}{' ' + r['unit'] if r['unit'] else ''} at {when}"
+            print(f"  last reading  {r['name']} = {shown(r['value'], 200)}{' ' + r['unit'] if r['unit'] else ''} at {when}"
                   f" (seq {r['seq']}, verified)")
         elif s.sensors:
             print("  last reading  none yet")
         for alarm in s.open_alarms:
-            print(f"  OPEN ALARM    {alarm.name} ({alarm.severity}) since {_when(alarm)}, seq {alarm.seq}: {alarm.detail}")
+            print(f"  OPEN ALARM    {alarm.name} ({alarm.severity}) since {_when(alarm)}, seq {alarm.seq}: "
+                  f"{shown(alarm.detail)}")
         if s.unexplained_gaps:
             ranges = ", ".join(f"{'start' if a is None else a}..{b}" for a, b in s.unexplained_gaps[:5])
             print(f"  gaps          {len(s.unexplained_gaps)} unexplained (seqs {ranges}), {s.explained_gaps} explained")
@@ -934,7 +935,7 @@ def _status(args: argparse.Namespace) -> int:
             print(f"  gaps          none unexplained, {s.explained_gaps} explained by signed gap records")
         for risk in s.risks:
             since = f" since {iso_time(risk.since)}" if risk.since is not None else ""
-            print(f"  RISK {risk.kind:<10}{since}: {risk.detail}")
+            print(f"  RISK {risk.kind:<10}{since}: {shown(risk.detail)}")
     return 0
 
 

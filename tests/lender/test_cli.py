@@ -20,6 +20,7 @@ from tests.kit.lender import PYTHON_BIN, Device, RawCoap, ack_of, batch, enroll,
 from lender.evidence.ingest import Ingest
 from lender.evidence.refusals import Refusals
 from telemetry.envelope import Gap, GapReason, seal
+from telemetry.senml import Record
 
 PLEDGEWATCH = str(PYTHON_BIN / "pledgewatch")
 
@@ -229,6 +230,20 @@ def test_quarantine_counts_refusals_by_kind_and_reason_and_escapes_what_came_fro
     out = lender("quarantine", "--data", data_dir).stdout
     assert "request   malformed               10        3             7" in out
     assert "\x1b" not in out and "\\x1b[32mINFO stored" in out  # the peer's text, escaped: one line, no colour
+
+
+def test_text_a_device_signed_reaches_the_terminal_escaped(store, data_dir, device):
+    # the borrower runs the device: a signed string value or gap reason is evidence, kept as it is, shown escaped
+    enroll(store, data_dir, device)
+    text = "ok\n2026-01-05 OPEN ALARM none \x1b[2J"
+    envelope = seal(device.identity, device="gw-7", boot=1, seq=1, prev=bytes(16),
+                    records=[Record("note", string=text, time=1_767_225_600)])
+    gap = seal(device.identity, device="gw-7", boot=1, seq=2, prev=envelope.digest, gap=Gap(text, 5, 6, 2))
+    Ingest(store).batch(batch([envelope, gap]), peer="test")
+    assert [r.string for r in store.readings("gw-7")] == [text]
+    for command in (("readings", "--device", "gw-7", "--since", "0"), ("gaps",)):
+        out = lender(*command, "--data", data_dir).stdout
+        assert "\x1b" not in out and "\\x1b[2J" in out and "\n2026-01-05" not in out
 
 
 # --- export and offline verification ----------------------------------------------------------
