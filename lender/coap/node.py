@@ -82,8 +82,7 @@ class NodeResource(LenderResource):
                 f"content-format {int(request.opt.content_format)} is not application/cbor (60)", body, peer=peer,
                 attributable=self.authenticated)
         else:
-            outcome = None if strangers is None else await self.in_lane(
-                strangers, strangers.screen_envelope, body, peer=peer)
+            outcome = None if strangers is None else await strangers.screen(body, peer=peer)
             if outcome is None:
                 outcome = await self.in_thread(self._envelope, request, body, peer)
         response = outcome_message(outcome)

@@ -28,9 +28,10 @@ from aiocoap import error
 
 from lender.coap.gate import DEVICE
 from lender.coap.limits import Budgets, Rate
-from lender.coap.resource import Lane
+from lender.coap.resource import Busy, Lane, StorageUnavailable
 from lender.evidence.ingest import BatchOutcome, Ingest, NodeIngest
 from lender.evidence.store import EvidenceStore
+from lender.exc import StoreError
 from telemetry.envelope import decode as decode_envelope
 from telemetry.exc import WireFormatError
 
@@ -68,6 +69,28 @@ class StrangersLane(Lane):
         """Spend one request from `device`'s budget (None: no device named); raises TooManyRequests over it."""
         if device is not None and not self.devices.take(device):
             raise TooManyRequests(device, self.devices.wait(device))
+
+    async def screen(self, body: bytes, *, peer: str) -> BatchOutcome | None:
+        """The answer to one plain-CoAP envelope for /n if it is junk, or None to hand it on to the ingest thread.
+
+        A body that is not one envelope at all (most junk) is answered at once in the event loop; only a sampled
+        refusal's write comes here. Anything shaped like an envelope is decoded and verified in this lane."""
+        shaped = self.node_ingest.refuse_shape(body, peer=peer)
+        if shaped is None:
+            return await self._in_lane(self.screen_envelope, body, peer=peer)
+        outcome, keep = shaped
+        if keep is not None:
+            try:
+                await self._in_lane(self.store.quarantine, keep)
+            except Busy:  # the sample is lost, the refusal still answered
+                pass
+        return outcome
+
+    async def _in_lane(self, function, *args, **kwargs):
+        try:
+            return await self.call(function, *args, **kwargs)
+        except StoreError as exc:
+            raise StorageUnavailable() from exc
 
     def screen_envelope(self, body: bytes, *, peer: str) -> BatchOutcome | None:
         """In this lane: the answer to one plain-CoAP envelope for /n if it is junk, or None to hand it on."""
