@@ -94,10 +94,10 @@ SCHEMA_VERSION = 2
 WRITER_LOCK = 0x504C4C44_57524954   # "PLLD" "WRIT": one writing transaction at a time (the log's one order)
 MIGRATION_LOCK = 0x504C4C44_4D494752  # "PLLD" "MIGR": one migrating process at a time
 CONNECT_TIMEOUT = 5                 # seconds: a worker whose database is down answers 5.03 quickly
-PREFETCH = 64                       # seqs read ahead of a batch's first envelope (its neighbours for the chain check)
+PREFETCH = 16                       # seqs read ahead of a batch's first envelope (its neighbours for the chain check)
 PARTITIONS_AHEAD = 2                # months of partitions made ahead of the current one
 DEVICE_CACHE = 100_000              # registry rows kept between registry changes
-ENVELOPES_KEPT = 50_000             # stored envelopes (or their absence) kept known between transactions
+ENVELOPES_KEPT = 250_000            # stored envelopes (or their absence) kept known between transactions
 STATEMENT_PARAMS = 50               # values per statement that psycopg still caches (MAX_CACHED_STATEMENT_PARAMS)
 REGISTRY_CHANNEL = "pledgewatch_registry"  # NOTIFY channel of registry changes (LISTENed by every connection)
 

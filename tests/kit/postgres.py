@@ -129,11 +129,13 @@ class PostgresServer:
         with psycopg.connect(self.url(), autocommit=True, connect_timeout=2) as conn:
             conn.execute(sql)
 
-    def database(self, name: str | None = None) -> str:
-        """A new, empty database on this server; its URL."""
+    def database(self, name: str | None = None, *, unix_socket: bool = False) -> str:
+        """A new, empty database on this server; its URL (TCP on 127.0.0.1, or the server's Unix socket)."""
         self._databases += 1
         name = name or f"pledgewatch_{os.getpid()}_{self._databases}"
         self._admin(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        if unix_socket:  # what a lender on the database's own host uses
+            return f"postgresql://{self.superuser}@/{name}?host={self.root}&port={self.port}"
         return self.url(name)
 
     def kill(self) -> None:
