@@ -672,6 +672,7 @@ class PostgresStore:
     def _bump_generation(self) -> None:
         self._execute("UPDATE pledgewatch_meta SET value = value + 1 WHERE key = 'registry_generation'")
         self._execute(f"NOTIFY {REGISTRY_CHANNEL}")  # sent to every listening connection when this commits
+        self._devices.clear()
 
     def device(self, device_id: str) -> Device | None:
         """The device's row; kept while the registry generation last read stands (ingest reads it every batch)."""
@@ -706,7 +707,6 @@ class PostgresStore:
                     raise DeviceExistsError(
                         f"device {device.device} or its key (kid {device.kid.hex()}) is registered already")
                 self._bump_generation()
-                self._devices.clear()
                 if self.log is not None:
                     self.log.registration(device.device, device.registered_at, device.public_key, device.asset,
                                           device.binding, enrollment)
@@ -724,13 +724,9 @@ class PostgresStore:
                 if revoked and self.log is not None:
                     self.log.revocation(device_id, at)
                 self._bump_generation()
-                self._devices.clear()
         except psycopg.Error as exc:
             raise _wrap(exc, f"cannot revoke {device_id} in {self.path}") from exc
-        device = self.device(device_id)
-        if device is None:
-            raise UnknownDeviceError(f"no device {device_id!r} is registered")
-        return device
+        return self._registered(device_id)
 
     def bind(self, device_id: str, binding: bytes, enrollment: EnrollmentEvidence | None = None,
              *, at: float | None = None) -> Device:
@@ -741,9 +737,11 @@ class PostgresStore:
                 if bound and enrollment is not None and self.log is not None:
                     self.log.enrollment(device_id, time.time() if at is None else at, binding, enrollment)
                 self._bump_generation()
-                self._devices.clear()
         except psycopg.Error as exc:
             raise _wrap(exc, f"cannot bind {device_id} in {self.path}") from exc
+        return self._registered(device_id)
+
+    def _registered(self, device_id: str) -> Device:
         device = self.device(device_id)
         if device is None:
             raise UnknownDeviceError(f"no device {device_id!r} is registered")
