@@ -7,6 +7,9 @@
     lender      simulated devices, batches, a lender on 127.0.0.1, an independent CoAP client
     oscore      an OSCORE of the tests' own (cryptography): open a node's requests and the lender's answers, forge answers
     pledge      a version 2 gateway that signs like the agent, and a lender on disk that judges it (the risk tests)
+    postgres    a throwaway PostgreSQL server (Debian's binaries, a temporary directory, a free port, an unprivileged user)
+    stores      the lender's two store backends under one suite: another connection, a failing insert, a schema version
+    workers     gateways speaking OSCORE to a lender of several workers (fault tests)
     pledged_site  real processes for the borrower's attacks: a lender serving, a gateway provisioned to it, the agent
                 as a child (agentshim/: its GPIO from a file, a kernel said synced, the rig's clock shim)
     rules       synthetic sample streams and a simulated clock for the rules tests
