@@ -157,7 +157,8 @@ class LenderServer:
             strangers_store = open_store(self.data_dir, self.store_url)  # the strangers' lane's own connection
             self._strangers = StrangersLane(
                 strangers_store, Ingest(strangers_store, max_body=self.max_body, token_key=key, refusals=refusals),
-                NodeIngest(strangers_store, token_key=key, refusals=refusals), per_device=self.gate.policy.device)
+                NodeIngest(strangers_store, token_key=key, refusals=refusals), per_device=self.gate.policy.device,
+                trust=self.gate.trust)
             # One indexed read per request; its own connection keeps it off the ingest thread's queue.
             self._registry_view = open_store(self.data_dir, self.store_url)
             self.credentials = self._credentials()

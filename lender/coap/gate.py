@@ -8,7 +8,8 @@ So every datagram meets the gate first, before it is parsed:
 
 * a host that recently delivered authenticated evidence (an OSCORE request
   from a registered device, or a plain request that stored a new signed
-  envelope: `trust`) spends from its own budget, `TRUSTED` (500/s);
+  envelope: `trust`, lender.coap.screen) spends from its own budget,
+  `TRUSTED` (2,000/s: a gateway draining a day of backlog);
 * any other host spends from its own budget, `STRANGER` (20/s), and from one
   budget shared by all strangers, `STRANGERS` (1,000/s, with a short burst:
   a flood's first moment must not fill the event loop with work);
@@ -53,7 +54,7 @@ from lender.coap.routing import Wrapper
 
 log = logging.getLogger(__name__)
 
-TRUSTED = Rate(per_s=500.0, burst=1000.0)       # one host that delivered authenticated evidence lately
+TRUSTED = Rate(per_s=2000.0, burst=4000.0)      # one host that delivered authenticated evidence lately (a drain)
 STRANGER = Rate(per_s=20.0, burst=40.0)         # one host the lender has no reason to trust
 STRANGERS = Rate(per_s=1000.0, burst=200.0)     # all strangers together
 DEVICE = Rate(per_s=2.0, burst=20.0)            # unauthenticated requests naming one device (lender.coap.screen)

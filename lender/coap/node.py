@@ -85,6 +85,8 @@ class NodeResource(LenderResource):
             outcome = None if strangers is None else await strangers.screen(body, peer=peer)
             if outcome is None:
                 outcome = await self.in_thread(self._envelope, request, body, peer)
+                if strangers is not None:
+                    strangers.vouched(request, outcome)
         response = outcome_message(outcome)
         if outcome.status is Status.TOO_LARGE:
             response.opt.size1 = MAX_NODE_BODY

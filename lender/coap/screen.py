@@ -17,6 +17,12 @@ over it, 4.29 Too Many Requests with Max-Age (RFC 8516). A sender that names som
 can so slow that device's unauthenticated requests down, never forge them; a
 device with an OSCORE context is served in the protected site, untouched by
 this lane.
+
+A plain-CoAP request that got a new envelope stored (its signature verified,
+and no replay: a replay is only "already present") makes its host trusted at
+the gate, as an OSCORE request does (`vouched`): an insecure node, or a
+gateway of a lender run with --insecure, then drains its backlog at the
+trusted budget, not at a stranger's.
 """
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ from collections.abc import Callable
 import aiocoap
 from aiocoap import error
 
-from lender.coap.gate import DEVICE
+from lender.coap.gate import DEVICE, host_of
 from lender.coap.limits import Budgets, Rate
 from lender.coap.resource import Busy, Lane, StorageUnavailable
 from lender.evidence.ingest import BatchOutcome, Ingest, NodeIngest
@@ -58,12 +64,20 @@ class StrangersLane(Lane):
     """The lane for unauthenticated requests, with its own store connection and per-device budgets."""
 
     def __init__(self, store: EvidenceStore, ingest: Ingest, node_ingest: NodeIngest, *,
-                 depth: int = STRANGERS_DEPTH, per_device: Rate = DEVICE) -> None:
+                 depth: int = STRANGERS_DEPTH, per_device: Rate = DEVICE,
+                 trust: Callable[[str], None] = lambda host: None) -> None:
         super().__init__("lender-strangers", depth=depth)
         self.store = store
         self.ingest = ingest            # over `store`: screens batches for /t (only with --insecure)
         self.node_ingest = node_ingest  # over `store`: screens envelopes for /n
         self.devices = Budgets(per_device, capacity=DEVICES)
+        self._trust = trust
+
+    def vouched(self, request: aiocoap.Message, outcome: BatchOutcome) -> None:
+        """`outcome` stored new signed evidence from `request`'s host: trust the host at the gate."""
+        host = host_of(request.remote)
+        if outcome.stored and host is not None:
+            self._trust(host)
 
     def spend(self, device: str | None) -> None:
         """Spend one request from `device`'s budget (None: no device named); raises TooManyRequests over it."""

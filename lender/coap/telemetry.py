@@ -66,6 +66,8 @@ class TelemetryResource(LenderResource):
                                                                         peer=peer)
             if outcome is None:
                 outcome = await self.in_thread(self.thread.ingest.batch, body, peer=peer, sender=sender)
+                if strangers is not None:
+                    strangers.vouched(request, outcome)
         response = outcome_message(outcome)
         response.opt.block1 = request.opt.block1
         return await self._responses.extract_or_insert(request, functools.partial(_ready, response))

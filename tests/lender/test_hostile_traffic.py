@@ -152,6 +152,26 @@ def test_unauthenticated_requests_naming_one_device_spend_its_budget_and_get_4_2
     assert answers[-1].opt.max_age >= 1 and b"node-1" in answers[-1].payload
 
 
+def test_a_plain_request_that_stores_new_signed_evidence_makes_its_host_trusted_and_a_replay_does_not(
+        data_dir, store):
+    gateway = Device("gw-insecure")
+    enroll(store, data_dir, gateway)
+    with LenderThread(data_dir, insecure=True) as lender:  # the gate's own budgets: 20/s for a stranger
+        client = RawCoap(lender.port, timeout=1.0, tries=1)  # a datagram the gate drops would time out
+        first = batch([gateway.next()])
+        client.post(first)
+        for _ in range(150):  # far beyond a stranger's burst: a trusted host's budget
+            envelope = gateway.next()
+            assert ack_of(client.post(batch([envelope])).payload)[1] == [envelope.seq]
+        client.close()
+    with LenderThread(data_dir, insecure=True) as lender:  # a fresh gate: replays earn nothing
+        client = RawCoap(lender.port, timeout=0.3, tries=1)
+        with pytest.raises(TimeoutError):
+            for _ in range(150):
+                assert ack_of(client.post(first).payload)[2] == [1]  # already present
+        client.close()
+
+
 # --- the refusals' policy ---------------------------------------------------------------------------
 
 def refused(n: int, *, attributable: bool = False, reason: Reason = Reason.MALFORMED) -> Refused:
