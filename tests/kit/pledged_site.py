@@ -187,6 +187,13 @@ class Gateway:
         with _read_only(self.spool_file) as conn:
             return [seq for seq, in conn.execute("SELECT seq FROM alarm ORDER BY seq")]
 
+    def spooled_seqs(self) -> list[int]:
+        """The seqs of every envelope waiting in the spool (read-only; the agent may run)."""
+        if not self.spool_file.exists():
+            return []
+        with _read_only(self.spool_file) as conn:
+            return [seq for seq, in conn.execute("SELECT seq FROM alarm UNION ALL SELECT seq FROM routine")]
+
     def spooled_records(self) -> list[tuple[int, str, object]]:
         """(seq, name, value) of every record in the spool's envelopes, by seq (read-only; the agent may run)."""
         if not self.spool_file.exists():
@@ -231,9 +238,12 @@ class Gateway:
 
     def wait_delivered(self, *, timeout: float = 30.0) -> int:
         """Wait until the lender holds every seq the agent had signed when this was called; returns that seq."""
+        # Both: the lender holds the head, and the spool holds nothing up to it (acked ones leave it). The head
+        # alone is not enough: batches go several in flight and an alarm goes first, so they arrive out of order.
         head = self.wait(lambda: self.spooled()[1], what="a chain head in the spool")
-        self.wait(lambda: (self.site.lender_max_seq(self.device) or 0) >= head, timeout=timeout,
-                  what=f"the lender to hold seq {head} of {self.device}")
+        self.wait(lambda: (self.site.lender_max_seq(self.device) or 0) >= head
+                  and not any(seq <= head for seq in self.spooled_seqs()), timeout=timeout,
+                  what=f"the lender to hold every seq up to {head} of {self.device}")
         return head
 
     def wait_spooled_alarm(self, *, after: int = 0) -> int:

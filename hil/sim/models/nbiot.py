@@ -16,7 +16,7 @@ the modem). Its knobs are faults of the air interface, one line each::
 
 and it records every datagram (`link.datagrams`: (time.monotonic(), "up" or
 "down", bytes, delivered)) for tests to assert. An on-path attacker is one
-knob too: ``link.forge = f`` calls ``f(datagram)`` for each uplink datagram,
+knob too: ``link.forge = f`` calls ``f(datagram)`` for each uplink request,
 and whatever bytes it returns reach the node as a downlink datagram at once,
 before anything the lender answers (recorded as "forged").
 
@@ -112,9 +112,10 @@ class UdpLink:
             self.datagrams.append((time.monotonic(), direction, bytes(data), delivered))
 
     def sent(self) -> list[bytes]:
-        """Datagrams the node sent (delivered or not), in order."""
+        """The requests the node sent (delivered or not), in order: not the empty ACKs it sends to confirm the
+        lender's separate (CON) responses, which a lender slow to answer sends."""
         with self._lock:
-            return [d for _, direction, d, _ in self.datagrams if direction == "up"]
+            return [d for _, direction, d, _ in self.datagrams if direction == "up" and is_request(d)]
 
     def take_uplink_loss(self) -> bool:
         with self._lock:
@@ -140,6 +141,11 @@ class UdpLink:
 
 _LINKS: weakref.WeakKeyDictionary[SimulatedModem, UdpLink] = weakref.WeakKeyDictionary()
 _LINKS_LOCK = threading.Lock()
+
+
+def is_request(datagram: bytes) -> bool:
+    """A CoAP request: code class 0 and not the empty message (an ACK or RST the node sends is not one)."""
+    return len(datagram) >= 4 and 0 < datagram[1] < 32
 
 
 def link(sim: SimulatedModem) -> UdpLink:
@@ -239,7 +245,7 @@ def send_datagram(ctx: CommandContext, entry: SimSocket, data: bytes, peer: tupl
     activity(ctx.sim, ctx.state, "up")
     if not lost:
         entry.sock.sendto(data, peer)
-    forged = air.forge(bytes(data)) if air.forge is not None else None
+    forged = air.forge(bytes(data)) if air.forge is not None and is_request(data) else None
     if forged is not None and entry.arrived is not None:
         air.record("forged", forged, True)
         entry.arrived(ctx.sim, entry, forged, peer)
