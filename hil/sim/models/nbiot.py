@@ -148,6 +148,11 @@ def is_request(datagram: bytes) -> bool:
     return len(datagram) >= 4 and 0 < datagram[1] < 32
 
 
+def is_response(datagram: bytes) -> bool:
+    """A CoAP response: code class 2 to 5 (the lender's empty ACK before a separate response is not one)."""
+    return len(datagram) >= 4 and datagram[1] >= 64
+
+
 def link(sim: SimulatedModem) -> UdpLink:
     """The UdpLink of a simulator (made on first use, kept across its reboots)."""
     with _LINKS_LOCK:
