@@ -106,11 +106,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     def command(name: str, run, help_text: str, *, data: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         if data:
-            p.add_argument("--data", type=Path, default=Path(DEFAULT_DATA), metavar="DIR",
-                           help=f"the lender's data directory (default {DEFAULT_DATA}, or $PLEDGEWATCH_LENDER_DATA)")
-            p.add_argument("--store", default=DEFAULT_STORE, metavar="URL",
-                           help="keep the evidence in PostgreSQL at this postgresql:// URL instead of DATA's SQLite "
-                                "file (or $PLEDGEWATCH_LENDER_STORE); DATA still holds the lender's keys")
+            store_options(p)
         p.set_defaults(run=_guarded(run))
         return p
 
@@ -210,14 +206,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
     keys.add_argument("--lender-key", metavar="HEX_OR_FILE",
                       help="verify FILE as an evidence bundle against this lender public key (`lender key` prints it)")
     keys.add_argument("--keys", type=Path, metavar="FILE", help="the devices' keys: `lender devices --json` output")
-    keys.add_argument("--data", type=Path, metavar="DIR",
-                      help=f"take the keys from this lender's registry (the default, with {DEFAULT_DATA})")
+    store_options(keys, data_default=False, data_help="take the keys from this lender's registry (the default)")
     p.add_argument("--allow-gaps", action="store_true",
                    help="do not fail on gaps that no signed gap record explains (they are still reported)")
     p.add_argument("--json", action="store_true", help="the report as one JSON object")
 
     _technician_commands(sub, _guarded, DEFAULT_DATA)
     _console_commands(sub, _guarded, DEFAULT_DATA)
+
+
+def store_options(p, default_data: str = DEFAULT_DATA, *, data_default: bool = True,
+                  data_help: str = "the lender's data directory") -> None:
+    """`--data DIR` and `--store URL`, the same on every lender sub-command that reads or writes the lender's state.
+
+    `p` is a parser or an argument group. Without --store the state is in DIR
+    (SQLite); with it, the evidence, the registry, the log and the OSCORE state
+    are in PostgreSQL and DIR keeps the lender's keys, its enrollment floor and
+    the console's records (docs/decisions.md, "What stays in DATA").
+    """
+    p.add_argument("--data", type=Path, default=Path(default_data) if data_default else None, metavar="DIR",
+                   help=f"{data_help} (default {default_data}, or $PLEDGEWATCH_LENDER_DATA)")
+    p.add_argument("--store", default=DEFAULT_STORE, metavar="URL",
+                   help="keep the evidence in PostgreSQL at this postgresql:// URL instead of DATA's SQLite "
+                        "file (or $PLEDGEWATCH_LENDER_STORE); DATA still holds the lender's keys")
 
 
 def _guarded(run):
@@ -1073,10 +1084,9 @@ def _commands(args: argparse.Namespace) -> int:
 
 def _data_action(actions, guarded: Callable, default_data: str, name: str, run,
                  help_text: str) -> argparse.ArgumentParser:
-    """One ACTION of a command group (`technicians`, `users`), with its --data option."""
+    """One ACTION of a command group (`technicians`, `users`), with --data and --store (`store_options`)."""
     p = actions.add_parser(name, help=help_text, description=help_text)
-    p.add_argument("--data", type=Path, default=Path(default_data), metavar="DIR",
-                   help=f"the lender's data directory (default {default_data})")
+    store_options(p, default_data)
     p.set_defaults(run=guarded(run))
     return p
 
@@ -1138,8 +1148,7 @@ def _console_commands(sub, guarded: Callable, default_data: str) -> None:
     p = sub.add_parser("web", help="run the web console for the lender's staff until SIGINT or SIGTERM",
                        description="run the web console (portfolio, assets, alarm review, webhooks, /metrics); "
                                    "prints `console: http://HOST:PORT/` when it listens")
-    p.add_argument("--data", type=Path, default=Path(default_data), metavar="DIR",
-                   help=f"the lender's data directory (default {default_data})")
+    store_options(p, default_data)
     p.add_argument("--bind", default=DEFAULT_BIND, metavar="HOST:PORT", help=f"where to listen (default {DEFAULT_BIND})")
     _console_options(p)
     p.set_defaults(run=guarded(_web))
@@ -1175,7 +1184,8 @@ def _console_config(args: argparse.Namespace, bind: str):
     from lender.console.server import ConsoleConfig, parse_bind
 
     host, port = parse_bind(bind)
-    return ConsoleConfig(data_dir=args.data, host=host, port=port, webhooks=tuple(getattr(args, "webhook", [])),
+    return ConsoleConfig(data_dir=args.data, store_url=args.store, host=host, port=port,
+                         webhooks=tuple(getattr(args, "webhook", [])),
                          tiles=getattr(args, "tiles", None), public=getattr(args, "public", False),
                          tls_cert=getattr(args, "tls_cert", None), tls_key=getattr(args, "tls_key", None),
                          forwarded_allow_ips=getattr(args, "forwarded_allow_ips", None))

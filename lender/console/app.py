@@ -64,7 +64,8 @@ from lender.console.webhooks import Outbox
 from lender.evidence.alarms import alarm_events, open_alarms
 from lender.evidence.export import export_bundle, export_rows
 from lender.evidence.registry import iso_time
-from lender.evidence.store import Review, SQLiteStore
+from lender.evidence.store import EvidenceStore, Review
+from lender.evidence.stores import open_store
 from lender.exc import ExportFormatError
 
 log = logging.getLogger(__name__)
@@ -122,12 +123,13 @@ class ConsoleState:
     poke: Callable[[], None] = lambda: None
     watch_failure: Callable[[], BaseException | None] = lambda: None
     clock: Callable[[], float] = time.time
+    store_url: str | None = None    # the evidence in PostgreSQL (`--store`); None: SQLite in data_dir
     _local: threading.local = field(default_factory=threading.local)
 
-    def store(self) -> SQLiteStore:
+    def store(self) -> EvidenceStore:
         """This thread's connection to the evidence store."""
         if getattr(self._local, "store", None) is None:
-            self._local.store = SQLiteStore.open(self.data_dir, create=False)
+            self._local.store = open_store(self.data_dir, self.store_url, create=False)
         return self._local.store
 
     def records(self) -> ConsoleRecords:
@@ -649,5 +651,5 @@ def create_app(state: ConsoleState) -> Starlette:
     app.add_middleware(security_headers(state.tiles))
     app.state.console = state
     app.state.templates = _environment(state.tiles)
-    app.state.metrics = registry_for(state.data_dir, state.portfolio, state.records, state.judged)
+    app.state.metrics = registry_for(state.data_dir, state.portfolio, state.records, state.judged, state.store_url)
     return app

@@ -1,10 +1,12 @@
 """The console's watch on the evidence store: judge again each device whose evidence changed, and say so.
 
-One thread (`Watcher`) polls the evidence store (``DATA/lender.sqlite3``,
-written by the CoAP server, maybe in another process) every `poll_s`
-seconds for what changed since it last looked, with cheap queries on the
-tables' own orders: envelopes and reviews by their row id (both only ever
-grow), quarantine rows by their last sighting, the registry by its
+One thread (`Watcher`) polls the evidence store (``DATA/lender.sqlite3``, or
+the PostgreSQL database of ``--store``, written by the CoAP server or its
+workers, maybe on other hosts) every `poll_s` seconds for what changed since
+it last looked, with cheap queries on the tables' own orders (lender.console.tables):
+envelopes by their row id (SQLite) or the log's entries by their index
+(PostgreSQL), reviews by their id (all only ever grow), quarantine rows by
+their last sighting, the registry by its
 generation counter, site records by their modification time, and devices
 whose silence deadline has passed. Only those devices are judged again
 (lender.evidence.alarms.asset_status with the lender's full `Judge`); their
@@ -17,7 +19,6 @@ The first pass judges every device; the portfolio says how far it got.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -25,10 +26,12 @@ from pathlib import Path
 
 from lender.console.portfolio import Portfolio, read_site, rows_of
 from lender.console.records import ConsoleRecords
+from lender.console.tables import Tables, open_tables
 from lender.console.webhooks import Outbox
 from lender.evidence.alarms import alarm_events, asset_status
 from lender.evidence.risks import MISSED_HEARTBEATS, Judge, declared_heartbeat
-from lender.evidence.store import STORE_FILE, SQLiteStore
+from lender.evidence.store import EvidenceStore
+from lender.evidence.stores import open_store
 from lender.evidence.tokens import token_key
 from lender.exc import StoreError
 
@@ -40,9 +43,8 @@ SITE_CHECK_S = 10.0
 class Changes:
     """High-water marks over the evidence store, read with a read-only connection of its own."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.path = Path(data_dir) / STORE_FILE
-        self.conn = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=30, check_same_thread=False)
+    def __init__(self, data_dir: Path, store_url: str | None = None) -> None:
+        self.tables: Tables = open_tables(data_dir, store_url)
         self.envelope_id = 0
         self.review_id = 0
         self.quarantine_seen = 0.0
@@ -50,27 +52,28 @@ class Changes:
         self.registry: dict[str, tuple] = {}
 
     def close(self) -> None:
-        self.conn.close()
+        self.tables.close()
 
     def start(self) -> None:
         """Mark everything present as seen (the first pass judges every device anyway)."""
-        self.envelope_id = self.conn.execute("SELECT coalesce(max(id), 0) FROM envelopes").fetchone()[0]
-        self.review_id = self.conn.execute("SELECT coalesce(max(id), 0) FROM reviews").fetchone()[0]
-        self.quarantine_seen = self.conn.execute("SELECT coalesce(max(last_seen), 0) FROM quarantine").fetchone()[0]
+        rows = self.tables.rows
+        self.envelope_id = rows(self.tables.stored_top)[0][0]
+        self.review_id = rows("SELECT coalesce(max(id), 0) FROM reviews")[0][0]
+        self.quarantine_seen = rows("SELECT coalesce(max(last_seen), 0) FROM quarantine")[0][0]
         self.registry_changed()
 
     def devices(self) -> set[str]:
         known = set(self.registry)
-        known |= {d for (d,) in self.conn.execute("SELECT DISTINCT device FROM envelopes")}
+        known |= {d for (d,) in self.tables.rows(self.tables.stored_devices)}
         return known
 
     def registry_changed(self) -> set[str]:
-        (generation,), = self.conn.execute("SELECT value FROM meta WHERE key = 'registry_generation'").fetchall()
+        (generation,), = self.tables.rows(f"SELECT value FROM {self.tables.meta} WHERE key = 'registry_generation'")
         if generation == self.generation:
             return set()
         self.generation = generation
         rows = {d: tuple(rest) for d, *rest in
-                self.conn.execute("SELECT device, status, asset, binding, revoked_at FROM devices")}
+                self.tables.rows("SELECT device, status, asset, binding, revoked_at FROM devices")}
         changed = {d for d in rows.keys() | self.registry.keys() if rows.get(d) != self.registry.get(d)}
         self.registry = rows
         return changed
@@ -78,18 +81,16 @@ class Changes:
     def poll(self) -> set[str]:
         """Devices whose evidence, reviews, quarantine or registry row changed since the last poll."""
         changed: set[str] = set()
-        rows = self.conn.execute("SELECT device, max(id) FROM envelopes WHERE id > ? GROUP BY device",
-                                 (self.envelope_id,)).fetchall()
+        rows = self.tables.rows(self.tables.stored_since, (self.envelope_id,))
         for device, top in rows:
             changed.add(device)
             self.envelope_id = max(self.envelope_id, top)
-        rows = self.conn.execute("SELECT device, max(id) FROM reviews WHERE id > ? GROUP BY device",
-                                 (self.review_id,)).fetchall()
+        rows = self.tables.rows("SELECT device, max(id) FROM reviews WHERE id > ? GROUP BY device", (self.review_id,))
         for device, top in rows:
             changed.add(device)
             self.review_id = max(self.review_id, top)
-        rows = self.conn.execute("SELECT device, max(last_seen) FROM quarantine WHERE last_seen > ?"
-                                 " AND device IS NOT NULL GROUP BY device", (self.quarantine_seen,)).fetchall()
+        rows = self.tables.rows("SELECT device, max(last_seen) FROM quarantine WHERE last_seen > ?"
+                                " AND device IS NOT NULL GROUP BY device", (self.quarantine_seen,))
         for device, seen in rows:
             changed.add(device)
             self.quarantine_seen = max(self.quarantine_seen, seen)
@@ -101,8 +102,9 @@ class Watcher:
 
     def __init__(self, data_dir: str | Path, portfolio: Portfolio, *, poll_s: float = 1.0,
                  missed_heartbeats: float = MISSED_HEARTBEATS, on_change: Callable[[set[str]], None] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, store_url: str | None = None) -> None:
         self.data_dir = Path(data_dir)
+        self.store_url = store_url          # None: SQLite in data_dir
         self.sites_dir = self.data_dir / "enroll" / "sites"
         self.portfolio = portfolio
         self.poll_s = poll_s
@@ -136,7 +138,7 @@ class Watcher:
         return Judge(now=self.clock(), token_key=token_key(self.data_dir, create=False), sites_dir=self.sites_dir,
                      missed_heartbeats=self.missed_heartbeats)
 
-    def judge_device(self, store: SQLiteStore, outbox: Outbox, changes: Changes, device: str, *,
+    def judge_device(self, store: EvidenceStore, outbox: Outbox, changes: Changes, device: str, *,
                      baseline: bool = False) -> None:
         """Judge `device` again: its rows in the portfolio, its events in the outbox."""
         judge = self._judge()
@@ -186,10 +188,11 @@ class Watcher:
             raise
 
     def _watch(self) -> None:
-        store = SQLiteStore.open(self.data_dir, create=True)
+        # a PostgreSQL store is never given its schema by the console: `lender migrate` or the server does that
+        store = open_store(self.data_dir, self.store_url, create=self.store_url is None)
         records = ConsoleRecords.open(self.data_dir)
         outbox = Outbox(records)
-        changes = Changes(self.data_dir)
+        changes = Changes(self.data_dir, self.store_url)
         try:
             changes.start()
             self._sites_changed(changes, self.clock())
@@ -212,7 +215,7 @@ class Watcher:
                     due = changes.poll() | set(self.portfolio.due_for_silence(now)) | self._sites_changed(changes, now)
                     for device in sorted(due):
                         self.judge_device(store, outbox, changes, device)
-                except (StoreError, sqlite3.OperationalError) as exc:  # a locked or busy store: try at the next poll
+                except StoreError as exc:  # a locked or busy store, a database restarting: try at the next poll
                     log.warning("console: cannot read the evidence store now (%s); trying again", exc)
                     continue
                 self.portfolio.expected = max(self.portfolio.expected, len(self.portfolio))

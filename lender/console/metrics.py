@@ -19,7 +19,6 @@ scrape never disagrees with the pages. Rates are Prometheus's to compute:
 """
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -29,8 +28,8 @@ from prometheus_client.registry import Collector
 
 from lender.console.portfolio import Portfolio
 from lender.console.records import ConsoleRecords
+from lender.console.tables import Tables, open_tables
 from lender.console.webhooks import Outbox
-from lender.evidence.store import STORE_FILE
 from telemetry.envelope import Reason
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -38,18 +37,16 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 class LenderCollector(Collector):
     def __init__(self, data_dir: Path, portfolio: Portfolio, records: Callable[[], ConsoleRecords],
-                 judged: Callable[[], int]) -> None:
-        self.path = Path(data_dir) / STORE_FILE
+                 judged: Callable[[], int], store_url: str | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.store_url = store_url
         self.portfolio = portfolio
         self.records = records
         self.judged = judged
 
     def collect(self) -> Iterator:
-        conn = sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True, timeout=10)
-        try:
-            yield from self._evidence(conn)
-        finally:
-            conn.close()
+        with open_tables(self.data_dir, self.store_url, timeout=10) as tables:
+            yield from self._evidence(tables)
         assets = GaugeMetricFamily("pledgewatch_assets", "pledged assets by portfolio state", labels=["state"])
         for state, count in self.portfolio.counts().items():
             assets.add_metric([state], count)
@@ -67,26 +64,26 @@ class LenderCollector(Collector):
         yield backlog
         yield deliveries
 
-    def _evidence(self, conn: sqlite3.Connection) -> Iterator:
-        (envelopes,), = conn.execute("SELECT count(*) FROM envelopes").fetchall()
-        (records,), = conn.execute("SELECT count(*) FROM records").fetchall()
+    def _evidence(self, tables: Tables) -> Iterator:
+        (envelopes,), = tables.rows("SELECT count(*) FROM envelopes")
+        (records,), = tables.rows("SELECT count(*) FROM records")
         yield CounterMetricFamily("pledgewatch_envelopes_stored", "envelopes verified and stored", value=envelopes)
         yield CounterMetricFamily("pledgewatch_records_stored", "SenML records stored", value=records)
         refusals = CounterMetricFamily("pledgewatch_refusals", "envelopes and requests refused",
                                        labels=["reason", "kind"])
         totals: dict[tuple[str, str], int] = {}
-        for kind, reason, count in conn.execute("SELECT kind, reason, sum(count) FROM quarantine GROUP BY kind, reason"
-                                                " UNION ALL SELECT kind, reason, count FROM quarantine_overflow"):
+        for kind, reason, count in tables.rows("SELECT kind, reason, sum(count) FROM quarantine GROUP BY kind, reason"
+                                               " UNION ALL SELECT kind, reason, count FROM quarantine_overflow"):
             key = (_reason(reason), kind)
-            totals[key] = totals.get(key, 0) + count
+            totals[key] = totals.get(key, 0) + int(count)  # PostgreSQL's sum of bigints is a numeric
         for (reason, kind), count in sorted(totals.items()):
             refusals.add_metric([reason, kind], count)
         yield refusals
-        (entries, size), = conn.execute("SELECT count(*), coalesce(sum(length(raw)), 0) FROM quarantine").fetchall()
+        (entries, size), = tables.rows("SELECT count(*), coalesce(sum(length(raw)), 0) FROM quarantine")
         yield GaugeMetricFamily("pledgewatch_quarantine_entries", "distinct refused items kept", value=entries)
-        yield GaugeMetricFamily("pledgewatch_quarantine_bytes", "bytes of refused items kept", value=size)
+        yield GaugeMetricFamily("pledgewatch_quarantine_bytes", "bytes of refused items kept", value=int(size))
         devices = GaugeMetricFamily("pledgewatch_devices", "registered devices", labels=["status"])
-        counted = dict(conn.execute("SELECT status, count(*) FROM devices GROUP BY status").fetchall())
+        counted = dict(tables.rows("SELECT status, count(*) FROM devices GROUP BY status"))
         for status in ("active", "revoked"):
             devices.add_metric([status], counted.get(status, 0))
         yield devices
@@ -100,9 +97,9 @@ def _reason(code: int) -> str:
 
 
 def registry_for(data_dir: Path, portfolio: Portfolio, records: Callable[[], ConsoleRecords],
-                 judged: Callable[[], int]) -> CollectorRegistry:
+                 judged: Callable[[], int], store_url: str | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(LenderCollector(data_dir, portfolio, records, judged))
+    registry.register(LenderCollector(data_dir, portfolio, records, judged, store_url))
     return registry
 
 

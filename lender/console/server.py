@@ -28,7 +28,7 @@ from lender.console.portfolio import Portfolio
 from lender.console.records import ConsoleRecords
 from lender.console.webhooks import KEY_FILE, MAX_BACKOFF_S, Dispatcher, check_url
 from lender.evidence.risks import MISSED_HEARTBEATS
-from lender.evidence.store import SQLiteStore
+from lender.evidence.stores import open_store
 from lender.exc import ConsoleError
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class ConsoleConfig:
     """How a console runs: where its data is, where it listens, whom it tells."""
 
     data_dir: Path
+    store_url: str | None = None  # the evidence in PostgreSQL (`--store postgresql://...`); None: SQLite in data_dir
     host: str = "127.0.0.1"
     port: int = 8080
     webhooks: tuple[str, ...] = ()
@@ -115,16 +116,19 @@ class Console:
 
     def build(self) -> ConsoleState:
         data = Path(self.config.data_dir)
-        SQLiteStore.open(data, create=False).close()   # a wrong --data fails here, with the store's own word
+        url = self.config.store_url
+        open_store(data, url, create=False).close()   # a wrong --data or --store fails here, with the store's own word
         ConsoleRecords.open(data).close()
         self.watcher = Watcher(data, self.portfolio, poll_s=self.config.poll_s,
-                               missed_heartbeats=self.config.missed_heartbeats, on_change=self._changed)
+                               missed_heartbeats=self.config.missed_heartbeats, on_change=self._changed,
+                               store_url=url)
         self.dispatcher = Dispatcher(data, self.config.webhooks, webhook_key(data),
                                      max_backoff_s=self.config.webhook_backoff_s)
         watcher = self.watcher
         return ConsoleState(data_dir=data, portfolio=self.portfolio, broadcaster=self.broadcaster,
                             metrics_token=metrics_token(data), tiles=self.config.tiles,
-                            judged=lambda: watcher.judged, poke=watcher.poke, watch_failure=lambda: watcher.failure)
+                            judged=lambda: watcher.judged, poke=watcher.poke, watch_failure=lambda: watcher.failure,
+                            store_url=url)
 
     def _changed(self, devices: set[str]) -> None:
         self.broadcaster.publish(devices)

@@ -16,7 +16,7 @@ from lender.console.records import Ack, ConsoleRecords
 from lender.evidence.alarms import AlarmRecord, alarm_events
 from lender.evidence.registry import Device, iso_time
 from lender.evidence.risks import UNITS, Risk
-from lender.evidence.store import GapFinding, GapRecord, Reading, Review, SQLiteStore, explain_gaps
+from lender.evidence.store import EvidenceStore, GapFinding, GapRecord, Reading, Review, explain_gaps
 from telemetry.alarms import GATEWAY
 
 PAGE_SIZE = 100
@@ -141,7 +141,7 @@ def _fixes(readings: list[Reading]) -> list[Fix]:
             for (seq, _), h in halves.items() if "lat" in h and "lon" in h][:FIX_LIMIT]
 
 
-def _utilization(store: SQLiteStore, device: str, asset: str) -> list[tuple[str, float]]:
+def _utilization(store: EvidenceStore, device: str, asset: str) -> list[tuple[str, float]]:
     """Run hours per local day from the device's signed `utilization.<asset>.run` records (agent.rules)."""
     records = store.records_named(device, prefixes=(f"utilization.{asset}.",), newest_first=True,
                                   limit=UTILIZATION_DAYS * 6)
@@ -156,7 +156,7 @@ def _utilization(store: SQLiteStore, device: str, asset: str) -> list[tuple[str,
     return sorted(days.items())[-UTILIZATION_DAYS:]
 
 
-def asset_detail(store: SQLiteStore, records: ConsoleRecords, row: Row, facts: SiteFacts) -> AssetDetail:
+def asset_detail(store: EvidenceStore, records: ConsoleRecords, row: Row, facts: SiteFacts) -> AssetDetail:
     device = row.device
     enrolled = facts.asset(row.asset)
     status_sensors = row.sensors or tuple(s for s in enrolled.get("sensors", ()) if isinstance(s, str))
