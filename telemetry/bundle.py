@@ -27,6 +27,7 @@ import base64
 import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from telemetry.chain import check_chain
 from telemetry.enrollment import (
@@ -236,8 +237,10 @@ def _checkpoints(document: dict, lender_key: bytes, report: BundleReport) -> Sig
     if target is None:
         report.fail("checkpoint", "the last checkpoint, which the entries are proven against, does not verify")
     else:
+        head = target.checkpoint
         report.note("checkpoint", f"{len(rows)} checkpoint(s) signed by the lender; the entries are proven against "
-                                  f"the log of {target.checkpoint.tree_size} entries")
+                                  f"the log of {head.tree_size} entries as of {_iso(head.time_ms)} (the lender's "
+                                  "time): nothing logged after it is covered")
     return target
 
 
@@ -291,6 +294,15 @@ def _entries(document: dict, target: SignedCheckpoint, report: BundleReport) -> 
     return decoded
 
 
+def _iso(time_ms: int) -> str:
+    """A checkpoint's time as the lender's tools print times (UTC, ISO 8601, milliseconds, Z)."""
+    try:
+        moment = datetime.fromtimestamp(time_ms / 1000, timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return f"{time_ms} ms since the epoch"
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _what(raw: bytes) -> str:
     """ (envelope <device> seq <n>) for the message about an entry that may not even decode."""
     try:
@@ -328,8 +340,8 @@ def _head(document: dict, device: str, seqs: list[int], target: SignedCheckpoint
         report.fail("tail", f"the checkpoint commits to seq {head.max_seq} as {device}'s highest; the bundle's "
                             f"highest is {top}")
     else:
-        report.note("tail", f"complete: all {head.count} entries of {device} in the log of "
-                            f"{checkpoint.tree_size} entries, the highest seq {head.max_seq}")
+        report.note("tail", f"complete as of {_iso(checkpoint.time_ms)}: all {head.count} entries of {device} in the "
+                            f"log of {checkpoint.tree_size} entries, the highest seq {head.max_seq}")
 
 
 # --- the device's own evidence -----------------------------------------------------------------------

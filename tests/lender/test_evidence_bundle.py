@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+from datetime import datetime, timezone
 
 import pytest
 
@@ -256,3 +257,57 @@ def test_an_enrolled_device_from_a_store_older_than_the_log_gets_a_bundle_that_v
     code, report = lender.verify(tmp_path / "b.json")
     assert code == 0, failures(report)
     assert any("the log holds no enrollment request" in f["detail"] for f in report["findings"])
+
+
+def _contents_moved_between_indices(document: dict, kept: dict) -> None:
+    """Two envelopes trade places: bytes, recorded leaf, kind and time move, the indices stay in order."""
+    first, second = document["entries"][5], document["entries"][6]
+    for key in ("entry_b64", "leaf_hex", "kind", "at_ms"):
+        first[key], second[key] = second[key], first[key]
+
+
+def _older_checkpoint_as_target(document: dict, kept: dict) -> None:
+    """The checkpoint the entries are proven against replaced by an older one of the same lender."""
+    document["checkpoints"][-1] = {k: kept[k] for k in ("tree_size", "root_hex", "time_ms", "cose_b64")}
+    document["consistency"][-1]["new_size"] = kept["tree_size"]
+
+
+@pytest.mark.parametrize(("manipulate", "expected"), [
+    (lambda d, kept: d["entries"].insert(6, d["entries"].pop(5)), "not a bundle: the entries must be sorted by index"),
+    (_contents_moved_between_indices, "proof:"),
+    (_older_checkpoint_as_target, "consistency:"),
+    (lambda d, kept: d.update(consistency=[]), "not a bundle: a bundle carries one consistency proof per pair"),
+    (lambda d, kept: d.update(checkpoints=d["checkpoints"][::-1]), "consistency:"),
+], ids=["rows-reordered", "contents-moved-between-indices", "older-checkpoint-as-target", "consistency-dropped",
+        "checkpoints-reversed"])
+def test_reordering_entries_or_swapping_checkpoints_fails(lender, told, tmp_path, manipulate, expected):
+    code, kept, _ = lender.cli("checkpoint", "--json")
+    lender.readings(told[0], 3)   # the log grows on after someone kept that checkpoint
+    document = lender.bundle("gw-1", tmp_path / "b.json")
+    manipulate(document, json.loads(kept))
+    path = write(tmp_path / "manipulated.json", document)
+    if expected.startswith("not a bundle: "):
+        code, _, err = lender.cli("verify", path, "--lender-key", lender.key.hex(), "--json")
+        assert code == 2 and expected.removeprefix("not a bundle: ") in err
+        return
+    code, report = lender.verify(path)
+    assert code != 0 and any(f.startswith(expected) for f in failures(report)), failures(report)
+
+
+def test_an_older_honest_bundle_verifies_and_says_as_of_when_so_its_reader_sees_its_limit(lender, told, tmp_path):
+    old = lender.bundle("gw-1", tmp_path / "old.json")
+    lender.now += 3600
+    lender.deliver(told[0], *told[0].door_opened_and_closed())   # the alarm comes after that export
+    new = lender.bundle("gw-1", tmp_path / "new.json")
+    shown = {}
+    for name, document in (("old", old), ("new", new)):
+        code, report = lender.verify(tmp_path / f"{name}.json")
+        assert code == 0, failures(report)
+        signed = SignedCheckpoint.decode(base64.b64decode(document["checkpoints"][-1]["cose_b64"]), lender.key)
+        when = datetime.fromtimestamp(signed.checkpoint.time_ms / 1000, timezone.utc).isoformat(
+            timespec="milliseconds").replace("+00:00", "Z")
+        details = {f["check"]: f["detail"] for f in report["findings"]}
+        assert f"entries as of {when} (the lender's time): nothing logged after it is covered" in details["checkpoint"]
+        assert details["tail"].startswith(f"complete as of {when}: ")
+        shown[name] = (report["tree_size"], report["last_seq"])
+    assert shown["old"][0] < shown["new"][0] and shown["old"][1] + 2 == shown["new"][1]
