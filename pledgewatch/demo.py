@@ -82,13 +82,20 @@ def outside_now(now: float | None = None) -> str:
     return f"daily {start:%H:%M}-{start + timedelta(hours=2):%H:%M}"
 
 
-def site_record(probe_id: str, onewire_dir: Path, access: str) -> str:
-    """The lender's site record of the pledged asset (also what the technician's tool writes into agent.toml)."""
-    uplink = "\n".join(f"{key} = {value!r}" for key, value in UPLINK.items())
+def site_record(probe_id: str, onewire_dir: Path, access: str, *, asset: str = ASSET,
+                site: str = "Cold store 2, Mombasa Road: pallets of frozen fish, contract LN-2026-0042",
+                contact: str = "lid", pin: int = LID_PIN, tamper: bool = True, uplink: dict | None = None,
+                probe_every_s: float = 2.0, contact_every_s: float = 30.0, hold_s: float = 0.0) -> str:
+    """The lender's site record of the pledged cold store (also what the technician's tool writes into agent.toml):
+    a DS18B20 probe named temp, a contact (the tamper lid, or with tamper=False a plain door), 2-8 °C.
+
+    The defaults are the demo's; the keywords are for tests/kit/pledged_site.py, which pledges a cold store too."""
+    uplink_lines = "\n".join(f"{key} = {value!r}" for key, value in (UPLINK if uplink is None else uplink).items())
+    tamper_line = f'tamper = ["{contact}"]\n' if tamper else ""
     return f"""\
 [asset]
-id = "{ASSET}"
-site = "Cold store 2, Mombasa Road: pallets of frozen fish, contract LN-2026-0042"
+id = "{asset}"
+site = "{site}"
 geofence = {{ lat = -1.3192, lon = 36.8581, radius_m = 150.0 }}
 
 [[sensors]]
@@ -96,26 +103,25 @@ kind = "ds18b20"
 name = "temp"
 device_id = "{probe_id}"
 base_dir = "{onewire_dir}"
-interval_s = 2.0
+interval_s = {probe_every_s!r}
 
 [[sensors]]
 kind = "contact"
-name = "lid"
-pin = {LID_PIN}
+name = "{contact}"
+pin = {pin}
 pull_up = false
 settle_s = 0.02
-interval_s = 30.0
+interval_s = {contact_every_s!r}
 
 [uplink]
-{uplink}
+{uplink_lines}
 
 [[assets]]
 name = "{STOCK}"
 kind = "stock"
-sensors = ["temp", "lid"]
-tamper = ["lid"]
-access = ["{access}"]
-temperature = {{ low = 2.0, high = 8.0, hold_s = 0.0 }}
+sensors = ["temp", "{contact}"]
+{tamper_line}access = ["{access}"]
+temperature = {{ low = 2.0, high = 8.0, hold_s = {hold_s!r} }}
 
 [rules]
 timezone = "UTC"

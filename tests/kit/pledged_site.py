@@ -36,7 +36,6 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from hil.netem import UdpProxy
@@ -45,6 +44,8 @@ from hil.processes import AgentProcess, LenderProcess, free_udp_port, run_cli
 from hil.sim.onewire import OneWireTree
 from lender.enrollment.technicians import TechnicianRegistry, lender_identity
 from pledgewatch.cli import main as pledgewatch_main
+from pledgewatch.demo import outside_now
+from pledgewatch.demo import site_record as demo_site_record
 from provisioning.technician import init_profile
 from telemetry.envelope import decode
 
@@ -58,49 +59,12 @@ UPLINK = {"batch_interval": 0.5, "heartbeat_s": 1.0, "backoff_initial": 0.2, "ba
           "ack_timeout": 0.5, "max_retransmit": 1, "exchange_deadline": 5.0}
 
 
-def outside_now(now: float | None = None) -> str:
-    """A daily access window (UTC) two hours wide, centred twelve hours from `now`: now is outside it."""
-    start = datetime.fromtimestamp(time.time() if now is None else now, timezone.utc) + timedelta(hours=11)
-    end = start + timedelta(hours=2)
-    return f"daily {start:%H:%M}-{end:%H:%M}"
-
-
 def site_record(*, probe_id: str, onewire_dir: Path, access: str, hold_s: float = 0.0) -> str:
-    """The technician's site file for the pledged asset, which is also the lender's site record."""
-    return f"""\
-[asset]
-id = "{ASSET}"
-site = "Warehouse 3, Mombasa Road"
-geofence = {{ lat = -1.3192, lon = 36.8581, radius_m = 150.0 }}
-
-[[sensors]]
-kind = "ds18b20"
-name = "temp"
-device_id = "{probe_id}"
-base_dir = "{onewire_dir}"
-interval_s = 1.0
-
-[[sensors]]
-kind = "contact"
-name = "door"
-pin = {DOOR_PIN}
-pull_up = false
-settle_s = 0.02
-interval_s = 5.0
-
-[uplink]
-{chr(10).join(f"{key} = {value!r}" for key, value in UPLINK.items())}
-
-[[assets]]
-name = "{STOCK}"
-kind = "stock"
-sensors = ["temp", "door"]
-access = ["{access}"]
-temperature = {{ low = 2.0, high = 8.0, hold_s = {hold_s!r} }}
-
-[rules]
-timezone = "UTC"
-"""
+    """The technician's site file for the pledged asset, which is also the lender's site record: the demo's cold
+    store (pledgewatch.demo.site_record) with its own asset id, a door (no tamper switch) on GPIO 17 and lab timings."""
+    return demo_site_record(probe_id, onewire_dir, access, asset=ASSET, site="Warehouse 3, Mombasa Road",
+                            contact="door", pin=DOOR_PIN, tamper=False, uplink=UPLINK, probe_every_s=1.0,
+                            contact_every_s=5.0, hold_s=hold_s)
 
 
 class Gateway:
@@ -180,27 +144,25 @@ class Gateway:
         """(envelopes waiting in the spool, the chain head's seq); (0, None) while there is no spool."""
         return read_spool(self.state_dir) or (0, None)
 
+    def _spool_rows(self, sql: str) -> list[tuple]:
+        """The rows of a query on the spool, opened read-only (the agent may run); [] while there is no spool."""
+        if not self.spool_file.exists():
+            return []
+        with _read_only(self.spool_file) as conn:
+            return conn.execute(sql).fetchall()
+
     def spooled_alarms(self) -> list[int]:
         """The seqs in the spool's alarm table (alarms and gap records waiting to be sent)."""
-        if not self.spool_file.exists():
-            return []
-        with _read_only(self.spool_file) as conn:
-            return [seq for seq, in conn.execute("SELECT seq FROM alarm ORDER BY seq")]
+        return [seq for seq, in self._spool_rows("SELECT seq FROM alarm ORDER BY seq")]
 
     def spooled_seqs(self) -> list[int]:
-        """The seqs of every envelope waiting in the spool (read-only; the agent may run)."""
-        if not self.spool_file.exists():
-            return []
-        with _read_only(self.spool_file) as conn:
-            return [seq for seq, in conn.execute("SELECT seq FROM alarm UNION ALL SELECT seq FROM routine")]
+        """The seqs of every envelope waiting in the spool."""
+        return [seq for seq, in self._spool_rows("SELECT seq FROM alarm UNION ALL SELECT seq FROM routine")]
 
     def spooled_records(self) -> list[tuple[int, str, object]]:
-        """(seq, name, value) of every record in the spool's envelopes, by seq (read-only; the agent may run)."""
-        if not self.spool_file.exists():
-            return []
-        with _read_only(self.spool_file) as conn:
-            raws = [raw for raw, in conn.execute("SELECT raw FROM alarm UNION ALL SELECT raw FROM routine")]
-        envelopes = sorted((decode(raw) for raw in raws), key=lambda e: e.seq)
+        """(seq, name, value) of every record in the spool's envelopes, by seq."""
+        raws = self._spool_rows("SELECT raw FROM alarm UNION ALL SELECT raw FROM routine")
+        envelopes = sorted((decode(raw) for raw, in raws), key=lambda e: e.seq)
         return [(e.seq, r.name, next((v for v in (r.string, r.value, r.boolean) if v is not None), None))
                 for e in envelopes for r in e.records]
 
