@@ -122,6 +122,33 @@ class ConsoleLender(PledgeLender):
         self.tick()
         return {"gw-cold": cold, "gw-forklift": forklift, "gw-pallets": pallets}
 
+    def machine(self) -> Gateway:
+        """A machine on a scale that signs its weight and, as agent.rules' DailyUtilization, its run time per day.
+
+        The weights are MILL_WEIGHTS, a minute apart; MILL_DAYS are the run seconds per local day, the last day
+        signed twice (the newer figure is the one that counts: MILL_HOURS is what the console should show).
+        """
+        self.tick(-600)
+        mill = self.asset_gateway("gw-mill", "mill-4", site="Kiel works", borrower="Ostsee Metall AG")
+        self.deliver(mill, self.manifest(mill, "mill-4", "machine", "temp,weight"))
+        for minute, kg in enumerate(MILL_WEIGHTS):
+            t = self.tick(-540 + minute * 60)
+            self.deliver(mill, mill.sign([Record("weight", value=kg, unit="kg", time=t)]))
+        base = "utilization.mill-4"
+        for n, (day, run_s, starts) in enumerate(MILL_DAYS):
+            t = self.tick(-120 + n * 30)      # the last one 30 s ago: the machine is reporting, not silent
+            self.deliver(mill, mill.sign([Record(f"{base}.day", string=day, time=t),
+                                          Record(f"{base}.run", value=run_s, unit="s", time=t),
+                                          Record(f"{base}.starts", value=starts, unit="count", time=t)]))
+        self.tick()
+        return mill
+
+
+MILL_WEIGHTS = (1200.0, 1180.0, 1150.0)
+MILL_DAYS = (("2026-12-03", 6 * 3600, 2), ("2026-12-04", 7.5 * 3600, 3), ("2026-12-05", 2 * 3600, 1),
+             ("2026-12-05", 3 * 3600, 1))
+MILL_HOURS = [["2026-12-03", 6.0], ["2026-12-04", 7.5], ["2026-12-05", 3.0]]
+
 
 def cold_alarm(t: float, kind: str = "door", state: str = RAISED, detail: str = "door opened outside permitted hours"):
     name = alarm_name(kind, ASSET)

@@ -137,6 +137,14 @@ def test_a_viewer_sees_no_buttons_and_an_admin_sees_the_audit_log(page, console,
     log_in(page, console, "vera")
     page.goto(f"{console.url}/assets/gw-cold/cold-store")
     assert page.locator("text=Acknowledge").count() == 0
+    assert page.locator("text=Mark reviewed").count() == 0
+    mill = pledged.machine()               # a machine on a scale joins while the console runs
+    console.wait_for(lambda: [(r.last_seq, r.state) for r in console.console.portfolio.rows() if r.asset == "mill-4"]
+                     == [(mill.seq, "OK")], what="mill-4 judged on all it signed")
+    page.goto(f"{console.url}/assets/gw-mill/mill-4")
+    expect(page.locator("svg.chart[aria-label=run-hours] rect.bar")).to_have_count(3)
+    assert page.locator("svg.chart[aria-label=weight] polyline.series").count() == 1
+    shot(page, "asset-machine")
     page.click("text=Log out")
     log_in(page, console, "ada")
     page.goto(f"{console.url}/admin")

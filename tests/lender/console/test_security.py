@@ -72,6 +72,40 @@ def test_a_state_change_without_the_csrf_token_is_refused(console, pledged):
     assert [(a.by, a.note) for a in pledged.console_acks()] == [("otto", "called the site")]
 
 
+def state_changes(console: RunningConsole) -> list[str]:
+    """Every route of the app's route table that changes state (not GET), the login form aside."""
+    return [path for method, path in every_route(console) if method != "GET"]
+
+
+def test_every_state_change_in_the_route_table_refuses_a_missing_or_wrong_csrf_token(console, pledged):
+    client = log_in(console.url, "ada")      # an admin: the role would let every one of them through
+    posts = state_changes(console)
+    assert {"/logout", "/alarms/ack", "/api/alarms/ack", "/gaps/review", "/api/gaps/review"} <= set(posts)
+    body = {"device": "gw-cold", "alarm": "alarm.door.cold-store", "seq": pledged.gateways["gw-cold"].seq,
+            "note": "no token"}
+    for path in posts:
+        assert client.post(path, data=body).status_code == 403, path
+        assert client.post(path, data={**body, "csrf": "wrong"}).status_code == 403, path
+        assert client.post(path, json=body, headers={"X-CSRF-Token": "wrong"}).status_code == 403, path
+    assert client.get("/api/me").status_code == 200          # the refused logout left the session open
+    assert not pledged.console_acks() and not pledged.store.reviews()
+
+
+def test_a_viewer_can_act_through_no_state_changing_route_but_logout(console, pledged):
+    client = log_in(console.url, "vera")
+    token = csrf_of(client)
+    gap = pledged.store.gap_records("gw-cold")[0].seq
+    acts = [path for path in state_changes(console) if path != "/logout"]
+    assert len(acts) >= 4
+    for path in acts:
+        body = {"device": "gw-cold", "alarm": "alarm.door.cold-store", "note": "a viewer tries",
+                "seq": gap if "gaps" in path else pledged.gateways["gw-cold"].seq}
+        answer = client.post(path, json=body, headers={"X-CSRF-Token": token})
+        assert answer.status_code == 403, (path, answer.status_code)
+        assert client.post(path, data={**body, "csrf": token}).status_code == 403, path
+    assert not pledged.console_acks() and not pledged.store.reviews()
+
+
 def test_a_viewer_reads_everything_and_can_act_on_nothing(console, pledged):
     client = log_in(console.url, "vera")
     token = csrf_of(client)

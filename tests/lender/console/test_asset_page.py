@@ -1,0 +1,48 @@
+"""The asset page charts what a credit officer reads utilization from (weight, run-hours per day) and draws the map
+with no online tiles unless a tile URL is configured, and then only from that origin."""
+from __future__ import annotations
+
+import re
+
+from tests.kit.console import MILL_HOURS, MILL_WEIGHTS, RunningConsole
+
+from .conftest import log_in
+
+TILES = "https://tiles.example/{z}/{x}/{y}.png"
+
+
+def test_a_machine_page_charts_its_weight_and_its_run_hours_per_day(pledged):
+    pledged.machine()
+    with RunningConsole(pledged.data_dir) as console:
+        client = log_in(console.url, "vera")
+        asset = client.get("/api/assets/gw-mill/mill-4").json()
+        page = client.get("/assets/gw-mill/mill-4").text
+    assert [value for _, value in sorted(asset["series"]["weight"])] == list(MILL_WEIGHTS)
+    assert asset["utilization_hours"] == MILL_HOURS          # the newer of two figures for one day counts
+    weight = re.search(r'<svg class="chart"[^>]*aria-label="weight">.*?</svg>', page, re.S)
+    assert weight and 'class="series"' in weight.group(0) and "last 1150" in weight.group(0)
+    bars = re.search(r'<svg class="chart"[^>]*aria-label="run-hours">.*?</svg>', page, re.S)
+    assert bars and bars.group(0).count('class="bar"') == len(MILL_HOURS)
+    assert "<title>2026-12-04: 7.5 h</title>" in bars.group(0) and "(h per day)" in bars.group(0)
+    assert "no geofence enrolled and no GNSS fixes" in page
+
+
+def test_the_map_loads_no_tiles_unless_a_tile_url_is_configured_and_then_from_its_origin_alone(pledged):
+    with RunningConsole(pledged.data_dir) as console:
+        plain = log_in(console.url, "vera").get("/assets/gw-cold/cold-store")
+    plain_map = the_map(plain.text)
+    assert "<image" not in plain_map and 'class="grid"' in plain_map and 'class="fence"' in plain_map
+    assert "img-src 'self' data:;" in plain.headers["content-security-policy"]
+    with RunningConsole(pledged.data_dir, tiles=TILES) as console:
+        tiled = log_in(console.url, "vera").get("/assets/gw-cold/cold-store")
+    tiled_map = the_map(tiled.text)
+    images = re.findall(r'<image href="([^"]+)"', tiled_map)
+    assert images and all(re.fullmatch(r"https://tiles\.example/\d+/\d+/\d+\.png", url) for url in images), images
+    assert 'class="fence"' in tiled_map and 'class="grid"' not in tiled_map
+    assert "img-src 'self' data: https://tiles.example;" in tiled.headers["content-security-policy"]
+
+
+def the_map(page: str) -> str:
+    drawn = re.search(r'<svg class="map".*?</svg>', page, re.S)
+    assert drawn, "no map on the asset page"
+    return drawn.group(0)
