@@ -99,6 +99,7 @@ CASES = [
     (["users", "add", "--name", "ada", "--role", "admin"], 0, "added admin ada"),
     (["users", "list", "--json"], 0, '"name": "ada"'),
     (["users", "login-link", "--name", "ada"], 0, "/login/once/"),
+    (["users", "remove", "--name", "ada"], 0, "removed ada"),
 ]
 
 
@@ -127,6 +128,13 @@ def test_verify_takes_the_keys_from_a_postgresql_store_instead_of_a_data_directo
     capsys.readouterr()
 
 
+def wait_until(predicate, shown, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, shown()
+        time.sleep(0.1)
+
+
 def log_in(base_url: str, name: str) -> httpx.Client:
     client = httpx.Client(base_url=base_url)
     token = re.search(r'name="login_token" value="([^"]+)"', client.get("/login").text).group(1)
@@ -152,18 +160,19 @@ def test_the_console_serves_the_portfolio_of_a_postgresql_store(postgres, tmp_pa
         found = re.search(r"console: (http://127\.0\.0\.1:\d+)/", line)
         assert found, (line, web.stderr.read() if web.poll() is not None else "")
         client = log_in(found.group(1), "vera")
-        rows = {(a["device"], a["asset"]): a for a in client.get("/api/portfolio").json()["assets"]}
-        assert ("gw-press", "press-7") in rows, rows
+
+        def assets() -> dict:
+            return {(a["device"], a["asset"]): a for a in client.get("/api/portfolio").json()["assets"]}
+
+        wait_until(lambda: ("gw-press", "press-7") in assets(), assets)  # the watch's first pass, from PostgreSQL
+        assert assets()[("gw-press", "press-7")]["last_seq"] == 3
         assert "press-7" in client.get("/").text
         detail = client.get("/api/assets/gw-press/press-7")
-        assert detail.status_code == 200, detail.text
+        assert detail.status_code == 200 and detail.json()["device_record"]["asset"] == "press-7", detail.text
 
         with open_store(data, url) as store:  # a worker stores more: the console's watch sees it in PostgreSQL
             Ingest(store).batch(batch(press.chain(2)), peer="site")
-        deadline = time.monotonic() + 15
-        while client.get("/api/assets/gw-press/press-7").json().get("last_seq") != 5:
-            assert time.monotonic() < deadline, client.get("/api/assets/gw-press/press-7").json()
-            time.sleep(0.1)
+        wait_until(lambda: assets()[("gw-press", "press-7")]["last_seq"] == 5, assets)
     finally:
         web.send_signal(signal.SIGTERM)
         out, err = web.communicate(timeout=30)
