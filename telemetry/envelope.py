@@ -5,6 +5,10 @@
          bstr .cbor {1: device, 2: boot, 3: seq, 4: prev, 5: pack, ?6: gap, ?7: clock},
          bstr .size 64 ])                 # Ed25519, or ES256 r || s, over Sig_structure
 
+Version 3 (a node's compact envelope) is version 2 with key 5 holding the
+node readings map of `telemetry.nodereadings` instead of a SenML pack, and
+the counters (9) as [alarms, gaps] instead of a map.
+
 The signature covers ["Signature1", protected, h'', payload] (RFC 9052 §4.4).
 Verification always uses the protected and payload bytes as received, never
 a re-encoding. `docs/wire-format.md` is the normative description.
@@ -16,7 +20,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from telemetry import alarms, cbor
+from telemetry import alarms, cbor, nodereadings
 from telemetry.ack import Reason
 from telemetry.cbor import DEFAULT_LIMITS, Limits
 from telemetry.clock import ClockStatement
@@ -33,7 +37,9 @@ from telemetry.identity import DeviceKey, Signer, algorithm_name
 from telemetry.numbers import ALG_EDDSA
 from telemetry.senml import Record, pack_to_cbor, records_from_cbor
 
-# payload map keys; 8..11 are version 2 (an envelope without key 8 is version 1, "legacy: no freshness")
+# payload map keys; 8..11 are version 2 (an envelope without key 8 is version 1, "legacy: no freshness");
+# version 3 (a node's compact envelope) has the same keys, key 5 holding node readings (telemetry.nodereadings)
+# and key 9 the counters as [alarms, gaps]
 DEVICE, BOOT, SEQ, PREV, PACK, GAP, CLOCK = 1, 2, 3, 4, 5, 6, 7
 VERSION, COUNTERS, TOKEN, BINDING = 8, 9, 10, 11
 # gap map keys; 5 and 6 are an overflow's own account: how full the spool was, how many alarms it dropped
@@ -41,6 +47,7 @@ GAP_REASON, GAP_FIRST, GAP_LAST, GAP_COUNT, GAP_QUEUED, GAP_ALARMS_DROPPED = 1, 
 # counters map keys
 COUNT_ALARMS, COUNT_GAPS = 1, 2
 LEGACY_VERSION, CURRENT_VERSION = 1, 2
+NODE_VERSION = 3  # version 2's evidence, the readings as a telemetry.nodereadings map: what NB-IoT nodes sign
 BINDING_BYTES = 8
 
 DIGEST_BYTES = 16
@@ -110,12 +117,22 @@ class Counters:
     def to_cbor(self) -> dict:
         return {COUNT_ALARMS: self.alarms, COUNT_GAPS: self.gaps}
 
+    def to_compact(self) -> list:
+        """Version 3's form: [alarms, gaps]."""
+        return [self.alarms, self.gaps]
+
     @classmethod
     def from_cbor(cls, item: object) -> Counters:
         if not isinstance(item, dict) or set(item) != {COUNT_ALARMS, COUNT_GAPS} \
                 or not all(_is_uint(v) for v in item.values()):
             raise SchemaError("payload counters (9) must be {1: alarms, 2: gaps}, unsigned integers")
         return cls(item[COUNT_ALARMS], item[COUNT_GAPS])
+
+    @classmethod
+    def from_compact(cls, item: object) -> Counters:
+        if not isinstance(item, list) or len(item) != 2 or not all(_is_uint(v) for v in item):
+            raise SchemaError("version 3 payload counters (9) must be [alarms, gaps], unsigned integers")
+        return cls(item[0], item[1])
 
     def after(self, records: tuple[Record, ...] | list[Record], gap: Gap | None) -> Counters:
         """The counters of the next envelope, holding `records` and `gap`, signed after one with these."""
@@ -185,11 +202,14 @@ def seal(
     counters: Counters | None = None,
     token: bytes | None = None,
     binding: bytes | None = None,
+    compact: bool = False,
 ) -> Envelope:
     """Build and sign one envelope. Pure: the caller owns the chain state (seq, prev) and the counters.
 
     With `counters` the envelope is version 2 (and may carry a lender `token`
-    and the enrollment `binding`); without, version 1, as before.
+    and the enrollment `binding`); without, version 1, as before. `compact`
+    makes it version 3, a node's: version 2 with the records as node readings
+    (ValueError when they do not fit, see `telemetry.nodereadings.to_cbor`).
     """
     if not valid_id(device):
         raise ValueError(f"device id must be 1..{MAX_DEVICE_ID} of A-Z a-z 0-9 . _ - starting with a letter or "
@@ -198,14 +218,17 @@ def seal(
         raise ValueError("boot and seq must be unsigned 64-bit integers")
     if len(prev) != DIGEST_BYTES:
         raise ValueError(f"prev must be {DIGEST_BYTES} bytes")
-    body: list[tuple[int, object]] = [(DEVICE, device), (BOOT, boot), (SEQ, seq), (PREV, prev),
-                                      (PACK, pack_to_cbor(records))]
+    if compact and counters is None:
+        raise ValueError("a version 3 envelope carries version 2's counters: give them")
+    readings = nodereadings.to_cbor(records) if compact else pack_to_cbor(records)
+    body: list[tuple[int, object]] = [(DEVICE, device), (BOOT, boot), (SEQ, seq), (PREV, prev), (PACK, readings)]
     if gap is not None:
         body.append((GAP, gap.to_cbor()))
     if clock is not None:
         body.append((CLOCK, clock.to_cbor()))
     if counters is not None:
-        body += [(VERSION, CURRENT_VERSION), (COUNTERS, counters.to_cbor())]
+        body += [(VERSION, NODE_VERSION if compact else CURRENT_VERSION),
+                 (COUNTERS, counters.to_compact() if compact else counters.to_cbor())]
         if token is not None:
             body.append((TOKEN, check_token_shape(token)))
         if binding is not None:
@@ -226,7 +249,8 @@ def seal(
         device=device, boot=boot, seq=seq, prev=prev, records=tuple(records), gap=gap,
         clock=None if clock is None else clock.to_cbor(),
         kid=identity.kid, raw=raw, protected=protected, payload=payload, signature=signature, digest=digest(raw),
-        version=CURRENT_VERSION if counters is not None else LEGACY_VERSION, counters=counters,
+        version=(NODE_VERSION if compact else CURRENT_VERSION) if counters is not None else LEGACY_VERSION,
+        counters=counters,
         token=token if counters is not None else None, binding=binding if counters is not None else None,
         algorithm=identity.algorithm,
     )
@@ -254,10 +278,10 @@ def decode(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> Envelope:
     version = body.get(VERSION, LEGACY_VERSION)
     known = {DEVICE, BOOT, SEQ, PREV, PACK, GAP, CLOCK}
     if VERSION in body:
-        if version != CURRENT_VERSION:
-            raise SchemaError(f"payload version (8) {version!r} is not one this lender reads (1 or 2)")
+        if version not in (CURRENT_VERSION, NODE_VERSION):
+            raise SchemaError(f"payload version (8) {version!r} is not one this lender reads (1, 2 or 3)")
         if COUNTERS not in body:
-            raise SchemaError("a version 2 payload must carry its counters (9)")
+            raise SchemaError(f"a version {version} payload must carry its counters (9)")
         known |= {VERSION, COUNTERS, TOKEN, BINDING}
     unknown = set(body) - known
     if unknown:
@@ -274,10 +298,13 @@ def decode(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> Envelope:
     if binding is not None and (not isinstance(binding, bytes) or len(binding) != BINDING_BYTES):
         raise SchemaError(f"payload binding (11) must be {BINDING_BYTES} bytes")
     return Envelope(
-        device=device, boot=boot, seq=seq, prev=prev, records=records_from_cbor(body[PACK]),
+        device=device, boot=boot, seq=seq, prev=prev,
+        records=nodereadings.from_cbor(body[PACK]) if version == NODE_VERSION else records_from_cbor(body[PACK]),
         gap=Gap.from_cbor(body[GAP]) if GAP in body else None, clock=clock, kid=kid,
         raw=bytes(raw), protected=protected, payload=payload, signature=signature, digest=digest(raw),
-        version=version, counters=Counters.from_cbor(body[COUNTERS]) if COUNTERS in body else None,
+        version=version,
+        counters=None if COUNTERS not in body else
+        Counters.from_compact(body[COUNTERS]) if version == NODE_VERSION else Counters.from_cbor(body[COUNTERS]),
         token=token, binding=binding, algorithm=message.algorithm,
     )
 

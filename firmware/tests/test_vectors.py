@@ -46,12 +46,14 @@ def _check_envelope(name, description, raw):
     equal(tohex(key.public_key), description["public_key_hex"], name + " public key")
     equal(tohex(envelope.kid_of(key.public_key)), description["kid_hex"], name + " kid")
     records = _records(description)
+    version = description.get("version")
+    compact = version == envelope.NODE_VERSION  # version 3: the readings as the node readings map, not SenML
     body = {
         envelope.DEVICE: description["device"],
         envelope.BOOT: description["boot"],
         envelope.SEQ: description["seq"],
         envelope.PREV: unhex(description["prev_hex"]),
-        envelope.PACK: senml.pack(records),
+        envelope.PACK: envelope.readings(records) if compact else senml.pack(records),
     }
     if "gap" in description:
         body[envelope.GAP] = envelope.gap_map(description["gap"])
@@ -59,9 +61,10 @@ def _check_envelope(name, description, raw):
     token = unhex(description["token_hex"]) if "token_hex" in description else None
     binding = unhex(description["binding_hex"]) if "binding_hex" in description else None
     if counters is not None:
-        equal(description["version"], envelope.CURRENT_VERSION, name + " version")
-        body[envelope.VERSION] = envelope.CURRENT_VERSION
-        body[envelope.COUNTERS] = {envelope.COUNT_ALARMS: counters["alarms"], envelope.COUNT_GAPS: counters["gaps"]}
+        assert version in (envelope.CURRENT_VERSION, envelope.NODE_VERSION), name + " version %r" % version
+        body[envelope.VERSION] = version
+        body[envelope.COUNTERS] = ([counters["alarms"], counters["gaps"]] if compact else
+                                   {envelope.COUNT_ALARMS: counters["alarms"], envelope.COUNT_GAPS: counters["gaps"]})
         if token is not None:
             body[envelope.TOKEN] = token
         if binding is not None:
@@ -81,6 +84,7 @@ def _check_envelope(name, description, raw):
         counters=counters,
         token=token,
         binding=binding,
+        compact=compact,
     )
     equal(tohex(sealed), tohex(raw), name + " envelope bytes")
     equal(tohex(envelope.digest(sealed)), description["digest_hex"], name + " chain digest")
@@ -143,7 +147,7 @@ def test_every_shared_vector_is_rebuilt_byte_for_byte_by_the_node():
         elif kind in ("envelope", "gap"):
             _check_envelope(name, description, raw)
             if "counters" in description:
-                kind += " v2"
+                kind += " v%d" % description["version"]
         elif kind == "senml":
             pack = senml.pack(_records(description))
             equal(tohex(cbor.encode(pack)), tohex(raw), name)
@@ -162,7 +166,7 @@ def test_every_shared_vector_is_rebuilt_byte_for_byte_by_the_node():
         else:
             raise AssertionError("vector %s has kind %r, which the firmware tests do not know yet" % (name, kind))
         checked[kind] = checked.get(kind, 0) + 1
-    for kind in ("envelope", "gap", "envelope v2", "gap v2", "senml", "cose", "ack", "enrollment-request", "token",
+    for kind in ("envelope", "gap", "envelope v2", "gap v2", "envelope v3", "gap v3", "senml", "cose", "ack", "enrollment-request", "token",
                  "not the node's: ES256"):
         assert checked.get(kind), "no %s vector was checked: %r" % (kind, checked)
 
@@ -181,3 +185,35 @@ def test_the_node_reproduces_the_cose_working_group_eddsa_sig_01_example():
     key = ed25519.SigningKey(unhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"))
     message = envelope.cose_sign1(key, {1: -8, 3: 0}, {4: b"11"}, b"This is the content.")
     equal(tohex(message).upper(), EDDSA_SIG_01)
+
+
+def test_the_node_signs_version_3_when_its_records_fit_the_readings_table_and_version_2_when_not():
+    key = ed25519.SigningKey(bytes(range(32)))
+    t = 1767229200
+    v2 = {"counters": {"alarms": 0, "gaps": 0}, "token": bytes(12)}
+    fits = [{"name": "temp", "value": 4.5, "unit": "Cel", "time": t}, {"name": "tamper", "boolean": False, "time": t}]
+    raw = envelope.seal(key, "yard-17", 1, 1, bytes(16), fits, compact=True, **v2)
+    payload = cbor.decode(cbor.decode(raw).value[2])
+    equal(payload[envelope.VERSION], 3, "version")
+    equal(payload[envelope.PACK], {0: t, 1: 4.5, 2: False}, "readings")
+    equal(envelope.readings([]), {}, "no readings")
+    for records in (
+        [{"name": "door", "boolean": False, "time": t}],                                  # not in the table
+        [{"name": "temp", "value": 4.5, "unit": "K", "time": t}],                         # another unit
+        [{"name": "tamper", "string": "closed", "time": t}],                              # another kind
+        [{"name": "temp", "value": 4.5, "unit": "Cel", "time": t}, {"name": "tamper", "boolean": False, "time": t + 1}],
+        [{"name": "batt", "value": 3.6, "unit": "V"}, {"name": "temp", "value": 4.5, "unit": "Cel"}],  # out of order
+        [{"name": "temp", "value": float("nan"), "unit": "Cel"}],
+        [{"name": "temp", "value": True, "unit": "Cel"}],
+    ):
+        equal(envelope.readings(records), None, "%r fits" % (records,))
+        equal(_sealed_or_error(key, records, True, v2), _sealed_or_error(key, records, False, v2), "version 2 instead")
+    # without counters (version 1) compact changes nothing
+    equal(envelope.seal(key, "yard-17", 1, 1, bytes(16), fits, compact=True), envelope.seal(key, "yard-17", 1, 1, bytes(16), fits), "v1")
+
+
+def _sealed_or_error(key, records, compact, fields):
+    try:
+        return envelope.seal(key, "yard-17", 1, 1, bytes(16), records, compact=compact, **fields)
+    except ValueError as error:
+        return "ValueError: %s" % error

@@ -22,9 +22,10 @@ valid signature, or the request's OSCORE context) is kept in the quarantine
 sampled and counted. What is kept of a refused body is capped per route
 (`max_kept`: the body cap of ``/t``, a node envelope's on ``/n``).
 
-`NodeIngest` is the same for NB-IoT nodes on ``/n``: one envelope per request,
-verified only against the keys of nodes (active devices registered without an
-OSCORE context; a gateway's key there is refused, it speaks OSCORE to ``/t``).
+`NodeIngest` is the same for NB-IoT nodes on plain-CoAP ``/n``: one envelope per
+request, verified only against the keys of nodes registered without an OSCORE
+context (a device that has one is refused there: it speaks OSCORE, a gateway to
+``/t``, a node to ``/n`` through its context, lender.coap.node).
 
 No event loop here: the CoAP floor (lender.coap) runs these in its one ingest
 thread and turns the `BatchOutcome` into a CoAP response.
@@ -429,7 +430,7 @@ def _kind(item: object) -> str:
             bool: "a boolean", type(None): "null"}.get(type(item), type(item).__name__)
 
 
-MAX_NODE_BODY = 1024  # a typical node report is ~170 bytes; the node's outbox slot holds 304
+MAX_NODE_BODY = 1024  # a typical node report is ~170 bytes (version 3); the node's outbox slot holds 496
 COSE_SIGN1_FIRST_BYTE = 0xD2  # CBOR tag 18, the first byte of every envelope
 
 
@@ -452,7 +453,8 @@ class NodeIngest(Ingest):
             if holder is not None and holder.active:
                 return Verdict(Reason.UNKNOWN_KEY,
                                f"the key {envelope.kid.hex()} belongs to {holder.device}, which has an OSCORE context: "
-                               "it sends to /t over OSCORE; /n takes the keys of nodes only", envelope)
+                               "it must send through it (a gateway to /t, a node to /n under OSCORE); plain-CoAP /n "
+                               "takes only nodes registered without a context", envelope)
         return verdict
 
     def envelope(self, body: bytes, *, peer: str) -> BatchOutcome:

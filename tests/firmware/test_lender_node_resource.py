@@ -205,6 +205,39 @@ def test_a_node_with_a_context_delivers_under_oscore_and_gets_a_nodes_compact_ac
         assert [e.seq for e in store.envelopes("yard-7")] == [1]
 
 
+def test_the_node_path_stores_version_3_and_still_reads_version_2_on_one_chain(lender, client):
+    # A node updated to the compact envelope (version 3) goes on from its version 2 chain: both are stored, under
+    # OSCORE and over plain CoAP, as the same records, and the chain links across the change.
+    from telemetry.envelope import Counters, decode
+
+    def report(signer: Signer, *, compact: bool) -> bytes:
+        signer.seq += 1
+        records = [Record("temp", value=4.5, unit="Cel", time=T0 + signer.seq), Record("tamper", boolean=False,
+                   time=T0 + signer.seq), Record("batt", value=3.6, unit="V", time=T0 + signer.seq)]
+        envelope = seal(signer.identity, device=signer.name, boot=1, seq=signer.seq, prev=signer.prev, records=records,
+                        counters=Counters(0, 0), token=bytes(12), compact=compact)
+        signer.prev = envelope.digest
+        return envelope.raw
+
+    protected, plain = Signer("yard-10"), Signer("yard-11")
+    enroll(lender, protected, oscore=True)
+    enroll(lender, plain)
+    for compact in (False, True, False, True):
+        answer = oscore_post(lender, "yard-10", report(protected, compact=compact))
+        assert answer.code == codes.CHANGED and ack_map(answer.payload)[1] == [protected.seq]
+        answer = client.post(report(plain, compact=compact))
+        assert answer.code == codes.CHANGED and ack_map(answer.payload)[1] == [plain.seq]
+    with lender.store() as store:
+        for device in ("yard-10", "yard-11"):
+            stored = list(store.envelopes(device))
+            assert [e.version for e in stored] == [2, 3, 2, 3]
+            assert all(after.prev == before.digest for before, after in zip(stored, stored[1:]))
+            assert len({tuple((r.name, r.value, r.boolean, r.unit) for r in decode(e.raw).records)
+                        for e in stored}) == 1
+            assert [len(e.raw) for e in stored][1] < [len(e.raw) for e in stored][0] - 25
+        assert list(store.quarantined()) == []
+
+
 def test_under_oscore_a_device_delivers_its_own_envelopes_only(lender):
     node, other = Signer("yard-8"), Signer("yard-9")
     enroll(lender, node, oscore=True)

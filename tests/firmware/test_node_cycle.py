@@ -262,7 +262,7 @@ def _downlink_tokens(sim, context) -> list[bytes | None]:
     return tokens
 
 
-def test_every_node_envelope_is_version_2_with_counters_the_newest_lender_token_and_a_heartbeat_after_each_start(
+def test_every_node_envelope_is_version_3_with_counters_the_newest_lender_token_and_a_heartbeat_after_each_start(
         make_node, lender):
     import time
 
@@ -288,7 +288,7 @@ def test_every_node_envelope_is_version_2_with_counters_the_newest_lender_token_
             time.sleep(1.05)  # the lender's time moves on: its next token is newer
     envelopes = [decode_envelope(e.raw) for e in stored(lender)]
     assert [e.seq for e in envelopes] == [1, 2, 3, 4]
-    assert all(e.version == 2 and e.binding is None for e in envelopes)
+    assert all(e.version == 3 and e.binding is None for e in envelopes)  # compact: every record fits
     assert [(e.counters.alarms, e.counters.gaps) for e in envelopes] == [(0, 0), (0, 0), (1, 0), (1, 0)]
     assert [e.token for e in envelopes] == expected_tokens
     heartbeats = [[(r.value, r.unit) for r in e.records if r.name == "device.heartbeat_s"] for e in envelopes]
@@ -308,7 +308,7 @@ def test_the_enrollment_binding_from_the_config_is_in_every_envelope_and_the_len
     with ModemSimulator(bc66.MODEL) as sim:
         (cycle,) = node.run(sim.path, [{"reset_cause": PWRON_RESET}])
         sent = decode_envelope(kit_oscore.open_request(node.context, nbiot.link(sim).sent()[-1]).inner.payload)
-    assert sent.version == 2 and sent.binding == binding
+    assert sent.version == 3 and sent.binding == binding
     assert cycle["report"]["acked"] == [1], cycle["report"]
     assert stored(lender)[0].binding == binding
     other.public_key = node.public_key

@@ -37,6 +37,7 @@ from telemetry.envelope import GENESIS, Counters, Gap, seal  # noqa: E402
 from telemetry.freshness import issue_token  # noqa: E402
 from telemetry.identity import Identity, P256Identity  # noqa: E402
 from telemetry.logentry import (  # noqa: E402
+    AlarmAckNote,
     DeviceHead,
     EnrollmentEvidence,
     EntryKind,
@@ -177,8 +178,10 @@ def build() -> dict[str, tuple[dict, bytes]]:
     )
     vectors.update(contract_vectors(one, two, Identity(SEED_3)))
     vectors.update(version2_vectors(one, two, Identity(SEED_3)))
+    vectors.update(version3_vectors(two, Identity(SEED_3)))
     vectors.update(evidence_vectors(one, two, Identity(SEED_3)))
     vectors.update(command_vectors(Identity(SEED_3)))
+    vectors.update(staff_vectors(Identity(SEED_3)))
     vectors.update(es256_vectors(P256Identity(P256_SECRET), Identity(SEED_3)))
     return vectors
 
@@ -197,6 +200,19 @@ def es256_vectors(gateway: P256Identity, lender: Identity) -> dict[str, tuple[di
             gap=Gap("power-loss"), records=[Record("uptime", value=0, unit="s", time=T0 + 7200)],
             counters=Counters(alarms=0, gaps=1), token=token, binding=binding),
     }
+
+
+def staff_vectors(lender: Identity) -> dict[str, tuple[dict, bytes]]:
+    """Log entries of what the lender's staff did (docs/evidence.md §2): an operator acknowledged the door alarm
+    gw-test-1 raised in its envelope seq 17 (the envelope-v2-alarm vector). Kind 7, added with the console's acks;
+    the signer named is the lender's, whose log it is (as the other log-entry vectors)."""
+    ack = LogEntry(EntryKind.ALARM_ACK, "gw-test-1", (T0 + 1800) * 1000,
+                   AlarmAckNote(17, "risk.officer", "called the borrower: a delivery, confirmed", "alarm.door.stock"))
+    raw = ack.encode()
+    signer = {"seed_hex": SEED_3.hex(), "public_key_hex": lender.public_key.hex()}
+    return {"log-entry-alarm-ack": ({"kind": "log-entry", **signer, "entry_kind": "alarm_ack", "device": ack.device,
+                                     "at_ms": ack.at, "seq": ack.body.seq, "by": ack.body.by, "note": ack.body.note,
+                                     "alarm": ack.body.alarm, "leaf_hex": leaf_hash(raw).hex()}, raw)}
 
 
 def command_vectors(lender: Identity) -> dict[str, tuple[dict, bytes]]:
@@ -243,6 +259,30 @@ def version2_vectors(gateway: Identity, node: Identity, lender: Identity) -> dic
             counters=Counters(alarms=3, gaps=2), token=token),
         "lender-token": ({"kind": "token", "seed_hex": SEED_1.hex(), "public_key_hex": gateway.public_key.hex(),
                           "key_hex": TOKEN_KEY.hex(), "device": "gw-test-1", "lender_time": T0 + 100}, token),
+    }
+
+
+def version3_vectors(node: Identity, lender: Identity) -> dict[str, tuple[dict, bytes]]:
+    """Version 3, a node's compact envelope: version 2 with the readings as a telemetry.nodereadings map."""
+    node_binding = binding_of(lender.public_key, node.public_key, "loan-2026-117")
+    node_token = issue_token(TOKEN_KEY, "node-test-7", T0 + 3000)
+    when = T0 + 3600
+    typical = [Record("temp", value=4.5, unit="Cel", time=when), Record("tamper", boolean=False, time=when),
+               Record("batt", value=3.599609375, unit="V", time=when)]
+    every = [Record("temp", value=-12.25, unit="Cel", time=when + 900), Record("alarm.tamper", boolean=True, time=when + 900),
+             Record("batt", value=3.3, unit="V", time=when + 900), Record("alarm.motion", boolean=True, time=when + 900),
+             Record("alarm.tilt", value=37.5, unit="deg", time=when + 900),
+             Record("device.heartbeat_s", value=900, unit="s", time=when + 900)]
+    return {
+        "envelope-v3-node": envelope_vector(
+            node, SEED_2, "envelope", device="node-test-7", boot=5, seq=121, prev=bytes(range(16)), records=typical,
+            counters=Counters(alarms=0, gaps=1), token=node_token, binding=node_binding, compact=True),
+        "envelope-v3-node-alarm": envelope_vector(
+            node, SEED_2, "envelope", device="node-test-7", boot=6, seq=122, prev=bytes(range(16, 32)), records=every,
+            counters=Counters(alarms=1, gaps=1), token=node_token, binding=node_binding, compact=True),
+        "gap-refused-v3": envelope_vector(
+            node, SEED_2, "gap", device="node-test-7", boot=6, seq=123, prev=bytes(16),
+            gap=Gap("refused", first=117, last=117, count=1), counters=Counters(alarms=1, gaps=2), compact=True),
     }
 
 

@@ -8,8 +8,9 @@ One cycle per wake (timer, or the tamper switch):
    makes the envelope an alarm envelope; the first envelope after a start
    declares the heartbeat (device.heartbeat_s = the wake interval);
 3. sign: reserve the seq in flash (with the signed counters that include this
-   envelope), seal a version 2 envelope (counters, the newest lender token,
-   the enrollment binding from the config), append it to the outbox, move the
+   envelope), seal a version 3 envelope (version 2's counters, newest lender
+   token and enrollment binding from the config, the readings as the compact
+   node readings map; version 2 if a record does not fit it), append it to the outbox, move the
    chain head (the order that makes seqs single-use, see chainstate);
 4. send: load the OSCORE context (node.oscore; without one the envelopes
    wait in the outbox, unless node.json says "insecure": true, which sends
@@ -142,7 +143,7 @@ class Node:
 
         key = ed25519.SigningKey(self.seed)
         raw = envelope.seal(key, self.config.device, state.boot, seq, state.prev, records, gap,
-                            counters=state.counters(), token=state.token, binding=self.config.binding)
+                            counters=state.counters(), token=state.token, binding=self.config.binding, compact=True)
         del key, ed25519, envelope
         release("ed25519", "ed25519_table", "sha512", "envelope", "senml", "cbor")
         held = len(box)
