@@ -181,8 +181,8 @@ def _chain(store, device: str, envelopes: list[StoredEnvelope]) -> list[Risk]:
                                        f"{after.boot} here)", after.received_at, after.seq))
         if after.prev == GENESIS and after.gap_reason != GapReason.SPOOL_RESET.value:
             risks.append(Risk("chain", f"{where}: the chain starts again from genesis", after.received_at, after.seq))
-        if after.version < before.version:
-            risks.append(Risk("chain", f"{where}: version {after.version} after version {before.version} "
+        if after.version == 1 < before.version:  # versions 2 and 3 (a node's compact form) promise the same
+            risks.append(Risk("chain", f"{where}: version 1 after version {before.version} "
                                        "(legacy: no freshness, no counters)", after.received_at, after.seq))
         for name, old, new in (("alarm", before.alarm_count, after.alarm_count),
                                ("gap", before.gap_count, after.gap_count)):

@@ -223,9 +223,10 @@ class Material:
         records = [Record("temp", value=rng.uniform(-40, 60), unit="Cel", time=BASE_TIME + device.seq),
                    Record("alarm.tamper", boolean=True, time=BASE_TIME + device.seq)][: rng.randrange(1, 3)]
         kind = rng.randrange(3)
+        counters = Counters(1, 1) if rng.random() < 0.5 else None
         envelope = seal(device.identity, device=device.name, boot=1, seq=device.seq, prev=device.prev,
                         records=records if kind else [], gap=None if kind else Gap("overflow", 1, 2, 2),
-                        counters=Counters(1, 1) if rng.random() < 0.5 else None)
+                        counters=counters, compact=device is self.node and counters is not None)
         return envelope.raw
 
     def envelope(self, mutator: Mutator) -> bytes:

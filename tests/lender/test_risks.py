@@ -504,3 +504,24 @@ def test_a_bound_gateway_sending_its_own_binding_is_no_binding_risk(lender):
     assert lender.store.device(gateway.name).binding == gateway.binding
     assert lender.deliver(gateway, gateway.reading()).refused == ()
     assert "binding" not in lender.kinds(gateway)
+
+
+def test_a_node_moving_between_versions_2_and_3_is_no_risk_but_version_1_after_3_is(lender):
+    """Version 3 is a node's compact form of version 2 (same counters, token and binding), and the firmware falls
+    back to version 2 for a record its table lacks: no downgrade. Version 1 after either loses the freshness."""
+    node = started(lender, "node-1", bound=False)
+
+    def sealed(compact: bool = False, counters: bool = True):
+        envelope = seal(node.identity, device=node.name, boot=node.boot, seq=node.seq + 1, prev=node.prev,
+                        records=[Record("temp", value=4.0, unit="Cel", time=lender.now)], compact=compact,
+                        counters=node.counters if counters else None, token=node.token if counters else None)
+        node.seq, node.prev = envelope.seq, envelope.digest
+        return envelope
+
+    versions = [sealed(compact=True), sealed(), sealed(compact=True), sealed(counters=False)]
+    assert [e.version for e in versions] == [3, 2, 3, 1]
+    for envelope in versions:
+        assert lender.deliver(node, envelope).stored == (envelope.seq,)
+
+    chain = [r for r in lender.risks(node) if r.kind == "chain"]
+    assert [(r.seq, "version 1 after version 3" in r.detail) for r in chain] == [(versions[-1].seq, True)]
