@@ -18,8 +18,9 @@ these entries (nothing cut from the tail or the middle); that every entry is
 this device's; the enrollment (device and technician signatures, the
 lender's response, the binding); every envelope's signature, binding and
 chain; that nothing was logged or signed after a revocation or release; that
-each review names a signed gap record. Each problem is a `Finding`; the
-bundle holds only when none fails.
+each review names a signed gap record and each alarm ack an alarm the
+device signed. Each problem is a `Finding`; the bundle holds only when none
+fails.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ from telemetry.exc import BundleFormatError, EnrollmentFormatError, ReceiptError
 from telemetry.freshness import token_time
 from telemetry.identity import DeviceKey, kid_of
 from telemetry.logentry import (
+    AlarmAckNote,
     DeviceHead,
     Enrollment,
     EnrollmentEvidence,
@@ -382,12 +384,13 @@ def _evidence(device: str, entries: list[tuple[int, LogEntry]], lender_key: byte
     seqs: list[int] = []
     binding = enrolled.binding
     reviews: list[tuple[int, ReviewNote]] = []
+    acks: list[tuple[int, AlarmAckNote]] = []
     for index, entry in mine:
         if entry.kind is EntryKind.ENROLLMENT:
             binding = _enrollment(device, index, entry, enrolled, lender_key, report)
             continue
-        if entry.kind is EntryKind.REVIEW:
-            reviews.append((index, entry.body))
+        if entry.kind in (EntryKind.REVIEW, EntryKind.ALARM_ACK):
+            (reviews if entry.kind is EntryKind.REVIEW else acks).append((index, entry.body))
             continue
         if entry.kind is not EntryKind.ENVELOPE:
             continue
@@ -412,7 +415,21 @@ def _evidence(device: str, entries: list[tuple[int, LogEntry]], lender_key: byte
         if review.seq not in gaps:
             report.fail("review", f"entry {index}: a review by {review.reviewer} of seq {review.seq}, which is not a "
                                   f"signed gap record of {device} in the bundle", index)
+    _acks(device, acks, envelopes, report)
     return seqs
+
+
+def _acks(device: str, acks: list[tuple[int, AlarmAckNote]], envelopes: list[Envelope],
+          report: BundleReport) -> None:
+    """Each ack names an alarm the device itself signed: a record of that name in its envelope of that seq."""
+    signed = {(e.seq, r.name) for e in envelopes for r in e.records}
+    unsigned = [(index, ack) for index, ack in acks if (ack.seq, ack.alarm) not in signed]
+    for index, ack in unsigned:
+        report.fail("alarm_ack", f"entry {index}: an ack by {ack.by} of {ack.alarm} at seq {ack.seq}, which is not an "
+                           f"alarm {device} signed in the bundle", index)
+    if acks and not unsigned:
+        report.note("alarm_ack", f"{len(acks)} acknowledgement(s) of alarms by the lender's staff, each of an alarm "
+                           f"{device} signed")
 
 
 def _seq(raw: bytes) -> int | None:

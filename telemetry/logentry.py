@@ -10,6 +10,10 @@
     kind 4 revocation    body = {}
     kind 5 release       body = {}     (the pledge released; reserved for the lender's commands)
     kind 6 review        body = {1: seq of the signed gap record, 2: reviewer, 3: note}
+    kind 7 alarm ack     body = {1: seq of the envelope that raised the alarm, 2: who acknowledged it, 3: note,
+                                 4: the alarm's name}
+                         (kinds are only ever added: 7 came with the console's acks, issue 16; a reader
+                         refuses a kind it does not know rather than pass what it cannot check)
 
 A device head is what a signed checkpoint commits to for each device:
 ``[device, count of its entries, index of its last entry, its highest envelope seq or null]``,
@@ -42,6 +46,7 @@ class EntryKind(enum.IntEnum):
     REVOCATION = 4
     RELEASE = 5
     REVIEW = 6
+    ALARM_ACK = 7
 
 
 def at_ms(seconds: float) -> int:
@@ -131,10 +136,34 @@ class ReviewNote:
 
     @classmethod
     def from_cbor(cls, body: object) -> ReviewNote:
-        if not isinstance(body, dict) or set(body) != {1, 2, 3} or type(body[1]) is not int or body[1] < 0 \
-                or not isinstance(body[2], str) or not isinstance(body[3], str):
-            raise SchemaError("a review body is {1: seq, 2: reviewer, 3: note}")
-        return cls(body[1], body[2], body[3])
+        return cls(*_staff_note(body, (), "a review body is {1: seq, 2: reviewer, 3: note}"))
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmAckNote:
+    """An alarm ack entry's body: a staff member acknowledged the alarm `alarm` that the device raised in its envelope
+    `seq`, and wrote `note`."""
+
+    seq: int
+    by: str
+    note: str
+    alarm: str
+
+    def to_cbor(self) -> dict:
+        return {1: self.seq, 2: self.by, 3: self.note, 4: self.alarm}
+
+    @classmethod
+    def from_cbor(cls, body: object) -> AlarmAckNote:
+        return cls(*_staff_note(body, (4,), "an alarm ack body is {1: seq, 2: acknowledged by, 3: note, 4: alarm name}"))
+
+
+def _staff_note(body: object, more: tuple[int, ...], shape: str) -> list:
+    """The values of a staff member's note about a device's seq: {1: seq, 2: who, 3: note, *more: non-empty text}."""
+    keys = (1, 2, 3, *more)
+    if not isinstance(body, dict) or set(body) != set(keys) or type(body[1]) is not int or body[1] < 0 \
+            or not all(isinstance(body[key], str) for key in keys[1:]) or not all(body[key] for key in more):
+        raise SchemaError(shape)
+    return [body[key] for key in keys]
 
 
 def _binding(value: object) -> bytes | None:
@@ -152,7 +181,8 @@ def _enrollment(body: dict, *, required: bool) -> EnrollmentEvidence | None:
     return EnrollmentEvidence(body[4], body[5], body[6])
 
 
-_BODIES = {EntryKind.REGISTRATION: Registration, EntryKind.ENROLLMENT: Enrollment, EntryKind.REVIEW: ReviewNote}
+_BODIES = {EntryKind.REGISTRATION: Registration, EntryKind.ENROLLMENT: Enrollment, EntryKind.REVIEW: ReviewNote,
+           EntryKind.ALARM_ACK: AlarmAckNote}
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +192,7 @@ class LogEntry:
     kind: EntryKind
     device: str
     at: int
-    body: bytes | Registration | Enrollment | ReviewNote | None
+    body: bytes | Registration | Enrollment | ReviewNote | AlarmAckNote | None
 
     def encode(self) -> bytes:
         if self.kind is EntryKind.ENVELOPE:

@@ -12,6 +12,7 @@ Routes (docs/lender-console.md has the JSON API in full):
 | ``GET /devices/<device>/evidence.bundle.json`` | viewer | the device's evidence bundle (lender.evidence.export) |
 | ``GET /devices/<device>/evidence.jsonl`` | viewer | the device's evidence export, one row per envelope |
 | ``POST /alarms/ack``, ``POST /gaps/review`` | operator | acknowledge an alarm / review a gap record, with a note |
+| ``POST /commands/inspect``, ``POST /commands/permit`` | operator | a signed command to the device, as ``lender inspect`` / ``lender permit`` |
 | ``GET /admin`` | admin | accounts and the audit log |
 | ``GET /events`` | viewer | server-sent events: ``portfolio`` and ``device-<id>`` when they change |
 | ``GET /metrics`` | viewer, or ``Authorization: Bearer`` the token in ``DATA/metrics.token`` | Prometheus |
@@ -55,6 +56,7 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from lender.cli import _issued_json, parse_time
 from lender.console import drawing, views
 from lender.console.accounts import LIFETIME_S, Accounts, Session, same_token
 from lender.console.metrics import CONTENT_TYPE, exposition, registry_for
@@ -62,11 +64,15 @@ from lender.console.portfolio import STATES, Portfolio, read_site
 from lender.console.records import Ack, ConsoleRecords
 from lender.console.webhooks import Outbox
 from lender.evidence.alarms import alarm_events, open_alarms
+from lender.evidence.commands import CommandDesk, IssuedCommand
 from lender.evidence.export import export_bundle, export_rows
+from lender.evidence.log import lender_identity
 from lender.evidence.registry import iso_time
 from lender.evidence.store import EvidenceStore, Review
 from lender.evidence.stores import open_store
 from lender.exc import ExportFormatError
+from telemetry.command import Permit
+from telemetry.exc import CommandError
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +146,10 @@ class ConsoleState:
 
     def accounts(self) -> Accounts:
         return Accounts(self.records())
+
+    def desk(self) -> CommandDesk:
+        """The command desk `lender inspect` and `lender permit` use: signed with the lender's key in DATA/enroll."""
+        return CommandDesk(self.store(), lender_identity(self.data_dir), clock=self.clock)
 
 
 # --- who is asking -------------------------------------------------------------------------------
@@ -224,6 +234,7 @@ def _environment(tiles: str | None) -> Environment:
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]),
                       trim_blocks=True, lstrip_blocks=True)
     env.globals.update(age=views.age, utc=views.utc, iso=iso_time, value=views.shown_value, STATES=STATES,
+                       KEY_NAMES=views.KEY_NAMES,
                        line_chart=drawing.line_chart, bar_chart=drawing.bar_chart, fence_map=drawing.fence_map,
                        tiles=tiles)
     return env
@@ -368,7 +379,7 @@ def _detail(request: Request) -> views.AssetDetail:
     store = state.store()
     registered = store.device(device)
     facts = read_site(state.data_dir / "enroll" / "sites", registered.asset if registered else None)
-    return views.asset_detail(store, state.records(), row, facts)
+    return views.asset_detail(store, state.records(), state.desk(), row, facts)
 
 
 @requires("viewer")
@@ -462,11 +473,13 @@ async def acknowledge(request: Request, session: Session) -> Response:
     device, alarm, seq, note = str(fields.get("device", "")), str(fields.get("alarm", "")), _seq(fields), _note(fields)
 
     def act() -> Ack:
-        raised = open_alarms(alarm_events(state.store(), device)).get((device, alarm))
+        store = state.store()
+        raised = open_alarms(alarm_events(store, device)).get((device, alarm))
         if raised is None or raised.seq != seq:
             raise Refusal(409, f"{alarm} of {device} is not open at seq {seq} (it may have cleared): reload")
         ack = Ack(device, alarm, seq, session.user.name, note, state.clock())
-        state.records().add_ack(ack)
+        store.add_ack(ack)            # the evidence log's ack entry, first: it is what a bundle carries
+        state.records().add_ack(ack)  # the console's own record and audit line (what the pages show)
         return ack
 
     ack = await run_in_threadpool(act)
@@ -494,6 +507,69 @@ async def review_gap(request: Request, session: Session) -> Response:
     state.poke()
     return _back(request, fields, {"device": review.device, "seq": review.seq, "by": review.reviewer,
                                    "note": review.note, "at": iso_time(review.at)})
+
+
+def _commandable(store: EvidenceStore, device: str) -> None:
+    registered = store.device(device)
+    if registered is None:
+        raise Refusal(404, f"no device {device!r} is registered")
+    if not registered.active:
+        raise Refusal(409, f"{device} is revoked: it is sent no commands")
+
+
+def _issued(request: Request, fields: dict, command: IssuedCommand, **more) -> Response:
+    return _back(request, fields, {**_issued_json(command, "issued"), **more})
+
+
+@requires("operator")
+async def inspect(request: Request, session: Session) -> Response:
+    """`lender inspect DEVICE` from the page: a signed inspect command, pending until the device fetches it."""
+    state: ConsoleState = request.app.state.console
+    fields = await _fields(request)
+    device = str(fields.get("device", ""))
+
+    def act() -> IssuedCommand:
+        _commandable(state.store(), device)
+        issued = state.desk().inspect(device, session.user.name)
+        state.records().audit(session.user.name, "inspect", f"{device} command seq {issued.seq}",
+                              f"nonce {issued.nonce.hex()}", at=issued.issued_at)
+        return issued
+
+    issued = await run_in_threadpool(act)
+    state.broadcaster.publish({device})
+    return _issued(request, fields, issued)
+
+
+@requires("operator")
+async def permit(request: Request, session: Session) -> Response:
+    """`lender permit ASSET` from the page: openings of the asset in the window are events, not alarms."""
+    state: ConsoleState = request.app.state.console
+    fields = await _fields(request)
+    device, asset = str(fields.get("device", "")), str(fields.get("asset", ""))
+    try:
+        now = state.clock()
+        start = int(parse_time(str(fields.get("from") or "0s"), now=now))  # none given: from now (an age of 0 s)
+        until = int(parse_time(str(fields.get("until", "")), now=now))
+        window = Permit(asset, start, until, str(fields.get("reason", "")).strip())
+    except (ValueError, CommandError) as exc:
+        raise Refusal(400, f"a permit needs an asset, from and until (ISO 8601, UTC unless a zone is named) and a "
+                           f"reason of 1..200 characters: {exc}") from None
+    if until <= state.clock():
+        raise Refusal(400, f"the window ends {iso_time(until)}, in the past: a permit is of no use then")
+
+    def act() -> IssuedCommand:
+        store = state.store()
+        _commandable(store, device)
+        if asset not in {r.asset for r in state.portfolio.device_rows(device)}:
+            raise Refusal(404, f"{device} watches no asset {asset!r}")
+        issued = state.desk().issue(device, window, session.user.name)
+        state.records().audit(session.user.name, "permit", f"{device} {asset} command seq {issued.seq}",
+                              f"{iso_time(start)} .. {iso_time(until)}: {window.reason}", at=issued.issued_at)
+        return issued
+
+    issued = await run_in_threadpool(act)
+    state.broadcaster.publish({device})
+    return _issued(request, fields, issued, asset=asset, **{"from": iso_time(start), "until": iso_time(until)})
 
 
 @requires("admin")
@@ -637,6 +713,8 @@ def create_app(state: ConsoleState) -> Starlette:
         Route("/devices/{device}/evidence.bundle.json", evidence_bundle, methods=["GET"]),
         Route("/alarms/ack", acknowledge, methods=["POST"]),
         Route("/gaps/review", review_gap, methods=["POST"]),
+        Route("/commands/inspect", inspect, methods=["POST"]),
+        Route("/commands/permit", permit, methods=["POST"]),
         Route("/admin", admin, methods=["GET"]),
         Route("/events", events, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
@@ -645,6 +723,8 @@ def create_app(state: ConsoleState) -> Starlette:
         Route("/api/assets/{device}/{asset}", api_asset, methods=["GET"]),
         Route("/api/alarms/ack", acknowledge, methods=["POST"]),
         Route("/api/gaps/review", review_gap, methods=["POST"]),
+        Route("/api/commands/inspect", inspect, methods=["POST"]),
+        Route("/api/commands/permit", permit, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = Starlette(routes=routes)

@@ -4,15 +4,19 @@ The evidence store (``DATA/lender.sqlite3``) holds what devices signed; this
 file holds what the lender's *staff* did and what the console owes others:
 
 * ``users``, ``sessions``, ``login_failures``, ``login_links`` — accounts (lender.console.accounts);
-* ``acks`` — an operator acknowledged an alarm, with a note (an audit record: never changed, never deleted);
+* ``acks`` — an operator acknowledged an alarm, with a note (an audit record: never changed, never deleted;
+  the evidence store's log has it too, as an alarm ack entry: `EvidenceStore.add_ack`);
 * ``audit`` — every staff action, one row each (logins, acks, reviews, accounts);
 * ``outbox``, ``cursors``, ``watch`` — the webhook outbox, each endpoint's delivery cursor, and the
   alarms and risks last seen open (lender.console.webhooks).
 
 A separate file keeps the evidence store's schema to the evidence floor, and
 lets the console run as its own process beside the CoAP server: the evidence
-store is only read from here (gap reviews, which the risk judgement reads, go
-through `EvidenceStore.add_review`). WAL mode, ``synchronous=FULL``: an
+store is only read from here, but for staff actions that belong in its
+tamper-evident log or its tables: gap reviews (which the risk judgement
+reads) through `EvidenceStore.add_review`, alarm acks through
+`EvidenceStore.add_ack`, commands to devices through
+`lender.evidence.commands.CommandDesk`. WAL mode, ``synchronous=FULL``: an
 outbox row or an audit record, once written, survives a power cut.
 
 A connection belongs to one thread; `ConsoleRecords.open` is cheap, and each
@@ -28,6 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from lender.evidence.store import Ack
 from lender.exc import StoreFormatError, StoreUnavailableError
 
 CONSOLE_FILE = "console.sqlite3"
@@ -61,18 +66,6 @@ _SCHEMA = (
     " PRIMARY KEY (device, key)) STRICT, WITHOUT ROWID",
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value ANY) STRICT",
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Ack:
-    """An operator acknowledged an open alarm (device, alarm name, the seq that raised it), with a note."""
-
-    device: str
-    alarm: str
-    seq: int
-    by: str
-    note: str
-    at: float
 
 
 @dataclass(frozen=True, slots=True)

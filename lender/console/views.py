@@ -10,19 +10,27 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from lender.cli import _issued_json  # one JSON shape for a command, the CLI's and the console's
 from lender.console.drawing import Fix, Point
 from lender.console.portfolio import Portfolio, Row, SiteFacts
 from lender.console.records import Ack, ConsoleRecords
 from lender.evidence.alarms import AlarmRecord, alarm_events
+from lender.evidence.commands import Answer, CommandDesk, IssuedCommand
 from lender.evidence.registry import Device, iso_time
 from lender.evidence.risks import UNITS, Risk
 from lender.evidence.store import EvidenceStore, GapFinding, GapRecord, Reading, Review, explain_gaps
 from telemetry.alarms import GATEWAY
+from telemetry.command import RECORD_PREFIX, Command, Permit
+from telemetry.envelope import decode
+from telemetry.exc import TelemetryError
+from telemetry.senml import Record
 
 PAGE_SIZE = 100
+COMMAND_LIMIT = 20      # commands on an asset page: the newest
 SERIES_LIMIT = 2000     # readings per chart: the newest
 FIX_LIMIT = 200         # GNSS fixes on the map: the newest
 UTILIZATION_DAYS = 31
+KEY_NAMES = {"EdDSA": "Ed25519 (EdDSA)", "ES256": "P-256 (ES256)"}   # Device.algorithm as a page names it
 
 
 def reading_value(reading: Reading | None) -> object:
@@ -99,6 +107,40 @@ class TimelineEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class CommandLine:
+    """One command to the device, as the desk audits it (lender.evidence.commands.CommandDesk.audit)."""
+
+    command: IssuedCommand
+    state: str                  # issued | delivered (pending) | applied | refused (the device signed it) | expired
+    answer: Answer | None
+    permit: Permit | None       # a permit's window and reason, read back from the signed bytes
+    round_trip_s: float | None  # issued -> the answer's envelope stored
+    snapshot: list[Record]      # an inspection's signed readings (the answer's envelope, its command.* records aside)
+
+    @property
+    def pending(self) -> bool:
+        return self.state in ("issued", "delivered")
+
+
+def command_lines(store: EvidenceStore, desk: CommandDesk, device: str) -> list[CommandLine]:
+    """The device's newest commands with their state, a permit's window, an inspection's snapshot and round trip."""
+    lines = []
+    for command, state, answer in desk.audit(device)[-COMMAND_LIMIT:][::-1]:
+        round_trip, snapshot = None, []
+        stored = store.envelope(device, answer.seq) if answer is not None else None
+        try:  # both were verified once (signed here, stored after their signature checked): only an edit fails
+            body = Command.verify(command.raw, desk.lender.public_key).body
+            if stored is not None:
+                round_trip = stored.received_at - command.issued_at
+                snapshot = [r for r in decode(stored.raw).records if not r.name.startswith(RECORD_PREFIX)]
+        except TelemetryError:
+            body = None
+        lines.append(CommandLine(command, state, answer, body if isinstance(body, Permit) else None, round_trip,
+                                 snapshot))
+    return lines
+
+
+@dataclass(frozen=True, slots=True)
 class AssetDetail:
     row: Row
     device: Device | None
@@ -115,6 +157,7 @@ class AssetDetail:
     reviews: list[Review]
     acks: list[Ack]
     acked: set
+    commands: list[CommandLine]
 
 
 def find_row(portfolio: Portfolio, device: str, asset: str) -> Row | None:
@@ -156,7 +199,8 @@ def _utilization(store: EvidenceStore, device: str, asset: str) -> list[tuple[st
     return sorted(days.items())[-UTILIZATION_DAYS:]
 
 
-def asset_detail(store: EvidenceStore, records: ConsoleRecords, row: Row, facts: SiteFacts) -> AssetDetail:
+def asset_detail(store: EvidenceStore, records: ConsoleRecords, desk: CommandDesk, row: Row,
+                 facts: SiteFacts) -> AssetDetail:
     device = row.device
     enrolled = facts.asset(row.asset)
     status_sensors = row.sensors or tuple(s for s in enrolled.get("sensors", ()) if isinstance(s, str))
@@ -182,6 +226,7 @@ def asset_detail(store: EvidenceStore, records: ConsoleRecords, row: Row, facts:
         fixes=_fixes(gnss), events=events, timeline=timeline,
         gaps=explain_gaps(store.missing_ranges(device), store.gap_records(device)),
         gap_records=store.gap_records(device), reviews=reviews, acks=acks, acked=acked,
+        commands=command_lines(store, desk, device),
     )
 
 
@@ -192,7 +237,8 @@ def asset_json(detail: AssetDetail, now: float) -> dict:
         "device_record": None if d is None else {
             "device": d.device, "kid": d.kid.hex(), "public_key_hex": d.public_key.hex(), "status": d.status.value,
             "registered_at": iso_time(d.registered_at), "revoked_at": iso_time(d.revoked_at),
-            "asset": d.asset, "oscore": d.oscore_context is not None,
+            "asset": d.asset, "oscore": d.oscore_context is not None, "algorithm": d.algorithm,
+            "key_storage": d.key_storage.value,
             "binding": d.binding.hex() if d.binding else None},
         "geofence": detail.facts.asset(detail.row.asset).get("geofence"),
         "fixes": [{"lat": f.lat, "lon": f.lon, "at": iso_time(f.at), "seq": f.seq} for f in detail.fixes],
@@ -207,7 +253,19 @@ def asset_json(detail: AssetDetail, now: float) -> dict:
                                      for r in detail.reviews if r.seq == g.seq]} for g in detail.gap_records],
         "acks": [{"alarm": a.alarm, "seq": a.seq, "by": a.by, "note": a.note, "at": iso_time(a.at)}
                  for a in detail.acks],
+        "commands": [command_json(line) for line in detail.commands],
     }
+
+
+def command_json(line: CommandLine) -> dict:
+    """A command as `lender commands --json` shows it, with what the page adds: pending, the permit, the snapshot."""
+    permit = line.permit
+    return {**_issued_json(line.command, line.state), "pending": line.pending,
+            "answer_seq": line.answer.seq if line.answer else None, "detail": line.answer.detail if line.answer else None,
+            "round_trip_ms": None if line.round_trip_s is None else round(line.round_trip_s * 1000, 1),
+            "snapshot": [{"name": r.name, "value": reading_value(r), "unit": r.unit} for r in line.snapshot],
+            "permit": None if permit is None else {"asset": permit.asset, "from": iso_time(permit.start),
+                                                   "until": iso_time(permit.until), "reason": permit.reason}}
 
 
 def age(seconds: float | None, now: float | None = None) -> str:

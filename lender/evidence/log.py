@@ -1,9 +1,9 @@
 """The lender's transparency log, in the store's SQLite file: appends inside the store's transactions, checkpoints, proofs.
 
 Every stored envelope and every registry event (registration, enrollment,
-revocation, release, review) is one entry (telemetry.logentry) of an RFC 9162
-Merkle tree (telemetry.merkle). `SQLiteStore` owns one `EvidenceLog` per
-connection and calls it inside its own transactions, so the log and the store
+revocation, release, review, a staff member's ack of an alarm) is one entry
+(telemetry.logentry) of an RFC 9162 Merkle tree (telemetry.merkle).
+`SQLiteStore` owns one `EvidenceLog` per connection and calls it inside its own transactions, so the log and the store
 never disagree after a crash: `begin` when a write transaction starts,
 `append_*` with each insert, `seal` just before the commit (it signs a
 checkpoint for the new head with the lender's key and keeps it), `abandon`
@@ -39,6 +39,7 @@ from lender.exc import StoreFormatError
 from telemetry.exc import ReceiptError
 from telemetry.identity import Identity
 from telemetry.logentry import (
+    AlarmAckNote,
     DeviceHead,
     Enrollment,
     EnrollmentEvidence,
@@ -301,6 +302,10 @@ class EvidenceLog:
 
     def review(self, device: str, at: float, seq: int, reviewer: str, note: str) -> int:
         return self.append_event(LogEntry(EntryKind.REVIEW, device, at_ms(at), ReviewNote(seq, reviewer, note)))
+
+    def alarm_ack(self, device: str, at: float, seq: int, by: str, note: str, alarm: str) -> int:
+        body = AlarmAckNote(seq, by, note, alarm)
+        return self.append_event(LogEntry(EntryKind.ALARM_ACK, device, at_ms(at), body))
 
     def _append(self, kind: EntryKind, device: str, leaf: bytes, entry: bytes | None, seq: int | None) -> int:
         if not self._loaded:

@@ -67,6 +67,7 @@ from lender.evidence.registry import Device, DeviceStatus
 from lender.evidence.store import (
     DEFAULT_QUARANTINE_LIMIT,
     INT64_MAX,
+    Ack,
     GapRecord,
     MissingRange,
     QuarantineEntry,
@@ -75,6 +76,7 @@ from lender.evidence.store import (
     Review,
     StoreCounts,
     StoredEnvelope,
+    log_alarm_ack,
     quarantine_room,
 )
 from lender.exc import (
@@ -967,6 +969,9 @@ class PostgresStore:
         where, params = ("WHERE device = %s", (device,)) if device is not None else ("", ())
         return [Review(*row) for row in self._query(
             f"SELECT device, seq, reviewer, note, at FROM reviews {where} ORDER BY id", params)]
+
+    def add_ack(self, ack: Ack) -> None:
+        log_alarm_ack(self, ack)
 
     # --- the lender's commands (lender.evidence.commands) --------------------------------------
 

@@ -241,6 +241,18 @@ class Review:
 
 
 @dataclass(frozen=True, slots=True)
+class Ack:
+    """A lender staff member acknowledged an open alarm (device, alarm name, the seq that raised it), with a note."""
+
+    device: str
+    alarm: str
+    seq: int
+    by: str
+    note: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class StoreCounts:
     devices: int
     envelopes: int
@@ -299,6 +311,9 @@ class EvidenceStore(Registry, Protocol):
     def reviews(self, device: str | None = None) -> list[Review]:
         """The reviews kept, oldest first."""
 
+    def add_ack(self, ack: Ack) -> None:
+        """Log a staff member's acknowledgement of an alarm (an alarm ack entry: the log keeps its bytes, no table)."""
+
     def delivery_receipt(self, device: str, seq: int) -> DeliveryReceipt | None:
         """A receipt that the stored envelope (device, seq) is in the lender's log (for a gateway's ack)."""
 
@@ -307,6 +322,14 @@ class EvidenceStore(Registry, Protocol):
 
     def close(self) -> None:
         """Release the store."""
+
+
+def log_alarm_ack(store, ack: Ack) -> None:
+    """`add_ack` of every backend: the ack is an entry of the store's log (its bytes kept there, no other table),
+    in a transaction of its own, which signs the checkpoint that holds it."""
+    with store.transaction():
+        if store.log is not None:
+            store._in_log(lambda: store.log.alarm_ack(ack.device, ack.at, ack.seq, ack.by, ack.note, ack.alarm))
 
 
 def quarantine_room(limit: int, rejection: Refused) -> int:
@@ -805,6 +828,9 @@ class SQLiteStore:
         where, params = ("WHERE device = ?", (device,)) if device is not None else ("", ())
         return [Review(*row) for row in self._query(
             f"SELECT device, seq, reviewer, note, at FROM reviews {where} ORDER BY id", params)]
+
+    def add_ack(self, ack: Ack) -> None:
+        log_alarm_ack(self, ack)
 
     # --- the lender's commands (lender.evidence.commands) ---
 

@@ -25,6 +25,7 @@ from lender.enrollment import registration
 from lender.enrollment.technicians import lender_identity
 from telemetry.alarms import RAISED, SEVERITY, alarm_name
 from telemetry.enrollment import binding_of
+from telemetry.identity import Identity, P256Identity
 from telemetry.manifest import HEARTBEAT_S, RULES
 from telemetry.senml import Record
 from tests.kit.pledge import ASSET, Gateway, PledgeLender, site_digest
@@ -64,11 +65,13 @@ class ConsoleLender(PledgeLender):
         self.now = time.time() + seconds
         return self.now
 
-    def asset_gateway(self, name: str, asset: str, *, site: str, borrower: str, kind: str = "machine") -> Gateway:
-        """A gateway for another pledged asset, with its own site record."""
+    def asset_gateway(self, name: str, asset: str, *, site: str, borrower: str, kind: str = "machine",
+                      identity: Identity | P256Identity | None = None) -> Gateway:
+        """A gateway for another pledged asset, with its own site record (and key: an Ed25519 one unless given)."""
         text = other_site(asset, site, borrower, kind)
         (self.data_dir / "enroll" / "sites" / f"{asset}.toml").write_text(text, "utf-8")
-        gateway = Gateway(name, clock=lambda: self.now, rules=site_digest(text))
+        gateway = Gateway(name, clock=lambda: self.now, rules=site_digest(text),
+                          identity=identity or Identity.generate())
         registration.register(self.store, self.data_dir, name, gateway.identity.public_key, asset=asset,
                               with_oscore=False, now=self.now)
         gateway.binding = binding_of(lender_identity(self.data_dir).public_key, gateway.identity.public_key, asset)

@@ -37,6 +37,7 @@ from telemetry.envelope import GENESIS, Counters, Gap, seal  # noqa: E402
 from telemetry.freshness import issue_token  # noqa: E402
 from telemetry.identity import Identity, P256Identity  # noqa: E402
 from telemetry.logentry import (  # noqa: E402
+    AlarmAckNote,
     DeviceHead,
     EnrollmentEvidence,
     EntryKind,
@@ -180,6 +181,7 @@ def build() -> dict[str, tuple[dict, bytes]]:
     vectors.update(version3_vectors(two, Identity(SEED_3)))
     vectors.update(evidence_vectors(one, two, Identity(SEED_3)))
     vectors.update(command_vectors(Identity(SEED_3)))
+    vectors.update(staff_vectors(Identity(SEED_3)))
     vectors.update(es256_vectors(P256Identity(P256_SECRET), Identity(SEED_3)))
     return vectors
 
@@ -198,6 +200,19 @@ def es256_vectors(gateway: P256Identity, lender: Identity) -> dict[str, tuple[di
             gap=Gap("power-loss"), records=[Record("uptime", value=0, unit="s", time=T0 + 7200)],
             counters=Counters(alarms=0, gaps=1), token=token, binding=binding),
     }
+
+
+def staff_vectors(lender: Identity) -> dict[str, tuple[dict, bytes]]:
+    """Log entries of what the lender's staff did (docs/evidence.md §2): an operator acknowledged the door alarm
+    gw-test-1 raised in its envelope seq 17 (the envelope-v2-alarm vector). Kind 7, added with the console's acks;
+    the signer named is the lender's, whose log it is (as the other log-entry vectors)."""
+    ack = LogEntry(EntryKind.ALARM_ACK, "gw-test-1", (T0 + 1800) * 1000,
+                   AlarmAckNote(17, "risk.officer", "called the borrower: a delivery, confirmed", "alarm.door.stock"))
+    raw = ack.encode()
+    signer = {"seed_hex": SEED_3.hex(), "public_key_hex": lender.public_key.hex()}
+    return {"log-entry-alarm-ack": ({"kind": "log-entry", **signer, "entry_kind": "alarm_ack", "device": ack.device,
+                                     "at_ms": ack.at, "seq": ack.body.seq, "by": ack.body.by, "note": ack.body.note,
+                                     "alarm": ack.body.alarm, "leaf_hex": leaf_hash(raw).hex()}, raw)}
 
 
 def command_vectors(lender: Identity) -> dict[str, tuple[dict, bytes]]:

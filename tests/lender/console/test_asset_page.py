@@ -1,9 +1,12 @@
-"""The asset page charts what a credit officer reads utilization from (weight, run-hours per day) and draws the map
-with no online tiles unless a tile URL is configured, and then only from that origin."""
+"""The asset page charts what a credit officer reads utilization from (weight, run-hours per day), draws the map
+with no online tiles unless a tile URL is configured, and then only from that origin, and shows each device's key
+as the registry has it (its algorithm, where it is kept)."""
 from __future__ import annotations
 
+import hashlib
 import re
 
+from telemetry.identity import P256Identity
 from tests.kit.console import MILL_HOURS, MILL_WEIGHTS, RunningConsole
 
 from .conftest import log_in
@@ -46,3 +49,22 @@ def the_map(page: str) -> str:
     drawn = re.search(r'<svg class="map".*?</svg>', page, re.S)
     assert drawn, "no map on the asset page"
     return drawn.group(0)
+
+
+def test_the_device_panel_shows_the_registered_key_algorithm_and_key_storage(pledged):
+    pledged.asset_gateway("gw-tpm", "vault-9", site="Kiel works", borrower="Ostsee Metall AG",
+                          identity=P256Identity(hashlib.sha256(b"console es256 gateway").digest()))
+    with RunningConsole(pledged.data_dir) as console:
+        client = log_in(console.url, "vera")
+        es256 = client.get("/api/assets/gw-tpm/vault-9").json()["device_record"]
+        eddsa = client.get("/api/assets/gw-cold/cold-store").json()["device_record"]
+        pages = {name: client.get(path).text for name, path in (("es256", "/assets/gw-tpm/vault-9"),
+                                                                  ("eddsa", "/assets/gw-cold/cold-store"))}
+    assert (es256["algorithm"], es256["key_storage"]) == ("ES256", "software")
+    assert len(bytes.fromhex(es256["public_key_hex"])) == 65
+    assert (eddsa["algorithm"], eddsa["key_storage"]) == ("EdDSA", "software")
+    assert '<dd class="key-algorithm">P-256 (ES256), kid ' in pages["es256"] and "Ed25519" not in pages["es256"]
+    assert '<dd class="key-algorithm">Ed25519 (EdDSA), kid ' in pages["eddsa"]
+    for page in pages.values():
+        assert '<dd class="key-storage">software <span class="muted">(a key file on the device' in page
+        assert "not declared" not in page

@@ -80,7 +80,8 @@ def state_changes(console: RunningConsole) -> list[str]:
 def test_every_state_change_in_the_route_table_refuses_a_missing_or_wrong_csrf_token(console, pledged):
     client = log_in(console.url, "ada")      # an admin: the role would let every one of them through
     posts = state_changes(console)
-    assert {"/logout", "/alarms/ack", "/api/alarms/ack", "/gaps/review", "/api/gaps/review"} <= set(posts)
+    assert {"/logout", "/alarms/ack", "/api/alarms/ack", "/gaps/review", "/api/gaps/review", "/commands/inspect",
+            "/api/commands/inspect", "/commands/permit", "/api/commands/permit"} <= set(posts)
     body = {"device": "gw-cold", "alarm": "alarm.door.cold-store", "seq": pledged.gateways["gw-cold"].seq,
             "note": "no token"}
     for path in posts:
@@ -88,7 +89,7 @@ def test_every_state_change_in_the_route_table_refuses_a_missing_or_wrong_csrf_t
         assert client.post(path, data={**body, "csrf": "wrong"}).status_code == 403, path
         assert client.post(path, json=body, headers={"X-CSRF-Token": "wrong"}).status_code == 403, path
     assert client.get("/api/me").status_code == 200          # the refused logout left the session open
-    assert not pledged.console_acks() and not pledged.store.reviews()
+    assert not pledged.console_acks() and not pledged.store.reviews() and not pledged.store.issued_commands()
 
 
 def test_a_viewer_can_act_through_no_state_changing_route_but_logout(console, pledged):
@@ -99,11 +100,12 @@ def test_a_viewer_can_act_through_no_state_changing_route_but_logout(console, pl
     assert len(acts) >= 4
     for path in acts:
         body = {"device": "gw-cold", "alarm": "alarm.door.cold-store", "note": "a viewer tries",
-                "seq": gap if "gaps" in path else pledged.gateways["gw-cold"].seq}
+                "seq": gap if "gaps" in path else pledged.gateways["gw-cold"].seq,
+                "asset": "cold-store", "until": "2100-01-01T00:00", "reason": "a viewer tries"}  # a whole permit
         answer = client.post(path, json=body, headers={"X-CSRF-Token": token})
         assert answer.status_code == 403, (path, answer.status_code)
         assert client.post(path, data={**body, "csrf": token}).status_code == 403, path
-    assert not pledged.console_acks() and not pledged.store.reviews()
+    assert not pledged.console_acks() and not pledged.store.reviews() and not pledged.store.issued_commands()
 
 
 def test_a_viewer_reads_everything_and_can_act_on_nothing(console, pledged):
@@ -120,7 +122,7 @@ def test_a_viewer_reads_everything_and_can_act_on_nothing(console, pledged):
     assert review.status_code == 403
     assert client.get("/admin").status_code == 403
     assert "Acknowledge" not in client.get("/assets/gw-cold/cold-store").text
-    assert not pledged.console_acks() and not pledged.store.reviews()
+    assert not pledged.console_acks() and not pledged.store.reviews() and not pledged.store.issued_commands()
     assert log_in(console.url, "ada").get("/admin").status_code == 200
 
 
