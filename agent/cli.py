@@ -95,7 +95,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                   uplink=Uplink(config.uplink, spool, tokens=tokens, receipts=state), rules=rules, trusted_clock=clock,
                   rules_state=rules_state, modem_health=modem_health, tokens=tokens,
                   binding=config.device.binding_bytes, heartbeat_s=config.uplink.heartbeat_s,
-                  rules_digest=config.rules_digest, commands=inbox)
+                  rules_digest=(inbox.rules_digest if inbox is not None else None) or config.rules_digest,
+                  commands=inbox, local_rules_digest=config.rules_digest)
     try:
         asyncio.run(serve(agent))
     finally:

@@ -26,7 +26,8 @@ from pathlib import Path
 from agent.assets import parse_assets, parse_rules
 from agent.exc import ConfigError
 from durable.files import atomic_write
-from telemetry.command import Command, Configure, Inspect, Outcome, Permit, accept, config_digest, outcome_records
+from telemetry.command import (Command, Configure, Inspect, Outcome, Permit, accept, config_digest,
+                               configuration_rules_digest, outcome_records)
 from telemetry.exc import CommandError
 from telemetry.senml import Record
 
@@ -110,6 +111,11 @@ class CommandInbox:
     @property
     def config_digest(self) -> bytes | None:
         return None if self.config is None else config_digest(self.config)
+
+    @property
+    def rules_digest(self) -> str | None:
+        """The rules digest (telemetry.manifest) of the lender's configuration in force: what the manifest declares."""
+        return None if self.config is None else configuration_rules_digest(self.config)
 
     def configured(self, sensor_kinds: Mapping[str, str]):
         """(RuleSettings, assets) of the lender's configuration in force, or None without one (the local config rules)."""

@@ -37,7 +37,7 @@ from agent.uplink import Result, Uplink
 from drivers.exc import SensorFault
 from drivers.sensor import Sample, queue_listener, read_isolated
 from durable import sdnotify
-from telemetry.command import Inspect, Outcome
+from telemetry.command import LOCAL_RULES, Configure, Inspect, Outcome
 from telemetry.envelope import Envelope, Gap, GapReason, carries_alarm
 from telemetry.identity import Identity
 from telemetry.manifest import DEFAULT_HEARTBEAT_S, HEARTBEAT, rules_digest
@@ -94,6 +94,7 @@ class Agent:
         rules_digest: str = rules_digest((), {}),
         commands: CommandInbox | None = None,
         command_poll: float = 5.0,
+        local_rules_digest: str | None = None,
     ) -> None:
         self.device = device
         self.identity = identity
@@ -125,6 +126,9 @@ class Agent:
         # the lender's signed commands (agent.commands): fetched from /c every `command_poll` s (Observe is not served yet)
         self.commands = commands
         self.command_poll = command_poll
+        # the rules digest of agent.toml's own [[assets]] and [rules]: while the lender's configuration is in force
+        # and differs from it, every manifest is followed by a signed LOCAL_RULES record (a local edit, a mismatch)
+        self.local_rules_digest = local_rules_digest
 
     def record(self, records: list[Record], instant: Instant | None = None, *, urgent: bool = False) -> Envelope | None:
         """Sign and spool one reading; an alarm wakes the uplink at once.
@@ -192,7 +196,38 @@ class Agent:
                     records.append(fault_record(sensor.name, result, self.clock()))
                 elif result:
                     records += [sample_record(s) for s in result]
-        return self.record_measured(records, urgent=True)  # the answer overtakes the backlog, as alarms do
+        envelope = self.record_measured(records, urgent=True)  # the answer overtakes the backlog, as alarms do
+        if isinstance(body, Configure) and applied.outcome is Outcome.APPLIED:
+            self.reconfigure(inbox)
+        return envelope
+
+    def reconfigure(self, inbox: CommandInbox) -> None:
+        """Put the lender's configuration in force now: new rules over the same sensors, and a new manifest.
+
+        The rules keep what must survive (raised alarms, the modem identity,
+        today's usage: RulesEngine.snapshot); the spool, the chain and the keys
+        are not touched. The manifest declares the new rules digest.
+        """
+        self.rules_digest = inbox.rules_digest or self.rules_digest
+        instant = self._now()
+        if self.rules is not None:
+            kinds = {name: spec.kind for name, spec in self.rules.sensors.items()}
+            configured = inbox.configured(kinds)
+            if configured is not None:
+                settings, assets = configured
+                self.rules = RulesEngine(assets, list(self.rules.sensors.values()), settings, start=instant,
+                                         restore=self.rules.snapshot(), permits=self.rules.permits)
+                log.info("the lender's configuration %s is in force", inbox.config_digest.hex())
+        self.declare(instant)
+
+    def declare(self, instant: Instant) -> None:
+        """Sign the manifest and, when the lender's configuration is in force and agent.toml's rules differ, the mismatch."""
+        self.emit([self.manifest(instant)], instant)
+        if (self.commands is not None and self.commands.config is not None and self.local_rules_digest is not None
+                and self.local_rules_digest != self.commands.rules_digest):
+            log.warning("agent.toml's rules %s differ from the lender's configuration in force (%s): reported",
+                        self.local_rules_digest, self.commands.rules_digest)
+            self.record([Record(LOCAL_RULES, string=self.local_rules_digest, time=instant.trusted_wall)], instant)
 
     async def _fetch_commands(self) -> None:
         """Poll the lender's /c and act on each pending command in order (the inbox refuses repeats)."""
@@ -349,8 +384,7 @@ class Agent:
         tasks.append(asyncio.create_task(self._checkpoint(), name="checkpoint"))
         if self.modem_health is not None:
             tasks.append(asyncio.create_task(self.modem_health.run(self.record, self.modem_identity), name="modem health"))
-        instant = self._now()
-        self.emit([self.manifest(instant)], instant)
+        self.declare(self._now())
         if self.rules is not None:
             tasks.append(asyncio.create_task(self._rules_tick(), name="rules"))
         tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,6 +35,7 @@ from telemetry.cbor import Limits
 from telemetry.enrollment import valid_id
 from telemetry.exc import CommandError, CommandRefused, WireFormatError
 from telemetry.identity import Identity
+from telemetry.manifest import rules_digest
 from telemetry.senml import Record
 
 COMMAND_AAD = b"pledgewatch-command/1"
@@ -42,6 +44,9 @@ MAX_DOCUMENT = 12288
 DIGEST_BYTES = 16
 LIMITS = Limits(max_bytes=MAX_COMMAND, max_depth=4, max_items=256)
 RECORD_PREFIX = "command."
+# signed beside the manifest when the lender's configuration is in force and the [[assets]] and [rules] of the
+# gateway's own agent.toml differ from it: string, their `telemetry.manifest.rules_digest` (a local edit)
+LOCAL_RULES = "device.rules.local"
 
 
 class Kind(enum.StrEnum):
@@ -199,6 +204,20 @@ _BODIES: dict[Kind, type] = {Kind.INSPECT: Inspect, Kind.PERMIT: Permit, Kind.CO
 def config_digest(document: bytes) -> bytes:
     """The 16-byte digest that names a configuration document (SHA-256, truncated)."""
     return hashlib.sha256(document).digest()[:DIGEST_BYTES]
+
+
+def configuration_rules_digest(document: bytes) -> str:
+    """The `telemetry.manifest.rules_digest` of a configuration document's [[assets]] and [rules] tables.
+
+    What a gateway declares in its manifest (device.rules) while that
+    configuration is in force, so the lender compares like with like.
+    ValueError if the document is not TOML (a device never applies one).
+    """
+    try:
+        data = tomllib.loads(document.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"not a TOML configuration document: {exc}") from exc
+    return rules_digest(data.get("assets", []), data.get("rules", {}))
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from telemetry.command import RECORD_PREFIX, Body, Command, Inspect, Outcome, Permit
+from lender.evidence.registry import iso_time
+from telemetry import cbor, cose
+from telemetry.command import (LIMITS, RECORD_PREFIX, Body, Command, Inspect, Kind, Outcome, Permit,
+                               configuration_rules_digest)
 
 DEFAULT_LIFETIME = 24 * 3600      # seconds a command stays valid unless the issuer says otherwise
 INSPECT_LIFETIME = 600            # an inspection is about now: ten minutes to reach the device
@@ -43,6 +46,13 @@ class IssuedCommand:
     digest: bytes
     nonce: bytes | None = None
     delivered_at: float | None = None
+
+    def as_json(self, state: str) -> dict:
+        """The one JSON shape of a command, for the CLI's --json and the console's API."""
+        return {"device": self.device, "seq": self.seq, "kind": self.kind, "state": state, "issuer": self.issuer,
+                "issued": iso_time(self.issued_at), "expires": iso_time(self.expires),
+                "delivered": iso_time(self.delivered_at), "digest_hex": self.digest.hex(),
+                "nonce_hex": self.nonce.hex() if self.nonce else None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,3 +145,23 @@ class CommandDesk:
     def snapshot(self, command: IssuedCommand) -> Answer | None:
         """The device's signed answer to an inspection, once it is stored (and so verified), else None."""
         return self.answers(command.device).get(command.digest)
+
+    def configuration(self, device: str) -> tuple[IssuedCommand, bytes] | None:
+        """The newest configure command the device signed as applied, with its document; None without one.
+
+        The document is read from the lender's own kept bytes (signed by it when
+        issued); that the device applied it is read from the device's chain.
+        """
+        answers = self.answers(device)
+        applied = [c for c in self.store.issued_commands(device)
+                   if c.kind == str(Kind.CONFIGURE) and getattr(answers.get(c.digest), "outcome", None) == Outcome.APPLIED]
+        if not applied:
+            return None
+        newest = max(applied, key=lambda c: c.seq)
+        fields = cbor.decode(cose.parse_sign1(newest.raw, LIMITS).payload, LIMITS)
+        return newest, fields[6][2]
+
+    def configured_rules_digest(self, device: str) -> str | None:
+        """The rules digest the device should declare while the lender's newest applied configuration is in force."""
+        found = self.configuration(device)
+        return None if found is None else configuration_rules_digest(found[1])

@@ -30,8 +30,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lender.evidence.commands import CommandDesk
 from lender.evidence.store import EvidenceStore, Review, StoredEnvelope, explain_gaps
 from telemetry.ack import Reason
+from telemetry.command import LOCAL_RULES
 from telemetry.envelope import GENESIS, GapReason, decode
 from telemetry.exc import WireFormatError
 from telemetry.freshness import token_genuine, token_time
@@ -243,11 +245,27 @@ def enrolled_rules_digest(sites_dir: Path, asset: str) -> str | None:
 
 
 def _rules(store, device: str, asset: str, judge: Judge) -> list[Risk]:
+    declared = _newest_value(store, device, RULES)
+    if declared is None:
+        return []
+    # once the device applied a configuration from the lender (issue 15), that is what it must run
+    configured = CommandDesk(store, None).configured_rules_digest(device)
+    if configured is not None:
+        risks = []
+        if declared.string != configured:
+            risks.append(Risk("rules", f"the device runs rules {declared.string!r} (manifest at seq {declared.seq}); "
+                                       f"the lender's configuration it applied says {configured}", declared.at,
+                              declared.seq))
+        local = _newest_value(store, device, LOCAL_RULES)
+        if local is not None and local.seq >= declared.seq:   # reported with the newest manifest
+            risks.append(Risk("rules", f"agent.toml at the site has rules {local.string!r}, not the lender's "
+                                       f"configuration in force ({configured}): edited locally, or not updated "
+                                       f"(seq {local.seq})", local.at, local.seq))
+        return risks
     if judge.sites_dir is None:
         return []
     enrolled = enrolled_rules_digest(judge.sites_dir, asset)
-    declared = _newest_value(store, device, RULES)
-    if enrolled is None or declared is None:
+    if enrolled is None:
         return []
     if declared.string != enrolled:
         return [Risk("rules", f"the device runs rules {declared.string!r} (manifest at seq {declared.seq}); the site "

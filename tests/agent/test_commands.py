@@ -16,7 +16,8 @@ from agent.exc import ConfigError
 from agent.rules import AccessEvent, RulesEngine, SensorSpec
 from drivers.onewire import DS18B20, DS18B20Config
 from hil.sim.onewire import OneWireTree
-from telemetry.command import Command, Configure, Inspect, Outcome, Permit, config_digest, inspection_nonce
+from telemetry.command import (LOCAL_RULES, Command, Configure, Inspect, Outcome, Permit, config_digest,
+                               configuration_rules_digest, inspection_nonce)
 from telemetry.identity import Identity
 from telemetry.senml import Record
 from tests.agent.test_agent_config import GOOD, PATH
@@ -174,3 +175,18 @@ def test_the_lenders_configuration_in_force_gives_the_rules_at_start(tmp_path):
     box.receive(signed(1, Configure(1, b'[rules]\n\n[[assets]]\nname = "yard"\nkind = "stock"\nsensors = ["door"]\n')))
     settings, assets = inbox(tmp_path).configured({"door": "contact"})
     assert [a.name for a in assets] == ["yard"]
+
+
+def test_agent_toml_is_reported_only_when_it_differs_from_the_lenders_configuration_in_force(tmp_path):
+    document = b'[rules]\n\n[[assets]]\nname = "yard"\nkind = "stock"\nsensors = ["door"]\n'
+    lenders = configuration_rules_digest(document)
+    for local, reported in ((lenders, []), ("0" * 32, ["0" * 32])):  # copied from the lender's, or edited
+        home = tmp_path / local
+        home.mkdir()
+        box = inbox(home)
+        agent = build_agent(home, device="gw-1", recording=True, commands=box, local_rules_digest=local)
+        agent.declare(agent._now())
+        assert [r.string for e in signed_envelopes(agent) for r in e.records if r.name == LOCAL_RULES] == []
+        assert asyncio.run(agent.command(box, signed(1, Configure(1, document)))) is not None
+        assert agent.rules_digest == lenders   # the manifest declares the lender's configuration once in force
+        assert [r.string for e in signed_envelopes(agent) for r in e.records if r.name == LOCAL_RULES] == reported

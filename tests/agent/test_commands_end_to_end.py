@@ -1,4 +1,5 @@
-"""The lender's commands to a running gateway over real CoAP with OSCORE: an inspection within 2 s, a permit."""
+"""The lender's commands to a running gateway over real CoAP with OSCORE: an inspection within 2 s, a permit,
+configurations applied live and refused, and agent.toml differing from the lender's configuration reported."""
 import asyncio
 import time
 
@@ -14,9 +15,11 @@ from lender.enrollment import registration
 from lender.enrollment.registration import DEVICE_CONTEXTS_DIR
 from lender.evidence.commands import CommandDesk
 from lender.evidence.log import lender_identity
+from lender.evidence.risks import Judge, device_risks
 from lender.evidence.store import SQLiteStore
-from telemetry.command import Configure, Permit, config_digest, inspection_nonce
+from telemetry.command import LOCAL_RULES, Configure, Permit, config_digest, configuration_rules_digest, inspection_nonce
 from telemetry.envelope import decode
+from telemetry.manifest import RULES, rules_digest
 from tests.kit.agent import DEVICE, IDENTITY, QUICK_UPLINK, build_agent, running, stored_at_lender
 from tests.kit.lender import LenderThread
 
@@ -130,3 +133,50 @@ def test_a_configuration_is_applied_and_reported_and_a_bad_one_refused_with_its_
     assert inbox.config == good and inbox.last_seq == 2
     config_records = [r.data for e in stored_at_lender(data) for r in e.records if r.name == "command.config"]
     assert config_records[0] == config_digest(good)
+
+
+def test_a_configuration_is_put_in_force_live_and_agent_toml_differing_from_it_is_a_mismatch_at_the_lender(tmp_path):
+    data, home = tmp_path / "lender", tmp_path / "agent"
+    home.mkdir()
+    with SQLiteStore.open(data) as store:
+        registration.register(store, data, DEVICE, IDENTITY.public_key, with_oscore=True, asset="cold-store")
+    factory = MockFactory()
+    door = ContactSensor(ContactConfig("door", 17, settle_s=0.01, interval_s=60), pin_factory=factory)
+    factory.pin(17).drive_low()  # shut
+    time.sleep(0.05)
+    local = rules_digest([{"name": "cold-store", "kind": "stock", "sensors": ["door"]}], {})  # agent.toml's tables
+    document = b'[rules]\n\n[[assets]]\nname = "yard"\nkind = "stock"\nsensors = ["door"]\n'
+    with LenderThread(data) as lender:
+        inbox = CommandInbox(home, DEVICE, lender_identity(data).public_key, clock=time.time,
+                             validate=rules_validator({"door": "contact"}))
+        agent = build_agent(home, sensors=[door], assets=[Asset("cold-store", "stock", ("door",))],
+                            specs=[SensorSpec("door", "contact", 60)], lender=f"coap://127.0.0.1:{lender.port}",
+                            security_context=data / DEVICE_CONTEXTS_DIR / DEVICE, uplink=QUICK_UPLINK,
+                            commands=inbox, command_poll=0.1, rules_digest=local, local_rules_digest=local)
+
+        async def reconfigure():
+            with SQLiteStore.open(data) as store:
+                CommandDesk(store, lender_identity(data)).issue(DEVICE, Configure(1, document), "staff-li")
+            while inbox.config is None:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)
+            factory.pin(17).drive_high()   # opened under the new rules, without a restart
+            await asyncio.sleep(0.3)
+            factory.pin(17).drive_low()
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                names = {r.name for e in stored_at_lender(data) for r in e.records}
+                if {"alarm.door.yard", LOCAL_RULES} <= names:
+                    break
+                await asyncio.sleep(0.1)
+
+        asyncio.run(running(agent, reconfigure, timeout=30))
+    records = [r for e in stored_at_lender(data) for r in e.records]
+    assert ("alarm.door.yard", "raised") in [(r.name, r.string) for r in records]
+    assert "alarm.door.cold-store" not in {r.name for r in records}
+    declared = [r.string for r in records if r.name == RULES]
+    assert declared == [local, configuration_rules_digest(document)]  # at start, then once the lender's is in force
+    assert [r.string for r in records if r.name == LOCAL_RULES] == [local]
+    with SQLiteStore.open(data) as store:
+        risks = [r.detail for r in device_risks(store, DEVICE, Judge(now=time.time())) if r.kind == "rules"]
+    assert len(risks) == 1 and "agent.toml at the site has rules" in risks[0] and local in risks[0], risks
