@@ -34,14 +34,12 @@ import csv
 import functools
 import json
 import os
-import re
 import signal
 import sys
 import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 
 from durable.exc import DurableError
@@ -71,7 +69,7 @@ from lender.evidence.export import (
 from lender.evidence.commands import CommandDesk, IssuedCommand
 from lender.evidence.ingest import DEFAULT_MAX_BODY
 from lender.evidence.log import lender_identity
-from lender.evidence.registry import iso_time
+from lender.evidence.registry import iso_time, parse_time
 from lender.evidence.risks import MISSED_HEARTBEATS, Judge, device_risks
 from lender.evidence.store import EvidenceStore, Reading, Review, SQLiteStore, explain_gaps
 from lender.evidence.stores import is_store_url, open_store
@@ -252,30 +250,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
-
-
-_AGE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])\Z")
-_AGE_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_time(text: str, now: float | None = None) -> float:
-    """Unix seconds from ISO 8601 (UTC unless it names a zone), a number of Unix seconds, or an age (30m, 7d)."""
-    text = text.strip()
-    now = time.time() if now is None else now
-    age = _AGE.match(text)
-    if age:
-        return now - float(age.group(1)) * _AGE_SECONDS[age.group(2)]
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ValueError(f"time {text!r} is not ISO 8601, Unix seconds or an age like 30m / 12h / 7d") from exc
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
 
 
 def _time_arg(text: str) -> float:
@@ -998,13 +972,6 @@ def _desk(store: SQLiteStore, args: argparse.Namespace) -> CommandDesk:
     return CommandDesk(store, lender_identity(args.data))
 
 
-def _issued_json(command: IssuedCommand, state: str) -> dict:
-    return {"device": command.device, "seq": command.seq, "kind": command.kind, "state": state,
-            "issuer": command.issuer, "issued": iso_time(command.issued_at), "expires": iso_time(command.expires),
-            "delivered": iso_time(command.delivered_at), "digest_hex": command.digest.hex(),
-            "nonce_hex": command.nonce.hex() if command.nonce else None}
-
-
 def _inspect(args: argparse.Namespace) -> int:
     with _open(args) as store:
         desk = _desk(store, args)
@@ -1026,7 +993,7 @@ def _inspect(args: argparse.Namespace) -> int:
     round_trip_ms = (envelope.received_at - issued.issued_at) * 1000
     snapshot = [_reading_json(r) for r in readings]
     if args.json:
-        print(json.dumps({**_issued_json(issued, answer.outcome), "envelope_seq": answer.seq,
+        print(json.dumps({**issued.as_json(answer.outcome), "envelope_seq": answer.seq,
                           "round_trip_ms": round(round_trip_ms, 1), "detail": answer.detail, "snapshot": snapshot},
                          sort_keys=True, default=str))
     else:
@@ -1071,7 +1038,7 @@ def _commands(args: argparse.Namespace) -> int:
     with _open(args) as store:
         rows = _desk(store, args).audit(args.device)
     if args.json:
-        print(json.dumps([{**_issued_json(c, state), "answer_seq": a.seq if a else None,
+        print(json.dumps([{**c.as_json(state), "answer_seq": a.seq if a else None,
                            "detail": a.detail if a else None} for c, state, a in rows], sort_keys=True))
         return 0
     for c, state, answer in rows:

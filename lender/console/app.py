@@ -56,7 +56,6 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from lender.cli import _issued_json, parse_time
 from lender.console import drawing, views
 from lender.console.accounts import LIFETIME_S, Accounts, Session, same_token
 from lender.console.metrics import CONTENT_TYPE, exposition, registry_for
@@ -67,7 +66,7 @@ from lender.evidence.alarms import alarm_events, open_alarms
 from lender.evidence.commands import CommandDesk, IssuedCommand
 from lender.evidence.export import export_bundle, export_rows
 from lender.evidence.log import lender_identity
-from lender.evidence.registry import iso_time
+from lender.evidence.registry import iso_time, parse_time
 from lender.evidence.store import EvidenceStore, Review
 from lender.evidence.stores import open_store
 from lender.exc import ExportFormatError
@@ -518,7 +517,7 @@ def _commandable(store: EvidenceStore, device: str) -> None:
 
 
 def _issued(request: Request, fields: dict, command: IssuedCommand, **more) -> Response:
-    return _back(request, fields, {**_issued_json(command, "issued"), **more})
+    return _back(request, fields, {**command.as_json("issued"), **more})
 
 
 @requires("operator")

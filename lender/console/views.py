@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from lender.cli import _issued_json  # one JSON shape for a command, the CLI's and the console's
 from lender.console.drawing import Fix, Point
 from lender.console.portfolio import Portfolio, Row, SiteFacts
 from lender.console.records import Ack, ConsoleRecords
@@ -260,7 +259,7 @@ def asset_json(detail: AssetDetail, now: float) -> dict:
 def command_json(line: CommandLine) -> dict:
     """A command as `lender commands --json` shows it, with what the page adds: pending, the permit, the snapshot."""
     permit = line.permit
-    return {**_issued_json(line.command, line.state), "pending": line.pending,
+    return {**line.command.as_json(line.state), "pending": line.pending,
             "answer_seq": line.answer.seq if line.answer else None, "detail": line.answer.detail if line.answer else None,
             "round_trip_ms": None if line.round_trip_s is None else round(line.round_trip_s * 1000, 1),
             "snapshot": [{"name": r.name, "value": reading_value(r), "unit": r.unit} for r in line.snapshot],

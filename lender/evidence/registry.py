@@ -13,6 +13,7 @@ authenticated 4.03 Forbidden instead of a silent drop.
 from __future__ import annotations
 
 import enum
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -94,6 +95,31 @@ def iso_time(seconds: float | None) -> str | None:
     if seconds is None:
         return None
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+
+_AGE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])\Z")
+_AGE_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_time(text: str, now: float | None = None) -> float:
+    """Unix seconds from ISO 8601 (UTC unless it names a zone), a number of Unix seconds, or an age (30m, 7d)."""
+    text = text.strip()
+    now = time.time() if now is None else now
+    age = _AGE.match(text)
+    if age:
+        return now - float(age.group(1)) * _AGE_SECONDS[age.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"time {text!r} is not ISO 8601, Unix seconds or an age like 30m / 12h / 7d") from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
 
 
 @dataclass(frozen=True, slots=True)
