@@ -10,6 +10,13 @@ before it, for rollback). Each apply is one such replacement, so a power cut
 leaves the state before or after the command, never between, and a command is
 never applied twice. The spool, the chain and the keys are never touched.
 
+The same replacement lists the command as unreported until the daemon has
+signed its outcome (`reported`): a power cut between the two leaves the
+command applied and its report still owed, and the daemon signs it at its next
+start (`unreported`), so no applied command goes without its record in the chain
+(a cut after signing and before `reported` signs it twice; the lender takes the
+same command digest once).
+
 What the device signs about a command (telemetry.command.outcome_records) is
 returned as an `Applied` for the daemon to seal ahead of its backlog; for an
 inspection the daemon adds a snapshot of the named assets' sensors.
@@ -35,6 +42,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "commands.json"
 CONFIG_TABLES = ("rules", "assets")   # what a lender's configuration may set; the rest stays the technician's
+MAX_UNREPORTED = 32                   # outcomes owed to the chain, kept while the spool cannot take them (oldest dropped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +90,7 @@ class CommandInbox:
         self.permits: tuple[Permit, ...] = ()
         self.config: bytes | None = None            # the lender's configuration in force
         self.previous_config: bytes | None = None   # the one before it (rollback)
+        self._unreported: list[dict] = []           # commands acted on whose outcome is not signed yet
         self._load()
 
     def _load(self) -> None:
@@ -96,17 +105,37 @@ class CommandInbox:
                              for p in data["permits"])
         self.config = None if data["config"] is None else data["config"].encode("utf-8")
         self.previous_config = None if data["previous_config"] is None else data["previous_config"].encode("utf-8")
+        self._unreported = list(data.get("unreported", []))
 
     def _save(self, last_seq: int, permits: tuple[Permit, ...], config: bytes | None,
-              previous: bytes | None) -> None:
+              previous: bytes | None, unreported: list[dict] | None = None) -> None:
         """Replace the state file in one step, then adopt it (a crash before the rename keeps the old state)."""
         data = {"last_seq": last_seq,
                 "permits": [{"asset": p.asset, "from": p.start, "until": p.until, "reason": p.reason,
                              "inputs": list(p.inputs)} for p in permits],
                 "config": None if config is None else config.decode("utf-8"),
-                "previous_config": None if previous is None else previous.decode("utf-8")}
+                "previous_config": None if previous is None else previous.decode("utf-8"),
+                "unreported": self._unreported if unreported is None else unreported}
         atomic_write(self.path, json.dumps(data, sort_keys=True).encode("utf-8"))
         self.last_seq, self.permits, self.config, self.previous_config = last_seq, permits, config, previous
+        self._unreported = data["unreported"]
+
+    def _applied(self, entry: dict) -> Applied:
+        command = Command.verify(bytes.fromhex(entry["raw"]), self.lender_key)
+        outcome = Outcome(entry["outcome"])
+        config = None if entry["config"] is None else bytes.fromhex(entry["config"])
+        return Applied(command, outcome, outcome_records(command, outcome, entry["at"], detail=entry["detail"],
+                                                         config=config))
+
+    def unreported(self) -> list[Applied]:
+        """The commands acted on whose outcome the daemon has not signed yet, oldest first (to sign at start)."""
+        return [self._applied(entry) for entry in self._unreported]
+
+    def reported(self, seq: int) -> None:
+        """The outcome of command `seq` is signed into the chain: it is owed no more."""
+        left = [entry for entry in self._unreported if entry["seq"] != seq]
+        if len(left) != len(self._unreported):
+            self._save(self.last_seq, self.permits, self.config, self.previous_config, left)
 
     @property
     def config_digest(self) -> bytes | None:
@@ -150,7 +179,8 @@ class CommandInbox:
                 config, previous = body.document, self.config
         elif not isinstance(body, Inspect):
             outcome, detail = Outcome.REFUSED, f"{command.kind} is not supported by this gateway yet"
-        self._save(command.seq, permits, config, previous)
-        records = outcome_records(command, outcome, now, detail=detail,
-                                  config=self.config_digest if isinstance(body, Configure) else None)
-        return Applied(command, outcome, records)
+        digest = (None if config is None else config_digest(config)) if isinstance(body, Configure) else None
+        entry = {"seq": command.seq, "raw": command.raw.hex(), "outcome": str(outcome), "detail": detail,
+                 "config": None if digest is None else digest.hex(), "at": now}
+        self._save(command.seq, permits, config, previous, (self._unreported + [entry])[-MAX_UNREPORTED:])
+        return self._applied(entry)

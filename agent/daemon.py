@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from agent.clock import Instant, TrustedClock, redate, stamp
-from agent.commands import CommandInbox
+from agent.commands import Applied, CommandInbox
 from agent.exc import SpoolError, StateError
 from agent.freshness import LenderTokens
 from agent.health import ModemHealthMonitor
@@ -182,6 +182,13 @@ class Agent:
         applied = inbox.receive(raw)
         if applied is None:
             return None
+        envelope = await self.answer(inbox, applied)
+        if isinstance(applied.command.body, Configure) and applied.outcome is Outcome.APPLIED:
+            self.reconfigure(inbox)
+        return envelope
+
+    async def answer(self, inbox: CommandInbox, applied: Applied) -> Envelope | None:
+        """Sign the outcome of a command the inbox acted on (with an inspection's snapshot); then it is owed no more."""
         records = list(applied.records)
         body = applied.command.body
         if isinstance(body, Inspect) and applied.outcome is Outcome.APPLIED:
@@ -197,8 +204,8 @@ class Agent:
                 elif result:
                     records += [sample_record(s) for s in result]
         envelope = self.record_measured(records, urgent=True)  # the answer overtakes the backlog, as alarms do
-        if isinstance(body, Configure) and applied.outcome is Outcome.APPLIED:
-            self.reconfigure(inbox)
+        if envelope is not None:
+            inbox.reported(applied.command.seq)
         return envelope
 
     def reconfigure(self, inbox: CommandInbox) -> None:
@@ -385,6 +392,9 @@ class Agent:
         if self.modem_health is not None:
             tasks.append(asyncio.create_task(self.modem_health.run(self.record, self.modem_identity), name="modem health"))
         self.declare(self._now())
+        if self.commands is not None:  # outcomes a power cut kept from the chain (agent.commands)
+            for applied in self.commands.unreported():
+                await self.answer(self.commands, applied)
         if self.rules is not None:
             tasks.append(asyncio.create_task(self._rules_tick(), name="rules"))
         tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))

@@ -14,14 +14,16 @@ from agent.commands import CommandInbox, rules_validator
 from agent.config import parse
 from agent.exc import ConfigError
 from agent.rules import AccessEvent, RulesEngine, SensorSpec
+from agent.spool import Spool
 from drivers.onewire import DS18B20, DS18B20Config
 from hil.sim.onewire import OneWireTree
 from telemetry.command import (LOCAL_RULES, Command, Configure, Inspect, Outcome, Permit, config_digest,
                                configuration_rules_digest, inspection_nonce)
+from telemetry.chain import check_chain
 from telemetry.identity import Identity
 from telemetry.senml import Record
 from tests.agent.test_agent_config import GOOD, PATH
-from tests.kit.agent import build_agent, signed_envelopes
+from tests.kit.agent import build_agent, running, signed_envelopes
 from tests.kit.rules import HOUR, T0, alarms, at, hours, sample
 
 LENDER = Identity(bytes(range(32)))
@@ -92,27 +94,44 @@ def deliveries(draw):
     events = []
     for _ in range(draw(st.integers(1, 30))):
         events.append((draw(st.integers(1, 10)), draw(st.sampled_from(
-            ["valid", "valid", "expired", "forged", "other-device", "restart"]))))
+            ["valid", "valid", "replayed", "expired", "forged", "other-device", "restart"]))))
     return events
+
+
+def body_for(seq: int):
+    """A command of each kind by seq: the inbox keeps a different state for each."""
+    return (Inspect(bytes([seq]) * 8), Permit("cold-store", T0, T0 + 10**5 + seq, f"release {seq}"),
+            Configure(seq, document(seq)))[seq % 3]
 
 
 @settings(max_examples=60, deadline=None)
 @given(deliveries())
 def test_random_deliveries_and_restarts_never_apply_a_command_twice_out_of_order_or_unverified(tmp_path_factory, events):
     path = tmp_path_factory.mktemp("inbox")
-    box, applied = inbox(path), []
+    box, applied, sent = inbox(path), [], []
     for seq, how in events:
         if how == "restart":
             box = inbox(path)
             continue
-        raw = signed(seq, Inspect(bytes(8)), device="gw-2" if how == "other-device" else "gw-1",
-                     signer=BORROWER if how == "forged" else LENDER, expires=T0 + 30 if how == "expired" else T0 + 10**6)
+        if how == "replayed":  # the exact bytes of a command delivered before (reordered when it is older)
+            if not sent:
+                continue
+            raw = sent[seq % len(sent)]
+        else:
+            raw = signed(seq, body_for(seq), device="gw-2" if how == "other-device" else "gw-1",
+                         signer=BORROWER if how == "forged" else LENDER,
+                         expires=T0 + 30 if how == "expired" else T0 + 10**6)
+            sent.append(raw)
         answer = box.receive(raw)
         if answer is not None:
             assert how == "valid"
             applied.append(answer.command.seq)
     assert applied == sorted(set(applied))
-    assert inbox(path).last_seq == (applied[-1] if applied else 0)
+    restarted = inbox(path)
+    assert restarted.last_seq == (applied[-1] if applied else 0)
+    configured = [s for s in applied if s % 3 == 2]
+    assert restarted.config == (document(configured[-1]) if configured else None)
+    assert [p.reason for p in restarted.permits] == [f"release {s}" for s in applied if s % 3 == 1]
 
 
 def document(version: int) -> bytes:
@@ -121,26 +140,43 @@ def document(version: int) -> bytes:
 
 
 def test_sigkill_during_configuration_applies_leaves_exactly_one_complete_configuration(tmp_path):
-    rng, reached = random.Random(15), set()
+    rng, reached, owed_after_kill = random.Random(15), set(), 0
     for attempt in range(100):
         path = tmp_path / str(attempt)
         path.mkdir()
+        Spool.open(path / "spool.db").close()  # made before: a kill while the spool is first created is not this test's
         child = os.fork()
-        if child == 0:  # the agent, applying configurations as fast as it can until it is killed
+        if child == 0:  # the agent's command path (inbox, chain, spool), applying configurations until it is killed
             try:
-                box = inbox(path)
-                for seq in range(1, 10_000):
-                    box.receive(signed(seq, Configure(seq, document(seq))))
+                agent, box = build_agent(path, device="gw-1", recording=True), inbox(path)
+
+                async def apply():
+                    for seq in range(1, 10_000):
+                        await agent.command(box, signed(seq, Configure(seq, document(seq))))
+
+                asyncio.run(apply())
             finally:
                 os._exit(0)
-        time.sleep(rng.uniform(0.0, 0.1))
+        time.sleep(rng.uniform(0.0, 0.05))
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
         box = inbox(path)
         assert box.config == (document(box.last_seq) if box.last_seq else None)
         assert box.previous_config == (document(box.last_seq - 1) if box.last_seq > 1 else None)
         reached.add(box.last_seq)
+        # the restarted agent: the chain resumes, signs any outcome the kill kept from it, and is intact
+        agent = build_agent(path, device="gw-1", recording=True, commands=box)
+        for owed in box.unreported():
+            owed_after_kill += 1
+            asyncio.run(agent.answer(box, owed))
+        assert box.unreported() == []
+        envelopes = signed_envelopes(agent) if agent.spool.head() else []
+        assert check_chain(envelopes).intact
+        reported = {int(r.value) for e in envelopes for r in e.records if r.name == "command.seq"}
+        assert reported == set(range(1, box.last_seq + 1))  # every applied configuration, in the chain
+        agent.spool.close()
     assert len(reached) > 1 and max(reached) > 0, f"no kill landed while configurations were applied: {sorted(reached)}"
+    assert owed_after_kill > 0, "no kill landed between applying a configuration and signing its outcome"
 
 
 def test_the_agent_answers_an_inspection_with_a_signed_snapshot_that_overtakes_the_backlog(tmp_path):
@@ -190,3 +226,17 @@ def test_agent_toml_is_reported_only_when_it_differs_from_the_lenders_configurat
         assert asyncio.run(agent.command(box, signed(1, Configure(1, document)))) is not None
         assert agent.rules_digest == lenders   # the manifest declares the lender's configuration once in force
         assert [r.string for e in signed_envelopes(agent) for r in e.records if r.name == LOCAL_RULES] == reported
+
+
+def test_an_outcome_a_power_cut_kept_from_the_chain_is_signed_when_the_agent_starts(tmp_path):
+    box = inbox(tmp_path)
+    box.receive(signed(1, Permit("cold-store", T0, T0 + 3600, "release of goods")))  # applied; the agent died here
+    assert [a.command.seq for a in inbox(tmp_path).unreported()] == [1]
+    agent = build_agent(tmp_path, device="gw-1", commands=inbox(tmp_path))
+
+    async def started():
+        return None
+
+    asyncio.run(running(agent, started))
+    assert [r.value for e in signed_envelopes(agent) for r in e.records if r.name == "command.seq"] == [1]
+    assert inbox(tmp_path).unreported() == []
