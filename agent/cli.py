@@ -45,9 +45,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def open_parts(config: agent_config.AgentConfig) -> tuple[Signer, Spool, AgentState]:
     """The signing key, spool and state the config names (the state dir is created 0700 if missing).
 
-    The key is the seed file, or the TPM key that `device.keystore` beside it describes (durable.keystore)."""
+    The key is the seed file, or the TPM key that `device.keystore` beside it describes (durable.keystore), of
+    the kind `[device] key_store` names when it names one."""
     key_file = Path(config.device.key_file)
-    identity = open_device_key(key_file.parent, key_file=key_file.name)
+    identity = open_device_key(key_file.parent, key_file=key_file.name, kind=config.device.key_store)
     config.device.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     spool = Spool.open(config.device.state_dir / "spool.db", max_bytes=config.spool.max_bytes,
                        synchronous=config.spool.synchronous)

@@ -5,7 +5,8 @@ technician can fix a config on site without reading code. The result is a
 tree of frozen dataclasses; nothing downstream re-checks it.
 
     [device]     id, key_file, state_dir, binding (the enrollment's, 16 hex digits; written by provisioning),
-                 lender_key (64 hex digits: the lender key its signed commands must carry; without it, no commands)
+                 lender_key (64 hex digits: the lender key its signed commands must carry; without it, no commands),
+                 key_store ("software" | "tpm": the kind of key the gateway was provisioned with; durable.keystore)
     [spool]      max_bytes, synchronous
     [uplink]     lender, security_context | insecure, batch_interval, heartbeat_s, ... (agent.uplink.UplinkConfig)
     [[sensors]]  kind = "ds18b20" | "contact" | "motion" | "run-hours" | "gnss", then that driver's settings
@@ -66,8 +67,11 @@ class DeviceSection:
     state_dir: Path
     binding: str | None = None   # the enrollment binding (telemetry.enrollment.binding_of), hex
     lender_key: str | None = None  # the lender's enrollment public key, hex: pinned for its signed commands
+    key_store: str | None = None   # "software" or "tpm" (durable.keystore); None: whatever device.keystore says
 
     def __post_init__(self) -> None:
+        if self.key_store not in (None, "software", "tpm"):
+            raise ValueError(f"key_store = {self.key_store!r} must be \"software\" or \"tpm\"")
         if self.binding is not None and not BINDING_HEX.fullmatch(self.binding):
             raise ValueError(f"binding = {self.binding!r} must be {2 * BINDING_BYTES} hex digits "
                              "(the enrollment binding `pledgewatch provision` writes)")
@@ -175,7 +179,7 @@ def parse(text: str, path: Path) -> AgentConfig:
                           "allowed: device, spool, uplink, sensors, rules, assets, modem")
     device = _section(path, "device", data.get("device", {}), DeviceSection, {
         "id": (str, REQUIRED), "key_file": (Path, REQUIRED), "state_dir": (Path, REQUIRED), "binding": (str, None),
-        "lender_key": (str, None),
+        "lender_key": (str, None), "key_store": (str, None),
     })
     if not 0 < len(device.id) <= 64:
         raise ConfigError(f"{path}: [device] id must be 1..64 characters")

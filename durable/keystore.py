@@ -148,13 +148,67 @@ def _public_point(public) -> bytes:
     return b"\x04" + bytes(ecc.x).rjust(32, b"\0") + bytes(ecc.y).rjust(32, b"\0")
 
 
+def _preflight(esapi, tcti: str) -> None:
+    """Refuse, in one line, a TPM in dictionary-attack lockout or whose owner hierarchy has a password
+    (TPM2_GetCapability of TPM2_PT_PERMANENT): what a technician can fix before a key is made."""
+    from tpm2_pytss.constants import TPM2_CAP, TPM2_PT, TPMA_PERMANENT
+
+    _, data = esapi.get_capability(TPM2_CAP.TPM_PROPERTIES, TPM2_PT.PERMANENT, 1)
+    found = [p for p in data.data.tpmProperties.tpmProperty if p.property == TPM2_PT.PERMANENT]
+    permanent = TPMA_PERMANENT(found[0].value) if found else TPMA_PERMANENT(0)
+    if permanent & TPMA_PERMANENT.INLOCKOUT:
+        raise TpmRefusedError(f"the TPM at {tcti} is in dictionary-attack lockout: wait for its recovery time, or "
+                              "clear it with the lockout password (tpm2_dictionarylockout -c -p LOCKOUT_PASSWORD)")
+    if permanent & TPMA_PERMANENT.OWNERAUTHSET:
+        raise TpmRefusedError(f"the TPM at {tcti} has an owner hierarchy password: remove it "
+                              "(tpm2_changeauth -c owner -p OLD_PASSWORD) or clear the TPM, then provision again")
+
+
+def tpm_status(tcti: str) -> None:
+    """Check that a TPM answers at `tcti` and can take a device key; a one-line KeyStoreError if not."""
+    from tpm2_pytss import TSS2_Exception
+
+    esapi = _esapi(tcti)
+    try:
+        _preflight(esapi, tcti)
+    except TSS2_Exception as exc:
+        raise _tpm_error(exc, "report its state") from exc
+    finally:
+        esapi.close()
+
+
+def evict_tpm_key(tcti: str, handle: int, public_key: bytes) -> bool:
+    """Remove the persistent key at `handle` if it is `public_key` (a provisioning run undone, a rotated key);
+    whether one was removed. Never touches a key that is not the one named."""
+    from tpm2_pytss import TSS2_Exception
+    from tpm2_pytss.constants import ESYS_TR
+
+    esapi = _esapi(tcti)
+    try:
+        try:
+            key_handle = esapi.tr_from_tpmpublic(handle)
+            public, _, _ = esapi.read_public(key_handle)
+        except TSS2_Exception:
+            return False
+        if _public_point(public) != public_key:
+            return False
+        esapi.evict_control(ESYS_TR.OWNER, key_handle, handle)
+        return True
+    except TSS2_Exception as exc:
+        raise _tpm_error(exc, f"remove the key at {handle:#x}") from exc
+    finally:
+        esapi.close()
+
+
 def create_tpm_key(tcti: str, handle: int = DEFAULT_TPM_HANDLE) -> TpmKey:
-    """Create a P-256 signing key in the TPM and make it persistent at `handle` (refused if the handle is taken)."""
+    """Create a P-256 signing key in the TPM and make it persistent at `handle` (refused if the handle is taken,
+    the TPM is in lockout, or its owner hierarchy has a password)."""
     from tpm2_pytss import TPM2B_PUBLIC, TSS2_Exception
     from tpm2_pytss.constants import ESYS_TR, TPMA_OBJECT
 
     esapi = _esapi(tcti)
     try:
+        _preflight(esapi, tcti)
         attributes = (TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT | TPMA_OBJECT.SENSITIVEDATAORIGIN
                       | TPMA_OBJECT.USERWITHAUTH | TPMA_OBJECT.SIGN_ENCRYPT)
         template = TPM2B_PUBLIC.parse("ecc256:ecdsa-sha256", objectAttributes=attributes)
@@ -216,12 +270,23 @@ def create_device_key(state_dir: Path, kind: str, *, key_file: str = "device.key
     return identity
 
 
-def open_device_key(state_dir: Path, *, key_file: str = "device.key"):
-    """The gateway's signer: what `device.keystore` describes, or the seed file when there is no description."""
+def open_device_key(state_dir: Path, *, key_file: str = "device.key", kind: str | None = None):
+    """The gateway's signer: what `device.keystore` describes, or the seed file when there is no description.
+
+    `kind` (agent.toml's ``[device] key_store``) is the kind the gateway was provisioned with: a description of
+    another kind, or a TPM gateway's description gone (a seed file put in its place), is refused."""
+    if kind is not None and kind not in KINDS:
+        raise KeyStoreConfigError(f"key store kind {kind!r} is not one of {', '.join(KINDS)}")
     description_path = Path(state_dir) / KEYSTORE_FILE
     if not description_path.exists():
+        if kind == "tpm":
+            raise KeyStoreConfigError(f"this gateway's key is in its TPM (key_store = \"tpm\"), but "
+                                      f"{description_path} is missing: restore it, or provision again")
         return Identity(read_key(Path(state_dir) / key_file))
     description = KeyStoreDescription.read(description_path)
+    if kind is not None and description.kind != kind:
+        raise KeyStoreConfigError(f"{description_path} describes a {description.kind} key, the config says "
+                                  f"key_store = {kind!r}: provision again rather than mix the two")
     if description.kind == "software":
         identity = Identity(read_key(Path(state_dir) / key_file))
         if description.public_key not in (None, identity.public_key):

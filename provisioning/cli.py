@@ -74,6 +74,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--technician", metavar="ID",
                    help="your technician id, when your key is not on this gateway (then `submit` countersigns later)")
     p.add_argument("--rotate", action="store_true", help="give the gateway a new key (the old one is kept, retired)")
+    p.add_argument("--key-store", choices=("software", "tpm"), default="software",
+                   help="where the device key lives: a seed file (software, the default) or a P-256 key made inside "
+                        "the TPM 2.0 (tpm: /dev/tpmrm0, else /dev/tpm0, else --tcti)")
+    p.add_argument("--tcti", metavar="STRING",
+                   help="the TPM's TCTI when it is not /dev/tpmrm0 or /dev/tpm0 (e.g. swtpm:host=127.0.0.1,port=2321)")
     p.add_argument("--install-systemd", action="store_true", help="install and enable pledgewatch-agent.service")
     p.add_argument("--systemd-dir", type=Path, default=Path("/etc/systemd/system"))
     p.add_argument("--install-udev", action="store_true", help="install the modem's udev rule")
@@ -169,9 +174,11 @@ def _gateway(args: argparse.Namespace, console: Console) -> int:
         technician=profile if args.technician is None else None, technician_id=args.technician,
         owner=Owner.of(args.user), rotate=args.rotate, install_systemd=args.install_systemd,
         systemd_dir=args.systemd_dir, install_udev=args.install_udev, udev_dir=args.udev_dir, timeout=args.timeout,
+        key_store=args.key_store, tcti=args.tcti,
     )
     result = asyncio.run(gateway.provision_gateway(plan, console.step))
-    lines = [f"gateway {result.device}: key {result.kid} ({result.identity}), {result.enrollment}",
+    in_tpm = f", {result.algorithm} in the TPM" if result.key_store == "tpm" else ""
+    lines = [f"gateway {result.device}: key {result.kid} ({result.identity}{in_tpm}), {result.enrollment}",
              f"config: {result.config}"]
     if result.modem:
         lines.append(f"modem: {result.modem['manufacturer']} {result.modem['model']}, IMEI {result.modem['imei']}, "

@@ -6,7 +6,11 @@ Run on the gateway itself. In order:
 2. the device key: kept if the gateway has one (re-running never makes a
    second identity), generated here if not (``os.urandom``; it never leaves
    the gateway), replaced only with ``--rotate`` (the old key is kept beside
-   it as ``device.key.retired-<time>``, so evidence it signed still verifies);
+   it as ``device.key.retired-<time>``, so evidence it signed still verifies).
+   With ``--key-store tpm`` the key is a P-256 key made inside the TPM
+   (durable.keystore; the TPM found at /dev/tpmrm0, /dev/tpm0, or ``--tcti``)
+   and only its description, ``device.keystore``, is written; the request is
+   then a version 2 enrollment request (ES256 device signature);
 3. the enrollment request, signed by the device key, countersigned by the
    technician's key when the technician's profile is at hand, with a fresh
    X25519 response key; kept in ``STATE/enrollment/`` (0600) before it is
@@ -54,6 +58,15 @@ from drivers.modem import open_modem
 from durable import oscore
 from durable.exc import DurableError
 from durable.keyfile import create_key, read_key
+from durable.keystore import (
+    DEFAULT_TPM_HANDLE,
+    KEYSTORE_FILE,
+    KeyStoreDescription,
+    create_device_key,
+    default_tcti,
+    evict_tpm_key,
+    open_device_key,
+)
 from provisioning.enrollment import PendingEnrollment, accept, post, send
 from provisioning.exc import (
     DeviceEnrollmentError,
@@ -75,7 +88,7 @@ from telemetry.enrollment import (
     open_site,
 )
 from telemetry.exc import EnrollmentFormatError
-from telemetry.identity import Identity
+from telemetry.identity import Identity, algorithm_name
 from telemetry.numbers import PATH_SITES
 
 # shipped as package data (pyproject.toml), so an installed wheel has them too
@@ -248,7 +261,7 @@ def binding_line(binding: str) -> str:
 
 def render_config(device: str, state_dir: Path, lender: str, context: str, sensors: Sequence[Mapping],
                   uplink: Mapping | None = None, assets: Sequence[Mapping] = (), rules: Mapping | None = None,
-                  binding: str | None = None) -> str:
+                  binding: str | None = None, key_store: str = "software") -> str:
     """The agent's config (agent.config's format); paths relative to the config file where they can be."""
     lines = [
         "# Written by `pledgewatch provision gateway`; re-run it to change this file.",
@@ -257,6 +270,8 @@ def render_config(device: str, state_dir: Path, lender: str, context: str, senso
         f"key_file = {_toml_value(KEY_FILE)}",
         f"state_dir = {_toml_value(str(state_dir))}",
     ]
+    if key_store != "software":
+        lines.append(f"key_store = {_toml_value(key_store)}   # the key is in the TPM; {KEYSTORE_FILE} describes it")
     if binding is not None:
         lines.append(binding_line(binding))
     lines += [
@@ -300,8 +315,15 @@ class GatewayPlan:
     install_udev: bool = False
     udev_dir: Path = Path("/etc/udev/rules.d")
     timeout: float = 20.0
+    key_store: str = "software"         # or "tpm" (durable.keystore)
+    tcti: str | None = None             # the TPM's TCTI; None: /dev/tpmrm0, then /dev/tpm0
+    tpm_handle: int = DEFAULT_TPM_HANDLE
 
     def __post_init__(self) -> None:
+        if self.key_store not in ("software", "tpm"):
+            raise SetupError(f"--key-store {self.key_store!r}: use software or tpm")
+        if self.tcti is not None and self.key_store != "tpm":
+            raise SetupError("--tcti names a TPM: give it with --key-store tpm")
         try:
             check_id(self.device)
         except EnrollmentFormatError as exc:
@@ -340,6 +362,8 @@ class GatewayResult:
     installed: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     binding: str | None = None   # the enrollment binding written to agent.toml (hex), once enrolled
+    key_store: str = "software"  # or "tpm"
+    algorithm: str = "EdDSA"     # or "ES256" (a TPM key)
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -394,56 +418,108 @@ async def provision_gateway(plan: GatewayPlan, step: Step = lambda _: None) -> G
             if ensure_dir(directory, mode, plan.owner, group_only=group_only):
                 rollback.created_dir(directory)
         identity, how = _identity(plan, rollback, journal)
-        step(f"device {plan.device}: key {identity.kid.hex()} ({how})")
-        result = GatewayResult(plan.device, identity.kid.hex(), how, "", str(plan.config_file),
-                               modem.to_json() if modem else None)
-        enrolled = journal is not None and journal.get("enrolled") and journal.get("kid") == identity.kid.hex() \
-            and (plan.config_dir / CONTEXT_DIR).is_dir()
-        context_name = CONTEXT_DIR
-        result.binding = binding_of(plan.lender_key, identity.public_key, plan.binding.asset).hex()
-        if enrolled:
-            result.enrollment = "already enrolled"
-        else:
-            context_name = await _enroll(plan, identity, modem, technician, rollback, result, step)
-        _write_config(plan, context_name, rollback, result.binding)
-        _write_journal(plan, identity, modem, result, rollback, journal)
-        if plan.install_systemd:
-            result.installed.append(install_unit(plan, rollback))
-        if plan.install_udev:
-            result.installed.append(install_udev_rule(plan.udev_dir, rollback))
-        rollback.done()
+        try:
+            result = await _provision_with(plan, identity, how, modem, technician, journal, rollback, step)
+        finally:
+            getattr(identity, "close", lambda: None)()  # a TPM key's connection
     if result.enrollment == "enrolled":
         plan.pending.clear()
         shutil.rmtree(plan.config_dir / PARKED_DIR, ignore_errors=True)
     return result
 
 
+async def _provision_with(plan: GatewayPlan, identity, how: str, modem: ModemInfo | None,
+                          technician: Identity | None, journal: dict | None, rollback: Rollback,
+                          step: Step) -> GatewayResult:
+    """Enrollment, config, journal and units for a gateway whose key is `identity` (inside the run's rollback)."""
+    step(f"device {plan.device}: key {identity.kid.hex()} ({how}, {plan.key_store})")
+    result = GatewayResult(plan.device, identity.kid.hex(), how, "", str(plan.config_file),
+                           modem.to_json() if modem else None, key_store=plan.key_store,
+                           algorithm=algorithm_name(identity.algorithm))
+    enrolled = journal is not None and journal.get("enrolled") and journal.get("kid") == identity.kid.hex() \
+        and (plan.config_dir / CONTEXT_DIR).is_dir()
+    context_name = CONTEXT_DIR
+    result.binding = binding_of(plan.lender_key, identity.public_key, plan.binding.asset).hex()
+    if enrolled:
+        result.enrollment = "already enrolled"
+    else:
+        context_name = await _enroll(plan, identity, modem, technician, rollback, result, step)
+    _write_config(plan, context_name, rollback, result.binding)
+    _write_journal(plan, identity, modem, result, rollback, journal)
+    if plan.install_systemd:
+        result.installed.append(install_unit(plan, rollback))
+    if plan.install_udev:
+        result.installed.append(install_udev_rule(plan.udev_dir, rollback))
+    rollback.done()
+    return result
+
+
 def _identity(plan: GatewayPlan, rollback: Rollback, journal: dict | None) -> tuple[Identity, str]:
-    key_file = plan.key_file
-    if key_file.exists() and not plan.rotate:
-        identity = Identity(read_key(key_file))
+    """The gateway's key of `plan.key_store`: kept, created, or (--rotate) created with the old one retired."""
+    key_file, description = plan.key_file, plan.config_dir / KEYSTORE_FILE
+    stored = KeyStoreDescription.read(description).kind if description.exists() else \
+        ("software" if key_file.exists() else None)
+    if stored is not None and not plan.rotate:
+        if stored != plan.key_store:
+            raise IdentityExistsError(
+                f"this gateway's key is a {stored} key already (kid {(journal or {}).get('kid', '?')}); re-run "
+                f"with --key-store {stored}, or --rotate to give it a new {plan.key_store} key (a new identity)")
+        if plan.key_store == "tpm":
+            identity = _kept_tpm_key(plan, description, rollback)
+        else:
+            identity = Identity(read_key(key_file))
         if journal is not None and journal.get("kid") not in (None, identity.kid.hex()):
-            raise IdentityExistsError(f"{key_file} is not the key this gateway was enrolled with "
-                                      f"(kid {journal.get('kid')}); restore that key, or --rotate")
+            getattr(identity, "close", lambda: None)()
+            raise IdentityExistsError(f"{key_file if stored == 'software' else description} is not the key this "
+                                      f"gateway was enrolled with (kid {journal.get('kid')}); restore that key, "
+                                      "or --rotate")
         return identity, "kept"
     how = "created"
-    if key_file.exists():  # --rotate: keep the old key for the evidence it signed
-        retired = key_file.with_name(f"{KEY_FILE}.retired-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
-        os.link(key_file, retired)
-        rollback.created_file(retired)
-        rollback.replaced_file(key_file)
-        key_file.unlink()
+    tcti = (plan.tcti or default_tcti()) if plan.key_store == "tpm" else None  # no TPM: one line, nothing written
+    if stored is not None:  # --rotate: keep the old key (or its description) for the evidence it signed
+        stamp = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())
+        for old in (key_file, description):
+            if old.exists():
+                retired = old.with_name(f"{old.name}.retired-{stamp}")
+                os.link(old, retired)
+                rollback.created_file(retired)
+                rollback.replaced_file(old)
+                old.unlink()
         for stale in (plan.config_dir / CONTEXT_DIR, plan.config_dir / PARKED_DIR):
             if stale.exists():
-                aside = stale.with_name(f"{stale.name}.retired-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+                aside = stale.with_name(f"{stale.name}.retired-{stamp}")
                 stale.rename(aside)
                 rollback.add(f"restore {stale}", lambda a=aside, s=stale: a.rename(s))
         plan.pending.clear()
         how = "rotated"
-    identity = Identity(create_key(key_file))
-    rollback.created_file(key_file)
-    plan.owner.apply(key_file)
+    if plan.key_store == "software":
+        identity = Identity(create_key(key_file))
+        rollback.created_file(key_file)
+        plan.owner.apply(key_file)
+        return identity, how
+    if stored == "tpm":  # the retired TPM key leaves the chip's handle (its public key stays retired beside)
+        retired = KeyStoreDescription.read(description.with_name(f"{description.name}.retired-{stamp}"))
+        if retired.handle == plan.tpm_handle and retired.public_key is not None:
+            evict_tpm_key(tcti, retired.handle, retired.public_key)
+    identity = create_device_key(plan.config_dir, "tpm", tcti=tcti, handle=plan.tpm_handle)
+    public_key = identity.public_key
+
+    def evict() -> None:  # the run failed before the lender knew the key: take it out of the chip again
+        evict_tpm_key(tcti, plan.tpm_handle, public_key)
+    rollback.add(f"evict the new TPM key at {plan.tpm_handle:#x}", evict)
+    rollback.created_file(description)
+    plan.owner.apply(description)
     return identity, how
+
+
+def _kept_tpm_key(plan: GatewayPlan, description: Path, rollback: Rollback):
+    """The TPM key `description` names; with --tcti, the description is updated to reach the TPM there."""
+    described = KeyStoreDescription.read(description)
+    if plan.tcti is not None and plan.tcti != described.tcti:
+        rollback.replaced_file(description)
+        text = json.dumps({**described.to_json(), "tcti": plan.tcti}, indent=1) + "\n"
+        write_file(description, text.encode(), 0o600, plan.owner)
+    return open_device_key(plan.config_dir, kind="tpm")
 
 
 async def _enroll(plan: GatewayPlan, identity: Identity, modem: ModemInfo | None, technician: Identity | None,
@@ -505,7 +581,7 @@ def _park(plan: GatewayPlan, rollback: Rollback) -> str:
 def _write_config(plan: GatewayPlan, context_name: str, rollback: Rollback, binding: str | None) -> None:
     rollback.replaced_file(plan.config_file)
     text = render_config(plan.device, plan.state_dir, plan.lender, context_name, plan.sensors, plan.uplink,
-                         plan.assets, plan.rules, binding)
+                         plan.assets, plan.rules, binding, plan.key_store)
     write_file(plan.config_file, text.encode(), 0o640, plan.owner, group_only=True)
     binding = plan.config_dir / BINDING_FILE
     rollback.replaced_file(binding)
@@ -524,7 +600,8 @@ def _write_journal(plan: GatewayPlan, identity: Identity, modem: ModemInfo | Non
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     journal = {
         "kind": "gateway", "device": plan.device, "kid": identity.kid.hex(),
-        "public_key_hex": identity.public_key.hex(),
+        "public_key_hex": identity.public_key.hex(), "key_store": plan.key_store,
+        "algorithm": algorithm_name(identity.algorithm),
         "enrolled": result.enrollment in ("enrolled", "already enrolled"),
         "enrollment": result.enrollment, "technician": plan.technician_name, "binding": plan.binding.to_map(),
         "modem": modem.to_json() if modem else (previous or {}).get("modem"),
@@ -608,7 +685,7 @@ def render_unit(plan: GatewayPlan) -> str:
     """The shipped unit (provisioning/deploy/pledgewatch-agent.service) with this gateway's program, config, user and paths."""
     import grp
     groups = []
-    for name in ("dialout", "gpio"):
+    for name in ("dialout", "gpio", "tss"):  # the modem, the sensors, the TPM (/dev/tpmrm0 is root:tss 0660)
         try:
             grp.getgrnam(name)
             groups.append(name)

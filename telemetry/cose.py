@@ -144,13 +144,24 @@ def open_sign1(data: bytes, public_key: bytes, external_aad: bytes = b"", limits
     return message.payload
 
 
-def sign(payload: bytes, signatures: list[tuple[bytes, bytes]]) -> bytes:
-    """COSE_Sign: tag 98 around [h'', {}, payload, [[eddsa_header(kid), {}, signature], ...]]."""
-    return cbor.encode(Tag(TAG_COSE_SIGN, [b"", {}, payload, [[eddsa_header(kid), {}, sig] for kid, sig in signatures]]))
+def sign(payload: bytes, signatures: list[tuple]) -> bytes:
+    """COSE_Sign: tag 98 around [h'', {}, payload, [[signer_header(kid, alg), {}, signature], ...]].
+
+    Each entry is (kid, signature), an EdDSA signer, or (kid, signature, alg) (a version 2 enrollment request's
+    ES256 device signer: `telemetry.enrollment`)."""
+    return cbor.encode(Tag(TAG_COSE_SIGN, [b"", {}, payload, [
+        [signer_header(entry[0], entry[2] if len(entry) > 2 else ALG_EDDSA), {}, entry[1]] for entry in signatures]]))
 
 
 def parse_sign(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """(payload, [(kid, signature), ...]) of a COSE_Sign with 1..4 EdDSA signers; SchemaError otherwise."""
+    payload, signers = parse_sign_signers(data, limits, (ALG_EDDSA,))
+    return payload, [(kid, signature) for kid, signature, _ in signers]
+
+
+def parse_sign_signers(data: bytes, limits: Limits = DEFAULT_LIMITS, algorithms: tuple[int, ...] = SIGN1_ALGORITHMS
+                       ) -> tuple[bytes, list[tuple[bytes, bytes, int]]]:
+    """(payload, [(kid, signature, alg), ...]) of a COSE_Sign with 1..4 signers of `algorithms`; SchemaError otherwise."""
     item = cbor.decode(bytes(data), limits)
     if not isinstance(item, Tag) or item.number != TAG_COSE_SIGN:
         raise SchemaError("not a COSE_Sign (CBOR tag 98)")
@@ -164,10 +175,10 @@ def parse_sign(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[bytes, lis
         if not isinstance(entry, list) or len(entry) != 3 or entry[1] != {} or not isinstance(entry[0], bytes) \
                 or not isinstance(entry[2], bytes) or len(entry[2]) != SIGNATURE_BYTES:
             raise SchemaError("each COSE_Signature must be [protected, {}, 64-byte signature]")
-        kid, _ = _signer_of_header(cbor.decode(entry[0], _HEADER_LIMITS), (ALG_EDDSA,))
-        if entry[0] != eddsa_header(kid):
+        kid, algorithm = _signer_of_header(cbor.decode(entry[0], _HEADER_LIMITS), algorithms)
+        if entry[0] != signer_header(kid, algorithm):
             raise SchemaError("a signer's protected header is not deterministically encoded")
-        signatures.append((kid, entry[2]))
+        signatures.append((kid, entry[2], algorithm))
     return value[2], signatures
 
 

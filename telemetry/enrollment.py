@@ -34,8 +34,8 @@ import nacl.public
 from telemetry import cbor, cose
 from telemetry.cbor import Limits
 from telemetry.exc import EnrollmentFormatError, WireFormatError
-from telemetry.identity import DeviceKey, Identity, kid_of
-from telemetry.numbers import OSCORE_ALGORITHM, OSCORE_KDF_HASH
+from telemetry.identity import DeviceKey, Identity, algorithm_of, kid_of
+from telemetry.numbers import ALG_EDDSA, ALG_ES256, OSCORE_ALGORITHM, OSCORE_KDF_HASH
 
 REQUEST_AAD = b"pledgewatch-enroll-request/1"
 RESPONSE_AAD = b"pledgewatch-enroll-response/1"
@@ -95,9 +95,11 @@ def open_sign1(data: bytes, public_key: bytes, aad: bytes, limits: Limits = _LIM
 
 
 def signer_verifies(public_key: bytes, payload: bytes, signature: bytes, aad: bytes) -> bool:
-    """Whether one COSE_Sign signature by `public_key` over `payload` and `aad` verifies."""
+    """Whether one COSE_Sign signature by `public_key` over `payload` and `aad` verifies (the signer header names
+    the key's algorithm: EdDSA for an Ed25519 key, ES256 for a P-256 one)."""
     kid = kid_of(public_key)
-    return DeviceKey("signer", public_key).verifies(cose.signer_structure(cose.eddsa_header(kid), payload, aad), signature)
+    header = cose.signer_header(kid, algorithm_of(public_key))
+    return DeviceKey("signer", public_key).verifies(cose.signer_structure(header, payload, aad), signature)
 
 
 def countersignature(identity: Identity, payload: bytes, aad: bytes) -> bytes:
@@ -173,9 +175,22 @@ class AssetBinding:
                    _text(data.get("site", ""), f"{where}: site", empty=True), fence)
 
 
+BODY_VERSION_KEY = 0     # absent: version 1 (Ed25519 key); 2: version 2 (the key may be P-256)
+BODY_VERSIONS = (1, 2)
+
+
 @dataclass(frozen=True, slots=True)
 class EnrollmentBody:
-    """What the device and the technician sign (CBOR map, integer keys 1..9)."""
+    """What the device and the technician sign (CBOR map, integer keys 1..9; version 2 adds key 0).
+
+    Version 1 (no key 0) carries a 32-byte Ed25519 device key, as every
+    request made before TPM keys did; its bytes are unchanged. Version 2 is
+    the same map with ``0: 2``, and its device key (3) may be a TPM's P-256
+    key (the 65-byte uncompressed point), whose COSE_Sign signer is ES256. A
+    body with a P-256 key is always version 2, one with an Ed25519 key always
+    version 1, so each request has one encoding. A lender that only knew
+    version 1 refuses version 2 (key 0 unknown) rather than misread it.
+    """
 
     device: str
     kind: str
@@ -193,8 +208,10 @@ class EnrollmentBody:
                                         "starting with a letter or digit")
         if self.kind not in KINDS:
             raise EnrollmentFormatError(f"kind {self.kind!r} must be one of {', '.join(KINDS)}")
-        if not isinstance(self.public_key, bytes) or len(self.public_key) != 32:
-            raise EnrollmentFormatError("the device public key must be 32 bytes (Ed25519)")
+        try:
+            algorithm_of(self.public_key)
+        except ValueError as exc:
+            raise EnrollmentFormatError(f"the device public key: {exc}") from exc
         if not isinstance(self.technician, str) or not valid_id(self.technician):
             raise EnrollmentFormatError(f"technician id {self.technician!r} is not a valid id")
         if not isinstance(self.hardware, Mapping) or len(self.hardware) > 16:
@@ -209,11 +226,23 @@ class EnrollmentBody:
         if self.response_key is not None and (not isinstance(self.response_key, bytes) or len(self.response_key) != 32):
             raise EnrollmentFormatError("response key must be a 32-byte X25519 public key")
 
+    @property
+    def algorithm(self) -> int:
+        """The device key's COSE algorithm: EdDSA (-8) or ES256 (-7)."""
+        return algorithm_of(self.public_key)
+
+    @property
+    def version(self) -> int:
+        """1 for an Ed25519 device key (the original body), 2 for a P-256 one."""
+        return 2 if self.algorithm == ALG_ES256 else 1
+
     def encode(self) -> bytes:
         data = {1: self.device, 2: self.kind, 3: self.public_key, 4: self.technician, 5: dict(self.hardware),
                 6: self.binding.to_map(), 7: self.created, 8: self.nonce}
         if self.response_key is not None:
             data[9] = self.response_key
+        if self.version >= 2:
+            data[BODY_VERSION_KEY] = self.version
         return cbor.encode(data)
 
     @classmethod
@@ -222,10 +251,18 @@ class EnrollmentBody:
             data = cbor.decode(payload, _LIMITS)
         except WireFormatError as exc:
             raise EnrollmentFormatError(f"the request body is not CBOR: {exc}") from exc
-        if not isinstance(data, dict) or not set(data) <= set(range(1, 10)) or not set(range(1, 9)) <= set(data):
-            raise EnrollmentFormatError("the request body must be a map with keys 1..8 (and 9)")
+        if not isinstance(data, dict) or not set(data) <= set(range(0, 10)) or not set(range(1, 9)) <= set(data):
+            raise EnrollmentFormatError("the request body must be a map with keys 1..8 (and 9; 0 in version 2)")
+        version = data.get(BODY_VERSION_KEY, 1)
+        if type(version) is not int or version not in BODY_VERSIONS or version == 1 and BODY_VERSION_KEY in data:
+            raise EnrollmentFormatError(f"request body version {version!r} is not one this lender reads (1: no key 0, "
+                                        "or 0: 2)")
         body = cls(data[1], data[2], data[3], data[4], data[5], AssetBinding.from_map(data[6]), data[7], data[8],
                    data.get(9))
+        if body.version != version:
+            raise EnrollmentFormatError(f"a version {version} request body must not carry "
+                                        f"{'a P-256' if body.algorithm == ALG_ES256 else 'an Ed25519'} device key "
+                                        "(version 1: Ed25519, version 2: P-256)")
         if body.encode() != bytes(payload):
             raise EnrollmentFormatError("the request body is not in deterministic CBOR")
         return body
@@ -252,7 +289,7 @@ class EnrollmentRequest:
     def device_message(body: EnrollmentBody) -> tuple[bytes, bytes]:
         """(payload, what the device signs): for a node, the second goes to the node and its signature comes back."""
         payload = body.encode()
-        return payload, cose.signer_structure(cose.eddsa_header(body.kid), payload, REQUEST_AAD)
+        return payload, cose.signer_structure(cose.signer_header(body.kid, body.algorithm), payload, REQUEST_AAD)
 
     @classmethod
     def create(cls, body: EnrollmentBody, device_sign: Callable[[bytes], bytes]) -> EnrollmentRequest:
@@ -281,21 +318,28 @@ class EnrollmentRequest:
         return hashlib.sha256(self.payload).digest()
 
     def encode(self) -> bytes:
-        signatures = [(self.body.kid, self.device_signature)]
+        signatures = [(self.body.kid, self.device_signature, self.body.algorithm)]
         if self.technician_signature is not None:
             signatures.append((self.technician_kid, self.technician_signature))
         return cose.sign(self.payload, signatures)
 
     @classmethod
     def decode(cls, data: bytes) -> EnrollmentRequest:
-        payload, signatures = parse_sign(data)
+        try:
+            payload, signers = cose.parse_sign_signers(data, _LIMITS)
+        except WireFormatError as exc:
+            raise EnrollmentFormatError(str(exc)) from exc
         body = EnrollmentBody.decode(payload)
-        if len(signatures) > 2 or signatures[0][0] != body.kid:
+        if len(signers) > 2 or signers[0][0] != body.kid:
             raise EnrollmentFormatError("the first signature must be the device's, and at most one more may follow")
-        technician = signatures[1] if len(signatures) == 2 else (None, None)
+        if signers[0][2] != body.algorithm:
+            raise EnrollmentFormatError("the device's signer header names another algorithm than its key's")
+        technician = signers[1] if len(signers) == 2 else (None, None, ALG_EDDSA)
+        if technician[2] != ALG_EDDSA:
+            raise EnrollmentFormatError("a technician countersigns with an Ed25519 key (EdDSA)")
         if technician[0] == body.kid:
             raise EnrollmentFormatError("the countersignature must be a technician's, not the device's own")
-        return cls(payload, signatures[0][1], technician[1], technician[0])
+        return cls(payload, signers[0][1], technician[1], technician[0])
 
 
 # --- the response ---------------------------------------------------------------------------
@@ -483,9 +527,14 @@ class InstallationReport:
             raise EnrollmentFormatError("a report's overall verdict contradicts its rows")
         return report
 
-    def sign(self, device: Identity | Callable[[bytes], bytes], device_kid: bytes, technician: Identity) -> bytes:
+    def sign(self, device: Identity | Callable[[bytes], bytes], device_kid: bytes, technician: Identity,
+             device_algorithm: int | None = None) -> bytes:
+        """Signed by the device (its algorithm: `device.algorithm`, or `device_algorithm` for a bare function;
+        EdDSA by default) and countersigned by the technician."""
         payload = self.payload()
-        device_sign = device.sign if isinstance(device, Identity) else device
-        signatures = [(device_kid, device_sign(cose.signer_structure(cose.eddsa_header(device_kid), payload, REPORT_AAD))),
+        device_sign = device if callable(device) and not hasattr(device, "sign") else device.sign
+        algorithm = device_algorithm or getattr(device, "algorithm", ALG_EDDSA)
+        header = cose.signer_header(device_kid, algorithm)
+        signatures = [(device_kid, device_sign(cose.signer_structure(header, payload, REPORT_AAD)), algorithm),
                       (technician.kid, countersignature(technician, payload, REPORT_AAD))]
         return cose.sign(payload, signatures)

@@ -155,6 +155,8 @@ def test_every_shared_vector_is_rebuilt_byte_for_byte_by_the_node():
             _check_cose(name, description, raw)
         elif kind == "ack":
             _check_ack(name, description, raw)
+        elif kind == "enrollment-request" and description.get("alg") == "ES256":
+            kind = "not the node's: ES256"  # a TPM gateway's version 2 request: a node signs EdDSA only
         elif kind == "enrollment-request":
             _check_enrollment_signature(name, description, raw)
         elif kind == "token":

@@ -43,11 +43,12 @@ from telemetry.enrollment import (
     InstallationReport,
     SiteRequest,
     binding_of,
-    parse_sign,
     seal_site,
     signer_verifies,
 )
-from telemetry.exc import EnrollmentFormatError
+from telemetry.exc import EnrollmentFormatError, WireFormatError
+from telemetry.identity import algorithm_of
+from telemetry.numbers import ALG_EDDSA
 from telemetry.logentry import EnrollmentEvidence
 
 log = logging.getLogger(__name__)
@@ -241,14 +242,18 @@ class EnrollmentDesk:
     def report(self, data: bytes) -> Decision:
         """Check and keep one signed installation report."""
         try:
-            payload, signatures = parse_sign(data, REPORT_LIMITS)
+            payload, signers = cose.parse_sign_signers(data, REPORT_LIMITS)  # a TPM gateway's device signs ES256
             report = InstallationReport.decode(payload)
-        except EnrollmentFormatError as exc:
+        except (EnrollmentFormatError, WireFormatError) as exc:
             return _refuse(codes.BAD_REQUEST, f"not an installation report: {exc}")
+        if len(signers) == 2 and signers[1][2] != ALG_EDDSA:
+            return _refuse(codes.BAD_REQUEST, "not an installation report: a technician countersigns EdDSA")
+        signatures = [(kid, signature) for kid, signature, _ in signers]
         device = self.registry.device(report.device)
         if device is None or not device.active:
             return _refuse(codes.FORBIDDEN, f"device {report.device} is not an enrolled, active device")
-        if len(signatures) != 2 or signatures[0][0] != device.kid or not signer_verifies(
+        if len(signatures) != 2 or signatures[0][0] != device.kid or signers[0][2] != algorithm_of(device.public_key) \
+                or not signer_verifies(
                 device.public_key, payload, signatures[0][1], REPORT_AAD):
             return _refuse(codes.UNAUTHORIZED, f"the report is not signed by device {report.device}'s registered key")
         refused = self._technician_checked(report.technician, signatures[1][0], signatures[1][1], payload, REPORT_AAD)
@@ -273,6 +278,6 @@ def installation_reports(data_dir: str | os.PathLike, device: str) -> list[tuple
     folder = enroll_dir(data_dir) / "reports" / check_device_id(device)
     found = []
     for path in sorted(folder.glob("*.cbor")) if folder.is_dir() else ():
-        payload, _ = parse_sign(path.read_bytes(), REPORT_LIMITS)
+        payload, _ = cose.parse_sign_signers(path.read_bytes(), REPORT_LIMITS)
         found.append((path, InstallationReport.decode(payload)))
     return found

@@ -100,3 +100,15 @@ def test_the_software_kind_is_the_seed_file_as_before(tmp_path):
     assert open_device_key(tmp_path).public_key == identity.public_key
     (tmp_path / KEYSTORE_FILE).unlink()
     assert open_device_key(tmp_path).public_key == identity.public_key  # a gateway from before key stores
+
+
+def test_the_configs_key_store_refuses_a_seed_file_put_in_place_of_a_tpm_gateways_description(tmp_path):
+    from durable.exc import KeyStoreConfigError
+    create_device_key(tmp_path, "software")
+    (tmp_path / KEYSTORE_FILE).unlink()  # a TPM gateway whose description was swapped for a copied seed file
+    with pytest.raises(KeyStoreConfigError, match='key_store = "tpm"'):
+        open_device_key(tmp_path, kind="tpm")
+    (tmp_path / KEYSTORE_FILE).write_text(json.dumps({"kind": "tpm", "tcti": "device:/dev/tpmrm0",
+                                                      "handle": "0x81010050", "public_key_hex": None}))
+    with pytest.raises(KeyStoreConfigError, match="describes a tpm key"):
+        open_device_key(tmp_path, kind="software")

@@ -199,7 +199,27 @@ def es256_vectors(gateway: P256Identity, lender: Identity) -> dict[str, tuple[di
             gateway, P256_SECRET, "gap", device="gw-tpm-1", boot=2, seq=2, prev=bytes.fromhex(first[0]["digest_hex"]),
             gap=Gap("power-loss"), records=[Record("uptime", value=0, unit="s", time=T0 + 7200)],
             counters=Counters(alarms=0, gaps=1), token=token, binding=binding),
+        "enrollment-request-v2-es256": enrollment_v2_vector(gateway, Identity(SEED_2)),
     }
+
+
+def enrollment_v2_vector(gateway: P256Identity, technician: Identity) -> tuple[dict, bytes]:
+    """A version 2 enrollment request (body key 0: 2): a TPM gateway's P-256 key, its ES256 device signature
+    (deterministic, RFC 6979, as the vector's P-256 stand-in signs), the technician's EdDSA countersignature."""
+    body = EnrollmentBody(
+        device="gw-tpm-1", kind="gateway", public_key=gateway.public_key, technician="tech-ana",
+        hardware={"imei": "356938035643809", "iccid": "8944500102198304826", "tpm": "swtpm"},
+        binding=AssetBinding("loan-2026-117", "Warehouse 3, Dock Road", Geofence(31.2304, 121.4737, 250.0)),
+        created=T0, nonce=bytes(range(16, 32)),
+        response_key=bytes(nacl.public.PrivateKey(RESPONSE_KEY_SEED).public_key),
+    )
+    request = EnrollmentRequest.create(body, gateway.sign).countersign(technician)
+    return ({"kind": "enrollment-request", "alg": "ES256", "version": 2, "seed_hex": P256_SECRET.hex(),
+             "public_key_hex": gateway.public_key.hex(), "technician_seed_hex": SEED_2.hex(),
+             "technician_public_key_hex": technician.public_key.hex(), "device": body.device,
+             "technician": body.technician, "asset": body.binding.asset, "created": body.created,
+             "body_hex": request.payload.hex(), "request_digest_hex": request.digest.hex()},
+            request.encode())
 
 
 def staff_vectors(lender: Identity) -> dict[str, tuple[dict, bytes]]:
