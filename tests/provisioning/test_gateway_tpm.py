@@ -103,3 +103,56 @@ def test_a_software_gateway_is_not_silently_switched_to_the_tpm(site, tpm, capsy
     assert site.provision("--key-store", "tpm", "--tcti", tpm.tcti) == 1
     assert "is a software key already" in failure_line(capsys.readouterr().err)
     assert "device.keystore" not in files_under(site.etc)
+
+
+def test_every_file_of_a_tpm_gateway_copied_to_another_machine_gets_nothing_accepted_as_the_devices(
+        site, tpm, tmp_path, capsys):
+    """The seed-copy attack of issue 14 against a TPM gateway: the borrower copies every file (agent.toml, the key's
+    description, the OSCORE context, spool and state) to a laptop whose own TPM is a second swtpm, and tries to
+    continue the device's chain from there."""
+    import shutil
+
+    from durable.keystore import create_tpm_key
+    from telemetry.ack import Reason
+
+    site.lender.start()
+    assert site.provision("--key-store", "tpm", "--tcti", tpm.tcti) == 0
+    agent = AgentProcess(site.etc / "agent.toml")
+    try:
+        wait_for(lambda: len(stored_seqs(site)[0]) >= 2, what="the gateway's own envelopes at the lender")
+    finally:
+        agent.stop()
+    honest, _ = stored_seqs(site)
+    laptop = tmp_path / "laptop"
+    shutil.copytree(site.etc, laptop / "etc")
+    shutil.copytree(site.var, laptop / "var")
+    config = laptop / "etc" / "agent.toml"
+    config.write_text(config.read_text().replace(str(site.var), str(laptop / "var")))
+    description_path = laptop / "etc" / "device.keystore"
+    description = json.loads(description_path.read_text())
+    with Swtpm(tmp_path / "laptop-tpm") as other:
+        description_path.write_text(json.dumps({**description, "tcti": other.tcti}))
+        # as copied: the laptop's TPM holds no key at that handle, and the agent does not start
+        copied = AgentProcess(config)
+        assert copied.process.wait(timeout=30) != 0 and "holds no device key" in copied.stop()
+        # a key of the borrower's own at that handle is not the provisioned key: still no start
+        forged = create_tpm_key(other.tcti, int(description["handle"], 16))
+        forged_key = forged.public_key
+        forged.close()
+        copied = AgentProcess(config)
+        assert copied.process.wait(timeout=30) != 0 and "not the TPM this gateway was provisioned with" in copied.stop()
+        # the description edited to name the laptop's key: the agent runs, continues the chain from the copied spool
+        # and state with the copied OSCORE context, and the lender refuses every envelope it signs
+        description_path.write_text(json.dumps({**description, "tcti": other.tcti, "public_key_hex": forged_key.hex()}))
+        copied = AgentProcess(config)
+        from telemetry.identity import kid_of
+
+        def refused():
+            with site.store() as store:
+                return [q for q in store.quarantined(limit=1000) if q.kid == kid_of(forged_key)]
+        try:
+            rows = wait_for(refused, what="the lender refusing the laptop's envelopes")
+        finally:
+            copied.stop()
+    assert {q.reason for q in rows} == {Reason.UNKNOWN_KEY}, rows
+    assert stored_seqs(site)[0] == honest  # nothing from the laptop was stored as the device's
