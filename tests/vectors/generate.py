@@ -22,7 +22,7 @@ from telemetry import cbor  # noqa: E402
 from telemetry.ack import Ack, Reason, Refusal  # noqa: E402
 from telemetry.bundle import BundleEntry, build_bundle  # noqa: E402
 from telemetry.clock import ClockStatement  # noqa: E402
-from telemetry.command import Command, Configure, Inspect, Permit  # noqa: E402
+from telemetry.command import Command, Configure, Inspect, Permit, RotateKey  # noqa: E402
 from telemetry.cose import cose_sign1  # noqa: E402
 from telemetry.enrollment import (  # noqa: E402
     AssetBinding,
@@ -36,6 +36,7 @@ from telemetry.enrollment import (  # noqa: E402
 from telemetry.envelope import GENESIS, Counters, Gap, seal  # noqa: E402
 from telemetry.freshness import issue_token  # noqa: E402
 from telemetry.identity import Identity, P256Identity  # noqa: E402
+from telemetry.rotation import handover_records  # noqa: E402
 from telemetry.logentry import (  # noqa: E402
     AlarmAckNote,
     DeviceHead,
@@ -181,6 +182,7 @@ def build() -> dict[str, tuple[dict, bytes]]:
     vectors.update(version3_vectors(two, Identity(SEED_3)))
     vectors.update(evidence_vectors(one, two, Identity(SEED_3)))
     vectors.update(command_vectors(Identity(SEED_3)))
+    vectors.update(rotation_vectors(one, two, Identity(SEED_3)))
     vectors.update(staff_vectors(Identity(SEED_3)))
     vectors.update(es256_vectors(P256Identity(P256_SECRET), Identity(SEED_3)))
     return vectors
@@ -252,6 +254,23 @@ def command_vectors(lender: Identity) -> dict[str, tuple[dict, bytes]]:
                           "command_kind": str(command.kind), "issued": command.issued, "expires": command.expires,
                           "payload_hex": command.payload().hex(), "digest_hex": signed.digest.hex()}, signed.raw)
     return vectors
+
+
+def rotation_vectors(old: Identity, new: Identity, lender: Identity) -> dict[str, tuple[dict, bytes]]:
+    """A key handover (telemetry.rotation, version 1): gw-test-1 answers the lender's rotate-key command 4 with an
+    envelope its old key (SEED_1) signs, naming the new key (SEED_2) with that key's proof; the next envelope is the
+    new key's and links to the handover."""
+    command = Command("gw-test-1", 4, T0 + 700, T0 + 1300, RotateKey(bytes(range(32, 48)))).sign(lender)
+    handover, handover_raw = envelope_vector(
+        old, SEED_1, "envelope", device="gw-test-1", boot=1, seq=10, prev=bytes(range(16)),
+        records=handover_records(command, old.kid, new, T0 + 710), counters=Counters(alarms=0, gaps=0))
+    handover.update({"command_hex": command.raw.hex(), "command_digest_hex": command.digest.hex(),
+                     "lender_public_key_hex": lender.public_key.hex(), "new_public_key_hex": new.public_key.hex()})
+    after = envelope_vector(new, SEED_2, "envelope", device="gw-test-1", boot=1, seq=11,
+                            prev=bytes.fromhex(handover["digest_hex"]),
+                            records=[Record("temp", value=4.25, unit="Cel", time=T0 + 720)],
+                            counters=Counters(alarms=0, gaps=0))
+    return {"handover-v1": (handover, handover_raw), "handover-v1-next": after}
 
 
 def version2_vectors(gateway: Identity, node: Identity, lender: Identity) -> dict[str, tuple[dict, bytes]]:
