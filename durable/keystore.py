@@ -164,19 +164,6 @@ def _preflight(esapi, tcti: str) -> None:
                               "(tpm2_changeauth -c owner -p OLD_PASSWORD) or clear the TPM, then provision again")
 
 
-def tpm_status(tcti: str) -> None:
-    """Check that a TPM answers at `tcti` and can take a device key; a one-line KeyStoreError if not."""
-    from tpm2_pytss import TSS2_Exception
-
-    esapi = _esapi(tcti)
-    try:
-        _preflight(esapi, tcti)
-    except TSS2_Exception as exc:
-        raise _tpm_error(exc, "report its state") from exc
-    finally:
-        esapi.close()
-
-
 def evict_tpm_key(tcti: str, handle: int, public_key: bytes) -> bool:
     """Remove the persistent key at `handle` if it is `public_key` (a provisioning run undone, a rotated key);
     whether one was removed. Never touches a key that is not the one named."""
@@ -219,7 +206,7 @@ def create_tpm_key(tcti: str, handle: int = DEFAULT_TPM_HANDLE) -> TpmKey:
             existing = None
         if existing is not None:
             raise KeyStoreError(f"the TPM already holds a key at handle {handle:#x}: keep it (rerun without "
-                                "--rotate) or evict it first (tpm2_evictcontrol -c {handle:#x})")
+                                f"--rotate) or evict it first (tpm2_evictcontrol -C o -c {handle:#x})")
         transient, public, *_ = esapi.create_primary(None, template, ESYS_TR.OWNER)
         esapi.evict_control(ESYS_TR.OWNER, transient, handle)
         esapi.flush_context(transient)
