@@ -27,6 +27,7 @@ from telemetry.envelope import Envelope, verify
 from telemetry.exc import BundleFormatError, TelemetryError
 from telemetry.identity import DeviceKey, algorithm_named
 from telemetry.merkle import leaf_hash
+from telemetry.rotation import RotationError, read_handover
 
 EXPORT_FIELDS = ("device", "seq", "boot", "kid", "received_at", "alarm", "digest_hex", "prev_hex", "envelope_b64")
 
@@ -97,10 +98,17 @@ def read_export(path: Path) -> Iterator[tuple[int, dict | None]]:
 
 
 def verify_export(rows: Iterable[tuple[int, dict | None]], keys: dict[bytes, DeviceKey], *, allow_gaps: bool) -> dict:
-    """Re-verify export rows: each envelope's signature, the row against its envelope, each device's chain."""
+    """Re-verify export rows: each envelope's signature, the row against its envelope, each device's chain.
+
+    A key handover (telemetry.rotation) that verified puts the new key it
+    names in force for the device's later seqs and retires the old one: the
+    rows are verified in seq order per device, so the chain is followed across
+    a rotation from the keys given (the enrolled ones) alone.
+    """
     failures: list[str] = []
     by_device: dict[str, list[Envelope]] = {}
     rows_seen = 0
+    signed: list[tuple[str, int, int, str, dict, bytes]] = []
     for number, row in rows:
         rows_seen += 1
         where = f"row {rows_seen} (line {number})"
@@ -116,11 +124,23 @@ def verify_export(rows: Iterable[tuple[int, dict | None]], keys: dict[bytes, Dev
         except (binascii.Error, ValueError):
             failures.append(f"{where}: envelope_b64 is not base64")
             continue
-        verdict = verify(raw, keys)
+        decoded = verify(raw, {}).envelope   # None when it does not decode: the verdict below says why
+        signed.append((decoded.device if decoded else "", decoded.seq if decoded else 0, rows_seen, where, row, raw))
+    known = dict(keys)
+    handed: dict[bytes, tuple[str, int, str]] = {}   # kid -> (device, handover seq, "retired" | "from")
+    for device, seq, _, where, row, raw in sorted(signed, key=lambda item: item[:3]):
+        verdict = verify(raw, known)
         if not verdict.ok:
             failures.append(f"{where}: {verdict.reason.name.lower()}: {verdict.detail}")
             continue
         envelope = verdict.envelope
+        change = handed.get(envelope.kid)
+        if change is not None and change[0] == envelope.device and (
+                (change[2] == "retired" and envelope.seq > change[1]) or (change[2] == "from" and envelope.seq <= change[1])):
+            failures.append(f"{where}: seq {envelope.seq} is signed by key {envelope.kid.hex()}, "
+                            f"{'retired' if change[2] == 'retired' else 'not in force'} at the key handover at "
+                            f"seq {change[1]}")
+            continue
         if str(row.get("device")) != envelope.device or str(row.get("seq")) != str(envelope.seq):
             failures.append(f"{where}: the row says device {row.get('device')!r} seq {row.get('seq')!r}, "
                             f"its signed envelope says {envelope.device!r} seq {envelope.seq}")
@@ -129,6 +149,19 @@ def verify_export(rows: Iterable[tuple[int, dict | None]], keys: dict[bytes, Dev
                               ("boot", str(envelope.boot))):
             if field in row and str(row[field]) != actual:
                 failures.append(f"{where}: {field} {row[field]!r} differs from the signed envelope's {actual}")
+        try:
+            handover = read_handover(envelope)
+        except RotationError as exc:
+            failures.append(f"{where}: {exc}")
+            handover = None
+        if handover is not None:
+            if handover.new_key.kid in handed or envelope.kid in handed and handed[envelope.kid][2] == "retired":
+                failures.append(f"{where}: a second key handover from key {envelope.kid.hex()} (seq {envelope.seq}): "
+                                "the old key is in two hands")
+            else:
+                handed[envelope.kid] = (envelope.device, envelope.seq, "retired")
+                handed[handover.new_key.kid] = (envelope.device, envelope.seq, "from")
+                known[handover.new_key.kid] = handover.new_key
         by_device.setdefault(envelope.device, []).append(envelope)
     devices = []
     for device, envelopes in sorted(by_device.items()):
