@@ -14,6 +14,7 @@ and indefinite lengths are refused, and every failure is a `WireFormatError`.
 """
 from __future__ import annotations
 
+import operator
 import struct
 from dataclasses import dataclass
 
@@ -39,6 +40,13 @@ class Limits:
 
 DEFAULT_LIMITS = Limits()
 
+
+class Encoded(bytes):
+    """Bytes that already are one item's deterministic encoding (say a SenML pack built by `telemetry.senml.encode_pack`):
+    the encoder copies them as they are, so a caller need not build the item only to have it encoded."""
+
+    __slots__ = ()
+
 _MAX_UINT = (1 << 64) - 1
 
 
@@ -59,17 +67,27 @@ def _head(major: int, value: int) -> bytes:
     raise ValueError(f"integer {value} does not fit a CBOR head (64 bits)")
 
 
+_F16, _F32, _F64 = struct.Struct(">e"), struct.Struct(">f"), struct.Struct(">d")
+_INF = float("inf")
+_HALF_MAX = 65504.0  # the largest finite half; every half is within it or infinite
+
+
 def _float(value: float) -> bytes:
+    """The shortest of half / single / double that holds `value` exactly (a half is also a single: single first)."""
     if value != value:
         return b"\xf9\x7e\x00"  # the one deterministic NaN
-    for head, fmt in ((b"\xf9", ">e"), (b"\xfa", ">f")):
-        try:
-            packed = struct.pack(fmt, value)
-        except OverflowError:  # too large for this width: try the next
-            continue
-        if struct.unpack(fmt, packed)[0] == value:
-            return head + packed
-    return b"\xfb" + struct.pack(">d", value)
+    try:
+        single = _F32.pack(value)
+    except OverflowError:  # beyond a single's range: beyond a half's too
+        return b"\xfb" + _F64.pack(value)
+    if _F32.unpack(single)[0] != value:
+        return b"\xfb" + _F64.pack(value)
+    if -_HALF_MAX <= value <= _HALF_MAX or value in (_INF, -_INF):
+        half = _F16.pack(value)
+        if _F16.unpack(half)[0] == value:
+            return b"\xf9" + half
+    return b"\xfa" + single
+
 
 
 _SMALL_INT_KEYS = {n: (bytes((n,)) if n >= 0 else bytes((0x20 | (-1 - n),))) for n in range(-24, 24)}
@@ -82,44 +100,107 @@ def _key(key: object) -> bytes:
 
 def bstr_head(length: int) -> bytes:
     """The head of a byte string of `length` bytes (for assembling fixed framings by hand)."""
-    return _head(2, length)
+    return _TINY_HEADS[2][length] if length < 24 else _head(2, length)
+
+
+def array_head(length: int) -> bytes:
+    """The head of an array of `length` items."""
+    return _TINY_HEADS[4][length] if length < 24 else _head(4, length)
+
+
+# The encoder's hot path: every envelope payload and SenML pack goes through it. Small integers (the labels and
+# counters of every map) come from a table; maps and arrays are encoded in one loop that handles their scalar
+# items inline; only nested containers recurse. The bytes are exactly those of the plain rules above.
+_INT_BYTES = {n: (_head(0, n) if n >= 0 else _head(1, -1 - n)) for n in range(-257, 257)}
+_ARRAY_HEADS = _TINY_HEADS[4]
+_MAP_HEADS = _TINY_HEADS[5]
+_BSTR_HEADS = _TINY_HEADS[2]
+_TSTR_HEADS = _TINY_HEADS[3]
+_first = operator.itemgetter(0)
 
 
 def _encode(obj: object, out: list[bytes]) -> None:
+    append = out.append
     kind = type(obj)
     if kind is int:
-        out.append(_head(0, obj) if obj >= 0 else _head(1, -1 - obj))
+        small = _INT_BYTES.get(obj)
+        append(small if small is not None else _head(0, obj) if obj >= 0 else _head(1, -1 - obj))
     elif kind is str:
         raw = obj.encode()
-        out.append(_head(3, len(raw)))
-        out.append(raw)
+        size = len(raw)
+        append(_TSTR_HEADS[size] if size < 24 else _head(3, size))
+        append(raw)
     elif kind is dict:
-        out.append(_head(5, len(obj)))
-        pairs = sorted([(_key(key), value) for key, value in obj.items()])
-        for index in range(1, len(pairs)):
-            if pairs[index][0] == pairs[index - 1][0]:
-                raise ValueError(f"map has two keys that encode alike: {pairs[index][0].hex()}")
-        for key, value in pairs:
-            out.append(key)
-            _encode(value, out)
-    elif kind is bytes or kind is bytearray or kind is memoryview:
-        out.append(_head(2, len(obj)))
-        out.append(bytes(obj))
+        size = len(obj)
+        append(_MAP_HEADS[size] if size < 24 else _head(5, size))
+        if size:
+            # a table's bytes are never empty, so `or` falls through only for keys not in it
+            pairs = [((type(key) is int and _INT_BYTES.get(key)) or encode(key), value) for key, value in obj.items()]
+            if size > 1 and len({key for key, _ in pairs}) != size:
+                # two keys encode alike (NaNs): the plain rule's comparison and its error, exactly
+                pairs = sorted(pairs)
+                for index in range(1, len(pairs)):
+                    if pairs[index][0] == pairs[index - 1][0]:
+                        raise ValueError(f"map has two keys that encode alike: {pairs[index][0].hex()}")
+            pairs.sort(key=_first)
+            for key, value in pairs:
+                append(key)
+                _item(value, append, out)
+    elif kind is bytes:
+        size = len(obj)
+        append(_BSTR_HEADS[size] if size < 24 else _head(2, size))
+        append(obj)
+    elif kind is bytearray or kind is memoryview:
+        append(_head(2, len(obj)))
+        append(bytes(obj))
     elif kind is list or kind is tuple:
-        out.append(_head(4, len(obj)))
+        size = len(obj)
+        append(_ARRAY_HEADS[size] if size < 24 else _head(4, size))
         for item in obj:
-            _encode(item, out)
+            _item(item, append, out)
     elif kind is bool:
-        out.append(b"\xf5" if obj else b"\xf4")
+        append(b"\xf5" if obj else b"\xf4")
     elif obj is None:
-        out.append(b"\xf6")
+        append(b"\xf6")
     elif kind is float:
-        out.append(_float(obj))
+        append(_float(obj))
     elif kind is Tag:
-        out.append(_head(6, obj.number))
+        append(_head(6, obj.number))
         _encode(obj.value, out)
+    elif kind is Encoded:
+        append(obj)
     else:
         raise TypeError(f"cannot encode {kind.__name__} as CBOR")
+
+
+def _item(obj: object, append, out: list[bytes]) -> None:
+    """One item inside a container: small ints, short text and byte strings and floats inline, the rest by _encode."""
+    kind = type(obj)
+    if kind is int:
+        small = _INT_BYTES.get(obj)
+        if small is not None:
+            append(small)
+            return
+    elif kind is str:
+        raw = obj.encode()
+        size = len(raw)
+        if size < 24:
+            append(_TSTR_HEADS[size])
+            append(raw)
+            return
+    elif kind is bytes:
+        size = len(obj)
+        if size < 24:
+            append(_BSTR_HEADS[size])
+            append(obj)
+            return
+    elif kind is float:
+        append(_float(obj))
+        return
+    elif kind is bool:
+        append(b"\xf5" if obj else b"\xf4")
+        return
+    _encode(obj, out)
 
 
 def encode(obj: object) -> bytes:
@@ -130,119 +211,27 @@ def encode(obj: object) -> bytes:
 
 
 def encode_labelled(items: list[tuple[int, object]]) -> bytes:
-    """A map whose keys are distinct integers 0..23 given in ascending order: the same bytes as `encode(dict(items))`,
-    without sorting (a hot path: every envelope payload is one)."""
-    out: list[bytes] = [_head(5, len(items))]
-    last = -1
+    """A map whose keys are distinct integers -24..23 given in the deterministic order (0..23 ascending, then -1, -2,
+    ... descending): the same bytes as `encode(dict(items))`, without sorting (a hot path: every envelope payload and
+    every SenML record is one). A value may be `Encoded`."""
+    size = len(items)
+    out: list[bytes] = [_MAP_HEADS[size] if size < 24 else _head(5, size)]
+    append = out.append
+    last = b""
     for key, value in items:
-        if not last < key < 24:
-            raise ValueError("encode_labelled takes keys 0..23 in ascending order")
-        last = key
-        out.append(_SMALL_INT_KEYS[key])
-        _encode(value, out)
+        encoded = _SMALL_INT_KEYS.get(key) if type(key) is int else None
+        if encoded is None or encoded <= last:
+            raise ValueError("encode_labelled takes distinct keys -24..23 in their deterministic order")
+        last = encoded
+        append(encoded)
+        if type(value) is Encoded:
+            append(value)
+        else:
+            _item(value, append, out)
     return b"".join(out)
 
 
 _SHORTEST_FLOOR = {24: 24, 25: 0x100, 26: 0x10000, 27: 0x100000000}
-
-
-class _Decoder:
-    __slots__ = ("data", "pos", "items_left", "max_depth")
-
-    def __init__(self, data: bytes, limits: Limits) -> None:
-        self.data = data
-        self.pos = 0
-        self.items_left = limits.max_items
-        self.max_depth = limits.max_depth
-
-    def fail(self, what: str) -> CBORError:
-        return CBORError(f"{what} at byte {self.pos} of {len(self.data)}")
-
-    def take(self, count: int) -> bytes:
-        end = self.pos + count
-        if end > len(self.data):
-            raise self.fail(f"truncated: {count} bytes declared, {len(self.data) - self.pos} left")
-        chunk = self.data[self.pos:end]
-        self.pos = end
-        return chunk
-
-    def argument(self, info: int) -> int:
-        if info < 24:
-            return info
-        if 24 <= info <= 27:
-            width = 1 << (info - 24)
-            value = int.from_bytes(self.take(width), "big")
-            if value < _SHORTEST_FLOOR[info]:
-                # RFC 8949 §4.2.1: a longer head than needed gives one message two encodings
-                raise self.fail(f"integer or length {value} is not in its shortest form")
-            return value
-        if info == 31:
-            raise self.fail("indefinite length is not allowed")
-        raise self.fail(f"reserved additional information {info}")
-
-    def item(self, depth: int) -> object:
-        if depth > self.max_depth:
-            raise LimitError(f"CBOR nests deeper than {self.max_depth} levels at byte {self.pos}")
-        self.items_left -= 1
-        if self.items_left < 0:
-            raise LimitError(f"CBOR holds more than the allowed number of items (at byte {self.pos})")
-        if self.pos >= len(self.data):
-            raise self.fail("truncated: expected another item")
-        initial = self.data[self.pos]
-        self.pos += 1
-        major, info = initial >> 5, initial & 0x1F
-        if major == 7:
-            return self.simple(info)
-        value = self.argument(info)
-        if major == 0:
-            return value
-        if major == 1:
-            return -1 - value
-        if major == 2:
-            return self.take(value)
-        if major == 3:
-            raw = self.take(value)
-            try:
-                return raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise self.fail("text string is not valid UTF-8") from exc
-        remaining = len(self.data) - self.pos
-        if major == 4:
-            if value > remaining:  # every item takes at least one byte
-                raise self.fail(f"array declares {value} items, only {remaining} bytes left")
-            return [self.item(depth + 1) for _ in range(value)]
-        if major == 5:
-            if 2 * value > remaining:
-                raise self.fail(f"map declares {value} pairs, only {remaining} bytes left")
-            result: dict = {}
-            for _ in range(value):
-                key_at = self.pos
-                key = self.item(depth + 1)
-                if not isinstance(key, (int, str, bytes)):
-                    raise self.fail(f"map key of type {type(key).__name__} is not allowed")
-                if key in result:
-                    raise DuplicateKeyError(f"map repeats key {key!r} at byte {key_at}")
-                result[key] = self.item(depth + 1)
-            return result
-        # major == 6
-        return Tag(value, self.item(depth + 1))
-
-    def simple(self, info: int) -> object:
-        if info == 20:
-            return False
-        if info == 21:
-            return True
-        if info == 22:
-            return None
-        if info == 25:
-            return struct.unpack(">e", self.take(2))[0]
-        if info == 26:
-            return struct.unpack(">f", self.take(4))[0]
-        if info == 27:
-            return struct.unpack(">d", self.take(8))[0]
-        if info == 31:
-            raise self.fail("unexpected break (indefinite lengths are not allowed)")
-        raise self.fail(f"simple value {info} is not allowed")
 
 
 def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> object:
@@ -255,8 +244,143 @@ def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> object:
         raise CBORError(f"expected bytes, got {type(data).__name__}")
     if len(data) > limits.max_bytes:
         raise OversizeError(f"{len(data)} bytes is more than the {limits.max_bytes}-byte cap")
-    decoder = _Decoder(bytes(data), limits)
-    value = decoder.item(0)
-    if decoder.pos != len(decoder.data):
-        raise decoder.fail(f"{len(decoder.data) - decoder.pos} trailing bytes after the item")
+    data = bytes(data)
+    end = len(data)
+    max_depth = limits.max_depth
+    pos = 0
+    items_left = limits.max_items
+
+    # One closure over the position (every lender request and envelope goes through it). Each check, its order and
+    # its message are those of the plain rules: depth, then the item count, then truncation; heads in their shortest
+    # form; lengths against the bytes that remain. Small integers inside maps and arrays are read inline.
+
+    def fail(what: str) -> CBORError:
+        return CBORError(f"{what} at byte {pos} of {end}")
+
+    def take(count: int) -> bytes:
+        nonlocal pos
+        stop = pos + count
+        if stop > end:
+            raise fail(f"truncated: {count} bytes declared, {end - pos} left")
+        chunk = data[pos:stop]
+        pos = stop
+        return chunk
+
+    def item(depth: int) -> object:
+        nonlocal pos, items_left
+        if depth > max_depth:
+            raise LimitError(f"CBOR nests deeper than {max_depth} levels at byte {pos}")
+        items_left -= 1
+        if items_left < 0:
+            raise LimitError(f"CBOR holds more than the allowed number of items (at byte {pos})")
+        if pos >= end:
+            raise fail("truncated: expected another item")
+        initial = data[pos]
+        pos += 1
+        major = initial >> 5
+        info = initial & 0x1F
+        if major == 7:
+            return simple(info)
+        if info < 24:
+            value = info
+        elif info <= 27:
+            width = 1 << (info - 24)
+            stop = pos + width
+            if stop > end:
+                raise fail(f"truncated: {width} bytes declared, {end - pos} left")
+            value = int.from_bytes(data[pos:stop], "big")
+            pos = stop
+            if value < _SHORTEST_FLOOR[info]:
+                # RFC 8949 §4.2.1: a longer head than needed gives one message two encodings
+                raise fail(f"integer or length {value} is not in its shortest form")
+        elif info == 31:
+            raise fail("indefinite length is not allowed")
+        else:
+            raise fail(f"reserved additional information {info}")
+        if major == 0:
+            return value
+        if major == 1:
+            return -1 - value
+        if major == 2 or major == 3:
+            stop = pos + value
+            if stop > end:
+                raise fail(f"truncated: {value} bytes declared, {end - pos} left")
+            raw = data[pos:stop]
+            pos = stop
+            if major == 2:
+                return raw
+            try:
+                return raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise fail("text string is not valid UTF-8") from exc
+        remaining = end - pos
+        child = depth + 1
+        # a child item is read inline when it is a small integer and neither limit can trip on it
+        inline = child <= max_depth
+        if major == 4:
+            if value > remaining:  # every item takes at least one byte
+                raise fail(f"array declares {value} items, only {remaining} bytes left")
+            result_list = []
+            append = result_list.append
+            for _ in range(value):
+                if inline and items_left > 0 and pos < end:
+                    head = data[pos]
+                    if head < 0x18:
+                        items_left -= 1
+                        pos += 1
+                        append(head)
+                        continue
+                    if 0x20 <= head < 0x38:
+                        items_left -= 1
+                        pos += 1
+                        append(0x1F - head)  # -1 - (head - 0x20)
+                        continue
+                append(item(child))
+            return result_list
+        if major == 5:
+            if 2 * value > remaining:
+                raise fail(f"map declares {value} pairs, only {remaining} bytes left")
+            result: dict = {}
+            for _ in range(value):
+                key_at = pos
+                if inline and items_left > 0 and pos < end and ((head := data[pos]) < 0x18 or 0x20 <= head < 0x38):
+                    items_left -= 1
+                    pos += 1
+                    key = head if head < 0x18 else 0x1F - head
+                else:
+                    key = item(child)
+                    if not isinstance(key, (int, str, bytes)):
+                        raise fail(f"map key of type {type(key).__name__} is not allowed")
+                if key in result:
+                    raise DuplicateKeyError(f"map repeats key {key!r} at byte {key_at}")
+                if inline and items_left > 0 and pos < end and (head := data[pos]) < 0x18:
+                    items_left -= 1
+                    pos += 1
+                    result[key] = head
+                else:
+                    result[key] = item(child)
+            return result
+        # major == 6
+        return Tag(value, item(child))
+
+    def simple(info: int) -> object:
+        if info == 20:
+            return False
+        if info == 21:
+            return True
+        if info == 22:
+            return None
+        if info == 25:
+            return _F16.unpack(take(2))[0]
+        if info == 26:
+            return _F32.unpack(take(4))[0]
+        if info == 27:
+            return _F64.unpack(take(8))[0]
+        if info == 31:
+            raise fail("unexpected break (indefinite lengths are not allowed)")
+        raise fail(f"simple value {info} is not allowed")
+
+    value = item(0)
+    if pos != end:
+        raise fail(f"{end - pos} trailing bytes after the item")
     return value

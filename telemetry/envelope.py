@@ -35,7 +35,7 @@ from telemetry.exc import (
 from telemetry.freshness import check_token_shape
 from telemetry.identity import DeviceKey, Signer, algorithm_name
 from telemetry.numbers import ALG_EDDSA
-from telemetry.senml import Record, pack_to_cbor, records_from_cbor
+from telemetry.senml import Record, encode_pack, records_from_cbor
 
 # payload map keys; 8..11 are version 2 (an envelope without key 8 is version 1, "legacy: no freshness");
 # version 3 (a node's compact envelope) has the same keys, key 5 holding node readings (telemetry.nodereadings)
@@ -220,7 +220,8 @@ def seal(
         raise ValueError(f"prev must be {DIGEST_BYTES} bytes")
     if compact and counters is None:
         raise ValueError("a version 3 envelope carries version 2's counters: give them")
-    readings = nodereadings.to_cbor(records) if compact else pack_to_cbor(records)
+    # the SenML pack arrives encoded (== cbor.encode(pack_to_cbor(records))): the payload copies its bytes
+    readings = nodereadings.to_cbor(records) if compact else encode_pack(records)
     body: list[tuple[int, object]] = [(DEVICE, device), (BOOT, boot), (SEQ, seq), (PREV, prev), (PACK, readings)]
     if gap is not None:
         body.append((GAP, gap.to_cbor()))
