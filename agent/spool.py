@@ -631,6 +631,9 @@ def _checked_seq(seq: object) -> int:
 
 # --- opening, checking, recovering (module functions: no Spool exists yet) -----
 
+_SIDECARS = ("-journal", "-wal", "-shm")  # SQLite's files beside a database (the rollback journal while WAL is set up)
+
+
 def _sidecar(path: Path, suffix: str) -> Path:
     return path.with_name(path.name + suffix)
 
@@ -820,7 +823,7 @@ def _read_head(conn: sqlite3.Connection) -> tuple[ChainHead | None, HeadCounters
 
 def _build_fresh(target: Path, note: tuple[str, str] | None) -> None:
     """Create a complete, empty spool at `target` (fsynced), optionally remembering a lost spool."""
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", *_SIDECARS):
         _sidecar(target, suffix).unlink(missing_ok=True)
     try:
         conn = sqlite3.connect(target, isolation_level=None)
@@ -847,11 +850,17 @@ def _build_fresh(target: Path, note: tuple[str, str] | None) -> None:
 
 
 def _install_new(path: Path) -> None:
-    """Rename the complete `<name>.new` into place; no stale -wal/-shm may sit beside it."""
-    for suffix in ("-wal", "-shm"):
+    """Rename the complete `<name>.new` into place; no stale journal, -wal or -shm may sit beside either.
+
+    The `.new` was closed (checkpointed) when built, so its own sidecars can only be the empty ones the
+    read-only checks of a WAL database make.
+    """
+    new = _sidecar(path, ".new")
+    for suffix in _SIDECARS:
         _sidecar(path, suffix).unlink(missing_ok=True)
+        _sidecar(new, suffix).unlink(missing_ok=True)
     try:
-        os.replace(_sidecar(path, ".new"), path)
+        os.replace(new, path)
         fsync_dir(path.parent)
     except OSError as error:
         raise SpoolUnavailableError(f"spool {path}: cannot install the fresh database: {error}") from error
@@ -898,9 +907,10 @@ def _finish_interrupted_recovery(path: Path) -> Path | None:
     new = _sidecar(path, ".new")
     if not new.exists():
         return None
-    if path.exists():
-        # Crashed before the damaged file moved (or while first creating): start over.
-        for suffix in ("", "-wal", "-shm"):
+    if path.exists() or any(_sidecar(new, suffix).exists() for suffix in _SIDECARS):
+        # Crashed before the damaged file moved, or while building `.new` (a finished one is closed, so no
+        # journal or WAL is left beside it, before anything moves): start over.
+        for suffix in ("", *_SIDECARS):
             _sidecar(new, suffix).unlink(missing_ok=True)
         return None
     try:

@@ -8,9 +8,12 @@ envelope appended, and the database passes SQLite's integrity_check.
 """
 from __future__ import annotations
 
+import os
 import random
+import signal
 import sqlite3
 import sys
+import time
 from pathlib import Path
 
 from agent.spool import Spool
@@ -111,3 +114,29 @@ def test_spool_keeps_every_reading_across_sigkill(tmp_path):
     # The run exercised what it claims to: overflow, acks and a real backlog.
     assert len(ledger.appended) > 20 * KILLS and acks > KILLS // 2 and ledger.dropped > 1000
     assert not list(tmp_path.glob("spool.db.corrupt-*"))
+
+
+def test_a_kill_while_the_spool_is_first_created_leaves_one_that_opens_with_nothing_lost(tmp_path):
+    """SIGKILL at random moments of Spool.open's first creation (a forked child): the next open succeeds on a fresh
+    spool with no recovery and no drop (nothing existed to lose), whatever was left: a half-built `.new` with its
+    rollback journal (SQLite's switch to WAL) or its WAL (committed, not yet closed) beside it."""
+    rng = random.Random(20261206)
+    leftovers = set()
+    for n in range(200):
+        path = tmp_path / str(n) / "spool.db"
+        path.parent.mkdir()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                Spool.open(path).close()
+            finally:
+                os._exit(0)
+        time.sleep(rng.uniform(0, 0.008))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        leftovers.add(tuple(sorted(p.name for p in path.parent.iterdir() if p.name.startswith("spool.db.new"))))
+        with Spool.open(path) as spool:
+            assert spool.recovered_from is None and spool.take_drops() is None and len(spool) == 0
+        assert sorted(p.name for p in path.parent.iterdir()) == ["spool.db", "spool.db.lock"]
+    # the kills landed inside the creation, in each of its windows
+    assert {("spool.db.new",), ("spool.db.new", "spool.db.new-journal")} <= leftovers
