@@ -280,3 +280,124 @@ def open_device_key(state_dir: Path, *, key_file: str = "device.key", kind: str 
             raise TpmKeyMismatchError(f"{Path(state_dir) / key_file} is not the key {description_path} names")
         return identity
     return open_tpm_key(description.tcti or default_tcti(), description.handle, description.public_key)
+
+
+# --- attestation: what the enrollment request carries, and the lender's credential --------------------------
+
+EK_CERTIFICATE_NV_INDEX = 0x01C00002   # TCG EK Credential Profile: the RSA 2048 EK certificate (low range)
+_AK_ATTRIBUTES = ("RESTRICTED", "SIGN_ENCRYPT", "FIXEDTPM", "FIXEDPARENT", "SENSITIVEDATAORIGIN", "USERWITHAUTH")
+
+
+def _nv_reader(esapi):
+    from tpm2_pytss import TSS2_Exception
+    from tpm2_pytss.utils import NoSuchIndex
+
+    def read(index) -> bytes:
+        try:
+            nv = esapi.tr_from_tpmpublic(index)
+        except TSS2_Exception:
+            raise NoSuchIndex(index) from None
+        public, _ = esapi.nv_read_public(nv)
+        size, data, offset = public.nvPublic.dataSize, b"", 0
+        while offset < size:  # a TPM reads at most TPM2_PT_NV_BUFFER_MAX (often 768-1024 bytes) at once
+            chunk = bytes(esapi.nv_read(nv, min(512, size - offset), offset))
+            data, offset = data + chunk, offset + len(chunk)
+        return data
+    return read
+
+
+def _ak_template():
+    """The attestation key: a restricted ECDSA P-256 (SHA-256) signing key, primary in the endorsement hierarchy.
+
+    A primary key comes from the hierarchy's seed and its template alone, so the same TPM re-derives the same
+    key whenever asked (at the request, and again days later when the lender's answer arrives); nothing to
+    keep at a handle. Clearing the TPM changes the seed, as it destroys the device key."""
+    from tpm2_pytss import TPM2B_PUBLIC
+    from tpm2_pytss.constants import TPM2_ALG, TPMA_OBJECT
+
+    attributes = TPMA_OBJECT(0)
+    for name in _AK_ATTRIBUTES:
+        attributes |= getattr(TPMA_OBJECT, name)
+    template = TPM2B_PUBLIC.parse("ecc256:ecdsa-sha256", objectAttributes=attributes)
+    template.publicArea.parameters.eccDetail.symmetric.algorithm = TPM2_ALG.NULL
+    return template
+
+
+def _endorsement_keys(esapi):
+    """(EK handle, AK handle, AK public) of this TPM, both transient: flush them after use."""
+    from tpm2_pytss.constants import ESYS_TR
+    from tpm2_pytss.utils import create_ek_template
+
+    _, ek_template = create_ek_template("EK-RSA2048", _nv_reader(esapi))
+    ek, *_ = esapi.create_primary(None, ek_template, ESYS_TR.ENDORSEMENT)
+    try:
+        ak, ak_public, *_ = esapi.create_primary(None, _ak_template(), ESYS_TR.ENDORSEMENT)
+    except BaseException:
+        esapi.flush_context(ek)
+        raise
+    return ek, ak, ak_public
+
+
+def attest_tpm_key(key: TpmKey, qualifying_data: bytes) -> dict[str, bytes] | None:
+    """The TPM's evidence that `key` lives in it: the EK certificate, the attestation key's and the device key's
+    TPM2B_PUBLIC, and TPM2_Certify of the device key by the attestation key over `qualifying_data` (TPMS_ATTEST,
+    TPMT_SIGNATURE), all as bytes (telemetry.enrollment.TpmAttestation's fields); None when the TPM has no EK
+    certificate to show (then the key can only be enrolled as `software`). Uses `key`'s own TPM connection."""
+    from tpm2_pytss import TPM2B_DATA, TPMT_SIG_SCHEME, TSS2_Exception
+    from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
+    from tpm2_pytss.utils import NoSuchIndex
+
+    esapi = key._esapi
+    try:
+        try:
+            certificate = _nv_reader(esapi)(EK_CERTIFICATE_NV_INDEX)
+        except NoSuchIndex:
+            return None
+        key_public, _, _ = esapi.read_public(key._key)
+        if _public_point(key_public) != key.public_key:
+            raise TpmKeyMismatchError(f"the TPM's key at {key.handle:#x} is not the device key {key.kid.hex()}")
+        ek, ak, ak_public = _endorsement_keys(esapi)
+        try:
+            scheme = TPMT_SIG_SCHEME(scheme=TPM2_ALG.ECDSA)
+            scheme.details.any.hashAlg = TPM2_ALG.SHA256
+            attest, signature = esapi.certify(key._key, ak, TPM2B_DATA(qualifying_data), scheme,
+                                              session1=ESYS_TR.PASSWORD, session2=ESYS_TR.PASSWORD)
+        finally:
+            esapi.flush_context(ak)
+            esapi.flush_context(ek)
+        return {"ek_certificate": certificate, "ak_public": ak_public.marshal(), "key_public": key_public.marshal(),
+                "certify_info": bytes(attest), "signature": signature.marshal()}
+    except TSS2_Exception as exc:
+        raise _tpm_error(exc, "certify the device key") from exc
+
+
+def activate_credential(key: TpmKey, id_object: bytes, encrypted_secret: bytes) -> bytes:
+    """TPM2_ActivateCredential of the lender's credential with the EK and attestation key of `key`'s TPM: the
+    secret, which only the TPM whose EK the lender checked, holding that attestation key, can recover."""
+    from tpm2_pytss import TPM2B_DIGEST, TPM2B_ENCRYPTED_SECRET, TPM2B_ID_OBJECT, TPM2B_NONCE, TPMT_SYM_DEF, \
+        TSS2_Exception
+    from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_SE
+
+    esapi = key._esapi
+    try:
+        ek, ak, _ = _endorsement_keys(esapi)
+        try:
+            session = esapi.start_auth_session(ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY,
+                                               TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL), TPM2_ALG.SHA256)
+            try:
+                # the EK's policy: PolicySecret of the endorsement hierarchy (TCG EK Credential Profile)
+                esapi.policy_secret(ESYS_TR.ENDORSEMENT, session, TPM2B_NONCE(), TPM2B_DIGEST(), TPM2B_NONCE(), 0)
+                secret = esapi.activate_credential(ak, ek, TPM2B_ID_OBJECT.unmarshal(id_object)[0],
+                                                   TPM2B_ENCRYPTED_SECRET.unmarshal(encrypted_secret)[0],
+                                                   session1=ESYS_TR.PASSWORD, session2=session)
+            finally:
+                try:
+                    esapi.flush_context(session)
+                except TSS2_Exception:
+                    pass  # a policy session used by a command may be gone already
+        finally:
+            esapi.flush_context(ak)
+            esapi.flush_context(ek)
+        return bytes(secret)
+    except TSS2_Exception as exc:
+        raise _tpm_error(exc, "activate the lender's credential") from exc

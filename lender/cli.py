@@ -451,8 +451,9 @@ def _revoke(args: argparse.Namespace) -> int:
 
 
 def _devices(args: argparse.Namespace) -> int:
+    from lender.enrollment.desk import with_recorded_key_storage
     with _open(args) as store:
-        devices = store.devices()
+        devices = [with_recorded_key_storage(args.data, d) for d in store.devices()]
     if args.json:
         print(json.dumps([d.to_json() for d in devices], indent=1))
         return 0
@@ -891,7 +892,8 @@ def status_json(status: AssetStatus) -> dict:
 def _status(args: argparse.Namespace) -> int:
     with _open(args) as store:
         statuses = asset_status(store, args.device, _judge(args))
-        registered = {d.device: d for d in store.devices()}
+        from lender.enrollment.desk import with_recorded_key_storage
+        registered = {d.device: with_recorded_key_storage(args.data, d) for d in store.devices()}
     keys = {s.device: {"algorithm": d.algorithm, "key_storage": d.key_storage.value} if d else
             {"algorithm": None, "key_storage": None} for s in statuses for d in [registered.get(s.device)]}
     if args.json:

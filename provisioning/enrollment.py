@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,12 +109,16 @@ async def send_report(lender: str, signed_report: bytes, *, timeout: float = DEF
 
 
 def accept(response: bytes, request: EnrollmentRequest, lender_key: bytes,
-           response_private: nacl.public.PrivateKey | None, *, open_sealed: bool = True
+           response_private: nacl.public.PrivateKey | None, *, open_sealed: bool = True,
+           activate: Callable[[bytes, bytes], bytes] | None = None,
            ) -> tuple[EnrollmentResponse, oscore.ContextParameters | None]:
     """Check the lender's response to `request` and open the OSCORE context sealed in it.
 
     With `open_sealed` False (a laptop relaying a gateway's request) only the
     signature and the request digest are checked; the context stays sealed.
+    An attested request's answer carries a credential: `activate` (the TPM's
+    TPM2_ActivateCredential, durable.keystore) recovers the secret the context
+    is also encrypted under.
     """
     try:
         answer = EnrollmentResponse.verify(response, lender_key)
@@ -128,8 +133,14 @@ def accept(response: bytes, request: EnrollmentRequest, lender_key: bytes,
         if response_private is None:
             raise EnrollmentResponseError("the response holds an OSCORE context but this machine does not have the "
                                           "device's response key: install it on the gateway itself")
+        secret = None
+        if answer.credential is not None:
+            if activate is None:
+                raise EnrollmentResponseError("the lender's answer is for a TPM-attested key: install it on the "
+                                              "gateway whose TPM made the request")
+            secret = activate(*answer.credential)
         try:
-            context = oscore.ContextParameters.open(answer.sealed_context, response_private)
+            context = oscore.ContextParameters.open(answer.sealed_context, response_private, secret)
         except (EnrollmentFormatError, OscoreContextError) as exc:
             raise EnrollmentResponseError(str(exc)) from exc
     elif answer.sealed_context is None and request.body.response_key is not None:

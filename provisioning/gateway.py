@@ -62,6 +62,9 @@ from durable.keystore import (
     DEFAULT_TPM_HANDLE,
     KEYSTORE_FILE,
     KeyStoreDescription,
+    TpmKey,
+    activate_credential,
+    attest_tpm_key,
     create_device_key,
     default_tcti,
     evict_tpm_key,
@@ -83,7 +86,9 @@ from telemetry.enrollment import (
     EnrollmentBody,
     EnrollmentRequest,
     SiteRequest,
+    TpmAttestation,
     binding_of,
+    certify_data,
     check_id,
     open_site,
 )
@@ -392,8 +397,13 @@ def _request(plan: GatewayPlan, identity: Identity, modem: ModemInfo | None,
              technician: Identity | None) -> tuple[EnrollmentRequest, nacl.public.PrivateKey]:
     response_key = nacl.public.PrivateKey.generate()
     hardware = modem.hardware() if modem is not None else {}
+    nonce = os.urandom(16)
+    attested = None
+    if isinstance(identity, TpmKey):  # the TPM proves the key is inside it, when it has an EK certificate to show
+        evidence = attest_tpm_key(identity, certify_data(plan.device, nonce))
+        attested = TpmAttestation(**evidence) if evidence is not None else None
     body = EnrollmentBody(plan.device, "gateway", identity.public_key, plan.technician_name, hardware, plan.binding,
-                          int(time.time()), os.urandom(16), bytes(response_key.public_key))
+                          int(time.time()), nonce, bytes(response_key.public_key), attested)
     request = EnrollmentRequest.create(body, identity.sign)
     if technician is not None:
         request = request.countersign(technician)
@@ -552,7 +562,13 @@ async def _enroll(plan: GatewayPlan, identity: Identity, modem: ModemInfo | None
         result.notes.append(f"{exc}: the request is saved; the agent spools signed readings meanwhile. "
                             f"When there is signal: pledgewatch provision submit {pending.request_file}")
         return _park(plan, rollback)
-    answer, context = accept(response, request, plan.lender_key, response_key)
+    answer, context = accept(response, request, plan.lender_key, response_key,
+                             activate=(lambda id_object, secret: activate_credential(identity, id_object, secret))
+                             if isinstance(identity, TpmKey) else None)
+    if answer.credential is not None:
+        result.notes.append("the lender checked the TPM's attestation: the key is listed tpm-attested")
+    elif request.body.version == 2 and request.body.attestation is None:
+        result.notes.append("the TPM has no EK certificate to show: the lender lists this key as software")
     target = plan.config_dir / CONTEXT_DIR
     if target.exists():
         aside = target.with_name(f"{CONTEXT_DIR}.retired-{int(time.time())}")
@@ -626,7 +642,14 @@ def complete_enrollment(config_dir: Path, state_dir: Path, response: bytes, owne
         raise DeviceEnrollmentError(f"this machine has no pending enrollment under {state_dir} to install an answer "
                                     "into; run the submit on the gateway that made the request")
     request, response_key = pending.load()
-    answer, context = accept(response, request, bytes.fromhex(journal["lender_key_hex"]), response_key)
+    key = open_device_key(config_dir, kind="tpm") if request.body.attestation is not None else None
+    try:
+        answer, context = accept(response, request, bytes.fromhex(journal["lender_key_hex"]), response_key,
+                                 activate=(lambda id_object, secret: activate_credential(key, id_object, secret))
+                                 if key is not None else None)
+    finally:
+        if key is not None:
+            key.close()
     with Rollback() as rollback:
         target = config_dir / CONTEXT_DIR
         if target.exists():

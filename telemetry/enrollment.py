@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 
 import nacl.exceptions
 import nacl.public
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from telemetry import cbor, cose
 from telemetry.cbor import Limits
@@ -42,6 +44,7 @@ RESPONSE_AAD = b"pledgewatch-enroll-response/1"
 REPORT_AAD = b"pledgewatch-installation-report/1"
 SITE_AAD = b"pledgewatch-site/1"
 SITE_REQUEST_AAD = b"pledgewatch-site-request/1"
+CREDENTIAL_AAD = b"pledgewatch-credential/1"
 MAX_REQUEST = 4096
 MAX_REPORT = 16384
 MAX_SITE = 32768
@@ -177,6 +180,55 @@ class AssetBinding:
 
 BODY_VERSION_KEY = 0     # absent: version 1 (Ed25519 key); 2: version 2 (the key may be P-256)
 BODY_VERSIONS = (1, 2)
+ATTESTATION_KEY = 10     # version 2: the TPM's proof that the device key is inside it (`TpmAttestation`)
+CERTIFY_CONTEXT = b"pledgewatch-certify/1"
+MAX_EK_CERTIFICATE = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class TpmAttestation:
+    """A TPM's evidence that the device key lives in it, as a version 2 body carries it (key 10, a map 1..5).
+
+    `ek_certificate` is the endorsement key's X.509 certificate (DER, from the
+    TPM's NV index 0x01C00002: RSA 2048) by which the TPM's maker vouches for
+    the chip; `ak_public` the attestation key (a restricted ECDSA P-256 signing
+    key, fixedTPM) and `key_public` the device key, each a marshalled
+    TPM2B_PUBLIC; `certify_info` the TPMS_ATTEST that TPM2_Certify made of the
+    device key with the attestation key over `certify_data` of the body, and
+    `signature` its marshalled TPMT_SIGNATURE. Telemetry only carries the
+    bytes; the lender checks them (lender.enrollment.attestation), and
+    proves the attestation key shares the chip with the endorsement key by
+    credential activation (the response's key 6).
+    """
+
+    ek_certificate: bytes
+    ak_public: bytes
+    key_public: bytes
+    certify_info: bytes
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        for name, limit in (("ek_certificate", MAX_EK_CERTIFICATE), ("ak_public", 512), ("key_public", 512),
+                            ("certify_info", 512), ("signature", 256)):
+            value = getattr(self, name)
+            if not isinstance(value, bytes) or not 0 < len(value) <= limit:
+                raise EnrollmentFormatError(f"attestation {name} must be 1..{limit} bytes")
+
+    def to_map(self) -> dict:
+        return {1: self.ek_certificate, 2: self.ak_public, 3: self.key_public, 4: self.certify_info,
+                5: self.signature}
+
+    @classmethod
+    def from_map(cls, data: object) -> TpmAttestation:
+        if not isinstance(data, dict) or set(data) != {1, 2, 3, 4, 5}:
+            raise EnrollmentFormatError("an attestation must be a map with keys 1..5")
+        return cls(data[1], data[2], data[3], data[4], data[5])
+
+
+def certify_data(device: str, nonce: bytes) -> bytes:
+    """The qualifying data of a device key's TPM2_Certify: SHA-256 of "pledgewatch-certify/1", the device id and
+    the body's nonce, so a certification made for one request is not another's."""
+    return hashlib.sha256(CERTIFY_CONTEXT + device.encode("utf-8") + b"\0" + nonce).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +253,7 @@ class EnrollmentBody:
     created: int
     nonce: bytes
     response_key: bytes | None = None  # X25519 public key to seal the OSCORE context to; None: no context wanted
+    attestation: TpmAttestation | None = None  # version 2 only: the TPM's proof that the key is in it
 
     def __post_init__(self) -> None:
         if not isinstance(self.device, str) or not valid_id(self.device):
@@ -225,6 +278,9 @@ class EnrollmentBody:
             raise EnrollmentFormatError("nonce must be 16 bytes")
         if self.response_key is not None and (not isinstance(self.response_key, bytes) or len(self.response_key) != 32):
             raise EnrollmentFormatError("response key must be a 32-byte X25519 public key")
+        if self.attestation is not None and (not isinstance(self.attestation, TpmAttestation)
+                                             or algorithm_of(self.public_key) != ALG_ES256):
+            raise EnrollmentFormatError("only a P-256 (TPM) device key comes with a TPM attestation")
 
     @property
     def algorithm(self) -> int:
@@ -243,6 +299,8 @@ class EnrollmentBody:
             data[9] = self.response_key
         if self.version >= 2:
             data[BODY_VERSION_KEY] = self.version
+        if self.attestation is not None:
+            data[ATTESTATION_KEY] = self.attestation.to_map()
         return cbor.encode(data)
 
     @classmethod
@@ -251,14 +309,17 @@ class EnrollmentBody:
             data = cbor.decode(payload, _LIMITS)
         except WireFormatError as exc:
             raise EnrollmentFormatError(f"the request body is not CBOR: {exc}") from exc
-        if not isinstance(data, dict) or not set(data) <= set(range(0, 10)) or not set(range(1, 9)) <= set(data):
-            raise EnrollmentFormatError("the request body must be a map with keys 1..8 (and 9; 0 in version 2)")
+        if not isinstance(data, dict) or not set(data) <= set(range(0, 11)) or not set(range(1, 9)) <= set(data):
+            raise EnrollmentFormatError("the request body must be a map with keys 1..8 (and 9; 0 and 10 in version 2)")
         version = data.get(BODY_VERSION_KEY, 1)
         if type(version) is not int or version not in BODY_VERSIONS or version == 1 and BODY_VERSION_KEY in data:
             raise EnrollmentFormatError(f"request body version {version!r} is not one this lender reads (1: no key 0, "
                                         "or 0: 2)")
+        attestation = data.get(ATTESTATION_KEY)
+        if attestation is not None and version != 2:
+            raise EnrollmentFormatError("an attestation (key 10) belongs to a version 2 body")
         body = cls(data[1], data[2], data[3], data[4], data[5], AssetBinding.from_map(data[6]), data[7], data[8],
-                   data.get(9))
+                   data.get(9), None if attestation is None else TpmAttestation.from_map(attestation))
         if body.version != version:
             raise EnrollmentFormatError(f"a version {version} request body must not carry "
                                         f"{'a P-256' if body.algorithm == ALG_ES256 else 'an Ed25519'} device key "
@@ -361,15 +422,26 @@ class ContextKeys:
         return cbor.encode({1: self.sender_id, 2: self.recipient_id, 3: self.master_secret,
                             4: self.master_salt, 5: OSCORE_ALGORITHM, 6: OSCORE_KDF_HASH})
 
-    def seal(self, response_key: bytes) -> bytes:
-        """CBOR-encoded and sealed to the device's one-time X25519 key: only that device can open it."""
-        return nacl.public.SealedBox(nacl.public.PublicKey(response_key)).encrypt(self.encode())
+    def seal(self, response_key: bytes, credential_secret: bytes | None = None) -> bytes:
+        """CBOR-encoded and sealed to the device's one-time X25519 key: only that device can open it. With a
+        `credential_secret` (an attested enrollment: what only the attested TPM recovers by TPM2_ActivateCredential)
+        the CBOR is first encrypted under it (AES-256-GCM, a zero nonce: each secret is used once)."""
+        plain = self.encode()
+        if credential_secret is not None:
+            plain = AESGCM(credential_secret).encrypt(bytes(12), plain, CREDENTIAL_AAD)
+        return nacl.public.SealedBox(nacl.public.PublicKey(response_key)).encrypt(plain)
 
     @classmethod
-    def open(cls, sealed: bytes, response_private: nacl.public.PrivateKey) -> ContextKeys:
+    def open(cls, sealed: bytes, response_private: nacl.public.PrivateKey,
+             credential_secret: bytes | None = None) -> ContextKeys:
         try:
             plain = nacl.public.SealedBox(response_private).decrypt(sealed)
+            if credential_secret is not None:
+                plain = AESGCM(credential_secret).decrypt(bytes(12), plain, CREDENTIAL_AAD)
             data = cbor.decode(plain, Limits(max_bytes=512, max_depth=2, max_items=16))
+        except InvalidTag as exc:
+            raise EnrollmentFormatError("the sealed OSCORE context does not open with the TPM's activated "
+                                        "credential: not the TPM the lender attested") from exc
         except (nacl.exceptions.CryptoError, WireFormatError) as exc:
             raise EnrollmentFormatError(f"the sealed OSCORE context cannot be opened with this device's key: {exc}") from exc
         if not isinstance(data, dict) or data.get(5) != OSCORE_ALGORITHM or data.get(6) != OSCORE_KDF_HASH:
@@ -388,11 +460,17 @@ class EnrollmentResponse:
     registered_at: int
     asset: str
     sealed_context: bytes | None = None
+    # an attested request's answer: (TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET) of TPM2_MakeCredential for the
+    # endorsement key and the attestation key's name; the sealed context is then also encrypted under the
+    # credential (`open_with_credential`), so only that TPM can read it
+    credential: tuple[bytes, bytes] | None = None
 
     def payload(self) -> bytes:
         data = {1: self.device, 2: self.request_digest, 3: self.registered_at, 4: self.asset}
         if self.sealed_context is not None:
             data[5] = self.sealed_context
+        if self.credential is not None:
+            data[6] = [self.credential[0], self.credential[1]]
         return cbor.encode(data)
 
     def sign(self, lender: Identity) -> bytes:
@@ -405,12 +483,18 @@ class EnrollmentResponse:
             fields = cbor.decode(payload, _LIMITS)
         except WireFormatError as exc:
             raise EnrollmentFormatError(f"the response payload is not CBOR: {exc}") from exc
-        if not isinstance(fields, dict) or not {1, 2, 3, 4} <= set(fields) <= {1, 2, 3, 4, 5}:
-            raise EnrollmentFormatError("the response payload must be a map with keys 1..4 (and 5)")
+        if not isinstance(fields, dict) or not {1, 2, 3, 4} <= set(fields) <= {1, 2, 3, 4, 5, 6}:
+            raise EnrollmentFormatError("the response payload must be a map with keys 1..4 (and 5, 6)")
         if not isinstance(fields[1], str) or not isinstance(fields[2], bytes) or type(fields[3]) is not int \
                 or not isinstance(fields[4], str) or not isinstance(fields.get(5, b""), bytes):
             raise EnrollmentFormatError("the response payload has a field of the wrong type")
-        return cls(fields[1], fields[2], fields[3], fields[4], fields.get(5))
+        credential = fields.get(6)
+        if credential is not None and (not isinstance(credential, list) or len(credential) != 2
+                                       or not all(isinstance(c, bytes) for c in credential) or 5 not in fields):
+            raise EnrollmentFormatError("the response's credential must be [id object, encrypted secret] "
+                                        "beside a sealed context")
+        return cls(fields[1], fields[2], fields[3], fields[4], fields.get(5),
+                   None if credential is None else (credential[0], credential[1]))
 
 
 # --- site files -----------------------------------------------------------------------------

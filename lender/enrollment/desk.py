@@ -26,10 +26,11 @@ import aiocoap
 from aiocoap.numbers import codes
 
 from durable.files import atomic_write
+from lender.enrollment import attestation
 from lender.enrollment import contexts as oscore
 from lender.enrollment.technicians import TechnicianRegistry, enroll_dir
 from lender.evidence.log import lender_identity
-from lender.evidence.registry import Device, check_device_id, iso_time
+from lender.evidence.registry import Device, KeyStorage, check_device_id, iso_time
 from lender.exc import DeviceExistsError
 from telemetry import cose
 from telemetry.enrollment import (
@@ -79,12 +80,22 @@ def _refuse(code, text: str) -> Decision:
 class EnrollmentDesk:
     """Checks enrollment requests and installation reports against the registries, and records them."""
 
-    def __init__(self, data_dir: str | os.PathLike, registry, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, data_dir: str | os.PathLike, registry, *, clock: Callable[[], float] = time.time,
+                 require_hardware_key: bool | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.registry = registry
         self.technicians = TechnicianRegistry(data_dir)
         self.identity = lender_identity(data_dir)
         self.clock = clock
+        self._require_hardware_key = require_hardware_key
+
+    @property
+    def require_hardware_key(self) -> bool:
+        """Whether only TPM-attested keys are enrolled: the argument, else `require_hardware_key` in
+        ``DATA/enroll/policy.toml`` (read at each request, so a change needs no restart)."""
+        if self._require_hardware_key is not None:
+            return self._require_hardware_key
+        return enrollment_policy(self.data_dir).get("require_hardware_key", False) is True
 
     def _responses(self) -> Path:
         return enroll_dir(self.data_dir) / "responses"
@@ -146,6 +157,19 @@ class EnrollmentDesk:
                                             f"{MAX_AGE_S // 86400}-day window; make a new one")
         if self.registry.device_by_kid(body.kid) is not None:
             return _refuse(codes.CONFLICT, f"the device key {body.kid.hex()} is registered to another device")
+        credential = None
+        if body.attestation is not None:
+            try:
+                credential = attestation.verify(body, attestation.manufacturer_cas(self.data_dir))
+            except attestation.AttestationError as exc:
+                return _refuse(codes.FORBIDDEN, f"the TPM attestation of {body.device}'s key does not verify: {exc}")
+            if body.response_key is None:
+                return _refuse(codes.BAD_REQUEST, "an attested request must ask for an OSCORE context (key 9): "
+                                                  "the credential protects it")
+        elif self.require_hardware_key:
+            return _refuse(codes.FORBIDDEN, f"this lender enrolls hardware keys only: {body.device}'s key is not "
+                                            "attested by a TPM (provision gateway --key-store tpm, with a TPM "
+                                            "whose EK certificate a trusted manufacturer CA signed)")
         asset = body.binding.asset
         if not self.site_path(asset).is_file():
             return _refuse(codes.FORBIDDEN, f"asset {asset} has no site record at this lender; an enrollment must name "
@@ -157,13 +181,14 @@ class EnrollmentDesk:
                 return _refuse(codes.CONFLICT, f"asset {asset} is pledged already, watched by gateway {first.device} "
                                                f"(enrolled {iso_time(first.registered_at)}); revoke it before "
                                                "enrolling another gateway for the asset")
-        return self._register(request, now, saved)
+        return self._register(request, now, saved, credential)
 
     def site_path(self, asset: str) -> Path:
         """Where the lender's staff keep the site record of a pledged asset."""
         return enroll_dir(self.data_dir) / "sites" / f"{asset}.toml"
 
-    def _register(self, request: EnrollmentRequest, now: float, saved: Path) -> Decision:
+    def _register(self, request: EnrollmentRequest, now: float, saved: Path,
+                  credential: attestation.Credential | None = None) -> Decision:
         body = request.body
         contexts = self.data_dir / "oscore"
         params = None
@@ -172,15 +197,20 @@ class EnrollmentDesk:
                 params = oscore.new_device_context(contexts, body.device)
             response = EnrollmentResponse(
                 body.device, request.digest, int(now), body.binding.asset,
-                params.seal(body.response_key) if params is not None else None)
+                params.seal(body.response_key, credential.secret if credential else None) if params is not None
+                else None, (credential.id_object, credential.encrypted_secret) if credential else None)
             signed = response.sign(self.identity)
             device = Device(device=body.device, public_key=body.public_key, registered_at=now,
                             asset=body.binding.asset,
                             oscore_context=f"oscore/{body.device}" if params is not None else None,
                             oscore_id=params.sender_id if params is not None else None,
-                            binding=binding_of(self.identity.public_key, body.public_key, body.binding.asset))
+                            binding=binding_of(self.identity.public_key, body.public_key, body.binding.asset),
+                            key_storage=KeyStorage.TPM_ATTESTED if credential else KeyStorage.SOFTWARE)
             record = {"request_b64": _b64(request.encode()), "technician": body.technician, "kind": body.kind,
-                      "hardware": dict(body.hardware), "binding": body.binding.to_map(), "enrolled_at": iso_time(now)}
+                      "hardware": dict(body.hardware), "binding": body.binding.to_map(), "enrolled_at": iso_time(now),
+                      "key_storage": device.key_storage.value}
+            if credential is not None:
+                record["ek_certificate_sha256"] = attestation.fingerprint(body.attestation.ek_certificate)
             requests = enroll_dir(self.data_dir) / "requests"
             for folder in (requests, saved.parent):
                 folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -267,6 +297,40 @@ class EnrollmentDesk:
         log.info("installation report for %s by %s: %s (%d checks)", report.device, report.technician, verdict,
                  len(report.results))
         return Decision(codes.CREATED, f"report stored as {report.device}/{name}".encode(), report.device)
+
+
+POLICY_FILE = "policy.toml"
+
+
+def enrollment_policy(data_dir: str | os.PathLike) -> dict:
+    """``DATA/enroll/policy.toml`` (the lender's enrollment policy; empty when there is none):
+    ``require_hardware_key = true`` refuses every device key a TPM does not attest."""
+    import tomllib
+    path = enroll_dir(data_dir) / POLICY_FILE
+    try:
+        return tomllib.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} cannot be read as TOML: {exc}") from exc
+
+
+def recorded_key_storage(data_dir: str | os.PathLike, device: str) -> KeyStorage:
+    """How the device's enrollment proved its key's storage (``DATA/enroll/requests/<device>.json``):
+    `tpm-attested` when a TPM attestation was checked and its credential issued, `software` otherwise
+    (devices registered by hand, enrolled before attestation, or without one)."""
+    path = enroll_dir(data_dir) / "requests" / f"{check_device_id(device)}.json"
+    try:
+        return KeyStorage(json.loads(path.read_text("utf-8")).get("key_storage", "software"))
+    except (OSError, ValueError):
+        return KeyStorage.SOFTWARE
+
+
+def with_recorded_key_storage(data_dir: str | os.PathLike, device: Device) -> Device:
+    """`device` with the key storage its enrollment record proves (the store keeps no column for it)."""
+    import dataclasses
+    storage = recorded_key_storage(data_dir, device.device)
+    return device if storage is device.key_storage else dataclasses.replace(device, key_storage=storage)
 
 
 def _b64(data: bytes) -> str:

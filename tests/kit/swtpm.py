@@ -90,3 +90,32 @@ class Swtpm:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def manufacture(state_dir: Path, ca_dir: Path) -> list[Path]:
+    """Make `state_dir` a TPM 'from the factory': `swtpm_setup --create-ek-cert` writes an RSA 2048 EK and its
+    certificate (NV 0x01C00002), signed by a local test CA in `ca_dir` (swtpm_localca: a root and an issuing CA,
+    made on first use and reused after) that stands in for a TPM manufacturer. The CA certificates to trust."""
+    state_dir, ca_dir = Path(state_dir), Path(ca_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    ca_dir.mkdir(parents=True, exist_ok=True)
+    (ca_dir / "localca.conf").write_text(
+        f"statedir = {ca_dir}\nsigningkey = {ca_dir}/signkey.pem\nissuercert = {ca_dir}/issuercert.pem\n"
+        f"certserial = {ca_dir}/certserial\n")
+    (ca_dir / "localca.options").write_text("--platform-manufacturer pledgewatch-tests\n--platform-version 2.1\n"
+                                            "--platform-model swtpm\n")
+    (ca_dir / "setup.conf").write_text(
+        f"create_certs_tool = {shutil.which('swtpm_localca') or '/usr/bin/swtpm_localca'}\n"
+        f"create_certs_tool_config = {ca_dir}/localca.conf\ncreate_certs_tool_options = {ca_dir}/localca.options\n"
+        "active_pcr_banks = sha256\n")
+    done = subprocess.run(["swtpm_setup", "--tpm2", "--tpmstate", str(state_dir), "--create-ek-cert",
+                           "--config", str(ca_dir / "setup.conf"), "--overwrite"],
+                          capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"swtpm_setup failed: {done.stdout[-500:]} {done.stderr[-500:]}")
+    return [ca_dir / "issuercert.pem", ca_dir / "swtpm-localca-rootca-cert.pem"]
+
+
+def manufacturing_available() -> bool:
+    """Whether swtpm_setup and swtpm_localca (Debian's swtpm-tools) are installed."""
+    return swtpm_available() and shutil.which("swtpm_setup") is not None and shutil.which("swtpm_localca") is not None

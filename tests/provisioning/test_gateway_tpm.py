@@ -25,7 +25,7 @@ def tpm(tmp_path):
         yield running
 
 
-def test_a_tpm_gateway_enrolls_with_an_es256_key_and_its_evidence_verifies_at_the_lender_and_offline(
+def test_a_tpm_gateway_enrolls_its_evidence_verifies_and_a_copy_of_all_its_files_gets_nothing_accepted(
         site, tpm, capsys, tmp_path):
     site.lender.start()
     assert site.provision("--key-store", "tpm", "--tcti", tpm.tcti) == 0
@@ -67,61 +67,12 @@ def test_a_tpm_gateway_enrolls_with_an_es256_key_and_its_evidence_verifies_at_th
     code = pledgewatch_main(["lender", "verify", str(bundle), "--lender-key", lender_key, "--json"])
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and report["ok"], report
-
-
-def test_no_tpm_is_one_line_and_nothing_is_written(site, capsys):
-    assert site.provision("--key-store", "tpm", "--tcti", "swtpm:host=127.0.0.1,port=9") == 1
-    assert "no TPM answers at 'swtpm:host=127.0.0.1,port=9'" in failure_line(capsys.readouterr().err)
-    assert files_under(site.etc) == [] and files_under(site.var) == []
-
-
-def test_a_tpm_in_lockout_is_one_line_and_nothing_is_written(site, tpm, capsys):
-    from tpm2_pytss import ESAPI
-    esapi = ESAPI(tpm.tcti)
-    esapi.dictionary_attack_parameters(0, 600, 600)  # no tries left: the TPM is in dictionary-attack lockout
-    esapi.close()
-    assert site.provision("--key-store", "tpm", "--tcti", tpm.tcti) == 1
-    assert "is in dictionary-attack lockout" in failure_line(capsys.readouterr().err)
-    assert files_under(site.etc) == [] and files_under(site.var) == []
-
-
-def test_an_owner_hierarchy_password_is_one_line_and_nothing_is_written(site, tpm, capsys):
-    from tpm2_pytss import ESAPI
-    from tpm2_pytss.constants import ESYS_TR
-    esapi = ESAPI(tpm.tcti)
-    esapi.hierarchy_change_auth(ESYS_TR.OWNER, b"set-by-the-integrator")
-    esapi.close()
-    assert site.provision("--key-store", "tpm", "--tcti", tpm.tcti) == 1
-    assert "has an owner hierarchy password" in failure_line(capsys.readouterr().err)
-    assert files_under(site.etc) == [] and files_under(site.var) == []
-
-
-def test_a_software_gateway_is_not_silently_switched_to_the_tpm(site, tpm, capsys):
-    site.lender.start()
-    assert site.provision() == 0
-    capsys.readouterr()
-    assert site.provision("--key-store", "tpm", "--tcti", tpm.tcti) == 1
-    assert "is a software key already" in failure_line(capsys.readouterr().err)
-    assert "device.keystore" not in files_under(site.etc)
-
-
-def test_every_file_of_a_tpm_gateway_copied_to_another_machine_gets_nothing_accepted_as_the_devices(
-        site, tpm, tmp_path, capsys):
-    """The seed-copy attack of issue 14 against a TPM gateway: the borrower copies every file (agent.toml, the key's
-    description, the OSCORE context, spool and state) to a laptop whose own TPM is a second swtpm, and tries to
-    continue the device's chain from there."""
+    # the seed-copy attack of issue 14: every file of this gateway (agent.toml, device.keystore, the OSCORE
+    # context, spool and state) copied to a laptop whose own TPM is a second swtpm, continuing the chain from there
     import shutil
 
     from durable.keystore import create_tpm_key
     from telemetry.ack import Reason
-
-    site.lender.start()
-    assert site.provision("--key-store", "tpm", "--tcti", tpm.tcti) == 0
-    agent = AgentProcess(site.etc / "agent.toml")
-    try:
-        wait_for(lambda: len(stored_seqs(site)[0]) >= 2, what="the gateway's own envelopes at the lender")
-    finally:
-        agent.stop()
     honest, _ = stored_seqs(site)
     laptop = tmp_path / "laptop"
     shutil.copytree(site.etc, laptop / "etc")
@@ -156,3 +107,168 @@ def test_every_file_of_a_tpm_gateway_copied_to_another_machine_gets_nothing_acce
             copied.stop()
     assert {q.reason for q in rows} == {Reason.UNKNOWN_KEY}, rows
     assert stored_seqs(site)[0] == honest  # nothing from the laptop was stored as the device's
+
+
+def test_no_tpm_is_one_line_and_nothing_is_written(site, capsys):
+    assert site.provision("--key-store", "tpm", "--tcti", "swtpm:host=127.0.0.1,port=9") == 1
+    assert "no TPM answers at 'swtpm:host=127.0.0.1,port=9'" in failure_line(capsys.readouterr().err)
+    assert files_under(site.etc) == [] and files_under(site.var) == []
+
+
+def test_a_tpm_in_lockout_is_one_line_and_nothing_is_written(site, tpm, capsys):
+    from tpm2_pytss import ESAPI
+    esapi = ESAPI(tpm.tcti)
+    esapi.dictionary_attack_parameters(0, 600, 600)  # no tries left: the TPM is in dictionary-attack lockout
+    esapi.close()
+    assert site.provision("--key-store", "tpm", "--tcti", tpm.tcti) == 1
+    assert "is in dictionary-attack lockout" in failure_line(capsys.readouterr().err)
+    assert files_under(site.etc) == [] and files_under(site.var) == []
+
+
+def test_an_owner_hierarchy_password_is_one_line_and_nothing_is_written(site, tpm, capsys):
+    from tpm2_pytss import ESAPI
+    from tpm2_pytss.constants import ESYS_TR
+    esapi = ESAPI(tpm.tcti)
+    esapi.hierarchy_change_auth(ESYS_TR.OWNER, b"set-by-the-integrator")
+    esapi.close()
+    assert site.provision("--key-store", "tpm", "--tcti", tpm.tcti) == 1
+    assert "has an owner hierarchy password" in failure_line(capsys.readouterr().err)
+    assert files_under(site.etc) == [] and files_under(site.var) == []
+
+
+# --- attestation at enrollment: the EK certificate chain, TPM2_Certify, the credential -------------------------
+
+@pytest.fixture(scope="module")
+def tpm_factory(tmp_path_factory):
+    """A TPM 'from the factory' (an EK and its certificate by a local test CA standing in for the maker), made
+    once; each test runs a copy of its state. The CA certificates are what a lender configures to trust."""
+    from tests.kit.swtpm import manufacture, manufacturing_available
+    if not manufacturing_available():
+        pytest.skip("swtpm_setup and swtpm_localca (swtpm-tools) are needed")
+    root = tmp_path_factory.mktemp("tpm-factory")
+    return root / "template", manufacture(root / "template", root / "ca")
+
+
+@pytest.fixture
+def attested_tpm(tpm_factory, tmp_path):
+    import shutil
+    template, cas = tpm_factory
+    shutil.copytree(template, tmp_path / "attested-tpm")
+    with Swtpm(tmp_path / "attested-tpm") as running:
+        yield running, cas
+
+
+def trust(site, cas) -> None:
+    """The lender's list of TPM manufacturer CAs: DATA/enroll/tpm-manufacturers/*.pem."""
+    folder = site.lender.data / "enroll" / "tpm-manufacturers"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "test-maker.pem").write_bytes(b"".join(path.read_bytes() for path in cas))
+
+
+def require_hardware_keys(site, required: bool = True) -> None:
+    (site.lender.data / "enroll" / "policy.toml").write_text(f"require_hardware_key = {str(required).lower()}\n")
+
+
+def listed(site, capsys) -> dict:
+    capsys.readouterr()
+    assert pledgewatch_main(["lender", "devices", "--data", str(site.lender.data), "--json"]) == 0
+    return {row["device"]: row for row in json.loads(capsys.readouterr().out)}
+
+
+def test_an_attested_tpm_gateway_is_enrolled_and_listed_tpm_attested_where_hardware_keys_are_required(
+        site, attested_tpm, capsys):
+    tpm, cas = attested_tpm
+    trust(site, cas)
+    require_hardware_keys(site)
+    site.lender.start()
+    assert site.provision("--key-store", "tpm", "--tcti", tpm.tcti) == 0
+    out = capsys.readouterr().out
+    assert "enrolled" in out and "checked the TPM's attestation" in out
+    # the OSCORE context opened only after the TPM activated the lender's credential: it is installed
+    assert (site.etc / "oscore" / "secret.json").exists()
+    record = json.loads((site.lender.data / "enroll" / "requests" / "gw-0001.json").read_text())
+    assert record["key_storage"] == "tpm-attested" and len(record["ek_certificate_sha256"]) == 64
+    row = listed(site, capsys)["gw-0001"]
+    assert (row["algorithm"], row["key_storage"]) == ("ES256", "tpm-attested")
+    assert pledgewatch_main(["lender", "status", "--data", str(site.lender.data), "--json"]) == 0
+    shown = {s["device"]: s for s in json.loads(capsys.readouterr().out)}
+    assert shown["gw-0001"]["key_storage"] == "tpm-attested"
+
+
+def test_a_lender_requiring_hardware_keys_refuses_a_software_key_and_otherwise_lists_it_software(site, tpm, capsys):
+    require_hardware_keys(site)
+    site.lender.start()
+    assert site.provision() == 1
+    assert "enrolls hardware keys only" in failure_line(capsys.readouterr().err)
+    assert files_under(site.etc) == []
+    require_hardware_keys(site, False)  # the policy is read at each request: no restart
+    assert site.provision() == 0
+    assert listed(site, capsys)["gw-0001"]["key_storage"] == "software"
+    # and a software gateway is not silently switched to the TPM (a new identity needs --rotate)
+    assert site.provision("--key-store", "tpm", "--tcti", tpm.tcti) == 1
+    assert "is a software key already" in failure_line(capsys.readouterr().err)
+    assert "device.keystore" not in files_under(site.etc)
+
+
+def test_a_tpm_without_an_ek_certificate_or_from_an_untrusted_maker_is_refused_where_hardware_keys_are_required(
+        site, tpm, attested_tpm, capsys):
+    require_hardware_keys(site)
+    site.lender.start()
+    assert site.provision("--key-store", "tpm", "--tcti", tpm.tcti) == 1  # swtpm without swtpm_setup: no EK cert
+    assert "enrolls hardware keys only" in failure_line(capsys.readouterr().err)
+    made, _ = attested_tpm  # an EK certificate, but this lender trusts no maker yet
+    assert site.provision("--key-store", "tpm", "--tcti", made.tcti) == 1
+    assert "trusts no TPM manufacturer CA" in failure_line(capsys.readouterr().err)
+    assert files_under(site.etc) == []
+
+
+def test_a_forged_attestation_is_refused_and_another_tpm_cannot_activate_the_credential(attested_tpm, tmp_path,
+                                                                                        tpm_factory):
+    """What the lender's checks catch (lender.enrollment.attestation) and what only credential activation can:
+    a copied EK certificate presented with a key of another TPM."""
+    import dataclasses
+    import os
+    import shutil
+    import time
+
+    from cryptography import x509
+
+    from durable.keystore import activate_credential, attest_tpm_key, create_device_key
+    from lender.enrollment import attestation
+    from telemetry.enrollment import AssetBinding, EnrollmentBody, TpmAttestation, certify_data
+
+    tpm, cas = attested_tpm
+    trusted = [c for path in cas for c in x509.load_pem_x509_certificates(path.read_bytes())]
+    key = create_device_key(tmp_path / "gw", "tpm", tcti=tpm.tcti, handle=0x81010058)
+    try:
+        nonce = os.urandom(16)
+        evidence = TpmAttestation(**attest_tpm_key(key, certify_data("gw-1", nonce)))
+        body = EnrollmentBody("gw-1", "gateway", key.public_key, "tech-ana", {}, AssetBinding("asset-1"),
+                              int(time.time()), nonce, bytes(32), evidence)
+        assert EnrollmentBody.decode(body.encode()) == body
+        credential = attestation.verify(body, trusted)
+        assert activate_credential(key, credential.id_object, credential.encrypted_secret) == credential.secret
+        for changed, why in (
+                (dataclasses.replace(body, nonce=os.urandom(16)), "made for another request"),
+                (dataclasses.replace(body, device="gw-2"), "made for another request"),
+                (dataclasses.replace(body, attestation=dataclasses.replace(
+                    evidence, certify_info=evidence.certify_info[:-1] + bytes([evidence.certify_info[-1] ^ 1]))),
+                 "does not verify|another key|another request"),
+        ):
+            with pytest.raises(attestation.AttestationError, match=why):
+                attestation.verify(changed, trusted)
+        roots_only = [c for c in trusted if c.subject == c.issuer]  # the maker's issuing CA not among them
+        with pytest.raises(attestation.AttestationError, match="does not chain"):
+            attestation.verify(body, roots_only)
+    finally:
+        key.close()
+    # another TPM of the same maker cannot recover the secret of a credential made for this one's EK
+    from tests.kit.swtpm import manufacture
+    manufacture(tmp_path / "other-tpm", tpm_factory[0].parent / "ca")
+    with Swtpm(tmp_path / "other-tpm") as other:
+        stranger = create_device_key(tmp_path / "laptop", "tpm", tcti=other.tcti, handle=0x81010058)
+        try:
+            with pytest.raises(Exception):
+                activate_credential(stranger, credential.id_object, credential.encrypted_secret)  # KeyStoreError
+        finally:
+            stranger.close()
