@@ -335,6 +335,12 @@ def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> object:
                         pos += 1
                         append(0x1F - head)  # -1 - (head - 0x20)
                         continue
+                    if 0x40 <= head < 0x58 and pos + head - 0x3F <= end:  # a short byte string, all there
+                        items_left -= 1
+                        stop = pos + head - 0x3F
+                        append(data[pos + 1:stop])
+                        pos = stop
+                        continue
                 append(item(child))
             return result_list
         if major == 5:
@@ -353,12 +359,36 @@ def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> object:
                         raise fail(f"map key of type {type(key).__name__} is not allowed")
                 if key in result:
                     raise DuplicateKeyError(f"map repeats key {key!r} at byte {key_at}")
-                if inline and items_left > 0 and pos < end and (head := data[pos]) < 0x18:
-                    items_left -= 1
-                    pos += 1
-                    result[key] = head
-                else:
-                    result[key] = item(child)
+                if inline and items_left > 0 and pos < end:
+                    head = data[pos]
+                    if head < 0x18:
+                        items_left -= 1
+                        pos += 1
+                        result[key] = head
+                        continue
+                    if 0x40 <= head < 0x58 and pos + head - 0x3F <= end:  # a short byte string, all there
+                        items_left -= 1
+                        stop = pos + head - 0x3F
+                        result[key] = data[pos + 1:stop]
+                        pos = stop
+                        continue
+                    if 0x60 <= head < 0x78 and pos + head - 0x5F <= end:  # short text, all there and valid UTF-8
+                        stop = pos + head - 0x5F
+                        try:
+                            text = data[pos + 1:stop].decode("utf-8")
+                        except UnicodeDecodeError:
+                            pass  # item() reads it again and says where
+                        else:
+                            items_left -= 1
+                            pos = stop
+                            result[key] = text
+                            continue
+                    if head == 0xF4 or head == 0xF5:
+                        items_left -= 1
+                        pos += 1
+                        result[key] = head == 0xF5
+                        continue
+                result[key] = item(child)
             return result
         # major == 6
         return Tag(value, item(child))

@@ -102,6 +102,9 @@ class Gap:
         return cls(item[GAP_REASON], first, last, count, queued, alarms_dropped)
 
 
+_COUNTER_KEYS = frozenset((COUNT_ALARMS, COUNT_GAPS))
+
+
 @dataclass(frozen=True, slots=True)
 class Counters:
     """Signed cumulative counts (version 2): alarm envelopes and gap records this device has signed, this one included.
@@ -123,8 +126,8 @@ class Counters:
 
     @classmethod
     def from_cbor(cls, item: object) -> Counters:
-        if not isinstance(item, dict) or set(item) != {COUNT_ALARMS, COUNT_GAPS} \
-                or not all(_is_uint(v) for v in item.values()):
+        if not isinstance(item, dict) or item.keys() != _COUNTER_KEYS \
+                or not (_is_uint(item[COUNT_ALARMS]) and _is_uint(item[COUNT_GAPS])):
             raise SchemaError("payload counters (9) must be {1: alarms, 2: gaps}, unsigned integers")
         return cls(item[COUNT_ALARMS], item[COUNT_GAPS])
 
@@ -257,6 +260,10 @@ def seal(
     )
 
 
+_V1_KEYS = frozenset((DEVICE, BOOT, SEQ, PREV, PACK, GAP, CLOCK))
+_V2_KEYS = _V1_KEYS | {VERSION, COUNTERS, TOKEN, BINDING}
+
+
 def decode(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> Envelope:
     """Parse untrusted envelope bytes without checking the signature; raise WireFormatError if malformed."""
     message = parse_sign1(raw, limits)
@@ -277,14 +284,14 @@ def decode(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> Envelope:
     if PACK not in body:
         raise SchemaError("payload has no SenML pack (5)")
     version = body.get(VERSION, LEGACY_VERSION)
-    known = {DEVICE, BOOT, SEQ, PREV, PACK, GAP, CLOCK}
+    known = _V1_KEYS
     if VERSION in body:
         if version not in (CURRENT_VERSION, NODE_VERSION):
             raise SchemaError(f"payload version (8) {version!r} is not one this lender reads (1, 2 or 3)")
         if COUNTERS not in body:
             raise SchemaError(f"a version {version} payload must carry its counters (9)")
-        known |= {VERSION, COUNTERS, TOKEN, BINDING}
-    unknown = set(body) - known
+        known = _V2_KEYS
+    unknown = None if body.keys() <= known else set(body) - known
     if unknown:
         raise SchemaError(f"payload has unknown keys {sorted(unknown, key=repr)}")
     clock = body.get(CLOCK)
