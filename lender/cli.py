@@ -119,6 +119,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="also serve the web console here, in the same process (see `lender web`)")
     p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                    help="worker processes on the one port (SO_REUSEPORT; needs --store postgresql://...)")
+    p.add_argument("--require-hardware-key", action="store_true", default=None,
+                   help="enroll only device keys a TPM attests (the same as require_hardware_key = true in "
+                        "DATA/enroll/policy.toml, which applies without the option)")
     _console_options(p)
 
     p = command("migrate", _migrate, "bring the store's schema up to this program's version; with --from DIR "
@@ -278,7 +281,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     async def serve() -> None:
         server = LenderServer(args.data, bind=bind, insecure=args.insecure, max_body=args.max_body,
-                              store_url=args.store)
+                              store_url=args.store, require_hardware_key=args.require_hardware_key)
         await server.start()
         console = await _start_console(args, args.http) if args.http else None
         stop = asyncio.Event()
@@ -314,7 +317,7 @@ def _serve_workers(args: argparse.Namespace, bind: tuple[str, int]) -> int:
     if args.http:
         raise ServeError("--http serves the console from one process; with --workers run `lender web` beside them")
     config = WorkerConfig(args.data, args.store, bind, args.insecure, args.max_body,
-                          logging.getLogger().getEffectiveLevel())
+                          logging.getLogger().getEffectiveLevel(), args.require_hardware_key)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

@@ -121,8 +121,10 @@ class LenderServer:
         store_url: str | None = None,
         reuse_port: bool = False,
         gate_policy: gate.GatePolicy = gate.GatePolicy(),
+        require_hardware_key: bool | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.require_hardware_key = require_hardware_key  # True: enroll TPM-attested keys only; None: DATA's policy
         self.gate = gate.DatagramGate(gate_policy)
         self.store_url = store_url
         self.reuse_port = reuse_port
@@ -172,7 +174,8 @@ class LenderServer:
             site.add_resource((".well-known", "core"), WKCResource(site.get_resources_as_linkheader))
             protected = oscore.protected_site(gate.TrustAuthenticated(site, self.gate, self.credentials.device_of),
                                               self.credentials, insecure=self.insecure)
-            routes, prefixes = enrollment_routes(self._strangers, self.data_dir)
+            routes, prefixes = enrollment_routes(self._strangers, self.data_dir,
+                                                 require_hardware_key=self.require_hardware_key)
             routes.update(node_routes(self._thread, self.store, key, self._strangers))
             root = RegistryWatch(PlainRoutes(protected, routes, prefixes), self._refresh)
             try:

@@ -50,6 +50,7 @@ class WorkerConfig:
     insecure: bool = False
     max_body: int = 64 * 1024
     log_level: int = logging.WARNING
+    require_hardware_key: bool | None = None   # serve --require-hardware-key (None: DATA/enroll/policy.toml)
 
 
 def _worker_main(config: WorkerConfig, index: int, ready) -> None:
@@ -65,7 +66,8 @@ def _worker_main(config: WorkerConfig, index: int, ready) -> None:
 
     async def serve() -> None:
         server = LenderServer(config.data_dir, bind=config.bind, insecure=config.insecure, max_body=config.max_body,
-                              store_url=config.store_url, reuse_port=True)
+                              store_url=config.store_url, reuse_port=True,
+                              require_hardware_key=config.require_hardware_key)
         try:
             await server.start()
         except Exception as exc:
@@ -126,7 +128,8 @@ class WorkerGroup:
 
     def _launch(self, index: int) -> None:
         config = WorkerConfig(self.config.data_dir, self.config.store_url, (self.config.bind[0], self.port),
-                              self.config.insecure, self.config.max_body, self.config.log_level)
+                              self.config.insecure, self.config.max_body, self.config.log_level,
+                              self.config.require_hardware_key)
         receiver, sender = self._mp.Pipe(duplex=False)
         process = self._mp.Process(target=_worker_main, args=(config, index, sender), name=f"lender-worker-{index}",
                                    daemon=True)

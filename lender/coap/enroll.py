@@ -117,10 +117,12 @@ def requesting_technician(body: bytes) -> str | None:
         return None
 
 
-def enrollment_routes(lane: StrangersLane, data_dir) -> tuple[dict, dict]:
+def enrollment_routes(lane: StrangersLane, data_dir, *, require_hardware_key: bool | None = None
+                      ) -> tuple[dict, dict]:
     """The plain-CoAP routes and route prefixes lender.server puts in front of the OSCORE site: (routes, prefixes).
-    The desk works on `lane`'s own store connection."""
-    desk = EnrollmentDesk(data_dir, lane.store)
+    The desk works on `lane`'s own store connection; `require_hardware_key` True enrolls TPM-attested keys only
+    (None: as DATA/enroll/policy.toml says)."""
+    desk = EnrollmentDesk(data_dir, lane.store, require_hardware_key=require_hardware_key)
     routes = {PATH_ENROLL: DeskResource(lane, PATH_ENROLL, desk.enroll, MAX_REQUEST, enrolling_device),
               PATH_INSTALLATIONS: DeskResource(lane, PATH_INSTALLATIONS, desk.report, MAX_REPORT, reporting_device),
               PATH_SITES: DeskResource(lane, PATH_SITES, desk.site, MAX_REQUEST, requesting_technician)}

@@ -196,12 +196,15 @@ def test_an_attested_tpm_gateway_is_enrolled_and_listed_tpm_attested_where_hardw
 
 
 def test_a_lender_requiring_hardware_keys_refuses_a_software_key_and_otherwise_lists_it_software(site, tpm, capsys):
-    require_hardware_keys(site)
+    plain = site.lender.argv
+    site.lender.argv = plain + ("--require-hardware-key",)  # lender serve --require-hardware-key
     site.lender.start()
     assert site.provision() == 1
     assert "enrolls hardware keys only" in failure_line(capsys.readouterr().err)
     assert files_under(site.etc) == []
-    require_hardware_keys(site, False)  # the policy is read at each request: no restart
+    site.lender.stop()
+    site.lender.argv = plain  # without the option (and no policy file): software keys are enrolled, labelled so
+    site.lender.start()
     assert site.provision() == 0
     assert listed(site, capsys)["gw-0001"]["key_storage"] == "software"
     # and a software gateway is not silently switched to the TPM (a new identity needs --rotate)
