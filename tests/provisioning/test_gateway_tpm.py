@@ -213,16 +213,27 @@ def test_a_lender_requiring_hardware_keys_refuses_a_software_key_and_otherwise_l
     assert "device.keystore" not in files_under(site.etc)
 
 
-def test_a_tpm_without_an_ek_certificate_or_from_an_untrusted_maker_is_refused_where_hardware_keys_are_required(
+def test_a_tpm_without_an_ek_certificate_or_an_untrusted_maker_is_refused_and_an_offline_attested_request_submitted(
         site, tpm, attested_tpm, capsys):
     require_hardware_keys(site)
     site.lender.start()
     assert site.provision("--key-store", "tpm", "--tcti", tpm.tcti) == 1  # swtpm without swtpm_setup: no EK cert
     assert "enrolls hardware keys only" in failure_line(capsys.readouterr().err)
-    made, _ = attested_tpm  # an EK certificate, but this lender trusts no maker yet
+    made, cas = attested_tpm  # an EK certificate, but this lender trusts no maker yet
     assert site.provision("--key-store", "tpm", "--tcti", made.tcti) == 1
     assert "trusts no TPM manufacturer CA" in failure_line(capsys.readouterr().err)
     assert files_under(site.etc) == []
+    # the lender's staff add the maker; the gateway, offline now, keeps its attested request for later...
+    trust(site, cas)
+    assert site.provision("--key-store", "tpm", "--tcti", made.tcti, "--lender", "coap://127.0.0.1:9") == 0
+    assert "pending" in capsys.readouterr().out
+    # ...and `provision submit` on the gateway sends it and installs the answer: the TPM activates the credential
+    request = site.var / "enrollment" / "request.cbor"
+    code = pledgewatch_main(["provision", "submit", str(request), "--config", str(site.etc / "agent.toml"),
+                             "--profile", str(site.profile.path), "--user", "root"])
+    assert code == 0, capsys.readouterr().err
+    assert (site.etc / "oscore" / "secret.json").exists() and not request.exists()
+    assert listed(site, capsys)["gw-0001"]["key_storage"] == "tpm-attested"
 
 
 def test_a_forged_attestation_is_refused_and_another_tpm_cannot_activate_the_credential(attested_tpm, tmp_path,
