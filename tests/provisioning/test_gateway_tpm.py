@@ -193,6 +193,15 @@ def test_an_attested_tpm_gateway_is_enrolled_and_listed_tpm_attested_where_hardw
     assert pledgewatch_main(["lender", "status", "--data", str(site.lender.data), "--json"]) == 0
     shown = {s["device"]: s for s in json.loads(capsys.readouterr().out)}
     assert shown["gw-0001"]["key_storage"] == "tpm-attested"
+    # the enrollment in the lender's log (the attested version 2 request) verifies offline from a bundle
+    bundle = site.root / "gw-0001.bundle.json"
+    assert pledgewatch_main(["lender", "export", "--data", str(site.lender.data), "--device", "gw-0001",
+                             "--format", "bundle", "--output", str(bundle)]) == 0
+    assert pledgewatch_main(["lender", "key", "--data", str(site.lender.data)]) == 0
+    lender_key = capsys.readouterr().out.strip().splitlines()[-1]
+    code = pledgewatch_main(["lender", "verify", str(bundle), "--lender-key", lender_key, "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["ok"], report
 
 
 def test_a_lender_requiring_hardware_keys_refuses_a_software_key_and_otherwise_lists_it_software(site, tpm, capsys):
