@@ -295,3 +295,33 @@ def test_a_forged_attestation_is_refused_and_another_tpm_cannot_activate_the_cre
                 activate_credential(stranger, credential.id_object, credential.encrypted_secret)  # KeyStoreError
         finally:
             stranger.close()
+
+
+def test_rotating_a_tpm_key_retires_its_description_and_replaces_the_key_in_the_tpm(site, tpm, capsys):
+    from durable.keystore import open_device_key
+    from durable.exc import TpmKeyMismatchError
+
+    assert site.provision("--key-store", "tpm", "--tcti", tpm.tcti) == 0  # no lender yet: pending
+    first = json.loads((site.etc / "device.keystore").read_text())
+    assert site.provision("--key-store", "tpm", "--tcti", tpm.tcti, "--rotate") == 0
+    assert "(rotated, ES256 in the TPM)" in capsys.readouterr().out
+    second = json.loads((site.etc / "device.keystore").read_text())
+    retired = [p for p in site.etc.iterdir() if p.name.startswith("device.keystore.retired-")]
+    assert second["public_key_hex"] != first["public_key_hex"] and len(retired) == 1
+    assert json.loads(retired[0].read_text())["public_key_hex"] == first["public_key_hex"]
+    key = open_device_key(site.etc, kind="tpm")  # the handle holds the new key...
+    key.close()
+    assert key.public_key.hex() == second["public_key_hex"]
+    with pytest.raises(TpmKeyMismatchError):  # ...and the old one is gone from the chip
+        _open_described(retired[0])
+
+
+def _open_described(path):
+    """Open the key a (retired) description names, as the agent would."""
+    import shutil
+    import tempfile
+
+    from durable.keystore import KEYSTORE_FILE, open_device_key
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copy(path, f"{folder}/{KEYSTORE_FILE}")
+        return open_device_key(folder, kind="tpm")
