@@ -232,6 +232,7 @@ def encode_labelled(items: list[tuple[int, object]]) -> bytes:
 
 
 _SHORTEST_FLOOR = {24: 24, 25: 0x100, 26: 0x10000, 27: 0x100000000}
+_FLOAT_HEADS = {0xF9: (_F16.unpack_from, 2), 0xFA: (_F32.unpack_from, 4), 0xFB: (_F64.unpack_from, 8)}
 
 
 def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> object:
@@ -388,6 +389,22 @@ def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> object:
                         pos += 1
                         result[key] = head == 0xF5
                         continue
+                    if 0x18 <= head <= 0x1B:  # an unsigned integer with its bytes, all there and shortest
+                        stop = pos + 1 + (1 << (head - 0x18))
+                        if stop <= end:
+                            number = int.from_bytes(data[pos + 1:stop], "big")
+                            if number >= _SHORTEST_FLOOR[head]:
+                                items_left -= 1
+                                pos = stop
+                                result[key] = number
+                                continue
+                    elif head in _FLOAT_HEADS:  # a half, single or double, all there
+                        unpack, width = _FLOAT_HEADS[head]
+                        if pos + 1 + width <= end:
+                            items_left -= 1
+                            result[key] = unpack(data, pos + 1)[0]
+                            pos += 1 + width
+                            continue
                 result[key] = item(child)
             return result
         # major == 6

@@ -232,7 +232,8 @@ def seal(
         body.append((CLOCK, clock.to_cbor()))
     if counters is not None:
         body += [(VERSION, NODE_VERSION if compact else CURRENT_VERSION),
-                 (COUNTERS, counters.to_compact() if compact else counters.to_cbor())]
+                 (COUNTERS, counters.to_compact() if compact else  # == counters.to_cbor(), encoded directly
+                  cbor.Encoded(cbor.encode_labelled([(COUNT_ALARMS, counters.alarms), (COUNT_GAPS, counters.gaps)])))]
         if token is not None:
             body.append((TOKEN, check_token_shape(token)))
         if binding is not None:

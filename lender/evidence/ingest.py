@@ -122,7 +122,8 @@ def binding_violation(envelope: Envelope, device: Device | None) -> str | None:
             f"{device.binding.hex()}")
 
 
-def chain_violation(envelope: Envelope, before: StoredEnvelope | None, after: StoredEnvelope | None) -> str | None:
+def chain_violation(envelope: Envelope, before: StoredEnvelope | Envelope | None, after: StoredEnvelope | None
+                    ) -> str | None:
     """Why `envelope` cannot sit between its stored neighbours seq-1 (`before`) and seq+1 (`after`), or None.
 
     Only links whose both ends are stored are checked: a missing neighbour is a
@@ -245,6 +246,9 @@ class Ingest:
         already: list[int] = []
         refused: list[Refusal] = []
         rows: dict[str, Device | None] = {}  # registry rows, read once per batch
+        # what this batch stored, by (device, seq): the row seq-1's check would read back, known already (a batch is
+        # usually one device's run of seqs); chain_violation reads its seq, boot and digest, which are the envelope's
+        just_stored: dict[tuple[str, int], Envelope] = {}
         with self.store.transaction():
             for index, (raw, verdict) in enumerate(zip(items, verdicts)):
                 envelope = verdict.envelope
@@ -269,13 +273,15 @@ class Ingest:
                 if unbound is not None:
                     refused.append(self._refuse(index, Reason.BINDING, unbound, raw, envelope, peer, received_at, True))
                     continue
-                before = self.store.envelope(envelope.device, envelope.seq - 1) if envelope.seq > 0 else None
+                before = None if envelope.seq <= 0 else just_stored.get((envelope.device, envelope.seq - 1)) \
+                    or self.store.envelope(envelope.device, envelope.seq - 1)
                 after = self.store.envelope(envelope.device, envelope.seq + 1) if envelope.seq < INT64_MAX else None
                 problem = chain_violation(envelope, before, after)
                 if problem is not None:
                     refused.append(self._refuse(index, Reason.CHAIN, problem, raw, envelope, peer, received_at, True))
                 elif self.store.insert_envelope(envelope, received_at=received_at, peer=peer):
                     stored.append(envelope.seq)
+                    just_stored[envelope.device, envelope.seq] = envelope
                 else:  # cannot happen inside the exclusive transaction; said plainly if a backend breaks that
                     already.append(envelope.seq)
         if whole is not None:
