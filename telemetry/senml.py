@@ -203,7 +203,7 @@ def records_from_cbor(pack: object) -> tuple[Record, ...]:
         if not isinstance(item, dict):
             raise SenMLError(f"SenML record {index} is a {type(item).__name__}, not a map")
         for label in item:
-            if isinstance(label, str) and label.endswith("_"):
+            if type(label) is not int and isinstance(label, str) and label.endswith("_"):
                 raise SenMLError(f"SenML record {index} has must-understand field {label!r}, which is not supported")
         # a label is checked by _field only when present (most of a record's labels are absent: a hot path)
         get = item.get
@@ -235,8 +235,9 @@ def records_from_cbor(pack: object) -> tuple[Record, ...]:
         if time is not None or base_time is not None:
             time = (base_time or 0) + (time or 0)
         update_time = None if get(UT) is None else _field(item, UT, float, index)
-        for label, number in (("value", value), ("sum", total), ("time", time), ("update time", update_time)):
-            _check_finite(number, label, index)
+        if float in (type(value), type(total), type(time), type(update_time)):  # only a float can be non-finite
+            for label, number in (("value", value), ("sum", total), ("time", time), ("update time", update_time)):
+                _check_finite(number, label, index)
         records.append(
             Record(
                 name=name,
