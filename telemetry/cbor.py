@@ -103,6 +103,16 @@ def bstr_head(length: int) -> bytes:
     return _TINY_HEADS[2][length] if length < 24 else _head(2, length)
 
 
+def map_head(length: int) -> bytes:
+    """The head of a map of `length` pairs."""
+    return _TINY_HEADS[5][length] if length < 24 else _head(5, length)
+
+
+def encode_into(obj: object, out: list[bytes]) -> None:
+    """Append the deterministic encoding of `obj` to `out`, in pieces (`b"".join(out)` is the encoding)."""
+    _item(obj, out.append, out)
+
+
 def array_head(length: int) -> bytes:
     """The head of an array of `length` items."""
     return _TINY_HEADS[4][length] if length < 24 else _head(4, length)

@@ -134,46 +134,85 @@ def pack_to_cbor(records: list[Record] | tuple[Record, ...]) -> list[dict]:
     return out
 
 
+_KEYS = {label: cbor.encode(label) for label in (N, U, V, VS, VB, S, T, UT, VD, BN, BT, BU)}
+_K_N, _K_U, _K_V, _K_VS, _K_VB, _K_S, _K_T, _K_UT, _K_VD, _K_BN, _K_BT, _K_BU = (
+    _KEYS[label] for label in (N, U, V, VS, VB, S, T, UT, VD, BN, BT, BU))
+_BASE_NAMES: dict[tuple[str, ...], str] = {}  # a device's packs name the same sensors again and again
+
+
 def encode_pack(records: list[Record] | tuple[Record, ...]) -> cbor.Encoded:
     """`cbor.encode(pack_to_cbor(records))`, built directly: each record's labels are written in their deterministic
     order (0 n, 1 u, 2 v, 3 vs, 4 vb, 5 s, 6 t, 7 ut, 8 vd, then -2 bn, -3 bt, -4 bu) with no maps to sort. The agent
     seals one per envelope; the same compaction rule as `pack_to_cbor`."""
     if not records:
         return cbor.Encoded(b"\x80")
-    base_name = _base_name([r.name for r in records])
+    names = tuple([r.name for r in records])
+    base_name = _BASE_NAMES.get(names)
+    if base_name is None:
+        base_name = _base_name(list(names))
+        if len(_BASE_NAMES) >= 256:
+            _BASE_NAMES.clear()
+        _BASE_NAMES[names] = base_name
     units = {r.unit for r in records}
     base_unit = units.pop() if len(records) >= 2 and len(units) == 1 else None
     base_time = records[0].time
     if any((r.time is None) != (base_time is None) for r in records):
         raise ValueError("either every record of a pack has a time or none has (a base time applies to all)")
     cut = len(base_name)
+    encode_into = cbor.encode_into
     out = [cbor.array_head(len(records))]
     for index, record in enumerate(records):
-        item: list = [(N, record.name[cut:])]
+        body = [_K_N]
+        count = 1
+        put = body.append
+        encode_into(record.name[cut:], body)
         if record.unit is not None and base_unit is None:
-            item.append((U, record.unit))
+            put(_K_U)
+            count += 1
+            encode_into(record.unit, body)
         if record.value is not None:
-            item.append((V, record.value))
+            put(_K_V)
+            count += 1
+            encode_into(record.value, body)
         if record.string is not None:
-            item.append((VS, record.string))
+            put(_K_VS)
+            count += 1
+            encode_into(record.string, body)
         if record.boolean is not None:
-            item.append((VB, record.boolean))
+            put(_K_VB)
+            count += 1
+            encode_into(record.boolean, body)
         if record.sum is not None:
-            item.append((S, record.sum))
+            put(_K_S)
+            count += 1
+            encode_into(record.sum, body)
         if record.time is not None and record.time != base_time:
-            item.append((T, record.time - base_time))
+            put(_K_T)
+            count += 1
+            encode_into(record.time - base_time, body)
         if record.update_time is not None:
-            item.append((UT, record.update_time))
+            put(_K_UT)
+            count += 1
+            encode_into(record.update_time, body)
         if record.data is not None:
-            item.append((VD, record.data))
+            put(_K_VD)
+            count += 1
+            encode_into(record.data, body)
         if index == 0:
             if base_name:
-                item.append((BN, base_name))
+                put(_K_BN)
+                count += 1
+                encode_into(base_name, body)
             if base_time is not None:
-                item.append((BT, base_time))
+                put(_K_BT)
+                count += 1
+                encode_into(base_time, body)
             if base_unit is not None:
-                item.append((BU, base_unit))
-        out.append(cbor.encode_labelled(item))
+                put(_K_BU)
+                count += 1
+                encode_into(base_unit, body)
+        out.append(cbor.map_head(count))
+        out += body
     return cbor.Encoded(b"".join(out))
 
 
