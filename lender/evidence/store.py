@@ -273,53 +273,13 @@ class EvidenceStore(Registry, Protocol):
         """The stored envelope (device, seq), or None."""
 
     def insert_envelope(self, envelope: Envelope, *, received_at: float, peer: str) -> bool:
-        if envelope.seq > INT64_MAX or envelope.boot > INT64_MAX:
-            raise ValueError("seq and boot above 2**63-1 cannot be stored (ingest refuses them first)")
-        try:
-            if self._depth:  # inside the caller's transaction (ingest's batch): no nested context to enter
-                return self._insert_envelope(envelope, received_at, peer)
-            with self.transaction():
-                return self._insert_envelope(envelope, received_at, peer)
-        except sqlite3.Error as exc:
-            raise _wrap(exc, f"cannot store {envelope.device} seq {envelope.seq} in {self.path}") from exc
+        """Store a verified envelope with its records and gap record; False if (device, seq) is taken."""
 
-    def _insert_envelope(self, envelope: Envelope, received_at: float, peer: str) -> bool:
-        gap, counters = envelope.gap, envelope.counters
-        alarm_records = carries_alarm(envelope.records)
-        index = None if self.log is None else self.log.size
-        inserted = self._conn.execute(
-            "INSERT INTO envelopes (device, seq, boot, kid, digest, prev, raw, alarm, gap_reason,"
-            " received_at, peer, version, alarm_records, alarm_count, gap_count, token, binding, log_index)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (device, seq) DO NOTHING",
-            (envelope.device, envelope.seq, envelope.boot, envelope.kid, envelope.digest, envelope.prev,
-             envelope.raw, int(gap is not None or alarm_records), None if gap is None else gap.reason, received_at,
-             peer, envelope.version, int(alarm_records),  # int(envelope.alarm): a gap record or alarm records
-             None if counters is None else _sql_int(counters.alarms),
-             None if counters is None else _sql_int(counters.gaps), envelope.token, envelope.binding, index),
-        ).rowcount
-        if not inserted:
-            return False
-        if self.log is not None:
-            self.log.append_envelope(envelope.device, envelope.seq, received_at, envelope.raw)
-        self._conn.executemany(
-            "INSERT INTO records (device, seq, idx, name, value, string, boolean, data, sum, unit, time, at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (envelope.device, envelope.seq, index, r.name, _sql_number(r.value), r.string,
-                 None if r.boolean is None else int(r.boolean), r.data, _sql_number(r.sum), r.unit,
-                 _sql_number(r.time), float(r.time) if r.time is not None else received_at)
-                for index, r in enumerate(envelope.records)
-            ],
-        )
-        if gap is not None:
-            self._conn.execute(
-                "INSERT INTO gap_records (device, seq, reason, first_seq, last_seq, count)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (envelope.device, envelope.seq, gap.reason, _sql_int(gap.first), _sql_int(gap.last),
-                 _sql_int(gap.count)),
-            )
-        return True
+    def quarantine(self, rejection: Refused) -> bool:
+        """Keep a refused item; False if the quarantine is full (for junk: `JUNK_SHARE` of it) and it was only counted."""
+
+    def count_refusals(self, counts: Mapping[tuple[str, int], tuple[int, float, float]]) -> None:
+        """Count refusals that were not kept (junk sampled out), by (kind, reason): (how many, first, last seen)."""
 
     def envelopes(self, device: str) -> Iterator[StoredEnvelope]:
         """A device's stored envelopes by seq."""
@@ -662,44 +622,50 @@ class SQLiteStore:
     def insert_envelope(self, envelope: Envelope, *, received_at: float, peer: str) -> bool:
         if envelope.seq > INT64_MAX or envelope.boot > INT64_MAX:
             raise ValueError("seq and boot above 2**63-1 cannot be stored (ingest refuses them first)")
-        gap, counters = envelope.gap, envelope.counters
         try:
+            if self._depth:  # inside the caller's transaction (ingest's batch): no nested context to enter
+                return self._insert_envelope(envelope, received_at, peer)
             with self.transaction():
-                index = None if self.log is None else self.log.size
-                inserted = self._conn.execute(
-                    "INSERT INTO envelopes (device, seq, boot, kid, digest, prev, raw, alarm, gap_reason,"
-                    " received_at, peer, version, alarm_records, alarm_count, gap_count, token, binding, log_index)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                    " ON CONFLICT (device, seq) DO NOTHING",
-                    (envelope.device, envelope.seq, envelope.boot, envelope.kid, envelope.digest, envelope.prev,
-                     envelope.raw, int(envelope.alarm), None if gap is None else gap.reason, received_at, peer,
-                     envelope.version, int(carries_alarm(envelope.records)),
-                     None if counters is None else _sql_int(counters.alarms),
-                     None if counters is None else _sql_int(counters.gaps), envelope.token, envelope.binding, index),
-                ).rowcount
-                if not inserted:
-                    return False
-                if self.log is not None:
-                    self.log.append_envelope(envelope.device, envelope.seq, received_at, envelope.raw)
-                self._conn.executemany(
-                    "INSERT INTO records (device, seq, idx, name, value, string, boolean, data, sum, unit, time, at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (envelope.device, envelope.seq, index, r.name, _sql_number(r.value), r.string,
-                         None if r.boolean is None else int(r.boolean), r.data, _sql_number(r.sum), r.unit,
-                         _sql_number(r.time), float(r.time) if r.time is not None else received_at)
-                        for index, r in enumerate(envelope.records)
-                    ],
-                )
-                if gap is not None:
-                    self._conn.execute(
-                        "INSERT INTO gap_records (device, seq, reason, first_seq, last_seq, count)"
-                        " VALUES (?, ?, ?, ?, ?, ?)",
-                        (envelope.device, envelope.seq, gap.reason, _sql_int(gap.first), _sql_int(gap.last),
-                         _sql_int(gap.count)),
-                    )
+                return self._insert_envelope(envelope, received_at, peer)
         except sqlite3.Error as exc:
             raise _wrap(exc, f"cannot store {envelope.device} seq {envelope.seq} in {self.path}") from exc
+
+    def _insert_envelope(self, envelope: Envelope, received_at: float, peer: str) -> bool:
+        gap, counters = envelope.gap, envelope.counters
+        alarm_records = carries_alarm(envelope.records)
+        index = None if self.log is None else self.log.size
+        inserted = self._conn.execute(
+            "INSERT INTO envelopes (device, seq, boot, kid, digest, prev, raw, alarm, gap_reason,"
+            " received_at, peer, version, alarm_records, alarm_count, gap_count, token, binding, log_index)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (device, seq) DO NOTHING",
+            (envelope.device, envelope.seq, envelope.boot, envelope.kid, envelope.digest, envelope.prev,
+             envelope.raw, int(gap is not None or alarm_records), None if gap is None else gap.reason, received_at,
+             peer, envelope.version, int(alarm_records),  # int(envelope.alarm): a gap record or alarm records
+             None if counters is None else _sql_int(counters.alarms),
+             None if counters is None else _sql_int(counters.gaps), envelope.token, envelope.binding, index),
+        ).rowcount
+        if not inserted:
+            return False
+        if self.log is not None:
+            self.log.append_envelope(envelope.device, envelope.seq, received_at, envelope.raw)
+        self._conn.executemany(
+            "INSERT INTO records (device, seq, idx, name, value, string, boolean, data, sum, unit, time, at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (envelope.device, envelope.seq, index, r.name, _sql_number(r.value), r.string,
+                 None if r.boolean is None else int(r.boolean), r.data, _sql_number(r.sum), r.unit,
+                 _sql_number(r.time), float(r.time) if r.time is not None else received_at)
+                for index, r in enumerate(envelope.records)
+            ],
+        )
+        if gap is not None:
+            self._conn.execute(
+                "INSERT INTO gap_records (device, seq, reason, first_seq, last_seq, count)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (envelope.device, envelope.seq, gap.reason, _sql_int(gap.first), _sql_int(gap.last),
+                 _sql_int(gap.count)),
+            )
         return True
 
     def envelopes(self, device: str) -> Iterator[StoredEnvelope]:
