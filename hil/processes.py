@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -130,10 +131,28 @@ def _copy_output(stream, log_path: Path) -> None:
 
 
 def free_udp_port() -> int:
-    """A UDP port on 127.0.0.1 that nothing uses right now (for a lender whose address must be known before it starts)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A UDP port on 127.0.0.1 that nothing uses right now (for a lender whose address must be known before it starts).
+
+    Drawn below the kernel's ephemeral range: a port from bind(0) lies inside it, where any process's next client
+    socket may take it before the lender binds it (seen in make test as "address already in use").
+    """
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = random.randrange(max(1024, low - 12_000), low)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise BenchError(f"no free UDP port on 127.0.0.1 below the ephemeral range ({low})")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def run_cli(args: Sequence[str], *, timeout: float = 60.0, env: Mapping[str, str] | None = None) -> str:

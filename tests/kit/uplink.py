@@ -9,7 +9,6 @@ both ways; it can drop requests or responses to make a real timeout.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import aiocoap
 import aiocoap.resource as resource
 from aiocoap.numbers import codes
 
+from hil.processes import free_udp_port
 from lender.enrollment.contexts import LenderCredentials, protected_site
 from telemetry import GENESIS, Envelope, Identity, Record, cbor, seal
 from telemetry.envelope import decode as decode_envelope
@@ -42,12 +42,6 @@ def chain(count: int, *, first_seq: int = 1, alarms: frozenset[int] = frozenset(
         out.append(envelope)
         prev = envelope.digest
     return out
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
