@@ -116,8 +116,58 @@ def _sign1_parts(data: bytes, limits: Limits) -> list:
     return parts
 
 
+# The fast path's framing: tag 18, an array of 4, the 13-byte protected header {1: alg, 4: kid} in its deterministic
+# encoding (so its first 8 bytes name the algorithm), then the unprotected map {} at byte 16, the payload's head at 17.
+_SIGN1_PREFIXES = {
+    b"\xd2\x84" + bstr_head + header[:-KID_BYTES]: algorithm
+    for algorithm in SIGN1_ALGORITHMS
+    for header in (cbor.encode({HEADER_ALG: algorithm, HEADER_KID: bytes(KID_BYTES)}),)
+    for bstr_head in (cbor.bstr_head(len(header)),)
+}
+_SIGN1_KID_AT = 3 + 5            # tag, array, bstr head, then a2 01 alg 04 48
+_SIGN1_PAYLOAD_AT = _SIGN1_KID_AT + KID_BYTES + 1   # after the kid and the empty unprotected map (a0)
+_SIGNATURE_HEAD = cbor.bstr_head(SIGNATURE_BYTES)
+_SIGN1_SHORTEST = _SIGN1_PAYLOAD_AT + 1 + len(_SIGNATURE_HEAD) + SIGNATURE_BYTES   # an empty payload
+_PAYLOAD_HEAD_WIDTHS = {0x58: (1, 24), 0x59: (2, 0x100), 0x5A: (4, 0x10000)}  # head: (length bytes, shortest floor)
+
+
+def _fast_limits(limits: object) -> bool:
+    """Whether `limits` lets the generic decoder read the fast path's framing (6 items, 2 levels deep)."""
+    return (type(limits) is Limits and type(limits.max_bytes) is int and type(limits.max_depth) is int
+            and type(limits.max_items) is int and limits.max_depth >= 2 and limits.max_items >= 6)
+
+
 def parse_sign1(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Sign1:
-    """Parse untrusted bytes as a COSE_Sign1 {1: -8 or -7, 4: kid} with an empty unprotected map; SchemaError otherwise."""
+    """Parse untrusted bytes as a COSE_Sign1 {1: -8 or -7, 4: kid} with an empty unprotected map; SchemaError otherwise.
+
+    The common message (exact bytes, deterministic signer header, empty unprotected map, shortest heads, nothing
+    trailing) is read by its fixed framing; anything else, accepted or refused, goes through `parse_sign1_generic`,
+    whose result the fast path reproduces exactly (tests/telemetry/test_cose_fast_path.py compares the two)."""
+    if (type(data) is bytes and (limits is DEFAULT_LIMITS or _fast_limits(limits))
+            and _SIGN1_SHORTEST <= len(data) <= limits.max_bytes):
+        algorithm = _SIGN1_PREFIXES.get(data[:_SIGN1_KID_AT])
+        if algorithm is not None and data[_SIGN1_PAYLOAD_AT - 1] == 0xA0:
+            head = data[_SIGN1_PAYLOAD_AT]
+            start = _SIGN1_PAYLOAD_AT + 1
+            if 0x40 <= head < 0x58:
+                length = head - 0x40
+            elif head in _PAYLOAD_HEAD_WIDTHS:
+                width, floor = _PAYLOAD_HEAD_WIDTHS[head]
+                length = int.from_bytes(data[start:start + width], "big")
+                start += width
+                if length < floor:
+                    length = -1
+            else:
+                length = -1
+            stop = start + length
+            if length >= 0 and stop + 2 + SIGNATURE_BYTES == len(data) and data[stop:stop + 2] == _SIGNATURE_HEAD:
+                return Sign1(data[_SIGN1_KID_AT:_SIGN1_KID_AT + KID_BYTES], data[3:_SIGN1_KID_AT + KID_BYTES],
+                             data[start:stop], data[stop + 2:], algorithm)
+    return parse_sign1_generic(data, limits)
+
+
+def parse_sign1_generic(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Sign1:
+    """`parse_sign1` by the generic decoder: for every input the fast path does not take, and its test's reference."""
     protected, unprotected, payload, signature = _sign1_parts(data, limits)
     if not isinstance(protected, bytes) or not isinstance(payload, bytes) or not isinstance(signature, bytes):
         raise SchemaError("COSE_Sign1 protected header, payload and signature must be byte strings")
