@@ -111,6 +111,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--pace", type=float, default=0.01, metavar="SECONDS",
                    help="pause after each 256 bytes sent (default 0.01, as pyboard.py; 0 for a fast USB-CDC board)")
     p.add_argument("--rotate", action="store_true", help="give the node a new key")
+    p.add_argument("--leave-unlocked", action="store_true",
+                   help="do not lock the node's USB REPL (bench boards only: its key stays readable over USB)")
     p.add_argument("--save-request", type=Path, metavar="FILE",
                    help="where to keep the request when the lender cannot be reached (default ./DEVICE.request.cbor)")
     p.add_argument("--timeout", type=float, default=20.0)

@@ -42,6 +42,10 @@ class NoRawReplError(RawReplError, TimeoutError):
     """The device on the port does not answer the raw REPL (not MicroPython, busy, or wrong port)."""
 
 
+class NodeLockedError(NoRawReplError):
+    """The node's firmware locked its USB REPL (firmware/src/lib/lock.py): erase it and provision a new identity."""
+
+
 class DeviceCodeError(RawReplError, RuntimeError):
     """Code sent to the board raised an exception there; `device_traceback` holds the board's traceback."""
 

@@ -26,7 +26,14 @@ node's MicroPython raw REPL (provisioning.rawrepl):
    removed: the node is as it was. If the lender cannot be reached, the node
    is installed without a context (its envelopes wait in its outbox) and the
    request is saved for ``pledgewatch provision submit``, with the one-time
-   key beside it (``*.response.key``, 0600) to open the answer.
+   key beside it (``*.response.key``, 0600) to open the answer;
+5. last, once the node has its context, ``node.locked`` is written and the
+   node reset: its boot.py (firmware/src/lib/lock.py) then never returns to
+   a REPL, so nothing reads ``node.key`` over USB again. A node still waiting
+   for its enrollment stays unlocked, to be run again after ``provision
+   submit``; ``--leave-unlocked`` is for bench boards only. A locked node is
+   recognised (`NodeLockedError`): it is provisioned again only after an
+   erase, as a new node with a new key.
 """
 from __future__ import annotations
 
@@ -70,6 +77,7 @@ NODE_CONFIG = "node.json"
 NODE_KEY = "node.key"
 NEW_KEY = "node.key.new"
 NODE_CONTEXT = "node.oscore"
+NODE_LOCK = "node.locked"  # firmware/src/lib/lock.py's MARKER
 CONTEXT_HEADER_BYTES = 512  # the firmware keeps its sequence record behind it (firmware/src/lib/oscore.py)
 
 
@@ -148,6 +156,7 @@ class NodePlan:
     pace: float = 0.01
     save_request: Path | None = None
     timeout: float = 20.0
+    lock: bool = True  # lock the node's USB REPL once it is enrolled (False: --leave-unlocked, bench boards)
 
     def __post_init__(self) -> None:
         try:
@@ -181,6 +190,7 @@ class NodeResult:
     files_sent: int
     files_unchanged: int
     pending_request: str | None = None
+    locked: bool = False
     notes: list[str] = field(default_factory=list)
     binding: bytes | None = field(default=None, repr=False)  # the enrollment's, once the lender answered
 
@@ -247,6 +257,13 @@ def provision_node(plan: NodePlan, console: Console) -> NodeResult:
                 console.step(f"writing the node's OSCORE context (sender id {context.sender_id.hex()})")
                 _install(files, NODE_CONTEXT, node_context_file(context))
             _install(files, NODE_CONFIG, json.dumps(plan.node_config(binding), indent=1, sort_keys=True).encode())
+            if plan.lock and files.exists(NODE_CONTEXT):
+                console.step("locking the node's USB REPL (the last step: from its next start on, no REPL)")
+                _install(files, NODE_LOCK, b"locked by pledgewatch provision node\n")
+                result.locked = True
+            elif plan.lock:
+                result.notes.append("the node stays unlocked until its enrollment is installed: run provision node "
+                                    "again after provision submit, and it locks")
         except BaseException:
             _undo(files, flasher, key_made)
             raise
@@ -350,10 +367,11 @@ def run_cli(args: argparse.Namespace, console: Console) -> int:
         settings.setdefault("modem", {})["model"] = args.modem_model
     firmware = Firmware.from_source(args.firmware or DEFAULT_FIRMWARE, compile_mpy=args.compile, march=args.march)
     plan = NodePlan(args.port, args.device_id, site.binding, lender, lender_key, profile, settings, firmware,
-                    args.rotate, args.baud, args.pace, args.save_request, args.timeout)
+                    args.rotate, args.baud, args.pace, args.save_request, args.timeout, not args.leave_unlocked)
     result = provision_node(plan, console)
     lines = [f"node {result.device}: key {result.public_key[:16]}... ({result.key} on the node), {result.enrollment}",
-             f"firmware: {result.files_sent} file(s) sent, {result.files_unchanged} unchanged, all verified"]
+             f"firmware: {result.files_sent} file(s) sent, {result.files_unchanged} unchanged, all verified",
+             "USB REPL: locked (to provision again: erase, new identity)" if result.locked else "USB REPL: unlocked"]
     lines += [f"note: {note}" for note in result.notes]
     console.result(result.to_json(), lines)
     return 0

@@ -12,6 +12,11 @@ The board side is MicroPython's ``pyexec_raw_repl`` (``shared/runtime/pyexec.c``
   if none), ``\\x04``, and the ``>`` prompt for the next code;
 * ``\\r\\x02`` (Ctrl-B) leaves for the friendly REPL.
 
+A node that ``provision node`` locked (firmware/src/lib/lock.py) answers none
+of this: its boot.py never returns and Ctrl-C is an ordinary byte there. It
+says its ``LOCKED`` line at every start and every second while it waits, and
+`enter` raises `NodeLockedError` when it sees that line.
+
 Code goes out in 256-byte pieces 10 ms apart, as ``pyboard.py`` does: a USB
 serial bridge feeding a board's UART has a small receive ring and the raw
 REPL reads it one character at a time.
@@ -27,10 +32,11 @@ from collections.abc import Callable
 
 import serial
 
-from provisioning.exc import DeviceCodeError, NoRawReplError, RawReplError
+from provisioning.exc import DeviceCodeError, NodeLockedError, NoRawReplError, RawReplError
 
 BANNER = b"raw REPL; CTRL-B to exit\r\n"
 SOFT_REBOOT = b"soft reboot\r\n"
+LOCKED = b"pledgewatch: node locked"  # the start of firmware/src/lib/lock.py's LOCKED line
 CHUNK = 256
 CHUNK_PAUSE_S = 0.01
 
@@ -52,14 +58,22 @@ class RawRepl:
     def name(self) -> str:
         return str(self.port.port)
 
-    def _read_until(self, ending: bytes, timeout: float) -> bytes:
+    def _read_until(self, ending: bytes, timeout: float, *, unless: bytes | None = None,
+                    limit: float | None = None) -> bytes:
         """Read through the first `ending`, or until nothing came for `timeout` seconds; return what came.
 
-        Bytes after `ending` stay buffered for the next read.
+        Bytes after `ending` stay buffered for the next read. If `unless` comes first, return what came
+        with it (a locked node's line, which repeats and would otherwise keep the wait going). `limit` caps
+        the whole wait (a board that keeps talking without ever answering).
         """
         data = self._pending
         last = self._clock()
+        give_up = None if limit is None else last + limit
         while True:
+            if unless is not None and unless in data and ending not in data:
+                taken = bytes(data)
+                data.clear()
+                return taken
             index = data.find(ending)
             if index >= 0:
                 taken = bytes(data[:index + len(ending)])
@@ -73,21 +87,24 @@ class RawRepl:
             if chunk:
                 data += chunk
                 last = self._clock()
-            elif self._clock() - last > timeout:
+            quiet_too_long = not chunk and self._clock() - last > timeout
+            if quiet_too_long or (give_up is not None and self._clock() > give_up):
                 taken = bytes(data)
                 data.clear()
                 return taken
 
-    def _drain(self) -> None:
+    def _drain(self) -> bytes:
+        """Discard what the board sent until it is quiet for a moment; return it (a locked node says so)."""
+        drained = bytes(self._pending)
         self._pending.clear()
         while True:
             waiting = self.port.in_waiting
             if not waiting:
                 time.sleep(0.02)
                 if not self.port.in_waiting:
-                    return
+                    return drained[-4096:]
                 continue
-            self.port.read(waiting)
+            drained = (drained + self.port.read(waiting))[-4096:]
 
     def _write(self, data: bytes) -> None:
         try:
@@ -99,23 +116,28 @@ class RawRepl:
     def enter(self, *, soft_reset: bool = True) -> None:
         """Interrupt the board's program and enter the raw REPL (optionally soft-resetting it first)."""
         self._write(b"\r\x03\x03")
-        self._drain()
+        drained = self._drain()
         self._write(b"\r\x01")
-        data = self._read_until(BANNER + b">", self.timeout)
+        data = self._read_until(BANNER + b">", self.timeout, unless=LOCKED, limit=3 * self.timeout)
         if not data.endswith(BANNER + b">"):
-            raise self._no_repl(data)
+            raise self._no_repl(drained + data)
         if soft_reset:
             self._write(b"\x04")
             data = self._read_until(SOFT_REBOOT, self.timeout)
             if not data.endswith(SOFT_REBOOT):
                 raise self._no_repl(data, "after a soft reset")
-            data = self._read_until(BANNER, self.timeout)
+            data = self._read_until(BANNER, self.timeout, unless=LOCKED)  # boot.py runs: a locked one never ends
             if not data.endswith(BANNER):
                 raise self._no_repl(data, "after a soft reset")
         self.active = True
         self._prompt_pending = not soft_reset  # without a reset, the '>' after the banner was already read
 
     def _no_repl(self, data: bytes, when: str = "") -> NoRawReplError:
+        if LOCKED in data:
+            return NodeLockedError(
+                f"the node on {self.name} is locked (provisioned before: no REPL over USB, its key unreadable): "
+                "to provision it again, erase its flash (ESP32: esptool.py erase_flash; RP2040: flash_nuke.uf2), "
+                "install MicroPython and provision it as a new node: it gets a new key and is enrolled again")
         seen = f"it sent {data[-60:]!r}" if data else "it sent nothing"
         return NoRawReplError(
             f"the device on {self.name} does not answer MicroPython's raw REPL{' ' + when if when else ''} ({seen}): "
@@ -171,7 +193,7 @@ class RawRepl:
         """Soft-reset the board and stay in the raw REPL (a clean heap; modules imported again)."""
         self._expect_prompt()
         self._write(b"\x04")
-        data = self._read_until(BANNER, self.timeout)
+        data = self._read_until(BANNER, self.timeout, unless=LOCKED)
         if SOFT_REBOOT not in data or not data.endswith(BANNER):
             raise self._no_repl(data, "after a soft reset")
 

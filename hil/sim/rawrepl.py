@@ -9,6 +9,19 @@ Ctrl-D on an empty line soft-resets; Ctrl-B leaves; Ctrl-E (raw-paste) is
 declined with ``R\\x00``, as an old firmware does, so clients fall back to
 the plain raw REPL.
 
+The board boots like one: at power-on (`start`) and at every soft reset it
+runs the ``boot.py`` on its filesystem, then ``main.py`` when in the friendly
+REPL (a soft reset in the raw REPL runs ``boot.py`` only, as
+``pyexec_file_if_exists`` does on a board), in the same MicroPython process
+the REPL then uses. While they run, the REPL is not there: bytes from the
+port wait as typed-ahead input for when they return (a program that never
+returns never gets them), and Ctrl-C interrupts them only while the
+MicroPython VM's interrupt character is Ctrl-C, read from the process itself
+(whether it catches SIGINT, which the unix port's ``micropython.kbd_intr``
+switches on and off; the worker sets it around each block as pyexec does, so a
+Ctrl-C that comes before boot.py starts is typed-ahead input). So a firmware that locks its REPL (firmware/src/lib/lock.py)
+locks the simulated board by running, not by a simulator flag.
+
 What the code does is not simulated: it runs in a real ``micropython``
 process (the unix port) whose working directory is `root`, the board's
 filesystem, with ``sys.path`` set as on a board (``''``, ``.frozen``,
@@ -59,8 +72,11 @@ SOFT_REBOOT = b"soft reboot\r\n"
 
 # The worker: runs in MicroPython, execs each length-prefixed code block it reads on stdin in one
 # persistent globals dict, then prints the sentinel, the traceback's length and the traceback.
+# Ctrl-C is the VM's interrupt only while a block runs, as pyexec's parse_compile_execute sets it
+# around the call (the unix port's kbd_intr switches its SIGINT handler, which the simulator reads).
 _WORKER = r'''
-import sys, io
+import sys, io, micropython
+micropython.kbd_intr(-1)
 sys.path[:] = ['', '.frozen', 'lib'] + EXTRA
 SENTINEL = SENTINEL_BYTES
 _in = sys.stdin.buffer
@@ -81,7 +97,12 @@ while True:
     source = b''.join(chunks)
     trace = ''
     try:
-        exec(compile(source.decode(), '<stdin>', 'exec'), _globals)
+        code = compile(source.decode(), '<stdin>', 'exec')
+        micropython.kbd_intr(3)
+        try:
+            exec(code, _globals)
+        finally:
+            micropython.kbd_intr(-1)
     except BaseException as error:
         buffer = io.StringIO()
         sys.print_exception(error, buffer)
@@ -90,6 +111,10 @@ while True:
     data = trace.encode()
     _out.write(SENTINEL + b'%08x' % len(data) + data)
 '''
+
+
+class _Stopped(Exception):
+    """The simulator is stopping while the board runs its boot files."""
 
 
 class _WorkerDied(Exception):
@@ -157,6 +182,9 @@ class RawReplSimulator:
         self._stop = threading.Event()
         self._raw = False
         self._buffer = bytearray()
+        self._input = bytearray()  # received, not yet taken by the REPL (typed ahead while the board boots)
+        self.boots = 0
+        self._last_interrupt = 0.0
         self._worker: _Worker | None = None
         self._script_dir: str | None = None
 
@@ -248,6 +276,11 @@ class RawReplSimulator:
             view = view[written:]
 
     def _serve(self) -> None:
+        try:
+            self._boot(friendly=True)  # power-on
+            self._take_input()
+        except _Stopped:
+            return
         poller = select.poll()
         poller.register(self._master, select.POLLIN)
         while not self._stop.is_set():
@@ -271,11 +304,18 @@ class RawReplSimulator:
                 continue
             try:
                 self._feed(data)
+            except _Stopped:
+                return
             except Exception as exc:  # a simulator bug must show, not hang the client silently
                 self._write(f"\r\nSIMULATOR ERROR: {exc!r}\r\n".encode())
 
     def _feed(self, data: bytes) -> None:
-        for byte in data:
+        self._input += data
+        self._take_input()
+
+    def _take_input(self) -> None:
+        while self._input:
+            byte = self._input.pop(0)
             if self._raw:
                 self._raw_byte(byte)
             else:
@@ -291,7 +331,9 @@ class RawReplSimulator:
             self._write(b"\r\n>>> ")
         elif byte == 0x04:  # Ctrl-D: soft reset
             self._soft_reset()
-            self._write(b"MPY: " + SOFT_REBOOT + FRIENDLY_BANNER + b">>> ")
+            self._write(b"MPY: " + SOFT_REBOOT)
+            self._boot(friendly=True)
+            self._write(FRIENDLY_BANNER + b">>> ")
         elif byte == 0x0D:
             self._buffer.clear()
             self._write(b"\r\n>>> ")
@@ -313,7 +355,9 @@ class RawReplSimulator:
         elif byte == 0x04:
             if not self._buffer:
                 self._soft_reset()
-                self._write(SOFT_REBOOT + BANNER + b">")
+                self._write(SOFT_REBOOT)
+                self._boot(friendly=False)
+                self._write(BANNER + b">")
             else:
                 code = bytes(self._buffer)
                 self._buffer.clear()
@@ -326,6 +370,52 @@ class RawReplSimulator:
     def _soft_reset(self) -> None:
         self._stop_worker()
         self.soft_resets += 1
+
+    def _boot(self, *, friendly: bool) -> None:
+        """Run boot.py (and main.py in the friendly REPL) as the board does after a reset; raises `_Stopped`."""
+        names = ("boot.py", "main.py") if friendly else ("boot.py",)
+        for name in names:
+            path = self.root / name
+            if not path.is_file():
+                continue
+            self.boots += 1
+            if self._worker is None or self._worker.process.poll() is not None:
+                self._worker = self._start_worker()
+            worker = self._worker
+            try:
+                worker.process.stdin.write(b"%08x" % len(path.read_bytes()) + path.read_bytes())
+                worker.process.stdin.flush()
+                trace = self._pump(worker, booting=True)
+            except (_WorkerDied, BrokenPipeError) as died:
+                self._stop_worker()
+                trace = str(died) if isinstance(died, _WorkerDied) else _crash_trace(None)
+            if trace:
+                self._write(trace.replace("\n", "\r\n").encode())
+                return  # a boot.py that raised: no main.py (ret == 0 in the ports' main.c)
+
+    def _interrupt_char_is_ctrl_c(self, worker: _Worker) -> bool:
+        """Whether the MicroPython VM takes Ctrl-C as KeyboardInterrupt now (its SIGINT handler is set)."""
+        try:
+            status = Path(f"/proc/{worker.process.pid}/status").read_text()
+        except OSError:
+            return False
+        caught = re.search(r"^SigCgt:\s*([0-9a-f]+)", status, re.MULTILINE)
+        return bool(caught and int(caught.group(1), 16) & (1 << (signal.SIGINT - 1)))
+
+    def _port_during_boot(self, worker: _Worker) -> None:
+        try:
+            data = os.read(self._master, 4096)
+        except (BlockingIOError, OSError):
+            return
+        if self.knobs.silent:
+            return
+        for byte in data:
+            if byte == 0x03 and self._interrupt_char_is_ctrl_c(worker):
+                if time.monotonic() - self._last_interrupt > 0.1:  # the unix port exits on a second pending SIGINT
+                    self._last_interrupt = time.monotonic()
+                    worker.process.send_signal(signal.SIGINT)
+            elif len(self._input) < 4096:  # a full receive ring drops what comes next
+                self._input.append(byte)
 
     def _start_worker(self) -> _Worker:
         sentinel = b"\x00\x04SIM-" + secrets.token_hex(8).encode() + b"\x04\x00"
@@ -347,7 +437,7 @@ class RawReplSimulator:
         with contextlib.suppress(OSError):
             worker.process.stdin.close()
         try:
-            worker.process.wait(2.0)
+            worker.process.wait(0.1 if self._stop.is_set() else 2.0)
         except subprocess.TimeoutExpired:
             worker.process.kill()
             worker.process.wait()
@@ -385,8 +475,11 @@ class RawReplSimulator:
             self._corrupt_written(before)
         self._write(b"\x04" + trace.replace("\n", "\r\n").encode() + b"\x04>")
 
-    def _pump(self, worker: _Worker) -> str:
-        """Forward the code's output to the port as it comes, until the sentinel; return the traceback."""
+    def _pump(self, worker: _Worker, *, booting: bool = False) -> str:
+        """Forward the code's output to the port as it comes, until the sentinel; return the traceback.
+
+        While `booting`, the port is read too (`_port_during_boot`) and a stop ends the wait (`_Stopped`).
+        """
         out = worker.process.stdout.fileno()
         buffer = worker.buffer
         keep = len(worker.sentinel) - 1
@@ -406,6 +499,15 @@ class RawReplSimulator:
             if len(buffer) > keep:
                 self._write(bytes(buffer[:-keep]).replace(b"\n", b"\r\n"))
                 del buffer[:-keep]
+            if booting:
+                while True:
+                    if self._stop.is_set():
+                        raise _Stopped
+                    ready, _, _ = select.select([out, self._master], [], [], 0.05)
+                    if self._master in ready:
+                        self._port_during_boot(worker)
+                    if out in ready:
+                        break
             buffer += self._read_worker(out, worker)
 
     def _read_worker(self, fd: int, worker: _Worker) -> bytes:

@@ -79,10 +79,10 @@ def test_a_node_is_flashed_keyed_on_the_node_configured_and_enrolled(node_site, 
     assert check.stdout.strip() == expected, check.stdout + check.stderr
 
 
-def test_reprovisioning_a_node_keeps_its_key_and_sends_no_unchanged_file(node_site, tmp_path, capsys):
+def test_reprovisioning_an_unlocked_bench_node_keeps_its_key_and_sends_no_unchanged_file(node_site, tmp_path, capsys):
     site, board = node_site
     site.lender.start()
-    assert provision_node(site, board, tmp_path) == 0
+    assert provision_node(site, board, tmp_path, "--leave-unlocked") == 0  # a locked node is erased instead
     seed = (board.root / "node.key").read_bytes()
     context = (board.root / "node.oscore").read_bytes()
     capsys.readouterr()
