@@ -15,6 +15,7 @@ stored is the envelopes' row id (SQLite) or the log's entry index
 from __future__ import annotations
 
 import sqlite3
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 from lender.evidence.store import STORE_FILE
@@ -23,8 +24,11 @@ from lender.exc import StoreUnavailableError
 CONNECT_TIMEOUT = 5
 
 
-class Tables:
-    """One read-only connection; `rows(sql, params)` with ``?`` placeholders. One thread at a time."""
+class Tables(ABC):
+    """One read-only connection; `rows(sql, params)` with ``?`` placeholders. One thread at a time.
+
+    The two kinds, `SQLiteTables` and `PostgresTables`, each give `rows` and `close`; the class
+    attributes are the SQL that differs between the schemas (SQLite's here)."""
 
     postgres = False
     meta = "meta"
@@ -33,11 +37,13 @@ class Tables:
     stored_top = "SELECT coalesce(max(id), 0) FROM envelopes"
     stored_devices = "SELECT DISTINCT device FROM envelopes"
 
+    @abstractmethod
     def rows(self, sql: str, params: tuple | list = ()) -> list[tuple]:
-        raise NotImplementedError
+        """Every row of one query."""
 
+    @abstractmethod
     def close(self) -> None:
-        raise NotImplementedError
+        """Close the connection."""
 
     def __enter__(self) -> Tables:
         return self

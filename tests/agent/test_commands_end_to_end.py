@@ -24,11 +24,26 @@ from tests.kit.agent import DEVICE, IDENTITY, QUICK_UPLINK, build_agent, running
 from tests.kit.lender import LenderThread
 
 
-def test_a_gateway_answers_an_inspection_over_oscore_within_two_seconds(tmp_path):
+def _registered(tmp_path, **asset) -> tuple:
+    """The lender's data directory with DEVICE registered (OSCORE), and the agent's empty home."""
     data, home = tmp_path / "lender", tmp_path / "agent"
     home.mkdir()
     with SQLiteStore.open(data) as store:
-        registration.register(store, data, DEVICE, IDENTITY.public_key, with_oscore=True)
+        registration.register(store, data, DEVICE, IDENTITY.public_key, with_oscore=True, **asset)
+    return data, home
+
+
+def _shut_door() -> tuple:
+    """A door contact on a mock pin, shut and settled: (the pin factory, the sensor)."""
+    factory = MockFactory()
+    door = ContactSensor(ContactConfig("door", 17, settle_s=0.01, interval_s=60), pin_factory=factory)
+    factory.pin(17).drive_low()  # shut
+    time.sleep(0.05)
+    return factory, door
+
+
+def test_a_gateway_answers_an_inspection_over_oscore_within_two_seconds(tmp_path):
+    data, home = _registered(tmp_path)
     tree = OneWireTree(tmp_path / "w1")
     probe = tree.add_ds18b20(celsius=4.5)
     temp = DS18B20(DS18B20Config("temp", probe.device_id, base_dir=tree.devices_dir, interval_s=3600))
@@ -58,14 +73,8 @@ def test_a_gateway_answers_an_inspection_over_oscore_within_two_seconds(tmp_path
 
 
 def test_a_permit_from_the_lender_turns_a_door_opening_into_an_event_and_after_its_window_an_alarm(tmp_path):
-    data, home = tmp_path / "lender", tmp_path / "agent"
-    home.mkdir()
-    with SQLiteStore.open(data) as store:
-        registration.register(store, data, DEVICE, IDENTITY.public_key, with_oscore=True, asset="cold-store")
-    factory = MockFactory()
-    door = ContactSensor(ContactConfig("door", 17, settle_s=0.01, interval_s=60), pin_factory=factory)
-    factory.pin(17).drive_low()  # shut
-    time.sleep(0.05)
+    data, home = _registered(tmp_path, asset="cold-store")
+    factory, door = _shut_door()
     store_asset = Asset("cold-store", "stock", ("door",))  # no access hours: every opening is an alarm
     with LenderThread(data) as lender:
         inbox = CommandInbox(home, DEVICE, lender_identity(data).public_key, clock=time.time)
@@ -104,10 +113,7 @@ def test_a_permit_from_the_lender_turns_a_door_opening_into_an_event_and_after_i
 
 
 def test_a_configuration_is_applied_and_reported_and_a_bad_one_refused_with_its_errors_keeping_the_old(tmp_path):
-    data, home = tmp_path / "lender", tmp_path / "agent"
-    home.mkdir()
-    with SQLiteStore.open(data) as store:
-        registration.register(store, data, DEVICE, IDENTITY.public_key, with_oscore=True)
+    data, home = _registered(tmp_path)
     good = b'[rules]\n\n[[assets]]\nname = "yard"\nkind = "stock"\nsensors = ["door"]\n'
     bad = b'[rules]\n\n[[assets]]\nname = "yard"\nkind = "stock"\nsensors = ["no-such-sensor"]\n'
     with LenderThread(data) as lender:
@@ -136,14 +142,8 @@ def test_a_configuration_is_applied_and_reported_and_a_bad_one_refused_with_its_
 
 
 def test_a_configuration_is_put_in_force_live_and_agent_toml_differing_from_it_is_a_mismatch_at_the_lender(tmp_path):
-    data, home = tmp_path / "lender", tmp_path / "agent"
-    home.mkdir()
-    with SQLiteStore.open(data) as store:
-        registration.register(store, data, DEVICE, IDENTITY.public_key, with_oscore=True, asset="cold-store")
-    factory = MockFactory()
-    door = ContactSensor(ContactConfig("door", 17, settle_s=0.01, interval_s=60), pin_factory=factory)
-    factory.pin(17).drive_low()  # shut
-    time.sleep(0.05)
+    data, home = _registered(tmp_path, asset="cold-store")
+    factory, door = _shut_door()
     local = rules_digest([{"name": "cold-store", "kind": "stock", "sensors": ["door"]}], {})  # agent.toml's tables
     document = b'[rules]\n\n[[assets]]\nname = "yard"\nkind = "stock"\nsensors = ["door"]\n'
     with LenderThread(data) as lender:

@@ -35,6 +35,17 @@ def stored_seqs(site, device="gw-0001"):
         return [e.seq for e in store.envelopes(device)], store.missing_ranges(device)
 
 
+def agent_delivers(site, at_least: int, what: str) -> None:
+    """Run the installed agent until the lender holds `at_least` of its envelopes; they must be seqs 1..n, none missing."""
+    agent = AgentProcess(site.etc / "agent.toml")
+    try:
+        wait_for(lambda: len(stored_seqs(site)[0]) >= at_least, what=what)
+    finally:
+        err = agent.stop()
+    seqs, missing = stored_seqs(site)
+    assert seqs == list(range(1, len(seqs) + 1)) and missing == [], err
+
+
 def test_gateway_is_enrolled_over_coap_and_the_agents_first_readings_verify_at_the_lender(site, capsys):
     site.lender.start()
     assert site.provision() == 0
@@ -58,13 +69,7 @@ def test_gateway_is_enrolled_over_coap_and_the_agents_first_readings_verify_at_t
     assert enrolled["hardware"]["imei"] == "867698040123450" and enrolled["hardware"]["model"] == "RM520N-GL"
     assert enrolled["binding"]["geofence"] == {"lat": -1.3192, "lon": 36.8581, "radius_m": 150.0}
     # the agent starts with what was written, and the lender verifies what it sends
-    agent = AgentProcess(site.etc / "agent.toml")
-    try:
-        wait_for(lambda: len(stored_seqs(site)[0]) >= 3, what="three verified envelopes at the lender")
-    finally:
-        err = agent.stop()
-    seqs, missing = stored_seqs(site)
-    assert seqs == list(range(1, len(seqs) + 1)) and missing == [], err
+    agent_delivers(site, 3, "three verified envelopes at the lender")
     with site.store() as store:
         temps = [r for r in store.readings("gw-0001") if r.name == "temp"]
     assert temps and temps[0].value == 4.5
@@ -180,13 +185,7 @@ def test_offline_enrollment_spools_from_the_start_and_the_backlog_verifies_after
     assert code == 0, capsys.readouterr().err
     assert agent_config.load(site.etc / "agent.toml").uplink.security_context == site.etc / "oscore"
     assert not (site.etc / "oscore-parked").exists() and not request.exists()
-    agent = AgentProcess(site.etc / "agent.toml")
-    try:
-        wait_for(lambda: len(stored_seqs(site)[0]) >= spooled + 2, what="the backlog and new readings at the lender")
-    finally:
-        agent.stop()
-    seqs, missing = stored_seqs(site)
-    assert seqs == list(range(1, len(seqs) + 1)) and missing == []
+    agent_delivers(site, spooled + 2, "the backlog and new readings at the lender")
 
 
 def test_a_request_made_without_the_technicians_key_is_countersigned_on_the_laptop(site, capsys, tmp_path):

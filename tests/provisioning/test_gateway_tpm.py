@@ -13,7 +13,7 @@ from telemetry.enrollment import EnrollmentRequest
 from tests.kit.swtpm import Swtpm, swtpm_available
 
 from .conftest import AgentProcess, wait_for
-from .test_gateway_enrollment import failure_line, files_under, stored_seqs
+from .test_gateway_enrollment import agent_delivers, failure_line, files_under, stored_seqs
 
 pytestmark = pytest.mark.skipif(not swtpm_available(), reason="swtpm and tpm2-pytss are needed "
                                 "(make test installs swtpm, swtpm-tools, tpm2-tools, libtss2-dev)")
@@ -51,22 +51,9 @@ def test_a_tpm_gateway_enrolls_its_evidence_verifies_and_a_copy_of_all_its_files
     assert site.provision("--key-store", "tpm", "--tcti", tpm.tcti) == 0
     assert "(kept, ES256 in the TPM), already enrolled" in capsys.readouterr().out
     # the agent signs with the TPM key; the lender verifies and stores what it sends
-    agent = AgentProcess(site.etc / "agent.toml")
-    try:
-        wait_for(lambda: len(stored_seqs(site)[0]) >= 2, what="two verified envelopes at the lender")
-    finally:
-        err = agent.stop()
-    seqs, missing = stored_seqs(site)
-    assert seqs == list(range(1, len(seqs) + 1)) and missing == [], err
+    agent_delivers(site, 2, "two verified envelopes at the lender")
     # and offline: the device's bundle verifies with nothing but the lender's key
-    bundle = tmp_path / "gw-0001.bundle.json"
-    assert pledgewatch_main(["lender", "export", "--data", str(site.lender.data), "--device", "gw-0001",
-                             "--format", "bundle", "--output", str(bundle)]) == 0
-    assert pledgewatch_main(["lender", "key", "--data", str(site.lender.data)]) == 0
-    lender_key = capsys.readouterr().out.strip().splitlines()[-1]
-    code = pledgewatch_main(["lender", "verify", str(bundle), "--lender-key", lender_key, "--json"])
-    report = json.loads(capsys.readouterr().out)
-    assert code == 0 and report["ok"], report
+    bundle_verifies_offline(site, tmp_path, capsys)
     # the seed-copy attack of issue 14: every file of this gateway (agent.toml, device.keystore, the OSCORE
     # context, spool and state) copied to a laptop whose own TPM is a second swtpm, continuing the chain from there
     import shutil
@@ -194,14 +181,7 @@ def test_an_attested_tpm_gateway_is_enrolled_and_listed_tpm_attested_where_hardw
     shown = {s["device"]: s for s in json.loads(capsys.readouterr().out)}
     assert shown["gw-0001"]["key_storage"] == "tpm-attested"
     # the enrollment in the lender's log (the attested version 2 request) verifies offline from a bundle
-    bundle = site.root / "gw-0001.bundle.json"
-    assert pledgewatch_main(["lender", "export", "--data", str(site.lender.data), "--device", "gw-0001",
-                             "--format", "bundle", "--output", str(bundle)]) == 0
-    assert pledgewatch_main(["lender", "key", "--data", str(site.lender.data)]) == 0
-    lender_key = capsys.readouterr().out.strip().splitlines()[-1]
-    code = pledgewatch_main(["lender", "verify", str(bundle), "--lender-key", lender_key, "--json"])
-    report = json.loads(capsys.readouterr().out)
-    assert code == 0 and report["ok"], report
+    bundle_verifies_offline(site, site.root, capsys)
 
 
 def test_a_lender_requiring_hardware_keys_refuses_a_software_key_and_otherwise_lists_it_software(site, tpm, capsys):
@@ -325,3 +305,15 @@ def _open_described(path):
     with tempfile.TemporaryDirectory() as folder:
         shutil.copy(path, f"{folder}/{KEYSTORE_FILE}")
         return open_device_key(folder, kind="tpm")
+
+
+def bundle_verifies_offline(site, folder, capsys) -> None:
+    """gw-0001's bundle, exported into `folder`, verifies with nothing but the lender's public key."""
+    bundle = folder / "gw-0001.bundle.json"
+    assert pledgewatch_main(["lender", "export", "--data", str(site.lender.data), "--device", "gw-0001",
+                             "--format", "bundle", "--output", str(bundle)]) == 0
+    assert pledgewatch_main(["lender", "key", "--data", str(site.lender.data)]) == 0
+    lender_key = capsys.readouterr().out.strip().splitlines()[-1]
+    code = pledgewatch_main(["lender", "verify", str(bundle), "--lender-key", lender_key, "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["ok"], report
