@@ -632,7 +632,6 @@ class SQLiteStore:
 
     def _insert_envelope(self, envelope: Envelope, received_at: float, peer: str) -> bool:
         gap, counters = envelope.gap, envelope.counters
-        alarm_records = carries_alarm(envelope.records)
         index = None if self.log is None else self.log.size
         inserted = self._conn.execute(
             "INSERT INTO envelopes (device, seq, boot, kid, digest, prev, raw, alarm, gap_reason,"
@@ -640,8 +639,8 @@ class SQLiteStore:
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (device, seq) DO NOTHING",
             (envelope.device, envelope.seq, envelope.boot, envelope.kid, envelope.digest, envelope.prev,
-             envelope.raw, int(gap is not None or alarm_records), None if gap is None else gap.reason, received_at,
-             peer, envelope.version, int(alarm_records),  # int(envelope.alarm): a gap record or alarm records
+             envelope.raw, int(envelope.alarm), None if gap is None else gap.reason, received_at,
+             peer, envelope.version, int(carries_alarm(envelope.records)),
              None if counters is None else _sql_int(counters.alarms),
              None if counters is None else _sql_int(counters.gaps), envelope.token, envelope.binding, index),
         ).rowcount
