@@ -28,9 +28,9 @@ import base64
 import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 from telemetry.chain import check_chain
+from telemetry.clock import iso_utc
 from telemetry.enrollment import (
     REQUEST_AAD,
     EnrollmentRequest,
@@ -299,10 +299,9 @@ def _entries(document: dict, target: SignedCheckpoint, report: BundleReport) -> 
 def _iso(time_ms: int) -> str:
     """A checkpoint's time as the lender's tools print times (UTC, ISO 8601, milliseconds, Z)."""
     try:
-        moment = datetime.fromtimestamp(time_ms / 1000, timezone.utc)
+        return iso_utc(time_ms / 1000)
     except (OverflowError, OSError, ValueError):
         return f"{time_ms} ms since the epoch"
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _what(raw: bytes) -> str:

@@ -11,11 +11,18 @@ proof: the lender checks them against time it can vouch for.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from telemetry.exc import ClockStatementError
 
 SYNCED, SOURCE, UPTIME_MS, SYSTEM = 1, 2, 3, 4   # keys of the payload's clock map (7)
 SOURCES = ("ntp", "gnss", "modem", "lender", "none")   # "lender": the time of the lender token the device holds
+
+
+def iso_utc(seconds: float) -> str:
+    """UTC ISO 8601 with a Z, to the millisecond: how the lender's tools print times (OverflowError, OSError or
+    ValueError for a time no calendar holds)."""
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _uint(value: object) -> bool:

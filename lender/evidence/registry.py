@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from typing import Protocol
 
 from lender.exc import InvalidDeviceError, UnknownDeviceError
+from telemetry.clock import iso_utc
 from telemetry.enrollment import valid_id
 from telemetry.exc import IdentityError
 from telemetry.identity import (
@@ -92,9 +93,7 @@ def check_public_key(key: object, whose: str) -> int:
 
 def iso_time(seconds: float | None) -> str | None:
     """UTC ISO 8601 with a Z, to the millisecond: how the lender's tools print times."""
-    if seconds is None:
-        return None
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return None if seconds is None else iso_utc(seconds)
 
 
 
