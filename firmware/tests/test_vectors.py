@@ -86,7 +86,7 @@ def _check_envelope(name, description, raw):
         binding=binding,
         compact=compact,
     )
-    equal(tohex(sealed), tohex(raw), name + " envelope bytes")
+    equal(sealed, raw, name + " envelope bytes")
     equal(tohex(envelope.digest(sealed)), description["digest_hex"], name + " chain digest")
     assert ed25519.verify(key.public_key, envelope.sig_structure(unhex(description["protected_hex"]), payload), sealed[-64:])
 

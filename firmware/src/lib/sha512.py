@@ -43,13 +43,19 @@ _IV = (
     0x510e527fade682d1, 0x9b05688c2b3e6c1f, 0x1f83d9abfb41bd6b, 0x5be0cd19137e2179,
 )
 
+# The message schedule, allocated once at import, while the heap is fresh: 80 words is one 320-byte block
+# (640 on a 64-bit host) that a fragmented heap may not have free at signing time, even with kilobytes free
+# in smaller holes (the vectors test hit exactly that). _compress is never re-entered: no threads, and a
+# native function is not interrupted by the scheduler.
+_W = [0] * 80
+
 
 @micropython.native
 def _compress(state, block):
     """Fold one 128-byte block into the eight-word state (FIPS 180-4 §6.4.2)."""
     mask = _MASK
     k = _K
-    w = [0] * 80  # allocated whole: growing it by append would need ever larger free blocks
+    w = _W
     w[0:16] = struct.unpack(">16Q", block)
     for t in range(16, 80):
         x = w[t - 15]
