@@ -15,7 +15,10 @@ Layers, outside in:
   and every OSCORE request, goes to the OSCORE-protected site
   (lender.enrollment.contexts), unless the lender runs with ``--insecure``.
 * ``/t`` (lender.coap.telemetry) and ``/n`` (lender.coap.node, nodes with a
-  context) inside the protected site.
+  context) inside the protected site, with ``/c`` (a gateway fetches its
+  commands) and ``/c/o`` (it observes the newest command issued to it; the
+  server looks for new ones every `lender.coap.commands.CHECK_S` s, on the
+  registry view's connection, for the observed devices only).
 
 Work runs in two bounded lanes (lender.coap.resource): the ingest thread, the
 evidence's one writer, for authenticated requests, and the strangers' lane
@@ -45,7 +48,7 @@ from aiocoap import interfaces
 from aiocoap.resource import Site, WKCResource
 
 from lender.coap import gate
-from lender.coap.commands import CommandResource
+from lender.coap.commands import REFRESH_S, CommandNotices, CommandResource
 from lender.coap.enroll import enrollment_routes
 from lender.coap.node import node_routes, protected_node_resource
 from lender.coap.resource import Busy, IngestThread
@@ -122,6 +125,7 @@ class LenderServer:
         reuse_port: bool = False,
         gate_policy: gate.GatePolicy = gate.GatePolicy(),
         require_hardware_key: bool | None = None,
+        notice_refresh: float = REFRESH_S,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.require_hardware_key = require_hardware_key  # True: enroll TPM-attested keys only; None: DATA's policy
@@ -141,6 +145,9 @@ class LenderServer:
         self._context: aiocoap.Context | None = None
         self._generation: int | None = None
         self._lock_fd: int | None = None
+        self.notice_refresh = notice_refresh   # seconds between notifications to every observer of /c/o (Max-Age)
+        self.notices: CommandNotices | None = None
+        self._notices_task: asyncio.Task | None = None
 
     async def start(self) -> None:
         self.store = open_store(self.data_dir, self.store_url)
@@ -171,6 +178,8 @@ class LenderServer:
             site.add_resource(PATH_NODE, protected_node_resource(self._thread, self.store, self.credentials, key))
             site.add_resource(PATH_COMMANDS, CommandResource(self._thread, self.credentials, CommandDesk(
                 self.store, lender_identity(self.data_dir))))
+            self.notices = CommandNotices(self.credentials, self._registry_view, refresh=self.notice_refresh)
+            site.add_resource(self.notices.path, self.notices)
             site.add_resource((".well-known", "core"), WKCResource(site.get_resources_as_linkheader))
             protected = oscore.protected_site(gate.TrustAuthenticated(site, self.gate, self.credentials.device_of),
                                               self.credentials, insecure=self.insecure)
@@ -184,6 +193,7 @@ class LenderServer:
                 raise ServeError(f"cannot listen on {self.bind[0]}:{self.bind[1]}: {exc.strerror or exc}") from exc
             gate.install(self._context, self.gate, max_datagram=UDP_DATAGRAM_MAX)
             self._housekeeping_task = asyncio.create_task(self._housekeeping())
+            self._notices_task = asyncio.create_task(self.notices.watch(), name="command notices")
         except BaseException:
             await self.stop()
             raise
@@ -278,6 +288,10 @@ class LenderServer:
 
     async def stop(self) -> None:
         """Stop answering, persist the OSCORE contexts' state, write the refusals counted, and close the store."""
+        notices, self._notices_task = self._notices_task, None
+        if notices is not None:
+            notices.cancel()
+            await asyncio.gather(notices, return_exceptions=True)
         task, self._housekeeping_task = self._housekeeping_task, None
         if task is not None:
             task.cancel()
