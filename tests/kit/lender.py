@@ -114,6 +114,14 @@ class LenderThread:
             self.loop.close()
 
 
+def raw_message(mtype, mid: int, code, token: bytes = b"", **options) -> aiocoap.Message:
+    """A message with the type, message ID and token a raw-socket client picks itself (set after construction:
+    aiocoap deprecates passing them in, since its own transports manage them)."""
+    message = aiocoap.Message(code=code, **options)
+    message.mtype, message.mid, message.token = mtype, mid, token
+    return message
+
+
 class RawCoap:
     """A minimal confirmable-request client over one UDP socket (retransmits, handles separate responses)."""
 
@@ -133,8 +141,7 @@ class RawCoap:
                 block1=None, size1=None) -> aiocoap.Message:
         self.mid = (self.mid + 1) & 0xFFFF
         self.token = (self.token + 1) & 0xFFFFFFFF
-        message = aiocoap.Message(mtype=aiocoap.CON, mid=self.mid, code=code, token=self.token.to_bytes(4, "big"),
-                                  payload=payload, uri_path=path)
+        message = raw_message(aiocoap.CON, self.mid, code, self.token.to_bytes(4, "big"), payload=payload, uri_path=path)
         if content_format is not None:
             message.opt.content_format = content_format
         if block1 is not None:
@@ -155,8 +162,7 @@ class RawCoap:
                     if answer.token != message.token:
                         continue
                     if answer.mtype == aiocoap.CON:
-                        self.sock.sendto(aiocoap.Message(mtype=aiocoap.ACK, mid=answer.mid, code=codes.EMPTY).encode(),
-                                         self.address)
+                        self.sock.sendto(raw_message(aiocoap.ACK, answer.mid, codes.EMPTY).encode(), self.address)
                     return answer
             except TimeoutError:
                 continue
