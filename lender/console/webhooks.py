@@ -55,6 +55,7 @@ SIGNATURE_HEADER = "X-Pledgewatch-Signature"
 TIMESTAMP_HEADER = "X-Pledgewatch-Timestamp"
 EVENT_HEADER = "X-Pledgewatch-Event"
 MAX_BACKOFF_S = 300.0
+PRUNE_EVERY_S = 60.0
 TIMEOUT_S = 10.0
 TYPES = ("alarm.raised", "alarm.cleared", "risk.raised", "risk.cleared", "device.silent", "device.reporting")
 
@@ -143,7 +144,24 @@ class Outbox:
         return 0 if baseline else len(queued)
 
     def last_id(self) -> int:
-        return self.records.query("SELECT coalesce(max(id), 0) FROM outbox")[0][0]
+        """The id of the newest event ever queued (AUTOINCREMENT keeps it when the event itself is pruned)."""
+        rows = self.records.query("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'")
+        return rows[0][0] if rows else 0
+
+    def prune(self, urls: Sequence[str]) -> int:
+        """Delete the events every endpoint in `urls` has had; how many. With no endpoint, every event: a new
+        endpoint starts from the events queued after it (`endpoint`), so nobody can ever be owed them.
+
+        An endpoint taken out of the configuration no longer holds events back; put back, it resumes from its
+        cursor, and events pruned meanwhile show to its receiver as a jump in the ids.
+        """
+        with self.records.transaction() as conn:
+            if urls:
+                marks = ", ".join("?" * len(urls))
+                (floor,), = conn.execute(f"SELECT min(delivered) FROM cursors WHERE url IN ({marks})", tuple(urls))
+            else:
+                (floor,), = conn.execute("SELECT coalesce(max(id), 0) FROM outbox")
+            return 0 if floor is None else conn.execute("DELETE FROM outbox WHERE id <= ?", (floor,)).rowcount
 
     def backlog(self, url: str) -> int:
         rows = self.records.query("SELECT delivered FROM cursors WHERE url = ?", (url,))
@@ -153,8 +171,8 @@ class Outbox:
     def endpoint(self, url: str) -> None:
         """Start delivering to `url`: a new endpoint gets the events queued from now on."""
         with self.records.transaction() as conn:
-            conn.execute("INSERT INTO cursors (url, delivered) VALUES (?, (SELECT coalesce(max(id), 0) FROM outbox))"
-                         " ON CONFLICT (url) DO NOTHING", (url,))
+            conn.execute("INSERT INTO cursors (url, delivered) VALUES (?, coalesce((SELECT seq FROM sqlite_sequence"
+                         " WHERE name = 'outbox'), 0)) ON CONFLICT (url) DO NOTHING", (url,))
 
     def cursors(self) -> list[tuple[str, int, int, float, str | None, int, int]]:
         return self.records.query("SELECT url, delivered, attempts, next_attempt, last_error, delivered_total,"
@@ -173,8 +191,10 @@ class Dispatcher:
     """Delivers the outbox to every endpoint in order, with retries and backoff, in a thread of its own."""
 
     def __init__(self, data_dir, urls: Sequence[str], key: bytes, *, poll_s: float = 0.5,
-                 timeout_s: float = TIMEOUT_S, max_backoff_s: float = MAX_BACKOFF_S) -> None:
+                 timeout_s: float = TIMEOUT_S, max_backoff_s: float = MAX_BACKOFF_S,
+                 prune_every_s: float = PRUNE_EVERY_S) -> None:
         self.data_dir = data_dir
+        self.prune_every_s = prune_every_s
         self.max_backoff_s = max_backoff_s
         self.urls = [check_url(u) for u in urls]
         self.key = key
@@ -199,11 +219,15 @@ class Dispatcher:
             self._thread.join(timeout=self.timeout_s + 5)
 
     def _run(self, records: ConsoleRecords) -> None:
+        outbox, pruned_at = Outbox(records), time.monotonic()
         try:
             while not self._stop.is_set():
                 busy = False
                 for url in self.urls:
                     busy |= self.deliver_next(records, url)
+                if not busy and time.monotonic() - pruned_at >= self.prune_every_s:
+                    outbox.prune(self.urls)  # what every endpoint has had goes: the outbox stays as long as the backlog
+                    pruned_at = time.monotonic()
                 if not busy:
                     self.wake.wait(self.poll_s)
                     self.wake.clear()

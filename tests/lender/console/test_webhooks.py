@@ -162,3 +162,53 @@ def test_the_outbox_queues_each_change_once_and_a_baseline_queues_nothing(pledge
         assert outbox.observe("gw-cold", events, [], now=5.0) == 2
         bodies = [json.loads(b) for (b,) in records.query("SELECT body FROM outbox ORDER BY id")]
     assert [b["type"] for b in bodies] == ["device.silent", "risk.cleared", "device.reporting"]
+
+
+def test_the_outbox_keeps_only_what_some_endpoint_still_owes_and_ids_go_on_after_pruning(pledged):
+    silent = Risk("silent", "no envelope for 2 h", 2.0, None)
+    with ConsoleRecords.open(pledged.data_dir) as records:
+        outbox = Outbox(records)
+        fast, slow = "http://127.0.0.1:9/fast", "http://127.0.0.1:9/slow"
+        outbox.endpoint(fast)
+        outbox.endpoint(slow)
+        for step in range(6):                         # six events: silent, reporting, silent, ...
+            outbox.observe("gw-cold", [], [silent] if step % 2 == 0 else [], now=float(step))
+        with records.transaction() as conn:           # fast has had all six, slow only the first two
+            conn.execute("UPDATE cursors SET delivered = 6 WHERE url = ?", (fast,))
+            conn.execute("UPDATE cursors SET delivered = 2 WHERE url = ?", (slow,))
+        assert outbox.prune([fast, slow]) == 2
+        assert [i for (i,) in records.query("SELECT id FROM outbox ORDER BY id")] == [3, 4, 5, 6]
+        assert outbox.backlog(slow) == 4 and outbox.backlog(fast) == 0
+        assert outbox.prune([fast]) == 4              # slow taken out of the configuration holds nothing back
+        assert outbox.last_id() == 6
+        outbox.endpoint("http://127.0.0.1:9/new")     # a new endpoint starts after the last id, pruned or not
+        outbox.observe("gw-cold", [], [silent], now=7.0)
+        assert outbox.backlog("http://127.0.0.1:9/new") == 1
+        assert [i for (i,) in records.query("SELECT id FROM outbox")] == [7]
+        assert outbox.prune([]) == 1                  # no endpoint at all: nobody can ever be owed an event
+        assert outbox.last_id() == 7
+
+
+def test_the_dispatcher_prunes_what_its_receiver_has_had(pledged):
+    from lender.console.webhooks import Dispatcher
+
+    receiver = Receiver(b"k" * 32, free_port()).start()
+    dispatcher = Dispatcher(pledged.data_dir, [receiver.url], receiver.key, poll_s=0.05, prune_every_s=0.0)
+    dispatcher.start()
+    try:
+        with ConsoleRecords.open(pledged.data_dir) as records:
+            outbox = Outbox(records)
+            silent = Risk("silent", "no envelope for 2 h", 2.0, None)
+            for step in range(3):
+                outbox.observe("gw-cold", [], [silent] if step % 2 == 0 else [], now=float(step))
+            dispatcher.wake.set()
+            receiver.wait_for(3)
+            deadline = time.monotonic() + 10
+            while records.query("SELECT count(*) FROM outbox")[0][0] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert records.query("SELECT count(*) FROM outbox")[0][0] == 0
+            assert outbox.last_id() == 3
+    finally:
+        dispatcher.stop()
+        receiver.stop()
+    assert [e["id"] for e in receiver.events] == [1, 2, 3]
