@@ -24,7 +24,7 @@ from agent.state import AgentState
 from agent.uplink import Uplink
 from drivers.exc import DriverError
 from durable.exc import DurableError
-from durable.keystore import open_device_key
+from durable.keystore import DeviceKeys, open_device_key
 from telemetry.exc import TelemetryError
 from telemetry.identity import Signer
 
@@ -87,8 +87,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     inbox = None
     settings, assets = config.rules, config.assets
     if config.device.lender_key is not None:  # the lender's signed commands (agent.commands)
+        key_file = Path(config.device.key_file)  # rotate-key changes the key store open_parts opened
         inbox = CommandInbox(config.device.state_dir, config.device.id, bytes.fromhex(config.device.lender_key),
-                             validate=rules_validator(sensor_kinds), clock=time.time)
+                             validate=rules_validator(sensor_kinds), clock=time.time,
+                             keys=DeviceKeys(key_file.parent, key_file.name, config.device.key_store))
         settings, assets = inbox.configured(sensor_kinds) or (settings, assets)
     rules = RulesEngine(assets, sensor_specs(config.sensors, kinds), settings, start=clock.now(),
                         restore=rules_state.load(), permits=inbox.permitted if inbox is not None else None)

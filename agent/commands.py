@@ -20,6 +20,12 @@ same command digest once).
 What the device signs about a command (telemetry.command.outcome_records) is
 returned as an `Applied` for the daemon to seal ahead of its backlog; for an
 inspection the daemon adds a snapshot of the named assets' sensors.
+
+A rotate-key command is applied here only as far as the inbox goes (its seq,
+owed like any outcome); the daemon makes the new key in the gateway's key
+store (`keys`, durable.keystore.DeviceKeys), signs the handover with the old
+key (telemetry.rotation) and switches. A gateway given no key store refuses
+rotate-key, signed, as before.
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ from pathlib import Path
 from agent.assets import parse_assets, parse_rules
 from agent.exc import ConfigError
 from durable.files import atomic_write
-from telemetry.command import (Command, Configure, Inspect, Outcome, Permit, accept, config_digest,
+from telemetry.command import (Command, Configure, Inspect, Outcome, Permit, RotateKey, accept, config_digest,
                                configuration_rules_digest, outcome_records)
 from telemetry.exc import CommandError
 from telemetry.senml import Record
@@ -52,6 +58,7 @@ class Applied:
     command: Command
     outcome: Outcome
     records: list[Record]
+    at: float = 0.0     # when the device acted on it (the records' time)
 
 
 def rules_validator(sensor_kinds: Mapping[str, str], path: Path = Path("lender-configuration")) -> Callable[[bytes], list[str]]:
@@ -80,12 +87,13 @@ class CommandInbox:
 
     def __init__(self, state_dir: str | Path, device: str, lender_key: bytes, *,
                  validate: Callable[[bytes], list[str]] = lambda document: [],
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], keys=None) -> None:
         self.path = Path(state_dir) / STATE_FILE
         self.device = device
         self.lender_key = lender_key
         self.validate = validate
         self.clock = clock
+        self.keys = keys      # the key store rotate-key changes (durable.keystore.DeviceKeys); None: refused
         self.last_seq = 0
         self.permits: tuple[Permit, ...] = ()
         self.config: bytes | None = None            # the lender's configuration in force
@@ -125,7 +133,7 @@ class CommandInbox:
         outcome = Outcome(entry["outcome"])
         config = None if entry["config"] is None else bytes.fromhex(entry["config"])
         return Applied(command, outcome, outcome_records(command, outcome, entry["at"], detail=entry["detail"],
-                                                         config=config))
+                                                         config=config), entry["at"])
 
     def unreported(self) -> list[Applied]:
         """The commands acted on whose outcome the daemon has not signed yet, oldest first (to sign at start)."""
@@ -177,6 +185,9 @@ class CommandInbox:
                 outcome, detail = Outcome.REFUSED, "; ".join(errors)
             else:
                 config, previous = body.document, self.config
+        elif isinstance(body, RotateKey):
+            if self.keys is None:
+                outcome, detail = Outcome.REFUSED, "this gateway was started without its key store: no rotation"
         elif not isinstance(body, Inspect):
             outcome, detail = Outcome.REFUSED, f"{command.kind} is not supported by this gateway yet"
         digest = (None if config is None else config_digest(config)) if isinstance(body, Configure) else None

@@ -37,10 +37,11 @@ from agent.uplink import Result, Uplink
 from drivers.exc import SensorFault
 from drivers.sensor import Sample, queue_listener, read_isolated
 from durable import sdnotify
-from telemetry.command import LOCAL_RULES, Configure, Inspect, Outcome
+from telemetry.command import LOCAL_RULES, Configure, Inspect, Outcome, RotateKey
 from telemetry.envelope import Envelope, Gap, GapReason, carries_alarm
 from telemetry.identity import Identity
 from telemetry.manifest import DEFAULT_HEARTBEAT_S, HEARTBEAT, rules_digest
+from telemetry.rotation import handover_records
 from telemetry.senml import Record
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,8 @@ class Agent:
         """Sign the outcome of a command the inbox acted on (with an inspection's snapshot); then it is owed no more."""
         records = list(applied.records)
         body = applied.command.body
+        if isinstance(body, RotateKey) and applied.outcome is Outcome.APPLIED:
+            return self.rotate(inbox, applied)
         if isinstance(body, Inspect) and applied.outcome is Outcome.APPLIED:
             wanted = None
             if body.assets and self.rules is not None:
@@ -206,6 +209,39 @@ class Agent:
         envelope = self.record_measured(records, urgent=True)  # the answer overtakes the backlog, as alarms do
         if envelope is not None:
             inbox.reported(applied.command.seq)
+        return envelope
+
+    def rotate(self, inbox: CommandInbox, applied: Applied) -> Envelope | None:
+        """Answer rotate-key: a new key in the same key store, the handover signed by the old one, then the switch.
+
+        The order is durable.keystore.DeviceKeys's: the new key is made and
+        named as under way, the handover (telemetry.rotation) is appended with
+        the old key as the very next seq, then the description switches and the
+        old key is destroyed. A power cut anywhere leaves the old key in force
+        with the command owed, or the new one with the handover in the chain.
+        """
+        keys, command = inbox.keys, applied.command
+        if keys.rotated_by() == command.digest:  # switched already; a power cut came before `reported`
+            inbox.reported(command.seq)
+            return None
+        old = self.identity
+        new = keys.prepare(command.digest, self.recorder.seq, old)
+        records, clock = handover_records(command, old.kid, new, applied.at), None
+        if self.trusted_clock is not None:   # as record_measured and record date and stamp them
+            instant = self.trusted_clock.now()
+            records, clock = list(stamp(redate(records, instant), instant)), instant.statement()
+        try:   # append, not record: the switch comes before anything else is signed (a drops or gap record)
+            envelope = self.recorder.append(records, clock=clock, urgent=True)
+        except (SpoolError, StateError) as exc:   # nothing was appended: the old key stays, the command owed
+            log.error("cannot spool the key handover: %s; the rotation is retried at the next start", exc)
+            keys.abandon(old)
+            return None
+        self.identity = self.recorder.identity = keys.complete(old, new, envelope.seq)
+        log.info("key rotation: %s hands over to %s at seq %d", old.kid.hex(), new.kid.hex(), envelope.seq)
+        inbox.reported(command.seq)
+        self.recorder.report_drops()
+        if self.uplink is not None:
+            self.uplink.wake()
         return envelope
 
     def reconfigure(self, inbox: CommandInbox) -> None:
@@ -376,6 +412,9 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until `stop` is set; then stop every task and mark the shutdown clean."""
+        if self.commands is not None and self.commands.keys is not None:  # a rotation a power cut interrupted
+            head = self.spool.head()
+            self.identity = self.commands.keys.settle(self.identity, head.seq if head else None)
         self.recorder = Recorder.start(self.identity, self.device, self.spool, self.state, now=self.clock(),
                                        binding=self.binding, tokens=self.tokens)
         log.info("agent %s: boot %d, resuming after seq %d", self.device, self.recorder.boot, self.recorder.seq)

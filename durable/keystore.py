@@ -21,7 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from durable.exc import (
@@ -32,7 +33,7 @@ from durable.exc import (
     TpmUnavailableError,
 )
 from durable.files import atomic_write
-from durable.keyfile import create_key, read_key
+from durable.keyfile import create_key, read_key, write_key
 from telemetry.identity import Identity, kid_of, low_s
 from telemetry.numbers import ALG_ES256
 
@@ -53,12 +54,21 @@ def default_tcti() -> str:
 
 @dataclass(frozen=True, slots=True)
 class KeyStoreDescription:
-    """What `device.keystore` says: the kind, and for a TPM its TCTI, its handle and the public key it must hold."""
+    """What `device.keystore` says: the kind, and for a TPM its TCTI, its handle and the public key it must hold.
+
+    After a key rotation (`DeviceKeys`) it also says which seed file holds a software key (`key_file`, else the
+    config's), which rotate-key command put this key in force (`rotated_by`, its digest), the keys it retired
+    (`retired`: their public keys and the handover seq, for the evidence they signed) and, while a rotation is
+    under way, the new key made for it (`rotation`)."""
 
     kind: str
     tcti: str | None = None
     handle: int = DEFAULT_TPM_HANDLE
     public_key: bytes | None = None
+    key_file: str | None = None
+    rotated_by: bytes | None = None
+    retired: tuple = ()
+    rotation: dict | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -68,15 +78,31 @@ class KeyStoreDescription:
                                       "(0x81000000..0x817FFFFF)")
 
     def to_json(self) -> dict:
-        return {"kind": self.kind, "tcti": self.tcti, "handle": f"{self.handle:#x}",
+        item = {"kind": self.kind, "tcti": self.tcti, "handle": f"{self.handle:#x}",
                 "public_key_hex": None if self.public_key is None else self.public_key.hex()}
+        if self.key_file is not None:
+            item["key_file"] = self.key_file
+        if self.rotated_by is not None:
+            item["rotated_by_hex"] = self.rotated_by.hex()
+        if self.retired:
+            item["retired"] = list(self.retired)
+        if self.rotation is not None:
+            item["rotation"] = self.rotation
+        return item
+
+    def write(self, path: Path) -> None:
+        """Replace the description at `path` in one step (a crash leaves the old one or this one)."""
+        atomic_write(path, (json.dumps(self.to_json(), indent=1) + "\n").encode())
 
     @classmethod
     def read(cls, path: Path) -> KeyStoreDescription:
         try:
             item = json.loads(Path(path).read_text("utf-8"))
             return cls(item["kind"], item.get("tcti"), int(item.get("handle", hex(DEFAULT_TPM_HANDLE)), 16),
-                       bytes.fromhex(item["public_key_hex"]) if item.get("public_key_hex") else None)
+                       bytes.fromhex(item["public_key_hex"]) if item.get("public_key_hex") else None,
+                       item.get("key_file"),
+                       bytes.fromhex(item["rotated_by_hex"]) if item.get("rotated_by_hex") else None,
+                       tuple(item.get("retired", ())), item.get("rotation"))
         except OSError as exc:
             raise KeyStoreError(f"cannot read the key store description {path}: {exc.strerror}") from exc
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -190,10 +216,19 @@ def evict_tpm_key(tcti: str, handle: int, public_key: bytes) -> bool:
 def create_tpm_key(tcti: str, handle: int = DEFAULT_TPM_HANDLE) -> TpmKey:
     """Create a P-256 signing key in the TPM and make it persistent at `handle` (refused if the handle is taken,
     the TPM is in lockout, or its owner hierarchy has a password)."""
+    esapi = _esapi(tcti)
+    try:
+        return _create_tpm_key(esapi, tcti, handle)
+    except BaseException:
+        esapi.close()
+        raise
+
+
+def _create_tpm_key(esapi, tcti: str, handle: int) -> TpmKey:
+    """`create_tpm_key` over an open TPM connection (the caller closes it on failure)."""
     from tpm2_pytss import TPM2B_PUBLIC, TSS2_Exception
     from tpm2_pytss.constants import ESYS_TR, TPMA_OBJECT
 
-    esapi = _esapi(tcti)
     try:
         _preflight(esapi, tcti)
         attributes = (TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT | TPMA_OBJECT.SENSITIVEDATAORIGIN
@@ -212,11 +247,7 @@ def create_tpm_key(tcti: str, handle: int = DEFAULT_TPM_HANDLE) -> TpmKey:
         esapi.flush_context(transient)
         return TpmKey(esapi, handle, _public_point(public))
     except TSS2_Exception as exc:
-        esapi.close()
         raise _tpm_error(exc, "create the device key") from exc
-    except BaseException:
-        esapi.close()
-        raise
 
 
 def open_tpm_key(tcti: str, handle: int = DEFAULT_TPM_HANDLE, public_key: bytes | None = None) -> TpmKey:
@@ -253,7 +284,7 @@ def create_device_key(state_dir: Path, kind: str, *, key_file: str = "device.key
         description = KeyStoreDescription("tpm", tcti, handle, identity.public_key)
     else:
         raise KeyStoreConfigError(f"key store kind {kind!r} is not one of {', '.join(KINDS)}")
-    atomic_write(description_path, (json.dumps(description.to_json(), indent=1) + "\n").encode())
+    description.write(description_path)
     return identity
 
 
@@ -275,11 +306,174 @@ def open_device_key(state_dir: Path, *, key_file: str = "device.key", kind: str 
         raise KeyStoreConfigError(f"{description_path} describes a {description.kind} key, the config says "
                                   f"key_store = {kind!r}: provision again rather than mix the two")
     if description.kind == "software":
-        identity = Identity(read_key(Path(state_dir) / key_file))
+        seed_file = Path(state_dir) / (description.key_file or key_file)
+        identity = Identity(read_key(seed_file))
         if description.public_key not in (None, identity.public_key):
-            raise TpmKeyMismatchError(f"{Path(state_dir) / key_file} is not the key {description_path} names")
+            raise TpmKeyMismatchError(f"{seed_file} is not the key {description_path} names")
         return identity
     return open_tpm_key(description.tcti or default_tcti(), description.handle, description.public_key)
+
+
+# --- rotation: the lender's rotate-key command (telemetry.rotation) -------------------------------------------
+
+def _evict_on(esapi, handle: int, public_key: bytes | None) -> bool:
+    """Remove the persistent key at `handle` over an open connection if it is `public_key` (any key when None)."""
+    from tpm2_pytss import TSS2_Exception
+    from tpm2_pytss.constants import ESYS_TR
+
+    try:
+        key_handle = esapi.tr_from_tpmpublic(handle)
+        public, _, _ = esapi.read_public(key_handle)
+    except TSS2_Exception:
+        return False
+    if public_key is not None and _public_point(public) != public_key:
+        return False
+    try:
+        esapi.evict_control(ESYS_TR.OWNER, key_handle, handle)
+    except TSS2_Exception as exc:
+        raise _tpm_error(exc, f"remove the key at {handle:#x}") from exc
+    return True
+
+
+class DeviceKeys:
+    """A gateway's key store as the rotate-key command changes it: make a new key of the same kind, switch, retire.
+
+    The switch is one atomic replacement of `device.keystore`, in three steps
+    the daemon drives around the handover envelope (telemetry.rotation):
+
+    1. `prepare`: the new key is made (software: a new 0600 seed file beside
+       the old; TPM: a new key at the other persistent handle) and the
+       description names it as the rotation under way, with the chain's head
+       seq before the handover (`after_seq`). The old key stays in force.
+    2. the daemon signs the handover with the OLD key into the chain (seq
+       `after_seq` + 1: nothing else is appended between the two steps).
+    3. `complete`: the description names the new key, the command that put it
+       in force and the retired key; then the old key is destroyed (its seed
+       file removed, its TPM handle evicted): it is never used again.
+
+    A power cut between 1 and 3 leaves the old key in force and the rotation
+    under way; at the next start `settle` completes it when the chain's head is
+    above `after_seq` (the handover was appended) and otherwise leaves the
+    command owed, to be answered again with the same new key. A handover that
+    could not be spooled is `abandon`ed at once (nothing was appended).
+    """
+
+    def __init__(self, folder: str | os.PathLike, key_file: str = "device.key", kind: str | None = None) -> None:
+        self.folder = Path(folder)
+        self.key_file = key_file
+        self.kind = kind
+        self.path = self.folder / KEYSTORE_FILE
+
+    def open(self):
+        """The signer in force (`open_device_key`)."""
+        return open_device_key(self.folder, key_file=self.key_file, kind=self.kind)
+
+    def description(self, current) -> KeyStoreDescription:
+        """What `device.keystore` says, or, for a gateway from before key stores, what it would say of `current`."""
+        if self.path.exists():
+            return KeyStoreDescription.read(self.path)
+        return KeyStoreDescription("software", public_key=current.public_key)
+
+    def rotated_by(self) -> bytes | None:
+        """The digest of the rotate-key command that put the key in force, None before any rotation."""
+        return KeyStoreDescription.read(self.path).rotated_by if self.path.exists() else None
+
+    def _open_next(self, described: KeyStoreDescription, rotation: dict, current):
+        public = bytes.fromhex(rotation["public_key_hex"])
+        if described.kind == "software":
+            identity = Identity(read_key(self.folder / rotation["key_file"]))
+            if identity.public_key != public:
+                raise TpmKeyMismatchError(f"{self.folder / rotation['key_file']} is not the new key {self.path} names")
+            return identity
+        handle = int(rotation["handle"], 16)
+        key = TpmKey(current._esapi, handle, public)   # the same connection: a TPM may serve one client at a time
+        from tpm2_pytss import TSS2_Exception
+        try:
+            found, _, _ = current._esapi.read_public(key._key)
+        except TSS2_Exception as exc:
+            raise KeyStoreError(f"the new key at {handle:#x} is gone from the TPM: {exc}") from exc
+        if _public_point(found) != public:
+            raise TpmKeyMismatchError(f"the TPM's key at {handle:#x} is not the new key {self.path} names")
+        return key
+
+    def prepare(self, command_digest: bytes, after_seq: int, current):
+        """Step 1: the new key for the rotate-key command `command_digest` (the same one again if a power cut
+        interrupted this rotation), named in the description as under way after chain seq `after_seq`."""
+        described = self.description(current)
+        rotation = described.rotation
+        if rotation is not None and rotation.get("command_hex") == command_digest.hex():
+            new = self._open_next(described, rotation, current)
+        else:
+            if rotation is not None:   # a rotation for another command never finished: its key is discarded
+                self._destroy(described, rotation, current)
+            if described.kind == "software":
+                seed = os.urandom(32)
+                new = Identity(seed)
+                name = f"{self.key_file}.{new.kid.hex()[:16]}"
+                write_key(self.folder / name, seed, replace=True)   # mode 0600, like the first
+                rotation = {"key_file": name}
+            else:
+                handle = DEFAULT_TPM_HANDLE + 1 if described.handle == DEFAULT_TPM_HANDLE else DEFAULT_TPM_HANDLE
+                _evict_on(current._esapi, handle, None)   # a key left there by an unfinished rotation, or retired
+                new = _create_tpm_key(current._esapi, described.tcti or default_tcti(), handle)
+                rotation = {"handle": f"{handle:#x}"}
+            rotation |= {"public_key_hex": new.public_key.hex(), "command_hex": command_digest.hex()}
+        rotation = dict(rotation, after_seq=after_seq)
+        replace(described, rotation=rotation).write(self.path)
+        return new
+
+    def abandon(self, current) -> None:
+        """The handover could not be appended: nothing was signed after step 1 (the command stays owed)."""
+        described = self.description(current)
+        if described.rotation is not None:
+            replace(described, rotation=dict(described.rotation, after_seq=None)).write(self.path)
+
+    def complete(self, current, new, handover_seq: int):
+        """Step 3: the handover (seq `handover_seq`) is in the chain: the new key is in force, the old one retired."""
+        described = self.description(current)
+        rotation = described.rotation
+        if rotation is None or rotation["public_key_hex"] != new.public_key.hex():
+            raise KeyStoreError(f"{self.path} names no rotation to the key {new.kid.hex()}")
+        old = {"public_key_hex": current.public_key.hex(), "handover_seq": handover_seq}
+        if described.kind == "software":
+            old["key_file"] = described.key_file or self.key_file
+            switched = replace(described, public_key=new.public_key, key_file=rotation["key_file"])
+        else:
+            old["handle"] = f"{described.handle:#x}"
+            switched = replace(described, public_key=new.public_key, handle=int(rotation["handle"], 16))
+        switched = replace(switched, rotated_by=bytes.fromhex(rotation["command_hex"]),
+                           retired=described.retired + (old,), rotation=None)
+        switched.write(self.path)
+        self._destroy(switched, old, new)
+        return new
+
+    def settle(self, current, head_seq: int | None):
+        """At start: finish a rotation whose handover a power cut left in the chain (head above its `after_seq`);
+        the signer then in force. Retired keys a power cut left behind are destroyed."""
+        if not self.path.exists():
+            return current
+        described = KeyStoreDescription.read(self.path)
+        rotation = described.rotation
+        if rotation is not None and rotation.get("after_seq") is not None and head_seq is not None \
+                and head_seq > rotation["after_seq"]:
+            return self.complete(current, self._open_next(described, rotation, current), rotation["after_seq"] + 1)
+        for old in described.retired:
+            self._destroy(described, old, current)
+        if described.kind == "software":   # a new seed a power cut left before the description named it
+            named = {described.key_file or self.key_file, (rotation or {}).get("key_file")}
+            for stray in self.folder.glob(f"{self.key_file}.*"):
+                if stray.name not in named and re.fullmatch(r"[0-9a-f]{16}", stray.name[len(self.key_file) + 1:]):
+                    stray.unlink(missing_ok=True)
+        return current
+
+    def _destroy(self, described: KeyStoreDescription, key: dict, current) -> None:
+        """Remove a key that is not in force: a retired one, or a new one of an unfinished rotation."""
+        if described.kind == "software":
+            name = key.get("key_file")
+            if name and name != (described.key_file or self.key_file):
+                (self.folder / name).unlink(missing_ok=True)
+        elif key.get("handle") and int(key["handle"], 16) != described.handle:
+            _evict_on(current._esapi, int(key["handle"], 16), bytes.fromhex(key["public_key_hex"]))
 
 
 # --- attestation: what the enrollment request carries, and the lender's credential --------------------------
