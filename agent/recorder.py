@@ -32,6 +32,9 @@ from agent.freshness import LenderTokens
 from agent.spool import REASON_OVERFLOW, Spool
 from agent.state import AgentState
 from telemetry.clock import ClockStatement
+from durable.exc import KeyStoreError
+from durable.tpmcounter import CountedTpmKey, counted
+from telemetry import tpmcount
 from telemetry.envelope import GENESIS, Counters, Envelope, Gap, GapReason, seal
 from telemetry.identity import Identity
 from telemetry.senml import Record
@@ -72,7 +75,7 @@ class Recorder:
     def __init__(self, identity: Identity, device: str, boot: int, spool: Spool, state: AgentState,
                  seq: int, prev: bytes, counters: Counters = Counters(0, 0), *, binding: bytes | None = None,
                  tokens: LenderTokens | None = None, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self.identity = identity
+        self.identity = identity  # a TPM key is wrapped so that the TPM counts each signature (durable.tpmcounter)
         self.device = device
         self.boot = boot
         self.spool = spool
@@ -84,6 +87,29 @@ class Recorder:
         self.tokens = tokens  # the newest lender token, for every envelope (None: none held)
         self._monotonic = monotonic
         self.signed_at = monotonic()  # when the last envelope was signed (or the recorder started)
+
+    @property
+    def identity(self):
+        return self._identity
+
+    @identity.setter
+    def identity(self, signer) -> None:
+        """The signer of every later envelope; a new TPM key (a rotation) is counted and certified like the first."""
+        self._identity = counted(signer)
+        self._certify_due = isinstance(self._identity, CountedTpmKey)
+
+    def _counter_records(self, seq: int, at: float | None) -> list[Record]:
+        """The TPM's certified count for the envelope `seq` about to be signed (the first of a boot); [] if the
+        TPM could not certify it (logged; the next envelope tries again)."""
+        if not self._certify_due:
+            return []
+        try:
+            nv_public, attest, signature = self._identity.certify(
+                tpmcount.qualifying_data(self.device, self.boot, seq, self.prev))
+        except KeyStoreError as exc:
+            log.error("the TPM did not certify its envelope counter (the next envelope tries again): %s", exc)
+            return []
+        return [Record(tpmcount.RECORD, data=tpmcount.encode(nv_public, attest, signature), time=at)]
 
     @classmethod
     def start(cls, identity: Identity, device: str, spool: Spool, state: AgentState, *, now: float,
@@ -132,11 +158,15 @@ class Recorder:
         `urgent`: in the spool's alarm lane (sent first, never dropped) though it holds no alarm."""
         records = tuple(records)
         seq = self._next_seq()
+        certified = self._counter_records(seq, next((r.time for r in records if r.time is not None), None))
+        records += tuple(certified)
         envelope = seal(self.identity, device=self.device, boot=self.boot, seq=seq, prev=self.prev,
                         records=records, gap=gap, clock=clock, counters=self._next_counters(records, gap),
                         token=self.tokens.token if self.tokens is not None else None, binding=self.binding)
         self.spool.append(Urgent(envelope) if urgent else envelope)  # raises, leaving the chain as it was, if not stored
         self.seq, self.prev, self.counters = envelope.seq, envelope.digest, envelope.counters
+        if certified:
+            self._certify_due = False
         self.signed_at = self._monotonic()
         return envelope
 

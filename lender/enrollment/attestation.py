@@ -182,10 +182,42 @@ def verify(body: EnrollmentBody, cas: list[x509.Certificate]) -> Credential:
     return Credential(id_object.marshal(), encrypted_secret.marshal(), secret)
 
 
+def attestation_key_point(ak_public: bytes) -> bytes:
+    """The attestation key's 65-byte P-256 point, from its marshalled TPM2B_PUBLIC (as a request carries it): what
+    the lender checks the device's later TPM statements with (its envelope counter, telemetry.tpmcount)."""
+    from tpm2_pytss import TPM2B_PUBLIC
+    return _p256_point(_unmarshal(TPM2B_PUBLIC, ak_public, "attestation key"))
+
+
+def recorded_attestation_key(enroll_folder: str | os.PathLike, device: str) -> bytes | None:
+    """The P-256 point of the attestation key a `tpm-attested` device's enrollment proved to be in its TPM
+    (``DATA/enroll/requests/<device>.json``; `enroll_folder` is ``DATA/enroll``), or None for any other device.
+    Records written before the point was kept there give it from the attested request they hold."""
+    import base64
+    import json
+
+    from lender.evidence.registry import KeyStorage, check_device_id
+    from telemetry.enrollment import EnrollmentRequest
+    from telemetry.exc import EnrollmentFormatError
+
+    path = Path(enroll_folder) / "requests" / f"{check_device_id(device)}.json"
+    try:
+        record = json.loads(path.read_text("utf-8"))
+        if record.get("key_storage") != KeyStorage.TPM_ATTESTED.value:
+            return None
+        if record.get("attestation_key_hex"):
+            return bytes.fromhex(record["attestation_key_hex"])
+        body = EnrollmentRequest.decode(base64.b64decode(record["request_b64"])).body
+        return attestation_key_point(body.attestation.ak_public) if body.attestation else None
+    except (OSError, ValueError, KeyError, TypeError, EnrollmentFormatError, AttestationError, ImportError):
+        return None
+
+
 def fingerprint(cert_der: bytes) -> str:
     """SHA-256 of a certificate (hex): how the enrollment record names the EK certificate it checked."""
     return hashlib.sha256(cert_der).hexdigest()
 
 
-__all__ = ["AttestationError", "Credential", "check_chain", "fingerprint", "manufacturer_cas", "manufacturers_dir",
+__all__ = ["AttestationError", "Credential", "attestation_key_point", "check_chain", "fingerprint",
+           "recorded_attestation_key", "manufacturer_cas", "manufacturers_dir",
            "verify"]

@@ -211,6 +211,8 @@ class EnrollmentDesk:
                       "key_storage": device.key_storage.value}
             if credential is not None:
                 record["ek_certificate_sha256"] = attestation.fingerprint(body.attestation.ek_certificate)
+                # the key the device's TPM certifies its envelope counter with (lender.evidence.risks, rollback)
+                record["attestation_key_hex"] = attestation.attestation_key_point(body.attestation.ak_public).hex()
             requests = enroll_dir(self.data_dir) / "requests"
             for folder in (requests, saved.parent):
                 folder.mkdir(mode=0o700, parents=True, exist_ok=True)

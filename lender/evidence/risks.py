@@ -20,7 +20,12 @@ never from the device's opinion of itself:
 * ``binding``    envelopes bound to another enrollment (refused, kept in quarantine);
 * ``site``       the lender's own reading of the raw evidence against the site record it holds: the newest
                  GNSS fix outside the enrolled geofence, or a temperature / humidity / weight outside the
-                 enrolled band for longer than its hold time, while the device raised no alarm for it.
+                 enrolled band for longer than its hold time, while the device raised no alarm for it;
+* ``rollback``   a TPM-attested gateway's TPM counted more envelope signatures between two of its certified
+                 counter statements (telemetry.tpmcount, one per boot) than the seqs between them: envelopes
+                 signed and never delivered, then signed again from a restored state directory; a statement
+                 that does not verify against the attestation key the enrollment proved; a boot that begins
+                 without one.
 """
 from __future__ import annotations
 
@@ -30,8 +35,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lender.enrollment.attestation import recorded_attestation_key
 from lender.evidence.commands import CommandDesk
 from lender.evidence.store import EvidenceStore, Review, StoredEnvelope, explain_gaps
+from telemetry import tpmcount
 from telemetry.ack import Reason
 from telemetry.command import LOCAL_RULES
 from telemetry.envelope import GENESIS, GapReason, decode
@@ -39,7 +46,7 @@ from telemetry.exc import WireFormatError
 from telemetry.freshness import token_genuine, token_time
 from telemetry.manifest import DEFAULT_HEARTBEAT_S, HEARTBEAT_S, RULES, rules_digest
 
-KINDS = ("silent", "gap", "alarm-lost", "chain", "clock", "rules", "binding", "site")
+KINDS = ("silent", "gap", "alarm-lost", "chain", "clock", "rules", "binding", "site", "rollback")
 EARTH_RADIUS_M = 6_371_000.0
 FENCE_MARGIN_M = 50.0       # a GNSS fix's own error: the lender calls a fix outside only beyond this
 UNITS = {"Cel": ("temperature", 1.0), "%RH": ("humidity", 1.0), "kg": ("weight", 1.0), "g": ("weight", 0.001)}
@@ -68,6 +75,11 @@ class Judge:
     token_key: bytes | None = None
     sites_dir: Path | None = None
     missed_heartbeats: float = MISSED_HEARTBEATS
+    enroll_dir: Path | None = None   # DATA/enroll (enrollment records); default: the folder above `sites_dir`
+
+    @property
+    def enrollment_records(self) -> Path | None:
+        return self.enroll_dir or (self.sites_dir.parent if self.sites_dir is not None else None)
 
 
 def device_risks(store: EvidenceStore, device: str, judge: Judge, open_alarms: Iterable[str] = ()) -> list[Risk]:
@@ -85,6 +97,7 @@ def device_risks(store: EvidenceStore, device: str, judge: Judge, open_alarms: I
     risks += _binding(store, device)
     if registered is not None and registered.asset and judge.sites_dir is not None:
         risks += _site(store, device, registered.asset, judge.sites_dir, set(open_alarms))
+    risks += _rollback(store, device, envelopes, judge)
     return risks
 
 
@@ -281,6 +294,91 @@ def _binding(store, device: str) -> list[Risk]:
     return [Risk("binding", f"{sum(q.count for q in refused)} envelope(s) bound to another enrollment were refused "
                             f"(the same key pledged elsewhere?): {refused[0].detail}",
                  min(q.first_seen for q in refused), refused[0].seq)]
+
+
+def _rollback(store, device: str, envelopes: list[StoredEnvelope], judge: Judge) -> list[Risk]:
+    """The TPM's count of envelope signatures against the seqs the lender holds (telemetry.tpmcount).
+
+    Between two verified statements at seqs a < b (counts ca, cb, each taken before its envelope's own
+    signature), the device signed exactly seqs a..b-1: cb - ca = b - a, plus at most one count per unclean end
+    (a signature cut off between the count and the spool: a power-loss record says so), plus the readings a
+    storage-failure record says were signed and not stored. Seqs the device itself says were lost with its spool
+    (a spool-reset record) were not necessarily signed, so there the count says how many were. Anything more
+    was signed and never reached the lender: the state directory was restored and those seqs signed again.
+    Only the TPM's statements enter this; nothing the device's state files say does."""
+    readings = store.records_named(device, names=(tpmcount.RECORD,))
+    folder = judge.enrollment_records
+    if not readings or folder is None:
+        return []
+    key = recorded_attestation_key(folder, device)
+    if key is None:
+        return []  # not tpm-attested: the label says so; its statements prove nothing the lender could check
+    by_seq = {e.seq: e for e in envelopes}
+    risks: list[Risk] = []
+    statements: list[tuple[StoredEnvelope, tpmcount.CounterStatement]] = []
+    for reading in readings:
+        envelope = by_seq.get(reading.seq)
+        if envelope is None or reading.data is None:
+            continue
+        try:
+            statements.append((envelope, tpmcount.read_statement(reading.data, key, device=device, boot=envelope.boot,
+                                                                 seq=envelope.seq, prev=envelope.prev)))
+        except tpmcount.CounterStatementError as exc:
+            risks.append(Risk("rollback", f"seq {envelope.seq} (boot {envelope.boot}) carries a TPM counter statement "
+                                          f"that proves nothing: {exc}", envelope.received_at, envelope.seq))
+    if not statements:
+        return risks
+    gaps = store.gap_records(device)
+    held = sorted(by_seq)
+    reviewed = _reviewed(store.reviews(device))
+    for (a, first), (b, second) in zip(statements, statements[1:]):
+        counted = second.count - first.count
+        where = f"boot {b.boot} (seq {b.seq})"
+        since = f"since seq {a.seq} (boot {a.boot}, count {first.count})"
+        if counted < 0:
+            risks.append(Risk("rollback", f"{where}: the TPM's count {second.count} is below its count {since}: "
+                                          "not the counter it certified before", b.received_at, b.seq))
+            continue
+        reset = [g for g in gaps if g.reason == GapReason.SPOOL_RESET.value and g.first is not None
+                 and g.last is not None and g.last >= a.seq and g.first < b.seq]
+        in_reset = sum(1 for seq in range(a.seq, b.seq) if seq not in by_seq
+                       and any(g.first <= seq <= g.last for g in reset)) if reset else 0
+        signed = b.seq - a.seq - in_reset   # held, or missing and signed (in flight, dropped by overflow, refused)
+        stored_not = sum(g.count or 0 for g in gaps
+                         if g.reason == GapReason.STORAGE_FAILURE.value and a.seq < g.seq <= b.seq)
+        cuts = [g.seq for g in gaps if g.reason == GapReason.POWER_LOSS.value and a.seq < g.seq <= b.seq]
+        unaccounted = counted - signed - stored_not
+        if unaccounted <= 0:
+            continue
+        told = (f"{counted} signature(s) counted for {b.seq - a.seq} seqs"
+                + (f", {in_reset} of them lost with the spool by the device's own account (seq {reset[0].seq})"
+                   if in_reset else "")
+                + (f", {stored_not} reading(s) signed and not stored (storage-failure record)" if stored_not else ""))
+        if unaccounted <= len(cuts):
+            if all(seq in reviewed for seq in cuts):
+                continue
+            risks.append(Risk("rollback", f"{device} {where}: the TPM counted {unaccounted} signature(s) the lender "
+                                          f"never received {since}: {told}; the unclean end declared at seq "
+                                          f"{', '.join(map(str, cuts))} may explain {len(cuts)} (a signature cut off "
+                                          "before its envelope was stored), or an envelope was signed and withheld "
+                                          "(review the power-loss record)", b.received_at, b.seq))
+        else:
+            risks.append(Risk("rollback", f"{device} {where}: the TPM counted {unaccounted - len(cuts)} signature(s) "
+                                          f"the lender never received {since}: {told}"
+                                          + (f", {len(cuts)} unclean end(s) explaining one each" if cuts else "")
+                                          + ": envelopes were signed and withheld, and the state directory was "
+                                          "restored from an older copy to sign those seqs again", b.received_at,
+                              b.seq))
+    # after its first statement, every boot of the device begins with one (a boot is held from its first seq on)
+    certified_boots = {by_seq[r.seq].boot for r in readings if r.seq in by_seq}
+    start = statements[0][0].seq
+    for before, after in zip(held, held[1:]):
+        e, f = by_seq[before], by_seq[after]
+        if after > start and after == before + 1 and f.boot != e.boot and f.boot not in certified_boots:
+            risks.append(Risk("rollback", f"{device} boot {f.boot} begins at seq {after} without a TPM counter "
+                                          "statement: its signatures are not counted (an agent that does not count, "
+                                          "or a TPM that failed to certify)", f.received_at, after))
+    return risks
 
 
 def _site_assets(sites_dir: Path, asset: str) -> list[dict]:

@@ -1,0 +1,160 @@
+"""The TPM counts every envelope signature; the lender compares the counts it certifies with the seqs it holds.
+
+In-process against swtpm: the agent's recorder with a TPM key, a lender's store and ingest, and the enrollment
+record an attested enrollment leaves (the attestation key's point). The end-to-end story, real processes and a
+real attested enrollment, is tests/provisioning/test_tpm_rollback.py.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+
+from agent.recorder import Recorder
+from agent.spool import Spool
+from agent.state import AgentState
+from durable.keystore import create_device_key, open_device_key
+from durable.tpmcounter import COUNTER_INDEX, CountedTpmKey
+from lender.evidence.risks import Judge, device_risks
+from telemetry import tpmcount
+from telemetry.envelope import decode, seal
+from telemetry.senml import Record
+from tests.kit.evidence import EvidenceLender
+from tests.kit.lender import batch
+
+HANDLE = 0x81010061
+DEVICE = "gw-tpm-9"
+
+
+def attestation_key_point(tcti: str) -> bytes:
+    """The attestation key's point, as the lender keeps it from an attested enrollment (re-derived: a primary)."""
+    from tpm2_pytss import ESAPI
+    from tpm2_pytss.constants import ESYS_TR
+
+    from durable.tpmcounter import _ak_template
+    esapi = ESAPI(tcti)
+    try:
+        handle, public, *_ = esapi.create_primary(None, _ak_template(), ESYS_TR.ENDORSEMENT)
+        esapi.flush_context(handle)
+    finally:
+        esapi.close()
+    ecc = public.publicArea.unique.ecc
+    return b"\x04" + bytes(ecc.x).rjust(32, b"\0") + bytes(ecc.y).rjust(32, b"\0")
+
+
+class Gateway:
+    """A TPM gateway's key, spool and state on disk; `run` is one boot of the agent's recorder."""
+
+    def __init__(self, root, tcti: str) -> None:
+        self.state_dir = root / "gateway"
+        create_device_key(self.state_dir, "tpm", tcti=tcti, handle=HANDLE).close()
+
+    def run(self, readings: int, *, alarm: bool = False):
+        key = open_device_key(self.state_dir)
+        spool = Spool.open(self.state_dir / "spool.db")
+        state = AgentState.open(self.state_dir / "state.json")
+        try:
+            recorder = Recorder.start(key, DEVICE, spool, state, now=time.time())
+            assert isinstance(recorder.identity, CountedTpmKey)
+            signed = [recorder.record([Record("temp", value=4.0 + i, unit="Cel", time=time.time())])
+                      for i in range(readings)]
+            if alarm:
+                signed.append(recorder.record([Record("alarm.temperature.stock", string="raised", time=time.time())]))
+            state.mark_clean_shutdown()
+            return signed
+        finally:
+            spool.close()
+            state.close()
+            key.close()
+
+    def copy(self, to):
+        shutil.copytree(self.state_dir, to)
+
+    def restore(self, copy) -> None:
+        shutil.rmtree(self.state_dir)
+        shutil.copytree(copy, self.state_dir)
+
+
+@pytest.fixture
+def site(swtpm, tmp_path):
+    from tpm2_pytss import ESAPI
+    lender = EvidenceLender(tmp_path / "lender")
+    gateway = Gateway(tmp_path, swtpm.tcti)
+    key = open_device_key(gateway.state_dir)
+    code, _, err = lender.cli("register", "--device", DEVICE, "--public-key", key.public_key.hex(), "--no-oscore")
+    key.close()
+    assert code == 0, err
+    requests = tmp_path / "lender" / "enroll" / "requests"
+    requests.mkdir(parents=True, exist_ok=True)
+    (requests / f"{DEVICE}.json").write_text(json.dumps({"key_storage": "tpm-attested",
+                                                         "attestation_key_hex": attestation_key_point(swtpm.tcti).hex()}))
+    yield lender, gateway
+    lender.close()
+    esapi = ESAPI(swtpm.tcti)  # the session's TPM is shared: leave no key at the handle (the counter stays, as on a chip)
+    try:
+        from tpm2_pytss.constants import ESYS_TR
+        esapi.evict_control(ESYS_TR.OWNER, esapi.tr_from_tpmpublic(HANDLE), HANDLE)
+    finally:
+        esapi.close()
+
+
+def rollbacks(lender: EvidenceLender) -> list[str]:
+    judge = Judge(now=time.time(), sites_dir=lender.data_dir / "enroll" / "sites")
+    return [r.detail for r in device_risks(lender.store, DEVICE, judge) if r.kind == "rollback"]
+
+
+def deliver(lender: EvidenceLender, envelopes) -> None:
+    outcome = lender.ingest.batch(batch(envelopes), peer="198.51.100.7:5683")
+    assert outcome.ack()
+
+
+def test_a_restored_state_directory_shows_the_signatures_it_threw_away_and_honest_restarts_show_nothing(site, tmp_path):
+    lender, gateway = site
+    first = gateway.run(3)
+    statement = [r for r in first[0].records if r.name == tpmcount.RECORD]
+    assert len(statement) == 1 and not any(r.name == tpmcount.RECORD for e in first[1:] for r in e.records)
+    deliver(lender, first)
+    second = gateway.run(2)           # an honest restart: a new statement, counts match the seqs
+    deliver(lender, second)
+    assert rollbacks(lender) == []
+    gateway.copy(tmp_path / "copy")   # the borrower copies the state directory and spool (agent stopped)
+    lost = gateway.run(1, alarm=True)  # the uplink is cut: a reading and an alarm signed, never sent
+    assert lost[-1].alarm
+    gateway.restore(tmp_path / "copy")
+    again = gateway.run(2)            # the same seqs signed again, and delivered
+    assert [e.seq for e in again] == [e.seq for e in lost][:2] and again[0].boot == lost[0].boot
+    deliver(lender, again)
+    found = rollbacks(lender)
+    assert len(found) == 1 and "the TPM counted 2 signature(s) the lender never received" in found[0], found
+    assert f"boot {again[0].boot} (seq {again[0].seq})" in found[0] and DEVICE in found[0]
+
+
+def test_a_forged_edited_or_moved_counter_statement_is_flagged(site, swtpm):
+    lender, gateway = site
+    first = gateway.run(2)
+    deliver(lender, first)
+    data = next(r.data for r in first[0].records if r.name == tpmcount.RECORD)
+    version, nv_public, attest, signature = __import__("telemetry.cbor", fromlist=["decode"]).decode(data)
+    assert version == 1 and int.from_bytes(nv_public[:4], "big") == COUNTER_INDEX
+    # root on the gateway can make the TPM key sign any envelope: with an edited count, a statement moved from
+    # another envelope, or a counter index that is not a counter
+    lower = attest[:-1] + bytes([attest[-1] - 1])
+    key = open_device_key(gateway.state_dir)
+    try:
+        head = first[-1]
+        forged = []
+        for n, payload in enumerate((tpmcount.encode(nv_public, lower, signature), data)):
+            envelope = seal(key, device=DEVICE, boot=head.boot + 1, seq=head.seq + 1 + n,
+                            prev=forged[-1].digest if forged else head.digest,
+                            records=[Record(tpmcount.RECORD, data=payload, time=time.time())],
+                            counters=head.counters)
+            forged.append(envelope)
+    finally:
+        key.close()
+    deliver(lender, forged)
+    found = rollbacks(lender)
+    assert any(f"seq {forged[0].seq}" in d and "signature over the certification does not verify" in d for d in found), found
+    assert any(f"seq {forged[1].seq}" in d and "another place in the chain" in d for d in found), found
+    assert decode(forged[0].raw).records[0].name == tpmcount.RECORD
