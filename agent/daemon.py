@@ -47,6 +47,7 @@ from telemetry.senml import Record
 log = logging.getLogger(__name__)
 
 FAULT_PREFIX = "fault."
+OBSERVING_POLL = 300.0  # seconds between polls of /c at least while the lender's command notices are observed
 
 
 def sample_record(sample: Sample) -> Record:
@@ -124,7 +125,8 @@ class Agent:
             heartbeat_s = uplink.config.heartbeat_s if uplink is not None else DEFAULT_HEARTBEAT_S
         self.heartbeat_s = float(heartbeat_s)
         self.rules_digest = rules_digest
-        # the lender's signed commands (agent.commands): fetched from /c every `command_poll` s (Observe is not served yet)
+        # the lender's signed commands (agent.commands): fetched from /c when the observed /c/o says one is pending,
+        # and polled every `command_poll` s (every OBSERVING_POLL s at least while the observation is live)
         self.commands = commands
         self.command_poll = command_poll
         # the rules digest of agent.toml's own [[assets]] and [rules]: while the lender's configuration is in force
@@ -273,11 +275,37 @@ class Agent:
             self.record([Record(LOCAL_RULES, string=self.local_rules_digest, time=instant.trusted_wall)], instant)
 
     async def _fetch_commands(self) -> None:
-        """Poll the lender's /c and act on each pending command in order (the inbox refuses repeats)."""
-        while True:
-            for raw in await self.uplink.fetch_commands(self.commands.last_seq):
-                await self.command(self.commands, raw)
-            await asyncio.sleep(self.command_poll)
+        """Fetch the lender's /c and act on each pending command in order (the inbox refuses repeats).
+
+        A fetch goes when the observed command notices (`Uplink.watch_commands`)
+        name a command above the last applied one, at once again while a fetch
+        moved the inbox on (an answer holds what fits `MAX_FETCH_ANSWER`), and
+        otherwise every `command_poll` s, the fallback: every `OBSERVING_POLL`
+        s at least while the observation is live. Only this loop fetches, so
+        commands are acted on one at a time, in the lender's order.
+        """
+        due = asyncio.Event()
+
+        def notice(newest: int) -> None:
+            if newest > self.commands.last_seq:
+                due.set()
+
+        watch = asyncio.create_task(self.uplink.watch_commands(notice), name="command notices")
+        try:
+            while True:
+                due.clear()
+                before = self.commands.last_seq
+                for raw in await self.uplink.fetch_commands(before):
+                    await self.command(self.commands, raw)
+                if self.commands.last_seq != before:
+                    continue
+                interval = max(self.command_poll, OBSERVING_POLL) if self.uplink.observing else self.command_poll
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(interval):
+                        await due.wait()
+        finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
 
     async def _poll(self, sensor, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -15,7 +15,11 @@ heartbeats without an envelope), however long `batch_interval` is. A
 receipt in the ack (key 5, the lender logged the batch's newest envelope)
 goes with that envelope's bytes to a `ReceiptSink` (agent.state keeps the
 latest beside the chain head): with the lender's public key it proves
-delivery even if the lender's store is lost. ``docs/transport.md`` is the
+delivery even if the lender's store is lost. The lender's signed commands are fetched
+from ``<lender>/c`` (`fetch_commands`); `watch_commands` observes
+``<lender>/c/o`` (RFC 7641, under the same OSCORE context), whose every
+notification names the newest command issued to the device, and registers
+again when the observation is lost. ``docs/transport.md`` is the
 normative description.
 
 On a bad link the uplink measures and adapts (`agent.link` holds the
@@ -65,7 +69,8 @@ from durable.oscore import DurableSecurityContext, close_context, open_context
 from telemetry import cbor
 from telemetry.exc import AckFormatError
 from telemetry.ack import MAX_REASON_TEXT, Ack, Reason, Refusal
-from telemetry.command import decode_commands, encode_fetch
+from telemetry.command import decode_commands, decode_fetch, encode_fetch
+from telemetry.exc import CommandError
 from telemetry.manifest import DEFAULT_HEARTBEAT_S
 from telemetry.receipt import DeliveryReceipt
 from telemetry.numbers import CONTENT_FORMAT_CBOR, PATH_TELEMETRY
@@ -73,6 +78,9 @@ from telemetry.numbers import CONTENT_FORMAT_CBOR, PATH_TELEMETRY
 log = logging.getLogger(__name__)
 
 MIN_BATCH_BYTES = 256          # a 4.13 never shrinks the cap below this
+NOTICES_PATH = "c/o"           # the lender's command notices, observed (lender.coap.commands.CommandNotices)
+NOTICE_MAX_AGE = 60.0          # a notification without Max-Age is fresh this long (RFC 7252's default)
+WATCH_BACKOFF_CAP = 60.0       # the longest wait before registering again after a failed registration
 DATAGRAM_BYTES = 1024          # the largest body that goes without Block1 (aiocoap's 1 KiB blocks)
 
 
@@ -338,6 +346,8 @@ class Uplink:
         self._alarm_hold_until: float | None = None     # the lender refused an alarm: the next not before this
         self._lossy_said = False                         # what the log last said about the link
         self._alarms_maybe = True                        # an alarm may be queued and not in flight: look
+        self._observed_until: float | None = None        # the command notices' observation is live until then
+        self.registrations = 0                           # observations of the command notices registered
 
     async def start(self) -> None:
         """Load the OSCORE context and open the CoAP client (warns on every start when insecure)."""
@@ -411,6 +421,80 @@ class Uplink:
         except (TimeoutError, coap_error.Error, ValueError) as exc:
             log.warning("uplink: cannot fetch commands from %s: %s", uri, exc)
             return []
+
+    @property
+    def observing(self) -> bool:
+        """Whether the lender's command notices are observed and a notification came within its Max-Age (and grace)."""
+        return self._observed_until is not None and asyncio.get_running_loop().time() < self._observed_until
+
+    async def watch_commands(self, notice: Callable[[int], object]) -> None:
+        """Observe the lender's ``/c/o`` under this uplink's OSCORE context, forever: `notice(newest)` per notification.
+
+        `newest` is the newest command seq the lender issued to this device; the
+        caller fetches /c (`fetch_commands`) when it is above what it applied.
+        The observation counts as lost when no notification comes within the
+        last one's Max-Age (the lender notifies every observer at least that
+        often) plus a grace of two ack timeouts, or when it ends or errs; then
+        the uplink registers again at once, and after a failed registration
+        (the lender down, refused) after a backoff (at most `WATCH_BACKOFF_CAP` s).
+        """
+        backoff = Backoff(self.config.backoff_initial, min(self.config.backoff_cap, WATCH_BACKOFF_CAP), random_module.random)
+        grace = max(1.0, 2 * self.config.ack_timeout)
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._context is None:
+                await self._sleep(backoff.next_delay())
+                continue
+            uri = self.config.lender.rstrip("/") + "/" + NOTICES_PATH
+            pending = self._context.request(aiocoap.Message(code=codes.GET, uri=uri, observe=0,
+                                                            transport_tuning=self._tuning()))
+            pending.response.add_done_callback(_consume_outcome)
+            heard, waiting = 0, None
+            try:
+                message = await self._next_notice(pending.response, max(self.config.ack_timeout * 4, 2.0))
+                if message is not None and (message.code != codes.CONTENT or message.opt.observe is None):
+                    log.warning("uplink: %s answered %s without an observation; polling /c only for now", uri,
+                                message.code)
+                    message = None
+                if message is None:
+                    log.info("uplink: no answer to observing %s; trying again", uri)
+                else:
+                    self.registrations += 1
+                    notices = aiter(pending.observation)
+                while message is not None:
+                    heard += 1
+                    age = message.opt.max_age if message.opt.max_age is not None else NOTICE_MAX_AGE
+                    self._observed_until = loop.time() + age + grace
+                    try:
+                        notice(decode_fetch(message.payload))
+                    except CommandError as exc:
+                        log.warning("uplink: a malformed command notice (ignored): %s", exc)
+                    waiting = asyncio.ensure_future(anext(notices))
+                    message = await self._next_notice(waiting, age + grace)
+                    if message is not None and not message.code.is_successful():
+                        message = None
+            except (coap_error.Error, OSError, StopAsyncIteration) as exc:
+                log.info("uplink: the observation of %s ended: %s", uri, exc or type(exc).__name__)
+            except Exception:  # a bug or an unexpected library state must not stop the observing (the poll goes on)
+                log.exception("uplink: observing %s failed", uri)
+            finally:
+                self._observed_until = None
+                if waiting is not None:
+                    waiting.cancel()
+                if pending.observation is not None and not pending.observation.cancelled:
+                    pending.observation.cancel()   # ends it here (aiocoap has ended one that erred already)
+            if heard:
+                backoff.reset()
+                log.info("uplink: the observation of %s is lost (no notification within its Max-Age); "
+                         "registering again", uri)
+            else:
+                await self._sleep(backoff.next_delay())
+
+    @staticmethod
+    async def _next_notice(future: asyncio.Future, timeout: float) -> aiocoap.Message | None:
+        """The next answer or notification, or None when none came within `timeout` s (then abandoned)."""
+        done, _ = await asyncio.wait({future}, timeout=timeout)   # asyncio.wait: never cancels aiocoap's future
+        return future.result() if done else None
 
     def wake(self) -> None:
         """An alarm was appended: send it at once as its own exchange, even during a backoff wait or a batch in flight."""
