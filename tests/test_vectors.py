@@ -24,7 +24,7 @@ from tests.vectors.generate import build, identity_of, record_json
 VECTORS = Path(__file__).parent / "vectors"
 NAMES = sorted(p.stem for p in VECTORS.glob("*.json"))
 KINDS = ("envelope", "gap", "senml", "cose", "ack", "clock", "enrollment-request", "enrollment-response", "token",
-         "log-entry", "checkpoint", "receipt", "bundle", "command", "site-request")
+         "log-entry", "checkpoint", "receipt", "bundle", "command", "site-request", "tpm-counter")
 
 
 def vectors_of(*kinds: str) -> list[str]:

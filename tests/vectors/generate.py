@@ -185,6 +185,7 @@ def build() -> dict[str, tuple[dict, bytes]]:
     vectors.update(rotation_vectors(one, two, Identity(SEED_3)))
     vectors.update(staff_vectors(Identity(SEED_3)))
     vectors.update(es256_vectors(P256Identity(P256_SECRET), Identity(SEED_3)))
+    vectors.update(tpm_counter_vectors(P256Identity(P256_SECRET)))
     return vectors
 
 
@@ -203,6 +204,34 @@ def es256_vectors(gateway: P256Identity, lender: Identity) -> dict[str, tuple[di
             counters=Counters(alarms=0, gaps=1), token=token, binding=binding),
         "enrollment-request-v2-es256": enrollment_v2_vector(gateway, Identity(SEED_2)),
     }
+
+
+def tpm_counter_vectors(attestation_key: P256Identity) -> dict[str, tuple[dict, bytes]]:
+    """A TPM counter statement (telemetry.tpmcount, version 1): the data of the `tpm.counter` record gw-tpm-1 puts
+    in the first envelope of boot 3 (seq 41): counter NV 0x01500050 at 40, TPM2_NV_Certify by the attestation key
+    (the RFC 6979 P-256 test key standing in for it: a real TPM's ECDSA is not deterministic)."""
+    import hashlib
+    import struct
+
+    from telemetry import tpmcount
+    device, boot, seq, prev, count = "gw-tpm-1", 3, 41, bytes(range(32)), 40
+    nv_public = struct.pack(">IHIHH", 0x01500050, 0x000B, 0x22060014, 0, 8)  # COUNTER, AUTHWRITE/READ, OWNERREAD, ...
+    name = struct.pack(">H", 0x000B) + hashlib.sha256(nv_public).digest()
+    qualifying = tpmcount.qualifying_data(device, boot, seq, prev)
+    signer_name = struct.pack(">H", 0x000B) + bytes(range(64, 96))  # the AK's qualified name (not checked)
+    attest = (struct.pack(">IH", tpmcount.TPM_GENERATED, tpmcount.ST_ATTEST_NV)
+              + struct.pack(">H", len(signer_name)) + signer_name + struct.pack(">H", len(qualifying)) + qualifying
+              + struct.pack(">QIIB", 86_400_000, 12, 0, 1) + struct.pack(">Q", 0x2019102300163636)
+              + struct.pack(">H", len(name)) + name + struct.pack(">H", 0) + struct.pack(">H", 8) + count.to_bytes(8, "big"))
+    signature = attestation_key.sign(attest)
+    tpmt_signature = struct.pack(">HHH", 0x0018, 0x000B, 32) + signature[:32] + struct.pack(">H", 32) + signature[32:]
+    data = tpmcount.encode(nv_public, attest, tpmt_signature)
+    return {"tpm-counter-v1": ({"kind": "tpm-counter", "alg": "ES256", "seed_hex": P256_SECRET.hex(),
+                                "public_key_hex": attestation_key.public_key.hex(), "device": device, "boot": boot,
+                                "seq": seq, "prev_hex": prev.hex(), "version": 1, "index": 0x01500050,
+                                "count": count, "nv_public_hex": nv_public.hex(), "attest_hex": attest.hex(),
+                                "signature_hex": tpmt_signature.hex(), "qualifying_data_hex": qualifying.hex()},
+                               data)}
 
 
 def enrollment_v2_vector(gateway: P256Identity, technician: Identity) -> tuple[dict, bytes]:
