@@ -662,7 +662,8 @@ def _verify(args: argparse.Namespace) -> int:
         if args.data is None:
             args.data = Path(DEFAULT_DATA)
         with _open(args) as store:
-            keys = {d.kid: d.key() for d in store.devices()}  # revoked too: what it signed before still counts
+            # revoked too (what it signed before still counts); the enrolled key: rotations are followed from it
+            keys = {d.enrolled().kid: d.enrolled() for d in store.devices()}
     result = verify_export(read_export(args.file), keys, allow_gaps=args.allow_gaps)
     if args.json:
         print(json.dumps(result, indent=1))
@@ -944,7 +945,7 @@ def _review(args: argparse.Namespace) -> int:
 # --- signed commands to devices (lender.evidence.commands) ---------------------------------------
 
 def _command_commands(command: Callable) -> None:
-    """Add `lender inspect|permit|configure|commands`."""
+    """Add `lender inspect|permit|configure|rotate-key|commands`."""
     by = {"default": os.environ.get("USER") or "cli", "metavar": "NAME",
           "help": "the staff member issuing it, kept in the audit (default $USER)"}
     p = command("inspect", _inspect, "ask a device for a signed snapshot of its sensors now, and wait for it")
@@ -967,6 +968,14 @@ def _command_commands(command: Callable) -> None:
     p.add_argument("device", metavar="DEVICE")
     p.add_argument("file", type=Path, metavar="FILE", help="the [rules] / [sampling] document")
     p.add_argument("--by", **by)
+
+    p = command("rotate-key", _rotate_key, "ask a device for a new signing key; the registry switches on its "
+                                           "signed handover")
+    p.add_argument("device", metavar="DEVICE")
+    p.add_argument("--wait", type=float, default=0.0, metavar="S",
+                   help="seconds to wait for the handover (default 0: issue and return)")
+    p.add_argument("--by", **by)
+    p.add_argument("--json", action="store_true", help="the command and, once switched, the device as one JSON object")
 
     p = command("commands", _commands, "every command issued, and what each device signed about it")
     p.add_argument("--device", help="only this device")
@@ -1037,6 +1046,42 @@ def _configure(args: argparse.Namespace) -> int:
         issued = desk.issue(args.device, body, args.by)
     print(f"configure {args.device}: seq {issued.seq}, version {version}, digest {body.digest.hex()}")
     return 0
+
+
+def _rotate_key(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        device = store.device(args.device)
+        if device is None or not device.active:
+            print(f"pledgewatch lender rotate-key: {args.device!r} is not an active registered device", file=sys.stderr)
+            return 1
+        desk = _desk(store, args)
+        issued = desk.rotate_key(args.device, args.by)
+        if not args.json:
+            print(f"rotate-key {args.device}: seq {issued.seq}, key {device.kid.hex()} in force, valid until "
+                  f"{iso_time(issued.expires)}", file=sys.stderr)
+        deadline = time.monotonic() + args.wait
+        answer = desk.answers(args.device).get(issued.digest)
+        while answer is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            answer = desk.answers(args.device).get(issued.digest)
+        now = store.device(args.device)
+    switched = answer is not None and answer.outcome == "applied" and now.kid != device.kid
+    if args.json:
+        print(json.dumps({**issued.as_json(answer.outcome if answer else "issued"), "switched": switched,
+                          "handover_seq": now.key_since if switched else None, "device": now.to_json(),
+                          "detail": answer.detail if answer else None}, sort_keys=True))
+    elif switched:
+        print(f"{args.device} handed over at seq {now.key_since}: key {now.kid.hex()} ({now.algorithm}) in force, "
+              f"{device.kid.hex()} retired")
+    elif answer is not None:
+        print(f"{args.device} {answer.outcome} rotate-key seq {issued.seq}"
+              f"{': ' + answer.detail if answer.detail else ''}")
+    elif args.wait:
+        print(f"pledgewatch lender rotate-key: no handover from {args.device} within {args.wait:g} s (seq "
+              f"{issued.seq} stays pending until {iso_time(issued.expires)})", file=sys.stderr)
+    if answer is None:
+        return 3 if args.wait else 0
+    return 0 if switched else 1
 
 
 def _commands(args: argparse.Namespace) -> int:

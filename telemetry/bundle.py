@@ -42,6 +42,7 @@ from telemetry.envelope import Envelope, decode, verify
 from telemetry.exc import BundleFormatError, EnrollmentFormatError, ReceiptError, SchemaError
 from telemetry.freshness import token_time
 from telemetry.identity import DeviceKey, kid_of
+from telemetry.rotation import follow
 from telemetry.logentry import (
     AlarmAckNote,
     DeviceHead,
@@ -378,7 +379,12 @@ def _evidence(device: str, entries: list[tuple[int, LogEntry]], lender_key: byte
     if end is not None:
         report.note(end.kind.name.lower(), f"{device} was {'revoked' if end.kind is EntryKind.REVOCATION else 'released'}"
                                            f" at {end.at} ms (log index {end_index})", end_index)
-    key = {kid_of(enrolled.public_key): DeviceKey(device, enrolled.public_key)}
+    # the enrolled key, and those its chain's key handovers (telemetry.rotation) put in force from their seqs on
+    followed = follow((entry.body for _, entry in mine if entry.kind is EntryKind.ENVELOPE),
+                      DeviceKey(device, enrolled.public_key))
+    for problem in followed.problems:
+        if "two hands" in problem or "handover" in problem:
+            report.fail("rotation", problem)
     envelopes: list[Envelope] = []
     seqs: list[int] = []
     binding = enrolled.binding
@@ -393,7 +399,9 @@ def _evidence(device: str, entries: list[tuple[int, LogEntry]], lender_key: byte
             continue
         if entry.kind is not EntryKind.ENVELOPE:
             continue
-        verdict = verify(entry.body, key)
+        seq = _seq(entry.body)
+        in_force = followed.key_at(seq if seq is not None else 0)
+        verdict = verify(entry.body, {in_force.kid: in_force})
         if verdict.envelope is not None:
             seqs.append(verdict.envelope.seq)
         if not verdict.ok:

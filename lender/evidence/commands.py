@@ -19,7 +19,7 @@ from typing import Protocol
 
 from lender.evidence.registry import iso_time
 from telemetry import cbor, cose
-from telemetry.command import (LIMITS, RECORD_PREFIX, Body, Command, Inspect, Kind, Outcome, Permit,
+from telemetry.command import (LIMITS, RECORD_PREFIX, Body, Command, Inspect, Kind, Outcome, Permit, RotateKey,
                                configuration_rules_digest)
 
 DEFAULT_LIFETIME = 24 * 3600      # seconds a command stays valid unless the issuer says otherwise
@@ -100,6 +100,11 @@ class CommandDesk:
 
     def inspect(self, device: str, issuer: str, assets: tuple[str, ...] = ()) -> IssuedCommand:
         return self.issue(device, Inspect(os.urandom(16), assets), issuer)
+
+    def rotate_key(self, device: str, issuer: str, lifetime: int | None = None) -> IssuedCommand:
+        """Ask the device for a new key: its handover (telemetry.rotation) must answer this very command, unexpired,
+        for the registry to switch (lender.evidence.ingest)."""
+        return self.issue(device, RotateKey(os.urandom(16)), issuer, lifetime)
 
     def pending(self, device: str, after: int = 0) -> list[IssuedCommand]:
         """The device's unexpired commands above seq `after` that it has not answered yet, oldest first."""

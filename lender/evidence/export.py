@@ -49,7 +49,8 @@ def export_rows(store: SQLiteStore, device: str) -> Iterator[dict]:
 
 
 def load_keys(path: Path) -> dict[bytes, DeviceKey]:
-    """Device keys by kid from a keys file: the JSON array `lender devices --json` prints."""
+    """Device keys by kid from a keys file: the JSON array `lender devices --json` prints (each device's enrolled
+    key, where `verify_export` starts following its chain)."""
     try:
         entries = json.loads(Path(path).read_text("utf-8"))
     except (OSError, ValueError) as exc:
@@ -59,8 +60,11 @@ def load_keys(path: Path) -> dict[bytes, DeviceKey]:
     keys = {}
     for number, entry in enumerate(entries, 1):
         try:
-            algorithm = entry.get("algorithm")  # files from before ES256 have none: the key's encoding names it
-            key = DeviceKey(entry["device"], bytes.fromhex(entry["public_key_hex"]),
+            # after a rotation the key in force is not where the chain starts: the enrolled key is (telemetry.rotation)
+            enrolled = entry.get("enrolled_public_key_hex")
+            public = bytes.fromhex(enrolled if isinstance(enrolled, str) else entry["public_key_hex"])
+            algorithm = entry.get("algorithm") if enrolled is None or enrolled == entry.get("public_key_hex") else None
+            key = DeviceKey(entry["device"], public,   # files from before ES256 have no algorithm: the key names it
                             None if algorithm is None else algorithm_named(algorithm))
         except (AttributeError, TypeError, KeyError, ValueError, TelemetryError) as exc:
             raise ExportFormatError(

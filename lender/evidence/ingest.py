@@ -53,7 +53,10 @@ from telemetry.cose import parse_sign1
 from telemetry.envelope import GENESIS, Envelope, GapReason, Reason, Verdict, verify
 from telemetry.exc import LimitError, WireFormatError
 from telemetry.freshness import issue_token
+from telemetry.clock import iso_utc
+from telemetry.command import RECORD_PREFIX
 from telemetry.identity import DeviceKey
+from telemetry.rotation import NEXT_KEY, Handover, RotationError, read_handover
 from telemetry.receipt import CheckpointReference, DeliveryReceipt
 
 log = logging.getLogger(__name__)
@@ -147,19 +150,52 @@ def chain_violation(envelope: Envelope, before: StoredEnvelope | Envelope | None
 
 
 class ActiveKeys(Mapping[bytes, DeviceKey]):
-    """The active devices' keys by kid (those `admits` accepts), read from the registry again whenever it changed."""
+    """The active devices' keys by kid (those `admits` accepts), read from the registry again whenever it changed.
+
+    With the keys rotations retired (lender.evidence.registry.RetiredKey): each
+    key signs only its span of its device's seqs (`spans`), the key in force
+    those above its handover, a retired key those up to the handover that
+    retired it.
+    """
 
     def __init__(self, store: EvidenceStore, admits: Callable[[Device], bool] = lambda device: True) -> None:
         self._store = store
         self._admits = admits
         self._generation: int | None = None
         self._keys: dict[bytes, DeviceKey] = {}
+        self.spans: dict[bytes, tuple[int, int, int | None]] = {}   # kid -> (first seq, last seq, retired at seq)
 
     def refresh(self) -> None:
         generation = self._store.registry_generation()
         if generation != self._generation:
-            self._keys = {d.kid: d.key() for d in self._store.devices() if d.active and self._admits(d)}
+            devices = [d for d in self._store.devices() if d.active and self._admits(d)]
+            self._keys = {d.kid: d.key() for d in devices}
+            self.spans = {}
+            rotated = {d.device for d in devices if d.key_since is not None}
+            if rotated:
+                first: dict[str, int] = {}
+                for retired in self._store.retired_keys():   # oldest handover first
+                    if retired.device in rotated:
+                        self._keys[retired.kid] = retired.key()
+                        self.spans[retired.kid] = (first.get(retired.device, 0), retired.through_seq,
+                                                   retired.through_seq)
+                        first[retired.device] = retired.through_seq + 1
+                for d in devices:
+                    if d.key_since is not None:
+                        self.spans[d.kid] = (d.key_since + 1, INT64_MAX, None)
             self._generation = generation
+
+    def out_of_span(self, envelope: Envelope) -> Verdict | None:
+        """The refusal of a verified envelope its key may not sign at its seq (a rotation's span), else None."""
+        span = self.spans.get(envelope.kid)
+        if span is None or span[0] <= envelope.seq <= span[1]:
+            return None
+        if span[2] is not None and envelope.seq > span[2]:
+            return Verdict(Reason.REVOKED, f"{envelope.device} seq {envelope.seq} is signed by the key "
+                                           f"{envelope.kid.hex()}, retired at the key handover at seq {span[2]}",
+                           envelope)
+        return Verdict(Reason.CHAIN, f"{envelope.device} seq {envelope.seq} is signed by the key {envelope.kid.hex()}, "
+                                     f"which signs only seqs {span[0]}..{span[1]} (a key handover's span)", envelope)
 
     def __getitem__(self, kid: bytes) -> DeviceKey:
         return self._keys[kid]
@@ -249,9 +285,18 @@ class Ingest:
         # what this batch stored, by (device, seq): the row seq-1's check would read back, known already (a batch is
         # usually one device's run of seqs); chain_violation reads its seq, boot and digest, which are the envelope's
         just_stored: dict[tuple[str, int], Envelope] = {}
+        rotated = False   # a handover in this batch: later envelopes are verified again with the new key
         with self.store.transaction():
             for index, (raw, verdict) in enumerate(zip(items, verdicts)):
+                if rotated:
+                    verdict = verdicts[index] = self._verdict(raw)
                 envelope = verdict.envelope
+                if envelope is not None and names_a_key(envelope) and self._races(verdict):
+                    refused.append(self._refuse(index, verdict.reason if not verdict.ok else Reason.REVOKED,
+                                                f"a second key handover from {envelope.kid.hex()}, the key retired at "
+                                                f"{envelope.device}'s first: the old key is in two hands", raw,
+                                                envelope, peer, received_at, True))
+                    continue
                 if not verdict.ok:
                     refused.append(self._refuse(index, verdict.reason, verdict.detail, raw, envelope, peer, received_at,
                                                 vouched or self._signed_by_a_registered_key(raw)))
@@ -277,11 +322,27 @@ class Ingest:
                     or self.store.envelope(envelope.device, envelope.seq - 1)
                 after = self.store.envelope(envelope.device, envelope.seq + 1) if envelope.seq < INT64_MAX else None
                 problem = chain_violation(envelope, before, after)
+                handover = None
+                if problem is None and names_a_key(envelope):
+                    handover, unanswered = self._handover(envelope, rows[envelope.device], received_at)
+                    if unanswered is not None:
+                        refused.append(self._refuse(index, Reason.MALFORMED, unanswered, raw, envelope, peer,
+                                                    received_at, True))
+                        continue
                 if problem is not None:
                     refused.append(self._refuse(index, Reason.CHAIN, problem, raw, envelope, peer, received_at, True))
                 elif self.store.insert_envelope(envelope, received_at=received_at, peer=peer):
                     stored.append(envelope.seq)
                     just_stored[envelope.device, envelope.seq] = envelope
+                    if handover is not None:
+                        rows[envelope.device] = self.store.switch_key(
+                            envelope.device, handover.new_key.public_key, envelope.seq, handover.command_digest,
+                            received_at)
+                        log.info("%s hands over from key %s to %s at seq %d (rotate-key command %d)",
+                                 envelope.device, envelope.kid.hex(), handover.new_key.kid.hex(), envelope.seq,
+                                 handover.command_seq)
+                        self.keys.refresh()
+                        rotated = True
                 else:  # cannot happen inside the exclusive transaction; said plainly if a backend breaks that
                     already.append(envelope.seq)
         if whole is not None:
@@ -383,7 +444,56 @@ class Ingest:
         if verdict.ok and (envelope.seq > INT64_MAX or envelope.boot > INT64_MAX):
             return Verdict(Reason.MALFORMED, f"seq {envelope.seq} or boot {envelope.boot} is above 2**63-1, "
                                              "which no pledgewatch device reaches", envelope)
+        if verdict.ok and self.keys.spans:
+            return self.keys.out_of_span(envelope) or verdict
         return verdict
+
+    def _handover(self, envelope: Envelope, device: Device | None, received_at: float
+                  ) -> tuple[Handover | None, str | None]:
+        """(the handover, None) when `envelope`, signed by the device's key in force, hands over to a new key
+        answering a rotate-key command this lender issued to it, unexpired when the device acted on it; else
+        (None, why it is refused)."""
+        try:
+            handover = read_handover(envelope)
+        except RotationError as exc:
+            return None, f"a broken key handover: {exc}"
+        if device is None or envelope.kid != device.kid:
+            return None, f"a key handover signed by {envelope.kid.hex()}, not {envelope.device}'s key in force"
+        issued = [c for c in self.store.issued_commands(envelope.device) if c.digest == handover.command_digest]
+        if not issued or issued[0].kind != "rotate-key" or issued[0].seq != handover.command_seq:
+            return None, (f"a key handover answering command {handover.command_seq} "
+                          f"({handover.command_digest.hex()[:16]}...), which is no rotate-key command this lender "
+                          f"issued to {envelope.device}")
+        acted = next((r.time for r in envelope.records if r.name == RECORD_PREFIX + "digest" and r.time is not None),
+                     received_at)
+        if acted > issued[0].expires:
+            return None, (f"a key handover answering rotate-key command {handover.command_seq}, which had expired "
+                          f"({iso_utc(issued[0].expires)}) when the device signed it ({iso_utc(acted)})")
+        if self.store.device_by_kid(handover.new_key.kid) is not None or handover.new_key.kid in self.keys:
+            return None, f"a key handover to the key {handover.new_key.kid.hex()}, which is registered already"
+        return handover, None
+
+    def _races(self, verdict: Verdict) -> bool:
+        """Whether a handover signed by a key a handover already retired is a race for the device's key (flagged
+        on the device: the old key is in two hands), rather than the device's own handover sent again."""
+        envelope = verdict.envelope
+        span = self.keys.spans.get(envelope.kid)
+        if span is None or span[2] is None or not (verdict.ok or verdict.reason is Reason.REVOKED):
+            return False   # not a retired key's signature (a REVOKED verdict of a retired key's is out_of_span's)
+        try:
+            handover = read_handover(envelope)
+        except RotationError:
+            return False
+        device = self.store.device(envelope.device)
+        if device is not None and handover is not None and handover.new_key.kid == device.kid and \
+                envelope.seq > span[2]:
+            return False   # the handover in force, signed again after a spool reset: refused as retired, no race
+        detail = (f"seq {envelope.seq}: a second key handover from {envelope.kid.hex()} (to "
+                  f"{handover.new_key.kid.hex() if handover else '?'}), after the one at seq {span[2]}: the old key is "
+                  "in two hands; treat the device as compromised")
+        log.error("%s: %s", envelope.device, detail)
+        self.store.flag_key_race(envelope.device, detail)
+        return True
 
     def _single_bad_device(self, verdicts: list[Verdict]) -> tuple[Status, str] | None:
         """4.01 / 4.03 when every envelope names one device, and that device is unknown or revoked."""
@@ -427,6 +537,11 @@ class Ingest:
             return holder.key().verifies(message.signed_bytes(), message.signature)
         except Exception:  # a key of another algorithm than the message names: not its signature
             return False
+
+
+def names_a_key(envelope: Envelope) -> bool:
+    """Whether the envelope carries a key handover's new key (telemetry.rotation)."""
+    return any(record.name == NEXT_KEY for record in envelope.records)
 
 
 def _kind(item: object) -> str:

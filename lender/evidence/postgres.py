@@ -63,7 +63,7 @@ from psycopg import conninfo
 from durable.exc import DurableError
 from lender.evidence.commands import IssuedCommand
 from lender.evidence.log import EvidenceLog, lender_identity
-from lender.evidence.registry import Device, DeviceStatus
+from lender.evidence.registry import Device, DeviceStatus, RetiredKey
 from lender.evidence.store import (
     DEFAULT_QUARANTINE_LIMIT,
     INT64_MAX,
@@ -78,6 +78,7 @@ from lender.evidence.store import (
     StoredEnvelope,
     log_alarm_ack,
     quarantine_room,
+    switched_device,
 )
 from lender.exc import (
     DeviceExistsError,
@@ -92,7 +93,7 @@ from telemetry.receipt import CheckpointReference, DeliveryReceipt, SignedCheckp
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 WRITER_LOCK = 0x504C4C44_57524954   # "PLLD" "WRIT": one writing transaction at a time (the log's one order)
 MIGRATION_LOCK = 0x504C4C44_4D494752  # "PLLD" "MIGR": one migrating process at a time
 CONNECT_TIMEOUT = 5                 # seconds: a worker whose database is down answers 5.03 quickly
@@ -204,6 +205,13 @@ MIGRATIONS: dict[int, tuple[str, tuple[str, ...]]] = {
         " issued_at double precision NOT NULL, expires bigint NOT NULL, issuer text NOT NULL, raw bytea NOT NULL,"
         " digest bytea NOT NULL, nonce bytea, delivered_at double precision, PRIMARY KEY (device, seq))",
     )),
+    3: ("key rotation (lender.evidence.registry): the key in force since a handover, the retired keys", (
+        "ALTER TABLE devices ADD COLUMN key_since bigint",
+        "ALTER TABLE devices ADD COLUMN enrolled_key bytea",
+        "ALTER TABLE devices ADD COLUMN key_race text",
+        "CREATE TABLE retired_keys (kid bytea PRIMARY KEY, device text NOT NULL, public_key bytea NOT NULL,"
+        " through_seq bigint NOT NULL, retired_at double precision NOT NULL, command_digest bytea NOT NULL)",
+    )),
 }
 
 # The tables a copy (lender migrate --from DIR) and its verification walk, in SQLite's names.
@@ -255,7 +263,9 @@ def month_bounds(at: float) -> tuple[datetime.datetime, datetime.datetime]:
 
 _ENVELOPE_COLUMNS = ("device, seq, boot, kid, digest, prev, raw, alarm, gap_reason, received_at, peer, version,"
                      " alarm_records, alarm_count, gap_count, token, binding")
-_DEVICE_COLUMNS = "device, public_key, registered_at, asset, oscore_context, oscore_id, status, revoked_at, binding"
+_DEVICE_COLUMNS = ("device, public_key, registered_at, asset, oscore_context, oscore_id, status, revoked_at, binding,"
+                   " key_since, enrolled_key, key_race")
+_RETIRED_COLUMNS = "device, public_key, through_seq, retired_at, command_digest"
 _QUARANTINE_COLUMNS = ("id, kind, reason, detail, raw, size, device, seq, kid, batch_index, first_peer, last_peer,"
                        " first_seen, last_seen, count")
 _READING_COLUMNS = "device, seq, idx, name, value, value_int, string, boolean, data, sum, sum_int, unit, time, time_int, at"
@@ -330,10 +340,12 @@ def _reading(row: tuple) -> Reading:
 
 
 def _device(row: tuple) -> Device:
-    device, public_key, registered_at, asset, oscore_context, oscore_id, status, revoked_at, binding = row
+    (device, public_key, registered_at, asset, oscore_context, oscore_id, status, revoked_at, binding, key_since,
+     enrolled_key, key_race) = row
     return Device(device=device, public_key=public_key, registered_at=registered_at, asset=asset,
                   oscore_context=oscore_context, oscore_id=oscore_id, status=DeviceStatus(status),
-                  revoked_at=revoked_at, binding=binding)
+                  revoked_at=revoked_at, binding=binding, key_since=_int(key_since), enrolled_key=enrolled_key,
+                  key_race=key_race)
 
 
 class _LogSQL:
@@ -742,6 +754,42 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise _wrap(exc, f"cannot bind {device_id} in {self.path}") from exc
         return self._registered(device_id)
+
+    def retired_keys(self, device_id: str | None = None) -> list[RetiredKey]:
+        where, params = (" WHERE device = %s", (device_id,)) if device_id is not None else ("", ())
+        return [RetiredKey(device, bytes(key), int(seq), at, bytes(digest)) for device, key, seq, at, digest in
+                self._query(f"SELECT {_RETIRED_COLUMNS} FROM retired_keys{where} ORDER BY device, through_seq",
+                            params)]
+
+    def switch_key(self, device_id: str, public_key: bytes, handover_seq: int, command_digest: bytes,
+                   at: float) -> Device:
+        device = self._registered(device_id)
+        switched = switched_device(device, public_key, handover_seq)
+        try:
+            with self.transaction():
+                taken = self._execute("SELECT device FROM devices WHERE kid = %s UNION SELECT device FROM"
+                                      " retired_keys WHERE kid = %s", (switched.kid, switched.kid)).fetchone()
+                if taken is not None:
+                    raise DeviceExistsError(f"the key {switched.kid.hex()} {device_id} hands over to is registered "
+                                            "already")
+                self._execute(f"INSERT INTO retired_keys (kid, {_RETIRED_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
+                              (device.kid, device_id, device.public_key, handover_seq, at, command_digest))
+                self._execute("UPDATE devices SET public_key = %s, kid = %s, key_since = %s, enrolled_key = %s"
+                              " WHERE device = %s", (switched.public_key, switched.kid, handover_seq,
+                                                     switched.enrolled_key, device_id))
+                self._bump_generation()
+        except psycopg.Error as exc:
+            raise _wrap(exc, f"cannot switch {device_id}'s key in {self.path}") from exc
+        return switched
+
+    def flag_key_race(self, device_id: str, detail: str) -> None:
+        try:
+            with self.transaction():
+                self._execute("UPDATE devices SET key_race = %s WHERE device = %s AND key_race IS NULL",
+                              (detail, device_id))
+                self._bump_generation()
+        except psycopg.Error as exc:
+            raise _wrap(exc, f"cannot flag {device_id} in {self.path}") from exc
 
     def _registered(self, device_id: str) -> Device:
         device = self.device(device_id)

@@ -9,6 +9,14 @@ half-registered.
 A revoked device stays in the registry (its key still verifies evidence it
 signed before) and keeps its OSCORE context loaded, so that its requests get an
 authenticated 4.03 Forbidden instead of a silent drop.
+
+A key rotation (the rotate-key command, telemetry.rotation) switches the
+device's key in force to the one its verified handover names, from the seq
+after the handover (`Device.key_since`); the key it replaces is kept as a
+`RetiredKey` for the evidence it signed up to the handover, and anything it
+signs above that is refused. The enrolled key stays named
+(`Device.enrolled_key`): an offline verifier follows the chain from it. The
+device's OSCORE context does not change with its signing key.
 """
 from __future__ import annotations
 
@@ -136,6 +144,9 @@ class Device:
     binding: bytes | None = None       # the enrollment its envelopes must name (telemetry.enrollment.binding_of)
     key_storage: KeyStorage = KeyStorage.SOFTWARE
     algorithm: str | None = None       # `EdDSA` or `ES256`: follows from the key's encoding; when given, must agree
+    key_since: int | None = None       # after a rotation: the handover's seq; the key signs the seqs above it
+    enrolled_key: bytes | None = field(default=None, repr=False)  # after a rotation: the key it was registered with
+    key_race: str | None = None        # two handovers answered one rotation: the old key is in two hands
     kid: bytes = field(init=False)
 
     def __post_init__(self) -> None:
@@ -145,7 +156,9 @@ class Device:
             raise InvalidDeviceError(f"device {self.device}: its key is an {algorithm} key, not {self.algorithm!r}")
         object.__setattr__(self, "algorithm", algorithm)
         object.__setattr__(self, "status", DeviceStatus(self.status))
-        object.__setattr__(self, "key_storage", KeyStorage(self.key_storage))
+        # an enrollment's attestation certified the enrolled key, not one a rotation made since
+        object.__setattr__(self, "key_storage", KeyStorage.SOFTWARE if self.key_since is not None
+                           else KeyStorage(self.key_storage))
         object.__setattr__(self, "kid", kid_of(self.public_key))
 
     @property
@@ -153,8 +166,12 @@ class Device:
         return self.status is DeviceStatus.ACTIVE
 
     def key(self) -> DeviceKey:
-        """What a verifier needs: the device id and its public key."""
+        """What a verifier needs: the device id and its public key (the one in force)."""
         return DeviceKey(self.device, self.public_key)
+
+    def enrolled(self) -> DeviceKey:
+        """The key the device was registered with: where an offline verifier starts following its chain."""
+        return DeviceKey(self.device, self.enrolled_key or self.public_key)
 
     def to_json(self) -> dict:
         """The row `lender devices --json` prints (and `lender verify --keys` reads back)."""
@@ -171,7 +188,28 @@ class Device:
             "binding_hex": None if self.binding is None else self.binding.hex(),
             "algorithm": self.algorithm,
             "key_storage": self.key_storage.value,
+            "key_since_seq": self.key_since,
+            "enrolled_public_key_hex": (self.enrolled_key or self.public_key).hex(),
+            "key_race": self.key_race,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class RetiredKey:
+    """A device key a rotation replaced: it verifies what the device signed up to `through_seq` (the handover)."""
+
+    device: str
+    public_key: bytes = field(repr=False)
+    through_seq: int
+    retired_at: float
+    command_digest: bytes = field(repr=False)
+
+    @property
+    def kid(self) -> bytes:
+        return kid_of(self.public_key)
+
+    def key(self) -> DeviceKey:
+        return DeviceKey(self.device, self.public_key)
 
 
 class Registry(Protocol):
@@ -199,6 +237,17 @@ class Registry(Protocol):
     def bind(self, device_id: str, binding: bytes, enrollment: EnrollmentEvidence | None = None) -> Device:
         """Give a device registered without an enrollment its first enrollment binding (never replaces one),
         logging the enrollment that made it."""
+
+    def retired_keys(self, device_id: str | None = None) -> list[RetiredKey]:
+        """The keys rotations replaced (of one device, or all), oldest handover first."""
+
+    def switch_key(self, device_id: str, public_key: bytes, handover_seq: int, command_digest: bytes,
+                   at: float) -> Device:
+        """A verified handover at `handover_seq`: `public_key` is in force above it, the key it replaces retired
+        (kept for what it signed); inside the caller's transaction, with the handover envelope's insert."""
+
+    def flag_key_race(self, device_id: str, detail: str) -> None:
+        """Two handovers answered one rotation (the old key is in two hands): say so on the device (the first kept)."""
 
 
 def revoke(registry: Registry, device_id: str, *, now: float | None = None) -> Device:

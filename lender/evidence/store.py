@@ -32,7 +32,7 @@ from typing import Protocol
 from durable.exc import DurableError
 from lender.evidence.commands import COMMAND_TABLES, IssuedCommand
 from lender.evidence.log import LOG_TABLES, EvidenceLog, lender_identity
-from lender.evidence.registry import Device, DeviceStatus, Registry
+from lender.evidence.registry import Device, DeviceStatus, Registry, RetiredKey
 from lender.exc import (
     DeviceExistsError,
     StoreError,
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 STORE_FILE = "lender.sqlite3"
 APPLICATION_ID = 0x504C4C44  # "PLLD": marks a file as a pledgewatch lender store
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DEFAULT_QUARANTINE_LIMIT = 256 * 1024 * 1024  # bytes of raw evidence kept before rejections are only counted
 # Refusals no device's key vouches for (junk) are kept only while the quarantine is below this share of its
 # limit: the rest stays free for refusals a key vouches for (forks, conflicts, chain violations, revoked keys).
@@ -60,7 +60,8 @@ _SCHEMA = (
     "CREATE TABLE devices (device TEXT PRIMARY KEY, public_key BLOB NOT NULL, kid BLOB NOT NULL UNIQUE,"
     " asset TEXT, oscore_context TEXT, oscore_id BLOB,"
     " status TEXT NOT NULL CHECK (status IN ('active', 'revoked')),"
-    " registered_at REAL NOT NULL, revoked_at REAL, binding BLOB) STRICT",
+    " registered_at REAL NOT NULL, revoked_at REAL, binding BLOB, key_since INTEGER, enrolled_key BLOB,"
+    " key_race TEXT) STRICT",
     # One row per stored envelope; raw is the exact bytes received (the evidence).
     "CREATE TABLE envelopes (id INTEGER PRIMARY KEY, device TEXT NOT NULL, seq INTEGER NOT NULL,"
     " boot INTEGER NOT NULL, kid BLOB NOT NULL, digest BLOB NOT NULL, prev BLOB NOT NULL, raw BLOB NOT NULL,"
@@ -89,6 +90,12 @@ _SCHEMA = (
     " first_seen REAL NOT NULL, last_seen REAL NOT NULL, PRIMARY KEY (kind, reason)) STRICT, WITHOUT ROWID",
     "INSERT INTO meta (key, value) VALUES ('registry_generation', 0), ('quarantine_bytes', 0)",
 )
+# The keys rotations replaced (lender.evidence.registry.RetiredKey): each verifies its device's seqs up to its handover.
+RETIRED_KEY_TABLES = (
+    "CREATE TABLE retired_keys (kid BLOB PRIMARY KEY, device TEXT NOT NULL, public_key BLOB NOT NULL,"
+    " through_seq INTEGER NOT NULL, retired_at REAL NOT NULL, command_digest BLOB NOT NULL) STRICT",
+)
+_RETIRED_COLUMNS = "device, public_key, through_seq, retired_at, command_digest"
 # Numbered migrations: version N's statements take a store at version N-1 to N.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: (
@@ -105,6 +112,10 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # the transparency log (lender.evidence.log); `_backfill_log` then logs what the store already held
     3: ("ALTER TABLE envelopes ADD COLUMN log_index INTEGER",),
     4: (),  # the lender's commands (lender.evidence.commands): a new table only
+    # key rotation (lender.evidence.registry): the key in force since a handover, the enrolled key, a race
+    5: ("ALTER TABLE devices ADD COLUMN key_since INTEGER",
+        "ALTER TABLE devices ADD COLUMN enrolled_key BLOB",
+        "ALTER TABLE devices ADD COLUMN key_race TEXT"),
 }
 # Tables new in a version, created alike in a new store and by the migration.
 _NEW_TABLES: dict[int, tuple[str, ...]] = {
@@ -116,6 +127,7 @@ _NEW_TABLES: dict[int, tuple[str, ...]] = {
     ),
     3: LOG_TABLES,
     4: COMMAND_TABLES,
+    5: RETIRED_KEY_TABLES,
 }
 
 
@@ -365,7 +377,8 @@ def _wrap(exc: sqlite3.Error, what: str) -> StoreError:
 
 _ENVELOPE_COLUMNS = ("e.device, e.seq, e.boot, e.kid, e.digest, e.prev, e.raw, e.alarm, e.gap_reason, e.received_at,"
                      " e.peer, e.version, e.alarm_records, e.alarm_count, e.gap_count, e.token, e.binding")
-_DEVICE_COLUMNS = "device, public_key, registered_at, asset, oscore_context, oscore_id, status, revoked_at, binding"
+_DEVICE_COLUMNS = ("device, public_key, registered_at, asset, oscore_context, oscore_id, status, revoked_at, binding,"
+                   " key_since, enrolled_key, key_race")
 _QUARANTINE_COLUMNS = (
     "id, kind, reason, detail, raw, size, device, seq, kid, batch_index, first_peer, last_peer,"
     " first_seen, last_seen, count"
@@ -380,12 +393,22 @@ def _stored(row: tuple) -> StoredEnvelope:
 
 
 def _device(row: tuple) -> Device:
-    device, public_key, registered_at, asset, oscore_context, oscore_id, status, revoked_at, binding = row
+    (device, public_key, registered_at, asset, oscore_context, oscore_id, status, revoked_at, binding, key_since,
+     enrolled_key, key_race) = row
     return Device(
         device=device, public_key=public_key, registered_at=registered_at, asset=asset,
         oscore_context=oscore_context, oscore_id=oscore_id, status=DeviceStatus(status), revoked_at=revoked_at,
-        binding=binding,
+        binding=binding, key_since=key_since, enrolled_key=enrolled_key, key_race=key_race,
     )
+
+
+
+
+def switched_device(device: Device, public_key: bytes, handover_seq: int) -> Device:
+    """`device` once a handover at `handover_seq` put `public_key` in force (checked as any registered key)."""
+    import dataclasses
+    return dataclasses.replace(device, public_key=public_key, algorithm=None, key_since=handover_seq,
+                               enrolled_key=device.enrolled_key or device.public_key)
 
 
 class SQLiteStore:
@@ -469,9 +492,9 @@ class SQLiteStore:
                     log.info("lender store %s: migrating to schema version %d", self.path, number)
                     for statement in _MIGRATIONS[number] + _NEW_TABLES.get(number, ()):
                         self._conn.execute(statement)
-                    if number == 3:
-                        self._backfill_log()
                     self._conn.execute(f"PRAGMA user_version={number}")
+                if version < 3 <= SCHEMA_VERSION:   # once the registry has every column it reads (same transaction)
+                    self._backfill_log()
 
     def close(self) -> None:
         self._conn.close()
@@ -612,6 +635,43 @@ class SQLiteStore:
         if device is None:
             raise UnknownDeviceError(f"no device {device_id!r} is registered")
         return device
+
+    def retired_keys(self, device_id: str | None = None) -> list[RetiredKey]:
+        where, params = (" WHERE device = ?", (device_id,)) if device_id is not None else ("", ())
+        return [RetiredKey(*row) for row in self._query(
+            f"SELECT {_RETIRED_COLUMNS} FROM retired_keys{where} ORDER BY device, through_seq", params)]
+
+    def switch_key(self, device_id: str, public_key: bytes, handover_seq: int, command_digest: bytes,
+                   at: float) -> Device:
+        device = self.device(device_id)
+        if device is None:
+            raise UnknownDeviceError(f"no device {device_id!r} is registered")
+        switched = switched_device(device, public_key, handover_seq)
+        try:
+            with self.transaction():
+                if self._conn.execute("SELECT 1 FROM retired_keys WHERE kid = ?", (switched.kid,)).fetchone():
+                    raise sqlite3.IntegrityError("a retired key")
+                self._conn.execute(f"INSERT INTO retired_keys (kid, {_RETIRED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                                   (device.kid, device_id, device.public_key, handover_seq, at, command_digest))
+                self._conn.execute("UPDATE devices SET public_key = ?, kid = ?, key_since = ?, enrolled_key = ?"
+                                   " WHERE device = ?", (switched.public_key, switched.kid, handover_seq,
+                                                         switched.enrolled_key, device_id))
+                self._bump_generation()
+        except sqlite3.IntegrityError as exc:
+            raise DeviceExistsError(f"the key {switched.kid.hex()} {device_id} hands over to is registered "
+                                    "already") from exc
+        except sqlite3.Error as exc:
+            raise _wrap(exc, f"cannot switch {device_id}'s key in {self.path}") from exc
+        return switched
+
+    def flag_key_race(self, device_id: str, detail: str) -> None:
+        try:
+            with self.transaction():
+                self._conn.execute("UPDATE devices SET key_race = ? WHERE device = ? AND key_race IS NULL",
+                                   (detail, device_id))
+                self._bump_generation()
+        except sqlite3.Error as exc:
+            raise _wrap(exc, f"cannot flag {device_id} in {self.path}") from exc
 
     # --- envelopes ---
 

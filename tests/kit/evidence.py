@@ -116,9 +116,11 @@ def downgrade_to_schema_2(data_dir: Path) -> None:
     """Take a closed lender store back to schema 2, as a lender had it before the log (no log tables, no index)."""
     conn = sqlite3.connect(data_dir / "lender.sqlite3")
     try:
-        for table in ("log_entries", "log_nodes", "log_heads", "log_checkpoints", "commands"):
+        for table in ("log_entries", "log_nodes", "log_heads", "log_checkpoints", "commands", "retired_keys"):
             conn.execute(f"DROP TABLE {table}")
         conn.execute("ALTER TABLE envelopes DROP COLUMN log_index")
+        for column in ("key_since", "enrolled_key", "key_race"):
+            conn.execute(f"ALTER TABLE devices DROP COLUMN {column}")
         conn.execute("PRAGMA user_version = 2")
         conn.commit()
     finally:
