@@ -36,6 +36,7 @@ COUNTED = {
     "devices": "devices", "envelopes": "envelope_keys", "records": "records", "gap_records": "gap_records",
     "quarantine": "quarantine", "reviews": "reviews", "commands": "commands", "log_entries": "log_entries",
     "log_nodes": "log_nodes", "log_heads": "log_heads", "log_checkpoints": "log_checkpoints",
+    "retired_keys": "retired_keys",
 }
 
 
@@ -97,12 +98,20 @@ def copy_store(data_dir: str | Path, target: PostgresStore) -> CopyReport:
                 return added
 
             copy("devices", "SELECT device, public_key, kid, asset, oscore_context, oscore_id, status, registered_at,"
-                 " revoked_at, binding FROM devices ORDER BY device",
+                 " revoked_at, binding, key_since, enrolled_key, key_race FROM devices ORDER BY device",
                  "INSERT INTO devices (device, public_key, kid, asset, oscore_context, oscore_id, status, registered_at,"
-                 " revoked_at, binding) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (device) DO UPDATE"
-                 " SET status = excluded.status, revoked_at = excluded.revoked_at, binding = excluded.binding"
-                 " WHERE (devices.status, devices.revoked_at, devices.binding) IS DISTINCT FROM"
-                 " (excluded.status, excluded.revoked_at, excluded.binding)")
+                 " revoked_at, binding, key_since, enrolled_key, key_race)"
+                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (device) DO UPDATE"
+                 " SET status = excluded.status, revoked_at = excluded.revoked_at, binding = excluded.binding,"
+                 " public_key = excluded.public_key, kid = excluded.kid, key_since = excluded.key_since,"
+                 " enrolled_key = excluded.enrolled_key, key_race = excluded.key_race"
+                 " WHERE (devices.status, devices.revoked_at, devices.binding, devices.kid, devices.key_race)"
+                 " IS DISTINCT FROM (excluded.status, excluded.revoked_at, excluded.binding, excluded.kid,"
+                 " excluded.key_race)")
+            copy("retired_keys", "SELECT kid, device, public_key, through_seq, retired_at, command_digest"
+                 " FROM retired_keys ORDER BY device, through_seq",
+                 "INSERT INTO retired_keys (kid, device, public_key, through_seq, retired_at, command_digest)"
+                 " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING")
             for (low, high) in source.execute("SELECT min(received_at), max(received_at) FROM envelopes"):
                 at = low
                 while at is not None and at <= high:
