@@ -449,12 +449,12 @@ class Uplink:
             pending = self._context.request(aiocoap.Message(code=codes.GET, uri=uri, observe=0,
                                                             transport_tuning=self._tuning()))
             pending.response.add_done_callback(_consume_outcome)
-            heard, waiting = 0, None
+            heard, waiting, stopping = 0, None, False
             try:
                 message = await self._next_notice(pending.response, max(self.config.ack_timeout * 4, 2.0))
                 if message is not None and (message.code != codes.CONTENT or message.opt.observe is None):
-                    log.warning("uplink: %s answered %s without an observation; polling /c only for now", uri,
-                                message.code)
+                    (log.info if backoff.failures else log.warning)(
+                        "uplink: %s answered %s without an observation; polling /c only for now", uri, message.code)
                     message = None
                 if message is None:
                     log.info("uplink: no answer to observing %s; trying again", uri)
@@ -477,11 +477,14 @@ class Uplink:
                 log.info("uplink: the observation of %s ended: %s", uri, exc or type(exc).__name__)
             except Exception:  # a bug or an unexpected library state must not stop the observing (the poll goes on)
                 log.exception("uplink: observing %s failed", uri)
+            except asyncio.CancelledError:   # stopping: the client context's shutdown ends the observation
+                stopping = True
+                raise
             finally:
                 self._observed_until = None
                 if waiting is not None:
                     waiting.cancel()
-                if pending.observation is not None and not pending.observation.cancelled:
+                if not stopping and pending.observation is not None and not pending.observation.cancelled:
                     pending.observation.cancel()   # ends it here (aiocoap has ended one that erred already)
             if heard:
                 backoff.reset()

@@ -21,7 +21,9 @@ for a fleet of observers); every `REFRESH_S` seconds it
 notifies every observer anyway (Max-Age = `REFRESH_S`), so a gateway that
 hears nothing for longer knows its observation is lost (a lender restart, a
 worker that died) and registers again. Only the device's own OSCORE context
-observes its commands; there is no device in the request to name another.
+observes its commands; there is no device in the request to name another,
+and a device's new registration ends its older ones (a final answer without
+Observe), so observations lost by the gateway do not pile up.
 The gateway still polls /c, slower while it observes (agent.daemon), and
 after an outage fetches what it missed, in order.
 """
@@ -47,7 +49,7 @@ from telemetry.numbers import CONTENT_FORMAT_CBOR, PATH_COMMANDS
 log = logging.getLogger(__name__)
 
 PATH_COMMAND_NOTICES = (*PATH_COMMANDS, "o")   # observed by a gateway: the newest command seq issued to it
-CHECK_S = 0.25      # seconds between looks at the store for commands issued to observing devices (bench/commands.py)
+CHECK_S = 0.1       # seconds between looks at the store for commands issued to observing devices (bench/commands.py)
 LOOK_SHARE = 0.05   # the looks take at most this share of the event loop: with many observers they space out
 REFRESH_S = 60.0    # every observer is notified at least this often (the notifications' Max-Age)
 
@@ -135,6 +137,9 @@ class CommandNotices(ObservableResource):
         if device is None:
             return  # not accepted: render answers 4.01, which ends it
         observers = self._observers.setdefault(device, set())
+        for older in list(observers):   # one agent per device: a new registration ends the older ones
+            observers.discard(older)   # (a client that re-registers cannot cancel them under OSCORE in aiocoap)
+            older.trigger(is_last=True)
         observers.add(serverobservation)
 
         def cancelled() -> None:

@@ -64,3 +64,32 @@ def test_a_gateway_observing_its_commands_is_notified_of_one_issued_elsewhere_an
             assert answer.code == codes.UNAUTHORIZED and answer.opt.observe is None
         finally:
             plain.close()
+
+
+def test_a_new_registration_of_a_device_ends_its_older_observation(tmp_path):
+    data = tmp_path / "lender"
+    with SQLiteStore.open(data) as store:
+        enroll(store, data, Device("gw-1"), oscore=True)
+
+    async def register_twice(port: int) -> tuple:
+        client = await aiocoap.Context.create_client_context()
+        security = open_context(data / DEVICE_CONTEXTS_DIR / "gw-1")
+        try:
+            client.client_credentials[f"coap://127.0.0.1:{port}/*"] = security
+            uri = f"coap://127.0.0.1:{port}/c/o"
+            older = client.request(aiocoap.Message(code=codes.GET, uri=uri, observe=0))
+            await asyncio.wait_for(older.response, 10)
+            newer = client.request(aiocoap.Message(code=codes.GET, uri=uri, observe=0))
+            await asyncio.wait_for(newer.response, 10)
+            ended = []
+            async with asyncio.timeout(5):
+                async for _ in older.observation:   # the older one's final answer ends it
+                    pass
+                ended.append("older")
+            return ended, lender.server.notices.observed()
+        finally:
+            close_context(security)
+            await client.shutdown()
+
+    with LenderThread(data) as lender:
+        assert asyncio.run(register_twice(lender.port)) == (["older"], ["gw-1"])
