@@ -200,8 +200,8 @@ def recorded_attestation_key(enroll_folder: str | os.PathLike, device: str) -> b
     from telemetry.enrollment import EnrollmentRequest
     from telemetry.exc import EnrollmentFormatError
 
-    path = Path(enroll_folder) / "requests" / f"{check_device_id(device)}.json"
     try:
+        path = Path(enroll_folder) / "requests" / f"{check_device_id(device)}.json"
         record = json.loads(path.read_text("utf-8"))
         if record.get("key_storage") != KeyStorage.TPM_ATTESTED.value:
             return None
