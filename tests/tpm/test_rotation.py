@@ -1,0 +1,51 @@
+"""rotate-key on a TPM gateway (swtpm): the new key is made in the same TPM at the other persistent handle, the
+handover is signed ES256 by the old one, the description names the new handle, and the old key is evicted."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from agent.commands import CommandInbox
+from durable.exc import KeyStoreError
+from durable.keystore import DEFAULT_TPM_HANDLE, KEYSTORE_FILE, DeviceKeys, create_device_key, open_tpm_key
+from telemetry.identity import DeviceKey
+from telemetry.numbers import ALG_ES256
+from telemetry.rotation import NEXT_KEY, follow
+from telemetry.senml import Record
+from tests.agent.test_commands import LENDER
+from tests.agent.test_rotation import rotate, spooled
+from tests.kit.agent import build_agent
+from tests.kit.rules import T0
+
+
+def test_a_tpm_gateway_rotates_to_a_key_at_the_other_handle_and_evicts_the_old_one(second_swtpm, tmp_path):
+    etc, home = tmp_path / "etc", tmp_path / "agent"
+    home.mkdir()
+    enrolled = create_device_key(etc, "tpm", tcti=second_swtpm.tcti)
+    keys = DeviceKeys(etc, kind="tpm")
+    box = CommandInbox(home, "gw-1", LENDER.public_key, clock=lambda: T0 + 60.0, keys=keys)
+    agent = build_agent(home, device="gw-1", identity=enrolled, recording=True, commands=box)
+    try:
+        agent.record([Record("temp", value=4.5, unit="Cel")])
+        handover = asyncio.run(agent.command(box, rotate(1)))
+        new = agent.identity
+        assert handover.kid == enrolled.kid and NEXT_KEY in [r.name for r in handover.records]
+        assert new.algorithm == ALG_ES256 and new.handle == DEFAULT_TPM_HANDLE + 1 and new.kid != enrolled.kid
+        after = agent.record([Record("temp", value=4.6, unit="Cel")])
+        followed = follow(spooled(agent), DeviceKey("gw-1", enrolled.public_key))
+        assert followed.ok and followed.key_at(after.seq).kid == new.kid, followed.problems
+        described = json.loads((etc / KEYSTORE_FILE).read_text())
+        assert (described["handle"], described["public_key_hex"]) == (hex(DEFAULT_TPM_HANDLE + 1), new.public_key.hex())
+        assert described["retired"][0]["handle"] == hex(DEFAULT_TPM_HANDLE)
+    finally:
+        agent.spool.close()
+        agent.identity.close()   # one TPM connection, shared by the old key and the new
+    reopened = keys.open()   # as the agent opens it at its next start
+    try:
+        assert reopened.public_key == new.public_key
+    finally:
+        reopened.close()
+    with pytest.raises(KeyStoreError, match="holds no device key"):
+        open_tpm_key(second_swtpm.tcti, DEFAULT_TPM_HANDLE)   # the old key is evicted: never used again
