@@ -464,8 +464,12 @@ class Ingest:
             return None, (f"a key handover answering command {handover.command_seq} "
                           f"({handover.command_digest.hex()[:16]}...), which is no rotate-key command this lender "
                           f"issued to {envelope.device}")
-        acted = next((r.time for r in envelope.records if r.name == RECORD_PREFIX + "digest" and r.time is not None),
-                     received_at)
+        # when the device acted: the time it signed on the answer, else when the lender handed the command out (it
+        # acts at once, and refuses an expired one itself), else now; a gateway that was offline for days with an
+        # unsynchronized clock still hands over when it received the command in time
+        signed = next((r.time for r in envelope.records if r.name == RECORD_PREFIX + "digest" and r.time is not None),
+                      None)
+        acted = min(t for t in (signed, issued[0].delivered_at, received_at) if t is not None)
         if acted > issued[0].expires:
             return None, (f"a key handover answering rotate-key command {handover.command_seq}, which had expired "
                           f"({iso_utc(issued[0].expires)}) when the device signed it ({iso_utc(acted)})")

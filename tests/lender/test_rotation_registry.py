@@ -60,10 +60,11 @@ def test_a_handover_with_a_broken_proof_or_answering_no_unexpired_command_it_iss
     unasked = Command("gw-1", 99, T0, T0 + 600, RotateKey(bytes(16))).sign(lender_identity(data_dir))
     broken = [r if r.name != NEXT_PROOF else dataclasses.replace(r, data=bytes(64))
               for r in handover_records(command, OLD.kid, NEW, T0 + 10)]
-    for records, why in ((handover_records(unasked, OLD.kid, NEW, T0 + 10), "no rotate-key command"),
-                         (broken, "did not sign this handover"),
-                         (handover_records(command, OLD.kid, NEW, command.expires + 1), "expired")):
-        outcome = deliver(ingest, Chain().sign(OLD, records))   # seq 1 each time: none is stored
+    late = Ingest(store, clock=lambda: command.expires + 100)   # received after expiry, never handed out, signed late
+    for receiver, records, why in ((ingest, handover_records(unasked, OLD.kid, NEW, T0 + 10), "no rotate-key command"),
+                                   (ingest, broken, "did not sign this handover"),
+                                   (late, handover_records(command, OLD.kid, NEW, command.expires + 1), "expired")):
+        outcome = deliver(receiver, Chain().sign(OLD, records))   # seq 1 each time: none is stored
         assert [r.reason for r in outcome.refused] == [Reason.MALFORMED] and why in outcome.refused[0].text, \
             outcome.refused
         assert store.device("gw-1").kid == OLD.kid and store.retired_keys() == []
@@ -80,3 +81,11 @@ def test_a_second_handover_for_the_rotation_is_refused_and_flags_the_old_key_in_
     assert device.kid == NEW.kid and "two hands" in device.key_race and device.to_json()["key_race"]
     assert deliver(ingest, chain.sign(NEW, [Record("temp", value=1.0, unit="Cel", time=T0 + 30)], seq=4)).stored \
         == (4,)   # flagged, not decided by arrival: the device's evidence keeps coming in for staff to judge
+
+
+def test_a_handover_arriving_after_expiry_counts_when_the_command_was_handed_out_in_time(rotation, store):
+    _, command, chain = rotation
+    store.mark_delivered("gw-1", command.seq, T0 + 5)   # over OSCORE, before it expired; the gateway then went offline
+    late = Ingest(store, clock=lambda: command.expires + 86_400)
+    outcome = deliver(late, chain.sign(OLD, handover_records(command, OLD.kid, NEW, command.expires + 3600)))
+    assert outcome.stored == (1,) and store.device("gw-1").kid == NEW.kid, outcome.refused
