@@ -47,7 +47,9 @@ from telemetry.senml import Record
 log = logging.getLogger(__name__)
 
 FAULT_PREFIX = "fault."
-OBSERVING_POLL = 300.0  # seconds between polls of /c at least while the lender's command notices are observed
+# seconds between polls of /c at least while the lender's command notices are observed: the poll goes out on the
+# observation's socket, so it also keeps a NAT's binding for the lender's notifications alive
+OBSERVING_POLL = 30.0
 
 
 def sample_record(sample: Sample) -> Record:
