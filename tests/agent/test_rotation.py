@@ -21,7 +21,7 @@ from tests.kit.agent import build_agent
 from tests.kit.rules import T0
 
 DEVICE = "gw-1"
-KILLS = int(os.environ.get("PLEDGEWATCH_ROTATION_KILLS", "30"))   # bench/hil runs raise it
+KILLS = int(os.environ.get("PLEDGEWATCH_ROTATION_KILLS", "30"))   # a longer run: PLEDGEWATCH_ROTATION_KILLS=300
 
 
 def inbox(path, keys):
@@ -128,3 +128,4 @@ def test_sigkill_anywhere_in_a_rotation_leaves_a_chain_the_enrolled_key_follows(
         assert leftovers == {KeyStoreDescription.read(path / KEYSTORE_FILE).key_file or "device.key"}, leftovers
         agent.spool.close()
     assert len(phases) >= 3, f"the kills landed in too few places: {phases}"
+    print(f"rotation kills: {KILLS}, {phases}")
