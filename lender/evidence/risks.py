@@ -366,9 +366,12 @@ def _rollback(store, device: str, envelopes: list[StoredEnvelope], judge: Judge)
             risks.append(Risk("rollback", f"{device} {where}: the TPM counted {unaccounted - len(cuts)} signature(s) "
                                           f"the lender never received {since}: {told}"
                                           + (f", {len(cuts)} unclean end(s) explaining one each" if cuts else "")
-                                          + ": envelopes were signed and withheld, and the state directory was "
-                                          "restored from an older copy to sign those seqs again", b.received_at,
-                              b.seq))
+                                          + (": signed envelopes went with the spool the device says it lost (a "
+                                             "damaged card), or the state directory was restored from an older copy"
+                                             if in_reset else
+                                             ": envelopes were signed and withheld, and the state directory was "
+                                             "restored from an older copy to sign those seqs again"),
+                              b.received_at, b.seq))
     # after its first statement, every boot of the device begins with one (a boot is held from its first seq on)
     certified_boots = {by_seq[r.seq].boot for r in readings if r.seq in by_seq}
     start = statements[0][0].seq

@@ -56,14 +56,17 @@ class Gateway:
         spool = Spool.open(self.state_dir / "spool.db")
         state = AgentState.open(self.state_dir / "state.json")
         try:
+            before = spool.head().seq if spool.head() else 0
             recorder = Recorder.start(key, DEVICE, spool, state, now=time.time())
             assert isinstance(recorder.identity, CountedTpmKey)
-            signed = [recorder.record([Record("temp", value=4.0 + i, unit="Cel", time=time.time())])
-                      for i in range(readings)]
+            for i in range(readings):
+                recorder.record([Record("temp", value=4.0 + i, unit="Cel", time=time.time())])
             if alarm:
-                signed.append(recorder.record([Record("alarm.temperature.stock", string="raised", time=time.time())]))
+                recorder.record([Record("alarm.temperature.stock", string="raised", time=time.time())])
             state.mark_clean_shutdown()
-            return signed
+            # everything this boot signed, the records Recorder.start appended (a gap) included
+            return sorted((decode(item.raw) for item in spool.peek(10_000, 1 << 24) if item.seq > before),
+                          key=lambda e: e.seq)
         finally:
             spool.close()
             state.close()
@@ -158,3 +161,21 @@ def test_a_forged_edited_or_moved_counter_statement_is_flagged(site, swtpm):
     assert any(f"seq {forged[0].seq}" in d and "signature over the certification does not verify" in d for d in found), found
     assert any(f"seq {forged[1].seq}" in d and "another place in the chain" in d for d in found), found
     assert decode(forged[0].raw).records[0].name == tpmcount.RECORD
+
+
+def test_a_restored_state_with_the_spool_deleted_shows_the_signatures_lost_with_it(site, tmp_path):
+    """The borrower restores the state file but deletes the spool: the agent resumes above its reserved seqs with a
+    spool-reset record (seqs it never signed among those it says it lost); the TPM's count says how many it did."""
+    lender, gateway = site
+    deliver(lender, gateway.run(2))
+    gateway.copy(tmp_path / "copy")
+    gateway.run(2, alarm=True)                 # three signed with the uplink cut, never sent
+    gateway.restore(tmp_path / "copy")
+    for name in ("spool.db", "spool.db-wal", "spool.db-shm"):
+        (gateway.state_dir / name).unlink(missing_ok=True)
+    again = gateway.run(1)
+    assert again[0].gap is not None and again[0].gap.reason == "spool-reset"
+    deliver(lender, again)
+    found = rollbacks(lender)
+    assert len(found) == 1 and "the TPM counted 3 signature(s) the lender never received" in found[0], found
+    assert "lost with the spool by the device's own account" in found[0]
