@@ -9,8 +9,10 @@ in the first envelope of every boot (durable.tpmcounter, telemetry.tpmcount), sh
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -60,8 +62,11 @@ def rollback_risks(site: PledgedSite, capsys) -> list[dict]:
 
 
 def test_a_restored_state_directory_is_flagged_at_the_lender_and_honest_restarts_are_not(tmp_path, capsys):
-    cas = manufacture(tmp_path / "tpm", tmp_path / "ca")
-    with Swtpm(tmp_path / "tpm") as tpm, PledgedSite(tmp_path / "site") as site:
+    with contextlib.ExitStack() as running, ThreadPoolExecutor(1) as factory:
+        made = factory.submit(manufacture, tmp_path / "tpm", tmp_path / "ca")  # swtpm_setup while the lender starts
+        site = running.enter_context(PledgedSite(tmp_path / "site"))
+        cas = made.result()
+        tpm = running.enter_context(Swtpm(tmp_path / "tpm"))
         gateway = provision_tpm(site, tpm.tcti, cas)
         # honest: a run, a power cut (SIGKILL), a restart; every boot's count matches its seqs (clean restarts:
         # tests/tpm/test_rollback.py, and the restart after the restore below is one)
