@@ -1,6 +1,7 @@
 """A gateway observes /c/o over OSCORE (RFC 7641): told of a command issued by another store connection (as the
 CLI's process) within the lender's look interval, and of its own commands only; without a context, nothing."""
 import asyncio
+import contextlib
 
 import aiocoap
 from aiocoap.numbers import codes
@@ -15,14 +16,24 @@ from telemetry.command import decode_fetch
 from tests.kit.lender import Device, LenderThread, RawCoap, enroll
 
 
+@contextlib.asynccontextmanager
+async def device_client(port: int, data, device: str):
+    """An aiocoap client speaking to the lender on `port` under `device`'s side of its OSCORE context."""
+    client = await aiocoap.Context.create_client_context()
+    security = open_context(data / DEVICE_CONTEXTS_DIR / device)
+    try:
+        client.client_credentials[f"coap://127.0.0.1:{port}/*"] = security
+        yield client
+    finally:
+        close_context(security)
+        await client.shutdown()
+
+
 async def observe_and_issue(port: int, data, device: str, issue_for: list[str], wait: float) -> list[int]:
     """Observe /c/o as `device`, issue one inspection per name in `issue_for` (another connection), and return
     the newest seqs notified until a second notice or `wait` s."""
-    client = await aiocoap.Context.create_client_context()
-    security = open_context(data / DEVICE_CONTEXTS_DIR / device)
     seen = []
-    try:
-        client.client_credentials[f"coap://127.0.0.1:{port}/*"] = security
+    async with device_client(port, data, device) as client:
         request = client.request(aiocoap.Message(code=codes.GET, uri=f"coap://127.0.0.1:{port}/c/o", observe=0))
         first = await asyncio.wait_for(request.response, 10)
         assert first.code == codes.CONTENT and first.opt.observe is not None, first
@@ -37,11 +48,7 @@ async def observe_and_issue(port: int, data, device: str, issue_for: list[str], 
                 seen.append(decode_fetch((await anext(notices)).payload))
         except TimeoutError:
             pass
-        request.observation.cancel()
         return seen
-    finally:
-        close_context(security)
-        await client.shutdown()
 
 
 def test_a_gateway_observing_its_commands_is_notified_of_one_issued_elsewhere_and_of_no_other_devices(tmp_path):
@@ -72,10 +79,7 @@ def test_a_new_registration_of_a_device_ends_its_older_observation(tmp_path):
         enroll(store, data, Device("gw-1"), oscore=True)
 
     async def register_twice(port: int) -> tuple:
-        client = await aiocoap.Context.create_client_context()
-        security = open_context(data / DEVICE_CONTEXTS_DIR / "gw-1")
-        try:
-            client.client_credentials[f"coap://127.0.0.1:{port}/*"] = security
+        async with device_client(port, data, "gw-1") as client:
             uri = f"coap://127.0.0.1:{port}/c/o"
             older = client.request(aiocoap.Message(code=codes.GET, uri=uri, observe=0))
             await asyncio.wait_for(older.response, 10)
@@ -87,9 +91,6 @@ def test_a_new_registration_of_a_device_ends_its_older_observation(tmp_path):
                     pass
                 ended.append("older")
             return ended, lender.server.notices.observed()
-        finally:
-            close_context(security)
-            await client.shutdown()
 
     with LenderThread(data) as lender:
         assert asyncio.run(register_twice(lender.port)) == (["older"], ["gw-1"])
