@@ -155,9 +155,16 @@ class CountedTpmKey:
 
 
 def counted(identity):
-    """`identity` with its signatures counted when it is a TPM key (a `CountedTpmKey`); any other signer as it is."""
+    """`identity` with its signatures counted when it is a TPM key (a `CountedTpmKey`); any other signer as it is.
+
+    A TPM that will not give the counter (its NV full, the index taken by something else) leaves the key
+    uncounted, logged: the agent keeps signing evidence, and the lender names the boot that began without a
+    counter statement (lender.evidence.risks, rollback) rather than losing the readings too."""
     if isinstance(identity, TpmKey):
-        return CountedTpmKey(identity)
+        try:
+            return CountedTpmKey(identity)
+        except KeyStoreError as exc:
+            log.error("envelope signatures are NOT counted by the TPM this run (the lender will flag it): %s", exc)
     return identity
 
 

@@ -51,14 +51,14 @@ class Gateway:
         self.state_dir = root / "gateway"
         create_device_key(self.state_dir, "tpm", tcti=tcti, handle=HANDLE).close()
 
-    def run(self, readings: int, *, alarm: bool = False):
+    def run(self, readings: int, *, alarm: bool = False, counted: bool = True):
         key = open_device_key(self.state_dir)
         spool = Spool.open(self.state_dir / "spool.db")
         state = AgentState.open(self.state_dir / "state.json")
         try:
             before = spool.head().seq if spool.head() else 0
             recorder = Recorder.start(key, DEVICE, spool, state, now=time.time())
-            assert isinstance(recorder.identity, CountedTpmKey)
+            assert isinstance(recorder.identity, CountedTpmKey) is counted
             for i in range(readings):
                 recorder.record([Record("temp", value=4.0 + i, unit="Cel", time=time.time())])
             if alarm:
@@ -179,3 +179,30 @@ def test_a_restored_state_with_the_spool_deleted_shows_the_signatures_lost_with_
     found = rollbacks(lender)
     assert len(found) == 1 and "the TPM counted 3 signature(s) the lender never received" in found[0], found
     assert "lost with the spool by the device's own account" in found[0]
+
+
+def test_a_counter_index_taken_by_something_else_leaves_the_key_uncounted_and_the_lender_names_the_boot(site, swtpm):
+    """Root (or an integrator) puts an ordinary NV index where the counter was: the agent still signs, uncounted
+    (logged), and the boot that began without a counter statement is a rollback risk at the lender."""
+    from tpm2_pytss import ESAPI, TPM2B_NV_PUBLIC, TPMS_NV_PUBLIC
+    from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPMA_NV
+
+    lender, gateway = site
+    deliver(lender, gateway.run(1))
+    esapi = ESAPI(swtpm.tcti)
+    try:
+        esapi.nv_undefine_space(esapi.tr_from_tpmpublic(COUNTER_INDEX), ESYS_TR.OWNER)
+        ordinary = esapi.nv_define_space(b"", TPM2B_NV_PUBLIC(nvPublic=TPMS_NV_PUBLIC(
+            nvIndex=COUNTER_INDEX, nameAlg=TPM2_ALG.SHA256, attributes=TPMA_NV.AUTHWRITE | TPMA_NV.AUTHREAD,
+            dataSize=8)), ESYS_TR.OWNER)
+        try:
+            uncounted = gateway.run(1, counted=False)
+            assert not any(r.name == tpmcount.RECORD for e in uncounted for r in e.records)
+            deliver(lender, uncounted)
+        finally:
+            esapi.nv_undefine_space(ordinary, ESYS_TR.OWNER)
+    finally:
+        esapi.close()
+    found = rollbacks(lender)
+    assert len(found) == 1 and f"boot {uncounted[0].boot} begins at seq {uncounted[0].seq} without a TPM counter" \
+        in found[0], found
