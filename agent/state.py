@@ -19,7 +19,11 @@ read as a smaller counter. A damaged file at open is moved aside
 the agent must then take its floor from elsewhere (the spool's chain head).
 
 Never-decreasing values (boot counter, seq ceiling, counters ceiling, acked
-watermark) refuse to go backwards (`StateValueError`).
+watermark) refuse to go backwards (`StateValueError`). That guards against the
+agent's own mistakes, not the borrower: root can restore an older copy of this
+file and every value here goes back with it. The lender never trusts these
+values for that; with a TPM key it sees a restore through the TPM's own count
+of signatures (agent.recorder, durable.tpmcounter, lender.evidence.risks).
 """
 from __future__ import annotations
 
