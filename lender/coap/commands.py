@@ -207,7 +207,10 @@ class CommandNotices(ObservableResource):
         while True:
             await asyncio.sleep(max(self.check, took / LOOK_SHARE))
             before = self.look_time
-            await self.poke()
+            try:
+                await self.poke()
+            except Exception:  # a bug must not end the notices: observers would hear nothing until they re-register
+                log.exception("looking for new commands failed; trying again")
             took = self.look_time - before
             if loop.time() - refreshed >= self.refresh:
                 refreshed = loop.time()
