@@ -37,7 +37,8 @@ from agent.uplink import Result, Uplink
 from drivers.exc import SensorFault
 from drivers.sensor import Sample, queue_listener, read_isolated
 from durable import sdnotify
-from telemetry.command import LOCAL_RULES, Configure, Inspect, Outcome, RotateKey
+from durable.exc import DurableError
+from telemetry.command import LOCAL_RULES, Configure, Inspect, Outcome, RotateKey, outcome_records
 from telemetry.envelope import Envelope, Gap, GapReason, carries_alarm
 from telemetry.identity import Identity
 from telemetry.manifest import DEFAULT_HEARTBEAT_S, HEARTBEAT, rules_digest
@@ -229,7 +230,16 @@ class Agent:
             inbox.reported(command.seq)
             return None
         old = self.identity
-        new = keys.prepare(command.digest, self.recorder.seq, old)
+        try:
+            new = keys.prepare(command.digest, self.recorder.seq, old)
+        except DurableError as exc:   # no new key (a TPM refusing, a full disk): refused, signed, the old key kept
+            log.error("key rotation refused: %s", exc)
+            keys.discard(old)
+            envelope = self.record_measured(outcome_records(command, Outcome.REFUSED, applied.at,
+                                                            detail=f"no new key: {exc}"), urgent=True)
+            if envelope is not None:
+                inbox.reported(command.seq)
+            return envelope
         records, clock = handover_records(command, old.kid, new, applied.at), None
         if self.trusted_clock is not None:   # as record_measured and record date and stamp them
             instant = self.trusted_clock.now()

@@ -401,11 +401,13 @@ class DeviceKeys:
         interrupted this rotation), named in the description as under way after chain seq `after_seq`."""
         described = self.description(current)
         rotation = described.rotation
-        if rotation is not None and rotation.get("command_hex") == command_digest.hex():
+        if rotation is not None and rotation.get("command_hex") == command_digest.hex() \
+                and rotation.get("public_key_hex"):
             new = self._open_next(described, rotation, current)
         else:
-            if rotation is not None:   # a rotation for another command never finished: its key is discarded
+            if rotation is not None:   # a rotation never finished (another command's, or a key never named)
                 self._destroy(described, rotation, current)
+                described = replace(described, rotation=None)
             if described.kind == "software":
                 seed = os.urandom(32)
                 new = Identity(seed)
@@ -414,13 +416,31 @@ class DeviceKeys:
                 rotation = {"key_file": name}
             else:
                 handle = DEFAULT_TPM_HANDLE + 1 if described.handle == DEFAULT_TPM_HANDLE else DEFAULT_TPM_HANDLE
-                _evict_on(current._esapi, handle, None)   # a key left there by an unfinished rotation, or retired
+                rotation = {"handle": f"{handle:#x}", "command_hex": command_digest.hex(), "public_key_hex": None}
+                # the handle is named before the key is made there: a power cut in between leaves a key this
+                # description owns (evicted on the next try), never one nobody names
+                replace(described, rotation=dict(rotation, after_seq=None)).write(self.path)
+                for old in described.retired:   # a retired key still there (a power cut before its eviction)
+                    if old.get("handle") == rotation["handle"]:
+                        _evict_on(current._esapi, handle, bytes.fromhex(old["public_key_hex"]))
                 new = _create_tpm_key(current._esapi, described.tcti or default_tcti(), handle)
-                rotation = {"handle": f"{handle:#x}"}
             rotation |= {"public_key_hex": new.public_key.hex(), "command_hex": command_digest.hex()}
         rotation = dict(rotation, after_seq=after_seq)
         replace(described, rotation=rotation).write(self.path)
         return new
+
+    def discard(self, current) -> None:
+        """No new key could be made: the rotation under way is forgotten (a key it made and named, destroyed;
+        whatever holds a handle it only named is not its key, and stays)."""
+        described = self.description(current)
+        if described.rotation is not None:
+            try:
+                if described.rotation.get("public_key_hex"):
+                    self._destroy(described, described.rotation, current)
+            except KeyStoreError:
+                pass   # the TPM refusing again: the rotation stays named, and the next one clears it
+            else:
+                replace(described, rotation=None).write(self.path)
 
     def abandon(self, current) -> None:
         """The handover could not be appended: nothing was signed after step 1 (the command stays owed)."""
@@ -473,7 +493,8 @@ class DeviceKeys:
             if name and name != (described.key_file or self.key_file):
                 (self.folder / name).unlink(missing_ok=True)
         elif key.get("handle") and int(key["handle"], 16) != described.handle:
-            _evict_on(current._esapi, int(key["handle"], 16), bytes.fromhex(key["public_key_hex"]))
+            public = key.get("public_key_hex")   # None: a rotation's handle named before its key was made
+            _evict_on(current._esapi, int(key["handle"], 16), bytes.fromhex(public) if public else None)
 
 
 # --- attestation: what the enrollment request carries, and the lender's credential --------------------------

@@ -9,7 +9,8 @@ import pytest
 
 from agent.commands import CommandInbox
 from durable.exc import KeyStoreError
-from durable.keystore import DEFAULT_TPM_HANDLE, KEYSTORE_FILE, DeviceKeys, create_device_key, open_tpm_key
+from durable.keystore import (DEFAULT_TPM_HANDLE, KEYSTORE_FILE, DeviceKeys, create_device_key, create_tpm_key,
+                              open_tpm_key)
 from telemetry.identity import DeviceKey
 from telemetry.numbers import ALG_ES256
 from telemetry.rotation import NEXT_KEY, follow
@@ -49,3 +50,30 @@ def test_a_tpm_gateway_rotates_to_a_key_at_the_other_handle_and_evicts_the_old_o
         reopened.close()
     with pytest.raises(KeyStoreError, match="holds no device key"):
         open_tpm_key(second_swtpm.tcti, DEFAULT_TPM_HANDLE)   # the old key is evicted: never used again
+
+
+def test_a_tpm_whose_other_handle_holds_a_key_it_does_not_name_refuses_the_rotation_signed_and_keeps_both(
+        second_swtpm, tmp_path):
+    foreign = create_tpm_key(second_swtpm.tcti, DEFAULT_TPM_HANDLE + 1)   # not this gateway's to evict
+    foreign_key = foreign.public_key
+    foreign.close()
+    etc, home = tmp_path / "etc", tmp_path / "agent"
+    home.mkdir()
+    enrolled = create_device_key(etc, "tpm", tcti=second_swtpm.tcti)
+    keys = DeviceKeys(etc, kind="tpm")
+    box = CommandInbox(home, "gw-1", LENDER.public_key, clock=lambda: T0 + 60.0, keys=keys)
+    agent = build_agent(home, device="gw-1", identity=enrolled, recording=True, commands=box)
+    try:
+        answer = asyncio.run(agent.command(box, rotate(1)))
+        said = {r.name: r.string for r in answer.records}
+        assert said["command.outcome"] == "refused" and "already holds a key" in said["command.detail"]
+        assert agent.identity is enrolled and answer.kid == enrolled.kid and box.unreported() == []
+        assert "rotation" not in json.loads((etc / KEYSTORE_FILE).read_text())
+    finally:
+        agent.spool.close()
+        enrolled.close()
+    kept = open_tpm_key(second_swtpm.tcti, DEFAULT_TPM_HANDLE + 1)
+    try:
+        assert kept.public_key == foreign_key
+    finally:
+        kept.close()
