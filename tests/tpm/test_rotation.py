@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import random
 
 import pytest
 
@@ -16,9 +18,12 @@ from telemetry.numbers import ALG_ES256
 from telemetry.rotation import NEXT_KEY, follow
 from telemetry.senml import Record
 from tests.agent.test_commands import LENDER
-from tests.agent.test_rotation import rotate, spooled
+from tests.agent.test_rotation import rotate, rotations_killed, spooled
 from tests.kit.agent import build_agent
 from tests.kit.rules import T0
+from tests.kit.swtpm import Swtpm, swtpm_available
+
+TPM_KILLS = int(os.environ.get("PLEDGEWATCH_TPM_ROTATION_KILLS", "6"))   # longer: =60
 
 
 def test_a_tpm_gateway_rotates_to_a_key_at_the_other_handle_and_evicts_the_old_one(second_swtpm, tmp_path):
@@ -77,3 +82,16 @@ def test_a_tpm_whose_other_handle_holds_a_key_it_does_not_name_refuses_the_rotat
         assert kept.public_key == foreign_key
     finally:
         kept.close()
+
+
+def test_sigkill_anywhere_in_a_tpm_rotation_leaves_a_chain_the_enrolled_key_follows(tmp_path):
+    if not swtpm_available():
+        pytest.skip("swtpm and tpm2-pytss are needed")
+    rng, phases = random.Random(14), {}
+    for attempt in range(TPM_KILLS):
+        with Swtpm(tmp_path / f"tpm-{attempt}") as tpm:   # a fresh chip each time: both handles free
+            phase = rotations_killed(tmp_path / str(attempt), rng,
+                                     lambda home: create_device_key(home, "tpm", tcti=tpm.tcti), "tpm", (0.05, 0.3))
+        phases[phase] = phases.get(phase, 0) + 1
+    assert len(phases) >= 2, f"the kills landed in too few places: {phases}"
+    print(f"TPM rotation kills: {TPM_KILLS}, {phases}")
