@@ -435,8 +435,10 @@ class Uplink:
         The observation counts as lost when no notification comes within the
         last one's Max-Age (the lender notifies every observer at least that
         often) plus a grace of two ack timeouts, or when it ends or errs; then
-        the uplink registers again at once, and after a failed registration
-        (the lender down, refused) after a backoff (at most `WATCH_BACKOFF_CAP` s).
+        the uplink registers again at once if it lived at least one Max-Age,
+        else, as after a failed registration (the lender down, refused), after a
+        backoff (at most `WATCH_BACKOFF_CAP` s): two gateways with one context,
+        each ending the other's observation, do not flood the lender.
         """
         backoff = Backoff(self.config.backoff_initial, min(self.config.backoff_cap, WATCH_BACKOFF_CAP), random_module.random)
         grace = max(1.0, 2 * self.config.ack_timeout)
@@ -449,7 +451,8 @@ class Uplink:
             pending = self._context.request(aiocoap.Message(code=codes.GET, uri=uri, observe=0,
                                                             transport_tuning=self._tuning()))
             pending.response.add_done_callback(_consume_outcome)
-            heard, waiting, stopping = 0, None, False
+            heard, waiting, stopping, lived = 0, None, False, NOTICE_MAX_AGE
+            began = loop.time()
             try:
                 message = await self._next_notice(pending.response, max(self.config.ack_timeout * 4, 2.0))
                 if message is not None and (message.code != codes.CONTENT or message.opt.observe is None):
@@ -463,7 +466,7 @@ class Uplink:
                     notices = aiter(pending.observation)
                 while message is not None:
                     heard += 1
-                    age = message.opt.max_age if message.opt.max_age is not None else NOTICE_MAX_AGE
+                    age = lived = message.opt.max_age if message.opt.max_age is not None else NOTICE_MAX_AGE
                     self._observed_until = loop.time() + age + grace
                     try:
                         notice(decode_fetch(message.payload))
@@ -482,15 +485,17 @@ class Uplink:
                 raise
             finally:
                 self._observed_until = None
-                if waiting is not None:
+                if waiting is not None and stopping:   # it ends with the client's LibraryShutdown, taken here
+                    waiting.add_done_callback(_consume_outcome)
+                elif waiting is not None:
                     waiting.cancel()
                 if not stopping and pending.observation is not None and not pending.observation.cancelled:
                     pending.observation.cancel()   # ends it here (aiocoap has ended one that erred already)
-            if heard:
+            if heard and loop.time() - began >= lived:
                 backoff.reset()
-                log.info("uplink: the observation of %s is lost (no notification within its Max-Age); "
-                         "registering again", uri)
-            else:
+                log.info("uplink: the observation of %s is over (lost, or ended by the lender); registering again",
+                         uri)
+            else:  # never made, or over within one Max-Age (a copy of this gateway registering too?): back off
                 await self._sleep(backoff.next_delay())
 
     @staticmethod
