@@ -26,13 +26,19 @@ from tests.kit.swtpm import Swtpm, swtpm_available
 TPM_KILLS = int(os.environ.get("PLEDGEWATCH_TPM_ROTATION_KILLS", "6"))   # longer: =60
 
 
-def test_a_tpm_gateway_rotates_to_a_key_at_the_other_handle_and_evicts_the_old_one(second_swtpm, tmp_path):
+def tpm_gateway(tmp_path, tcti):
+    """A gateway whose key is in the TPM at `tcti` (the default handle), its inbox taking rotate-key, its agent."""
     etc, home = tmp_path / "etc", tmp_path / "agent"
     home.mkdir()
-    enrolled = create_device_key(etc, "tpm", tcti=second_swtpm.tcti)
+    enrolled = create_device_key(etc, "tpm", tcti=tcti)
     keys = DeviceKeys(etc, kind="tpm")
     box = CommandInbox(home, "gw-1", LENDER.public_key, clock=lambda: T0 + 60.0, keys=keys)
-    agent = build_agent(home, device="gw-1", identity=enrolled, recording=True, commands=box)
+    return etc, keys, box, build_agent(home, device="gw-1", identity=enrolled, recording=True, commands=box)
+
+
+def test_a_tpm_gateway_rotates_to_a_key_at_the_other_handle_and_evicts_the_old_one(second_swtpm, tmp_path):
+    etc, keys, box, agent = tpm_gateway(tmp_path, second_swtpm.tcti)
+    enrolled = agent.identity
     try:
         agent.record([Record("temp", value=4.5, unit="Cel")])
         handover = asyncio.run(agent.command(box, rotate(1)))
@@ -62,12 +68,8 @@ def test_a_tpm_whose_other_handle_holds_a_key_it_does_not_name_refuses_the_rotat
     foreign = create_tpm_key(second_swtpm.tcti, DEFAULT_TPM_HANDLE + 1)   # not this gateway's to evict
     foreign_key = foreign.public_key
     foreign.close()
-    etc, home = tmp_path / "etc", tmp_path / "agent"
-    home.mkdir()
-    enrolled = create_device_key(etc, "tpm", tcti=second_swtpm.tcti)
-    keys = DeviceKeys(etc, kind="tpm")
-    box = CommandInbox(home, "gw-1", LENDER.public_key, clock=lambda: T0 + 60.0, keys=keys)
-    agent = build_agent(home, device="gw-1", identity=enrolled, recording=True, commands=box)
+    etc, keys, box, agent = tpm_gateway(tmp_path, second_swtpm.tcti)
+    enrolled = agent.identity
     try:
         answer = asyncio.run(agent.command(box, rotate(1)))
         said = {r.name: r.string for r in answer.records}
