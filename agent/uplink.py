@@ -412,8 +412,11 @@ class Uplink:
         request = aiocoap.Message(code=codes.POST, uri=uri, payload=encode_fetch(last_applied),
                                   content_format=CONTENT_FORMAT_CBOR)
         try:
-            async with asyncio.timeout(max(self.config.ack_timeout * 4, 2.0)):
-                response = await self._context.request(request).response
+            pending = self._context.request(request).response
+            pending.add_done_callback(_consume_outcome)
+            response = await self._answer_within(pending, max(self.config.ack_timeout * 4, 2.0))  # never cancels it
+            if response is None:
+                raise TimeoutError("no answer")
             if response.code != codes.CONTENT:
                 log.warning("uplink: /c answered %s: %s", response.code, response.payload[:200].decode("utf-8", "replace"))
                 return []
@@ -454,7 +457,7 @@ class Uplink:
             heard, waiting, stopping, lived = 0, None, False, NOTICE_MAX_AGE
             began = loop.time()
             try:
-                message = await self._next_notice(pending.response, max(self.config.ack_timeout * 4, 2.0))
+                message = await self._answer_within(pending.response, max(self.config.ack_timeout * 4, 2.0))
                 if message is not None and (message.code != codes.CONTENT or message.opt.observe is None):
                     (log.info if backoff.failures else log.warning)(
                         "uplink: %s answered %s without an observation; polling /c only for now", uri, message.code)
@@ -473,7 +476,7 @@ class Uplink:
                     except CommandError as exc:
                         log.warning("uplink: a malformed command notice (ignored): %s", exc)
                     waiting = asyncio.ensure_future(anext(notices))
-                    message = await self._next_notice(waiting, age + grace)
+                    message = await self._answer_within(waiting, age + grace)
                     if message is not None and not message.code.is_successful():
                         message = None
             except (coap_error.Error, OSError, StopAsyncIteration) as exc:
@@ -499,8 +502,8 @@ class Uplink:
                 await self._sleep(backoff.next_delay())
 
     @staticmethod
-    async def _next_notice(future: asyncio.Future, timeout: float) -> aiocoap.Message | None:
-        """The next answer or notification, or None when none came within `timeout` s (then abandoned)."""
+    async def _answer_within(future: asyncio.Future, timeout: float) -> aiocoap.Message | None:
+        """The answer or notification `future` brings, or None when none came within `timeout` s (then abandoned)."""
         done, _ = await asyncio.wait({future}, timeout=timeout)   # asyncio.wait: never cancels aiocoap's future
         return future.result() if done else None
 
