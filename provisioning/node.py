@@ -168,13 +168,16 @@ class NodePlan:
                              "give modem.model in --node-config")
 
     def node_config(self, binding: bytes | None = None) -> dict:
-        """node.json: the settings, the lender, the device id and the enrollment binding (when given)."""
+        """node.json: the settings, the lender and its pinned key, the device id and the enrollment binding (when given)."""
         parts = urlsplit(self.lender)
         config = json.loads(json.dumps(self.settings))  # a deep copy
         lender = config.setdefault("lender", {})
         lender["host"] = parts.hostname
         lender["port"] = parts.port or 5683
         config["device"] = self.device
+        # The lender key the technician pinned (the one that signed the site file and the enrollment answer): the node
+        # applies only commands it signed (firmware commands module, issue 15). Never one from --node-config.
+        config["lender_key"] = self.lender_key.hex()
         config.pop("binding", None)  # only this enrollment's binding, never one given in --node-config
         if binding is not None:
             config["binding"] = binding.hex()

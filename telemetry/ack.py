@@ -3,7 +3,16 @@
     {1: [seqs stored now], 2: [seqs already present], 3: [[index in batch, reason code, text], ...],
      ? 4: a fresh lender token (telemetry.freshness), for the device to put into the envelopes it signs next,
      ? 5: [seq, arrival ms, COSE receipt]: the lender logged the batch's newest envelope (gateways; telemetry.receipt),
-     ? 6: [log index, tree size, SHA-256 of the signed checkpoint]: the same, compact (nodes)}
+     ? 6: [log index, tree size, SHA-256 of the signed checkpoint]: the same, compact (nodes),
+     ? 7: the exact bytes of one pending signed command (telemetry.command), nodes under OSCORE only}
+
+Key 7 (added with issue 15) is how a node, which sleeps in PSM and never
+polls ``/c``, receives the lender's commands: at most one per ack, at most
+`MAX_NODE_COMMAND` bytes, so the ack stays one datagram a BC95 (512 bytes)
+takes. The node verifies it like a gateway does (signature by the pinned
+lender key, its device, a seq above the last applied, not expired) and answers
+in the next envelope it signs. A device that does not know key 7 ignores it
+(every decoder here skips unknown keys), and an ack without it is read as before.
 
 The lender builds an `Ack` and encodes it; the agent decodes the same type
 from untrusted bytes, for the batch it sent, and deletes exactly stored ∪
@@ -20,7 +29,8 @@ from telemetry.exc import AckFormatError, WireFormatError
 from telemetry.freshness import check_token_shape
 from telemetry.receipt import CheckpointReference, DeliveryReceipt
 
-STORED, ALREADY, REFUSED, TOKEN, RECEIPT, CHECKPOINT = 1, 2, 3, 4, 5, 6   # the ack map's keys
+STORED, ALREADY, REFUSED, TOKEN, RECEIPT, CHECKPOINT, COMMAND = 1, 2, 3, 4, 5, 6, 7   # the ack map's keys
+MAX_NODE_COMMAND = 384              # bytes of one command in a node's ack (key 7): the ack stays one small datagram
 MAX_REASON_TEXT = 200                # characters of text per refused envelope
 
 
@@ -77,6 +87,7 @@ class Ack:
     token: bytes | None = None              # a fresh lender token (version 2 devices keep the newest)
     receipt: DeliveryReceipt | None = None  # the lender logged the newest envelope: the gateway keeps this
     checkpoint: CheckpointReference | None = None  # the same for a node, by reference
+    command: bytes | None = None            # one pending signed command for a node (still to be verified by it)
 
     @property
     def delete(self) -> frozenset[int]:
@@ -96,6 +107,8 @@ class Ack:
             item[RECEIPT] = self.receipt.to_cbor()
         if self.checkpoint is not None:
             item[CHECKPOINT] = self.checkpoint.to_cbor()
+        if self.command is not None:
+            item[COMMAND] = bytes(self.command)
         return cbor.encode(item)
 
     @classmethod
@@ -143,9 +156,12 @@ class Ack:
             checkpoint = None if CHECKPOINT not in decoded else CheckpointReference.from_cbor(decoded[CHECKPOINT])
         except WireFormatError as exc:
             raise AckFormatError(f"ack receipt (5) or checkpoint (6): {exc}") from None
+        command = decoded.get(COMMAND)
+        if command is not None and (not isinstance(command, bytes) or not 0 < len(command) <= MAX_NODE_COMMAND):
+            raise AckFormatError(f"ack command (7) must be 1..{MAX_NODE_COMMAND} bytes (one signed command)")
         sent = set(batch)
         return cls(tuple(s for s in stored if s in sent), tuple(s for s in already if s in sent), tuple(refused),
-                   frozenset((set(stored) | set(already)) - sent), token, receipt, checkpoint)
+                   frozenset((set(stored) | set(already)) - sent), token, receipt, checkpoint, command)
 
 
 def _uint_list(value: object, what: str) -> list[int]:

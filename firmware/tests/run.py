@@ -1,12 +1,17 @@
 """Runs the firmware test suite under MicroPython: every test_* function of every test_*.py module beside this file.
 
     MICROPYPATH=firmware/tests/fakes:firmware/src/lib:firmware/src \
-        micropython -X heapsize=128k firmware/tests/run.py [-v] [--heap] [SUBSTRING ...]
+        micropython -X heapsize=128k firmware/tests/run.py [-v] [--heap] [--suite=NAME] [SUBSTRING ...]
 
 Prints each failure with its traceback, then a last line "N passed, N failed",
 and exits non-zero if any test failed or none ran. SUBSTRING arguments keep
 only the tests whose "module.function" contains one of them; -v names every
-passing test, --heap prints the heap in use before each test.
+passing test, --heap prints the heap in use before each test. --suite=NAME
+runs the NAME_*.py modules instead of test_*.py: a second suite in its own
+process, so its identifiers (interned for good in MicroPython's qstr pools,
+which grow by doubling) do not crowd the 128 KB heap of the first. The
+commands suite (commands_*.py: the lender's signed commands on the node) is
+run so by tests/firmware/test_node_commands.py.
 """
 
 import gc
@@ -23,8 +28,12 @@ def main(argv):
     verbose = "-v" in argv
     show_heap = "--heap" in argv
     selected = [arg for arg in argv if not arg.startswith("-")]
+    prefix = "test_"
+    for arg in argv:
+        if arg.startswith("--suite="):
+            prefix = arg[len("--suite="):] + "_"
     here = _directory_of(sys.argv[0])
-    names = sorted(name[:-3] for name in os.listdir(here) if name.startswith("test_") and name.endswith(".py"))
+    names = sorted(name[:-3] for name in os.listdir(here) if name.startswith(prefix) and name.endswith(".py"))
     passed = failed = 0
     resident = set(sys.modules)
     for name in names:

@@ -25,12 +25,24 @@ two bytes fewer on an uplink billed per byte, and a node sends one envelope
 per request anyway. Bodies over `MAX_NODE_BODY` get 4.13 with Size1; a Block1
 upload too (a node never needs one).
 
+Commands (issue 15): a node sleeps in PSM and never polls ``/c``, so the
+lender hands it its oldest pending signed command (`CommandDesk.pending`) in
+the ack to its report, ack key 7 (telemetry.ack), one per ack and at most
+`MAX_NODE_COMMAND` bytes (a larger one is never sent to a node and expires
+pending), and none in the ack to an envelope that answers a command (the
+node's heap, `with_command`). Only over OSCORE, as ``/c``; the command is marked delivered. The
+node verifies it, applies it and answers in the next envelope it signs (its
+next wake): the `command.*` records `CommandDesk.answers` reads.
+
 What plain CoAP leaves open (docs/firmware.md): integrity and origin of the
 *evidence* are protected by the signature; confidentiality is not, and the
 *ack* is not authenticated (a forged ack can make an insecure node drop an
 envelope from its outbox before it arrived).
 """
 from __future__ import annotations
+
+import dataclasses
+import time
 
 import aiocoap
 from aiocoap import error as coap_error
@@ -47,8 +59,12 @@ from lender.evidence.ingest import (
     NodeIngest,
     Status,
 )
+from lender.evidence.commands import CommandDesk
 from lender.evidence.store import EvidenceStore
 from telemetry import cbor
+from telemetry.ack import MAX_NODE_COMMAND, Ack
+from telemetry.command import RECORD_PREFIX
+from telemetry.envelope import NODE_VERSION
 from telemetry.envelope import decode as decode_envelope
 from telemetry.exc import WireFormatError
 from telemetry.numbers import PATH_NODE
@@ -97,6 +113,73 @@ class NodeResource(LenderResource):
         return self._ingest.envelope(body, peer=peer)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeOutcome(BatchOutcome):
+    """A node's outcome whose ack carries one pending signed command (ack key 7)."""
+
+    command: bytes | None = None
+
+    def ack(self) -> bytes:
+        return Ack(self.stored, self.already, self.refused, token=self.token, receipt=self.receipt,
+                   checkpoint=self.checkpoint, command=self.command).encode()
+
+
+MAX_HANDOUTS = 3  # acks that may carry one command to a node that has not answered it (then it waits for expiry)
+
+
+def with_command(outcome: BatchOutcome, desk: CommandDesk, device: str, envelope: bytes,
+                 handouts: dict[tuple[str, int], int] | None = None) -> BatchOutcome:
+    """`outcome` with the device's oldest pending command that fits a node's ack, marked delivered; as is without one.
+
+    Pending is asked after the envelope was stored, so a command the envelope
+    just answered is not handed out again. Bounded by the node's 128 KB heap
+    (docs/firmware.md), which takes a large uplink or a large downlink in one
+    exchange, not both: the ack to an envelope that answers a command (its
+    `command.*` records, about twice a report's size) carries none, the next
+    goes with the ack to the next report; an ack carrying a command leaves out
+    the checkpoint reference (key 6, which the node does not read); and a
+    command is handed out at most `MAX_HANDOUTS` times per lender run while the
+    node does not answer it (a node that cannot take it, or refuses it
+    unverified, is not sent it at every wake until it expires).
+    """
+    if outcome.status is not Status.CHANGED or not (outcome.stored or outcome.already):
+        return outcome
+    counts = {} if handouts is None else handouts
+    pending = [c for c in desk.pending(device)
+               if len(c.raw) <= MAX_NODE_COMMAND and counts.get((device, c.seq), 0) < MAX_HANDOUTS]
+    if not pending:
+        return outcome
+    try:
+        if any(r.name.startswith(RECORD_PREFIX) for r in decode_envelope(envelope).records):
+            return outcome
+    except WireFormatError:
+        return outcome
+    command = pending[0]
+    counts[(device, command.seq)] = counts.get((device, command.seq), 0) + 1
+    desk.store.mark_delivered(device, command.seq, time.time())
+    fields = {f.name: getattr(outcome, f.name) for f in dataclasses.fields(BatchOutcome)}
+    fields["checkpoint"] = None
+    return NodeOutcome(**fields, command=command.raw)
+
+
+def answers_at_next_wake(store: EvidenceStore, device: str, look_back: int = 4) -> bool:
+    """Whether `device` is a node, which answers a command at its next wake (not in seconds like a gateway).
+
+    Read from its evidence: one of its newest `look_back` stored envelopes is
+    version 3, which only nodes sign (telemetry.nodereadings; a node's answer
+    to a command is version 2 when its records do not fit the readings table).
+    A device that has sent nothing yet counts as a gateway.
+    """
+    newest = store.last_received(device)
+    if newest is None:
+        return False
+    for seq in range(newest[0], max(0, newest[0] - look_back), -1):
+        stored = store.envelope(device, seq)
+        if stored is not None and stored.version == NODE_VERSION:
+            return True
+    return False
+
+
 class ProtectedNodeIngest(Ingest):
     """`Ingest` for ``/n`` under OSCORE: every active key (the OSCORE sender narrows it), and a node's compact ack
     (a checkpoint reference, not the receipt: a node's downlink is dear)."""
@@ -117,6 +200,8 @@ class ProtectedNodeResource(NodeResource):
         super().__init__(thread, ingest)  # type: ignore[arg-type]  # refuse_request is all NodeResource uses of it
         self._protected = ingest
         self._credentials = credentials
+        self._desk = CommandDesk(ingest.store, None)  # hands out commands only: it signs none
+        self._handouts: dict[tuple[str, int], int] = {}  # (device, command seq) -> acks that carried it (ingest thread)
 
     async def respond(self, request: aiocoap.Message) -> aiocoap.Message:
         if self._credentials.device_of(request) is None:  # only with --insecure does plain CoAP get this far
@@ -145,7 +230,8 @@ class ProtectedNodeResource(NodeResource):
                 Status.UNAUTHORIZED, f"the envelope is signed by key {kid.hex()}, not by {sender}'s ({device.kid.hex()}), "
                                      f"whose OSCORE context protected the request: a device delivers its own envelopes only",
                 body, peer=peer, attributable=True)
-        return ingest.batch(cbor.encode([bytes(body)]), peer=peer, sender=sender)
+        return with_command(ingest.batch(cbor.encode([bytes(body)]), peer=peer, sender=sender), self._desk, sender,
+                            body, self._handouts)
 
 
 def node_routes(thread: IngestThread, store: EvidenceStore, token_key: bytes | None = None,

@@ -22,7 +22,7 @@ from telemetry import cbor  # noqa: E402
 from telemetry.ack import Ack, Reason, Refusal  # noqa: E402
 from telemetry.bundle import BundleEntry, build_bundle  # noqa: E402
 from telemetry.clock import ClockStatement  # noqa: E402
-from telemetry.command import Command, Configure, Inspect, Permit, RotateKey  # noqa: E402
+from telemetry.command import Command, Configure, Inspect, Outcome, Permit, RotateKey, outcome_records  # noqa: E402
 from telemetry.cose import cose_sign1  # noqa: E402
 from telemetry.enrollment import (  # noqa: E402
     AssetBinding,
@@ -182,6 +182,7 @@ def build() -> dict[str, tuple[dict, bytes]]:
     vectors.update(version3_vectors(two, Identity(SEED_3)))
     vectors.update(evidence_vectors(one, two, Identity(SEED_3)))
     vectors.update(command_vectors(Identity(SEED_3)))
+    vectors.update(node_command_vectors(two, Identity(SEED_3)))
     vectors.update(rotation_vectors(one, two, Identity(SEED_3)))
     vectors.update(staff_vectors(Identity(SEED_3)))
     vectors.update(es256_vectors(P256Identity(P256_SECRET), Identity(SEED_3)))
@@ -283,6 +284,35 @@ def command_vectors(lender: Identity) -> dict[str, tuple[dict, bytes]]:
                           "command_kind": str(command.kind), "issued": command.issued, "expires": command.expires,
                           "payload_hex": command.payload().hex(), "digest_hex": signed.digest.hex()}, signed.raw)
     return vectors
+
+
+def node_command_vectors(node: Identity, lender: Identity) -> dict[str, tuple[dict, bytes]]:
+    """A node's commands (issue 15): the lender's ack to node-test-7's report seq 124 carrying, under ack key 7, an
+    inspection (command seq 1); and the node's answer at its next wake, envelope seq 125 with the readings and the
+    command's outcome records (the nonce), version 2 because those records do not fit the node readings table."""
+    asset = "loan-2026-117"
+    node_binding = binding_of(lender.public_key, node.public_key, asset)
+    inspect = Command("node-test-7", 1, T0 + 5400, T0 + 6000, Inspect(bytes(range(200, 216)), ())).sign(lender)
+    token = issue_token(TOKEN_KEY, "node-test-7", T0 + 5410)
+    ack = Ack(stored=(124,), token=token, checkpoint=CheckpointReference(7, 9, bytes(range(32))), command=inspect.raw)
+    when = T0 + 5420
+    readings = [Record("temp", value=4.5, unit="Cel", time=when), Record("tamper", boolean=False, time=when),
+                Record("batt", value=3.599609375, unit="V", time=when)]
+    answer = readings + outcome_records(inspect, Outcome.APPLIED, when)
+    signer = {"seed_hex": SEED_3.hex(), "public_key_hex": lender.public_key.hex()}
+    return {
+        "ack-node-command": ({"kind": "ack", **signer, "batch_seqs": [124], "stored": [124], "already": [],
+                              "refused": [], "token_hex": token.hex(),
+                              "checkpoint": {"index": 7, "tree_size": 9, "digest_hex": bytes(range(32)).hex()},
+                              "command_hex": inspect.raw.hex(),
+                              "command": {"device": "node-test-7", "seq": 1, "command_kind": "inspect",
+                                          "issued": inspect.issued, "expires": inspect.expires,
+                                          "nonce_hex": bytes(range(200, 216)).hex(), "digest_hex": inspect.digest.hex()}},
+                             ack.encode()),
+        "envelope-node-inspect-answer": envelope_vector(
+            node, SEED_2, "envelope", device="node-test-7", boot=6, seq=125, prev=bytes(range(32, 48)), records=answer,
+            counters=Counters(alarms=1, gaps=2), token=token, binding=node_binding),
+    }
 
 
 def rotation_vectors(old: Identity, new: Identity, lender: Identity) -> dict[str, tuple[dict, bytes]]:

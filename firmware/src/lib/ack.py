@@ -1,29 +1,36 @@
 """The lender's ack to one envelope, as the node reads it: the map shared with the gateway path (telemetry.ack).
 
 The lender answers 2.04 Changed with {1: [stored seqs], 2: [already-present
-seqs], 3: [[index, reason code, text], ...], ?4: a lender token}; `parse_ack`
+seqs], 3: [[index, reason code, text], ...], ?4: a lender token, ?7: one signed
+command}; `parse_ack`
 checks its shape and refuses anything else with AckError. The token
 (telemetry.freshness: 12 bytes, the lender's time in the first 4) is the
 node's to keep when it is newer than the one it holds and to echo in the
 envelopes it signs next; the node cannot check its MAC, so it takes one only
 from an ack OSCORE authenticated (or, with "insecure": true, from any).
+Key 7 (issue 15) carries the exact bytes of one pending lender command, at
+most MAX_COMMAND bytes; the node takes it only from an authenticated ack and
+verifies it itself after the send phase (the commands module). Other keys
+(5, 6, and any later one) are skipped.
 """
 
 import cbordecode
 from errors import AckError
 
-ACK_STORED, ACK_ALREADY, ACK_REFUSED, ACK_TOKEN = 1, 2, 3, 4
+ACK_STORED, ACK_ALREADY, ACK_REFUSED, ACK_TOKEN, ACK_COMMAND = 1, 2, 3, 4, 7
 TOKEN_BYTES = 12
+MAX_COMMAND = 384  # telemetry.ack.MAX_NODE_COMMAND
 
 
 class Ack:
-    __slots__ = ("stored", "already", "refused", "token")
+    __slots__ = ("stored", "already", "refused", "token", "command")
 
-    def __init__(self, stored, already, refused, token=None):
+    def __init__(self, stored, already, refused, token=None, command=None):
         self.stored = stored
         self.already = already
         self.refused = refused  # [(batch index, reason code, text)]
         self.token = token  # a fresh lender token (12 bytes), or None
+        self.command = command  # one signed command's bytes (unverified), or None
 
     def settled(self):
         """The seqs the lender holds now: stored by this request or before it."""
@@ -61,4 +68,7 @@ def parse_ack(payload):
     token = body.get(ACK_TOKEN)
     if token is not None and (type(token) is not bytes or len(token) != TOKEN_BYTES):
         raise AckError("ack token (key 4) must be %d bytes, got %r" % (TOKEN_BYTES, token))
-    return Ack(stored, already, refused, token)
+    command = body.get(ACK_COMMAND)
+    if command is not None and (type(command) is not bytes or not 0 < len(command) <= MAX_COMMAND):
+        raise AckError("ack command (key 7) must be 1..%d bytes" % MAX_COMMAND)
+    return Ack(stored, already, refused, token, command)

@@ -100,10 +100,12 @@ class AtPort:
             else:
                 newline = buffer.find(b"\n")
                 if newline >= 0:
-                    raw = buffer[:newline]
+                    end = newline - 1 if newline and buffer[newline - 1] == _CR else newline
                     self._buffer = buffer[newline + 1 :]
                     try:
-                        line = raw.decode().strip()
+                        # decoded straight from the buffer, without the CR: a long line (a datagram's hex) is copied
+                        # once, not three times (a fragmented heap fails the large blocks first)
+                        line = str(memoryview(buffer)[:end], "utf-8").strip()
                     except UnicodeError:
                         self.garbage += 1
                         continue

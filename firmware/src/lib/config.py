@@ -93,6 +93,7 @@ class Config:
     outbox_slots: int
     max_sends: int
     binding: "bytes | None"
+    lender_key: "bytes | None"
     insecure: bool
     lender_host: str
     lender_port: int
@@ -145,6 +146,12 @@ def _read(config, data):
     if binding is not None and (len(binding) != 2 * BINDING_BYTES or any(c not in _HEX for c in binding)):
         raise ConfigError("binding must be %d hex digits (the enrollment's binding), got %r" % (2 * BINDING_BYTES, binding))
     config.binding = None if binding is None else binascii.unhexlify(binding)
+    # The lender's public key (Ed25519, the enrollment key that signs its commands), pinned by provisioning. Absent:
+    # the node applies no command (telemetry.command; the commands module).
+    lender_key = _text(data, "lender_key", "")
+    if lender_key is not None and (len(lender_key) != 64 or any(c not in _HEX for c in lender_key)):
+        raise ConfigError("lender_key must be 64 hex digits (the lender's Ed25519 public key), got %r" % lender_key)
+    config.lender_key = None if lender_key is None else binascii.unhexlify(lender_key)
     # Plain CoAP (no node.oscore): only when asked for by name, and warned about at every start (node.run).
     config.insecure = _flag(data, "insecure", "", False)
 

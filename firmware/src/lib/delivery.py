@@ -15,7 +15,11 @@ Loaded for the phase and forgotten after it (runtime.release). In order:
   then a signed "refused" gap record says so, saved in the chain state
   *before* the envelope goes). Whole-request errors and unauthenticated
   answers never delete anything. The newest lender token an authenticated
-  ack brought is kept for the next envelopes.
+  ack brought is kept for the next envelopes;
+* a lender command (ack key 7): the first one an authenticated ack brought
+  this cycle is kept, unverified, in flash (state/command.bin) at the end of
+  the phase, for the next wake to verify and apply (node.py, cmdstate); with
+  "insecure": true none is taken.
 """
 
 import json
@@ -119,6 +123,8 @@ def send(node, box):
     except NodeError as error:
         node._note("send", error)
     finally:
+        if node.command is not None:
+            _keep_command(node)
         report["at_commands"] = port.commands
         report["at_garbage"] = port.garbage
         try:
@@ -269,6 +275,8 @@ def _deliver(node, box, link, seq, settled, last):
     except AckError as error:
         node._note("ack of seq %d" % seq, error)
         return True
+    if ack.command is not None and link.context is not None and node.command is None:
+        node.command = ack.command  # kept for the next wake, which verifies and applies it (one per cycle)
     if ack.token is not None and node.state is not None and node.state.take_token(ack.token):
         node.report["token_changed"] = True
     if seq in ack.settled():
@@ -314,6 +322,17 @@ def _settle(node, box, settled):
             box.remove(settled)
         except StorageError as error:
             node._note("outbox", error)
+
+
+def _keep_command(node):
+    """Keep the command an ack brought in flash, for the next wake to verify and apply (a torn write fails it)."""
+    try:
+        with open(node._file("command.bin"), "wb") as file:
+            file.write(node.command)
+        node.report["command_kept"] = len(node.command)
+    except OSError as error:
+        node._note("command", error)
+    node.command = None
 
 
 def _set_clock(node, modem):

@@ -24,7 +24,16 @@ One cycle per wake (timer, or the tamper switch):
    whole-request errors and unauthenticated answers included, stays for the
    next cycle; the newest lender token an authenticated ack brought is kept
    in flash for the next envelopes;
-5. sleep: close the socket (the modem then enters PSM on its own, as set up
+5. commands: the lender's signed command an authenticated ack brought (ack
+   key 7, at most one a cycle) is kept in flash (state/command.bin) and the
+   node wakes again after COMMAND_SLEEP_MS; that wake only verifies and
+   applies it (cmdstate.startup, on a fresh heap) and sleeps COMMAND_SLEEP_MS
+   again; the wake after it signs the outcome into its envelope (an
+   inspection's is the snapshot, sent ahead of the backlog). After a power-on
+   or a tamper wake the command is applied at the start of the whole cycle
+   instead. The lender's configuration in force sets the interval and
+   thresholds, its permits turn openings into events (step 2);
+6. sleep: close the socket (the modem then enters PSM on its own, as set up
    once), arm the tamper pin as a wake source, machine.deepsleep.
 
 A failure in sending never loses the envelope: it is in flash before the
@@ -46,6 +55,7 @@ from runtime import log, release
 
 ALARM_PREFIX = "alarm."  # an envelope holding such a record counts in the signed alarm counter
 DEFAULT_SLEEP_MS = 900000
+COMMAND_SLEEP_MS = 1000  # a command came: wake again at once to apply it and answer (cmdstate.startup)
 
 
 class Node:
@@ -72,6 +82,10 @@ class Node:
         self.tamper_pin = None  # the switch's Pin and its open level, once sampling found one (no sensors object:
         self.tamper_open_level = 1  # that would keep the sampling phase's code alive through the send phase)
         self.state = None
+        self.permits = None  # the lender's permits in force ([from, until, inputs], cmdstate)
+        self.command = None  # the signed command an ack brought this cycle (unverified), kept for the next wake
+        self.applying = False  # this wake applied (or refused) a kept command
+        self.applied_only = False  # ... and did nothing else (the next wake, at once, signs the answer)
         self.report = {}  # what this cycle did, for the log line and the tests
         self.report["errors"] = []
 
@@ -96,13 +110,31 @@ class Node:
         box = outbox_module.Outbox(self._file("outbox2.bin"), config.outbox_slots, legacy=self._file("outbox.bin"))
         report["recovery"] = state.recover(box)
         powered_on = self.reset_cause != machine.DEEPSLEEP_RESET
+        if (not powered_on and not state.fresh and self.wake_reason != getattr(machine, "PIN_WAKE", -1)
+                and self._exists("command.bin")):
+            # A command the last wake kept: verify and apply it, and nothing else (its code and the verifier leave the
+            # heap fragmented); the node wakes again at once, with a fresh heap, to sign and send the answer. After
+            # a power-on or a tamper wake the whole cycle runs and applies it at its start.
+            self.load_commands(state)
+            self.applied_only = True
+            return report
+        owed = self.load_commands(state)
         if powered_on or state.fresh:
             state.boot += 1
         self.feed()
         self.started = powered_on or state.fresh  # a new boot: its first envelope declares the heartbeat
         records, alarm = self.sample(powered_on)
+        first = False
+        if owed:  # the outcome owed to the lender; an inspection's snapshot goes ahead of the backlog, as an alarm
+            first = owed[1]["string"] == "inspect"
+            if records and "time" in records[0]:
+                for record in owed:
+                    record["time"] = records[0]["time"]
+            records += owed
+            report["answered"] = owed[0]["value"]
+        del owed
         self.feed()
-        seq, raw, alarm = self.seal(state, box, records, alarm)
+        seq, raw, alarm = self.seal(state, box, records, alarm, first)
         report["seq"] = seq
         report["boot"] = state.boot
         report["payload_bytes"] = len(raw)
@@ -112,6 +144,26 @@ class Node:
         self.send(box)
         report["buffered"] = box.seqs()
         return report
+
+    # --- 1b. the lender's commands ---
+
+    def _exists(self, name):
+        try:
+            os.stat(self._file(name))
+            return True
+        except OSError:
+            return False
+
+    def load_commands(self, state):
+        """Apply a kept command and return the owed outcome's records (cmdstate.startup; nothing loaded without)."""
+        if not self._exists("commands.bin") and not self._exists("command.bin"):
+            return []
+        import cmdstate
+
+        try:
+            return cmdstate.startup(self, state)
+        finally:
+            release("cmdstate", "commands", "cbor", "ed25519", "ed25519_table", "sha512")
 
     # --- 2. sampling ---
 
@@ -130,14 +182,16 @@ class Node:
 
     # --- 3. signing ---
 
-    def seal(self, state, box, records, alarm):
+    def seal(self, state, box, records, alarm, first=False):
+        """Sign records into the next envelope and store it; `first`: send it ahead of the backlog (as an alarm)."""
         gap = state.gap_dict()
         counted = False
         for record in records:
             if record["name"].startswith(ALARM_PREFIX):
                 counted = True
         alarm = alarm or gap is not None
-        seq = state.reserve(counted, gap is not None, box.victim(alarm))
+        priority = alarm or first
+        seq = state.reserve(counted, gap is not None, box.victim(priority))
         import ed25519
         import envelope
 
@@ -147,7 +201,7 @@ class Node:
         del key, ed25519, envelope
         release("ed25519", "ed25519_table", "sha512", "envelope", "senml", "cbor")
         held = len(box)
-        dropped = box.append(seq, raw, alarm)
+        dropped = box.append(seq, raw, priority)
         losses = []
         if dropped:
             losses.append(("overflow", min(dropped), max(dropped), len(dropped), held, box.alarms_dropped))
@@ -180,6 +234,8 @@ class Node:
             except OSError as error:
                 self._note("tamper flag", error)
             return 1000  # report it at once
+        if self.applied_only or (self.report.get("command_kept") and not self.applying):
+            return COMMAND_SLEEP_MS  # not twice in a row: a command refused at every wake costs no extra wakes
         return self.config.interval_s * 1000
 
     def latch_tamper(self, pin):

@@ -48,7 +48,9 @@ def sample(node, powered_on):
         switch = sensors.TamperSwitch(_pin(node, config.tamper_pin, machine.Pin.IN, machine.Pin.PULL_UP),
                                       config.tamper_open_level)
         opened = switch.is_open() or node.wake_reason == getattr(machine, "PIN_WAKE", -1) or _take_tamper_flag(node)
-        if opened:
+        if opened and _permitted(node, now, "tamper"):
+            records.append({"name": "event.tamper", "boolean": True})  # inside a lender's permit: an event
+        elif opened:
             records.append({"name": "alarm.tamper", "boolean": True})
             alarm = True
         else:
@@ -86,16 +88,30 @@ def _motion(node, records, powered_on):
     if powered_on:
         accelerometer.setup(config.motion_mg)
     alarm = False
+    now = unix_time()
     if accelerometer.moved():
-        records.append({"name": "alarm.motion", "boolean": True})
-        alarm = True
+        permitted = _permitted(node, now, "motion")
+        records.append({"name": "event.motion" if permitted else "alarm.motion", "boolean": True})
+        alarm = alarm or not permitted
     vector = accelerometer.acceleration_mg()
     reference = _orientation(node, vector)
     tilt = sensors.tilt_degrees(vector, reference)
     if tilt >= config.tilt_alarm_deg:
-        records.append({"name": "alarm.tilt", "value": sensors.to_half(tilt), "unit": "deg"})
-        alarm = True
+        permitted = _permitted(node, now, "tilt")
+        records.append({"name": "event.tilt" if permitted else "alarm.tilt", "value": sensors.to_half(tilt),
+                        "unit": "deg"})
+        alarm = alarm or not permitted
     return alarm
+
+
+def _permitted(node, now, sensor):
+    """Whether a lender's signed permit in force (node.permits, from cmdstate) covers an opening of `sensor` now."""
+    if not node.permits or now is None:
+        return False
+    for start, until, inputs in node.permits:
+        if start <= now < until and (not inputs or sensor in inputs):
+            return True
+    return False
 
 
 def _orientation(node, vector):
