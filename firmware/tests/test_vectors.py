@@ -106,6 +106,8 @@ def _check_ack(name, description, raw):
     equal([list(r) for r in ack.refused], description["refused"], name + " refused")
     token = description.get("token_hex")
     equal(None if ack.token is None else tohex(ack.token), token, name + " token")
+    # key 7 (issue 15): one signed command for a node, kept as its exact bytes (commands_vectors verifies and applies it)
+    equal(None if ack.command is None else tohex(ack.command), description.get("command_hex"), name + " command")
 
 
 def _check_token(name, description, raw):
