@@ -73,12 +73,11 @@ from telemetry.command import decode_commands, decode_fetch, encode_fetch
 from telemetry.exc import CommandError
 from telemetry.manifest import DEFAULT_HEARTBEAT_S
 from telemetry.receipt import DeliveryReceipt
-from telemetry.numbers import CONTENT_FORMAT_CBOR, PATH_TELEMETRY
+from telemetry.numbers import CONTENT_FORMAT_CBOR, PATH_COMMAND_NOTICES, PATH_COMMANDS, PATH_TELEMETRY
 
 log = logging.getLogger(__name__)
 
 MIN_BATCH_BYTES = 256          # a 4.13 never shrinks the cap below this
-NOTICES_PATH = "c/o"           # the lender's command notices, observed (lender.coap.commands.CommandNotices)
 NOTICE_MAX_AGE = 60.0          # a notification without Max-Age is fresh this long (RFC 7252's default)
 WATCH_BACKOFF_CAP = 60.0       # the longest wait before registering again after a failed registration
 DATAGRAM_BYTES = 1024          # the largest body that goes without Block1 (aiocoap's 1 KiB blocks)
@@ -150,7 +149,11 @@ class UplinkConfig:
 
     @property
     def telemetry_uri(self) -> str:
-        return self.lender.rstrip("/") + "/" + "/".join(PATH_TELEMETRY)
+        return self.uri(PATH_TELEMETRY)
+
+    def uri(self, path: tuple[str, ...]) -> str:
+        """The lender's resource at `path` (telemetry.numbers)."""
+        return self.lender.rstrip("/") + "/" + "/".join(path)
 
     @property
     def send_interval(self) -> float:
@@ -408,7 +411,7 @@ class Uplink:
         """
         if self._context is None:
             return []
-        uri = self.config.lender.rstrip("/") + "/c"
+        uri = self.config.uri(PATH_COMMANDS)
         request = aiocoap.Message(code=codes.POST, uri=uri, payload=encode_fetch(last_applied),
                                   content_format=CONTENT_FORMAT_CBOR)
         try:
@@ -450,7 +453,7 @@ class Uplink:
             if self._context is None:
                 await self._sleep(backoff.next_delay())
                 continue
-            uri = self.config.lender.rstrip("/") + "/" + NOTICES_PATH
+            uri = self.config.uri(PATH_COMMAND_NOTICES)  # lender.coap.commands.CommandNotices
             pending = self._context.request(aiocoap.Message(code=codes.GET, uri=uri, observe=0,
                                                             transport_tuning=self._tuning()))
             pending.response.add_done_callback(_consume_outcome)

@@ -30,6 +30,7 @@ PATH_ENROLL = ("enroll",)               # enrollment requests (plain CoAP: no co
 PATH_SITES = ("enroll", "sites")        # POST a technician's signed site request: the signed site file, sealed to it
 PATH_INSTALLATIONS = ("installations",)  # installation reports
 PATH_COMMANDS = ("c",)                  # gateways fetch the lender's pending signed commands, under OSCORE
+PATH_COMMAND_NOTICES = ("c", "o")       # gateways observe the newest command seq issued to them, under OSCORE
 
 # The OSCORE suite every context uses (RFC 8613): its AEAD (mandatory to implement) and HKDF hash
 OSCORE_ALGORITHM = "AES-CCM-16-64-128"

@@ -44,11 +44,10 @@ from lender.evidence.commands import CommandDesk
 from lender.exc import StoreError
 from telemetry.command import MAX_FETCH_ANSWER, decode_fetch, encode_commands, encode_fetch
 from telemetry.exc import CommandError
-from telemetry.numbers import CONTENT_FORMAT_CBOR, PATH_COMMANDS
+from telemetry.numbers import CONTENT_FORMAT_CBOR, PATH_COMMAND_NOTICES, PATH_COMMANDS
 
 log = logging.getLogger(__name__)
 
-PATH_COMMAND_NOTICES = (*PATH_COMMANDS, "o")   # observed by a gateway: the newest command seq issued to it
 CHECK_S = 0.1       # seconds between looks at the store for commands issued to observing devices (bench/commands.py)
 LOOK_SHARE = 0.05   # the looks take at most this share of the event loop: with many observers they space out
 REFRESH_S = 60.0    # every observer is notified at least this often (the notifications' Max-Age)
