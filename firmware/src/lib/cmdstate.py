@@ -112,6 +112,18 @@ def startup(node, chain):
     return state.records()
 
 
+def keep(node):
+    """Keep the command an ack brought (node.command) in flash for the next wake to verify and apply; a torn write
+    only fails its verification there (the lender hands it out again)."""
+    try:
+        with open(node._file(KEPT), "wb") as file:
+            file.write(node.command)
+        node.report["command_kept"] = len(node.command)
+    except OSError as error:
+        node._note("command", error)
+    node.command = None
+
+
 def permitted(permits, at, sensor):
     """Whether one of `permits` ([from, until, inputs]) covers an opening of `sensor` (tamper, motion, tilt) at `at`."""
     if at is None or not permits:

@@ -17,9 +17,9 @@ Loaded for the phase and forgotten after it (runtime.release). In order:
   answers never delete anything. The newest lender token an authenticated
   ack brought is kept for the next envelopes;
 * a lender command (ack key 7): the first one an authenticated ack brought
-  this cycle is kept, unverified, in flash (state/command.bin) at the end of
-  the phase, for the next wake to verify and apply (node.py, cmdstate); with
-  "insecure": true none is taken.
+  this cycle is kept in node.command, unverified, which the cycle writes to
+  flash after this phase (cmdstate.keep) for the next wake to verify and
+  apply; with "insecure": true none is taken.
 """
 
 import json
@@ -123,8 +123,6 @@ def send(node, box):
     except NodeError as error:
         node._note("send", error)
     finally:
-        if node.command is not None:
-            _keep_command(node)
         report["at_commands"] = port.commands
         report["at_garbage"] = port.garbage
         try:
@@ -322,17 +320,6 @@ def _settle(node, box, settled):
             box.remove(settled)
         except StorageError as error:
             node._note("outbox", error)
-
-
-def _keep_command(node):
-    """Keep the command an ack brought in flash, for the next wake to verify and apply (a torn write fails it)."""
-    try:
-        with open(node._file("command.bin"), "wb") as file:
-            file.write(node.command)
-        node.report["command_kept"] = len(node.command)
-    except OSError as error:
-        node._note("command", error)
-    node.command = None
 
 
 def _set_clock(node, modem):

@@ -143,6 +143,11 @@ class Node:
         self.feed()
         self.send(box)
         report["buffered"] = box.seqs()
+        if self.command is not None:  # after the send phase, whose heap is the cycle's peak
+            import cmdstate
+
+            cmdstate.keep(self)
+            release("cmdstate")
         return report
 
     # --- 1b. the lender's commands ---

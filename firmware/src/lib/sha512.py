@@ -105,12 +105,22 @@ class sha512:
     def update(self, data: bytes | bytearray | memoryview):
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError("sha512.update() takes bytes, not %s" % type(data).__name__)
-        data = self._pending + bytes(data)
-        self._length += len(data) - len(self._pending)
-        end = len(data) - len(data) % 128
+        # Blocks are read through a memoryview of the caller's bytes: a message of a few hundred bytes (an envelope's
+        # Sig_structure) is not copied, nor joined to the pending bytes, on a fragmented 128 KB heap.
+        view = memoryview(data)
+        self._length += len(view)
+        pending = self._pending
+        if pending:
+            take = 128 - len(pending)
+            if len(view) < take:
+                self._pending = pending + bytes(view)
+                return
+            _compress(self._state, pending + bytes(view[:take]))
+            view = view[take:]
+        end = len(view) - len(view) % 128
         for offset in range(0, end, 128):
-            _compress(self._state, data[offset : offset + 128])
-        self._pending = data[end:]
+            _compress(self._state, view[offset : offset + 128])
+        self._pending = bytes(view[end:])
 
     def digest(self):
         """The 64-byte digest of everything fed so far; the object stays usable."""
