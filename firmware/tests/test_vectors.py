@@ -20,13 +20,8 @@ EDDSA_SIG_01 = (
 )
 
 
-SIGNED_FIRST = ("envelope-", "gap-", "handover-")  # the vectors whose check signs (Ed25519 over SHA-512)
-
-
 def _vectors():
-    # the signed ones first, while the 128 KB heap is least fragmented (signing needs a few hundred contiguous bytes)
-    names = sorted((name[:-5] for name in os.listdir(VECTORS) if name.endswith(".json")),
-                   key=lambda name: (not name.startswith(SIGNED_FIRST), name))
+    names = sorted(name[:-5] for name in os.listdir(VECTORS) if name.endswith(".json"))
     assert names, "no vectors found in " + VECTORS
     for name in names:
         with open("%s/%s.json" % (VECTORS, name)) as file:
