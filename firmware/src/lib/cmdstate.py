@@ -71,17 +71,26 @@ def startup(node, chain):
     """At the start of a wake: apply the command the last send phase kept (state/command.bin), then return the
     records of the outcome owed for this wake's envelope; the lender's configuration set on node.config, its permits
     on node.permits. An unreadable state is noted and ignored (no command is applied)."""
-    try:
-        state = CommandState(node._file("commands.bin"))
-    except StorageError as error:
-        node._note("command state", error)
-        return []
     kept = node._file(KEPT)
     try:
         with open(kept, "rb") as file:
             raw = file.read(MAX_KEPT + 1)
     except OSError:
         raw = None
+    if raw is not None:
+        import os
+
+        try:
+            # Gone before it is looked at: a command that fails here in any way (a cut, a bug, no heap) is not
+            # retried at every wake; the lender hands it out again while it is unanswered.
+            os.remove(kept)
+        except OSError:
+            pass
+    try:
+        state = CommandState(node._file("commands.bin"))
+    except StorageError as error:
+        node._note("command state", error)
+        return []
     if raw is not None:
         import commands
 
@@ -91,12 +100,6 @@ def startup(node, chain):
         except StorageError as error:
             node._note("command", error)
         del commands, raw
-        import os
-
-        try:
-            os.remove(kept)  # a cut before this: the same command again at the next wake, refused as a replay
-        except OSError:
-            pass
     owed = state.owed
     if owed is not None:
         try:
