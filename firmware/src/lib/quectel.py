@@ -64,22 +64,15 @@ RAI_ONE_REPLY = 2  # AT+QNBIOTRAI: one uplink packet, one downlink packet expect
 NSO_RELEASE_AFTER_REPLY = "0x400"  # AT+NSOSTF <flag>: release after the next message has been replied to
 
 
-def _unhex(text, length, what, start=0):
-    """The `length` bytes whose hex is text[start:] (spaces around it and one pair of quotes allowed), unhexed in
-    place: the hex of a datagram is not copied into a slice first."""
-    end = len(text)
-    while start < end and text[start] == " ":
-        start += 1
-    while end > start and text[end - 1] == " ":
-        end -= 1
-    if end - start >= 2 and text[start] == '"' and text[end - 1] == '"':
-        start, end = start + 1, end - 1
-    if end - start != 2 * length:
-        raise ModemGarbage("%s announces %d bytes but carries %d hex digits" % (what, length, end - start))
+def _unhex(text, length, what):
+    if text.startswith('"') and text.endswith('"') and len(text) >= 2:
+        text = text[1:-1]
+    if len(text) != 2 * length:
+        raise ModemGarbage("%s announces %d bytes but carries %d hex digits" % (what, length, len(text)))
     try:
-        return binascii.unhexlify(memoryview(text)[start:end])
+        return binascii.unhexlify(text)
     except ValueError:
-        raise ModemGarbage("%s data is not hex: %r" % (what, text[start : start + 40]))
+        raise ModemGarbage("%s data is not hex: %r" % (what, text[:40]))
 
 
 class Bc66(Cellular):
@@ -257,7 +250,7 @@ class Bc66(Cellular):
         if kind != "recv" or len(parts) < 2 or integer(parts[1], "+QIURC <connectID>") != socket:
             raise ModemGarbage("unexpected URC %r while waiting for data" % line)
         if cut >= 0:
-            return _unhex(line, integer(parts[2], "+QIURC <length>"), "+QIURC recv", cut + 1)
+            return _unhex(line[cut + 1 :].strip(), integer(parts[2], "+QIURC <length>"), "+QIURC recv")
         lines = self.command("AT+QIRD=%d,512" % socket, response="+QIRD:")
         for index, item in enumerate(lines):
             if item.startswith("+QIRD:"):
