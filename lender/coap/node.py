@@ -124,7 +124,7 @@ class NodeOutcome(BatchOutcome):
                    checkpoint=self.checkpoint, command=self.command).encode()
 
 
-MAX_HANDOUTS = 3  # acks that may carry one command to a node that has not answered it (then it waits for expiry)
+MAX_HANDOUTS = 6  # acks that may carry one command to a node that has not answered it (then it waits for expiry)
 
 
 def with_command(outcome: BatchOutcome, desk: CommandDesk, device: str, envelope: bytes,
