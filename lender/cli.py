@@ -66,7 +66,7 @@ from lender.evidence.export import (
     verify_bundle_file,
     verify_export,
 )
-from lender.evidence.commands import CommandDesk, IssuedCommand
+from lender.evidence.commands import CommandDesk, IssuedCommand, answers_at_next_wake
 from lender.evidence.ingest import DEFAULT_MAX_BODY
 from lender.evidence.log import lender_identity
 from lender.evidence.registry import iso_time, parse_time
@@ -993,6 +993,10 @@ def _inspect(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"inspect {args.device} seq {issued.seq} nonce {issued.nonce.hex()}: waiting up to {args.wait:g} s",
                   file=sys.stderr)
+            if answers_at_next_wake(store, args.device):
+                print(f"{args.device} is a node: it answers at its next wake (its next report's ack carries the "
+                      "command; it applies it a second later and signs the snapshot the wake after), so --wait "
+                      "should cover its reporting interval", file=sys.stderr)
         deadline = time.monotonic() + args.wait
         answer = desk.snapshot(issued)
         while answer is None and time.monotonic() < deadline:

@@ -266,7 +266,7 @@ def binding_line(binding: str) -> str:
 
 def render_config(device: str, state_dir: Path, lender: str, context: str, sensors: Sequence[Mapping],
                   uplink: Mapping | None = None, assets: Sequence[Mapping] = (), rules: Mapping | None = None,
-                  binding: str | None = None, key_store: str = "software") -> str:
+                  binding: str | None = None, key_store: str = "software", lender_key: bytes | None = None) -> str:
     """The agent's config (agent.config's format); paths relative to the config file where they can be."""
     lines = [
         "# Written by `pledgewatch provision gateway`; re-run it to change this file.",
@@ -279,6 +279,9 @@ def render_config(device: str, state_dir: Path, lender: str, context: str, senso
         lines.append(f"key_store = {_toml_value(key_store)}   # the key is in the TPM; {KEYSTORE_FILE} describes it")
     if binding is not None:
         lines.append(binding_line(binding))
+    if lender_key is not None:
+        lines.append(f"lender_key = {_toml_value(lender_key.hex())}   # the lender's key: the only one whose signed "
+                     "commands this gateway acts on")
     lines += [
         "",
         "[uplink]",
@@ -597,7 +600,7 @@ def _park(plan: GatewayPlan, rollback: Rollback) -> str:
 def _write_config(plan: GatewayPlan, context_name: str, rollback: Rollback, binding: str | None) -> None:
     rollback.replaced_file(plan.config_file)
     text = render_config(plan.device, plan.state_dir, plan.lender, context_name, plan.sensors, plan.uplink,
-                         plan.assets, plan.rules, binding, plan.key_store)
+                         plan.assets, plan.rules, binding, plan.key_store, plan.lender_key)
     write_file(plan.config_file, text.encode(), 0o640, plan.owner, group_only=True)
     binding = plan.config_dir / BINDING_FILE
     rollback.replaced_file(binding)

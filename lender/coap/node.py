@@ -64,7 +64,6 @@ from lender.evidence.store import EvidenceStore
 from telemetry import cbor
 from telemetry.ack import MAX_NODE_COMMAND, Ack
 from telemetry.command import RECORD_PREFIX
-from telemetry.envelope import NODE_VERSION
 from telemetry.envelope import decode as decode_envelope
 from telemetry.exc import WireFormatError
 from telemetry.numbers import PATH_NODE
@@ -160,24 +159,6 @@ def with_command(outcome: BatchOutcome, desk: CommandDesk, device: str, envelope
     fields = {f.name: getattr(outcome, f.name) for f in dataclasses.fields(BatchOutcome)}
     fields["checkpoint"] = None
     return NodeOutcome(**fields, command=command.raw)
-
-
-def answers_at_next_wake(store: EvidenceStore, device: str, look_back: int = 4) -> bool:
-    """Whether `device` is a node, which answers a command at its next wake (not in seconds like a gateway).
-
-    Read from its evidence: one of its newest `look_back` stored envelopes is
-    version 3, which only nodes sign (telemetry.nodereadings; a node's answer
-    to a command is version 2 when its records do not fit the readings table).
-    A device that has sent nothing yet counts as a gateway.
-    """
-    newest = store.last_received(device)
-    if newest is None:
-        return False
-    for seq in range(newest[0], max(0, newest[0] - look_back), -1):
-        stored = store.envelope(device, seq)
-        if stored is not None and stored.version == NODE_VERSION:
-            return True
-    return False
 
 
 class ProtectedNodeIngest(Ingest):

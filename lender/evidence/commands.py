@@ -19,8 +19,11 @@ from typing import Protocol
 
 from lender.evidence.registry import iso_time
 from telemetry import cbor, cose
+from telemetry.ack import MAX_NODE_COMMAND
 from telemetry.command import (LIMITS, RECORD_PREFIX, Body, Command, Inspect, Kind, Outcome, Permit, RotateKey,
                                configuration_rules_digest)
+from telemetry.envelope import NODE_VERSION
+from telemetry.exc import CommandError
 
 DEFAULT_LIFETIME = 24 * 3600      # seconds a command stays valid unless the issuer says otherwise
 INSPECT_LIFETIME = 600            # an inspection is about now: ten minutes to reach the device
@@ -73,6 +76,8 @@ class CommandStore(Protocol):
     def mark_delivered(self, device: str, seq: int, at: float) -> None: ...
     def records_named(self, device: str | None, *, names: tuple[str, ...] = (), prefixes: tuple[str, ...] = (),
                       newest_first: bool = False, limit: int | None = None) -> list: ...
+    def last_received(self, device: str) -> tuple | None: ...
+    def envelope(self, device: str, seq: int): ...
 
 
 class CommandDesk:
@@ -91,8 +96,13 @@ class CommandDesk:
         if isinstance(body, Permit):
             lifetime = max(lifetime, int(body.until - now))  # a permit is of no use once it has ended
 
+        node = answers_at_next_wake(self.store, device)
+
         def make(seq: int) -> IssuedCommand:
             signed = Command(device, seq, int(now), int(now) + max(1, lifetime), body).sign(self.lender)
+            if node and len(signed.raw) > MAX_NODE_COMMAND:  # it could never ride in the node's ack: not kept
+                raise CommandError(f"{device} is a node: its ack carries a command of at most {MAX_NODE_COMMAND} "
+                                   f"bytes, and this {signed.kind} is {len(signed.raw)}")
             return IssuedCommand(device, seq, str(signed.kind), now, signed.expires, issuer, signed.raw, signed.digest,
                                  body.nonce if isinstance(body, Inspect) else None)
 
@@ -170,3 +180,21 @@ class CommandDesk:
         """The rules digest the device should declare while the lender's newest applied configuration is in force."""
         found = self.configuration(device)
         return None if found is None else configuration_rules_digest(found[1])
+
+
+def answers_at_next_wake(store: CommandStore, device: str, look_back: int = 4) -> bool:
+    """Whether `device` is a node, which answers a command at its next wake (not in seconds like a gateway).
+
+    Read from its evidence: one of its newest `look_back` stored envelopes is
+    version 3, which only nodes sign (telemetry.nodereadings; a node's answer
+    to a command is version 2 when its records do not fit the readings table).
+    A device that has sent nothing yet counts as a gateway.
+    """
+    newest = store.last_received(device)
+    if newest is None:
+        return False
+    for seq in range(newest[0], max(0, newest[0] - look_back), -1):
+        stored = store.envelope(device, seq)
+        if stored is not None and stored.version == NODE_VERSION:
+            return True
+    return False

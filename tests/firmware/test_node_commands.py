@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from hil.sim.models import bc66
 from hil.sim.modem import ModemSimulator
-from lender.coap.node import answers_at_next_wake
+from lender.evidence.commands import answers_at_next_wake
 from lender.evidence.commands import CommandDesk
 from lender.evidence.log import lender_identity
 from telemetry.command import Command, Configure, Inspect, Permit, inspection_nonce

@@ -75,3 +75,31 @@ def test_a_command_is_handed_out_a_bounded_number_of_times_and_one_too_large_for
         carried = [Ack.decode(with_command(BatchOutcome(Status.CHANGED, already=(1,)), desk, NODE, report,
                                            handouts).ack(), [1]).command for _ in range(MAX_HANDOUTS + 2)]
         assert carried == [small.raw] * MAX_HANDOUTS + [None, None], "the large one skipped, the small one bounded"
+
+
+def test_a_command_too_large_for_a_node_is_refused_when_issued_and_a_node_is_told_apart_from_a_gateway(tmp_path):
+    from lender.evidence.commands import answers_at_next_wake
+    from lender.evidence.ingest import Ingest
+    from telemetry.exc import CommandError
+    from tests.kit.lender import batch
+
+    node, store, desk = _setup(tmp_path)
+    with store:
+        assets = tuple(f"asset-{i:02d}-" + "x" * 40 for i in range(8))
+        assert not answers_at_next_wake(store, NODE), "nothing received yet: treated as a gateway"
+        gateway_sized = desk.inspect(NODE, "staff-ana", assets)     # a gateway takes a large command from /c
+        assert len(gateway_sized.raw) > MAX_NODE_COMMAND
+        reading = Record("temp", unit="Cel", value=4.5, time=T)
+        v3 = seal(node, device=NODE, boot=1, seq=1, prev=GENESIS, records=[reading],
+                  counters=Counters(alarms=0, gaps=0), compact=True)
+        assert Ingest(store).batch(batch([v3]), peer="test").stored == (1,)
+        assert answers_at_next_wake(store, NODE), "a version 3 envelope: a node"
+        kept = len(store.issued_commands(NODE))
+        try:
+            desk.inspect(NODE, "staff-ana", assets)
+        except CommandError as exc:
+            assert "node" in str(exc) and str(MAX_NODE_COMMAND) in str(exc)
+        else:
+            raise AssertionError("a command no ack can carry was issued to a node")
+        assert len(store.issued_commands(NODE)) == kept, "nothing kept for it"
+        assert len(desk.inspect(NODE, "staff-ana").raw) <= MAX_NODE_COMMAND     # a small one still goes

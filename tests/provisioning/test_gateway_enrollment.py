@@ -60,6 +60,7 @@ def test_gateway_is_enrolled_over_coap_and_the_agents_first_readings_verify_at_t
     assert files_under(site.var) == []  # the pending request is gone once enrolled
     config = agent_config.load(site.etc / "agent.toml")
     assert config.uplink.security_context == site.etc / "oscore"
+    assert config.device.lender_key == site.profile.lender_key.hex(), "the lender's signed commands are pinned"
     key = Identity(read_key(site.etc / "device.key"))
     with site.store() as store:
         device = store.device("gw-0001")

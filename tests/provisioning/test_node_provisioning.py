@@ -68,9 +68,11 @@ def test_a_node_is_flashed_keyed_on_the_node_configured_and_enrolled(node_site, 
     assert record["kind"] == "node" and record["hardware"]["modem_model"] == "bc66"
     # the firmware's own config loader accepts what was written, under real MicroPython
     check = subprocess.run([find_micropython(), "-c", "import config\nc, seed = config.load('.')\n"
-                            "print(c.device, c.lender_host, c.lender_port, c.modem_model, c.tamper_pin, len(seed))"],
+                            "print(c.device, c.lender_host, c.lender_port, c.modem_model, c.tamper_pin, len(seed),"
+                            " c.lender_key.hex())"],
                            cwd=board.root, env=dict(os.environ, MICROPYPATH="lib"), capture_output=True, text=True)
-    assert check.stdout.split() == ["node-0042", "127.0.0.1", str(site.lender.port), "bc66", "4", "32"], check.stderr
+    assert check.stdout.split() == ["node-0042", "127.0.0.1", str(site.lender.port), "bc66", "4", "32",
+                                    site.profile.lender_key.hex()], check.stderr  # the lender's commands pinned
     # ... and so does its OSCORE loader: the ids the lender allocated
     check = subprocess.run([find_micropython(), "-c", "import oscorekeys\nk = oscorekeys.load('node.oscore')\n"
                             "print('%s|%s|%d|%d' % (k[0].hex(), k[1].hex(), len(k[2]), len(k[4])))"],
