@@ -46,7 +46,7 @@ from telemetry.exc import WireFormatError
 from telemetry.freshness import token_genuine, token_time
 from telemetry.manifest import DEFAULT_HEARTBEAT_S, HEARTBEAT_S, RULES, rules_digest
 
-KINDS = ("silent", "gap", "alarm-lost", "chain", "clock", "rules", "binding", "site", "rollback")
+KINDS = ("silent", "gap", "alarm-lost", "chain", "clock", "rules", "binding", "site", "rollback", "key")
 EARTH_RADIUS_M = 6_371_000.0
 FENCE_MARGIN_M = 50.0       # a GNSS fix's own error: the lender calls a fix outside only beyond this
 UNITS = {"Cel": ("temperature", 1.0), "%RH": ("humidity", 1.0), "kg": ("weight", 1.0), "g": ("weight", 0.001)}
@@ -98,6 +98,8 @@ def device_risks(store: EvidenceStore, device: str, judge: Judge, open_alarms: I
     if registered is not None and registered.asset and judge.sites_dir is not None:
         risks += _site(store, device, registered.asset, judge.sites_dir, set(open_alarms))
     risks += _rollback(store, device, envelopes, judge)
+    if registered is not None and registered.key_race is not None:  # lender.evidence.ingest: never cleared by data
+        risks.append(Risk("key", registered.key_race, None, registered.key_since))
     return risks
 
 

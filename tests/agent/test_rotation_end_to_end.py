@@ -93,6 +93,9 @@ def test_a_rotation_over_oscore_is_followed_by_the_lender_and_by_an_offline_veri
     assert (after.kid, after.key_since) == (new.kid, handover_seq)
     assert (after.oscore_context, after.oscore_id) == (before.oscore_context, before.oscore_id)  # OSCORE unchanged
     assert after.key_race and len(refused) == 2, [(r.reason, r.detail) for r in refused]
+    code, out = lender_cli("status", "--data", data, "--device", DEVICE, "--json")
+    risks = [risk for asset in json.loads(out) for risk in asset["risks"] if risk["kind"] == "key"]
+    assert code == 0 and risks and "two hands" in risks[0]["detail"], out   # the asset is not OK while it lasts
 
     # offline: the jsonl export with the devices file, and the bundle with the lender's key alone
     export, bundle, devices = tmp_path / "gw.jsonl", tmp_path / "gw.bundle.json", tmp_path / "devices.json"
