@@ -24,7 +24,7 @@ from tests.kit.lender import Device, ack_of, batch
 
 
 @dataclass
-class Answer:
+class Reply:
     """What one request got: a code (None: no answer in time), the ack's lists, the Max-Age of a refusal."""
 
     code: aiocoap.numbers.codes.Code | None
@@ -60,22 +60,22 @@ class ProtectedGateway:
         self._client = await aiocoap.Context.create_client_context()
         self._client.client_credentials[self.uri.rsplit("/", 1)[0] + "/*"] = self._security
 
-    async def send(self, envelopes, *, timeout: float = 3.0) -> Answer:
+    async def send(self, envelopes, *, timeout: float = 3.0) -> Reply:
         request = aiocoap.Message(code=codes.POST, uri=self.uri, payload=batch(envelopes), content_format=60)
         pending = self._client.request(request)
         try:
             response = await asyncio.wait_for(pending.response, timeout)
         except asyncio.TimeoutError:
-            return Answer(None)
+            return Reply(None)
         except aiocoap_oscore.NotAProtectedMessage as exc:  # the lender could not unprotect: 5.03, a replay's 4.01
             plain = exc.plain_message
-            return Answer(plain.code, max_age=plain.opt.max_age, protected=False)
+            return Reply(plain.code, max_age=plain.opt.max_age, protected=False)
         except aiocoap.error.Error:
-            return Answer(None)
+            return Reply(None)
         if response.code != codes.CHANGED:
-            return Answer(response.code, max_age=response.opt.max_age)
+            return Reply(response.code, max_age=response.opt.max_age)
         ack = ack_of(response.payload)
-        answer = Answer(response.code, tuple(ack[1]), tuple(ack[2]))
+        answer = Reply(response.code, tuple(ack[1]), tuple(ack[2]))
         self.acked.update(answer.acked)
         return answer
 
