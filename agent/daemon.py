@@ -42,7 +42,7 @@ from telemetry.command import LOCAL_RULES, Configure, Inspect, Outcome, RotateKe
 from telemetry.envelope import Envelope, Gap, GapReason, carries_alarm
 from telemetry.identity import Identity
 from telemetry.manifest import DEFAULT_HEARTBEAT_S, HEARTBEAT, rules_digest
-from telemetry.rotation import handover_records
+from telemetry.rotation import certify_data, encode_certification, handover_records
 from telemetry.senml import Record
 
 log = logging.getLogger(__name__)
@@ -216,6 +216,22 @@ class Agent:
             inbox.reported(applied.command.seq)
         return envelope
 
+    @staticmethod
+    def certify_new_key(command, old, new) -> bytes | None:
+        """A TPM key's proof that it is in the same TPM as the one it replaces (TPM2_Certify by the attestation
+        key, telemetry.rotation `key.next.certify`), None for a software key or when the TPM will not certify
+        (the handover then goes without it: the lender lists the new key `software`, or refuses the handover
+        where it requires hardware keys, rather than the device keeping a command it cannot answer)."""
+        from durable.keystore import TpmKey, certify_tpm_key
+        if not isinstance(new, TpmKey):
+            return None
+        try:
+            return encode_certification(*certify_tpm_key(new, certify_data(command.device, old.kid, new.public_key,
+                                                                            command.digest)))
+        except DurableError as exc:
+            log.error("the TPM did not certify the new key (%s): the handover goes without its certification", exc)
+            return None
+
     def rotate(self, inbox: CommandInbox, applied: Applied) -> Envelope | None:
         """Answer rotate-key: a new key in the same key store, the handover signed by the old one, then the switch.
 
@@ -240,7 +256,8 @@ class Agent:
             if envelope is not None:
                 inbox.reported(command.seq)
             return envelope
-        records, clock = handover_records(command, old.kid, new, applied.at), None
+        records = handover_records(command, old.kid, new, applied.at, self.certify_new_key(command, old, new))
+        clock = None
         if self.trusted_clock is not None:   # as record_measured and record date and stamp them
             instant = self.trusted_clock.now()
             records, clock = list(stamp(redate(records, instant), instant)), instant.statement()

@@ -616,3 +616,42 @@ def activate_credential(key: TpmKey, id_object: bytes, encrypted_secret: bytes) 
         return bytes(secret)
     except TSS2_Exception as exc:
         raise _tpm_error(exc, "activate the lender's credential") from exc
+
+
+def certify_tpm_key(key: TpmKey, qualifying_data: bytes) -> tuple[bytes, bytes, bytes]:
+    """TPM2_Certify of `key` by this TPM's attestation key (re-derived: the one enrollment proved) over
+    `qualifying_data`: (the key's TPM2B_PUBLIC, TPMS_ATTEST, TPMT_SIGNATURE), as bytes. What a TPM gateway puts in
+    a key handover (telemetry.rotation `key.next.certify`) so the lender knows the new key is in the same TPM.
+    Uses `key`'s own TPM connection; no EK certificate is needed (the lender checked it at enrollment)."""
+    from tpm2_pytss import TPM2B_DATA, TPMT_SIG_SCHEME, TSS2_Exception
+    from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
+
+    esapi = key._esapi
+    try:
+        key_public, _, _ = esapi.read_public(key._key)
+        if _public_point(key_public) != key.public_key:
+            raise TpmKeyMismatchError(f"the TPM's key at {key.handle:#x} is not the key {key.kid.hex()}")
+        ak, _, *_ = esapi.create_primary(None, _ak_template(), ESYS_TR.ENDORSEMENT)
+        try:
+            scheme = TPMT_SIG_SCHEME(scheme=TPM2_ALG.ECDSA)
+            scheme.details.any.hashAlg = TPM2_ALG.SHA256
+            attest, signature = esapi.certify(key._key, ak, TPM2B_DATA(qualifying_data), scheme,
+                                              session1=ESYS_TR.PASSWORD, session2=ESYS_TR.PASSWORD)
+        finally:
+            esapi.flush_context(ak)
+        return key_public.marshal(), bytes(attest), signature.marshal()
+    except TSS2_Exception as exc:
+        raise _tpm_error(exc, "certify the new key") from exc
+
+
+def attestation_key_point(key: TpmKey) -> bytes:
+    """The 65-byte P-256 point of the attestation key of `key`'s TPM (re-derived): what its enrollment proves."""
+    from tpm2_pytss import TSS2_Exception
+    from tpm2_pytss.constants import ESYS_TR
+
+    try:
+        ak, ak_public, *_ = key._esapi.create_primary(None, _ak_template(), ESYS_TR.ENDORSEMENT)
+        key._esapi.flush_context(ak)
+    except TSS2_Exception as exc:
+        raise _tpm_error(exc, "derive the attestation key") from exc
+    return _public_point(ak_public)

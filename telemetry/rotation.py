@@ -10,6 +10,18 @@ chain whose records are the command's outcome records (command.seq, kind
 
     statement = "pledgewatch-rotation/1" || CBOR [device, old kid, new public key, command digest]
 
+A TPM gateway adds a third, optional record (a v1 reader ignores it; the handover stays version 1):
+
+    key.next.certify data: CBOR [1, key_public, attest, signature]: TPM2_Certify of the new key by the device's
+                     attestation key (the one its enrollment proved, re-derived in the same TPM) over
+                     `certify_data(device, old kid, new public key, command digest)`; `key_public` is the new
+                     key's TPM2B_PUBLIC, `attest` the TPMS_ATTEST, `signature` its TPMT_SIGNATURE
+
+`read_certification` checks it against the enrolled attestation key (65-byte P-256 point): the AK's ECDSA
+signature, TPM_GENERATED and TPM_ST_ATTEST_CERTIFY, the qualifying data, the certified name = the carried public
+area's SHA-256 name, that area = the handover's new key with fixedTPM, fixedParent and sensitiveDataOrigin: the
+new key is in the same TPM as the enrolled one, so a lender keeps such a device `tpm-attested` across rotations.
+
 The old key's signature (the envelope's) says the device names this key; the
 new key's proof says the device holds it (nobody can hand over to a key whose
 holder did not sign this very handover); the command digest ties the handover
@@ -30,6 +42,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import hashlib
+import struct
+
 from telemetry import cbor
 from telemetry.command import RECORD_PREFIX, Command, Kind, Outcome, outcome_records
 from telemetry.envelope import Envelope, verify
@@ -40,6 +55,12 @@ from telemetry.senml import Record
 ROTATION_AAD = b"pledgewatch-rotation/1"
 NEXT_KEY = "key.next"
 NEXT_PROOF = "key.next.proof"
+NEXT_CERTIFY = "key.next.certify"
+CERTIFY_VERSION = 1
+CERTIFY_AAD = b"pledgewatch-rotation-certify/1"
+ST_ATTEST_CERTIFY = 0x8017
+ALG_ECC, ALG_SHA256, ALG_NULL, CURVE_P256 = 0x0023, 0x000B, 0x0010, 0x0003
+FIXED_TPM, FIXED_PARENT, SENSITIVE_DATA_ORIGIN, SIGN = 0x2, 0x10, 0x20, 0x40000
 
 
 class RotationError(TelemetryError):
@@ -51,13 +72,29 @@ def statement(device: str, old_kid: bytes, new_public_key: bytes, command_digest
     return ROTATION_AAD + cbor.encode([device, old_kid, new_public_key, command_digest])
 
 
-def handover_records(command: Command, old_kid: bytes, new: Signer, at: float) -> list[Record]:
-    """The records a device signs with its OLD key (kid `old_kid`) to hand over to `new`, for `command`."""
+def certify_data(device: str, old_kid: bytes, new_public_key: bytes, command_digest: bytes) -> bytes:
+    """The qualifying data of the new key's TPM2_Certify: SHA-256 of the prefix and CBOR [device, old kid, new
+    public key, command digest] (a certification made for one handover names no other)."""
+    return hashlib.sha256(CERTIFY_AAD + cbor.encode([device, old_kid, new_public_key, command_digest])).digest()
+
+
+def encode_certification(key_public: bytes, attest: bytes, signature: bytes) -> bytes:
+    """The `key.next.certify` record's data."""
+    return cbor.encode([CERTIFY_VERSION, bytes(key_public), bytes(attest), bytes(signature)])
+
+
+def handover_records(command: Command, old_kid: bytes, new: Signer, at: float,
+                     certification: bytes | None = None) -> list[Record]:
+    """The records a device signs with its OLD key (kid `old_kid`) to hand over to `new`, for `command`
+    (with a TPM's `certification` of the new key, `encode_certification`, when it has one)."""
     if command.kind is not Kind.ROTATE_KEY:
         raise RotationError(f"a handover answers a rotate-key command, not {command.kind}")
     proof = new.sign(statement(command.device, old_kid, new.public_key, command.digest))
-    return outcome_records(command, Outcome.APPLIED, at) + [
+    records = outcome_records(command, Outcome.APPLIED, at) + [
         Record(NEXT_KEY, data=new.public_key, time=at), Record(NEXT_PROOF, data=proof, time=at)]
+    if certification is not None:
+        records.append(Record(NEXT_CERTIFY, data=certification, time=at))
+    return records
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +107,7 @@ class Handover:
     new_key: DeviceKey
     command_seq: int
     command_digest: bytes
+    certification: bytes | None = None   # the `key.next.certify` record's data, unchecked (`read_certification`)
 
 
 def read_handover(envelope: Envelope) -> Handover | None:
@@ -81,7 +119,7 @@ def read_handover(envelope: Envelope) -> Handover | None:
     """
     named = {}
     for record in envelope.records:
-        if record.name in (NEXT_KEY, NEXT_PROOF) or record.name.startswith(RECORD_PREFIX):
+        if record.name in (NEXT_KEY, NEXT_PROOF, NEXT_CERTIFY) or record.name.startswith(RECORD_PREFIX):
             if record.name in named:
                 raise RotationError(f"seq {envelope.seq}: {record.name} twice in one handover")
             named[record.name] = record
@@ -103,7 +141,110 @@ def read_handover(envelope: Envelope) -> Handover | None:
         raise RotationError(f"seq {envelope.seq}: a handover to the same key")
     if not new_key.verifies(statement(envelope.device, envelope.kid, key, digest.data), proof.data):
         raise RotationError(f"seq {envelope.seq}: the new key {new_key.kid.hex()} did not sign this handover")
-    return Handover(envelope.device, envelope.seq, envelope.kid, new_key, seq.value, digest.data)
+    certify = named.get(NEXT_CERTIFY)
+    return Handover(envelope.device, envelope.seq, envelope.kid, new_key, seq.value, digest.data,
+                    None if certify is None else certify.data)
+
+
+class _Reader:
+    def __init__(self, data: bytes, what: str) -> None:
+        self.data, self.at, self.what = bytes(data), 0, what
+
+    def take(self, n: int) -> bytes:
+        if self.at + n > len(self.data):
+            raise RotationError(f"the {self.what} ends early")
+        self.at += n
+        return self.data[self.at - n:self.at]
+
+    def uint(self, size: int) -> int:
+        return int.from_bytes(self.take(size), "big")
+
+    def sized(self) -> bytes:
+        return self.take(self.uint(2))
+
+    def end(self) -> None:
+        if self.at != len(self.data):
+            raise RotationError(f"the {self.what} has {len(self.data) - self.at} bytes after its end")
+
+
+def _ecc_public(key_public: bytes) -> tuple[bytes, int, bytes]:
+    """(name, objectAttributes, 65-byte point) of a P-256 key's TPM2B_PUBLIC."""
+    outer = _Reader(key_public, "new key's public area")
+    area = outer.sized()
+    outer.end()
+    read = _Reader(area, "new key's public area")
+    kind, name_alg, attributes = read.uint(2), read.uint(2), read.uint(4)
+    if kind != ALG_ECC or name_alg != ALG_SHA256:
+        raise RotationError("the certified key is not an ECC key named with SHA-256")
+    read.sized()                                   # authPolicy
+    if read.uint(2) != ALG_NULL:                   # symmetric: a signing key has none
+        raise RotationError("the certified key is a storage key, not a signing key")
+    if read.uint(2) != ALG_NULL:                   # scheme and its hash
+        read.uint(2)
+    if read.uint(2) != CURVE_P256:
+        raise RotationError("the certified key is not a P-256 key")
+    if read.uint(2) != ALG_NULL:                   # kdf and its hash
+        read.uint(2)
+    x, y = read.sized(), read.sized()
+    read.end()
+    if len(x) > 32 or len(y) > 32:
+        raise RotationError("the certified key's point is not a P-256 point")
+    point = b"\x04" + x.rjust(32, b"\0") + y.rjust(32, b"\0")
+    return struct.pack(">H", ALG_SHA256) + hashlib.sha256(area).digest(), attributes, point
+
+
+def read_certification(handover: Handover, attestation_key: bytes) -> None:
+    """Check `handover`'s `key.next.certify` against the device's enrolled `attestation_key` (65-byte P-256
+    point): RotationError says why it does not prove the new key is in that TPM (or that there is none)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    if handover.certification is None:
+        raise RotationError(f"seq {handover.seq}: the handover carries no {NEXT_CERTIFY} (the new key's TPM2_Certify)")
+    try:
+        item = cbor.decode(bytes(handover.certification))
+    except Exception as exc:  # telemetry.cbor raises its own errors on malformed input
+        raise RotationError(f"the {NEXT_CERTIFY} record is not CBOR: {exc}") from None
+    if not isinstance(item, list) or len(item) != 4 or type(item[0]) is not int \
+            or not all(isinstance(part, bytes) for part in item[1:]):
+        raise RotationError(f"the {NEXT_CERTIFY} record is not [version, key_public, attest, signature]")
+    if item[0] != CERTIFY_VERSION:
+        raise RotationError(f"the {NEXT_CERTIFY} record is version {item[0]}, this reader knows {CERTIFY_VERSION}")
+    key_public, attest, signature = item[1], item[2], item[3]
+    sig = _Reader(signature, "certification's signature")
+    if sig.uint(2) != 0x0018 or sig.uint(2) != ALG_SHA256:
+        raise RotationError("the certification's signature is not ECDSA with SHA-256")
+    r, s = int.from_bytes(sig.sized(), "big"), int.from_bytes(sig.sized(), "big")
+    sig.end()
+    try:
+        ak = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), bytes(attestation_key))
+        ak.verify(encode_dss_signature(r, s), attest, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError) as exc:
+        raise RotationError("the attestation key's signature over the new key's certification does not verify "
+                            "(not this device's TPM, or the certification was edited)") from exc
+    read = _Reader(attest, "certification")
+    if read.uint(4) != 0xFF544347 or read.uint(2) != ST_ATTEST_CERTIFY:
+        raise RotationError("the new key's certification is not a TPM-generated TPM2_Certify")
+    read.sized()   # the attestation key's qualified name: its signature was checked above
+    if read.sized() != certify_data(handover.device, handover.old_kid, handover.new_key.public_key,
+                                    handover.command_digest):
+        raise RotationError(f"seq {handover.seq}: the new key's certification was made for another handover "
+                            "(its qualifying data differ)")
+    read.take(17 + 8)   # clock info, firmware version
+    certified_name = read.sized()
+    read.sized()        # the key's qualified name
+    read.end()
+    name, attributes, point = _ecc_public(key_public)
+    if certified_name != name:
+        raise RotationError("the certification names another key than the public area it carries")
+    if point != handover.new_key.public_key:
+        raise RotationError("the certified key is not the handover's new key")
+    fixed = FIXED_TPM | FIXED_PARENT | SENSITIVE_DATA_ORIGIN
+    if attributes & fixed != fixed or not attributes & SIGN:
+        raise RotationError("the new key was not made inside the TPM to stay there "
+                            "(fixedTPM, fixedParent, sensitiveDataOrigin)")
 
 
 @dataclass(frozen=True, slots=True)

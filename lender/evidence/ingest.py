@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from lender.evidence.refusals import Refusals
-from lender.evidence.registry import Device
+from lender.evidence.registry import Device, KeyStorage
 from lender.evidence.store import (
     INT64_MAX,
     EvidenceStore,
@@ -56,7 +57,7 @@ from telemetry.freshness import issue_token
 from telemetry.clock import iso_utc
 from telemetry.command import RECORD_PREFIX
 from telemetry.identity import DeviceKey
-from telemetry.rotation import NEXT_KEY, Handover, RotationError, read_handover
+from telemetry.rotation import NEXT_KEY, Handover, RotationError, read_certification, read_handover
 from telemetry.receipt import CheckpointReference, DeliveryReceipt
 
 log = logging.getLogger(__name__)
@@ -219,6 +220,8 @@ class Ingest:
         clock: Callable[[], float] = time.time,
         token_key: bytes | None = None,
         refusals: Refusals | None = None,
+        data_dir: str | os.PathLike | None = None,
+        require_hardware_key: bool | None = None,
     ) -> None:
         if max_body < 1:
             raise ValueError("max_body must be positive")
@@ -231,6 +234,11 @@ class Ingest:
         self.keys = ActiveKeys(store)
         self._clock = clock
         self.token_key = token_key
+        # where the enrollment records are (a tpm-attested device's attestation key: a handover's certification is
+        # checked with it), default the store's own data directory; True refuses a tpm-attested device's handover
+        # to a key its TPM did not certify, None reads require_hardware_key in DATA/enroll/policy.toml
+        self.data_dir = data_dir if data_dir is not None else getattr(store, "data_dir", None)
+        self.require_hardware_key = require_hardware_key
 
     # --- whole requests ---
 
@@ -325,6 +333,9 @@ class Ingest:
                 handover = None
                 if problem is None and names_a_key(envelope):
                     handover, unanswered = self._handover(envelope, rows[envelope.device], received_at)
+                    if handover is not None:
+                        handover_storage, unanswered = self._new_key_storage(handover, rows[envelope.device])
+                        handover = None if unanswered is not None else handover
                     if unanswered is not None:
                         refused.append(self._refuse(index, Reason.MALFORMED, unanswered, raw, envelope, peer,
                                                     received_at, True))
@@ -335,9 +346,10 @@ class Ingest:
                     stored.append(envelope.seq)
                     just_stored[envelope.device, envelope.seq] = envelope
                     if handover is not None:
+                        storage, note = handover_storage
                         rows[envelope.device] = self.store.switch_key(
                             envelope.device, handover.new_key.public_key, envelope.seq, handover.command_digest,
-                            received_at)
+                            received_at, key_storage=storage, note=note)
                         log.info("%s hands over from key %s to %s at seq %d (rotate-key command %d)",
                                  envelope.device, envelope.kid.hex(), handover.new_key.kid.hex(), envelope.seq,
                                  handover.command_seq)
@@ -476,6 +488,45 @@ class Ingest:
         if self.store.device_by_kid(handover.new_key.kid) is not None or handover.new_key.kid in self.keys:
             return None, f"a key handover to the key {handover.new_key.kid.hex()}, which is registered already"
         return handover, None
+
+    def _new_key_storage(self, handover: Handover, device: Device) -> tuple[tuple[str, str | None], str | None]:
+        """((the new key's storage, a note), None), or (_, why the handover is refused).
+
+        A device whose key in force is `tpm-attested` (its enrollment proved it, or its last handover did) keeps
+        that label only when the handover's `key.next.certify` verifies against the attestation key its
+        enrollment proved (the same TPM made the new key, to stay there). Without it, or with one that does not
+        verify, the handover is refused where the lender requires hardware keys; elsewhere the new key is
+        `software` with a note saying why (lender devices --json: key_storage_note). Any other device's new key
+        is `software`, whatever it carries."""
+        from lender.enrollment.attestation import recorded_attestation_key
+        from lender.enrollment.technicians import enroll_dir
+
+        software = (KeyStorage.SOFTWARE.value, None)
+        if self.data_dir is None:
+            return software, None
+        attestation_key = recorded_attestation_key(enroll_dir(self.data_dir), device.device)
+        if attestation_key is None or (device.key_since is not None
+                                       and device.key_storage is not KeyStorage.TPM_ATTESTED):
+            return software, None
+        try:
+            read_certification(handover, attestation_key)
+        except RotationError as exc:
+            why = f"key {handover.new_key.kid.hex()} without proof that its TPM holds it ({exc})"
+            if self._requires_hardware_key():
+                return software, f"this lender requires hardware keys: a handover to {why}; enroll the device again"
+            why = f"seq {handover.seq}: the tpm-attested device handed over to {why}"
+            log.warning("%s: %s; its new key is listed as software", device.device, why)
+            return (KeyStorage.SOFTWARE.value, why), None
+        return (KeyStorage.TPM_ATTESTED.value, None), None
+
+    def _requires_hardware_key(self) -> bool:
+        if self.require_hardware_key is not None:
+            return self.require_hardware_key
+        from lender.enrollment.desk import enrollment_policy
+        try:
+            return enrollment_policy(self.data_dir).get("require_hardware_key", False) is True
+        except ValueError:
+            return True   # a policy file that cannot be read: the stricter reading
 
     def _races(self, verdict: Verdict) -> bool:
         """Whether a handover signed by a key a handover already retired is a race for the device's key (flagged

@@ -93,7 +93,7 @@ from telemetry.receipt import CheckpointReference, DeliveryReceipt, SignedCheckp
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 WRITER_LOCK = 0x504C4C44_57524954   # "PLLD" "WRIT": one writing transaction at a time (the log's one order)
 MIGRATION_LOCK = 0x504C4C44_4D494752  # "PLLD" "MIGR": one migrating process at a time
 CONNECT_TIMEOUT = 5                 # seconds: a worker whose database is down answers 5.03 quickly
@@ -212,6 +212,10 @@ MIGRATIONS: dict[int, tuple[str, tuple[str, ...]]] = {
         "CREATE TABLE retired_keys (kid bytea PRIMARY KEY, device text NOT NULL, public_key bytea NOT NULL,"
         " through_seq bigint NOT NULL, retired_at double precision NOT NULL, command_digest bytea NOT NULL)",
     )),
+    4: ("the rotated key's storage (lender.evidence.ingest: a TPM's certification keeps tpm-attested)", (
+        "ALTER TABLE devices ADD COLUMN key_storage text",
+        "ALTER TABLE devices ADD COLUMN key_storage_note text",
+    )),
 }
 
 # The tables a copy (lender migrate --from DIR) and its verification walk, in SQLite's names.
@@ -264,7 +268,7 @@ def month_bounds(at: float) -> tuple[datetime.datetime, datetime.datetime]:
 _ENVELOPE_COLUMNS = ("device, seq, boot, kid, digest, prev, raw, alarm, gap_reason, received_at, peer, version,"
                      " alarm_records, alarm_count, gap_count, token, binding")
 _DEVICE_COLUMNS = ("device, public_key, registered_at, asset, oscore_context, oscore_id, status, revoked_at, binding,"
-                   " key_since, enrolled_key, key_race")
+                   " key_since, enrolled_key, key_race, key_storage, key_storage_note")
 _RETIRED_COLUMNS = "device, public_key, through_seq, retired_at, command_digest"
 _QUARANTINE_COLUMNS = ("id, kind, reason, detail, raw, size, device, seq, kid, batch_index, first_peer, last_peer,"
                        " first_seen, last_seen, count")
@@ -341,11 +345,11 @@ def _reading(row: tuple) -> Reading:
 
 def _device(row: tuple) -> Device:
     (device, public_key, registered_at, asset, oscore_context, oscore_id, status, revoked_at, binding, key_since,
-     enrolled_key, key_race) = row
+     enrolled_key, key_race, key_storage, key_storage_note) = row
     return Device(device=device, public_key=public_key, registered_at=registered_at, asset=asset,
                   oscore_context=oscore_context, oscore_id=oscore_id, status=DeviceStatus(status),
                   revoked_at=revoked_at, binding=binding, key_since=_int(key_since), enrolled_key=enrolled_key,
-                  key_race=key_race)
+                  key_race=key_race, rotated_key_storage=key_storage, key_storage_note=key_storage_note)
 
 
 class _LogSQL:
@@ -762,9 +766,9 @@ class PostgresStore:
                             params)]
 
     def switch_key(self, device_id: str, public_key: bytes, handover_seq: int, command_digest: bytes,
-                   at: float) -> Device:
+                   at: float, *, key_storage: str = "software", note: str | None = None) -> Device:
         device = self._registered(device_id)
-        switched = switched_device(device, public_key, handover_seq)
+        switched = switched_device(device, public_key, handover_seq, key_storage, note)
         try:
             with self.transaction():
                 taken = self._execute("SELECT device FROM devices WHERE kid = %s UNION SELECT device FROM"
@@ -774,9 +778,10 @@ class PostgresStore:
                                             "already")
                 self._execute(f"INSERT INTO retired_keys (kid, {_RETIRED_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
                               (device.kid, device_id, device.public_key, handover_seq, at, command_digest))
-                self._execute("UPDATE devices SET public_key = %s, kid = %s, key_since = %s, enrolled_key = %s"
-                              " WHERE device = %s", (switched.public_key, switched.kid, handover_seq,
-                                                     switched.enrolled_key, device_id))
+                self._execute("UPDATE devices SET public_key = %s, kid = %s, key_since = %s, enrolled_key = %s,"
+                              " key_storage = %s, key_storage_note = %s WHERE device = %s",
+                              (switched.public_key, switched.kid, handover_seq, switched.enrolled_key,
+                               switched.rotated_key_storage, switched.key_storage_note, device_id))
                 self._bump_generation()
         except psycopg.Error as exc:
             raise _wrap(exc, f"cannot switch {device_id}'s key in {self.path}") from exc

@@ -147,6 +147,8 @@ class Device:
     key_since: int | None = None       # after a rotation: the handover's seq; the key signs the seqs above it
     enrolled_key: bytes | None = field(default=None, repr=False)  # after a rotation: the key it was registered with
     key_race: str | None = None        # two handovers answered one rotation: the old key is in two hands
+    rotated_key_storage: str | None = None  # after a rotation: what the handover proved of the new key (None: software)
+    key_storage_note: str | None = None     # a tpm-attested device's key handed over without that proof: why
     kid: bytes = field(init=False)
 
     def __post_init__(self) -> None:
@@ -156,9 +158,10 @@ class Device:
             raise InvalidDeviceError(f"device {self.device}: its key is an {algorithm} key, not {self.algorithm!r}")
         object.__setattr__(self, "algorithm", algorithm)
         object.__setattr__(self, "status", DeviceStatus(self.status))
-        # an enrollment's attestation certified the enrolled key, not one a rotation made since
-        object.__setattr__(self, "key_storage", KeyStorage.SOFTWARE if self.key_since is not None
-                           else KeyStorage(self.key_storage))
+        # an enrollment's attestation certified the enrolled key; a key a rotation made since is `tpm-attested`
+        # only when its handover carried a certification by the same attestation key (lender.evidence.ingest)
+        object.__setattr__(self, "key_storage", KeyStorage(self.rotated_key_storage or KeyStorage.SOFTWARE)
+                           if self.key_since is not None else KeyStorage(self.key_storage))
         object.__setattr__(self, "kid", kid_of(self.public_key))
 
     @property
@@ -191,6 +194,7 @@ class Device:
             "key_since_seq": self.key_since,
             "enrolled_public_key_hex": (self.enrolled_key or self.public_key).hex(),
             "key_race": self.key_race,
+            "key_storage_note": self.key_storage_note,
         }
 
 
@@ -242,9 +246,11 @@ class Registry(Protocol):
         """The keys rotations replaced (of one device, or all), oldest handover first."""
 
     def switch_key(self, device_id: str, public_key: bytes, handover_seq: int, command_digest: bytes,
-                   at: float) -> Device:
+                   at: float, *, key_storage: KeyStorage = KeyStorage.SOFTWARE, note: str | None = None) -> Device:
         """A verified handover at `handover_seq`: `public_key` is in force above it, the key it replaces retired
-        (kept for what it signed); inside the caller's transaction, with the handover envelope's insert."""
+        (kept for what it signed); inside the caller's transaction, with the handover envelope's insert.
+        `key_storage`: what the handover proved of the new key; `note`: why a tpm-attested device's new key is
+        `software` (kept until a later note replaces it)."""
 
     def flag_key_race(self, device_id: str, detail: str) -> None:
         """Two handovers answered one rotation (the old key is in two hands): say so on the device (the first kept)."""

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 STORE_FILE = "lender.sqlite3"
 APPLICATION_ID = 0x504C4C44  # "PLLD": marks a file as a pledgewatch lender store
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 DEFAULT_QUARANTINE_LIMIT = 256 * 1024 * 1024  # bytes of raw evidence kept before rejections are only counted
 # Refusals no device's key vouches for (junk) are kept only while the quarantine is below this share of its
 # limit: the rest stays free for refusals a key vouches for (forks, conflicts, chain violations, revoked keys).
@@ -61,7 +61,7 @@ _SCHEMA = (
     " asset TEXT, oscore_context TEXT, oscore_id BLOB,"
     " status TEXT NOT NULL CHECK (status IN ('active', 'revoked')),"
     " registered_at REAL NOT NULL, revoked_at REAL, binding BLOB, key_since INTEGER, enrolled_key BLOB,"
-    " key_race TEXT) STRICT",
+    " key_race TEXT, key_storage TEXT, key_storage_note TEXT) STRICT",
     # One row per stored envelope; raw is the exact bytes received (the evidence).
     "CREATE TABLE envelopes (id INTEGER PRIMARY KEY, device TEXT NOT NULL, seq INTEGER NOT NULL,"
     " boot INTEGER NOT NULL, kid BLOB NOT NULL, digest BLOB NOT NULL, prev BLOB NOT NULL, raw BLOB NOT NULL,"
@@ -116,6 +116,9 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     5: ("ALTER TABLE devices ADD COLUMN key_since INTEGER",
         "ALTER TABLE devices ADD COLUMN enrolled_key BLOB",
         "ALTER TABLE devices ADD COLUMN key_race TEXT"),
+    # the rotated key's storage (lender.evidence.ingest: a TPM's certification of the new key keeps `tpm-attested`)
+    6: ("ALTER TABLE devices ADD COLUMN key_storage TEXT",
+        "ALTER TABLE devices ADD COLUMN key_storage_note TEXT"),
 }
 # Tables new in a version, created alike in a new store and by the migration.
 _NEW_TABLES: dict[int, tuple[str, ...]] = {
@@ -378,7 +381,7 @@ def _wrap(exc: sqlite3.Error, what: str) -> StoreError:
 _ENVELOPE_COLUMNS = ("e.device, e.seq, e.boot, e.kid, e.digest, e.prev, e.raw, e.alarm, e.gap_reason, e.received_at,"
                      " e.peer, e.version, e.alarm_records, e.alarm_count, e.gap_count, e.token, e.binding")
 _DEVICE_COLUMNS = ("device, public_key, registered_at, asset, oscore_context, oscore_id, status, revoked_at, binding,"
-                   " key_since, enrolled_key, key_race")
+                   " key_since, enrolled_key, key_race, key_storage, key_storage_note")
 _QUARANTINE_COLUMNS = (
     "id, kind, reason, detail, raw, size, device, seq, kid, batch_index, first_peer, last_peer,"
     " first_seen, last_seen, count"
@@ -394,21 +397,26 @@ def _stored(row: tuple) -> StoredEnvelope:
 
 def _device(row: tuple) -> Device:
     (device, public_key, registered_at, asset, oscore_context, oscore_id, status, revoked_at, binding, key_since,
-     enrolled_key, key_race) = row
+     enrolled_key, key_race, key_storage, key_storage_note) = row
     return Device(
         device=device, public_key=public_key, registered_at=registered_at, asset=asset,
         oscore_context=oscore_context, oscore_id=oscore_id, status=DeviceStatus(status), revoked_at=revoked_at,
         binding=binding, key_since=key_since, enrolled_key=enrolled_key, key_race=key_race,
+        rotated_key_storage=key_storage, key_storage_note=key_storage_note,
     )
 
 
 
 
-def switched_device(device: Device, public_key: bytes, handover_seq: int) -> Device:
-    """`device` once a handover at `handover_seq` put `public_key` in force (checked as any registered key)."""
+def switched_device(device: Device, public_key: bytes, handover_seq: int, key_storage: str = "software",
+                    note: str | None = None) -> Device:
+    """`device` once a handover at `handover_seq` put `public_key` in force (checked as any registered key), the
+    new key's storage `key_storage` (a note, when given, replaces the device's)."""
     import dataclasses
     return dataclasses.replace(device, public_key=public_key, algorithm=None, key_since=handover_seq,
-                               enrolled_key=device.enrolled_key or device.public_key)
+                               enrolled_key=device.enrolled_key or device.public_key,
+                               rotated_key_storage=str(getattr(key_storage, "value", key_storage)),
+                               key_storage_note=note or device.key_storage_note)
 
 
 class SQLiteStore:
@@ -562,6 +570,11 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             raise _wrap(exc, f"cannot read {self.path}") from exc
 
+    @property
+    def data_dir(self) -> Path:
+        """The lender's data directory (the store's file is in it), as PostgresStore names its own."""
+        return self.path.parent
+
     # --- registry ---
 
     def registry_generation(self) -> int:
@@ -642,20 +655,21 @@ class SQLiteStore:
             f"SELECT {_RETIRED_COLUMNS} FROM retired_keys{where} ORDER BY device, through_seq", params)]
 
     def switch_key(self, device_id: str, public_key: bytes, handover_seq: int, command_digest: bytes,
-                   at: float) -> Device:
+                   at: float, *, key_storage: str = "software", note: str | None = None) -> Device:
         device = self.device(device_id)
         if device is None:
             raise UnknownDeviceError(f"no device {device_id!r} is registered")
-        switched = switched_device(device, public_key, handover_seq)
+        switched = switched_device(device, public_key, handover_seq, key_storage, note)
         try:
             with self.transaction():
                 if self._conn.execute("SELECT 1 FROM retired_keys WHERE kid = ?", (switched.kid,)).fetchone():
                     raise sqlite3.IntegrityError("a retired key")
                 self._conn.execute(f"INSERT INTO retired_keys (kid, {_RETIRED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                                    (device.kid, device_id, device.public_key, handover_seq, at, command_digest))
-                self._conn.execute("UPDATE devices SET public_key = ?, kid = ?, key_since = ?, enrolled_key = ?"
-                                   " WHERE device = ?", (switched.public_key, switched.kid, handover_seq,
-                                                         switched.enrolled_key, device_id))
+                self._conn.execute("UPDATE devices SET public_key = ?, kid = ?, key_since = ?, enrolled_key = ?,"
+                                   " key_storage = ?, key_storage_note = ? WHERE device = ?",
+                                   (switched.public_key, switched.kid, handover_seq, switched.enrolled_key,
+                                    switched.rotated_key_storage, switched.key_storage_note, device_id))
                 self._bump_generation()
         except sqlite3.IntegrityError as exc:
             raise DeviceExistsError(f"the key {switched.kid.hex()} {device_id} hands over to is registered "

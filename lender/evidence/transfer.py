@@ -98,16 +98,19 @@ def copy_store(data_dir: str | Path, target: PostgresStore) -> CopyReport:
                 return added
 
             copy("devices", "SELECT device, public_key, kid, asset, oscore_context, oscore_id, status, registered_at,"
-                 " revoked_at, binding, key_since, enrolled_key, key_race FROM devices ORDER BY device",
+                 " revoked_at, binding, key_since, enrolled_key, key_race, key_storage, key_storage_note"
+                 " FROM devices ORDER BY device",
                  "INSERT INTO devices (device, public_key, kid, asset, oscore_context, oscore_id, status, registered_at,"
-                 " revoked_at, binding, key_since, enrolled_key, key_race)"
-                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (device) DO UPDATE"
+                 " revoked_at, binding, key_since, enrolled_key, key_race, key_storage, key_storage_note)"
+                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (device) DO UPDATE"
                  " SET status = excluded.status, revoked_at = excluded.revoked_at, binding = excluded.binding,"
                  " public_key = excluded.public_key, kid = excluded.kid, key_since = excluded.key_since,"
-                 " enrolled_key = excluded.enrolled_key, key_race = excluded.key_race"
-                 " WHERE (devices.status, devices.revoked_at, devices.binding, devices.kid, devices.key_race)"
+                 " enrolled_key = excluded.enrolled_key, key_race = excluded.key_race,"
+                 " key_storage = excluded.key_storage, key_storage_note = excluded.key_storage_note"
+                 " WHERE (devices.status, devices.revoked_at, devices.binding, devices.kid, devices.key_race,"
+                 " devices.key_storage, devices.key_storage_note)"
                  " IS DISTINCT FROM (excluded.status, excluded.revoked_at, excluded.binding, excluded.kid,"
-                 " excluded.key_race)")
+                 " excluded.key_race, excluded.key_storage, excluded.key_storage_note)")
             copy("retired_keys", "SELECT kid, device, public_key, through_seq, retired_at, command_digest"
                  " FROM retired_keys ORDER BY device, through_seq",
                  "INSERT INTO retired_keys (kid, device, public_key, through_seq, retired_at, command_digest)"

@@ -119,7 +119,7 @@ def downgrade_to_schema_2(data_dir: Path) -> None:
         for table in ("log_entries", "log_nodes", "log_heads", "log_checkpoints", "commands", "retired_keys"):
             conn.execute(f"DROP TABLE {table}")
         conn.execute("ALTER TABLE envelopes DROP COLUMN log_index")
-        for column in ("key_since", "enrolled_key", "key_race"):
+        for column in ("key_since", "enrolled_key", "key_race", "key_storage", "key_storage_note"):
             conn.execute(f"ALTER TABLE devices DROP COLUMN {column}")
         conn.execute("PRAGMA user_version = 2")
         conn.commit()

@@ -55,6 +55,8 @@ SEED_2 = bytes.fromhex("4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8cf6ed
 SEED_3 = bytes.fromhex("c5aa8df43f9f837bedb7442f31dcb7b166d38535076f094b85ce3a2e0b4458f7")  # RFC 8032 TEST 3: the lender
 # RFC 6979 §A.2.5: the P-256 test key, standing in for a gateway's TPM key (ES256 signatures are deterministic here)
 P256_SECRET = bytes.fromhex("c9afa9d845ba75166b5c215767b1d6934e50c3db36e89b127b8a622b120f6721")
+P256_SECRET_2 = bytes(range(1, 33))      # a TPM gateway's next key (a test key)
+P256_AK_SECRET = bytes(range(33, 65))    # the attestation key of that TPM (a test key)
 TOKEN_KEY = bytes(range(100, 132))     # a lender's token key (a test key)
 RESPONSE_KEY_SEED = bytes(range(32))  # the X25519 key a device makes for one enrollment (a test key)
 T0 = 1767225600  # 2026-01-01T00:00:00Z
@@ -187,6 +189,8 @@ def build() -> dict[str, tuple[dict, bytes]]:
     vectors.update(staff_vectors(Identity(SEED_3)))
     vectors.update(es256_vectors(P256Identity(P256_SECRET), Identity(SEED_3)))
     vectors.update(tpm_counter_vectors(P256Identity(P256_SECRET)))
+    vectors.update(tpm_rotation_vectors(P256Identity(P256_SECRET), P256Identity(P256_SECRET_2),
+                                        P256Identity(P256_AK_SECRET), Identity(SEED_3)))
     return vectors
 
 
@@ -330,6 +334,56 @@ def rotation_vectors(old: Identity, new: Identity, lender: Identity) -> dict[str
                             records=[Record("temp", value=4.25, unit="Cel", time=T0 + 720)],
                             counters=Counters(alarms=0, gaps=0))
     return {"handover-v1": (handover, handover_raw), "handover-v1-next": after}
+
+
+TPM_KEY_ATTRIBUTES = 0x00040072   # fixedTPM | fixedParent | sensitiveDataOrigin | userWithAuth | sign
+
+
+def tpm_key_public(point: bytes, attributes: int = TPM_KEY_ATTRIBUTES) -> bytes:
+    """The TPM2B_PUBLIC a TPM gives of a P-256 ECDSA-SHA256 signing key (as durable.keystore makes them)."""
+    import struct
+    area = (struct.pack(">HHIH", 0x0023, 0x000B, attributes, 0) + struct.pack(">HHHHH", 0x0010, 0x0018, 0x000B,
+                                                                             0x0003, 0x0010)
+            + struct.pack(">H", 32) + point[1:33] + struct.pack(">H", 32) + point[33:])
+    return struct.pack(">H", len(area)) + area
+
+
+def tpm_certify(attestation_key: P256Identity, key_public: bytes, qualifying: bytes) -> tuple[bytes, bytes]:
+    """(TPMS_ATTEST, TPMT_SIGNATURE) of TPM2_Certify of the key `key_public` (a TPM2B_PUBLIC) by `attestation_key`
+    over `qualifying`, as a TPM makes them (its ECDSA is not deterministic; this stand-in's is, RFC 6979)."""
+    import hashlib
+    import struct
+    name = struct.pack(">H", 0x000B) + hashlib.sha256(key_public[2:]).digest()
+    signer_name = struct.pack(">H", 0x000B) + bytes(range(64, 96))   # the AK's qualified name (not checked)
+    attest = (struct.pack(">IH", 0xFF544347, 0x8017) + struct.pack(">H", len(signer_name)) + signer_name
+              + struct.pack(">H", len(qualifying)) + qualifying + struct.pack(">QIIB", 86_400_000, 12, 0, 1)
+              + struct.pack(">Q", 0x2019102300163636) + struct.pack(">H", len(name)) + name
+              + struct.pack(">H", len(name)) + name)
+    signature = attestation_key.sign(attest)
+    return attest, struct.pack(">HHH", 0x0018, 0x000B, 32) + signature[:32] + struct.pack(">H", 32) + signature[32:]
+
+
+def tpm_rotation_vectors(old: P256Identity, new: P256Identity, attestation_key: P256Identity,
+                         lender: Identity) -> dict[str, tuple[dict, bytes]]:
+    """A TPM gateway's key handover (telemetry.rotation version 1 with its optional `key.next.certify`): gw-tpm-1
+    answers rotate-key command 2 with an envelope its old TPM key signs (ES256), naming the new key, that key's
+    proof and TPM2_Certify of the new key by the TPM's attestation key over `certify_data` of this handover."""
+    from telemetry.rotation import certify_data, encode_certification
+    command = Command("gw-tpm-1", 2, T0 + 700, T0 + 1300, RotateKey(bytes(range(48, 64)))).sign(lender)
+    qualifying = certify_data(command.device, old.kid, new.public_key, command.digest)
+    key_public = tpm_key_public(new.public_key)
+    attest, signature = tpm_certify(attestation_key, key_public, qualifying)
+    certification = encode_certification(key_public, attest, signature)
+    handover, raw = envelope_vector(
+        old, P256_SECRET, "envelope", device="gw-tpm-1", boot=3, seq=42, prev=bytes(range(16)),
+        records=handover_records(command, old.kid, new, T0 + 710, certification),
+        counters=Counters(alarms=0, gaps=0))
+    handover.update({"command_hex": command.raw.hex(), "command_digest_hex": command.digest.hex(),
+                     "lender_public_key_hex": lender.public_key.hex(), "new_public_key_hex": new.public_key.hex(),
+                     "attestation_key_hex": attestation_key.public_key.hex(), "certify_data_hex": qualifying.hex(),
+                     "certify_key_public_hex": key_public.hex(), "certify_attest_hex": attest.hex(),
+                     "certify_signature_hex": signature.hex()})
+    return {"envelope-es256-handover-certified": (handover, raw)}
 
 
 def version2_vectors(gateway: Identity, node: Identity, lender: Identity) -> dict[str, tuple[dict, bytes]]:
