@@ -134,3 +134,21 @@ def test_a_software_device_rotates_and_stays_software_whatever_its_handover_carr
     assert deliver(store, Chain().sign(OLD, certified(command, OLD, NEW))).stored == (1,)
     row = shown(data_dir, store)
     assert (row["kid"], row["key_storage"], row["key_storage_note"]) == (NEW.kid.hex(), "software", None)
+
+
+def test_lender_migrate_from_copies_the_rotated_keys_storage_and_note(data_dir, postgres):
+    from lender.evidence.postgres import PostgresStore
+    from lender.evidence.stores import open_store
+    from lender.evidence.transfer import copy_store
+
+    with open_store(data_dir, None) as sqlite:
+        enrolled(data_dir, sqlite)
+        command = rotate_key(data_dir, sqlite)
+        assert deliver(sqlite, Chain().sign(OLD, forged(command, "none"))).stored == (1,)
+        before = sqlite.device("gw-1").to_json()
+    target = PostgresStore.open(postgres.database(), data_dir)
+    try:
+        copy_store(data_dir, target)
+        assert target.device("gw-1").to_json() == before and before["key_storage_note"]
+    finally:
+        target.close()
