@@ -162,10 +162,12 @@ class LenderServer:
                 check_port_free(*self.bind)
             key = token_key(self.data_dir)
             refusals = Refusals()
-            self._thread = IngestThread(Ingest(self.store, max_body=self.max_body, token_key=key, refusals=refusals))
+            ingest = {"max_body": self.max_body, "token_key": key, "refusals": refusals,
+                      "require_hardware_key": self.require_hardware_key}   # also: a rotation must keep the TPM proof
+            self._thread = IngestThread(Ingest(self.store, **ingest))
             strangers_store = open_store(self.data_dir, self.store_url)  # the strangers' lane's own connection
             self._strangers = StrangersLane(
-                strangers_store, Ingest(strangers_store, max_body=self.max_body, token_key=key, refusals=refusals),
+                strangers_store, Ingest(strangers_store, **ingest),
                 NodeIngest(strangers_store, token_key=key, refusals=refusals), per_device=self.gate.policy.device,
                 trust=self.gate.trust)
             # One indexed read per request; its own connection keeps it off the ingest thread's queue.

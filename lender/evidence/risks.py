@@ -98,8 +98,9 @@ def device_risks(store: EvidenceStore, device: str, judge: Judge, open_alarms: I
     if registered is not None and registered.asset and judge.sites_dir is not None:
         risks += _site(store, device, registered.asset, judge.sites_dir, set(open_alarms))
     risks += _rollback(store, device, envelopes, judge)
-    if registered is not None and registered.key_race is not None:  # lender.evidence.ingest: never cleared by data
-        risks.append(Risk("key", registered.key_race, None, registered.key_since))
+    if registered is not None:   # lender.evidence.ingest's findings on key handovers: never cleared by data
+        risks += [Risk("key", why, None, registered.key_since)
+                  for why in (registered.key_race, registered.key_storage_note) if why is not None]
     return risks
 
 

@@ -14,6 +14,7 @@ from lender.evidence.commands import CommandDesk
 from lender.evidence.ingest import Ingest
 from lender.evidence.log import lender_identity
 from lender.evidence.registry import Device, KeyStorage
+from lender.evidence.risks import Judge, device_risks
 from telemetry import cbor
 from telemetry.ack import Reason
 from telemetry.command import Command
@@ -108,6 +109,8 @@ def test_a_handover_without_a_valid_certification_switches_to_a_software_key_wit
     assert row["kid"] == NEW.kid.hex() and row["key_storage"] == "software", row
     assert "without proof that its TPM holds it" in row["key_storage_note"] and CASES[case] in row["key_storage_note"]
     assert store.device("gw-1").key_storage is KeyStorage.SOFTWARE
+    assert [r.detail for r in device_risks(store, "gw-1", Judge(now=T0)) if r.kind == "key"] == \
+        [row["key_storage_note"]], "lender status names it: the asset is not OK while it lasts"
     # a later certified rotation does not bring the label back: the new key's TPM is no longer the one proven
     again = rotate_key(data_dir, store)
     deliver(store, Chain().sign(NEW, certified(again, NEW, NEWER), seq=2, prev=store.envelope("gw-1", 1).digest))
