@@ -1,6 +1,7 @@
 """Reading the modems' answer lines (TS 27.007 and the vendors' formats): garbage is a ModemGarbage, never a crash."""
 
 import cellular
+import modemsetup
 import quectel
 from check import equal, raises
 from errors import ModemGarbage
@@ -16,10 +17,10 @@ def test_registration_status_reads_from_the_read_form_and_the_urc():
 
 
 def test_network_time_is_converted_to_utc_from_quarter_hour_zones():
-    equal(cellular.parse_cclk('+CCLK: "25/03/14,10:26:53+04"'), 1741944413)
-    equal(cellular.parse_cclk('+CCLK: "25/03/14,05:26:53-16"'), 1741944413)
+    equal(modemsetup.parse_cclk('+CCLK: "25/03/14,10:26:53+04"'), 1741944413)
+    equal(modemsetup.parse_cclk('+CCLK: "25/03/14,05:26:53-16"'), 1741944413)
     for bad in ('+CCLK: "25/13/14,10:26:53+04"', '+CCLK: "garbage"', "+CCLK: ", '+CCLK: "25/03/14,99:26:53+04"'):
-        raises(ModemGarbage, cellular.parse_cclk, bad)
+        raises(ModemGarbage, modemsetup.parse_cclk, bad)
 
 
 def test_hex_payloads_must_match_their_announced_length():

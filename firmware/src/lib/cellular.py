@@ -22,6 +22,7 @@ is registered, 3 is denied (no point waiting), 0/2/4 keep waiting.
 import time
 
 from errors import CommandError, ModemGarbage, ModemTimeout, NetworkError
+from runtime import release
 
 REGISTERED = (1, 5)
 DENIED = 3
@@ -55,34 +56,6 @@ def parse_cereg(line):
         integer(parts[0], "+CEREG <n>")
         return integer(parts[1], "+CEREG <stat>")
     return integer(parts[0], "+CEREG <stat>")
-
-
-def days_from_civil(year, month, day):
-    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm): no epoch quirks of time.mktime."""
-    year -= month <= 2
-    era = year // 400
-    year_of_era = year - era * 400
-    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
-    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
-    return era * 146097 + day_of_era - 719468
-
-
-def parse_cclk(line):
-    """Unix seconds (UTC) from '+CCLK: "yy/MM/dd,hh:mm:ss+zz"' (TS 27.007 §8.15; zz in quarter hours)."""
-    text = fields(line, "+CCLK:")
-    text = ",".join(text).strip('"')
-    try:
-        date, clock = text.split(",")
-        zone = clock[8:]
-        year, month, day = [int(part) for part in date.split("/")]
-        hour, minute, second = [int(part) for part in clock[:8].split(":")]
-        quarters = int(zone) if zone else 0
-    except (ValueError, IndexError):
-        raise ModemGarbage("unreadable network time %r" % line)
-    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 61):
-        raise ModemGarbage("impossible network time %r" % line)
-    local = days_from_civil(2000 + year, month, day) * 86400 + hour * 3600 + minute * 60 + second
-    return local - quarters * 900
 
 
 class Cellular:
@@ -137,19 +110,13 @@ class Cellular:
         raise ModemTimeout("the modem does not answer AT (%d attempts of %d ms)" % (attempts, timeout_ms))
 
     def reset(self):
-        """Pulse the reset line, wait for the boot URC (or the boot time), and sync again."""
-        if self.reset_pin is None:
-            raise ModemTimeout("the modem is hung and this node has no reset line configured")
-        self.resets += 1
-        self.reset_pin.value(self.reset_active)
-        self.sleep(self.reset_pulse_ms)
-        self.reset_pin.value(1 - self.reset_active)
-        self.port.clear()
+        """Pulse the reset line, wait for the boot URC (or the boot time), and sync again (modemsetup.reset)."""
+        import modemsetup  # only for a hung modem: not loaded on the wakes that need none of it
+
         try:
-            self.port.wait_urc(self.BOOT_URC, self.boot_ms)
-        except ModemTimeout:
-            pass  # some firmware prints nothing at boot: AT decides
-        self.sync(attempts=5)
+            modemsetup.reset(self)
+        finally:
+            release("modemsetup")
 
     def wake(self):
         """Make sure the modem answers; reset it once if it does not. True if it was reset (setup needed again)."""
@@ -194,8 +161,10 @@ class Cellular:
         """Release Assistance after the cycle's last ack, for modules that give it as a command (default: none)."""
 
     def network_time(self):
-        """UTC unix seconds from the network clock (AT+CCLK?), for a node whose RTC lost its time."""
-        for line in self.command("AT+CCLK?", response="+CCLK:"):
-            if line.startswith("+CCLK:"):
-                return parse_cclk(line)
-        raise ModemGarbage("AT+CCLK? answered no +CCLK line")
+        """UTC unix seconds from the network clock (AT+CCLK?), for a node whose RTC lost its time (modemsetup)."""
+        import modemsetup
+
+        try:
+            return modemsetup.network_time(self)
+        finally:
+            release("modemsetup")

@@ -52,6 +52,7 @@ import binascii
 
 from cellular import Cellular, fields, integer, quoted
 from errors import CommandError, ModemError, ModemGarbage, ModemTimeout, NetworkError
+from runtime import release
 
 UPLINK_BUSY = 159
 SOCKET_IN_USE = 563  # +QIOPEN <err>: "socket identity has been used"
@@ -91,29 +92,14 @@ class Bc66(Cellular):
         self._peer = None
 
     def setup(self, settings):
-        super().setup(settings)
-        self.command("AT+CSCON=1")  # +CSCON: <mode> URCs: when the radio connects and is released
-        try:
-            self.command("AT+QSCLK=1")
-        except CommandError:
-            pass  # BC95 firmware has no AT+QSCLK: it sleeps whenever it may
-        psm = settings.get("psm")
-        if psm:
-            self.command("AT+CPSMS=1,,,%s,%s" % (quoted(psm["tau"]), quoted(psm["active"])))
-            self.command("AT+CEDRXS=0")
-        self.socket_api = self._probe_socket_api()
-        if self.socket_api == API_QI:
-            self.command('AT+QICFG="dataformat",1,1')
-            if not self.rai:
-                self._qi_rai_off()  # the module may keep an RAI setting from an earlier configuration
-        return {"socket_api": self.socket_api}
+        """After power-on or a reset: +CSCON, deep sleep, PSM, eDRX off, the socket API probed (modemsetup, loaded
+        for the call only: most wakes find the module set up)."""
+        import modemsetup
 
-    def _qi_rai_off(self):
         try:
-            self.command("AT+QNBIOTRAI=%d" % RAI_NONE)
-            self._rai_set = RAI_NONE
-        except CommandError:
-            pass
+            return modemsetup.bc66_setup(self, settings)
+        finally:
+            release("modemsetup")
 
     def radio_modes(self):
         """The RRC connection modes (1 connected, 0 idle) the module reported since the last call (+CSCON URCs)."""
@@ -124,15 +110,6 @@ class Bc66(Cellular):
                 return modes
             parts = fields(line, "+CSCON:")
             modes.append(integer(parts[-1], "+CSCON <mode>"))
-
-    def _probe_socket_api(self):
-        for api, probe, answer in ((API_QI, "AT+QIOPEN=?", "+QIOPEN:"), (API_NSO, "AT+NSOCR=?", "+NSOCR:")):
-            try:
-                self.command(probe, response=answer)  # the test form's answer is no URC
-                return api
-            except CommandError:
-                pass
-        raise ModemError("this module's firmware offers neither AT+QIOPEN nor AT+NSOCR: no UDP socket API")
 
     def _api(self):
         if self.socket_api not in (API_QI, API_NSO):
