@@ -106,7 +106,10 @@ def test_a_wrong_apn_day_gets_status_every_interval_an_alarm_and_no_more_resets_
     day = 24 * HOUR_S
     with ModemSimulator("rm520n", link=tmp_path / "modem") as sim:
         sim.lose_registration(stat=3)  # attach rejected: the modem answers every command, registration denied
-        monitor = monitor_for(sim, clock, MockFactory(), status_interval_s=120, max_resets_per_hour=2)
+        # the modem answers everything here: real-time answer timeouts far above a loaded machine's scheduling
+        # delays (0.3 s once made a late answer look like a silent modem: a requery the day never had)
+        monitor = monitor_for(sim, clock, MockFactory(), status_interval_s=120, max_resets_per_hour=2,
+                              command_timeout_s=5.0, cfun_timeout_s=5.0)
         agent = build_agent(tmp_path, assets=[], modem_health=monitor, rule_tick=0.05)
 
         async def scenario() -> None:
