@@ -109,6 +109,7 @@ def send(node, box):
     report["at_commands"] = 0
     if not len(box):
         return
+    seqs = box.seqs()[: node.config.max_sends]  # now, while the send phase's heap is emptiest
     context = _context(node)  # False: nothing may be sent; None: plain CoAP ("insecure": true, no node.oscore)
     if context is False:
         return
@@ -119,7 +120,7 @@ def send(node, box):
         return
     port = AtPort(uart, feed=node.feed)
     try:
-        _send(node, box, port, context)
+        _send(node, box, port, context, seqs)
     except NodeError as error:
         node._note("send", error)
     finally:
@@ -167,9 +168,16 @@ def _context(node):
     return context
 
 
-def _send(node, box, port, context):
+def _send(node, box, port, context, seqs):
     config, report = node.config, node.report
     profile = _profile(node)
+    if config.modem_model != "sim7080g" and (profile is None or node.reset_cause != machine.DEEPSLEEP_RESET):
+        # The module will be set up (quectel.Bc66.setup): its code (modemsetup) is loaded here, beside the driver's,
+        # as it was when it was part of the driver, and released once the module is set up (node.send releases it
+        # whatever happens). Most wakes find the module set up, and never load it.
+        import modemsetup
+
+        del modemsetup
     modem = make_modem(node, port, profile)
     reset = modem.wake()
     report["modem_reset"] = reset
@@ -190,7 +198,6 @@ def _send(node, box, port, context):
                              uplink.Timing(config.ack_timeout_ms, max_retransmit=config.max_retransmit,
                                            response_timeout_ms=config.response_timeout_ms),
                              context=context)
-        seqs = box.seqs()[: config.max_sends]
         try:
             for index, seq in enumerate(seqs):
                 node.feed()

@@ -227,7 +227,8 @@ class Node:
         try:
             delivery.send(self, box)
         finally:
-            release("delivery", "oscore", "uplink", "coap", "ack", "atport", "quectel", "simcom", "cellular")
+            release("delivery", "oscore", "uplink", "coap", "ack", "atport", "quectel", "quectelnso", "simcom",
+                    "modemsetup", "cellular")
 
     # --- 5. sleeping ---
 

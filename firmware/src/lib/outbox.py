@@ -129,10 +129,10 @@ class Outbox:
         return self._index[seq][1]
 
     def seqs(self):
-        """Every buffered seq in delivery order: alarms first, then routine, each oldest first."""
-        alarms = sorted(seq for seq, (_, alarm) in self._index.items() if alarm)
-        routine = sorted(seq for seq, (_, alarm) in self._index.items() if not alarm)
-        return alarms + routine
+        """Every buffered seq in delivery order: alarms first, then routine, each oldest first (one list: a full
+        outbox's seqs are a block of ~500 bytes on a 64-bit host, asked of the heap once, not three times)."""
+        index = self._index
+        return sorted(index, key=lambda seq: (not index[seq][1], seq))
 
     def read(self, seq):
         slot, _ = self._index[seq]

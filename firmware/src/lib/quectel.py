@@ -139,20 +139,7 @@ class Bc66(Cellular):
             if error != 0:
                 raise NetworkError("AT+QIOPEN failed with <err> %d" % error)
             return QI_CONNECT_ID
-        try:
-            lines = self.command("AT+NSOCR=DGRAM,17,%d,1" % self.local_port, self.network_timeout_ms)
-        except CommandError:
-            # Every socket taken, by cycles cut short: free them and try once more.
-            for stale in range(NSO_SOCKETS):
-                try:
-                    self.command("AT+NSOCL=%d" % stale)
-                except CommandError:
-                    pass
-            lines = self.command("AT+NSOCR=DGRAM,17,%d,1" % self.local_port, self.network_timeout_ms)
-        for line in lines:
-            if line.isdigit():
-                return int(line)
-        raise ModemGarbage("AT+NSOCR answered no socket number: %r" % (lines,))
+        return self._nso().open_udp(self)
 
     def _qiopen(self, host, port):
         """<err> of +QIOPEN after AT+QIOPEN (0 = opened)."""
@@ -181,33 +168,13 @@ class Bc66(Cellular):
             if line != "SEND OK":
                 raise NetworkError("AT+QISEND: the module said %r" % line)
             return
-        if self._peer is None:
-            raise ModemError("AT+NSOST needs the peer: open_udp() first")
-        host, port = self._peer
-        lines = None
-        if last and self.rai:
-            try:
-                lines = self._retrying_busy("AT+NSOSTF=%d,%s,%d,%s,%d," % (socket, host, port, NSO_RELEASE_AFTER_REPLY,
-                                                                           len(data)), hex_tail=data)
-            except CommandError as error:
-                if error.code == UPLINK_BUSY:
-                    raise
-                self.rai = False  # no AT+NSOSTF on this firmware: send it plainly
-        if lines is None:
-            lines = self._retrying_busy("AT+NSOST=%d,%s,%d,%d," % (socket, host, port, len(data)), hex_tail=data)
-        for line in lines:
-            parts = line.split(",")
-            if len(parts) == 2 and parts[0] == str(socket):
-                if integer(parts[1], "AT+NSOST <length>") != len(data):
-                    raise NetworkError("AT+NSOST sent %s of %d bytes" % (parts[1], len(data)))
-                return
-        raise ModemGarbage("AT+NSOST answered no <socket>,<length>: %r" % (lines,))
+        self._nso().send(self, socket, data, last)
 
     def receive(self, socket, timeout_ms):
         """One datagram from the socket, or None if none came within timeout_ms."""
         if self._api() == API_QI:
             return self._receive_qi(socket, timeout_ms)
-        return self._receive_nso(socket, timeout_ms)
+        return self._nso().receive(self, socket, timeout_ms)
 
     def _receive_qi(self, socket, timeout_ms):
         try:
@@ -239,21 +206,11 @@ class Bc66(Cellular):
                 return _unhex(lines[index + 1], length, "AT+QIRD")
         raise ModemGarbage("AT+QIRD answered no +QIRD line: %r" % (lines,))
 
-    def _receive_nso(self, socket, timeout_ms):
-        try:
-            line = self.port.wait_urc("+NSONMI:", timeout_ms)
-        except ModemTimeout:
-            return None
-        parts = fields(line, "+NSONMI:")
-        if len(parts) != 2 or integer(parts[0], "+NSONMI <socket>") != socket:
-            raise ModemGarbage("unexpected URC %r while waiting for data" % line)
-        length = integer(parts[1], "+NSONMI <length>")
-        lines = self.command("AT+NSORF=%d,%d" % (socket, length))
-        for item in lines:
-            parts = item.split(",")
-            if len(parts) == 6 and parts[0] == str(socket):
-                return _unhex(parts[4], integer(parts[3], "AT+NSORF <length>"), "AT+NSORF")
-        raise ModemGarbage("AT+NSORF answered no datagram line: %r" % (lines,))
+    def _nso(self):
+        """The "nso" socket API's code (BC95 firmware): a BC66 node never loads it (node.send releases it)."""
+        import quectelnso
+
+        return quectelnso
 
     def close(self, socket):
         if self._api() == API_QI:
