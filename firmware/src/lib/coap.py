@@ -46,10 +46,6 @@ class Message:
                 return value
         return None
 
-    def __repr__(self):
-        return "Message(type=%d, code=%s, mid=%d, token=%r, %d options, %d-byte payload)" % (
-            self.type, code_text(self.code), self.message_id, self.token, len(self.options), len(self.payload))
-
 
 def _option_nibble(value, out):
     """The 4-bit delta/length nibble for value, with its extended bytes appended to out (§3.1)."""

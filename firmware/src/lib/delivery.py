@@ -24,7 +24,6 @@ Loaded for the phase and forgotten after it (runtime.release). In order:
 
 import json
 import os
-import time
 
 # What every exchange needs is loaded with this module, before the modem's chatter: long-lived code packed
 # together, not scattered among the modem session's short-lived strings (a fragmented heap fails the large
@@ -42,7 +41,7 @@ from errors import (
     OscoreError,
     StorageError,
 )
-from runtime import EPOCH_OFFSET, log, release, unix_time
+from runtime import log, release, unix_time
 
 # Refusals that sending again cannot change (telemetry.ack.Reason): malformed, bad signature,
 # oversize, conflict, chain, binding (bound to another enrollment). Unknown key (2) and revoked (4) may
@@ -187,8 +186,13 @@ def _send(node, box, port, context, seqs):
         profile.update(modem.setup(settings))
         _save_profile(node, profile)
     modem.attach()
-    if unix_time() is None:
-        _set_clock(node, modem)
+    if unix_time() is None:  # the RTC lost its time: the network's (modemsetup, loaded for the call only)
+        import modemsetup
+
+        try:
+            modemsetup.set_clock(node, modem)
+        finally:
+            release("modemsetup")
     socket = modem.open_udp(config.lender_host, config.lender_port)
 
     settled = []
@@ -327,13 +331,3 @@ def _settle(node, box, settled):
             box.remove(settled)
         except StorageError as error:
             node._note("outbox", error)
-
-
-def _set_clock(node, modem):
-    try:
-        seconds = modem.network_time() - EPOCH_OFFSET
-        now = time.gmtime(seconds)  # (year, month, mday, hour, minute, second, weekday, yearday)
-        machine.RTC().datetime((now[0], now[1], now[2], now[6], now[3], now[4], now[5], 0))
-        node.report["clock_set"] = True
-    except (ModemError, OSError, ValueError) as error:
-        node._note("clock", error)

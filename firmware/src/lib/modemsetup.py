@@ -4,14 +4,20 @@ A node wakes from deep sleep far more often than it powers on: most wakes
 find the module set up (the profile in state/modem.json), answering, and the
 RTC set. So this code is not part of `cellular` and `quectel`, whose code
 stays loaded through the send phase, the cycle's heap peak: the driver
-methods (`Cellular.reset`, `Cellular.network_time`, `Bc66.setup`) import it
-when they are called and release it when they return (runtime.release), so
-the exchanges that follow have its space back. Behaviour is the drivers',
+methods (`Cellular.reset`, `Cellular.network_time`, `Bc66.setup`) and
+delivery (setting the RTC) import it when they are called and release it when
+they return (runtime.release), so the exchanges that follow have its space
+back. Behaviour is the drivers',
 documented there.
 """
 
+import time
+
+import machine
+
 from cellular import Cellular, fields, quoted
 from errors import CommandError, ModemError, ModemGarbage, ModemTimeout
+from runtime import EPOCH_OFFSET
 
 
 # --- Cellular ---
@@ -66,6 +72,17 @@ def network_time(modem):
         if line.startswith("+CCLK:"):
             return parse_cclk(line)
     raise ModemGarbage("AT+CCLK? answered no +CCLK line")
+
+
+def set_clock(node, modem):
+    """Set the RTC from the network clock (delivery, when the RTC lost its time); a failure is noted, not raised."""
+    try:
+        seconds = network_time(modem) - EPOCH_OFFSET
+        now = time.gmtime(seconds)  # (year, month, mday, hour, minute, second, weekday, yearday)
+        machine.RTC().datetime((now[0], now[1], now[2], now[6], now[3], now[4], now[5], 0))
+        node.report["clock_set"] = True
+    except (ModemError, OSError, ValueError) as error:
+        node._note("clock", error)
 
 
 # --- Quectel BC66 / BC95 (quectel.Bc66) ---
