@@ -553,13 +553,28 @@ def _endorsement_keys(esapi):
     return ek, ak, ak_public
 
 
+def _certify(key: TpmKey, ak, qualifying_data: bytes):
+    """TPM2_Certify of `key` by the loaded attestation key `ak` over `qualifying_data`, on `key`'s connection:
+    (the key's TPM2B_PUBLIC, TPMS_ATTEST, TPMT_SIGNATURE) as tpm2-pytss objects."""
+    from tpm2_pytss import TPM2B_DATA, TPMT_SIG_SCHEME
+    from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
+
+    key_public, _, _ = key._esapi.read_public(key._key)
+    if _public_point(key_public) != key.public_key:
+        raise TpmKeyMismatchError(f"the TPM's key at {key.handle:#x} is not the key {key.kid.hex()}")
+    scheme = TPMT_SIG_SCHEME(scheme=TPM2_ALG.ECDSA)
+    scheme.details.any.hashAlg = TPM2_ALG.SHA256
+    attest, signature = key._esapi.certify(key._key, ak, TPM2B_DATA(qualifying_data), scheme,
+                                           session1=ESYS_TR.PASSWORD, session2=ESYS_TR.PASSWORD)
+    return key_public, attest, signature
+
+
 def attest_tpm_key(key: TpmKey, qualifying_data: bytes) -> dict[str, bytes] | None:
     """The TPM's evidence that `key` lives in it: the EK certificate, the attestation key's and the device key's
     TPM2B_PUBLIC, and TPM2_Certify of the device key by the attestation key over `qualifying_data` (TPMS_ATTEST,
     TPMT_SIGNATURE), all as bytes (telemetry.enrollment.TpmAttestation's fields); None when the TPM has no EK
     certificate to show (then the key can only be enrolled as `software`). Uses `key`'s own TPM connection."""
-    from tpm2_pytss import TPM2B_DATA, TPMT_SIG_SCHEME, TSS2_Exception
-    from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
+    from tpm2_pytss import TSS2_Exception
     from tpm2_pytss.utils import NoSuchIndex
 
     esapi = key._esapi
@@ -568,15 +583,9 @@ def attest_tpm_key(key: TpmKey, qualifying_data: bytes) -> dict[str, bytes] | No
             certificate = _nv_reader(esapi)(EK_CERTIFICATE_NV_INDEX)
         except NoSuchIndex:
             return None
-        key_public, _, _ = esapi.read_public(key._key)
-        if _public_point(key_public) != key.public_key:
-            raise TpmKeyMismatchError(f"the TPM's key at {key.handle:#x} is not the device key {key.kid.hex()}")
         ek, ak, ak_public = _endorsement_keys(esapi)
         try:
-            scheme = TPMT_SIG_SCHEME(scheme=TPM2_ALG.ECDSA)
-            scheme.details.any.hashAlg = TPM2_ALG.SHA256
-            attest, signature = esapi.certify(key._key, ak, TPM2B_DATA(qualifying_data), scheme,
-                                              session1=ESYS_TR.PASSWORD, session2=ESYS_TR.PASSWORD)
+            key_public, attest, signature = _certify(key, ak, qualifying_data)
         finally:
             esapi.flush_context(ak)
             esapi.flush_context(ek)
@@ -623,20 +632,14 @@ def certify_tpm_key(key: TpmKey, qualifying_data: bytes) -> tuple[bytes, bytes, 
     `qualifying_data`: (the key's TPM2B_PUBLIC, TPMS_ATTEST, TPMT_SIGNATURE), as bytes. What a TPM gateway puts in
     a key handover (telemetry.rotation `key.next.certify`) so the lender knows the new key is in the same TPM.
     Uses `key`'s own TPM connection; no EK certificate is needed (the lender checked it at enrollment)."""
-    from tpm2_pytss import TPM2B_DATA, TPMT_SIG_SCHEME, TSS2_Exception
-    from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
+    from tpm2_pytss import TSS2_Exception
+    from tpm2_pytss.constants import ESYS_TR
 
     esapi = key._esapi
     try:
-        key_public, _, _ = esapi.read_public(key._key)
-        if _public_point(key_public) != key.public_key:
-            raise TpmKeyMismatchError(f"the TPM's key at {key.handle:#x} is not the key {key.kid.hex()}")
         ak, _, *_ = esapi.create_primary(None, _ak_template(), ESYS_TR.ENDORSEMENT)
         try:
-            scheme = TPMT_SIG_SCHEME(scheme=TPM2_ALG.ECDSA)
-            scheme.details.any.hashAlg = TPM2_ALG.SHA256
-            attest, signature = esapi.certify(key._key, ak, TPM2B_DATA(qualifying_data), scheme,
-                                              session1=ESYS_TR.PASSWORD, session2=ESYS_TR.PASSWORD)
+            key_public, attest, signature = _certify(key, ak, qualifying_data)
         finally:
             esapi.flush_context(ak)
         return key_public.marshal(), bytes(attest), signature.marshal()

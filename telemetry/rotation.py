@@ -51,6 +51,7 @@ from telemetry.envelope import Envelope, verify
 from telemetry.exc import IdentityError, TelemetryError
 from telemetry.identity import DeviceKey, Signer
 from telemetry.senml import Record
+from telemetry.tpm import ALG_SHA256, Reader, attested
 
 ROTATION_AAD = b"pledgewatch-rotation/1"
 NEXT_KEY = "key.next"
@@ -59,7 +60,7 @@ NEXT_CERTIFY = "key.next.certify"
 CERTIFY_VERSION = 1
 CERTIFY_AAD = b"pledgewatch-rotation-certify/1"
 ST_ATTEST_CERTIFY = 0x8017
-ALG_ECC, ALG_SHA256, ALG_NULL, CURVE_P256 = 0x0023, 0x000B, 0x0010, 0x0003
+ALG_ECC, ALG_NULL, CURVE_P256 = 0x0023, 0x0010, 0x0003
 FIXED_TPM, FIXED_PARENT, SENSITIVE_DATA_ORIGIN, SIGN = 0x2, 0x10, 0x20, 0x40000
 
 
@@ -146,33 +147,12 @@ def read_handover(envelope: Envelope) -> Handover | None:
                     None if certify is None else certify.data)
 
 
-class _Reader:
-    def __init__(self, data: bytes, what: str) -> None:
-        self.data, self.at, self.what = bytes(data), 0, what
-
-    def take(self, n: int) -> bytes:
-        if self.at + n > len(self.data):
-            raise RotationError(f"the {self.what} ends early")
-        self.at += n
-        return self.data[self.at - n:self.at]
-
-    def uint(self, size: int) -> int:
-        return int.from_bytes(self.take(size), "big")
-
-    def sized(self) -> bytes:
-        return self.take(self.uint(2))
-
-    def end(self) -> None:
-        if self.at != len(self.data):
-            raise RotationError(f"the {self.what} has {len(self.data) - self.at} bytes after its end")
-
-
 def _ecc_public(key_public: bytes) -> tuple[bytes, int, bytes]:
     """(name, objectAttributes, 65-byte point) of a P-256 key's TPM2B_PUBLIC."""
-    outer = _Reader(key_public, "new key's public area")
+    outer = Reader(key_public, "new key's public area", RotationError)
     area = outer.sized()
     outer.end()
-    read = _Reader(area, "new key's public area")
+    read = Reader(area, "new key's public area", RotationError)
     kind, name_alg, attributes = read.uint(2), read.uint(2), read.uint(4)
     if kind != ALG_ECC or name_alg != ALG_SHA256:
         raise RotationError("the certified key is not an ECC key named with SHA-256")
@@ -196,11 +176,6 @@ def _ecc_public(key_public: bytes) -> tuple[bytes, int, bytes]:
 def read_certification(handover: Handover, attestation_key: bytes) -> None:
     """Check `handover`'s `key.next.certify` against the device's enrolled `attestation_key` (65-byte P-256
     point): RotationError says why it does not prove the new key is in that TPM (or that there is none)."""
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-
     if handover.certification is None:
         raise RotationError(f"seq {handover.seq}: the handover carries no {NEXT_CERTIFY} (the new key's TPM2_Certify)")
     try:
@@ -213,20 +188,8 @@ def read_certification(handover: Handover, attestation_key: bytes) -> None:
     if item[0] != CERTIFY_VERSION:
         raise RotationError(f"the {NEXT_CERTIFY} record is version {item[0]}, this reader knows {CERTIFY_VERSION}")
     key_public, attest, signature = item[1], item[2], item[3]
-    sig = _Reader(signature, "certification's signature")
-    if sig.uint(2) != 0x0018 or sig.uint(2) != ALG_SHA256:
-        raise RotationError("the certification's signature is not ECDSA with SHA-256")
-    r, s = int.from_bytes(sig.sized(), "big"), int.from_bytes(sig.sized(), "big")
-    sig.end()
-    try:
-        ak = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), bytes(attestation_key))
-        ak.verify(encode_dss_signature(r, s), attest, ec.ECDSA(hashes.SHA256()))
-    except (InvalidSignature, ValueError) as exc:
-        raise RotationError("the attestation key's signature over the new key's certification does not verify "
-                            "(not this device's TPM, or the certification was edited)") from exc
-    read = _Reader(attest, "certification")
-    if read.uint(4) != 0xFF544347 or read.uint(2) != ST_ATTEST_CERTIFY:
-        raise RotationError("the new key's certification is not a TPM-generated TPM2_Certify")
+    read = attested(attest, signature, attestation_key, ST_ATTEST_CERTIFY, "the new key's certification",
+                    RotationError)
     read.sized()   # the attestation key's qualified name: its signature was checked above
     if read.sized() != certify_data(handover.device, handover.old_kid, handover.new_key.public_key,
                                     handover.command_digest):

@@ -23,20 +23,14 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-
 from telemetry import cbor
 from telemetry.exc import TelemetryError
+from telemetry.tpm import ALG_SHA256, Reader, attested
 
 RECORD = "tpm.counter"
 VERSION = 1
 QUALIFYING_PREFIX = b"pledgewatch-tpm-counter/1"
-TPM_GENERATED = 0xFF544347
 ST_ATTEST_NV = 0x8014
-ALG_SHA256, ALG_ECDSA = 0x000B, 0x0018
 NT_COUNTER = 0x1
 NV_TPM_NT_MASK, NV_TPM_NT_SHIFT, NV_ORDERLY = 0x000000F0, 4, 0x04000000
 
@@ -67,28 +61,6 @@ class CounterStatement:
     clock_ms: int
 
 
-class _Reader:
-    def __init__(self, data: bytes, what: str) -> None:
-        self.data, self.at, self.what = data, 0, what
-
-    def take(self, n: int) -> bytes:
-        if self.at + n > len(self.data):
-            raise CounterStatementError(f"the {self.what} ends early")
-        piece = self.data[self.at:self.at + n]
-        self.at += n
-        return piece
-
-    def uint(self, size: int) -> int:
-        return int.from_bytes(self.take(size), "big")
-
-    def sized(self) -> bytes:
-        return self.take(self.uint(2))
-
-    def end(self) -> None:
-        if self.at != len(self.data):
-            raise CounterStatementError(f"the {self.what} has {len(self.data) - self.at} bytes after its end")
-
-
 def _decode(data: bytes) -> tuple[bytes, bytes, bytes]:
     try:
         item = cbor.decode(bytes(data))
@@ -103,30 +75,13 @@ def _decode(data: bytes) -> tuple[bytes, bytes, bytes]:
     return item[1], item[2], item[3]
 
 
-def _verify_signature(attestation_key: bytes, attest: bytes, signature: bytes) -> None:
-    read = _Reader(signature, "certification's signature")
-    if read.uint(2) != ALG_ECDSA or read.uint(2) != ALG_SHA256:
-        raise CounterStatementError("the certification's signature is not ECDSA with SHA-256")
-    r, s = int.from_bytes(read.sized(), "big"), int.from_bytes(read.sized(), "big")
-    read.end()
-    try:
-        key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), bytes(attestation_key))
-        key.verify(encode_dss_signature(r, s), attest, ec.ECDSA(hashes.SHA256()))
-    except (InvalidSignature, ValueError) as exc:
-        raise CounterStatementError("the attestation key's signature over the certification does not verify "
-                                    "(not this device's TPM, or the statement was edited)") from exc
-
-
 def read_statement(data: bytes, attestation_key: bytes, *, device: str, boot: int, seq: int,
                    prev: bytes) -> CounterStatement:
     """Check a `tpm.counter` record's data, carried by envelope (`device`, `boot`, `seq`, `prev`), against the
     enrolled `attestation_key` (65-byte P-256 point); CounterStatementError says why it proves nothing."""
     nv_public, attest, signature = _decode(data)
-    _verify_signature(attestation_key, attest, signature)
-    read = _Reader(attest, "certification")
-    magic, kind = read.uint(4), read.uint(2)
-    if magic != TPM_GENERATED or kind != ST_ATTEST_NV:
-        raise CounterStatementError("the certification is not a TPM-generated TPM2_NV_Certify")
+    read = attested(attest, signature, attestation_key, ST_ATTEST_NV, "the certification",
+                    CounterStatementError)
     read.sized()  # the attestation key's qualified name: its signature was checked above
     if read.sized() != qualifying_data(device, boot, seq, prev):
         raise CounterStatementError(f"the certification was made for another place in the chain than seq {seq} "
@@ -135,7 +90,7 @@ def read_statement(data: bytes, attestation_key: bytes, *, device: str, boot: in
     read.take(8)  # firmware version
     index_name, offset, contents = read.sized(), read.uint(2), read.sized()
     read.end()
-    public = _Reader(nv_public, "counter's public area")
+    public = Reader(nv_public, "counter's public area", CounterStatementError)
     index, name_alg, attributes = public.uint(4), public.uint(2), public.uint(4)
     public.sized()  # authPolicy
     size = public.uint(2)

@@ -223,13 +223,8 @@ def tpm_counter_vectors(attestation_key: P256Identity) -> dict[str, tuple[dict, 
     nv_public = struct.pack(">IHIHH", 0x01500050, 0x000B, 0x22060014, 0, 8)  # COUNTER, AUTHWRITE/READ, OWNERREAD, ...
     name = struct.pack(">H", 0x000B) + hashlib.sha256(nv_public).digest()
     qualifying = tpmcount.qualifying_data(device, boot, seq, prev)
-    signer_name = struct.pack(">H", 0x000B) + bytes(range(64, 96))  # the AK's qualified name (not checked)
-    attest = (struct.pack(">IH", tpmcount.TPM_GENERATED, tpmcount.ST_ATTEST_NV)
-              + struct.pack(">H", len(signer_name)) + signer_name + struct.pack(">H", len(qualifying)) + qualifying
-              + struct.pack(">QIIB", 86_400_000, 12, 0, 1) + struct.pack(">Q", 0x2019102300163636)
-              + struct.pack(">H", len(name)) + name + struct.pack(">H", 0) + struct.pack(">H", 8) + count.to_bytes(8, "big"))
-    signature = attestation_key.sign(attest)
-    tpmt_signature = struct.pack(">HHH", 0x0018, 0x000B, 32) + signature[:32] + struct.pack(">H", 32) + signature[32:]
+    attest, tpmt_signature = tpm_attest(attestation_key, tpmcount.ST_ATTEST_NV, qualifying, struct.pack(">H", len(name))
+                                        + name + struct.pack(">H", 0) + struct.pack(">H", 8) + count.to_bytes(8, "big"))
     data = tpmcount.encode(nv_public, attest, tpmt_signature)
     return {"tpm-counter-v1": ({"kind": "tpm-counter", "alg": "ES256", "seed_hex": P256_SECRET.hex(),
                                 "public_key_hex": attestation_key.public_key.hex(), "device": device, "boot": boot,
@@ -353,14 +348,26 @@ def tpm_certify(attestation_key: P256Identity, key_public: bytes, qualifying: by
     over `qualifying`, as a TPM makes them (its ECDSA is not deterministic; this stand-in's is, RFC 6979)."""
     import hashlib
     import struct
+
+    from telemetry.rotation import ST_ATTEST_CERTIFY
     name = struct.pack(">H", 0x000B) + hashlib.sha256(key_public[2:]).digest()
-    signer_name = struct.pack(">H", 0x000B) + bytes(range(64, 96))   # the AK's qualified name (not checked)
-    attest = (struct.pack(">IH", 0xFF544347, 0x8017) + struct.pack(">H", len(signer_name)) + signer_name
+    return tpm_attest(attestation_key, ST_ATTEST_CERTIFY, qualifying,
+                      struct.pack(">H", len(name)) + name + struct.pack(">H", len(name)) + name)
+
+
+def tpm_attest(attestation_key: P256Identity, kind: int, qualifying: bytes, attested: bytes) -> tuple[bytes, bytes]:
+    """(TPMS_ATTEST, TPMT_SIGNATURE): a TPM-generated attestation of type `kind` over `qualifying`, its
+    type-specific part `attested`, signed by `attestation_key` (telemetry.tpm reads them back)."""
+    import struct
+
+    from telemetry.tpm import ALG_ECDSA, ALG_SHA256, TPM_GENERATED
+    signer_name = struct.pack(">H", ALG_SHA256) + bytes(range(64, 96))   # the AK's qualified name (not checked)
+    attest = (struct.pack(">IH", TPM_GENERATED, kind) + struct.pack(">H", len(signer_name)) + signer_name
               + struct.pack(">H", len(qualifying)) + qualifying + struct.pack(">QIIB", 86_400_000, 12, 0, 1)
-              + struct.pack(">Q", 0x2019102300163636) + struct.pack(">H", len(name)) + name
-              + struct.pack(">H", len(name)) + name)
+              + struct.pack(">Q", 0x2019102300163636) + attested)
     signature = attestation_key.sign(attest)
-    return attest, struct.pack(">HHH", 0x0018, 0x000B, 32) + signature[:32] + struct.pack(">H", 32) + signature[32:]
+    return attest, (struct.pack(">HHH", ALG_ECDSA, ALG_SHA256, 32) + signature[:32] + struct.pack(">H", 32)
+                    + signature[32:])
 
 
 def tpm_rotation_vectors(old: P256Identity, new: P256Identity, attestation_key: P256Identity,
