@@ -123,16 +123,15 @@ class TpmKey:
 
     def sign(self, message: bytes) -> bytes:
         """The ES256 signature r || s (low S) of `message`, made by the TPM over its SHA-256."""
-        from tpm2_pytss import TPM2B_DIGEST, TPMT_SIG_SCHEME, TPMT_TK_HASHCHECK, TSS2_Exception
-        from tpm2_pytss.constants import TPM2_ALG, TPM2_RH, TPM2_ST
+        from tpm2_pytss import TPM2B_DIGEST, TPMT_TK_HASHCHECK, TSS2_Exception
+        from tpm2_pytss.constants import TPM2_RH, TPM2_ST
 
-        scheme = TPMT_SIG_SCHEME(scheme=TPM2_ALG.ECDSA)
-        scheme.details.any.hashAlg = TPM2_ALG.SHA256
+        scheme = ecdsa_sha256_scheme()
         ticket = TPMT_TK_HASHCHECK(tag=TPM2_ST.HASHCHECK, hierarchy=TPM2_RH.NULL)
         try:
             signature = self._esapi.sign(self._key, TPM2B_DIGEST(hashlib.sha256(message).digest()), scheme, ticket)
         except TSS2_Exception as exc:
-            raise _tpm_error(exc, "sign") from exc
+            raise tpm_error(exc, "sign") from exc
         return low_s(int.from_bytes(bytes(signature.signature.ecdsa.signatureR), "big"),
                      int.from_bytes(bytes(signature.signature.ecdsa.signatureS), "big"))
 
@@ -143,7 +142,17 @@ class TpmKey:
         return f"TpmKey(handle={self.handle:#x}, kid={self.kid.hex()})"
 
 
-def _tpm_error(exc: Exception, doing: str) -> KeyStoreError:
+def ecdsa_sha256_scheme():
+    """The signature scheme of every TPM signature here (device key, attestation key): ECDSA over SHA-256."""
+    from tpm2_pytss import TPMT_SIG_SCHEME
+    from tpm2_pytss.constants import TPM2_ALG
+
+    scheme = TPMT_SIG_SCHEME(scheme=TPM2_ALG.ECDSA)
+    scheme.details.any.hashAlg = TPM2_ALG.SHA256
+    return scheme
+
+
+def tpm_error(exc: Exception, doing: str) -> KeyStoreError:
     from tpm2_pytss.constants import TPM2_RC
 
     code = getattr(exc, "rc", None)
@@ -208,7 +217,7 @@ def evict_tpm_key(tcti: str, handle: int, public_key: bytes) -> bool:
         esapi.evict_control(ESYS_TR.OWNER, key_handle, handle)
         return True
     except TSS2_Exception as exc:
-        raise _tpm_error(exc, f"remove the key at {handle:#x}") from exc
+        raise tpm_error(exc, f"remove the key at {handle:#x}") from exc
     finally:
         esapi.close()
 
@@ -247,7 +256,7 @@ def _create_tpm_key(esapi, tcti: str, handle: int) -> TpmKey:
         esapi.flush_context(transient)
         return TpmKey(esapi, handle, _public_point(public))
     except TSS2_Exception as exc:
-        raise _tpm_error(exc, "create the device key") from exc
+        raise tpm_error(exc, "create the device key") from exc
 
 
 def open_tpm_key(tcti: str, handle: int = DEFAULT_TPM_HANDLE, public_key: bytes | None = None) -> TpmKey:
@@ -331,7 +340,7 @@ def _evict_on(esapi, handle: int, public_key: bytes | None) -> bool:
     try:
         esapi.evict_control(ESYS_TR.OWNER, key_handle, handle)
     except TSS2_Exception as exc:
-        raise _tpm_error(exc, f"remove the key at {handle:#x}") from exc
+        raise tpm_error(exc, f"remove the key at {handle:#x}") from exc
     return True
 
 
@@ -521,7 +530,7 @@ def _nv_reader(esapi):
     return read
 
 
-def _ak_template():
+def ak_template():
     """The attestation key: a restricted ECDSA P-256 (SHA-256) signing key, primary in the endorsement hierarchy.
 
     A primary key comes from the hierarchy's seed and its template alone, so the same TPM re-derives the same
@@ -546,7 +555,7 @@ def _endorsement_keys(esapi):
     _, ek_template = create_ek_template("EK-RSA2048", _nv_reader(esapi))
     ek, *_ = esapi.create_primary(None, ek_template, ESYS_TR.ENDORSEMENT)
     try:
-        ak, ak_public, *_ = esapi.create_primary(None, _ak_template(), ESYS_TR.ENDORSEMENT)
+        ak, ak_public, *_ = esapi.create_primary(None, ak_template(), ESYS_TR.ENDORSEMENT)
     except BaseException:
         esapi.flush_context(ek)
         raise
@@ -556,15 +565,13 @@ def _endorsement_keys(esapi):
 def _certify(key: TpmKey, ak, qualifying_data: bytes):
     """TPM2_Certify of `key` by the loaded attestation key `ak` over `qualifying_data`, on `key`'s connection:
     (the key's TPM2B_PUBLIC, TPMS_ATTEST, TPMT_SIGNATURE) as tpm2-pytss objects."""
-    from tpm2_pytss import TPM2B_DATA, TPMT_SIG_SCHEME
-    from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
+    from tpm2_pytss import TPM2B_DATA
+    from tpm2_pytss.constants import ESYS_TR
 
     key_public, _, _ = key._esapi.read_public(key._key)
     if _public_point(key_public) != key.public_key:
         raise TpmKeyMismatchError(f"the TPM's key at {key.handle:#x} is not the key {key.kid.hex()}")
-    scheme = TPMT_SIG_SCHEME(scheme=TPM2_ALG.ECDSA)
-    scheme.details.any.hashAlg = TPM2_ALG.SHA256
-    attest, signature = key._esapi.certify(key._key, ak, TPM2B_DATA(qualifying_data), scheme,
+    attest, signature = key._esapi.certify(key._key, ak, TPM2B_DATA(qualifying_data), ecdsa_sha256_scheme(),
                                            session1=ESYS_TR.PASSWORD, session2=ESYS_TR.PASSWORD)
     return key_public, attest, signature
 
@@ -592,7 +599,7 @@ def attest_tpm_key(key: TpmKey, qualifying_data: bytes) -> dict[str, bytes] | No
         return {"ek_certificate": certificate, "ak_public": ak_public.marshal(), "key_public": key_public.marshal(),
                 "certify_info": bytes(attest), "signature": signature.marshal()}
     except TSS2_Exception as exc:
-        raise _tpm_error(exc, "certify the device key") from exc
+        raise tpm_error(exc, "certify the device key") from exc
 
 
 def activate_credential(key: TpmKey, id_object: bytes, encrypted_secret: bytes) -> bytes:
@@ -624,7 +631,7 @@ def activate_credential(key: TpmKey, id_object: bytes, encrypted_secret: bytes) 
             esapi.flush_context(ek)
         return bytes(secret)
     except TSS2_Exception as exc:
-        raise _tpm_error(exc, "activate the lender's credential") from exc
+        raise tpm_error(exc, "activate the lender's credential") from exc
 
 
 def certify_tpm_key(key: TpmKey, qualifying_data: bytes) -> tuple[bytes, bytes, bytes]:
@@ -637,14 +644,14 @@ def certify_tpm_key(key: TpmKey, qualifying_data: bytes) -> tuple[bytes, bytes, 
 
     esapi = key._esapi
     try:
-        ak, _, *_ = esapi.create_primary(None, _ak_template(), ESYS_TR.ENDORSEMENT)
+        ak, _, *_ = esapi.create_primary(None, ak_template(), ESYS_TR.ENDORSEMENT)
         try:
             key_public, attest, signature = _certify(key, ak, qualifying_data)
         finally:
             esapi.flush_context(ak)
         return key_public.marshal(), bytes(attest), signature.marshal()
     except TSS2_Exception as exc:
-        raise _tpm_error(exc, "certify the new key") from exc
+        raise tpm_error(exc, "certify the new key") from exc
 
 
 def attestation_key_point(key: TpmKey) -> bytes:
@@ -653,8 +660,8 @@ def attestation_key_point(key: TpmKey) -> bytes:
     from tpm2_pytss.constants import ESYS_TR
 
     try:
-        ak, ak_public, *_ = key._esapi.create_primary(None, _ak_template(), ESYS_TR.ENDORSEMENT)
+        ak, ak_public, *_ = key._esapi.create_primary(None, ak_template(), ESYS_TR.ENDORSEMENT)
         key._esapi.flush_context(ak)
     except TSS2_Exception as exc:
-        raise _tpm_error(exc, "derive the attestation key") from exc
+        raise tpm_error(exc, "derive the attestation key") from exc
     return _public_point(ak_public)

@@ -30,29 +30,11 @@ from __future__ import annotations
 import logging
 
 from durable.exc import KeyStoreError
-from durable.keystore import TpmKey
+from durable.keystore import TpmKey, ak_template, ecdsa_sha256_scheme, tpm_error
 
 log = logging.getLogger(__name__)
 
 COUNTER_INDEX = 0x01500050   # owner NV range 0x01000000-0x013FFFFF is the TCG's; 0x015xxxxx is the owner's own
-
-
-def _tpm_error(exc: Exception, doing: str) -> KeyStoreError:
-    return KeyStoreError(f"the TPM refused to {doing}: {exc}")
-
-
-def _ak_template():
-    """The attestation key's template, as durable.keystore enrolls it (restricted ECDSA P-256, SHA-256, a primary
-    of the endorsement hierarchy): the same TPM re-derives the same key. Were the two to differ, the lender would
-    find every counter statement signed by a key it never enrolled, and say so."""
-    from tpm2_pytss import TPM2B_PUBLIC
-    from tpm2_pytss.constants import TPM2_ALG, TPMA_OBJECT
-
-    attributes = (TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT.FIXEDTPM | TPMA_OBJECT.FIXEDPARENT
-                  | TPMA_OBJECT.SENSITIVEDATAORIGIN | TPMA_OBJECT.USERWITHAUTH)
-    template = TPM2B_PUBLIC.parse("ecc256:ecdsa-sha256", objectAttributes=attributes)
-    template.publicArea.parameters.eccDetail.symmetric.algorithm = TPM2_ALG.NULL
-    return template
 
 
 def _counter_public(index: int):
@@ -92,40 +74,38 @@ class TpmCounter:
                 public, _ = esapi.nv_read_public(self._nv)
                 self.public = public.nvPublic.marshal()
         except TSS2_Exception as exc:
-            raise _tpm_error(exc, f"open the envelope counter at NV index {index:#x}") from exc
+            raise tpm_error(exc, f"open the envelope counter at NV index {index:#x}") from exc
 
     def increment(self) -> None:
         from tpm2_pytss import TSS2_Exception
         try:
             self._esapi.nv_increment(self._nv, self._nv)
         except TSS2_Exception as exc:
-            raise _tpm_error(exc, "count the signature (TPM2_NV_Increment)") from exc
+            raise tpm_error(exc, "count the signature (TPM2_NV_Increment)") from exc
 
     def value(self) -> int:
         from tpm2_pytss import TSS2_Exception
         try:
             return int.from_bytes(bytes(self._esapi.nv_read(self._nv, 8, 0, self._nv)), "big")
         except TSS2_Exception as exc:
-            raise _tpm_error(exc, "read the envelope counter") from exc
+            raise tpm_error(exc, "read the envelope counter") from exc
 
     def certify(self, qualifying_data: bytes) -> tuple[bytes, bytes]:
         """TPM2_NV_Certify of the counter by the attestation key over `qualifying_data`: (TPMS_ATTEST, TPMT_SIGNATURE)."""
-        from tpm2_pytss import TPM2B_DATA, TPMT_SIG_SCHEME, TSS2_Exception
-        from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
+        from tpm2_pytss import TPM2B_DATA, TSS2_Exception
+        from tpm2_pytss.constants import ESYS_TR
 
         esapi = self._esapi
         try:
-            ak, *_ = esapi.create_primary(None, _ak_template(), ESYS_TR.ENDORSEMENT)
+            ak, *_ = esapi.create_primary(None, ak_template(), ESYS_TR.ENDORSEMENT)
             try:
-                scheme = TPMT_SIG_SCHEME(scheme=TPM2_ALG.ECDSA)
-                scheme.details.any.hashAlg = TPM2_ALG.SHA256
-                attest, signature = esapi.nv_certify(ak, self._nv, TPM2B_DATA(qualifying_data), scheme, 8, 0,
-                                                     auth_handle=self._nv, session1=ESYS_TR.PASSWORD,
+                attest, signature = esapi.nv_certify(ak, self._nv, TPM2B_DATA(qualifying_data), ecdsa_sha256_scheme(),
+                                                     8, 0, auth_handle=self._nv, session1=ESYS_TR.PASSWORD,
                                                      session2=ESYS_TR.PASSWORD)
             finally:
                 esapi.flush_context(ak)
         except TSS2_Exception as exc:
-            raise _tpm_error(exc, "certify the envelope counter (TPM2_NV_Certify)") from exc
+            raise tpm_error(exc, "certify the envelope counter (TPM2_NV_Certify)") from exc
         return bytes(attest), signature.marshal()
 
 

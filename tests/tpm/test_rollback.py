@@ -15,7 +15,7 @@ import pytest
 from agent.recorder import Recorder
 from agent.spool import Spool
 from agent.state import AgentState
-from durable.keystore import create_device_key, open_device_key
+from durable.keystore import attestation_key_point, create_device_key, open_device_key
 from durable.tpmcounter import COUNTER_INDEX, CountedTpmKey
 from lender.evidence.risks import Judge, device_risks
 from telemetry import tpmcount
@@ -26,22 +26,6 @@ from tests.kit.lender import batch
 
 HANDLE = 0x81010061
 DEVICE = "gw-tpm-9"
-
-
-def attestation_key_point(tcti: str) -> bytes:
-    """The attestation key's point, as the lender keeps it from an attested enrollment (re-derived: a primary)."""
-    from tpm2_pytss import ESAPI
-    from tpm2_pytss.constants import ESYS_TR
-
-    from durable.tpmcounter import _ak_template
-    esapi = ESAPI(tcti)
-    try:
-        handle, public, *_ = esapi.create_primary(None, _ak_template(), ESYS_TR.ENDORSEMENT)
-        esapi.flush_context(handle)
-    finally:
-        esapi.close()
-    ecc = public.publicArea.unique.ecc
-    return b"\x04" + bytes(ecc.x).rjust(32, b"\0") + bytes(ecc.y).rjust(32, b"\0")
 
 
 class Gateway:
@@ -86,13 +70,14 @@ def site(swtpm, tmp_path):
     lender = EvidenceLender(tmp_path / "lender")
     gateway = Gateway(tmp_path, swtpm.tcti)
     key = open_device_key(gateway.state_dir)
+    ak = attestation_key_point(key)   # as the lender keeps it from an attested enrollment
     code, _, err = lender.cli("register", "--device", DEVICE, "--public-key", key.public_key.hex(), "--no-oscore")
     key.close()
     assert code == 0, err
     requests = tmp_path / "lender" / "enroll" / "requests"
     requests.mkdir(parents=True, exist_ok=True)
     (requests / f"{DEVICE}.json").write_text(json.dumps({"key_storage": "tpm-attested",
-                                                         "attestation_key_hex": attestation_key_point(swtpm.tcti).hex()}))
+                                                         "attestation_key_hex": ak.hex()}))
     yield lender, gateway
     lender.close()
     esapi = ESAPI(swtpm.tcti)  # the session's TPM is shared: leave no key at the handle (the counter stays, as on a chip)
